@@ -1,0 +1,175 @@
+"""Steps and the runner that executes them through a backend.
+
+A recipe is a sequence of :class:`Step` objects. Each step has
+
+* a shell form -- ``argv``, the command line a learner would type (``unshare --uts ...``),
+  run through the ``sh`` package by the shell backend and printed by ``--explain``;
+* a native form -- ``native``, a callable doing the same with syscalls or netlink;
+* optionally ``parse``, which turns the shell form's stdout into the value ``native`` returns,
+  so both backends give the same observable result;
+* optionally ``undo``, the step that reverts it. The :class:`Runner` keeps those on a stack
+  and, when something fails half-way (or Ctrl-C), runs them last-in first-out.
+
+Backend choice: ``auto`` (shell where the tool is installed, native otherwise), ``shell`` or
+``native``; from the ``--backend`` option or the ``NSR_BACKEND`` environment variable.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, TextIO
+
+from .errors import InvalidInput, NsrError, ToolMissing
+from .process import package_for
+
+BACKENDS = ("auto", "shell", "native")
+
+
+def resolve_backend(name: str | None = None) -> str:
+    """The backend to use: ``name``, else ``$NSR_BACKEND``, else ``auto``; validated."""
+    chosen = (name or os.environ.get("NSR_BACKEND") or "auto").strip().lower()
+    if chosen not in BACKENDS:
+        raise InvalidInput(f"unknown backend {chosen!r}", hint="choose auto, shell or native")
+    return chosen
+
+
+class Placeholder(str):
+    """Stands for a value that only exists when the recipe really runs (``--explain``)."""
+
+    def __getattr__(self, name: str) -> "Placeholder":
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return Placeholder(f"{self}.{name}" if not self.startswith("$") else f"${name.upper()}")
+
+
+@dataclass
+class Step:
+    """One step of a recipe; see the module docstring."""
+
+    title: str
+    argv: Sequence[Any] | None = None
+    native: Callable[[], Any] | None = None
+    parse: Callable[[str], Any] | None = None
+    shell: Callable[[list[str]], Any] | None = None
+    undo: "Step | None" = None
+    #: what this step returns under --explain (e.g. Placeholder("$PID"))
+    placeholder: Any = None
+    #: stdin for the shell form
+    input: str | None = None
+    #: shown instead of argv when the shell form is not a plain command (e.g. a file write)
+    display: str | None = None
+
+    def command_line(self) -> str:
+        """The equivalent shell command line, as --explain prints it."""
+        if self.display is not None:
+            return self.display
+        if self.argv is None:
+            return "(native only)"
+        return " ".join(a if isinstance(a, Placeholder) else shlex.quote(str(a)) for a in self.argv)
+
+
+@dataclass
+class Runner:
+    """Runs steps through the chosen backend and keeps the undo stack.
+
+    Use it as a context manager: on an exception (including Ctrl-C) everything done so far
+    is undone, last in first out. With ``keep=False`` it is also undone on success (demos);
+    with ``keep=True`` what was made stays (``net-veth``, ``env-create``).
+    """
+
+    backend: str = "auto"
+    explain: bool = False
+    keep: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    undo_stack: list[Step] = field(default_factory=list)
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.backend = resolve_backend(self.backend)
+
+    # -- output ---------------------------------------------------------------------------
+    def heading(self, text: str) -> None:
+        """Print a section heading (in --explain too)."""
+        print(f"\n== {text} ==", file=self.out, flush=True)
+
+    def say(self, text: str = "") -> None:
+        """Print what the demo observed (not under --explain, where nothing runs)."""
+        if not self.explain:
+            print(text, file=self.out, flush=True)
+
+    # -- running --------------------------------------------------------------------------
+    def form_for(self, step: Step) -> str:
+        """``shell`` or ``native``: which form of ``step`` this runner uses."""
+        has_shell = step.argv is not None or step.shell is not None
+        if self.backend == "native" and step.native is not None:
+            return "native"
+        if self.backend == "shell" and has_shell:
+            return "shell"
+        if step.native is None:
+            return "shell"
+        if not has_shell:
+            return "native"
+        tool = str(step.argv[0]) if step.argv else ""
+        return "shell" if tool and _have(tool) else "native"
+
+    def run(self, step: Step) -> Any:
+        """Run one step (or, under --explain, print it) and push its undo step."""
+        self.count += 1
+        if self.explain:
+            print(f"  [{self.count}] {step.title}\n      $ {step.command_line()}",
+                  file=self.out, flush=True)
+            if step.undo is not None:
+                self.undo_stack.append(step.undo)
+            return step.placeholder if step.placeholder is not None else Placeholder("$OUTPUT")
+        value = self._execute(step)
+        if step.undo is not None:
+            self.undo_stack.append(step.undo)
+        return value
+
+    def _execute(self, step: Step) -> Any:
+        if self.form_for(step) == "native":
+            return step.native()  # type: ignore[misc]
+        argv = [str(a) for a in step.argv] if step.argv is not None else []
+        if argv and not _have(argv[0]):
+            raise ToolMissing(argv[0], package_for(argv[0]))
+        if step.shell is not None:
+            return step.shell(argv)
+        from . import shell
+        text = shell.run(argv, input=step.input)
+        return step.parse(text) if step.parse else text
+
+    def defer(self, step: Step) -> None:
+        """Push an undo step without running anything now."""
+        self.undo_stack.append(step)
+
+    def undo(self) -> list[NsrError]:
+        """Run the undo stack last-in first-out; keep going past failures and return them."""
+        errors: list[NsrError] = []
+        while self.undo_stack:
+            step = self.undo_stack.pop()
+            if self.explain:
+                print(f"  [undo] {step.title}\n      $ {step.command_line()}", file=self.out)
+                continue
+            try:
+                self._execute(step)
+            except NsrError as exc:
+                errors.append(exc)
+        return errors
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self.keep:
+            errors = self.undo()
+            if errors and exc_type is None:
+                raise errors[0]
+        else:
+            self.undo_stack.clear()
+
+
+def _have(tool: str) -> bool:
+    import shutil
+    return shutil.which(tool) is not None

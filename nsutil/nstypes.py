@@ -1,0 +1,107 @@
+"""Namespace types and identity: the /proc/PID/ns files.
+
+Each namespace is an inode on the nsfs filesystem; ``readlink /proc/PID/ns/uts`` prints
+``uts:[4026531838]``. Two processes are in the same namespace exactly when those inode
+numbers are equal -- this is what ``lsns`` lists.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+from . import syscalls as sc
+from .errors import InvalidInput, SyscallError
+
+
+@dataclass(frozen=True)
+class NsType:
+    """One kind of namespace and its spellings in the kernel and util-linux."""
+
+    name: str       # our name, as `--ns` takes it
+    flag: int       # CLONE_NEW* flag
+    proc: str       # file under /proc/PID/ns/
+    option: str     # util-linux option for unshare/nsenter
+    isolates: str   # the document's table: what it isolates
+
+
+#: In the order nsenter joins them: user first, so the rest are joined with its privileges.
+NS_TYPES: dict[str, NsType] = {t.name: t for t in (
+    NsType("user", sc.CLONE_NEWUSER, "user", "--user", "user and group IDs"),
+    NsType("cgroup", sc.CLONE_NEWCGROUP, "cgroup", "--cgroup", "cgroup root directory"),
+    NsType("ipc", sc.CLONE_NEWIPC, "ipc", "--ipc", "semaphores, message queues, shared memory"),
+    NsType("uts", sc.CLONE_NEWUTS, "uts", "--uts", "hostname and domain name"),
+    NsType("net", sc.CLONE_NEWNET, "net", "--net", "network devices, stacks, ports"),
+    NsType("pid", sc.CLONE_NEWPID, "pid", "--pid", "process IDs"),
+    NsType("mnt", sc.CLONE_NEWNS, "mnt", "--mount", "mount points"),
+)}
+ALIASES = {"mount": "mnt", "network": "net", "ns": "mnt"}
+
+
+def ns_type(name: str) -> NsType:
+    """Look a namespace type up by name (``uts``, ``mnt``/``mount``, ...)."""
+    key = ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in NS_TYPES:
+        raise InvalidInput(f"unknown namespace type {name!r}",
+                           hint=f"choose from {','.join(NS_TYPES)}")
+    return NS_TYPES[key]
+
+
+def parse_types(spec: str | Iterable[str]) -> list[NsType]:
+    """``"uts,ipc"`` -> [NsType(uts), NsType(ipc)], in join order, duplicates removed."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    wanted = {ns_type(n).name for n in names if n.strip()}
+    if not wanted:
+        raise InvalidInput("no namespace type given", hint=f"choose from {','.join(NS_TYPES)}")
+    return [t for t in NS_TYPES.values() if t.name in wanted]
+
+
+def flags_of(types: Iterable[NsType]) -> int:
+    """The CLONE_NEW* flag word for some types."""
+    flags = 0
+    for t in types:
+        flags |= t.flag
+    return flags
+
+
+def ns_path(pid: int | str, t: NsType | str) -> str:
+    """``/proc/PID/ns/TYPE``."""
+    t = ns_type(t) if isinstance(t, str) else t
+    return f"/proc/{pid}/ns/{t.proc}"
+
+
+def ns_inode(pid: int | str, t: NsType | str) -> int:
+    """The inode number identifying the namespace of type ``t`` that ``pid`` is in."""
+    path = ns_path(pid, t)
+    try:
+        return os.stat(path).st_ino
+    except OSError as exc:
+        raise SyscallError.from_oserror(f"stat({path!r})", exc) from None
+
+
+def ns_link(pid: int | str, t: NsType | str) -> str:
+    """What ``readlink /proc/PID/ns/TYPE`` prints, e.g. ``uts:[4026531838]``."""
+    path = ns_path(pid, t)
+    try:
+        return os.readlink(path)
+    except OSError as exc:
+        raise SyscallError.from_oserror(f"readlink({path!r})", exc) from None
+
+
+def ns_ids(pid: int | str = "self") -> dict[str, int]:
+    """All namespace inodes of a process, by type name."""
+    return {name: ns_inode(pid, t) for name, t in NS_TYPES.items()}
+
+
+def enter(path_or_pid: int | str, t: NsType | str) -> None:
+    """setns() the calling process into a namespace given by pid or by a file path."""
+    t = ns_type(t) if isinstance(t, str) else t
+    path = ns_path(path_or_pid, t) if isinstance(path_or_pid, int) else path_or_pid
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SyscallError.from_oserror(f"open({path!r})", exc) from None
+    try:
+        sc.setns(fd, t.flag)
+    finally:
+        os.close(fd)

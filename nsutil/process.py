@@ -1,0 +1,440 @@
+"""Processes in namespaces: the native forms of ``unshare --fork``, ``nsenter`` and clone().
+
+* :func:`spawn` -- the document's ``clone(child_func, stack, CLONE_NEW*|SIGCHLD, arg)``: fork a
+  child, move it into new namespaces, run a Python function there, and hand back its result.
+* :func:`spawn_holder` -- a process that only keeps new namespaces alive (``unshare ... sleep``);
+  with a PID namespace it is PID 1 there and reaps zombies.
+* :func:`call_in` -- run a Python function inside the namespaces of another process
+  (``nsenter -t PID``), and :func:`exec_in` -- run a command there and capture its output.
+
+Python cannot call clone() with a new stack safely, so "clone" here is fork() + unshare(),
+and a new PID namespace takes one more fork(), exactly as ``unshare --fork`` does.
+Results and exceptions come back to the caller through a pipe.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from . import syscalls as sc
+from .errors import CommandError, NsrError, SyscallError, ToolMissing
+from .nstypes import NS_TYPES, NsType, enter, ns_type
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _child_report(fd: int, fn: Callable[[], Any]) -> int:
+    """Run ``fn`` in a forked child and pickle its outcome to ``fd``. Returns an exit status."""
+    try:
+        payload: tuple = ("ok", fn())
+        status = 0
+    except NsrError as exc:
+        payload, status = ("err", exc), 1
+    except Exception as exc:  # report any failure to the parent, never return into its stack
+        payload, status = ("err", NsrError(f"{type(exc).__name__}: {exc}")), 1
+    try:
+        data = pickle.dumps(payload)
+    except Exception as exc:  # an unpicklable result
+        data, status = pickle.dumps(("err", NsrError(f"result not picklable: {exc}"))), 1
+    _write_all(fd, data)
+    return status
+
+
+def _wait(pid: int) -> int:
+    """waitpid() and turn the status into a shell-style exit code (128+N for a signal)."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:  # pragma: no cover
+            continue
+    return os.waitstatus_to_exitcode(status) if status & 0x7F == 0 else 128 + os.WTERMSIG(status)
+
+
+def _in_child(fn: Callable[[], int]) -> None:
+    """Body of a forked child: run ``fn`` and _exit with its status, whatever happens."""
+    status = 1
+    try:
+        status = fn()
+    except BaseException:  # the child must never unwind into the parent's code
+        status = 1
+    finally:
+        os._exit(status)
+
+
+def _unwrap(data: bytes, what: str) -> Any:
+    if not data:
+        raise NsrError(f"{what}: the child died before reporting",
+                       hint="see the kernel log (dmesg) or run with --backend shell")
+    kind, value = pickle.loads(data)
+    if kind == "err":
+        raise value
+    return value
+
+
+def fork_call(fn: Callable[[], Any], what: str = "child") -> Any:
+    """Run ``fn`` in a forked child, wait for it, and return its (picklable) result."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        _in_child(lambda: _child_report(w, fn))
+    os.close(w)
+    try:
+        data = _read_all(r)
+    finally:
+        os.close(r)
+        _wait(pid)
+    return _unwrap(data, what)
+
+
+def _run_with_pidns(fn: Callable[[], Any]) -> Any:
+    """After unshare/setns of a PID namespace only children land in it: fork once more."""
+    return fork_call(fn, "pid namespace child")
+
+
+def spawn(fn: Callable[[], Any], flags: int, *,
+          before: Callable[[int], None] | None = None) -> Any:
+    """The document's clone(): run ``fn`` in a new child in new namespaces; return its result.
+
+    ``before(pid)`` runs in the parent after the child has unshared and before ``fn`` runs
+    (this is where a parent writes the child's uid_map/gid_map).
+    """
+    def child() -> Any:
+        sc.unshare(flags)
+        if before is not None:
+            _write_all(ready_w, b"u")
+            os.read(go_r, 1)
+        return _run_with_pidns(fn) if flags & sc.CLONE_NEWPID else fn()
+
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        for fd in (r, ready_r, go_w):
+            os.close(fd)
+        _in_child(lambda: _child_report(w, child))
+    for fd in (w, ready_w, go_r):
+        os.close(fd)
+    try:
+        if before is not None:
+            if os.read(ready_r, 1) == b"u":
+                before(pid)
+            _write_all(go_w, b"g")
+        data = _read_all(r)
+    finally:
+        for fd in (r, ready_r, go_w):
+            os.close(fd)
+        _wait(pid)
+    return _unwrap(data, f"clone({sc.flag_names(flags)})")
+
+
+def enter_all(pid: int | str, types: Iterable[NsType | str]) -> bool:
+    """setns() into the namespaces of ``pid`` in nsenter's order; True if PID ns was joined.
+
+    All namespace files are opened before the first setns(), as nsenter does, so joining a
+    mount namespace cannot hide the /proc of the others.
+    """
+    wanted = {(ns_type(t) if isinstance(t, str) else t).name for t in types}
+    fds = []
+    try:
+        for t in NS_TYPES.values():
+            if t.name in wanted:
+                path = f"/proc/{pid}/ns/{t.proc}" if not str(pid).startswith("/") else str(pid)
+                try:
+                    fds.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), t))
+                except OSError as exc:
+                    raise SyscallError.from_oserror(f"open({path!r})", exc) from None
+        for fd, t in fds:
+            if t.name == "user" and os.stat(f"/proc/self/fd/{fd}").st_ino == os.stat("/proc/self/ns/user").st_ino:
+                continue  # setns into one's own user namespace is EINVAL; nsenter skips it too
+            sc.setns(fd, t.flag)
+        if "mnt" in wanted:
+            os.chdir("/")
+    finally:
+        for fd, _ in fds:
+            os.close(fd)
+    return "pid" in wanted
+
+
+def call_in(pid: int | str, types: Iterable[NsType | str], fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` inside the namespaces of process ``pid`` (the native ``nsenter -t PID``)."""
+    types = list(types)
+
+    def child() -> Any:
+        joined_pid = enter_all(pid, types)
+        return _run_with_pidns(fn) if joined_pid else fn()
+
+    return fork_call(child, f"nsenter -t {pid}")
+
+
+@dataclass
+class Completed:
+    """The outcome of a command run inside namespaces."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str = ""
+
+    def check(self) -> "Completed":
+        """Raise :class:`CommandError` unless the command exited 0."""
+        if self.returncode != 0:
+            raise CommandError(self.argv, self.returncode, self.stderr)
+        return self
+
+
+def exec_in(pid: int | str | None, types: Iterable[NsType | str], argv: Sequence[str], *,
+            input: bytes | None = None, uid: int | None = None, gid: int | None = None,
+            capture: bool = True) -> Completed:
+    """Run ``argv`` inside the namespaces of ``pid`` (all of ``types``) and capture its output.
+
+    With ``uid``/``gid`` the command runs with those ids (as ``nsenter -S/-G`` does).
+    ``pid=None`` runs it where we are.
+    """
+    import shutil
+    import subprocess
+
+    argv = [str(a) for a in argv]
+    types = list(types)
+
+    def preexec() -> None:
+        if pid is not None:
+            enter_all(pid, types)
+        if gid is not None:
+            os.setgroups([])
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
+
+    if shutil.which(argv[0]) is None and not os.path.isabs(argv[0]):
+        raise ToolMissing(argv[0], package_for(argv[0]))
+    # A PID namespace is joined by children only: the preexec setns() makes the exec'd
+    # command's *children* land in it, so for "pid" we go through one extra fork of our own.
+    if pid is not None and any((ns_type(t) if isinstance(t, str) else t).name == "pid" for t in types):
+        return fork_call(lambda: _exec_pidns(pid, types, argv, input, uid, gid, capture),
+                         f"nsenter -t {pid}")
+    try:
+        proc = subprocess.run(argv, input=input, preexec_fn=preexec,
+                              stdout=subprocess.PIPE if capture else None,
+                              stderr=subprocess.PIPE if capture else None)
+    except subprocess.SubprocessError as exc:
+        raise NsrError(f"cannot enter the namespaces of {pid} to run {argv[0]}: {exc}",
+                       hint="is the process still alive? (see `invoke env-ls`)") from None
+    except FileNotFoundError:
+        raise ToolMissing(argv[0], package_for(argv[0])) from None
+    return Completed(argv, proc.returncode, (proc.stdout or b"").decode(errors="replace"),
+                     (proc.stderr or b"").decode(errors="replace"))
+
+
+def _exec_pidns(pid, types, argv, input, uid, gid, capture) -> Completed:
+    enter_all(pid, types)
+    return exec_in(None, [], argv, input=input, uid=uid, gid=gid, capture=capture)
+
+
+PACKAGES = {
+    "unshare": "util-linux", "nsenter": "util-linux", "lsns": "util-linux",
+    "setpriv": "util-linux", "findmnt": "util-linux", "ipcmk": "util-linux",
+    "ipcs": "util-linux", "ipcrm": "util-linux", "mount": "mount", "umount": "mount",
+    "ip": "iproute2", "bridge": "iproute2", "hostname": "hostname", "ps": "procps",
+    "busybox": "busybox-static", "runc": "runc", "bwrap": "bubblewrap", "sleep": "coreutils",
+    "capsh": "libcap2-bin", "ping": "iputils-ping",
+}
+
+
+def package_for(tool: str) -> str:
+    """The Debian package that ships ``tool`` (for the 'not installed' hint)."""
+    return PACKAGES.get(os.path.basename(tool), os.path.basename(tool))
+
+
+# --- holders --------------------------------------------------------------------------------
+
+@dataclass
+class Holder:
+    """A process that keeps namespaces alive.
+
+    ``pid`` is the holder itself (PID 1 of its PID namespace, if it has one): pass it to
+    ``nsenter -t``. ``parent`` is the process this one forked (the ``unshare --fork``
+    intermediate, or the holder itself), which the creator waits for.
+    """
+
+    pid: int
+    parent: int
+    flags: int
+    started: float = field(default_factory=time.time)
+
+    def alive(self) -> bool:
+        """True while the holder runs (a zombie counts as dead)."""
+        return pid_alive(self.pid)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGKILL the holder (and with a PID namespace, everything in it) and reap it."""
+        kill_and_reap(self.pid, self.parent, timeout)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def kill_and_reap(pid: int, parent: int | None = None, timeout: float = 5.0) -> None:
+    """SIGKILL ``pid``; wait for ``parent`` (our child) or poll until ``pid`` is gone."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    waited = False
+    for child in {p for p in (parent, pid) if p}:
+        try:
+            os.waitpid(child, 0)
+            waited = True
+        except ChildProcessError:
+            pass  # not our child: someone else reaps it
+    if not waited:
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def _pid1_loop() -> None:
+    """What a holder does forever: reap orphans (it may be PID 1) and wait for signals."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    while True:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        signal.sigtimedwait({signal.SIGCHLD}, 60)
+
+
+def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
+                 before: Callable[[int], None] | None = None, detach: bool = False) -> Holder:
+    """Start a holder in new namespaces (the native ``unshare --fork ... sleep infinity``).
+
+    ``before(pid)`` runs in the caller once the holder has unshared (write uid/gid maps
+    there); ``setup()`` runs inside the holder after that (set the hostname, mount /proc...).
+    With ``detach`` the holder starts its own session, so it outlives the caller and ignores
+    the terminal's Ctrl-C.
+    """
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+
+    def hold() -> int:
+        host_pid = _host_pid()  # before setup() may mount a new /proc
+        if setup is not None:
+            setup()
+        _write_all(ready_w, b"R" + pickle.dumps(host_pid))
+        os.close(ready_w)
+        _pid1_loop()
+        return 0
+
+    def first() -> int:
+        for fd in (ready_r, go_w):
+            os.close(fd)
+        if detach:
+            os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_IGN if detach else signal.SIG_DFL)
+        try:
+            sc.unshare(flags)
+            if before is not None:
+                _write_all(ready_w, b"u")
+                os.read(go_r, 1)
+            if flags & sc.CLONE_NEWPID:
+                child = os.fork()
+                if child == 0:
+                    _in_child(hold)
+                os.close(ready_w)
+                # like `unshare --fork`: stay as the parent of PID 1 and share its fate
+                return _wait(child)
+            return hold()
+        except NsrError as exc:
+            _write_all(ready_w, b"E" + pickle.dumps(exc))
+            return 1
+
+    pid = os.fork()
+    if pid == 0:
+        _in_child(first)
+    for fd in (ready_w, go_r):
+        os.close(fd)
+    try:
+        tag = os.read(ready_r, 1)
+        if tag == b"u":
+            try:
+                before(pid)  # type: ignore[misc]
+            finally:
+                _write_all(go_w, b"g")
+            tag = os.read(ready_r, 1)
+        rest = _read_all(ready_r) if tag in (b"R", b"E") else b""
+    except BaseException:
+        kill_and_reap(pid, pid)
+        raise
+    finally:
+        os.close(ready_r)
+        os.close(go_w)
+    if tag == b"R":
+        return Holder(pickle.loads(rest), pid, flags)
+    kill_and_reap(pid, pid)
+    if tag == b"E":
+        raise pickle.loads(rest)
+    raise NsrError(f"holder for {sc.flag_names(flags)} died while starting",
+                   hint="see `invoke doctor`")
+
+
+def _host_pid() -> int:
+    """Our PID as the caller's /proc sees it (call it before mounting a new /proc)."""
+    return int(os.readlink("/proc/self"))
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc/PID/task/*/children)."""
+    kids: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.extend(int(x) for x in f.read().split())
+    except FileNotFoundError:
+        pass
+    return kids
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something true, or raise after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise NsrError(f"timed out waiting for {what}", errno_name=errno.errorcode[errno.ETIMEDOUT])
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

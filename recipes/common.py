@@ -1,0 +1,144 @@
+"""Steps every section uses: start a namespace holder, run a command inside it, stop it.
+
+The shell forms are the util-linux commands the document's C programs correspond to:
+``unshare --uts -- sleep infinity`` keeps a new UTS namespace alive, ``nsenter -t PID --uts
+-- hostname`` runs a command inside it, ``kill -KILL PID`` ends it. The native forms do the
+same with fork()+unshare()/setns() (:mod:`nsutil.process`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+from nsutil import process
+from nsutil.backend import Placeholder, Runner, Step
+from nsutil.errors import CommandError, NsrError
+from nsutil.nstypes import NsType, flags_of, ns_inode, parse_types
+from nsutil import shell as nshell
+from nsutil import syscalls as sc
+
+
+def unshare_argv(types: Sequence[NsType], *, mount_proc: bool = False) -> list[str]:
+    """``unshare --uts --pid --fork [--mount-proc] -- sleep infinity`` for ``types``."""
+    argv = ["unshare"] + [t.option for t in types]
+    if any(t.name == "pid" for t in types):
+        argv.append("--fork")
+        if mount_proc:
+            argv.append("--mount-proc")
+    return argv + ["--", "sleep", "infinity"]
+
+
+def _native_setup(types: Sequence[NsType], mount_proc: bool):
+    names = {t.name for t in types}
+
+    def setup() -> None:
+        if "mnt" in names:
+            # what `unshare --mount` does by default: keep our mounts from propagating back
+            sc.make_propagation("/", "private", recursive=True)
+        if mount_proc and "pid" in names and "mnt" in names:
+            sc.mount("proc", "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    return setup
+
+
+def _shell_holder(argv: list[str], types: Sequence[NsType], detach: bool,
+                  before=None) -> process.Holder:
+    """Start ``unshare ... sleep infinity`` in the background; find the process holding."""
+    import shutil
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        parent = os.posix_spawn(shutil.which(argv[0]) or argv[0], argv, os.environ,
+                                file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0)],
+                                setsid=detach)
+    finally:
+        os.close(devnull)
+    probe = types[0]
+    mine = ns_inode("self", probe)
+    forks = any(t.name == "pid" for t in types)
+
+    def ready() -> int | None:
+        if not process.pid_alive(parent):
+            raise CommandError(argv, process._wait(parent), "unshare failed (run it by hand to see why)")
+        pid = parent
+        if forks:
+            kids = process.children_of(parent)
+            if not kids:
+                return None
+            pid = kids[0]
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != "sleep":
+                    return None
+            return pid if ns_inode(pid, probe) != mine else None
+        except (NsrError, OSError):
+            return None
+
+    try:
+        pid = process.wait_for(ready, 10, f"`{' '.join(argv)}` to start")
+        if before is not None:
+            before(pid)
+    except BaseException:
+        process.kill_and_reap(parent, parent)
+        raise
+    return process.Holder(pid, parent, flags_of(types))
+
+
+def start_holder(run: Runner, types: str | Iterable[NsType], *, mount_proc: bool = False,
+                 detach: bool = False, before=None, setup=None,
+                 title: str | None = None) -> process.Holder:
+    """Step: start a process that holds new namespaces of ``types``; undo: stop it.
+
+    ``before(pid)`` runs once the namespaces exist (write uid/gid maps there);
+    ``setup()`` runs inside the native holder (the shell form does that through nsenter).
+    """
+    types = parse_types(types) if isinstance(types, str) else list(types)
+    argv = unshare_argv(types, mount_proc=mount_proc)
+    native_setup = _native_setup(types, mount_proc)
+
+    def native() -> process.Holder:
+        def both() -> None:
+            native_setup()
+            if setup is not None:
+                setup()
+        return process.spawn_holder(flags_of(types), setup=both, before=before, detach=detach)
+
+    holder = run.run(Step(
+        title or f"start a process in new {'+'.join(t.name.upper() for t in types)} namespaces "
+                 f"({sc.flag_names(flags_of(types))})",
+        argv=argv, native=native, shell=lambda a: _shell_holder(a, types, detach, before),
+        placeholder=process.Holder(Placeholder("$PID"), Placeholder("$PID"), flags_of(types)),
+    ))
+    run.defer(stop_step(holder))
+    return holder
+
+
+def stop_step(holder: process.Holder) -> Step:
+    """Step: SIGKILL the holder (and everything in its PID namespace) and reap it."""
+    def stop(_argv: list[str] | None = None) -> None:
+        holder.stop()
+    return Step(f"stop the holder (pid {holder.pid}); its namespaces go with it",
+                argv=["kill", "-KILL", holder.pid], native=stop, shell=stop)
+
+
+def nsenter_argv(pid: int | str, types: Sequence[NsType], argv: Sequence[str]) -> list[str]:
+    """``nsenter -t PID --uts ... -- argv``."""
+    return ["nsenter", "-t", str(pid)] + [t.option for t in types] + ["--"] + [str(a) for a in argv]
+
+
+def run_inside(run: Runner, holder: process.Holder | int, types: str | Iterable[NsType],
+               argv: Sequence[str], title: str, *, check: bool = True,
+               input: str | None = None) -> process.Completed:
+    """Step: run ``argv`` inside the holder's namespaces; returns its output (both backends)."""
+    types = parse_types(types) if isinstance(types, str) else list(types)
+    pid = holder.pid if isinstance(holder, process.Holder) else holder
+    full = nsenter_argv(pid, types, argv)
+
+    def native() -> process.Completed:
+        done = process.exec_in(pid, types, argv, input=input.encode() if input else None)
+        return done.check() if check else done
+
+    def shell(a: list[str]) -> process.Completed:
+        done = nshell.run_full(a, input=input)
+        return done.check() if check else done
+
+    return run.run(Step(title, argv=full, native=native, shell=shell,
+                        placeholder=process.Completed(list(full), 0, "")))

@@ -1,0 +1,56 @@
+"""Session-wide fixtures and the leak guard.
+
+The guard takes a snapshot of the host before the first test and after the last one
+(:mod:`tests.leakcheck`); anything nsrecipes-like that appeared and is still there --
+a netns, link, mount, cgroup, IPC object, process, state or /tmp entry -- fails the run.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import leakcheck  # noqa: E402
+
+_BEFORE: dict[str, set[str]] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    leakcheck.KNOWN_NS.update(leakcheck.all_namespaces())
+    _BEFORE.update(leakcheck.snapshot())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput"):
+        return
+    leaked = leakcheck.new_since(_BEFORE, leakcheck.snapshot())
+    if leaked:
+        lines = ["", "LEAK GUARD: nsrecipes objects left on the host after the tests:"]
+        for kind, items in sorted(leaked.items()):
+            lines += [f"  {kind}: {item}" for item in sorted(items)]
+        print("\n".join(lines), file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(params=["shell", "native"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Both backends: every test that takes it runs once with each."""
+    return request.param
+
+
+@pytest.fixture
+def runner(backend: str):
+    """A demo Runner on the parametrised backend that undoes everything it made."""
+    from nsutil.backend import Runner
+    with Runner(backend=backend) as run:
+        yield run
+
+
+def unprivileged_argv(argv: list[str], uid: int = 65534) -> list[str]:
+    """Wrap ``argv`` to run as an unprivileged user with no capabilities (setpriv)."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--"] + argv
