@@ -8,7 +8,8 @@ same with fork()+unshare()/setns() (:mod:`nsutil.process`).
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
 
 from nsutil import process
 from nsutil.backend import Placeholder, Runner, Step
@@ -16,6 +17,15 @@ from nsutil.errors import CommandError, NsrError
 from nsutil.nstypes import NsType, flags_of, ns_inode, parse_types
 from nsutil import shell as nshell
 from nsutil import syscalls as sc
+
+
+@dataclass
+class Leftover:
+    """Something an earlier run made and did not remove; ``cleanup`` calls ``remove()``."""
+
+    kind: str                      # "netns", "link", "env", "cgroup", "mount", ...
+    name: str                      # what `cleanup --dry-run` prints
+    remove: Callable[[], None]     # removes exactly this object, nothing else
 
 
 def unshare_argv(types: Sequence[NsType], *, mount_proc: bool = False) -> list[str]:
@@ -121,7 +131,7 @@ def stop_step(holder: process.Holder) -> Step:
 
 def nsenter_argv(pid: int | str, types: Sequence[NsType], argv: Sequence[str]) -> list[str]:
     """``nsenter -t PID --uts ... -- argv``."""
-    return ["nsenter", "-t", str(pid)] + [t.option for t in types] + ["--"] + [str(a) for a in argv]
+    return ["nsenter", "-t", pid] + [t.option for t in types] + ["--"] + list(argv)
 
 
 def run_inside(run: Runner, holder: process.Holder | int, types: str | Iterable[NsType],
