@@ -38,16 +38,53 @@ def nsr_task(help: dict[str, str] | None = None, **kwargs: Any) -> Callable:
                 raise Exit("nsrecipes: interrupted; what this run made has been undone",
                            code=130) from None
 
+        kwargs.setdefault("auto_shortflags", False)  # no -h clash with --help
         return task(body, help=merged, **kwargs)
     return decorate
 
 
 def _runner(backend: str | None, explain: bool, keep: bool = False):
     from nsutil.backend import Runner
-    return Runner(backend=backend or "auto", explain=explain, keep=keep)
+    return Runner(backend=backend, explain=explain, keep=keep)
 
 
 # ==== core demos (issue 2) ==================================================================
+
+@nsr_task(help={"hostname": "the hostname to set inside the new UTS namespace (default NewNamespace)",
+                "command": "command to run inside, as one string split on spaces (default: hostname)"})
+def uts_demo(c, hostname="NewNamespace", command="hostname", backend=None, explain=False):
+    """UTS namespace: a child in a new UTS namespace sets its hostname; the host's is unchanged."""
+    from recipes import uts
+    from nsutil.errors import require_root
+    if not explain:
+        require_root("uts-demo")
+    with _runner(backend, explain) as run:
+        uts.demo(run, hostname=hostname, command=command.split())
+
+
+@nsr_task()
+def ipc_demo(c, backend=None, explain=False):
+    """IPC namespace: a host message queue (ipcmk -Q) is invisible in a new IPC namespace."""
+    from recipes import ipc
+    from nsutil.errors import require_root
+    if not explain:
+        require_root("ipc-demo")
+    with _runner(backend, explain) as run:
+        ipc.demo(run)
+
+
+@nsr_task(help={"uid": "outside uid that uid 0 inside maps to (default 1000 as root, "
+                       "your own uid otherwise)",
+                "gid": "outside gid that gid 0 inside maps to (default: same as the uid)"})
+def user_demo(c, uid=None, gid=None, backend=None, explain=False):
+    """User namespace: uid 0 inside maps to an outside uid; root inside, powerless outside.
+
+    Works as root and as an unprivileged user.
+    """
+    from recipes import user
+    with _runner(backend, explain) as run:
+        user.demo(run, uid=uid, gid=gid)
+
 
 # ==== network (issue 3) =====================================================================
 
@@ -56,3 +93,46 @@ def _runner(backend: str | None, explain: bool, keep: bool = False):
 # ==== cgroups, copy-on-write, container (issue 5) ===========================================
 
 # ==== tour, doctor, cleanup ================================================================
+
+@nsr_task()
+def tour(c, backend=None, explain=False):
+    """All demos in the document's order, with headings: the main job. Needs root."""
+    from recipes import tour as t
+    from nsutil.errors import require_root
+    if not explain:
+        require_root("tour")
+    t.tour(backend=backend, explain=explain)
+
+
+@nsr_task(help={"dry_run": "only list what would be removed"})
+def cleanup(c, dry_run=False):
+    """Remove every nsrecipes leftover (netns, links, /etc/netns entries, environments,
+    cgroups, mounts, overlay dirs) -- and nothing else -- and report what was removed."""
+    from recipes import cleanup as cl
+    from nsutil.errors import require_root
+    require_root("cleanup")
+    removed, failed = cl.remove_all(dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for item in removed:
+        print(f"{verb} {item.kind} {item.name}")
+    for item, exc in failed:
+        print(f"FAILED {item.kind} {item.name}: {exc}")
+    print(f"{len(removed)} {'to remove' if dry_run else 'removed'}, {len(failed)} failed"
+          if removed or failed else "nothing to clean up")
+    if failed:
+        raise Exit(f"nsrecipes: cleanup: {len(failed)} could not be removed (hint: see above)",
+                   code=1)
+
+@nsr_task()
+def doctor(c):
+    """Check the kernel and host: namespaces, user-ns limits, cgroups, overlayfs, tools, root.
+
+    Prints an ok/missing table with hints; exits non-zero if something the demos need is missing.
+    """
+    from recipes import doctor as doc
+    checks = doc.run_checks()
+    print(doc.format_table(checks))
+    missing = [ch.name for ch in checks if ch.required and not ch.ok]
+    if missing:
+        raise Exit(f"nsrecipes: doctor: missing {', '.join(missing)} (hint: see the table above)",
+                   code=1)

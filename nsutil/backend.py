@@ -79,7 +79,7 @@ class Runner:
     with ``keep=True`` what was made stays (``net-veth``, ``env-create``).
     """
 
-    backend: str = "auto"
+    backend: str | None = None   # None: $NSR_BACKEND, else auto
     explain: bool = False
     keep: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
@@ -143,6 +143,15 @@ class Runner:
     def defer(self, step: Step) -> None:
         """Push an undo step without running anything now."""
         self.undo_stack.append(step)
+
+    def finish(self, step: Step) -> None:
+        """Run a deferred undo step now (e.g. "the child exits") and drop it from the stack."""
+        self.undo_stack = [s for s in self.undo_stack if s is not step]
+        self.count += 1
+        if self.explain:
+            print(f"  [{self.count}] {step.title}\n      $ {step.command_line()}", file=self.out)
+            return
+        self._execute(step)
 
     def undo(self) -> list[NsrError]:
         """Run the undo stack last-in first-out; keep going past failures and return them."""

@@ -172,12 +172,28 @@ def enter_all(pid: int | str, types: Iterable[NsType | str]) -> bool:
             if t.name == "user" and os.stat(f"/proc/self/fd/{fd}").st_ino == os.stat("/proc/self/ns/user").st_ino:
                 continue  # setns into one's own user namespace is EINVAL; nsenter skips it too
             sc.setns(fd, t.flag)
+            if t.name == "user":
+                become_root_inside()
         if "mnt" in wanted:
             os.chdir("/")
     finally:
         for fd, _ in fds:
             os.close(fd)
     return "pid" in wanted
+
+
+def become_root_inside() -> None:
+    """After joining a user namespace, take uid/gid 0 there, as ``nsenter --user`` does."""
+    try:
+        os.setgroups([])
+    except PermissionError:
+        pass  # setgroups is denied in this namespace; nsenter ignores that too
+    try:
+        os.setgid(0)
+        os.setuid(0)
+    except OSError as exc:
+        raise SyscallError.from_oserror("setuid(0) inside the user namespace", exc,
+                                        hint="write the namespace's uid_map/gid_map first") from None
 
 
 def call_in(pid: int | str, types: Iterable[NsType | str], fn: Callable[[], Any]) -> Any:

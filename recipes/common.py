@@ -117,8 +117,14 @@ def start_holder(run: Runner, types: str | Iterable[NsType], *, mount_proc: bool
         argv=argv, native=native, shell=lambda a: _shell_holder(a, types, detach, before),
         placeholder=process.Holder(Placeholder("$PID"), Placeholder("$PID"), flags_of(types)),
     ))
-    run.defer(stop_step(holder))
+    holder.stop_step = stop_step(holder)  # type: ignore[attr-defined]
+    run.defer(holder.stop_step)  # type: ignore[attr-defined]
     return holder
+
+
+def stop_holder(run: Runner, holder: process.Holder) -> None:
+    """Step: stop a holder now ("the child exits"), instead of at the end of the run."""
+    run.finish(holder.stop_step)  # type: ignore[attr-defined]
 
 
 def stop_step(holder: process.Holder) -> Step:
@@ -129,17 +135,38 @@ def stop_step(holder: process.Holder) -> Step:
                 argv=["kill", "-KILL", holder.pid], native=stop, shell=stop)
 
 
+def join_types(holder: process.Holder, types: str | Iterable[NsType]) -> list[NsType]:
+    """``types`` plus the holder's user namespace when it has one: joining a namespace owned
+    by a user namespace needs that user namespace first (as ``nsenter --user`` does)."""
+    types = parse_types(types) if isinstance(types, str) else list(types)
+    if isinstance(holder.flags, int) and holder.flags & sc.CLONE_NEWUSER:
+        types = parse_types([t.name for t in types] + ["user"])
+    return types
+
+
+def enter_argv(holder: process.Holder, types: str | Iterable[NsType], argv: Sequence) -> list:
+    """``nsenter -t PID [--user] --TYPE... -- argv`` for a holder."""
+    return nsenter_argv(holder.pid, join_types(holder, types), argv)
+
+
 def nsenter_argv(pid: int | str, types: Sequence[NsType], argv: Sequence[str]) -> list[str]:
     """``nsenter -t PID --uts ... -- argv``."""
-    return ["nsenter", "-t", pid] + [t.option for t in types] + ["--"] + list(argv)
+    opts = [t.option for t in types]
+    if "--user" in opts and os.geteuid() != 0:
+        # unprivileged: our own uid is the one mapped to 0 inside; nsenter's default
+        # setgroups()+setuid(0) fails where setgroups is denied
+        opts.append("--preserve-credentials")
+    return ["nsenter", "-t", pid] + opts + ["--"] + list(argv)
 
 
 def run_inside(run: Runner, holder: process.Holder | int, types: str | Iterable[NsType],
                argv: Sequence[str], title: str, *, check: bool = True,
                input: str | None = None) -> process.Completed:
     """Step: run ``argv`` inside the holder's namespaces; returns its output (both backends)."""
-    types = parse_types(types) if isinstance(types, str) else list(types)
-    pid = holder.pid if isinstance(holder, process.Holder) else holder
+    if isinstance(holder, process.Holder):
+        types, pid = join_types(holder, types), holder.pid
+    else:
+        types, pid = (parse_types(types) if isinstance(types, str) else list(types)), holder
     full = nsenter_argv(pid, types, argv)
 
     def native() -> process.Completed:

@@ -15,7 +15,7 @@ from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
 from nsutil.names import check_hostname
 
-from .common import run_inside, start_holder
+from .common import enter_argv, join_types, run_inside, start_holder
 
 SECTION = "UTS namespace"
 
@@ -24,16 +24,18 @@ def set_hostname(run: Runner, holder: process.Holder, name: str) -> None:
     """Step: set the hostname inside the holder's UTS namespace (``hostname NAME``)."""
     check_hostname(name)
     run.run(Step(f"set the hostname inside to {name!r} (sethostname)",
-                 argv=["nsenter", "-t", holder.pid, "--uts", "--", "hostname", name],
-                 native=lambda: process.call_in(holder.pid, ["uts"], lambda: sc.sethostname(name))))
+                 argv=enter_argv(holder, "uts", ["hostname", name]),
+                 native=lambda: process.call_in(holder.pid, join_types(holder, "uts"),
+                                                lambda: sc.sethostname(name))))
 
 
 def set_domainname(run: Runner, holder: process.Holder, name: str) -> None:
     """Step: set the NIS domain name inside the holder's UTS namespace."""
     check_hostname(name)
     run.run(Step(f"set the domain name inside to {name!r} (setdomainname)",
-                 argv=["nsenter", "-t", holder.pid, "--uts", "--", "domainname", name],
-                 native=lambda: process.call_in(holder.pid, ["uts"], lambda: sc.setdomainname(name))))
+                 argv=enter_argv(holder, "uts", ["domainname", name]),
+                 native=lambda: process.call_in(holder.pid, join_types(holder, "uts"),
+                                                lambda: sc.setdomainname(name))))
 
 
 def demo(run: Runner, hostname: str = "NewNamespace",

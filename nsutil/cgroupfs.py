@@ -1,0 +1,488 @@
+"""cgroup filesystem access: v1, v2 and hybrid layouts, detected as runc does.
+
+runc decides the layout from the filesystem types (statfs magic) of the cgroup mounts:
+
+* **unified** (v2 only): ``/sys/fs/cgroup`` itself is ``cgroup2``; one tree, controllers are
+  listed in ``cgroup.controllers`` and enabled for children in ``cgroup.subtree_control``;
+* **hybrid**: ``/sys/fs/cgroup`` is a tmpfs holding one ``cgroup`` (v1) mount per controller
+  (``/sys/fs/cgroup/memory``, ``/sys/fs/cgroup/pids``, ...) *and* a ``cgroup2`` mount at
+  ``/sys/fs/cgroup/unified`` -- usually with no controllers (the machines nsrecipes is
+  developed on are like this);
+* **legacy** (v1 only): the per-controller mounts and nothing else.
+
+Here the same answer comes from ``/proc/self/mountinfo`` (the filesystem type and the super
+options, which name the v1 controllers), so a test can hand in a made-up mountinfo.
+A cgroup named ``nsr-...`` is made *below the caller's own cgroup* in every hierarchy that
+carries a wanted controller -- what runc does with a relative ``cgroupsPath``.
+
+Limits map to files as runc maps them:
+
+========  =====================================  ========================
+limit     v1 file                                v2 file
+========  =====================================  ========================
+memory    memory/…/memory.limit_in_bytes         memory.max
+pids      pids/…/pids.max                        pids.max
+cpu       cpu/…/cpu.cfs_quota_us + cfs_period_us cpu.max ("QUOTA PERIOD")
+========  =====================================  ========================
+
+OOM kills are read from ``memory.oom_control`` (v1, ``oom_kill N``) or ``memory.events``
+(v2, ``oom_kill N``); refused forks from ``pids.events`` (``max N``) in both; CPU time from
+``cpuacct.usage`` (v1, ns) or ``cpu.stat`` (v2, ``usage_usec``).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+
+from .errors import InvalidInput, NsrError, SyscallError
+from .names import PREFIX
+
+ROOT = "/sys/fs/cgroup"
+#: controllers nsrecipes uses; cpuacct only on v1 (CPU time), where it may be its own hierarchy
+CONTROLLERS = ("memory", "pids", "cpu")
+V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
+CPU_PERIOD_US = 100_000
+
+
+# --- parsing of user input -------------------------------------------------------------------
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_memory(text: str | int) -> int:
+    """``64M`` / ``512k`` / ``1G`` / ``1048576`` -> bytes; at least 1 MiB.
+
+    Rejects ``64X``, ``-1``, ``0`` with one line saying what is accepted.
+    """
+    raw = str(text).strip()
+    m = re.fullmatch(r"(\d+)\s*([KkMmGgTtBb]?)(?:i?[Bb])?", raw)
+    if not m:
+        raise InvalidInput(f"memory limit {raw!r} does not parse",
+                           hint="write a positive size like 64M, 512K, 1G or a number of bytes")
+    value = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    if value < (1 << 20):
+        raise InvalidInput(f"memory limit {raw!r} is below 1M",
+                           hint="a container needs at least 1M; write e.g. 64M")
+    return value
+
+
+def parse_pids(text: str | int) -> int:
+    """A pids limit: a whole number >= 1 (``-1`` and ``0`` are refused)."""
+    raw = str(text).strip()
+    if not re.fullmatch(r"\d+", raw) or int(raw) < 1:
+        raise InvalidInput(f"pids limit {raw!r} is not a positive whole number",
+                           hint="write e.g. 64 (the container's process count may not exceed it)")
+    if int(raw) > 4_194_304:
+        raise InvalidInput(f"pids limit {raw} exceeds the kernel's pid_max (4194304)",
+                           hint="write a smaller number")
+    return int(raw)
+
+
+def parse_cpus(text: str | float) -> float:
+    """A CPU limit in CPUs (``0.5`` = half a CPU): 0.01 .. number of CPUs * 1000."""
+    raw = str(text).strip()
+    if not re.fullmatch(r"\d+(\.\d+)?|\.\d+", raw):
+        raise InvalidInput(f"cpu limit {raw!r} does not parse",
+                           hint="write a positive number of CPUs like 0.5 or 2")
+    value = float(raw)
+    if value < 0.01:
+        raise InvalidInput(f"cpu limit {raw!r} is below 0.01 CPU",
+                           hint="write e.g. 0.5 (half a CPU)")
+    if value > 1024:
+        raise InvalidInput(f"cpu limit {raw!r} is too large", hint="write at most 1024")
+    return value
+
+
+@dataclass
+class Limits:
+    """Resource limits; ``None`` means "not limited"."""
+
+    memory: int | None = None     #: bytes
+    pids: int | None = None       #: processes
+    cpus: float | None = None     #: CPUs (quota / period)
+
+    @classmethod
+    def parse(cls, memory: str | int | None = None, pids: str | int | None = None,
+              cpus: str | float | None = None) -> "Limits":
+        """Validate user-given limits (strings as on the command line)."""
+        return cls(memory=parse_memory(memory) if memory not in (None, "") else None,
+                   pids=parse_pids(pids) if pids not in (None, "") else None,
+                   cpus=parse_cpus(cpus) if cpus not in (None, "") else None)
+
+    def any(self) -> bool:
+        """True if at least one limit is set."""
+        return any(v is not None for v in (self.memory, self.pids, self.cpus))
+
+    def cpu_quota(self, period: int = CPU_PERIOD_US) -> tuple[int, int]:
+        """(quota_us, period_us) for ``cpus``."""
+        assert self.cpus is not None
+        return max(1000, int(round(self.cpus * period))), period
+
+
+# --- layout detection ------------------------------------------------------------------------
+
+@dataclass
+class Layout:
+    """Where the cgroup hierarchies are and which one carries each controller."""
+
+    mode: str                                   #: "unified", "hybrid" or "legacy"
+    v1: dict[str, str] = field(default_factory=dict)   #: controller -> v1 mount point
+    v2: str | None = None                        #: the cgroup2 mount point (if any)
+    v2_controllers: tuple[str, ...] = ()          #: controllers available in the v2 root
+
+    def version_for(self, controller: str) -> int:
+        """1 or 2: which hierarchy nsrecipes uses for ``controller`` (v1 wins in hybrid mode,
+        as in runc, because the v2 tree of a hybrid host has no controllers)."""
+        if controller in self.v1:
+            return 1
+        if self.v2 and (controller in self.v2_controllers or controller == "cpuacct"):
+            return 2
+        raise NsrError(f"cgroup controller {controller!r} is not available on this host",
+                       hint="see /proc/cgroups and /proc/self/mountinfo")
+
+    @property
+    def cgroup_version(self) -> int:
+        """2 on a unified host, else 1 (what `stat -fc %T /sys/fs/cgroup` tells)."""
+        return 2 if self.mode == "unified" else 1
+
+
+def _unescape(path: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+
+
+def detect(mountinfo: str | None = None, root: str = ROOT) -> Layout:
+    """Detect the cgroup layout from ``/proc/self/mountinfo`` (or the text given)."""
+    if mountinfo is None:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
+    v1: dict[str, str] = {}
+    v2: str | None = None
+    root_is_v2 = False
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 5 or len(rfields) < 3:
+            continue
+        point, fstype, superopts = _unescape(fields[4]), rfields[0], rfields[2]
+        if fstype == "cgroup2":
+            if point == root:
+                root_is_v2, v2 = True, point
+            elif v2 is None or point == os.path.join(root, "unified"):
+                v2 = point
+        elif fstype == "cgroup":
+            for opt in superopts.split(","):
+                if opt in V1_CONTROLLERS and opt not in v1:
+                    v1[opt] = point
+    controllers: tuple[str, ...] = ()
+    if v2 is not None:
+        try:
+            with open(os.path.join(v2, "cgroup.controllers")) as f:
+                controllers = tuple(f.read().split())
+        except OSError:
+            controllers = ()
+    if root_is_v2:
+        return Layout("unified", {}, v2, controllers)
+    if v1 and v2:
+        return Layout("hybrid", v1, v2, controllers)
+    if v1:
+        return Layout("legacy", v1, None, ())
+    if v2:
+        return Layout("unified", {}, v2, controllers)
+    raise NsrError("no cgroup filesystem is mounted", hint="mount cgroup2 on /sys/fs/cgroup")
+
+
+def own_cgroup(controller: str | None, proc_cgroup: str | None = None) -> str:
+    """The caller's cgroup path in the hierarchy of ``controller`` (``None`` = v2 "0::")."""
+    if proc_cgroup is None:
+        with open("/proc/self/cgroup") as f:
+            proc_cgroup = f.read()
+    for line in proc_cgroup.splitlines():
+        num, ctrls, path = line.split(":", 2)
+        names = ctrls.split(",") if ctrls else []
+        if controller is None and num == "0" and not ctrls:
+            return path
+        if controller is not None and controller in names:
+            return path
+    return "/"
+
+
+# --- file helpers ----------------------------------------------------------------------------
+
+def write_file(path: str, value: str | int) -> None:
+    """``echo VALUE > PATH`` for a cgroup control file; errors name the file and the value."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, str(value).encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        hint = None
+        if exc.errno == errno.EINVAL:
+            hint = "the kernel refused the value (too small for what the cgroup uses already?)"
+        elif exc.errno == errno.EBUSY:
+            hint = "a limit below current usage, or a controller in use in a child cgroup"
+        raise SyscallError.from_oserror(f"write({path!r}, {str(value)!r})", exc, hint) from None
+
+
+def read_file(path: str) -> str:
+    """The text of a cgroup control file ("" if it does not exist)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise SyscallError.from_oserror(f"read({path!r})", exc) from None
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """A flat-keyed file (``memory.events``, ``memory.oom_control``, ``cpu.stat``) as a dict."""
+    out: dict[str, int] = {}
+    for line in read_file(path).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and re.fullmatch(r"-?\d+", parts[1]):
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+# --- a cgroup --------------------------------------------------------------------------------
+
+@dataclass
+class Cgroup:
+    """One nsrecipes cgroup: a directory per hierarchy that carries a wanted controller.
+
+    ``dirs`` maps a controller to its directory (on v2 every controller maps to the same one).
+    Build it with :func:`plan`; nothing exists until :meth:`create`.
+    """
+
+    name: str
+    version: int                 #: 1 (v1/hybrid) or 2 (unified)
+    dirs: dict[str, str]
+
+    # -- paths ------------------------------------------------------------------------------
+    def unique_dirs(self) -> list[str]:
+        """Every directory of this cgroup, once each, in creation order."""
+        seen: list[str] = []
+        for d in self.dirs.values():
+            if d not in seen:
+                seen.append(d)
+        return seen
+
+    def file(self, controller: str, name: str) -> str:
+        """Path of control file ``name`` of ``controller``."""
+        return os.path.join(self.dirs[controller], name)
+
+    # -- limits: the (file, value) writes for each --------------------------------------------
+    def limit_writes(self, limits: Limits) -> list[tuple[str, str, str]]:
+        """``(controller, file, value)`` for every limit set, in the order they are written."""
+        writes: list[tuple[str, str, str]] = []
+        if limits.memory is not None and "memory" in self.dirs:
+            name = "memory.limit_in_bytes" if self.version == 1 else "memory.max"
+            writes.append(("memory", self.file("memory", name), str(limits.memory)))
+            if self.version == 2:
+                # like runc without a swap limit: no swap beyond the memory limit
+                writes.append(("memory", self.file("memory", "memory.swap.max"), "0"))
+        if limits.pids is not None and "pids" in self.dirs:
+            writes.append(("pids", self.file("pids", "pids.max"), str(limits.pids)))
+        if limits.cpus is not None and "cpu" in self.dirs:
+            quota, period = limits.cpu_quota()
+            if self.version == 1:
+                writes.append(("cpu", self.file("cpu", "cpu.cfs_period_us"), str(period)))
+                writes.append(("cpu", self.file("cpu", "cpu.cfs_quota_us"), str(quota)))
+            else:
+                writes.append(("cpu", self.file("cpu", "cpu.max"), f"{quota} {period}"))
+        return writes
+
+    def enable_writes(self) -> list[tuple[str, str]]:
+        """v2 only: ``(parent subtree_control, "+memory +pids +cpu")`` so children get them."""
+        if self.version != 2:
+            return []
+        d = self.unique_dirs()[0]
+        parent = os.path.dirname(d)
+        wanted = " ".join(f"+{c}" for c in self.dirs if c in CONTROLLERS)
+        return [(os.path.join(parent, "cgroup.subtree_control"), wanted)] if wanted else []
+
+    # -- operations ---------------------------------------------------------------------------
+    def create(self) -> None:
+        """mkdir every directory (and on v2 enable the controllers in the parent first)."""
+        for path, value in self.enable_writes():
+            write_file(path, value)
+        for d in self.unique_dirs():
+            try:
+                os.mkdir(d, 0o755)
+            except FileExistsError:
+                raise SyscallError(f"mkdir({d!r})", errno.EEXIST,
+                                   hint="a cgroup of that name exists; run `invoke cleanup`") from None
+            except OSError as exc:
+                raise SyscallError.from_oserror(f"mkdir({d!r})", exc) from None
+
+    def set_limits(self, limits: Limits) -> None:
+        """Write every limit file."""
+        for _ctrl, path, value in self.limit_writes(limits):
+            write_file(path, value)
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` (all its threads) into this cgroup in every hierarchy."""
+        for d in self.unique_dirs():
+            write_file(os.path.join(d, "cgroup.procs"), pid)
+
+    def procs(self) -> list[int]:
+        """Processes in this cgroup (union over hierarchies)."""
+        pids: set[int] = set()
+        for d in self.unique_dirs():
+            pids.update(procs_of(d))
+        return sorted(pids)
+
+    def exists(self) -> bool:
+        """True if any of the directories exists."""
+        return any(os.path.isdir(d) for d in self.unique_dirs())
+
+    # -- observations -------------------------------------------------------------------------
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer killed in this cgroup."""
+        if self.version == 1:
+            return read_keyed(self.file("memory", "memory.oom_control")).get("oom_kill", 0)
+        return read_keyed(self.file("memory", "memory.events")).get("oom_kill", 0)
+
+    def memory_events(self) -> dict[str, int]:
+        """``memory.events`` (v2) or ``memory.oom_control`` (v1) as a dict."""
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        return read_keyed(self.file("memory", name))
+
+    def memory_max_usage(self) -> int:
+        """Peak memory use in bytes (``memory.max_usage_in_bytes`` / ``memory.peak``)."""
+        name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
+        text = read_file(self.file("memory", name)).strip()
+        return int(text) if text.isdigit() else 0
+
+    def pids_refused(self) -> int:
+        """How many forks the pids limit refused (``pids.events``: ``max N``)."""
+        return read_keyed(self.file("pids", "pids.events")).get("max", 0)
+
+    def pids_current(self) -> int:
+        """``pids.current``."""
+        text = read_file(self.file("pids", "pids.current")).strip()
+        return int(text) if text.isdigit() else 0
+
+    def cpu_usage_us(self) -> int:
+        """CPU time used by the cgroup, in microseconds."""
+        if self.version == 1:
+            ctrl = "cpuacct" if "cpuacct" in self.dirs else "cpu"
+            text = read_file(self.file(ctrl, "cpuacct.usage")).strip()
+            return int(text) // 1000 if text.isdigit() else 0
+        return read_keyed(self.file("cpu", "cpu.stat")).get("usage_usec", 0)
+
+    def cpu_throttled(self) -> int:
+        """How many CFS periods the cgroup was throttled in (``cpu.stat`` ``nr_throttled``)."""
+        return read_keyed(self.file("cpu", "cpu.stat")).get("nr_throttled", 0)
+
+    # -- removal ------------------------------------------------------------------------------
+    def kill(self) -> int:
+        """SIGKILL every process in the cgroup (``cgroup.kill`` on v2 when there is one)."""
+        return sum(kill_procs(d) for d in self.unique_dirs())
+
+    def remove(self, timeout: float = 5.0) -> None:
+        """Kill what is left and rmdir every directory, retrying while the kernel says EBUSY."""
+        for d in reversed(self.unique_dirs()):
+            remove_dir(d, timeout)
+
+
+def procs_of(directory: str) -> list[int]:
+    """PIDs listed in ``DIR/cgroup.procs`` (and of child cgroups)."""
+    out: list[int] = []
+    for root, _dirs, files in os.walk(directory):
+        if "cgroup.procs" in files:
+            out.extend(int(x) for x in read_file(os.path.join(root, "cgroup.procs")).split()
+                       if x.isdigit())
+    return out
+
+
+def kill_procs(directory: str) -> int:
+    """SIGKILL the processes of one cgroup directory (and its children); returns how many."""
+    kill_file = os.path.join(directory, "cgroup.kill")
+    pids = procs_of(directory)
+    if os.path.exists(kill_file) and pids:
+        try:
+            write_file(kill_file, 1)
+            return len(pids)
+        except NsrError:
+            pass
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def remove_dir(directory: str, timeout: float = 5.0) -> None:
+    """rmdir a cgroup directory (children first); on EBUSY kill what is in it and retry."""
+    if not os.path.isdir(directory):
+        return
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if entry.is_dir(follow_symlinks=False):
+            remove_dir(entry.path, timeout)
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            os.rmdir(directory)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
+                raise SyscallError.from_oserror(f"rmdir({directory!r})", exc) from None
+        kill_procs(directory)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def plan(name: str, controllers: tuple[str, ...] = CONTROLLERS, layout: Layout | None = None,
+         proc_cgroup: str | None = None) -> Cgroup:
+    """The cgroup ``name`` (must start with ``nsr``) below the caller's own cgroup in each
+    hierarchy carrying one of ``controllers`` -- on v1 also cpuacct when cpu is wanted."""
+    if not name.startswith(PREFIX) or "/" in name:
+        raise InvalidInput(f"cgroup name {name!r} must start with {PREFIX!r} and have no '/'",
+                           hint=f"use e.g. {PREFIX}-demo")
+    layout = layout or detect()
+    dirs: dict[str, str] = {}
+    if layout.mode == "unified":
+        assert layout.v2 is not None
+        base = own_cgroup(None, proc_cgroup)
+        path = os.path.join(layout.v2, base.lstrip("/"), name)
+        for c in controllers:
+            if c in layout.v2_controllers:
+                dirs[c] = path
+        if not dirs:
+            dirs["pids"] = path   # a bare v2 cgroup still groups and kills processes
+        return Cgroup(name, 2, dirs)
+    wanted = list(controllers) + (["cpuacct"] if "cpu" in controllers else [])
+    for c in wanted:
+        if c in layout.v1:
+            base = own_cgroup(c, proc_cgroup)
+            dirs[c] = os.path.join(layout.v1[c], base.lstrip("/"), name)
+    return Cgroup(name, 1, dirs)
+
+
+def find_ours(layout: Layout | None = None, max_depth: int = 4) -> list[str]:
+    """Every cgroup directory named ``nsr*`` in every hierarchy (not descending into them)."""
+    layout = layout or detect()
+    roots = sorted(set(layout.v1.values()) | ({layout.v2} if layout.v2 else set()))
+    found: list[str] = []
+    for top in roots:
+        base_depth = top.rstrip("/").count("/")
+        for root, dirs, _files in os.walk(top):
+            keep = []
+            for d in dirs:
+                if d.startswith(PREFIX):
+                    found.append(os.path.join(root, d))
+                else:
+                    keep.append(d)
+            dirs[:] = keep if root.count("/") - base_depth < max_depth else []
+    return found

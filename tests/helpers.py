@@ -1,0 +1,34 @@
+"""Shared helpers for the tests: run the real CLI in a subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INVOKE = os.path.join(os.path.dirname(sys.executable), "invoke")
+
+
+def cli(*args: str, env: dict | None = None, prefix: list[str] | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``invoke ARGS`` from the project root, as a user would; capture its output."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run((prefix or []) + [INVOKE, *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def as_nobody(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``invoke ARGS`` as uid 65534 with no capabilities (setpriv)."""
+    from conftest import unprivileged_argv
+    return cli(*args, env={"HOME": "/tmp", **(env or {})}, prefix=unprivileged_argv([])[:-1] + ["--"])
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """Assert the command failed with exactly one line on stderr that has a hint; return it."""
+    assert proc.returncode != 0, proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "hint:" in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+    return lines[0]

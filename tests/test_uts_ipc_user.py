@@ -1,0 +1,162 @@
+"""UTS, IPC and user namespace demos: observable results on both backends, and the CLI."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from helpers import as_nobody, cli, one_line_error
+from nsutil import sysvipc
+from nsutil.backend import Runner
+from recipes import ipc, user, uts
+
+
+def test_uts_demo_sets_name_inside_only(runner):
+    host = socket.gethostname()
+    seen = uts.demo(runner, hostname="nsr-NewNamespace")
+    assert seen["inside"] == "nsr-NewNamespace"
+    assert seen["host_before"] == seen["host_after"] == host == socket.gethostname()
+
+
+def test_uts_demo_runs_given_command(runner):
+    seen = uts.demo(runner, hostname="nsr-x", command=["uname", "-n"])
+    assert seen["inside"] == "nsr-x"
+
+
+def test_ipc_demo_queue_isolated(runner):
+    before = sysvipc.queue_ids()
+    seen = ipc.demo(runner)
+    qid = seen["qid"]
+    assert qid in [q["msqid"] for q in seen["host_before"]]
+    assert seen["inside"] == []
+    assert qid in [q["msqid"] for q in seen["host_after"]]
+    runner.undo()
+    assert sysvipc.queue_ids() == before  # the demo removed its queue
+
+
+def test_ipc_inside_queue_dies_with_namespace(backend):
+    with Runner(backend=backend) as run:
+        from recipes.common import start_holder
+        holder = start_holder(run, "ipc")
+        qid = ipc.make_queue_inside(run, holder)
+        inside = ipc.list_queues(run, holder, "inside")
+        assert [q["msqid"] for q in inside] == [qid]
+        key = inside[0]["key"]
+        assert key not in {q["key"] for q in sysvipc.list_queues()}  # not on the host
+    # the holder is gone, and its IPC namespace with the queue: nothing to remove
+    assert key not in {q["key"] for q in sysvipc.list_queues()}
+
+
+def test_user_demo_root_inside_powerless_outside(runner):
+    seen = user.demo(runner, uid=1000)
+    assert (seen["euid"], seen["egid"]) == (0, 0)
+    assert "cap_sys_admin" in seen["caps"] and "cap_setuid" in seen["caps"]
+    assert seen["uid_map"] == ["0 1000 1"]
+    assert seen["wrote_root_file"] is False
+
+
+def test_user_demo_maps_another_uid(runner):
+    seen = user.demo(runner, uid=4242, gid=4343)
+    assert seen["uid_map"] == ["0 4242 1"] and seen["euid"] == 0
+
+
+def test_both_backends_agree_on_user_demo():
+    results = []
+    for backend in ("shell", "native"):
+        with Runner(backend=backend) as run:
+            results.append(user.demo(run, uid=1000))
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("backend", ["shell", "native"])
+def test_user_demo_unprivileged(backend):
+    proc = as_nobody("user-demo", "--backend", backend)
+    assert proc.returncode == 0, proc.stderr
+    assert "eUID = 0; eGID = 0" in proc.stdout
+    assert "cap_sys_admin" in proc.stdout
+    assert "denied" in proc.stdout
+
+
+def test_user_demo_unprivileged_cannot_map_other_uid():
+    line = one_line_error(as_nobody("user-demo", "--uid", "1000"))
+    assert "only your own ids" in line
+
+
+@pytest.mark.parametrize("task", ["uts-demo", "ipc-demo", "tour"])
+def test_root_needed_one_line(task):
+    line = one_line_error(as_nobody(task))
+    assert "needs root" in line
+
+
+@pytest.mark.parametrize("args, words", [
+    (["uts-demo", "--hostname", "x" * 65], "limit is 64"),
+    (["uts-demo", "--hostname", "a b"], "whitespace"),
+    (["user-demo", "--uid", "abc"], "not a number"),
+    (["user-demo", "--uid", "-1"], "out of range"),
+    (["user-demo", "--uid", "4294967295"], "out of range"),
+    (["ipc-demo", "--backend", "bogus"], "unknown backend"),
+])
+def test_bad_input_one_line_nothing_created(args, words):
+    proc = cli(*args)
+    assert words in one_line_error(proc)
+    assert proc.stdout.strip() == ""
+
+
+def test_backend_from_environment_is_validated():
+    assert "unknown backend" in one_line_error(cli("uts-demo", env={"NSR_BACKEND": "nope"}))
+
+
+def test_missing_tool_names_package(tmp_path):
+    # a PATH without util-linux: the shell backend must say which package to install
+    proc = cli("uts-demo", "--backend", "shell", env={"PATH": str(tmp_path)})
+    line = one_line_error(proc)
+    assert "`unshare` is not installed" in line and "apt-get install util-linux" in line
+    assert proc.returncode == 127
+
+
+def test_uts_cli_output_matches_document():
+    proc = cli("uts-demo")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.index("程序开始") < out.index("在子进程中") < out.index("已退出")
+    assert "[root@NewNamespace]# hostname\nNewNamespace" in out
+
+
+def test_explain_changes_nothing():
+    before = sysvipc.queue_ids()
+    proc = cli("ipc-demo", "--explain")
+    assert proc.returncode == 0, proc.stderr
+    assert "$ ipcmk -Q" in proc.stdout and "$ nsenter -t $PID" in proc.stdout
+    assert "$ ipcrm -q $QID" in proc.stdout
+    assert sysvipc.queue_ids() == before
+
+
+def test_doctor_table():
+    proc = cli("doctor")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for word in ("namespace uts", "namespace user", "user.max_user_namespaces",
+                 "cgroup layout", "overlayfs", "tool unshare"):
+        assert word in proc.stdout
+    assert "hybrid" in proc.stdout or "v2" in proc.stdout or "v1" in proc.stdout
+
+
+def test_doctor_fails_when_something_is_missing():
+    proc = as_nobody("doctor")
+    assert proc.returncode != 0
+    assert "root" in proc.stdout and "MISSING" in proc.stdout
+
+
+def test_every_task_has_help():
+    listing = cli("--list")
+    names = [ln.split()[0] for ln in listing.stdout.splitlines()[1:] if ln.startswith("  ") and ln.split()]
+    assert {"uts-demo", "ipc-demo", "user-demo", "doctor", "tour", "cleanup"} <= set(names)
+    import tasks
+    from invoke import Task
+    for name in dir(tasks):
+        obj = getattr(tasks, name)
+        if isinstance(obj, Task):
+            assert obj.__doc__, name
+            params = [p for p in obj.get_arguments() if p.name not in ("c",)]
+            for arg in params:
+                assert arg.help, f"{name} --{arg.name} has no help"
