@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 from typing import Any, Callable
 
 from invoke import Exit, task
@@ -34,6 +36,9 @@ def nsr_task(help: dict[str, str] | None = None, **kwargs: Any) -> Callable:
                 return fn(c, *args, **kw)
             except NsrError as exc:
                 raise Exit(f"nsrecipes: {exc}", code=exc.exit_code) from None
+            except BrokenPipeError:  # `invoke tour | head`: stop quietly, like coreutils
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise Exit(code=141) from None
             except KeyboardInterrupt:
                 raise Exit("nsrecipes: interrupted; what this run made has been undone",
                            code=130) from None

@@ -8,6 +8,7 @@ per IPC namespace.
 from __future__ import annotations
 
 import re
+import socket
 
 from nsutil import process, sysvipc
 from nsutil.backend import Placeholder, Runner, Step
@@ -59,11 +60,12 @@ def demo(run: Runner, hostname: str = "NewNamespace") -> dict:
     namespace and still there after the child exits. Returns what was observed."""
     require_root("ipc-demo")
     run.heading(f"{SECTION} (CLONE_NEWIPC): semaphores, message queues, shared memory")
+    host = socket.gethostname()
     run.say("1. 先创建一消息队列 (make a message queue on the host)")
     qid = make_queue(run)
-    run.say(f"[root@localhost]# ipcmk -Q\nMessage queue id: {qid}")
+    run.say(f"[root@{host}]# ipcmk -Q\nMessage queue id: {qid}")
     host_before = list_queues(run)
-    run.say("[root@localhost]# ipcs -q" + sysvipc.format_ipcs_q(host_before))
+    run.say(f"[root@{host}]# ipcs -q" + sysvipc.format_ipcs_q(host_before))
     run.say("\n2. 执行 (run the UTS program with CLONE_NEWIPC added)\n程序开始：")
     holder = start_holder(run, "uts,ipc")
     uts.set_hostname(run, holder, hostname)
@@ -74,7 +76,7 @@ def demo(run: Runner, hostname: str = "NewNamespace") -> dict:
     stop_holder(run, holder)
     run.say("已退出")
     host_after = list_queues(run)
-    run.say("[root@localhost]# ipcs -q" + sysvipc.format_ipcs_q(host_after))
+    run.say(f"[root@{host}]# ipcs -q" + sysvipc.format_ipcs_q(host_after))
     run.say("\n可以看出在新namespace中看不到之前创建的消息队列，退出后能看到，隔离效果很明显。\n"
             "(the queue is invisible in the new namespace and visible again after exit)")
     return {"qid": qid, "host_before": host_before, "inside": inside, "host_after": host_after}

@@ -139,8 +139,9 @@ def demo(run: Runner, uid: int | str | None = None, gid: int | str | None = None
     seen = who_am_i(run, holder)
     cap_text = "= " + ",".join(seen["caps"]) + "+ep" if seen["caps"] else "="
     run.say(f"eUID = {seen['euid']}; eGID = {seen['egid']}; capabilities: {cap_text}")
-    run.say("   (the document printed eUID = 4196720: the address of geteuid, a bug; "
-            f"and eGID = 65534 because its map was never written for the right pid)")
+    run.say("   (the document printed eUID = 4196720: `(long) geteuid` without () is the address "
+            "of the function; and eGID = 65534: its child wrote its own gid_map without first "
+            "denying setgroups, the write failed, and an unmapped gid shows as the overflow gid)")
     path = _root_owned_file(run)
     wrote = try_write(run, holder, path)
     hint = "denied" if not wrote else "ALLOWED (unexpected!)"

@@ -1,0 +1,394 @@
+"""cgroups: resource limits (document: opening line, "通过cgroups实现资源限制").
+
+The document opens with "Docker isolates with namespaces, *limits with cgroups*, and saves
+with copy-on-write", then only writes out the namespaces. This module is the second
+principle: make a cgroup, write limits into its files, move a process in, and watch the
+kernel enforce them:
+
+* memory -- a child allocating past ``memory.limit_in_bytes`` (v1) / ``memory.max`` (v2) is
+  killed by the OOM killer; ``memory.oom_control`` / ``memory.events`` count ``oom_kill``;
+* pids -- a (bounded) fork bomb stops at ``pids.max``: fork() fails with EAGAIN and
+  ``pids.events`` counts the refusals;
+* cpu -- a busy loop under ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` (v1) or ``cpu.max`` (v2)
+  gets about quota/period of one CPU.
+
+Each step is a file operation a learner can type: ``mkdir DIR``, ``echo 33554432 >
+DIR/memory.limit_in_bytes``, ``echo PID > DIR/cgroup.procs``, ``rmdir DIR``. The layout
+(v1, v2 or hybrid) is detected as runc does (:mod:`nsutil.cgroupfs`).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from nsutil import cgroupfs
+from nsutil import shell as nshell
+from nsutil.backend import Placeholder, Runner, Step
+from nsutil.cgroupfs import Cgroup, Limits
+from nsutil.errors import CommandError, NsrError
+from nsutil.names import PREFIX, scope_id
+
+from .common import Leftover
+
+SECTION = "cgroups实现资源限制 (cgroups limit resources)"
+
+#: hard caps of the demo workloads, whatever the limits say
+FORK_BOMB_DEPTH = 7           #: a binary tree: at most 2**8 - 2 = 254 fork attempts
+MEMORY_HOG_CAP = 512 << 20    #: never allocate more than this
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+def write_step(path: str, value: str | int, title: str) -> Step:
+    """Step: write ``value`` into a cgroup file (shown as ``echo VALUE > PATH``)."""
+    return Step(title, display=f"echo {value} > {path}",
+                native=lambda: cgroupfs.write_file(path, value))
+
+
+def _shell_rmdir(directory: str) -> Callable[[list[str]], None]:
+    def run(argv: list[str]) -> None:
+        deadline = time.monotonic() + 5
+        for entry in sorted(os.scandir(directory) if os.path.isdir(directory) else [],
+                            key=lambda e: e.name):
+            if entry.is_dir(follow_symlinks=False):
+                cgroupfs.remove_dir(entry.path)
+        while os.path.isdir(directory):
+            cgroupfs.kill_procs(directory)
+            done = nshell.run_full(argv)
+            if done.returncode == 0:
+                return
+            if "busy" not in done.stderr.lower() or time.monotonic() > deadline:
+                raise CommandError(argv, done.returncode, done.stderr)
+            time.sleep(0.01)
+    return run
+
+
+def rmdir_step(directory: str) -> Step:
+    """Step: kill what is left in a cgroup directory and rmdir it (retrying on EBUSY)."""
+    return Step(f"remove cgroup {directory} (kill what is left, retry while EBUSY)",
+                argv=["rmdir", directory], shell=_shell_rmdir(directory),
+                native=lambda: cgroupfs.remove_dir(directory))
+
+
+def _mkdir(directory: str) -> None:
+    try:
+        os.mkdir(directory, 0o755)
+    except FileExistsError:
+        raise NsrError(f"cgroup {directory} exists already", errno_name="EEXIST",
+                       hint="run `invoke cleanup`, or pick another name") from None
+    except OSError as exc:
+        from nsutil.errors import SyscallError
+        raise SyscallError.from_oserror(f"mkdir({directory!r})", exc) from None
+
+
+def create_cgroup(run: Runner, name: str | None = None,
+                  controllers: tuple[str, ...] = cgroupfs.CONTROLLERS) -> Cgroup:
+    """Step(s): make cgroup ``name`` (``nsr-...``) in each hierarchy carrying ``controllers``;
+    undo: kill what is in it and remove it."""
+    cg = cgroupfs.plan(name or f"{PREFIX}-cg-{scope_id()}", controllers)
+    for path, value in cg.enable_writes():
+        run.run(write_step(path, value, "enable the controllers for child cgroups (v2)"))
+    for ctrl, d in _dirs_with_names(cg):
+        run.run(Step(f"create cgroup {cg.name} in the {ctrl} hierarchy", argv=["mkdir", d],
+                     native=lambda d=d: _mkdir(d), undo=rmdir_step(d)))
+    return cg
+
+
+def _dirs_with_names(cg: Cgroup) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for d in cg.unique_dirs():
+        ctrls = [c for c, p in cg.dirs.items() if p == d]
+        out.append(("+".join(ctrls) if cg.version == 1 else "v2", d))
+    return out
+
+
+def set_limits(run: Runner, cg: Cgroup, limits: Limits) -> None:
+    """Step(s): write each limit into its control file."""
+    for ctrl, path, value in cg.limit_writes(limits):
+        run.run(write_step(path, value, f"limit {ctrl}: {os.path.basename(path)} = {value}"))
+
+
+def move_process(run: Runner, cg: Cgroup, pid: int | str) -> None:
+    """Step(s): move process ``pid`` into the cgroup (``echo PID > DIR/cgroup.procs``)."""
+    for ctrl, d in _dirs_with_names(cg):
+        path = os.path.join(d, "cgroup.procs")
+        run.run(write_step(path, pid, f"move process {pid} into {cg.name} ({ctrl})"))
+
+
+def remove_cgroup(run: Runner, cg: Cgroup) -> None:
+    """Step(s): remove the cgroup now (kill what is left first)."""
+    for _ctrl, d in reversed(_dirs_with_names(cg)):
+        run.run(rmdir_step(d))
+
+
+# --- running a workload inside a cgroup --------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """How a workload run in a cgroup ended."""
+
+    returncode: int          #: exit status, 128+N if killed by signal N
+    result: Any = None       #: what the workload function returned (None if it was killed)
+    progress: int = 0        #: the last progress value it reported (e.g. bytes allocated)
+    seconds: float = 0.0     #: wall time from release to exit
+
+
+def run_in_cgroup(run: Runner, cg: Cgroup, work: Callable[[Callable[[int], None]], Any],
+                  title: str) -> Outcome:
+    """Fork a child, move it into ``cg`` before it starts, run ``work(report)`` there.
+
+    ``report(n)`` lets the workload publish progress that survives a SIGKILL (the OOM
+    killer). Under --explain only the move step is printed.
+    """
+    if run.explain:
+        move_process(run, cg, Placeholder("$PID"))
+        return Outcome(0)
+    go_r, go_w = os.pipe()
+    res_r, res_w = os.pipe()
+    prog_r, prog_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        status = 1
+        try:
+            os.close(go_w), os.close(res_r), os.close(prog_r)
+            if os.read(go_r, 1) != b"g":
+                os._exit(1)
+            result = work(lambda n: os.write(prog_w, n.to_bytes(8, "little")))
+            os.write(res_w, pickle.dumps(result))
+            status = 0
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    for fd in (go_r, res_w, prog_w):
+        os.close(fd)
+    try:
+        move_process(run, cg, pid)
+        run.say(f"   {title} (pid {pid})")
+        start = time.monotonic()
+        os.write(go_w, b"g")
+        os.close(go_w)
+        go_w = -1
+        data = _read_all(res_r)
+        progress_raw = _read_all(prog_r)
+        _, status = os.waitpid(pid, 0)
+        seconds = time.monotonic() - start
+    except BaseException:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        raise
+    finally:
+        for fd in (go_w, res_r, prog_r):
+            if fd >= 0:
+                os.close(fd)
+    code = os.waitstatus_to_exitcode(status)
+    code = 128 - code if code < 0 else code
+    progress = int.from_bytes(progress_raw[-8:], "little") if len(progress_raw) >= 8 else 0
+    return Outcome(code, pickle.loads(data) if data else None, progress, seconds)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+# --- workloads (run inside the cgroup) ---------------------------------------------------------
+
+def memory_hog(limit: int) -> Callable[[Callable[[int], None]], Any]:
+    """Allocate (and touch) memory in 2 MiB steps up to 4x ``limit`` (capped), reporting
+    how much it holds; the OOM killer should stop it near ``limit``."""
+    target = min(4 * limit, MEMORY_HOG_CAP)
+
+    def work(report: Callable[[int], None]) -> int:
+        held, total, chunk = [], 0, 2 << 20
+        while total < target:
+            held.append(b"\x01" * chunk)   # memset: every page is touched, so charged
+            total += chunk
+            report(total)
+        return total
+    return work
+
+
+def fork_bomb(pids_file: str, depth: int = FORK_BOMB_DEPTH) -> Callable[[Callable[[int], None]], Any]:
+    """A bounded fork bomb: every process forks two more, ``depth`` levels deep (at most
+    ``2**(depth+1) - 2`` attempts however many succeed). Everything then waits on a pipe and
+    exits when the root closes it. Returns (forks that worked, forks refused, pids.current
+    while all were alive)."""
+    depth = max(1, min(depth, FORK_BOMB_DEPTH))
+
+    def work(report: Callable[[int], None]) -> tuple[int, int, int]:
+        tally_r, tally_w = os.pipe()
+        hold_r, hold_w = os.pipe()
+
+        def member(level: int) -> None:
+            kids = []
+            if level < depth:
+                for _ in range(2):
+                    try:
+                        child = os.fork()
+                    except BlockingIOError:        # EAGAIN: the pids limit said no
+                        os.write(tally_w, b"x")
+                        continue
+                    except OSError as exc:
+                        os.write(tally_w, b"x" if exc.errno == errno.EAGAIN else b"?")
+                        continue
+                    if child == 0:
+                        code = 0
+                        try:
+                            os.close(hold_w) if hold_w_open[0] else None
+                            hold_w_open[0] = False
+                            member(level + 1)
+                        except BaseException:
+                            code = 1
+                        finally:
+                            os._exit(code)
+                    os.write(tally_w, b"o")
+                    kids.append(child)
+            os.write(tally_w, b"d")
+            os.read(hold_r, 1)                      # wait until the root lets go
+            for k in kids:
+                os.waitpid(k, 0)
+
+        hold_w_open = [True]
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                os.close(hold_w)
+                hold_w_open[0] = False
+                member(1)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        ok, refused, done = 1, 0, 0   # the first member counts as one fork that worked
+        while done < ok:              # every process that exists reports "d" once
+            for c in os.read(tally_r, 4096):
+                if c == ord("o"):
+                    ok += 1
+                elif c == ord("d"):
+                    done += 1
+                else:
+                    refused += 1
+        with open(pids_file) as f:
+            current = int(f.read())
+        os.close(hold_w)              # everyone's read() returns: the bomb winds down
+        os.waitpid(pid, 0)
+        return ok, refused, current
+    return work
+
+
+def busy_loop(seconds: float) -> Callable[[Callable[[int], None]], Any]:
+    """Spin for ``seconds`` of wall time; return the CPU seconds this process got."""
+    def work(report: Callable[[int], None]) -> float:
+        end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+        t = os.times()
+        return t.user + t.system
+    return work
+
+
+# --- the demo ---------------------------------------------------------------------------------
+
+def demo_memory(run: Runner, limit: str | int = "32M") -> dict:
+    """A child allocates past the memory limit and the kernel's OOM killer stops it."""
+    nbytes = cgroupfs.parse_memory(limit)
+    run.heading(f"{SECTION}: memory ({nbytes >> 20} MiB)")
+    cg = create_cgroup(run, f"{PREFIX}-cg-{scope_id()}-mem", ("memory",))
+    set_limits(run, cg, Limits(memory=nbytes))
+    out = run_in_cgroup(run, cg, memory_hog(nbytes),
+                        f"a child allocates up to {min(4 * nbytes, MEMORY_HOG_CAP) >> 20} MiB")
+    if run.explain:
+        return {}
+    kills = cg.oom_kills()
+    peak = cg.memory_max_usage()
+    run.say(f"   it held {out.progress >> 20} MiB when it ended with status {out.returncode}"
+            f" ({'SIGKILL' if out.returncode == 137 else 'no signal'}); "
+            f"oom_kill = {kills}; peak usage {peak >> 20} MiB of {nbytes >> 20} MiB")
+    events = cg.memory_events()
+    return {"limit": nbytes, "returncode": out.returncode, "allocated": out.progress,
+            "oom_kills": kills, "peak": peak, "events": events, "version": cg.version}
+
+
+def demo_pids(run: Runner, limit: int | str = 32) -> dict:
+    """A bounded fork bomb stops at the pids limit."""
+    maximum = cgroupfs.parse_pids(limit)
+    run.heading(f"{SECTION}: pids (at most {maximum} processes)")
+    cg = create_cgroup(run, f"{PREFIX}-cg-{scope_id()}-pids", ("pids",))
+    set_limits(run, cg, Limits(pids=maximum))
+    attempts = 2 ** (FORK_BOMB_DEPTH + 1) - 2
+    out = run_in_cgroup(run, cg, fork_bomb(cg.file("pids", "pids.current")),
+                        f"a fork bomb (every process forks two, {FORK_BOMB_DEPTH} levels: "
+                        f"up to {attempts} forks)")
+    if run.explain:
+        return {}
+    ok, refused, current = out.result or (0, 0, 0)
+    events = cg.pids_refused()
+    run.say(f"   forks that worked: {ok}, refused with EAGAIN: {refused}; pids.current at the "
+            f"peak {current} of pids.max {maximum}; pids.events max = {events}")
+    return {"limit": maximum, "returncode": out.returncode, "forked": ok, "refused": refused,
+            "peak": current, "events_max": events, "version": cg.version}
+
+
+def demo_cpu(run: Runner, cpus: str | float = 0.5, seconds: float = 1.0) -> dict:
+    """A busy loop under a CPU quota gets about quota/period of a CPU."""
+    share = cgroupfs.parse_cpus(cpus)
+    run.heading(f"{SECTION}: cpu ({share} CPU)")
+    cg = create_cgroup(run, f"{PREFIX}-cg-{scope_id()}-cpu", ("cpu",))
+    limits = Limits(cpus=share)
+    set_limits(run, cg, limits)
+    out = run_in_cgroup(run, cg, busy_loop(seconds), f"a busy loop for {seconds:g} s")
+    if run.explain:
+        return {}
+    used = cg.cpu_usage_us() / 1e6
+    ratio = used / out.seconds if out.seconds else 0.0
+    quota, period = limits.cpu_quota()
+    throttled = cg.cpu_throttled()
+    run.say(f"   {out.seconds:.2f} s of wall time, {used:.3f} s of CPU: {ratio:.2f} CPU "
+            f"(quota {quota} us per {period} us = {quota / period:.2f}); throttled in "
+            f"{throttled} periods")
+    return {"cpus": share, "quota": quota, "period": period, "wall": out.seconds,
+            "cpu": used, "ratio": ratio, "child_cpu": out.result, "throttled": throttled,
+            "version": cg.version}
+
+
+def demo(run: Runner, memory: str = "32M", pids: int | str = 32, cpus: str | float = 0.5,
+         seconds: float = 1.0) -> dict:
+    """All three limits, each in its own cgroup; returns what was observed."""
+    Limits.parse(memory, pids, cpus)   # bad input fails before anything is made
+    layout = cgroupfs.detect()
+    run.heading(f"{SECTION}: layout {layout.mode} "
+                f"(v1: {', '.join(sorted(layout.v1)) or '-'}; v2: {layout.v2 or '-'} "
+                f"with {', '.join(layout.v2_controllers) or 'no'} controllers)")
+    result = {"layout": layout.mode,
+              "memory": demo_memory(run, memory),
+              "pids": demo_pids(run, pids),
+              "cpu": demo_cpu(run, cpus, seconds)}
+    run.undo()
+    return result
+
+
+# --- leftovers ---------------------------------------------------------------------------------
+
+def leftovers() -> list[Leftover]:
+    """Every ``nsr*`` cgroup directory in every hierarchy (not the containers' own, which
+    :mod:`recipes.container` lists first; removal kills what is left inside)."""
+    try:
+        found = cgroupfs.find_ours()
+    except NsrError:
+        return []
+    return [Leftover("cgroup", d, lambda d=d: cgroupfs.remove_dir(d)) for d in found]
