@@ -55,6 +55,46 @@ def _runner(backend: str | None, explain: bool, keep: bool = False):
 
 # ==== core demos (issue 2) ==================================================================
 
+@nsr_task()
+def pid_demo(c, backend=None, explain=False):
+    """PID namespace: the child is PID 1 and sees only its own processes; namespaces nest.
+
+    With /proc mounted in a new mount namespace, `echo $$` prints 1 and `ps` lists only the
+    child's processes, while the host sees its real PID; a nested PID namespace shows the
+    tree: the parent sees the grandchild's processes, the grandchild none of its parent's.
+    """
+    from recipes import pid
+    with _runner(backend, explain) as run:
+        pid.demo(run)
+
+
+@nsr_task()
+def mount_demo(c, backend=None, explain=False):
+    """mount namespace: the five propagation states, and make-rprivate keeping mounts inside.
+
+    Shared, slave, shared-and-slave, private and unbindable mounts in a scratch tree
+    (/tmp/nsr-mount-*) and where mount events propagate; after `mount --make-rprivate /`
+    inside, a mount made inside no longer reaches the host. Everything is undone.
+    """
+    from recipes import mount
+    with _runner(backend, explain) as run:
+        mount.demo(run)
+
+
+@nsr_task(help={"hostname": "hostname set in the namespace that is joined and kept alive "
+                            "(default NewNamespace)"})
+def api_demo(c, hostname="NewNamespace", backend=None, explain=False):
+    """The four ways to use the namespace API: clone, /proc/PID/ns, setns, unshare.
+
+    clone() a child into new namespaces; compare /proc/PID/ns links (same inode = same
+    namespace) and keep a namespace alive with a bind mount after its last process exits;
+    setns() into it by pid and by file; unshare() the calling process (a forked child).
+    """
+    from recipes import api
+    with _runner(backend, explain) as run:
+        api.demo(run, hostname=hostname)
+
+
 @nsr_task(help={"hostname": "the hostname to set inside the new UTS namespace (default NewNamespace)",
                 "command": "command to run inside, as one string split on spaces (default: hostname)"})
 def uts_demo(c, hostname="NewNamespace", command="hostname", backend=None, explain=False):
@@ -93,9 +133,318 @@ def user_demo(c, uid=None, gid=None, backend=None, explain=False):
 
 # ==== network (issue 3) =====================================================================
 
+@nsr_task()
+def net_demo(c, backend=None, explain=False):
+    """Network namespace: a new network namespace has only lo; shown down, then up."""
+    from recipes import net
+    from nsutil.errors import require_root
+    if not explain:
+        require_root("net-demo")
+    with _runner(backend, explain) as run:
+        net.demo(run)
+
+
+@nsr_task(help={"name": "name of the first namespace and of its veth end (default nsr-a; "
+                        "at most 15 bytes)",
+                "peer": "name of the second namespace and of its veth end (default nsr-b)",
+                "addr": "address of the first end, with prefix (default 10.200.0.1/24)",
+                "peer_addr": "address of the second end, with prefix (default 10.200.0.2/24)",
+                "delete": "remove the two namespaces (and the pair) made by an earlier run"})
+def net_veth(c, name="nsr-a", peer="nsr-b", addr="10.200.0.1/24", peer_addr="10.200.0.2/24",
+             delete=False, backend=None, explain=False):
+    """Two network namespaces joined by a veth pair with addresses, proven by real packets.
+
+    They stay (ip netns list shows them) until --delete. Idempotent: the same run again
+    changes nothing; a name that exists otherwise fails with one line and touches nothing.
+    """
+    from recipes import net
+    from nsutil.errors import require_root
+    if not explain:
+        require_root("net-veth")
+    with _runner(backend, explain, keep=True) as run:
+        if delete:
+            net.veth_delete(run, name, peer)
+        else:
+            net.veth_create(run, name, peer, addr, peer_addr)
+
+
+@nsr_task(help={"shape": "star (hosts on a bridge in a hub namespace), line or ring",
+                "hosts": "number of hosts (1 to 4000; default 3)",
+                "file": "build the hosts, links and addresses listed in a TOML file instead",
+                "check": "prove connectivity with real packets between the pairs that should "
+                         "reach each other (all up to a size, a sample beyond)",
+                "down": "tear down the topology of --scope (every recorded one without --scope)",
+                "scope": "1-4 letters/digits put in every name (default: random per run)",
+                "status": "list the topologies that are up (scope, shape, hosts)",
+                "etc_hosts": "write /etc/netns/NS/hosts so hosts reach each other by name "
+                             "(default on; skipped above 256 hosts)"})
+def net_topo(c, shape="star", hosts="3", file=None, check=False, down=False, scope=None,
+             status=False, etc_hosts=True, backend=None, explain=False):
+    """Build a topology of network namespaces: star, line, ring or a TOML file.
+
+    --down tears it down; until then the namespaces stay for `net-exec`, `ip netns`,
+    `nsenter`.
+
+    lab.toml: hosts = ["a", "b", "r"]; [[links]] a = "a" b = "r" (a_addr/b_addr optional,
+    subnet = "10.210.0.0/16" is the pool for automatic addresses).
+    """
+    from recipes import topo
+    from nsutil.errors import require_root
+    if status:
+        for plan in topo.recorded():
+            print(f"{plan.scope}  {plan.shape}  {len(plan.hosts)} hosts  "
+                  f"{' '.join(plan.all_netns()[:4])}{' ...' if len(plan.all_netns()) > 4 else ''}")
+        return
+    if down:
+        if not explain:
+            require_root("net-topo --down")
+        with _runner(backend, explain, keep=True) as run:
+            topo.down(run, scope)
+        return
+    plan = topo.plan_file(file, scope) if file else topo.plan_shape(shape, hosts, scope)
+    if not explain:
+        require_root("net-topo")
+    with _runner(backend, explain, keep=True) as run:
+        seconds, _ = topo.timed(topo.build, run, plan, etc_hosts=etc_hosts)
+        run.say(f"built {len(plan.all_netns())} namespaces and {len(plan.links)} veth pairs "
+                f"in {seconds:.2f} s (scope {plan.scope}); first hosts: "
+                + ", ".join(f"{h}={plan.hosts[h]}" for h in list(plan.hosts)[:3]))
+        run.say(f"try: invoke net-exec {next(iter(plan.hosts))} -- ip addr; "
+                f"tear down: invoke net-topo --down --scope {plan.scope}")
+        if check:
+            result = topo.check(run, plan)
+            if result["failed"]:
+                raise Exit(f"nsrecipes: check: {len(result['failed'])} of {result['pairs']} pairs "
+                           "got no packets through (hint: see the list above)", code=1)
+
+
+
+@nsr_task(help={"host": "a host of a topology (h1, or its namespace nsr-SCOPE-h1) or an "
+                        "nsrecipes namespace (nsr-a)",
+                "scope": "which topology, when several have that host"})
+def net_exec(c, host, scope=None, backend=None, explain=False):
+    """Run a command in a host's network namespace (invoke net-exec HOST -- CMD ARGS).
+
+    Like `ip netns exec`: /etc/netns/NAME/hosts is seen as /etc/hosts, so hosts reach each
+    other by name. Exits with the command's status.
+    """
+    import shlex
+    import sys
+    from recipes import topo
+    from nsutil.errors import InvalidInput, require_root
+    argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else shlex.split(c.remainder)
+    if not argv:
+        raise InvalidInput("no command given", hint="invoke net-exec HOST -- CMD ARGS...")
+    if not explain:
+        require_root("net-exec")
+    ns = topo.resolve_host(host, scope) if not explain else host
+    with _runner(backend, explain, keep=True) as run:
+        done = topo.exec_in(run, ns, argv, capture=False)
+    if not explain and done.returncode:
+        raise Exit(code=done.returncode)
+
 # ==== environments (issue 4) ================================================================
 
+_ENV_NAME = "environment name; starts with nsr (e.g. nsr-web)"
+
+
+@nsr_task(help={"name": _ENV_NAME,
+                "ns": "namespace types, comma-separated, of uts,ipc,pid,mnt,net,user,cgroup "
+                      "(default uts,ipc,pid,mnt,net)",
+                "hostname": "hostname inside (needs uts)",
+                "domainname": "NIS domain name inside (needs uts)",
+                "uid_map": "with user: uid_map ranges inside:outside:count, comma-separated "
+                           "(default 0:<your uid>:1; 'none' leaves it for env-idmap)",
+                "gid_map": "with user: gid_map ranges like --uid-map (default 0:<your gid>:1)"})
+def env_create(c, name, ns="uts,ipc,pid,mnt,net", hostname=None, domainname=None,
+               uid_map=None, gid_map=None, backend=None, explain=False):
+    """Create a named environment whose namespaces stay until env-rm.
+
+    A holder keeps them alive (PID 1 of its PID namespace, reaping orphans); each is bound on
+    /run/nsrecipes/NAME/TYPE as `unshare --TYPE=FILE` does, and the net namespace is
+    visible to `ip netns` as NAME.
+    """
+    from recipes import env
+    with _runner(backend, explain, keep=True) as run:
+        env.create(run, name, ns, hostname=hostname, domainname=domainname,
+                   uid_map=uid_map, gid_map=gid_map)
+
+
+@nsr_task(help={"name": _ENV_NAME, "hostname": "the new hostname inside",
+                "domainname": "the new NIS domain name inside"})
+def env_hostname(c, name, hostname=None, domainname=None, backend=None, explain=False):
+    """Set the hostname and/or domain name inside an environment (its UTS namespace)."""
+    from recipes import env
+    with _runner(backend, explain, keep=True) as run:
+        env.set_hostname(run, name, hostname, domainname)
+
+
+@nsr_task(help={"name": _ENV_NAME,
+                "peer": "the other end: 'host' (default) or another environment's name",
+                "ifname": "name of the end inside NAME (default: the first free ethN)",
+                "peer_ifname": "name of the other end (on the host: starts with nsr; default "
+                               "nsr-v-XXXX; in an environment: the first free ethN)",
+                "addr": "address with prefix for NAME's end, e.g. 10.200.0.1/24",
+                "peer_addr": "address with prefix for the other end"})
+def env_veth(c, name, peer="host", ifname=None, peer_ifname=None, addr=None, peer_addr=None,
+             backend=None, explain=False):
+    """Add a veth pair from an environment to the host or to another environment."""
+    from recipes import env
+    with _runner(backend, explain, keep=True) as run:
+        made = env.add_veth(run, name, peer, ifname=ifname, peer_ifname=peer_ifname,
+                            addr=addr, peer_addr=peer_addr)
+        run.say(f"{name}:{made['ifname']} <-> {made['peer']}:{made['peer_ifname']}")
+
+
+@nsr_task(help={"name": _ENV_NAME, "target": "mount point inside (an existing directory)",
+                "source": "bind this path (as seen inside) instead of mounting a tmpfs",
+                "size": "tmpfs size, e.g. 16m", "readonly": "make the bind mount read-only"})
+def env_mount(c, name, target, source=None, size=None, readonly=False, backend=None,
+              explain=False):
+    """Mount a tmpfs (or, with --source, a bind mount) inside an environment only."""
+    from recipes import env
+    with _runner(backend, explain, keep=True) as run:
+        if source:
+            env.bind_mount(run, name, source, target, readonly=readonly)
+        else:
+            env.mount_tmpfs(run, name, target, size=size)
+
+
+@nsr_task(help={"name": _ENV_NAME})
+def env_mq(c, name, backend=None, explain=False):
+    """Make a System V message queue inside an environment (ipcmk -Q in its IPC namespace)."""
+    from recipes import env
+    with _runner(backend, explain, keep=True) as run:
+        qid = env.make_queue(run, name)
+        run.say(f"Message queue id: {qid}")
+
+
+@nsr_task(help={"name": _ENV_NAME,
+                "uid_map": "uid_map ranges inside:outside:count, comma-separated",
+                "gid_map": "gid_map ranges (default: the same as --uid-map)"})
+def env_idmap(c, name, uid_map, gid_map=None, backend=None, explain=False):
+    """Write the uid/gid maps of an environment's user namespace (once, as the kernel allows)."""
+    from recipes import env
+    with _runner(backend, explain, keep=True) as run:
+        env.set_idmap(run, name, uid_map, gid_map)
+
+
+@nsr_task(help={"name": _ENV_NAME,
+                "cwd": "working directory inside (default: the environment's)"})
+def env_exec(c, name, cwd=None, backend=None, explain=False):
+    """Run a command in all of an environment's namespaces: env-exec NAME -- CMD ARGS...
+
+    User namespace first, then the rest; the environment's root and working directory.
+    Without a command, an interactive shell on this terminal. The exit code is passed
+    through.
+    """
+    import sys
+    from recipes import env
+    argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+    with _runner(backend, explain, keep=True) as run:
+        done = env.exec_in(run, name, argv, capture=False, cwd=cwd)
+    if done.returncode:
+        raise Exit(code=done.returncode)
+
+
+@nsr_task(help={"json": "print JSON ({\"environments\": [...]}) instead of a table"})
+def env_ls(c, json=False):
+    """List environments like lsns: holder pid and state, process count, created, and each
+    namespace with its inode number."""
+    from recipes import env
+    rows = env.list_envs()
+    print(env.format_json(rows) if json else env.format_table(rows))
+
+
+@nsr_task(help={"name": _ENV_NAME})
+def env_rm(c, name, backend=None, explain=False):
+    """Remove an environment: kill its processes, unbind its namespaces, remove its links,
+    netns name and record. Works on dead and half-made environments too."""
+    from recipes import env
+    with _runner(backend, explain, keep=True) as run:
+        env.remove(run, name)
+        run.say(f"removed environment {name}")
+
+
 # ==== cgroups, copy-on-write, container (issue 5) ===========================================
+
+@nsr_task(help={"memory": "memory limit for the OOM part (default 32M)",
+                "pids": "pids limit the fork bomb runs into (default 32)",
+                "cpus": "CPU quota for the busy loop, in CPUs (default 0.5)",
+                "seconds": "how long the busy loop spins (default 1.0)"})
+def cgroup_demo(c, memory="32M", pids="32", cpus="0.5", seconds=1.0, backend=None, explain=False):
+    """cgroups limit resources: an OOM kill, a fork bomb stopped, a CPU quota measured.
+
+    Three cgroups named nsr-cg-*: a child allocating past the memory limit is killed by the
+    OOM killer (memory.oom_control / memory.events count it); a bounded fork bomb stops at
+    pids.max; a busy loop gets about quota/period of a CPU. v1, v2 and hybrid hosts.
+    """
+    from recipes import cgroup
+    from nsutil.errors import require_root
+    if not explain:
+        require_root("cgroup-demo")
+    with _runner(backend, explain) as run:
+        cgroup.demo(run, memory=memory, pids=pids, cpus=cpus, seconds=float(seconds))
+
+
+@nsr_task(help={"size_mb": "size of the big file in the base layer, MiB (default 8)"})
+def cow_demo(c, size_mb=8, backend=None, explain=False):
+    """Copy-on-write with overlayfs: copy-up, whiteouts, and the disk two containers share.
+
+    Two lower layers under /tmp/nsr-cow-*, two overlay mounts over them: a write lands in
+    upper and the lower is unchanged, a delete leaves a whiteout (char device 0/0), and the
+    disk used by two containers sharing the layers is compared with two full copies.
+    """
+    from recipes import cow
+    from nsutil.errors import require_root
+    if not explain:
+        require_root("cow-demo")
+    with _runner(backend, explain) as run:
+        cow.demo(run, size_mb=int(size_mb))
+
+
+@nsr_task(help={"rootfs": "root filesystem directory (default: a cached busybox rootfs, "
+                          "built on first use)",
+                "memory": "memory limit, e.g. 64M (no limit by default)",
+                "pids": "most processes the container may have, e.g. 64",
+                "cpus": "CPU quota in CPUs, e.g. 0.5",
+                "hostname": "hostname inside (default: the container's name)",
+                "net": "give the container its own network namespace (only lo, up)",
+                "rm": "remove the container's directory and cgroup when it exits "
+                      "(default; --no-rm keeps the directory with what it wrote)",
+                "name": "container name, nsr-c-... (default: random)"})
+def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=None, net=False,
+                  rm=True, name=None, backend=None, explain=False):
+    """Run a command in a container: invoke container-run [OPTIONS] -- CMD ARGS...
+
+    New mount, UTS, IPC, PID and cgroup namespaces (and network with --net), a cgroup with
+    the limits, an overlay over the rootfs, pivot_root with the old root detached, /proc and
+    a minimal /dev. PID 1 reaps zombies and forwards signals; the exit status is the
+    command's (128+N for signal N; 127 if it is not in the rootfs).
+    """
+    import shlex
+    from recipes import container
+    from nsutil.errors import require_root
+    argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else shlex.split(c.remainder)
+    if not explain:
+        require_root("container-run")
+    with _runner(backend, explain) as run:
+        code = container.run_container(run, argv, rootfs=rootfs, memory=memory, pids=pids,
+                                       cpus=cpus, hostname=hostname, net=net, rm=rm, name=name)
+    if code:
+        raise Exit(code=code)
+
+
+@nsr_task(help={"directory": "where to build it (a new or empty directory)"})
+def rootfs_busybox(c, directory, backend=None, explain=False):
+    """Build a busybox root filesystem in DIRECTORY (static busybox + applet links + /etc)."""
+    from recipes import rootfs
+    from nsutil.errors import require_root
+    if not explain:
+        require_root("rootfs-busybox")
+    with _runner(backend, explain, keep=True) as run:
+        path = rootfs.build(run, directory)
+        run.say(f"built {path}: try `invoke container-run --rootfs {path} -- sh`")
 
 # ==== tour, doctor, cleanup ================================================================
 

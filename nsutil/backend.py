@@ -44,6 +44,13 @@ class Placeholder(str):
         return Placeholder(f"{self}.{name}" if not self.startswith("$") else f"${name.upper()}")
 
 
+def derived(text: str, *sources: Any) -> str:
+    """``text`` (built from ``sources``, e.g. ``f"/proc/{pid}/status"``) as a
+    :class:`Placeholder` when any source is one, so ``--explain`` prints ``/proc/$PID/status``
+    unquoted, as a learner would type it."""
+    return Placeholder(text) if any(isinstance(s, Placeholder) for s in sources) else text
+
+
 @dataclass
 class Step:
     """One step of a recipe; see the module docstring."""

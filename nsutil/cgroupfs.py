@@ -46,6 +46,7 @@ ROOT = "/sys/fs/cgroup"
 CONTROLLERS = ("memory", "pids", "cpu")
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 CPU_PERIOD_US = 100_000
+MIN_MEMORY = 6 << 20
 
 
 # --- parsing of user input -------------------------------------------------------------------
@@ -54,19 +55,19 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def parse_memory(text: str | int) -> int:
-    """``64M`` / ``512k`` / ``1G`` / ``1048576`` -> bytes; at least 1 MiB.
+    """``64M`` / ``512k`` / ``1G`` / ``6291456`` -> bytes; at least 6 MiB (Docker's minimum:
+    less does not leave room for the container's own PID 1)."""
 
-    Rejects ``64X``, ``-1``, ``0`` with one line saying what is accepted.
-    """
+    # Rejects ``64X``, ``-1``, ``0`` with one line saying what is accepted.
     raw = str(text).strip()
     m = re.fullmatch(r"(\d+)\s*([KkMmGgTtBb]?)(?:i?[Bb])?", raw)
     if not m:
         raise InvalidInput(f"memory limit {raw!r} does not parse",
                            hint="write a positive size like 64M, 512K, 1G or a number of bytes")
     value = int(m.group(1)) * _UNITS[m.group(2).upper()]
-    if value < (1 << 20):
-        raise InvalidInput(f"memory limit {raw!r} is below 1M",
-                           hint="a container needs at least 1M; write e.g. 64M")
+    if value < MIN_MEMORY:
+        raise InvalidInput(f"memory limit {raw!r} is below 6M",
+                           hint="a container needs at least 6M (as with Docker); write e.g. 64M")
     return value
 
 

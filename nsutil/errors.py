@@ -25,6 +25,7 @@ HINTS: dict[int, str] = {
     _errno.ENOSYS: "this kernel lacks the system call",
     _errno.ESRCH: "the process is gone",
     _errno.ENOTDIR: "a directory was expected",
+    _errno.EBADF: "the file descriptor is not open (was the namespace file closed?)",
 }
 
 

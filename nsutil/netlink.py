@@ -114,9 +114,11 @@ def ensure_run_dir() -> None:
     _RUN_DIR_READY = True
 
 
-def create_netns(name: str, *, open_socket: bool = False) -> socket.socket | None:
+def create_netns(name: str, *, open_socket: bool = False,
+                 home: int | None = None) -> socket.socket | None:
     """``ip netns add NAME`` in this process; with ``open_socket`` return an rtnetlink
-    socket opened inside the new namespace (for configuring it without setns later)."""
+    socket opened inside the new namespace (for configuring it without setns later).
+    ``home``: an open fd of the calling thread's netns (saves an open per namespace)."""
     ensure_run_dir()
     path = netns_path(name)
     try:
@@ -126,7 +128,9 @@ def create_netns(name: str, *, open_socket: bool = False) -> socket.socket | Non
                        hint=f"remove it (ip netns del {name}) or pick another name") from None
     except OSError as exc:
         raise SyscallError.from_oserror(f"open({path!r}, O_CREAT|O_EXCL)", exc) from None
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    own_home = home is None
+    if own_home:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     sock = None
     try:
         sc.unshare(sc.CLONE_NEWNET)
@@ -142,7 +146,8 @@ def create_netns(name: str, *, open_socket: bool = False) -> socket.socket | Non
         _remove_file(path)
         raise
     finally:
-        os.close(home)
+        if own_home:
+            os.close(home)
     return sock
 
 

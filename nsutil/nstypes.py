@@ -94,9 +94,11 @@ def ns_ids(pid: int | str = "self") -> dict[str, int]:
 
 
 def enter(path_or_pid: int | str, t: NsType | str) -> None:
-    """setns() the calling process into a namespace given by pid or by a file path."""
+    """setns() the calling process into a namespace given by pid (``123``, ``"self"``) or by a
+    file path (``/run/netns/NAME``, anything with a '/')."""
     t = ns_type(t) if isinstance(t, str) else t
-    path = ns_path(path_or_pid, t) if isinstance(path_or_pid, int) else path_or_pid
+    is_path = isinstance(path_or_pid, str) and "/" in path_or_pid
+    path = path_or_pid if is_path else ns_path(path_or_pid, t)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:

@@ -126,7 +126,9 @@ def spawn(fn: Callable[[], Any], flags: int, *,
         sc.unshare(flags)
         if before is not None:
             _write_all(ready_w, b"u")
-            os.read(go_r, 1)
+            if os.read(go_r, 1) != b"g":  # the parent's before() failed: do not run fn
+                raise NsrError(f"clone({sc.flag_names(flags)}): the parent's preparation failed",
+                               hint="see the error reported before this one")
         return _run_with_pidns(fn) if flags & sc.CLONE_NEWPID else fn()
 
     ready_r, ready_w = os.pipe()
@@ -140,9 +142,11 @@ def spawn(fn: Callable[[], Any], flags: int, *,
     for fd in (w, ready_w, go_r):
         os.close(fd)
     try:
-        if before is not None:
-            if os.read(ready_r, 1) == b"u":
-                before(pid)
+        # The child says "u" once it has unshared; if unshare failed it says nothing (and
+        # writing to it would only raise EPIPE and hide its error). If before() raises, the
+        # child sees go_w closed without a "g" and stops instead of running fn.
+        if before is not None and os.read(ready_r, 1) == b"u":
+            before(pid)
             _write_all(go_w, b"g")
         data = _read_all(r)
     finally:
@@ -366,6 +370,7 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
 
     def hold() -> int:
         host_pid = _host_pid()  # before setup() may mount a new /proc
+        set_comm("nsr-holder")  # what ps shows for it, instead of the caller's name
         if setup is not None:
             setup()
         _write_all(ready_w, b"R" + pickle.dumps(host_pid))
@@ -385,6 +390,7 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
                 _write_all(ready_w, b"u")
                 os.read(go_r, 1)
             if flags & sc.CLONE_NEWPID:
+                set_comm("nsr-unshare")  # the `unshare --fork` parent of PID 1
                 child = os.fork()
                 if child == 0:
                     _in_child(hold)
@@ -423,6 +429,11 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
         raise pickle.loads(rest)
     raise NsrError(f"holder for {sc.flag_names(flags)} died while starting",
                    hint="see `invoke doctor`")
+
+
+def set_comm(name: str) -> None:
+    """prctl(PR_SET_NAME): the name ``ps``/``top`` show for the calling process (15 bytes)."""
+    sc.LIBC.prctl(15, name.encode()[:15], 0, 0, 0)
 
 
 def _host_pid() -> int:

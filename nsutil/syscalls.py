@@ -61,6 +61,9 @@ _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203,
 def flag_names(flags: int) -> str:
     """``CLONE_NEWUTS|CLONE_NEWPID`` for a flag word, as the document writes them."""
     names = [name for bit, name in FLAG_NAMES.items() if flags & bit]
+    rest = flags & ~sum(FLAG_NAMES)
+    if rest:  # bits we have no name for: show them rather than hide them
+        names.append(hex(rest))
     return "|".join(names) or "0"
 
 

@@ -236,58 +236,52 @@ def fork_bomb(pids_file: str, depth: int = FORK_BOMB_DEPTH) -> Callable[[Callabl
             kids = []
             if level < depth:
                 for _ in range(2):
+                    os.write(tally_w, b"a")        # announced before fork(): see below
                     try:
                         child = os.fork()
-                    except BlockingIOError:        # EAGAIN: the pids limit said no
-                        os.write(tally_w, b"x")
-                        continue
-                    except OSError as exc:
+                    except OSError as exc:         # EAGAIN: the pids limit said no
                         os.write(tally_w, b"x" if exc.errno == errno.EAGAIN else b"?")
                         continue
                     if child == 0:
-                        code = 0
-                        try:
-                            os.close(hold_w) if hold_w_open[0] else None
-                            hold_w_open[0] = False
-                            member(level + 1)
-                        except BaseException:
-                            code = 1
-                        finally:
-                            os._exit(code)
-                    os.write(tally_w, b"o")
+                        _exit_after(lambda: member(level + 1))
                     kids.append(child)
             os.write(tally_w, b"d")
             os.read(hold_r, 1)                      # wait until the root lets go
             for k in kids:
                 os.waitpid(k, 0)
 
-        hold_w_open = [True]
         pid = os.fork()
         if pid == 0:
-            code = 0
-            try:
-                os.close(hold_w)
-                hold_w_open[0] = False
-                member(1)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        ok, refused, done = 1, 0, 0   # the first member counts as one fork that worked
-        while done < ok:              # every process that exists reports "d" once
+            os.close(hold_w)
+            _exit_after(lambda: member(1))
+        # processes = 1 + attempts - failures; each says "d" once after all its attempts,
+        # and an attempt is announced before the fork, so done == processes means all done.
+        attempts, failed, done = 0, 0, 0
+        while done < 1 + attempts - failed:
             for c in os.read(tally_r, 4096):
-                if c == ord("o"):
-                    ok += 1
+                if c == ord("a"):
+                    attempts += 1
                 elif c == ord("d"):
                     done += 1
                 else:
-                    refused += 1
+                    failed += 1
         with open(pids_file) as f:
             current = int(f.read())
         os.close(hold_w)              # everyone's read() returns: the bomb winds down
         os.waitpid(pid, 0)
-        return ok, refused, current
+        return 1 + attempts - failed, failed, current
     return work
+
+
+def _exit_after(fn: Callable[[], None]) -> None:
+    """In a forked child: run ``fn`` and _exit (never return into the parent's stack)."""
+    code = 0
+    try:
+        fn()
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
 
 
 def busy_loop(seconds: float) -> Callable[[Callable[[int], None]], Any]:
@@ -391,4 +385,7 @@ def leftovers() -> list[Leftover]:
         found = cgroupfs.find_ours()
     except NsrError:
         return []
-    return [Leftover("cgroup", d, lambda d=d: cgroupfs.remove_dir(d)) for d in found]
+    from .container import recorded_cgroups
+    recorded = recorded_cgroups()
+    return [Leftover("cgroup", d, lambda d=d: cgroupfs.remove_dir(d)) for d in found
+            if d not in recorded]

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Sequence
 
 from nsutil import process
 from nsutil.backend import Placeholder, Runner, Step
-from nsutil.errors import CommandError, NsrError
+from nsutil.errors import CommandError, InvalidInput, NsrError
 from nsutil.nstypes import NsType, flags_of, ns_inode, parse_types
 from nsutil import shell as nshell
 from nsutil import syscalls as sc
@@ -28,9 +28,16 @@ class Leftover:
     remove: Callable[[], None]     # removes exactly this object, nothing else
 
 
-def unshare_argv(types: Sequence[NsType], *, mount_proc: bool = False) -> list[str]:
-    """``unshare --uts --pid --fork [--mount-proc] -- sleep infinity`` for ``types``."""
+def unshare_argv(types: Sequence[NsType], *, mount_proc: bool = False,
+                 propagation: str = "private") -> list[str]:
+    """``unshare --uts --pid --fork [--mount-proc] -- sleep infinity`` for ``types``.
+
+    ``propagation`` (mount namespaces only): ``private`` is unshare's default (``--mount``
+    makes ``/`` rprivate); ``unchanged``/``shared``/``slave`` add ``--propagation``.
+    """
     argv = ["unshare"] + [t.option for t in types]
+    if propagation != "private" and any(t.name == "mnt" for t in types):
+        argv.append(f"--propagation={propagation}")
     if any(t.name == "pid" for t in types):
         argv.append("--fork")
         if mount_proc:
@@ -38,13 +45,13 @@ def unshare_argv(types: Sequence[NsType], *, mount_proc: bool = False) -> list[s
     return argv + ["--", "sleep", "infinity"]
 
 
-def _native_setup(types: Sequence[NsType], mount_proc: bool):
+def _native_setup(types: Sequence[NsType], mount_proc: bool, propagation: str = "private"):
     names = {t.name for t in types}
 
     def setup() -> None:
-        if "mnt" in names:
+        if "mnt" in names and propagation != "unchanged":
             # what `unshare --mount` does by default: keep our mounts from propagating back
-            sc.make_propagation("/", "private", recursive=True)
+            sc.make_propagation("/", propagation, recursive=True)
         if mount_proc and "pid" in names and "mnt" in names:
             sc.mount("proc", "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     return setup
@@ -53,21 +60,15 @@ def _native_setup(types: Sequence[NsType], mount_proc: bool):
 def _shell_holder(argv: list[str], types: Sequence[NsType], detach: bool,
                   before=None) -> process.Holder:
     """Start ``unshare ... sleep infinity`` in the background; find the process holding."""
-    import shutil
-    devnull = os.open(os.devnull, os.O_RDWR)
-    try:
-        parent = os.posix_spawn(shutil.which(argv[0]) or argv[0], argv, os.environ,
-                                file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0)],
-                                setsid=detach)
-    finally:
-        os.close(devnull)
+    parent, errfile = spawn_background(argv, detach=detach)
     probe = types[0]
     mine = ns_inode("self", probe)
     forks = any(t.name == "pid" for t in types)
 
     def ready() -> int | None:
         if not process.pid_alive(parent):
-            raise CommandError(argv, process._wait(parent), "unshare failed (run it by hand to see why)")
+            raise CommandError(argv, process._wait(parent),
+                               read_back(errfile) or "unshare failed (run it by hand to see why)")
         pid = parent
         if forks:
             kids = process.children_of(parent)
@@ -89,20 +90,61 @@ def _shell_holder(argv: list[str], types: Sequence[NsType], detach: bool,
     except BaseException:
         process.kill_and_reap(parent, parent)
         raise
+    finally:
+        os.close(errfile)
     return process.Holder(pid, parent, flags_of(types))
+
+
+def spawn_background(argv: Sequence[str], *, detach: bool = False) -> tuple[int, int]:
+    """posix_spawn ``argv`` with stdin from /dev/null and stderr into an anonymous file.
+
+    Returns (pid, fd of that file). The file keeps what the command says on stderr away from
+    the user's terminal -- e.g. ``unshare --fork``'s "sigprocmask unblock failed" when its
+    child is SIGKILLed -- while :func:`read_back` can still quote it when starting fails.
+    """
+    import shutil
+    import tempfile
+    argv = [str(a) for a in argv]
+    with tempfile.TemporaryFile() as tmp:  # unnamed (O_TMPFILE): nothing to clean up
+        errfile = os.dup(tmp.fileno())
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        pid = os.posix_spawn(shutil.which(argv[0]) or argv[0], argv, os.environ,
+                             file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
+                                           (os.POSIX_SPAWN_DUP2, errfile, 2)],
+                             setsid=detach)
+    except BaseException:
+        os.close(errfile)
+        raise
+    finally:
+        os.close(devnull)
+    return pid, errfile
+
+
+def read_back(fd: int) -> str:
+    """What a background command wrote to its stderr file so far."""
+    try:
+        return os.pread(fd, 65536, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def start_holder(run: Runner, types: str | Iterable[NsType], *, mount_proc: bool = False,
                  detach: bool = False, before=None, setup=None,
-                 title: str | None = None) -> process.Holder:
+                 title: str | None = None, propagation: str = "private") -> process.Holder:
     """Step: start a process that holds new namespaces of ``types``; undo: stop it.
 
     ``before(pid)`` runs once the namespaces exist (write uid/gid maps there);
     ``setup()`` runs inside the native holder (the shell form does that through nsenter).
+    ``propagation`` of a new mount namespace's ``/``: ``private`` (unshare's default) or
+    ``unchanged`` (keep the host's peer groups; see :mod:`recipes.mount`), ``shared``, ``slave``.
     """
+    if propagation not in ("private", "unchanged", "shared", "slave"):
+        raise InvalidInput(f"unknown propagation {propagation!r}",
+                           hint="choose private, unchanged, shared or slave")
     types = parse_types(types) if isinstance(types, str) else list(types)
-    argv = unshare_argv(types, mount_proc=mount_proc)
-    native_setup = _native_setup(types, mount_proc)
+    argv = unshare_argv(types, mount_proc=mount_proc, propagation=propagation)
+    native_setup = _native_setup(types, mount_proc, propagation)
 
     def native() -> process.Holder:
         def both() -> None:

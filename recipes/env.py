@@ -1,0 +1,1508 @@
+"""Environments: namespaces composed step by step and kept until removed (issue 4).
+
+The document's sections each make one namespace and throw it away. An *environment* keeps a
+set of them alive under a name, so that later steps can add to it, commands can be run in
+it, and it can be listed and removed -- from the command line (``env-*`` tasks) or from a
+provisioning script (:class:`Environment`).
+
+How an environment is kept, the way util-linux does it:
+
+* a **holder** process is started in the new namespaces (``unshare --TYPE=FILE ... --fork``);
+  with a PID namespace it is PID 1 there and reaps orphans (the shell form runs a tiny
+  ``wait`` loop as PID 1, the native one :func:`_reap_forever`);
+* each namespace is **bind-mounted** on ``/run/nsrecipes/NAME/TYPE`` (``unshare
+  --uts=/run/nsrecipes/NAME/uts`` does exactly that), so it lives as long as the bind even if
+  every process in it dies. A mount-namespace file can only be bound on a mount that is not
+  shared, so ``/run/nsrecipes`` is made a private bind mount of itself while environments
+  exist, and unmounted again when the last one is removed;
+* the network namespace is also bound on ``/run/netns/NAME`` (``ip netns attach``), so
+  ``ip netns``, ``ip -n NAME`` and the network recipes see it by the environment's name;
+* the record ``/run/nsrecipes/NAME/env.json`` is written atomically (temporary file,
+  fsync, rename); the state directory is 0700 root, so another user can neither read nor
+  enter nor remove an environment.
+
+Which processes belong to an environment is decided by the kernel's own identity of the
+namespaces: every process whose ``/proc/PID/ns/TYPE`` has the inode of one of the bound
+namespace files. ``env-rm`` and ``cleanup`` kill exactly those, so they work also after the
+holder or the tool itself was killed with SIGKILL (the bound files are the anchor).
+
+Concurrency: a short exclusive flock on ``/run/nsrecipes`` covers naming and the private
+mount; a flock on ``/run/nsrecipes/NAME`` is held for the whole create or remove, and it is
+inherited by the helper process that starts the holder, so ``cleanup`` running after the
+tool was SIGKILLed mid-create waits until that helper has finished and then removes it all.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import fcntl
+import json
+import os
+import pickle
+import re
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+from nsutil import idmap, process, state
+from nsutil import shell as nshell
+from nsutil import syscalls as sc
+from nsutil.backend import Placeholder, Runner, Step
+from nsutil.errors import (CommandError, Conflict, InvalidInput, NotFound, NsrError,
+                           SyscallError, require_root)
+from nsutil.names import check_hostname, check_ifname, check_name, is_ours, prefixed, scope_id
+from nsutil.nstypes import NS_TYPES, NsType, flags_of, parse_types
+
+from .common import Leftover, join_types
+
+SECTION = "environments (all six namespaces, composed and kept)"
+STATE_FILE = "env.json"
+KIND = "env"
+DEFAULT_TYPES = "uts,ipc,pid,mnt,net"
+NETNS_DIR = "/run/netns"
+#: PID 1 of the shell form: `wait` reaps every child, also orphans re-parented to it
+REAPER = "while :; do sleep infinity & wait; done"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_TMP_RE = re.compile(r"^\.env-(.+)\.(\d+)\.tmp$")
+_NSFS_DEV = os.stat("/proc/self/ns/uts").st_dev
+#: env name -> fd holding its flock in this process (create holds it across its steps)
+_HELD: dict[str, int] = {}
+
+
+# --- names, paths, records ------------------------------------------------------------------
+
+def check_env_name(name: str) -> str:
+    """An environment name: a valid file and netns name that carries the ``nsr`` prefix."""
+    check_name(name, what="environment name")
+    if not _NAME_RE.fullmatch(name):  # check_name's pattern lets a trailing newline through
+        raise InvalidInput(f"environment name {name!r} has a character that is not allowed",
+                           hint="use letters, digits, '-', '_' and '.'")
+    if not is_ours(name):
+        raise InvalidInput(f"environment name {name!r} does not start with 'nsr'",
+                           hint=f"call it nsr-{name}: everything nsrecipes makes carries the "
+                                "prefix, so cleanup can tell it from what others made")
+    return name
+
+
+def base_dir() -> str:
+    """The state directory (``/run/nsrecipes``), not created."""
+    return state.state_dir(create=False)
+
+
+def env_dir(name: str) -> str:
+    """``/run/nsrecipes/NAME``."""
+    return os.path.join(base_dir(), name)
+
+
+def ns_file(name: str, t: NsType | str) -> str:
+    """``/run/nsrecipes/NAME/TYPE``: the bind mount that keeps one namespace alive."""
+    return os.path.join(env_dir(name), t if isinstance(t, str) else t.name)
+
+
+def read_state(name: str) -> dict | None:
+    """The environment's record, or ``None`` when it does not exist."""
+    try:
+        data = state.read_json(os.path.join(env_dir(name), STATE_FILE))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("kind") == KIND else None
+
+
+def _write_state(name: str, data: dict) -> None:
+    state.atomic_write_json(os.path.join(env_dir(name), STATE_FILE), data)
+
+
+def _update_state(name: str, fn: Callable[[dict], None]) -> dict:
+    """Read-modify-write the record (callers hold the environment's lock)."""
+    data = read_state(name)
+    if data is None:
+        raise NotFound(f"environment {name!r} does not exist", hint="see `invoke env-ls`")
+    fn(data)
+    _write_state(name, data)
+    return data
+
+
+def names() -> list[str]:
+    """Names of the recorded environments, sorted."""
+    base = base_dir()
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return []
+    return [e for e in entries if not e.startswith(".") and read_state(e) is not None]
+
+
+# --- locks ----------------------------------------------------------------------------------
+
+def _open_dir(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SyscallError.from_oserror(f"open({path!r})", exc) from None
+
+
+@contextmanager
+def _global_lock() -> Iterator[None]:
+    """Exclusive flock on the state directory (naming, private mount); held briefly."""
+    fd = _open_dir(state.state_dir())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _env_lock(name: str) -> Iterator[None]:
+    """Exclusive flock on ``/run/nsrecipes/NAME`` (re-entrant within this process)."""
+    if name in _HELD:
+        yield
+        return
+    try:
+        fd = os.open(env_dir(name), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"environment {name!r} does not exist",
+                       hint="see `invoke env-ls` for the environments there are") from None
+    except OSError as exc:
+        raise SyscallError.from_oserror(f"open({env_dir(name)!r})", exc) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _HELD[name] = fd
+        yield
+    finally:
+        _HELD.pop(name, None)
+        os.close(fd)
+
+
+# --- processes and namespaces ---------------------------------------------------------------
+
+def _starttime(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: when the process started (ticks since boot)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _same_process(rec: dict | None) -> bool:
+    """True if the process recorded as {pid, start} still runs (not a re-used pid)."""
+    if not rec or not rec.get("pid"):
+        return False
+    pid = int(rec["pid"])
+    return process.pid_alive(pid) and _starttime(pid) == rec.get("start")
+
+
+def holder_alive(st: dict) -> bool:
+    """True while the environment's holder process runs."""
+    return _same_process(st.get("holder"))
+
+
+def bound_inodes(name: str) -> dict[str, int]:
+    """{type: inode} of the namespaces bind-mounted under /run/nsrecipes/NAME."""
+    found = {}
+    for t in NS_TYPES:
+        try:
+            st = os.stat(ns_file(name, t))
+        except OSError:
+            continue
+        if st.st_dev == _NSFS_DEV:
+            found[t] = st.st_ino
+    return found
+
+
+def _proc_table() -> dict[int, dict[str, int]]:
+    """{pid: {type: inode}} for every process (one pass over /proc)."""
+    table: dict[int, dict[str, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        inodes = {}
+        for t in NS_TYPES.values():
+            try:
+                inodes[t.name] = os.stat(f"/proc/{entry}/ns/{t.proc}").st_ino
+            except OSError:
+                pass
+        if inodes:
+            table[int(entry)] = inodes
+    return table
+
+
+def _members(inodes: dict[str, int], table: dict[int, dict[str, int]] | None = None) -> list[int]:
+    """Processes in any of the given namespaces (the environment's processes)."""
+    if not inodes:
+        return []
+    me = os.getpid()
+    if table is not None:
+        return sorted(pid for pid, ns in table.items()
+                      if pid != me and any(ns.get(t) == ino for t, ino in inodes.items()))
+    items = [(NS_TYPES[t].proc, ino) for t, ino in inodes.items()]
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        for proc, ino in items:
+            try:
+                if os.stat(f"/proc/{entry}/ns/{proc}").st_ino == ino:
+                    found.append(int(entry))
+                    break
+            except OSError:
+                break  # gone, or a zombie (its namespaces are released already)
+    return sorted(found)
+
+
+def processes(name: str) -> list[int]:
+    """Host pids of the processes in environment ``name`` (holder included)."""
+    return _members(bound_inodes(name))
+
+
+def _holder(st: dict) -> process.Holder:
+    """A :class:`nsutil.process.Holder` for the recipes that take one (uts, user, ipc)."""
+    h = st.get("holder") or {}
+    types = parse_types(st["types"])
+    return process.Holder(h.get("pid", 0), h.get("parent", 0), flags_of(types))
+
+
+# --- starting the holder --------------------------------------------------------------------
+
+def binds_by_unshare(types: Sequence[NsType]) -> bool:
+    """Whether ``unshare --TYPE=FILE`` can bind the files itself.
+
+    util-linux binds from a helper child only when it also makes a mount namespace; without
+    one, unshare binds after its own unshare(), and once in a new user namespace it may no
+    longer mount on the host (EPERM). Then the files are bound by ``mount --bind``.
+    """
+    names_ = {t.name for t in types}
+    return not ("user" in names_ and "mnt" not in names_)
+
+
+def unshare_argv(name: str, types: Sequence[NsType]) -> list[str]:
+    """``unshare --uts=/run/nsrecipes/NAME/uts ... [--fork --kill-child --mount-proc] -- ...``."""
+    names_ = {t.name for t in types}
+    files = binds_by_unshare(types)
+    argv = ["unshare"] + [f"{t.option}={ns_file(name, t)}" if files else t.option for t in types]
+    if "pid" in names_:
+        argv += ["--fork", "--kill-child"] + (["--mount-proc"] if "mnt" in names_ else [])
+        return argv + ["--", "sh", "-c", REAPER]
+    return argv + ["--", "sleep", "infinity"]
+
+
+def bind_argvs(name: str, pid: int | str, types: Sequence[NsType]) -> list[list[str]]:
+    """``mount --bind /proc/PID/ns/TYPE /run/nsrecipes/NAME/TYPE`` for each type."""
+    return [["mount", "--bind", f"/proc/{pid}/ns/{t.proc}", ns_file(name, t)] for t in types]
+
+
+def _detached(fn: Callable[[], Any], what: str) -> Any:
+    """Run ``fn`` in a short-lived child and return its result.
+
+    What ``fn`` starts is re-parented to init when the child exits, so a holder is nobody's
+    zombie. The child ignores Ctrl-C and inherits this process's locks, so a removal
+    waits until it has finished, even if this process is killed.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+
+        def body() -> int:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            os.chdir("/")
+            return process._child_report(w, fn)
+        process._in_child(body)
+    os.close(w)
+    try:
+        data = process._read_all(r)
+    finally:
+        os.close(r)
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except InterruptedError:  # pragma: no cover
+                continue
+            except ChildProcessError:
+                break
+    return process._unwrap(data, what)
+
+
+def _quiet_fds(keep: int) -> None:
+    """stdin/stdout/stderr to /dev/null, every other fd but ``keep`` closed (a daemon's fds)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 16)
+
+
+def _reap_forever() -> None:
+    """PID 1's job: reap every child (orphans are re-parented to it), sleep otherwise."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    while True:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        signal.sigtimedwait({signal.SIGCHLD}, 3600)
+
+
+def _set_comm(text: str) -> None:
+    """prctl(PR_SET_NAME): what ``ps``/``top`` show for this process (15 bytes)."""
+    sc.LIBC.prctl(15, text.encode()[:15], 0, 0, 0)
+
+
+def _hold(w: int, names_: set[str], name: str) -> int:
+    """Body of the native holder: what ``unshare --mount --mount-proc`` does, then hold."""
+    host_pid = int(os.readlink("/proc/self"))  # before a new /proc is mounted
+    _set_comm(name)
+    try:
+        if "mnt" in names_:
+            sc.make_propagation("/", "private", recursive=True)
+            if "pid" in names_:
+                sc.mount("proc", "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    except NsrError as exc:
+        process._write_all(w, b"E" + pickle.dumps(exc))
+        return 1
+    process._write_all(w, b"R" + pickle.dumps(host_pid))
+    os.close(w)
+    _reap_forever()
+    return 0
+
+
+def _native_holder(name: str, types: Sequence[NsType]) -> tuple[int, int]:
+    """fork, setsid, unshare (and fork again for a PID namespace): (holder pid, parent pid)."""
+    names_ = {t.name for t in types}
+    flags = flags_of(types)
+    r, w = os.pipe()
+    first = os.fork()
+    if first == 0:
+        def body() -> int:
+            _quiet_fds(keep=w)
+            os.setsid()
+            try:
+                sc.unshare(flags)
+            except NsrError as exc:
+                process._write_all(w, b"E" + pickle.dumps(exc))
+                return 1
+            if "pid" in names_:
+                child = os.fork()
+                if child == 0:
+                    process._in_child(lambda: _hold(w, names_, name))
+                os.close(w)
+                return process._wait(child)  # like `unshare --fork`: share PID 1's fate
+            return _hold(w, names_, name)
+        process._in_child(body)
+    os.close(w)
+    try:
+        data = process._read_all(r)
+    finally:
+        os.close(r)
+    if data[:1] == b"R":
+        return pickle.loads(data[1:]), first
+    process.kill_and_reap(first, first)
+    if data[:1] == b"E":
+        raise pickle.loads(data[1:])
+    raise NsrError(f"the holder for {sc.flag_names(flags)} died while starting",
+                   hint="see `invoke doctor`")
+
+
+def _bind_all(name: str, pid: int, types: Sequence[NsType]) -> None:
+    """``mount --bind /proc/PID/ns/TYPE /run/nsrecipes/NAME/TYPE`` for every type."""
+    for t in types:
+        sc.mount(f"/proc/{pid}/ns/{t.proc}", ns_file(name, t), None, sc.MS_BIND)
+
+
+def _holder_record(pid: int, parent: int, types: Sequence[NsType]) -> dict:
+    ns = {}
+    for t in types:
+        ns[t.name] = os.stat(f"/proc/{pid}/ns/{t.proc}").st_ino
+    return {"holder": {"pid": pid, "start": _starttime(pid)},
+            "parent": {"pid": parent, "start": _starttime(parent)}, "ns": ns}
+
+
+def _start_native(name: str, types: Sequence[NsType]) -> dict:
+    def inside_helper() -> dict:
+        pid, parent = _native_holder(name, types)
+        try:
+            _bind_all(name, pid, types)
+            return _holder_record(pid, parent, types)
+        except BaseException:
+            process.kill_and_reap(pid, parent)
+            process.kill_and_reap(parent, parent)
+            raise
+    return _detached(inside_helper, f"start the holder of {name}")
+
+
+def _start_shell(name: str, argv: list[str], types: Sequence[NsType]) -> dict:
+    forks = any(t.name == "pid" for t in types)
+    want = "sh" if forks else "sleep"
+    files = binds_by_unshare(types)
+
+    def inside_helper() -> dict:
+        null = os.open(os.devnull, os.O_RDWR)
+        err = os.memfd_create("nsr-unshare-stderr", os.MFD_CLOEXEC)
+        try:
+            parent = os.posix_spawn(shutil.which(argv[0]) or argv[0], argv, dict(os.environ),
+                                    file_actions=[(os.POSIX_SPAWN_DUP2, null, 0),
+                                                  (os.POSIX_SPAWN_DUP2, null, 1),
+                                                  (os.POSIX_SPAWN_DUP2, err, 2)],
+                                    setsid=True)
+        finally:
+            os.close(null)
+
+        def ready() -> int | None:
+            if not process.pid_alive(parent):
+                rc = process._wait(parent)
+                os.lseek(err, 0, os.SEEK_SET)
+                raise CommandError(argv, rc, os.read(err, 4096).decode(errors="replace"))
+            pid = parent
+            if forks:
+                kids = process.children_of(parent)
+                if not kids:
+                    return None
+                pid = kids[0]
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() != want:
+                        return None
+            except OSError:
+                return None
+            if files:
+                return pid if len(bound_inodes(name)) == len(types) else None
+            try:
+                probe = types[0].proc
+                return pid if os.stat(f"/proc/{pid}/ns/{probe}").st_ino != \
+                    os.stat(f"/proc/self/ns/{probe}").st_ino else None
+            except OSError:
+                return None
+
+        try:
+            pid = process.wait_for(ready, 10, f"`{argv[0]}` to start the holder")
+            if not files:
+                import subprocess
+                for bind in bind_argvs(name, pid, types):
+                    done = subprocess.run(bind, capture_output=True, text=True)
+                    if done.returncode:
+                        raise CommandError(bind, done.returncode, done.stderr)
+            return _holder_record(pid, parent, types)
+        except BaseException:
+            process.kill_and_reap(parent, parent)
+            raise
+        finally:
+            os.close(err)
+    return _detached(inside_helper, f"start the holder of {name}")
+
+
+# --- the private mount under /run/nsrecipes and the netns link ------------------------------
+
+def _mountinfo() -> list[list[str]]:
+    with open("/proc/self/mountinfo") as f:
+        return [ln.split() for ln in f]
+
+
+def _is_mountpoint(path: str) -> bool:
+    return any(fields[4] == path for fields in _mountinfo())
+
+
+def _mounts_below(path: str) -> list[str]:
+    prefix = path.rstrip("/") + "/"
+    return [fields[4] for fields in _mountinfo() if fields[4].startswith(prefix)]
+
+
+def _make_private_base(run: Runner) -> None:
+    """Step: make /run/nsrecipes a private bind mount of itself (once, under the lock)."""
+    base = base_dir()
+    argvs = [["mount", "--bind", base, base], ["mount", "--make-private", base]]
+
+    def native() -> None:
+        with _global_lock():
+            if not _is_mountpoint(base):
+                sc.mount(base, base, None, sc.MS_BIND)
+            sc.make_propagation(base, "private")
+
+    def shell(_argv: list[str]) -> None:
+        with _global_lock():
+            if not _is_mountpoint(base):
+                nshell.run(argvs[0])
+            nshell.run(argvs[1])
+
+    run.run(Step(f"make {base} a private mount (a mount-namespace file cannot be bound on a "
+                 "shared one)", argv=argvs[0], native=native, shell=shell,
+                 display=" && ".join(" ".join(a) for a in argvs)))
+
+
+def _release_private_base(run: Runner) -> None:
+    """Step: unmount the private bind of /run/nsrecipes once no environment is left."""
+    base = base_dir()
+    if run.explain:
+        run.run(Step(f"unmount {base} if no environment is left", argv=["umount", "-l", base]))
+        return
+    if not os.path.isdir(base):
+        return
+    with _global_lock():
+        if _env_entries() or not _is_mountpoint(base) or _mounts_below(base):
+            return
+        # lazy: our own lock fd on the directory still pins the mount for a moment
+        run.run(Step(f"no environment is left: unmount the private bind of {base}",
+                     argv=["umount", "-l", base], native=lambda: sc.umount(base, sc.MNT_DETACH)))
+
+
+def _env_entries() -> list[str]:
+    """Environment directories, also half-made ones (``.env-NAME.PID.tmp``)."""
+    try:
+        entries = os.listdir(base_dir())
+    except OSError:
+        return []
+    return [e for e in entries if _TMP_RE.match(e) or
+            (not e.startswith(".") and os.path.isfile(os.path.join(base_dir(), e, STATE_FILE))
+             and read_state(e) is not None)]
+
+
+def _attach_netns(run: Runner, name: str, pid: int | str) -> None:
+    """Step: make the environment's netns visible to ``ip netns`` (``ip netns attach``)."""
+    from nsutil import netlink as nl
+    path = os.path.join(NETNS_DIR, name)
+
+    def native() -> None:
+        nl.ensure_run_dir()
+        try:
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+        except FileExistsError:
+            raise Conflict(f"network namespace {name!r} exists already",
+                           hint=f"it is not this environment's: remove it (ip netns del {name}) "
+                                "or pick another name") from None
+        try:
+            sc.mount(f"/proc/{pid}/ns/net", path, None, sc.MS_BIND)
+        except BaseException:
+            os.unlink(path)
+            raise
+
+    run.run(Step(f"make its network namespace visible to `ip netns` as {name}",
+                 argv=["ip", "netns", "attach", name, pid], native=native))
+
+
+# --- create ---------------------------------------------------------------------------------
+
+def _check_maps(spec: str | None, what: str) -> list[idmap.IdMap] | None:
+    if spec is None or spec == "":
+        return None
+    if spec.strip().lower() == "none":
+        return []
+    return idmap.parse_map(spec)
+
+
+def create(run: Runner, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
+           hostname: str | None = None, domainname: str | None = None,
+           uid_map: str | None = None, gid_map: str | None = None) -> dict:
+    """Steps: create environment ``name`` with new namespaces of types ``ns`` and keep it.
+
+    ``uid_map``/``gid_map`` (``"0:1000:1,..."``) apply when ``user`` is among the types;
+    without them uid/gid 0 inside map to the caller's ids (``unshare --map-root-user``);
+    ``"none"`` leaves the maps unwritten for a later :func:`set_idmap`. Everything is
+    checked before anything is made; a failure half-way removes what was made.
+    Returns the record (``env-ls`` shows it).
+    """
+    check_env_name(name)
+    types = parse_types(ns)
+    names_ = {t.name for t in types}
+    if hostname is not None:
+        check_hostname(hostname)
+    if domainname is not None:
+        check_hostname(domainname)
+    if (hostname or domainname) and "uts" not in names_:
+        raise InvalidInput("--hostname needs a UTS namespace", hint="add uts to --ns")
+    umaps, gmaps = _check_maps(uid_map, "uid map"), _check_maps(gid_map, "gid map")
+    if (umaps or gmaps) and "user" not in names_:
+        raise InvalidInput("--uid-map/--gid-map need a user namespace", hint="add user to --ns")
+    if "user" in names_:
+        if umaps is None:
+            umaps = [idmap.IdMap(0, os.geteuid(), 1)]
+        if gmaps is None:
+            gmaps = [idmap.IdMap(0, os.getegid(), 1)] if umaps else []
+    if not run.explain:
+        require_root("env-create")
+        if read_state(name) is not None or os.path.lexists(env_dir(name)):
+            raise Conflict(f"environment {name!r} exists already",
+                           hint=f"remove it first (invoke env-rm {name}) or pick another name")
+        if "net" in names_ and os.path.lexists(os.path.join(NETNS_DIR, name)):
+            raise Conflict(f"network namespace {name!r} exists already (ip netns list)",
+                           hint="pick another name: the environment's netns takes its name")
+
+    run.heading(f"environment {name}: new {'+'.join(t.name.upper() for t in types)} namespaces")
+    _record(run, name, types)
+    try:
+        _make_private_base(run)
+        argv = unshare_argv(name, types)
+        rec = run.run(Step(
+            f"start the holder in new {sc.flag_names(flags_of(types))} namespaces, each bound "
+            f"on {env_dir(name)}/TYPE" + ("; PID 1 there reaps orphans" if "pid" in names_ else ""),
+            argv=argv, native=lambda: _start_native(name, types),
+            display=None if binds_by_unshare(types) else " ".join(argv) + " &  " + "; ".join(
+                " ".join(b) for b in bind_argvs(name, "$!", types)),
+            shell=lambda a: _start_shell(name, a, types),
+            placeholder={"holder": {"pid": Placeholder("$PID"), "start": 0},
+                         "parent": {"pid": Placeholder("$PID"), "start": 0}, "ns": {}}))
+        if not run.explain:
+            _update_state(name, lambda d: d.update(rec))
+        holder = process.Holder(rec["holder"]["pid"], rec["parent"]["pid"], flags_of(types))
+        if "user" in names_ and umaps:
+            _write_maps(run, name, holder, umaps, gmaps or [])
+        if hostname:
+            _set_uts(run, name, holder, hostname=hostname)
+        if domainname:
+            _set_uts(run, name, holder, domainname=domainname)
+        if "net" in names_:
+            if not run.explain:
+                _update_state(name, lambda d: d.update(netns=name))
+            _attach_netns(run, name, holder.pid)
+        if not run.explain:
+            done = _update_state(name, lambda d: d.update(status="ready"))
+        else:
+            done = {"name": name, "types": [t.name for t in types]}
+        run.say(f"environment {name} is ready: holder pid {holder.pid}; enter it with "
+                f"`invoke env-exec {name} -- CMD`")
+        return done
+    finally:
+        _release(name)
+
+
+def _record(run: Runner, name: str, types: Sequence[NsType]) -> None:
+    """Step: the record directory with one empty file per namespace to bind on; undo: remove."""
+    base = base_dir()
+    files = [ns_file(name, t) for t in types]
+
+    def make(_argv: list[str] | None = None) -> None:
+        state.state_dir()
+        with _global_lock():
+            if os.path.lexists(env_dir(name)):
+                raise Conflict(f"environment {name!r} exists already",
+                               hint=f"remove it first (invoke env-rm {name}) or pick another name")
+            tmp = os.path.join(base, f".env-{name}.{os.getpid()}.tmp")
+            os.mkdir(tmp, 0o700)
+            fd = _open_dir(tmp)
+            fcntl.flock(fd, fcntl.LOCK_EX)   # the lock moves with the directory
+            _HELD[name] = fd
+            for t in types:
+                os.close(os.open(os.path.join(tmp, t.name), os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o400))
+            state.atomic_write_json(os.path.join(tmp, STATE_FILE), {
+                "kind": KIND, "version": 1, "name": name, "status": "creating",
+                "types": [t.name for t in types], "backend": run.backend,
+                "created": time.time(), "creator": {"pid": os.getpid(), "start": _starttime(os.getpid())},
+                "holder": None, "parent": None, "ns": {}, "netns": None, "hostname": None,
+                "domainname": None, "uid_map": None, "gid_map": None, "veths": [], "links": [],
+                "mounts": [], "queues": []})
+            os.rename(tmp, env_dir(name))
+
+    def undo(_argv: list[str] | None = None) -> None:
+        remove(Runner(backend=run.backend, out=run.out), name, missing_ok=True)
+
+    run.run(Step(f"record it in {env_dir(name)} (0700), with a file per namespace to bind on",
+                 argv=["mkdir", "-m", "0700", env_dir(name)], native=make, shell=make,
+                 display=f"mkdir -m 0700 {env_dir(name)} && touch {' '.join(files)}",
+                 undo=Step(f"remove environment {name}", argv=["invoke", "env-rm", name],
+                           native=undo, shell=undo)))
+
+
+def _release(name: str) -> None:
+    fd = _HELD.pop(name, None)
+    if fd is not None:
+        os.close(fd)
+
+
+# --- steps on an existing environment -------------------------------------------------------
+
+def _load(name: str, run: Runner | None = None, *, need: str | None = None,
+          alive: bool = True) -> dict:
+    """The record of a live environment, checked for having the namespace ``need``."""
+    check_env_name(name)
+    if run is not None and run.explain:
+        return {"name": name, "types": list(NS_TYPES), "holder": {"pid": Placeholder("$PID")},
+                "parent": {"pid": Placeholder("$PID")}, "ns": {}, "veths": [], "links": []}
+    require_root(f"environment {name}")
+    st = read_state(name)
+    if st is None:
+        raise NotFound(f"environment {name!r} does not exist",
+                       hint="see `invoke env-ls` for the environments there are")
+    if need and need not in st["types"]:
+        raise InvalidInput(f"environment {name!r} has no {need} namespace (it has "
+                           f"{','.join(st['types'])})",
+                           hint=f"create one with --ns including {need}")
+    if alive and not holder_alive(st):
+        raise NsrError(f"environment {name!r} is dead: its holder (pid "
+                       f"{(st.get('holder') or {}).get('pid')}) is gone",
+                       hint=f"remove it with `invoke env-rm {name}` and create it again")
+    return st
+
+
+def _set_uts(run: Runner, name: str, holder: process.Holder, *, hostname: str | None = None,
+             domainname: str | None = None) -> None:
+    from . import uts
+    if hostname is not None:
+        uts.set_hostname(run, holder, hostname)
+    if domainname is not None:
+        uts.set_domainname(run, holder, domainname)
+    if not run.explain:
+        _update_state(name, lambda d: d.update({k: v for k, v in (("hostname", hostname),
+                                                               ("domainname", domainname)) if v}))
+
+
+def set_hostname(run: Runner, name: str, hostname: str | None = None,
+                 domainname: str | None = None) -> None:
+    """Step: set the hostname (and/or NIS domain name) inside the environment."""
+    if hostname is None and domainname is None:
+        raise InvalidInput("nothing to set", hint="give --hostname and/or --domainname")
+    for value in (hostname, domainname):
+        if value is not None:
+            check_hostname(value)
+    st = _load(name, run, need="uts")
+    with _lock_unless_explain(run, name):
+        _set_uts(run, name, _holder(st), hostname=hostname, domainname=domainname)
+
+
+@contextmanager
+def _lock_unless_explain(run: Runner, *names_: str) -> Iterator[None]:
+    if run.explain:
+        yield
+        return
+    with _nested_locks(sorted(set(names_))):
+        yield
+
+
+@contextmanager
+def _nested_locks(names_: list[str]) -> Iterator[None]:
+    if not names_:
+        yield
+        return
+    with _env_lock(names_[0]):
+        with _nested_locks(names_[1:]):
+            yield
+
+
+def _write_maps(run: Runner, name: str, holder: process.Holder, umaps: list[idmap.IdMap],
+                gmaps: list[idmap.IdMap]) -> None:
+    from . import user
+    user.write_uid_map(run, holder, umaps)
+    if gmaps:
+        user.write_gid_map(run, holder, gmaps)
+    if not run.explain:
+        _update_state(name, lambda d: d.update(
+            uid_map=",".join(m.line().replace(" ", ":") for m in umaps),
+            gid_map=",".join(m.line().replace(" ", ":") for m in gmaps) or None))
+
+
+def set_idmap(run: Runner, name: str, uid_map: str, gid_map: str | None = None) -> None:
+    """Steps: write the uid_map (and gid_map, default: the same ranges) of the environment's
+    user namespace. Each map can be written once (user_namespaces(7))."""
+    umaps = idmap.parse_map(uid_map)
+    gmaps = idmap.parse_map(gid_map) if gid_map else list(umaps)
+    st = _load(name, run, need="user")
+    if not run.explain:
+        pid = st["holder"]["pid"]
+        for which in ("uid", "gid"):
+            if idmap.read_map(pid, which):
+                raise Conflict(f"the {which}_map of environment {name!r} is written already",
+                               hint="each map can be written once: create the environment "
+                                    "with --uid-map none to set the maps later")
+    with _lock_unless_explain(run, name):
+        _write_maps(run, name, _holder(st), umaps, gmaps)
+
+
+def _links_in(ns: str) -> set[str]:
+    """Names of the links in netns ``ns`` (``ip -n NS link``)."""
+    from nsutil import netlink as nl
+    return {item["name"] for item in nl.links(ns)}
+
+
+def _default_ifname(used: set[str]) -> str:
+    n = 0
+    while f"eth{n}" in used:
+        n += 1
+    return f"eth{n}"
+
+
+def add_veth(run: Runner, name: str, peer: str | None = None, *, ifname: str | None = None,
+             peer_ifname: str | None = None, addr: str | None = None,
+             peer_addr: str | None = None) -> dict:
+    """Steps: a veth pair from the environment to the host (``peer=None``) or to another
+    environment, both ends created in place, addressed and up (``recipes.net.add_veth_pair``).
+
+    The host end must carry the ``nsr`` prefix (default: ``nsr-v-XXXX``); an end inside an
+    environment defaults to the first free ``ethN``. Returns what was made.
+    """
+    from . import net
+    if peer in ("host", "root", ""):
+        peer = None
+    if peer is not None:
+        check_env_name(peer)
+        if peer == name:
+            raise InvalidInput("a veth from an environment to itself", hint="give another --peer")
+    for value in (ifname, peer_ifname):
+        if value is not None:
+            check_ifname(value)
+    if peer is None and peer_ifname is not None and not is_ours(peer_ifname):
+        raise InvalidInput(f"the host end {peer_ifname!r} does not start with 'nsr'",
+                           hint="name it nsr-...: links nsrecipes makes on the host carry "
+                                "the prefix, so cleanup can find them")
+    for value, what in ((addr, "address"), (peer_addr, "peer address")):
+        if value:
+            net.check_addr(value, what)
+    _load(name, run, need="net")
+    if peer:
+        _load(peer, run, need="net")
+    here = set() if run.explain else _links_in(name)
+    there = set() if run.explain or peer is None else _links_in(peer)
+    ifname = ifname or _default_ifname(here)
+    if peer is None:
+        peer_ifname = peer_ifname or prefixed("v", scope_id())
+        if not run.explain and os.path.exists(f"/sys/class/net/{peer_ifname}"):
+            raise Conflict(f"link {peer_ifname!r} exists on the host already",
+                           hint="give another --peer-ifname")
+    else:
+        peer_ifname = peer_ifname or _default_ifname(there)
+        if peer_ifname in there:
+            raise Conflict(f"environment {peer!r} has a link {peer_ifname!r} already",
+                           hint="give another --peer-ifname")
+    if ifname in here:
+        raise Conflict(f"environment {name!r} has a link {ifname!r} already",
+                       hint="give another --ifname")
+    with _lock_unless_explain(run, name, *( [peer] if peer else [])):
+        if peer is None:
+            # made from the host's side (``ip link add HOST type veth peer name IF netns
+            # NAME``): the end in our own namespace needs no namespace file to be opened
+            net.add_veth_pair(run, peer_ifname, ifname, ns=None, peer_ns=name, addr=peer_addr,
+                              peer_addr=addr)
+        else:
+            net.add_veth_pair(run, ifname, peer_ifname, ns=name, peer_ns=peer, addr=addr,
+                              peer_addr=peer_addr)
+        made = {"ifname": ifname, "peer": peer or "host", "peer_ifname": peer_ifname,
+                "addr": addr, "peer_addr": peer_addr}
+        if not run.explain:
+            def mine(d: dict) -> None:
+                d.setdefault("veths", []).append(dict(made, here=True))
+                if peer is None:
+                    d.setdefault("links", []).append(peer_ifname)
+            _update_state(name, mine)
+            if peer:
+                _update_state(peer, lambda d: d.setdefault("veths", []).append(
+                    {"ifname": ifname, "peer": name, "peer_ifname": peer_ifname, "addr": addr,
+                     "peer_addr": peer_addr, "here": False}))
+    return made
+
+
+_SIZE_RE = re.compile(r"^[0-9]+[kKmMgG%]?$")
+
+
+def _check_target(path: str, what: str = "target") -> str:
+    if not path or not path.startswith("/") or "\0" in path:
+        raise InvalidInput(f"mount {what} {path!r} is not an absolute path",
+                           hint="give a path like /mnt/data (it must exist inside)")
+    norm = os.path.normpath(path)
+    if norm == "/":
+        raise InvalidInput(f"mount {what} '/' is not allowed", hint="mount on a directory below /")
+    return norm
+
+
+def mount_tmpfs(run: Runner, name: str, target: str, size: str | None = None) -> None:
+    """Step: mount a tmpfs on ``target`` inside the environment's mount namespace only."""
+    target = _check_target(target)
+    if size is not None and not _SIZE_RE.match(size):
+        raise InvalidInput(f"tmpfs size {size!r} is not like 64m", hint="use e.g. 16m, 1g or 50%")
+    st = _load(name, run, need="mnt")
+    holder = _holder(st)
+    opts = f"size={size}" if size else None
+    argv = ["mount", "-t", "tmpfs"] + (["-o", opts] if opts else []) + ["tmpfs", target]
+    _mount_inside(run, name, holder, argv, f"mount a tmpfs on {target} inside {name}",
+                  lambda: sc.mount("tmpfs", target, "tmpfs", 0, opts),
+                  {"type": "tmpfs", "target": target, "size": size})
+
+
+def bind_mount(run: Runner, name: str, source: str, target: str, readonly: bool = False) -> None:
+    """Step: bind-mount ``source`` on ``target`` inside the environment (both paths as seen
+    there); ``readonly`` makes the bind read-only."""
+    source = _check_target(source, "source")
+    target = _check_target(target)
+    st = _load(name, run, need="mnt")
+    holder = _holder(st)
+    argv = ["mount", "--bind"] + (["-o", "ro"] if readonly else []) + [source, target]
+
+    def native() -> None:
+        sc.mount(source, target, None, sc.MS_BIND)
+        if readonly:
+            sc.mount(None, target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+    _mount_inside(run, name, holder, argv, f"bind {source} on {target} inside {name}"
+                  + (" read-only" if readonly else ""), native,
+                  {"type": "bind", "source": source, "target": target, "readonly": readonly})
+
+
+def _mount_inside(run: Runner, name: str, holder: process.Holder, argv: list[str], title: str,
+                  fn: Callable[[], None], rec: dict) -> None:
+    from .common import enter_argv
+    types = join_types(holder, "mnt")
+    with _lock_unless_explain(run, name):
+        run.run(Step(title, argv=enter_argv(holder, "mnt", argv),
+                     native=lambda: process.call_in(holder.pid, types, fn)))
+        if not run.explain:
+            _update_state(name, lambda d: d.setdefault("mounts", []).append(rec))
+
+
+def make_queue(run: Runner, name: str) -> int:
+    """Step: make a System V message queue inside the environment's IPC namespace
+    (``ipcmk -Q``); returns its id there."""
+    from . import ipc
+    st = _load(name, run, need="ipc")
+    with _lock_unless_explain(run, name):
+        qid = ipc.make_queue_inside(run, _holder(st))
+        if not run.explain:
+            _update_state(name, lambda d: d.setdefault("queues", []).append(qid))
+    return qid
+
+
+# --- running commands inside ----------------------------------------------------------------
+
+def nsenter_argv(st: dict, argv: Sequence[str], cwd: str | None = None) -> list[str]:
+    """``nsenter -t PID --user ... --mount --root --wd -- argv`` (all the environment's types)."""
+    types = parse_types(st["types"])
+    return (["nsenter", "-t", st["holder"]["pid"]] + [t.option for t in types] +
+            ["--root", f"--wd={cwd}" if cwd else "--wd", "--"] + list(argv))
+
+
+def _native_exec(pid: int, types: list[NsType], argv: list[str], *, capture: bool,
+                 input: bytes | None, cwd: str | None) -> process.Completed:
+    import subprocess
+
+    def child() -> process.Completed:
+        root = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        wd = os.open(f"/proc/{pid}/cwd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        process.enter_all(pid, types)  # user first, as nsenter; uid/gid 0 in a user ns
+        os.fchdir(root)
+        os.chroot(".")
+        try:
+            if cwd:
+                os.chdir(cwd)
+            else:
+                os.fchdir(wd)
+        except OSError as exc:
+            raise SyscallError.from_oserror(f"chdir({cwd!r}) inside", exc) from None
+        os.close(root)
+        os.close(wd)
+        try:
+            proc = subprocess.run(argv, input=input, preexec_fn=_default_signals,
+                                  stdout=subprocess.PIPE if capture else None,
+                                  stderr=subprocess.PIPE if capture else None)
+        except FileNotFoundError:
+            return process.Completed(argv, 127, "", f"{argv[0]}: command not found inside\n")
+        except PermissionError:
+            return process.Completed(argv, 126, "", f"{argv[0]}: permission denied\n")
+        return process.Completed(argv, proc.returncode,
+                                 (proc.stdout or b"").decode(errors="replace"),
+                                 (proc.stderr or b"").decode(errors="replace"))
+    done = process.fork_call(child, f"enter {pid}")
+    if done.returncode < 0:
+        done.returncode = 128 - done.returncode
+    return done
+
+
+def _default_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _shell_exec(argv: list[str], *, capture: bool, input: bytes | None) -> process.Completed:
+    if capture:
+        return nshell.run_full(argv, input=input)
+    import subprocess
+    if shutil.which(argv[0]) is None:
+        from nsutil.errors import ToolMissing
+        raise ToolMissing(argv[0], process.package_for(argv[0]))
+    proc = subprocess.run(argv, input=input, preexec_fn=_default_signals)
+    rc = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+    return process.Completed(argv, rc, "")
+
+
+@contextmanager
+def _ignoring_interrupts(active: bool) -> Iterator[None]:
+    """While a foreground command runs, Ctrl-C is for it, not for us (as a shell does)."""
+    if not active:
+        yield
+        return
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def exec_in(run: Runner, name: str, argv: Sequence[str] | None = None, *, capture: bool = True,
+            input: str | bytes | None = None, cwd: str | None = None) -> process.Completed:
+    """Step: run ``argv`` in all of the environment's namespaces (user first), with its root
+    and working directory (``cwd`` overrides the latter); returns exit code and output.
+
+    With ``capture=False`` the command uses this process's terminal (an interactive shell
+    gets it); no ``argv`` runs ``$SHELL`` (or /bin/sh) that way.
+    """
+    if not argv:
+        argv = [os.environ.get("SHELL") or "/bin/sh"]
+        capture = False
+    argv = [str(a) for a in argv]
+    if cwd is not None:
+        cwd = _check_target(cwd, "working directory") if cwd != "/" else "/"
+    data = input.encode() if isinstance(input, str) else input
+    st = _load(name, run)
+    types = parse_types(st["types"])
+    full = nsenter_argv(st, argv, cwd)
+    with _ignoring_interrupts(not capture and not run.explain):
+        return run.run(Step(
+            f"run {' '.join(argv)!r} inside {name}", argv=full,
+            native=lambda: _native_exec(st["holder"]["pid"], types, argv, capture=capture,
+                                        input=data, cwd=cwd),
+            shell=lambda a: _shell_exec(a, capture=capture, input=data),
+            placeholder=process.Completed(full, 0, "")))
+
+
+# --- listing --------------------------------------------------------------------------------
+
+def describe(name: str, table: dict[int, dict[str, int]] | None = None) -> dict:
+    """What ``env-ls`` shows for one environment."""
+    st = read_state(name) or {"name": name, "types": [], "status": "broken"}
+    bound = bound_inodes(name)
+    alive = holder_alive(st)
+    members = _members(bound, table)
+    if st.get("status") == "creating":
+        creator = st.get("creator")
+        status = "creating" if _same_process(creator) or alive else "broken"
+    else:
+        status = "alive" if alive else "dead"
+    created = st.get("created")
+    return {
+        "name": name, "pid": (st.get("holder") or {}).get("pid"), "state": status,
+        "ns": {t: bound.get(t) for t in st.get("types", [])},
+        "nprocs": len(members), "pids": members,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)) if created else None,
+        "netns": st.get("netns"), "hostname": st.get("hostname"),
+        "veths": st.get("veths", []), "mounts": st.get("mounts", []),
+        "queues": st.get("queues", []), "uid_map": st.get("uid_map"),
+        "gid_map": st.get("gid_map"), "backend": st.get("backend"),
+    }
+
+
+def list_envs() -> list[dict]:
+    """Every environment, as :func:`describe` shows it (one pass over /proc for all)."""
+    require_root("env-ls")
+    found = names()
+    table = _proc_table() if found else {}
+    return [describe(n, table) for n in found]
+
+
+def format_table(rows: list[dict]) -> str:
+    """A table like ``lsns``: NAME PID STATE NPROCS CREATED NAMESPACES."""
+    head = f"{'NAME':<20} {'PID':>7} {'STATE':<8} {'NPROCS':>6} {'CREATED':<19} NAMESPACES"
+    lines = [head]
+    for r in rows:
+        ns = " ".join(f"{t}:{ino if ino else '-'}" for t, ino in r["ns"].items())
+        lines.append(f"{r['name']:<20} {str(r['pid'] or '-'):>7} {r['state']:<8} "
+                     f"{r['nprocs']:>6} {r['created'] or '-':<19} {ns}")
+    return "\n".join(lines)
+
+
+def format_json(rows: list[dict]) -> str:
+    """``{"environments": [...]}``, like ``lsns --json``."""
+    return json.dumps({"environments": rows}, indent=2)
+
+
+# --- remove ---------------------------------------------------------------------------------
+
+def remove(run: Runner, name: str, *, missing_ok: bool = False) -> dict:
+    """Steps: kill the environment's processes, delete its host links, unbind its netns and
+    namespace files, remove its record; unmount /run/nsrecipes when it was the last one.
+
+    Works on half-made and dead environments (holder killed, tool killed mid-create).
+    Returns what was removed; a missing environment raises :class:`NotFound` unless
+    ``missing_ok``.
+    """
+    check_env_name(name)
+    if run.explain:
+        _remove_steps_explain(run, name)
+        return {}
+    require_root("env-rm")
+    try:
+        with _env_lock(name):
+            st = read_state(name)
+            if st is None and not os.path.isdir(env_dir(name)):
+                raise NotFound(f"environment {name!r} does not exist",
+                               hint="already removed? see `invoke env-ls`")
+            done = _remove_locked(run, name, env_dir(name), st or {})
+    except NotFound:
+        if missing_ok:
+            return {}
+        raise
+    _release_private_base(run)
+    return done
+
+
+def _remove_steps_explain(run: Runner, name: str) -> None:
+    run.run(Step(f"kill every process in {name}'s namespaces", argv=["kill", "-KILL", "$PIDS"]))
+    run.run(Step("delete its links on the host", argv=["ip", "link", "del", "$LINK"]))
+    run.run(Step("remove its `ip netns` name", argv=["ip", "netns", "delete", name]))
+    run.run(Step("unbind its namespace files", argv=["umount", "-l", ns_file(name, "$TYPE")]))
+    run.run(Step("remove its record", argv=["rm", "-r", env_dir(name)]))
+    _release_private_base(run)
+
+
+def _remove_locked(run: Runner, name: str, path: str, st: dict) -> dict:
+    bound = {}
+    for t in NS_TYPES:
+        try:
+            s = os.stat(os.path.join(path, t))
+        except OSError:
+            continue
+        if s.st_dev == _NSFS_DEV:
+            bound[t] = s.st_ino
+    _kill_members(run, name, st, bound)
+    links = _delete_veths(run, name, st, bound)
+    links += _delete_host_links(run, st, bound)
+    netns = _detach_netns(run, name, bound)
+    _unbind(run, path, bound)
+    _remove_record(run, path)
+    return {"name": name, "links": links, "netns": netns, "ns": bound}
+
+
+def _kill_members(run: Runner, name: str, st: dict, bound: dict[str, int]) -> None:
+    pids = set(_members(bound))
+    for key in ("holder", "parent"):
+        if _same_process(st.get(key)):
+            pids.add(int(st[key]["pid"]))
+    if not pids:
+        return
+
+    def kill(_argv: list[str] | None = None) -> None:
+        for pid in sorted(pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def shell(argv: list[str]) -> None:
+        nshell.run_full(argv)  # a process may be gone already: that is fine
+
+    run.run(Step(f"kill the processes of {name} ({len(pids)}: {', '.join(map(str, sorted(pids)))})",
+                 argv=["kill", "-KILL", *sorted(pids)], native=kill, shell=shell))
+
+    victims = set(pids)
+
+    def gone() -> bool:
+        left = [p for p in victims if process.pid_alive(p)]
+        if not left:  # and nothing new was forked into the namespaces meanwhile
+            left = [p for p in _members(bound) if process.pid_alive(p)]
+            victims.update(left)
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return not left
+    process.wait_for(gone, 10, f"the processes of {name} to exit")
+
+
+def _delete_host_links(run: Runner, st: dict, bound: dict[str, int]) -> list[str]:
+    done = []
+    for link in st.get("links", []):
+        if not is_ours(link) or not os.path.exists(f"/sys/class/net/{link}"):
+            continue
+        if not _is_veth(link):
+            continue
+
+        def native(n: str = link) -> None:
+            from . import net
+            net._remove_root_link(n)
+
+        def shell(argv: list[str]) -> None:
+            done_ = nshell.run_full(argv)
+            if done_.returncode and os.path.exists(f"/sys/class/net/{argv[-1]}"):
+                done_.check()
+        run.run(Step(f"delete its host link {link} (the peer inside goes with it)",
+                     argv=["ip", "link", "del", link], native=native, shell=shell))
+        done.append(link)
+    return done
+
+
+def _own_netns(name: str, bound: dict[str, int]) -> bool:
+    """True if /run/netns/NAME is this environment's network namespace."""
+    try:
+        s = os.stat(os.path.join(NETNS_DIR, name))
+    except OSError:
+        return False
+    return "net" in bound and s.st_dev == _NSFS_DEV and s.st_ino == bound["net"]
+
+
+def _del_link_in(ns: str, ifname: str) -> None:
+    """``ip -n NS link del IFNAME``, natively; a link already gone is fine."""
+    from nsutil import netlink as nl
+    try:
+        with nl.Rtnl(nl.rtnl_socket(ns)) as r:
+            r.del_link(nl.link_body(ifname), f"ip -n {ns} link del {ifname}")
+            r.flush()
+    except SyscallError as exc:
+        if exc.errno_name != "ENODEV":
+            raise
+
+
+def _delete_veths(run: Runner, name: str, st: dict, bound: dict[str, int]) -> list[str]:
+    """Delete the environment's ends of its veths now, so their peers (on the host or in
+    another environment) go at once instead of when the kernel frees the namespace."""
+    if not _own_netns(name, bound):
+        return []
+    done = []
+    for v in st.get("veths", []):
+        local = v["ifname"] if v.get("here", True) else v["peer_ifname"]
+
+        def shell(argv: list[str]) -> None:
+            nshell.run_full(argv)  # gone already (its peer's environment was removed): fine
+        run.run(Step(f"delete {local} in {name} (its peer goes with it)",
+                     argv=["ip", "-n", name, "link", "del", local],
+                     native=lambda n=local: _del_link_in(name, n), shell=shell))
+        done.append(f"{name}:{local}")
+    return done
+
+
+def _is_veth(link: str) -> bool:
+    """A veth's iflink is its peer's index (another namespace's, possibly), not its own."""
+    try:
+        with open(f"/sys/class/net/{link}/ifindex") as f, open(f"/sys/class/net/{link}/iflink") as g:
+            return f.read().strip() != g.read().strip()
+    except OSError:
+        return False
+
+
+def _detach_netns(run: Runner, name: str, bound: dict[str, int]) -> str | None:
+    path = os.path.join(NETNS_DIR, name)
+    try:
+        s = os.stat(path)
+    except OSError:
+        return None
+    if "net" not in bound or s.st_dev != _NSFS_DEV or s.st_ino != bound["net"]:
+        return None  # not this environment's netns: leave it
+
+    def native() -> None:
+        from nsutil import netlink as nl
+        nl.delete_netns(name)
+    run.run(Step(f"remove the `ip netns` name {name}", argv=["ip", "netns", "delete", name],
+                 native=native))
+    return name
+
+
+def _unbind(run: Runner, path: str, bound: dict[str, int]) -> None:
+    for t in sorted(bound, key=lambda k: list(NS_TYPES).index(k)):
+        f = os.path.join(path, t)
+
+        def native(f: str = f) -> None:
+            try:
+                sc.umount(f, sc.MNT_DETACH)
+            except SyscallError as exc:
+                if exc.errno != _errno.EINVAL:  # EINVAL: not mounted any more
+                    raise
+        run.run(Step(f"unbind {f} (the namespace goes once nothing uses it)",
+                     argv=["umount", "-l", f], native=native))
+
+
+def _remove_record(run: Runner, path: str) -> None:
+    def native(_argv: list[str] | None = None) -> None:
+        if _mounts_below(path):
+            raise NsrError(f"{path} still has mounts below it: {', '.join(_mounts_below(path))}",
+                           hint="unmount them (umount -l) and run env-rm again")
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise SyscallError.from_oserror(f"rm -r {path!r}", exc) from None
+    run.run(Step(f"remove its record {path}", argv=["rm", "-r", path], native=native,
+                 shell=lambda a: (_mounts_below(path) and native()) or nshell.run(a)))
+
+
+# --- cleanup --------------------------------------------------------------------------------
+
+def _remove_tmp(entry: str) -> None:
+    """Remove a half-made ``.env-NAME.PID.tmp`` record whose creator is gone."""
+    path = os.path.join(base_dir(), entry)
+    fd = _open_dir(path) if os.path.isdir(path) else None
+    if fd is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        run = _quiet_runner()
+        st = state.read_json(os.path.join(path, STATE_FILE)) or {}
+        _remove_locked(run, entry, path, st if isinstance(st, dict) else {})
+    finally:
+        os.close(fd)
+    _release_private_base(_quiet_runner())
+
+
+def leftovers() -> list[Leftover]:
+    """Every environment (alive, dead or half-made) and the private bind of /run/nsrecipes;
+    each ``remove()`` removes exactly that one (see :func:`remove`)."""
+    found: list[Leftover] = []
+    base = base_dir()
+    if not os.path.isdir(base):
+        return found
+    for entry in sorted(os.listdir(base)):
+        m = _TMP_RE.match(entry)
+        if m:
+            if not process.pid_alive(int(m.group(2))):
+                found.append(Leftover("env", f"{m.group(1)} (half-made: {entry})",
+                                      lambda e=entry: _remove_tmp(e)))
+            continue
+        if entry.startswith(".") or read_state(entry) is None:
+            continue
+        found.append(Leftover("env", entry, lambda n=entry: _remove_quietly(n)))
+    if not found and _is_mountpoint(base) and not _mounts_below(base):
+        found.append(Leftover("mount", f"{base} (private bind)",
+                              lambda: _release_private_base(_quiet_runner())))
+    return found
+
+
+def _quiet_runner(backend: str | None = "native") -> Runner:
+    return Runner(backend=backend, keep=True, out=_devnull())
+
+
+def _devnull():
+    global _DEVNULL
+    if _DEVNULL is None:
+        _DEVNULL = open(os.devnull, "w")
+    return _DEVNULL
+
+
+_DEVNULL = None
+
+
+def _remove_quietly(name: str) -> None:
+    remove(_quiet_runner(), name, missing_ok=True)
+
+
+# --- the Python API -------------------------------------------------------------------------
+
+class Environment:
+    """A named environment kept by a holder; the steps are methods.
+
+    ::
+
+        with Environment.create("nsr-web", "uts,ipc,pid,mnt,net", hostname="web") as web:
+            web.add_veth(addr="10.0.0.1/24", peer_addr="10.0.0.2/24")
+            print(web.exec(["hostname"]).stdout)
+        # removed here
+
+    ``backend`` is ``auto``, ``shell`` or ``native`` (as ``--backend``).
+    """
+
+    def __init__(self, name: str, *, backend: str | None = None, run: Runner | None = None):
+        self.name = check_env_name(name)
+        self.run = run or Runner(backend=backend, keep=True, out=_devnull())
+
+    @classmethod
+    def create(cls, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
+               hostname: str | None = None, domainname: str | None = None,
+               uid_map: str | None = None, gid_map: str | None = None,
+               backend: str | None = None, run: Runner | None = None) -> "Environment":
+        """Create the environment (see :func:`create`) and return it."""
+        env = cls(name, backend=backend, run=run)
+        with Runner(backend=env.run.backend, keep=True, out=env.run.out) as r:
+            create(r, name, ns, hostname=hostname, domainname=domainname, uid_map=uid_map,
+                   gid_map=gid_map)
+        return env
+
+    @classmethod
+    def open(cls, name: str, *, backend: str | None = None) -> "Environment":
+        """An existing environment (raises :class:`NotFound` when there is none)."""
+        env = cls(name, backend=backend)
+        if read_state(name) is None:
+            raise NotFound(f"environment {name!r} does not exist", hint="see `invoke env-ls`")
+        return env
+
+    # -- what it is ---------------------------------------------------------------------
+    @property
+    def state(self) -> dict:
+        """The record as stored now."""
+        st = read_state(self.name)
+        if st is None:
+            raise NotFound(f"environment {self.name!r} does not exist", hint="see `invoke env-ls`")
+        return st
+
+    @property
+    def pid(self) -> int:
+        """Host pid of the holder (``nsenter -t PID``)."""
+        return int(self.state["holder"]["pid"])
+
+    @property
+    def types(self) -> list[str]:
+        """Its namespace types."""
+        return list(self.state["types"])
+
+    def alive(self) -> bool:
+        """True while its holder runs."""
+        st = read_state(self.name)
+        return bool(st) and holder_alive(st)
+
+    def info(self) -> dict:
+        """What ``env-ls`` shows for it."""
+        return describe(self.name)
+
+    def processes(self) -> list[int]:
+        """Host pids of its processes."""
+        return processes(self.name)
+
+    # -- steps --------------------------------------------------------------------------
+    def _step(self, fn: Callable, *args: Any, **kw: Any) -> Any:
+        with Runner(backend=self.run.backend, keep=True, out=self.run.out) as r:
+            return fn(r, self.name, *args, **kw)
+
+    def set_hostname(self, hostname: str | None = None, domainname: str | None = None) -> None:
+        """Set its hostname and/or NIS domain name."""
+        self._step(set_hostname, hostname, domainname)
+
+    def set_idmap(self, uid_map: str, gid_map: str | None = None) -> None:
+        """Write its uid/gid maps (once)."""
+        self._step(set_idmap, uid_map, gid_map)
+
+    def add_veth(self, peer: "Environment | str | None" = None, **kw: Any) -> dict:
+        """A veth to the host (``peer=None``) or to another environment; see :func:`add_veth`."""
+        other = peer.name if isinstance(peer, Environment) else peer
+        return self._step(add_veth, other, **kw)
+
+    def mount_tmpfs(self, target: str, size: str | None = None) -> None:
+        """A tmpfs on ``target`` inside."""
+        self._step(mount_tmpfs, target, size)
+
+    def bind_mount(self, source: str, target: str, readonly: bool = False) -> None:
+        """Bind ``source`` on ``target`` inside."""
+        self._step(bind_mount, source, target, readonly)
+
+    def make_queue(self) -> int:
+        """A System V message queue inside; returns its id."""
+        return self._step(make_queue)
+
+    def exec(self, argv: Sequence[str] | None = None, *, capture: bool = True,
+             input: str | bytes | None = None, cwd: str | None = None,
+             check: bool = False) -> process.Completed:
+        """Run a command inside; ``check`` raises on a non-zero exit."""
+        done = self._step(exec_in, argv, capture=capture, input=input, cwd=cwd)
+        return done.check() if check else done
+
+    def remove(self, missing_ok: bool = False) -> dict:
+        """Remove it (processes, links, binds, record)."""
+        return self._step(remove, missing_ok=missing_ok)
+
+    def __enter__(self) -> "Environment":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove(missing_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Environment({self.name!r})"
+
+
+__all__ = ["Environment", "add_veth", "bind_mount", "create", "describe", "exec_in",
+           "format_json", "format_table", "leftovers", "list_envs", "make_queue",
+           "mount_tmpfs", "names", "processes", "read_state", "remove", "set_hostname",
+           "set_idmap"]

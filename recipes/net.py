@@ -1,0 +1,616 @@
+"""Network namespace (document section "Network namespace"; flag CLONE_NEWNET).
+
+The document creates a network namespace with ``ip netns add``, shows that it has nothing
+but a loopback device that is down, brings ``lo`` up, and joins two namespaces with a veth
+pair -- a virtual cable whose two ends live in different namespaces. Here:
+
+* :func:`demo` (``net-demo``): a new namespace has only ``lo``; it is shown down, then up.
+* :func:`veth_create` / :func:`veth_delete` (``net-veth``): two named namespaces joined by a
+  veth pair with addresses, proven by a real exchange of packets; idempotent.
+* Building blocks other recipes use: :func:`create_netns`, :func:`delete_netns`,
+  :func:`add_veth_pair` (both ends created in place, no move), :func:`udp_check`.
+
+Shell forms are iproute2 commands (``ip netns add``, ``ip link add A netns X type veth peer
+name B netns Y``, ``ip -n X addr add``); native forms are netlink from this process
+(:mod:`nsutil.netlink`). What is made is visible to ``ip netns list``, ``lsns`` and
+``nsenter --net=/run/netns/NAME``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from nsutil import netlink as nl
+from nsutil import state
+from nsutil.backend import Runner, Step
+from nsutil.errors import CommandError, Conflict, InvalidInput, NsrError, SyscallError
+from nsutil.names import check_cidr, check_ifname, check_name, is_ours, prefixed, scope_id
+
+from .common import Leftover
+
+SECTION = "Network namespace"
+ETC_NETNS = "/etc/netns"
+CHECK_PORT = 5555
+
+
+# --- validation ---------------------------------------------------------------------------
+
+def check_netns_name(name: str) -> str:
+    """A netns name: a file name under /run/netns (no '/', whitespace, '.', '..', empty)."""
+    return check_name(name, what="network namespace name", max_bytes=64)
+
+
+def check_addr(value: str, what: str = "address") -> str:
+    """An interface address with prefix length; returned normalised (``10.0.0.1/24``)."""
+    return str(check_cidr(value, what=what))
+
+
+def check_no_overlap(cidrs: dict[str, str]) -> None:
+    """Raise InvalidInput if two of the named subnets overlap (``{label: cidr}``)."""
+    nets = [(label, ipaddress.ip_interface(c).network) for label, c in cidrs.items()]
+    for i, (la, na) in enumerate(nets):
+        for lb, nb in nets[i + 1:]:
+            if na.version == nb.version and na.overlaps(nb):
+                raise InvalidInput(f"subnets overlap: {la} {na} and {lb} {nb}",
+                                   hint="give every link its own subnet")
+
+
+def _ip(cidr: str) -> str:
+    return str(ipaddress.ip_interface(cidr).ip)
+
+
+# --- steps ----------------------------------------------------------------------------------
+
+def create_netns(run: Runner, name: str) -> None:
+    """Step: ``ip netns add NAME`` (bind mount under /run/netns); undo: delete it."""
+    check_netns_name(name)
+    run.run(Step(f"create network namespace {name} (unshare CLONE_NEWNET, bind-mount "
+                 f"/run/netns/{name})",
+                 argv=["ip", "netns", "add", name],
+                 native=lambda: _close(nl.create_netns(name)),
+                 undo=delete_netns_step(name)))
+
+
+def _close(sock: socket.socket | None) -> None:
+    if sock is not None:
+        sock.close()
+
+
+def delete_netns_step(name: str) -> Step:
+    """The step ``ip netns del NAME`` (its links go with it; a missing one is no error)."""
+    def shell(argv: list[str]) -> None:
+        if nl.netns_exists(name):
+            from nsutil import shell as nshell
+            nshell.run(argv)
+        remove_etc_netns(name)
+
+    def native() -> None:
+        nl.delete_netns(name)
+        remove_etc_netns(name)
+
+    return Step(f"delete network namespace {name} (its veth ends go with it)",
+                argv=["ip", "netns", "del", name], native=native, shell=shell)
+
+
+def delete_netns(run: Runner, name: str) -> None:
+    """Step: delete the network namespace ``name`` and its /etc/netns entry."""
+    check_netns_name(name)
+    run.run(delete_netns_step(name))
+
+
+def add_veth_pair(run: Runner, ifname: str, peer_ifname: str, *, ns: str | None = None,
+                  peer_ns: str | None = None, addr: str | None = None,
+                  peer_addr: str | None = None) -> None:
+    """Steps: a veth pair with ``ifname`` in netns ``ns`` and ``peer_ifname`` in ``peer_ns``
+    (None = the root namespace), both created in place (no move), addressed and up.
+    Undo: delete ``ifname`` (the peer goes with it)."""
+    check_ifname(ifname)
+    check_ifname(peer_ifname)
+    for n in (ns, peer_ns):
+        if n is not None:
+            check_netns_name(n)
+    addr = check_addr(addr) if addr else None
+    peer_addr = check_addr(peer_addr, "peer address") if peer_addr else None
+    if (ns == peer_ns) and ifname == peer_ifname:
+        raise InvalidInput(f"both ends are called {ifname!r} in the same namespace",
+                           hint="give the peer another name")
+
+    argv = ["ip", "link", "add", ifname] + (["netns", ns] if ns else []) + \
+        ["type", "veth", "peer", "name", peer_ifname] + (["netns", peer_ns] if peer_ns else [])
+    run.run(Step(f"create veth pair {ifname} ({ns or 'root'}) <-> {peer_ifname} "
+                 f"({peer_ns or 'root'}), both ends in place",
+                 argv=argv,
+                 native=lambda: _native_veth(ifname, peer_ifname, ns, peer_ns),
+                 undo=_del_link_step(ns, ifname)))
+    for where, name, cidr in ((ns, ifname, addr), (peer_ns, peer_ifname, peer_addr)):
+        if cidr:
+            run.run(Step(f"address {cidr} on {name} ({where or 'root'})",
+                         argv=_ipn(where) + ["addr", "add", cidr, "dev", name],
+                         native=lambda w=where, n=name, c=cidr: _native_addr(w, n, c)))
+        run.run(Step(f"bring {name} up ({where or 'root'})",
+                     argv=_ipn(where) + ["link", "set", name, "up"],
+                     native=lambda w=where, n=name: _native_up(w, n)))
+
+
+def _ipn(ns: str | None) -> list[str]:
+    return ["ip", "-n", ns] if ns else ["ip"]
+
+
+def _native_veth(ifname: str, peer_ifname: str, ns: str | None, peer_ns: str | None) -> None:
+    fd = nl.open_netns(peer_ns)
+    try:
+        with nl.Rtnl(nl.rtnl_socket(ns)) as r:
+            r.new_link(nl.link_body(ifname, kind="veth",
+                                    peer=nl.link_body(peer_ifname, netns_fd=fd)),
+                       f"ip link add {ifname} type veth peer name {peer_ifname}")
+            r.flush()
+    finally:
+        os.close(fd)
+
+
+def _index(ns: str | None, ifname: str) -> int:
+    with nl.in_netns(ns):
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError as exc:
+            raise SyscallError.from_oserror(f"if_nametoindex({ifname!r}) in {ns or 'root'}",
+                                            exc, hint="does the link exist?") from None
+
+
+def _native_addr(ns: str | None, ifname: str, cidr: str) -> None:
+    with nl.Rtnl(nl.rtnl_socket(ns)) as r:
+        r.new_addr(_index(ns, ifname), cidr, f"ip addr add {cidr} dev {ifname}")
+        r.flush()
+
+
+def _native_up(ns: str | None, ifname: str) -> None:
+    with nl.Rtnl(nl.rtnl_socket(ns)) as r:
+        r.set_link(nl.link_body(ifname, up=True), f"ip link set {ifname} up")
+        r.flush()
+
+
+def _del_link_step(ns: str | None, ifname: str) -> Step:
+    """The step ``ip [-n NS] link del IFNAME``; a link or namespace already gone is fine."""
+    def native() -> None:
+        if ns is not None and not nl.netns_exists(ns):
+            return
+        try:
+            with nl.Rtnl(nl.rtnl_socket(ns)) as r:
+                r.del_link(nl.link_body(ifname), f"ip link del {ifname}")
+                r.flush()
+        except SyscallError as exc:
+            if exc.errno_name not in ("ENODEV", "ENOENT"):
+                raise
+
+    def shell(argv: list[str]) -> None:
+        if ns is not None and not nl.netns_exists(ns):
+            return
+        from nsutil import shell as nshell
+        done = nshell.run_full(argv)
+        if done.returncode and "Cannot find device" not in done.stderr:
+            raise CommandError(argv, done.returncode, done.stderr)
+
+    return Step(f"delete {ifname} ({ns or 'root'}); its peer goes with it",
+                argv=_ipn(ns) + ["link", "del", ifname], native=native, shell=shell)
+
+
+def set_lo_up(run: Runner, ns: str) -> None:
+    """Step: ``ip -n NS link set lo up``."""
+    run.run(Step(f"bring lo up in {ns}", argv=["ip", "-n", ns, "link", "set", "lo", "up"],
+                 native=lambda: _native_up(ns, "lo")))
+
+
+def show_links(run: Runner, ns: str) -> list[dict]:
+    """Step: ``ip -n NS -o link show``; returns [{name, up, state}] on both backends."""
+    return run.run(Step(f"list the links of {ns}", argv=["ip", "-n", ns, "-o", "link", "show"],
+                        parse=_parse_links,
+                        native=lambda: [{"name": ln["name"], "up": ln["up"]}
+                                        for ln in nl.links(ns)],
+                        placeholder=[]))
+
+
+def _parse_links(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) < 3:
+            continue
+        flags = parts[2].split("<", 1)[1].split(">", 1)[0].split(",") if "<" in parts[2] else []
+        out.append({"name": parts[1].strip().split("@")[0], "up": "UP" in flags})
+    return out
+
+
+# --- connectivity ---------------------------------------------------------------------------
+
+def udp_socket(ns: str | None, addr: str, port: int = 0) -> socket.socket:
+    """A UDP socket opened inside netns ``ns`` and bound to ``addr:port``."""
+    ip = ipaddress.ip_address(_ip(addr) if "/" in addr else addr)
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    with nl.in_netns(ns):
+        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind((str(ip), port))
+    except OSError as exc:
+        sock.close()
+        raise SyscallError.from_oserror(f"bind({ip}:{port}) in {ns or 'root'}", exc,
+                                        hint="is the address configured there?") from None
+    return sock
+
+
+def udp_exchange(a: socket.socket, b: socket.socket, timeout: float = 2.0) -> bool:
+    """Send a random token from socket ``a`` to ``b`` and back; True if both arrived."""
+    token = secrets.token_bytes(8)
+    deadline = time.monotonic() + timeout
+    a.settimeout(0.2)
+    b.settimeout(0.2)
+    dest, source = b.getsockname(), a.getsockname()
+    while time.monotonic() < deadline:
+        try:
+            a.sendto(b"nsr-ping " + token, dest)
+            data, peer = b.recvfrom(64)
+            if data != b"nsr-ping " + token or peer[:2] != source[:2]:
+                continue
+            b.sendto(b"nsr-pong " + token, peer)
+            data, peer = a.recvfrom(64)
+            if data == b"nsr-pong " + token and peer[:2] == dest[:2]:
+                return True
+        except (socket.timeout, BlockingIOError):
+            continue
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def udp_check(ns_a: str | None, addr_a: str, ns_b: str | None, addr_b: str,
+              timeout: float = 2.0) -> bool:
+    """Real packets: a UDP datagram from ``addr_a`` in ``ns_a`` to ``addr_b`` in ``ns_b``
+    and a reply back (addresses with or without /prefix). True if both arrived."""
+    sa = udp_socket(ns_a, addr_a)
+    try:
+        sb = udp_socket(ns_b, addr_b)
+        try:
+            return udp_exchange(sa, sb, timeout)
+        finally:
+            sb.close()
+    finally:
+        sa.close()
+
+
+def tcp_check_shell(ns_a: str, ns_b: str, addr_b: str, port: int = CHECK_PORT,
+                    timeout: float = 3.0) -> bool:
+    """The shell form of the check: ``ip netns exec B busybox nc -l -p PORT`` receives a
+    token that ``ip netns exec A busybox nc ADDR PORT`` sends over TCP."""
+    nc = shutil.which("busybox") or shutil.which("nc")
+    if nc is None:
+        from nsutil.errors import ToolMissing
+        raise ToolMissing("busybox", "busybox-static")
+    ncv = [nc, "nc"] if nc.endswith("busybox") else [nc]
+    ip = shutil.which("ip") or "ip"
+    token = secrets.token_hex(8)
+    server = subprocess.Popen([ip, "netns", "exec", ns_b] + ncv + ["-l", "-p", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            client = subprocess.run([ip, "netns", "exec", ns_a] + ncv + ["-w", "1", _ip(addr_b)
+                                     if "/" in addr_b else addr_b, str(port)],
+                                    input=token.encode() + b"\n", capture_output=True, timeout=timeout)
+            if client.returncode == 0:
+                break
+            time.sleep(0.02)
+        try:
+            out, _ = server.communicate(timeout=max(0.5, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+        return token in out.decode(errors="replace")
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def check_pair(run: Runner, ns_a: str, addr_a: str, ns_b: str, addr_b: str) -> bool:
+    """Step: prove ``ns_a`` reaches ``ns_b`` with real packets (shell: TCP through busybox
+    nc; native: a UDP datagram and its reply). Returns True/False on both backends."""
+    ip_b = _ip(addr_b) if "/" in addr_b else addr_b
+    return run.run(Step(
+        f"send packets {ns_a} -> {ns_b} ({ip_b}) and back",
+        argv=["ip", "netns", "exec", ns_a, "busybox", "nc", ip_b, str(CHECK_PORT)],
+        display=(f"ip netns exec {ns_b} busybox nc -l -p {CHECK_PORT} &  "
+                 f"echo TOKEN | ip netns exec {ns_a} busybox nc {ip_b} {CHECK_PORT}"),
+        shell=lambda _argv: tcp_check_shell(ns_a, ns_b, addr_b),
+        native=lambda: udp_check(ns_a, addr_a, ns_b, addr_b),
+        placeholder=True))
+
+
+# --- /etc/netns/NAME/hosts ------------------------------------------------------------------
+
+def write_etc_hosts(ns: str, entries: list[tuple[str, str]]) -> str:
+    """Write /etc/netns/NS/hosts (``ip netns exec`` bind-mounts it over /etc/hosts)."""
+    check_netns_name(ns)
+    directory = os.path.join(ETC_NETNS, ns)
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{addr}\t{names}" for addr, names in entries]
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        path = os.path.join(directory, "hosts")
+        with open(path + ".tmp", "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(path + ".tmp", path)
+    except OSError as exc:
+        raise SyscallError.from_oserror(f"write({directory}/hosts)", exc) from None
+    return path
+
+
+def remove_etc_netns(ns: str) -> bool:
+    """Remove /etc/netns/NS (only nsrecipes' own entries); True if something was removed."""
+    directory = os.path.join(ETC_NETNS, ns)
+    if not os.path.isdir(directory):
+        return False
+    shutil.rmtree(directory, ignore_errors=True)
+    return True
+
+
+# --- net-demo -------------------------------------------------------------------------------
+
+def demo(run: Runner, name: str | None = None) -> dict:
+    """The document's network section: a new network namespace has only ``lo``, and it is
+    down; ``ip link set lo up`` brings it up. Returns what was observed."""
+    name = name or prefixed(scope_id(), "demo")
+    check_netns_name(name)
+    run.heading(f"{SECTION} (CLONE_NEWNET): a new namespace has only lo")
+    create_netns(run, name)
+    before = show_links(run, name)
+    run.say(f"[root@host]# ip -n {name} link")
+    for ln in before:
+        run.say(f"  {ln['name']}: {'UP' if ln['up'] else 'DOWN'}")
+    set_lo_up(run, name)
+    after = show_links(run, name)
+    run.say(f"[root@host]# ip -n {name} link set lo up; ip -n {name} link")
+    for ln in after:
+        run.say(f"  {ln['name']}: {'UP' if ln['up'] else 'DOWN'}")
+    run.undo()
+    return {"netns": name, "links": [ln["name"] for ln in before],
+            "lo_up_before": any(ln["up"] for ln in before if ln["name"] == "lo"),
+            "lo_up_after": any(ln["up"] for ln in after if ln["name"] == "lo"),
+            "gone": not nl.netns_exists(name)}
+
+
+# --- net-veth -------------------------------------------------------------------------------
+
+DEFAULT_ADDR, DEFAULT_PEER_ADDR = "10.200.0.1/24", "10.200.0.2/24"
+
+
+def save_record(path: str, data: dict) -> None:
+    """Write a network record (state dir ``net/``), tolerating a concurrent rmdir."""
+    for attempt in range(3):
+        try:
+            state.state_dir("net")
+            state.atomic_write_json(path, data)
+            return
+        except SyscallError:
+            if attempt == 2:
+                raise
+
+
+def drop_record(path: str) -> None:
+    """Remove a network record, and the ``net/`` state directory when it is empty."""
+    _remove_file(path)
+    try:
+        os.rmdir(os.path.dirname(path))
+    except OSError:
+        pass  # not empty: another record lives there
+
+
+def _record_path(name: str) -> str:
+    return os.path.join(state.state_dir("net", create=False), f"veth-{name}.json")
+
+
+def _find_record(name: str) -> dict | None:
+    """The net-veth record that mentions ``name`` as either end."""
+    base = state.state_dir("net", create=False)
+    if not os.path.isdir(base):
+        return None
+    for entry in sorted(os.listdir(base)):
+        if entry.startswith("veth-") and entry.endswith(".json"):
+            rec = state.read_json(os.path.join(base, entry))
+            if rec and name in (rec.get("name"), rec.get("peer")):
+                return rec
+    return None
+
+
+def _validate_veth(name: str, peer: str, addr: str, peer_addr: str) -> tuple[str, str]:
+    check_ifname(name)
+    check_ifname(peer)
+    if name == peer:
+        raise InvalidInput(f"--name and --peer are both {name!r}", hint="give two different names")
+    addr, peer_addr = check_addr(addr, "--addr"), check_addr(peer_addr, "--peer-addr")
+    if _ip(addr) == _ip(peer_addr):
+        raise InvalidInput(f"--addr and --peer-addr are the same address {_ip(addr)}",
+                           hint="give the two ends different addresses")
+    if ipaddress.ip_interface(addr).network != ipaddress.ip_interface(peer_addr).network:
+        raise InvalidInput(f"--addr {addr} and --peer-addr {peer_addr} are in different subnets",
+                           hint="put both ends in one subnet, e.g. 10.200.0.1/24 and 10.200.0.2/24")
+    return addr, peer_addr
+
+
+def veth_status(name: str, peer: str, addr: str, peer_addr: str) -> str:
+    """``absent``, ``same`` (exists as asked, made by us) or raise Conflict naming why."""
+    rec = _find_record(name) or _find_record(peer)
+    exists = [n for n in (name, peer) if nl.netns_exists(n)]
+    if rec is None:
+        if exists:
+            raise Conflict(f"network namespace {exists[0]!r} exists and was not made by nsrecipes",
+                           hint="pick other names, or remove it yourself (ip netns del)")
+        return "absent"
+    wanted = {"name": name, "peer": peer, "addr": addr, "peer_addr": peer_addr}
+    diff = [f"{k} {rec.get(k)} (asked {v})" for k, v in wanted.items() if rec.get(k) != v]
+    if diff:
+        raise Conflict(f"{rec['name']}<->{rec['peer']} exists with other settings: {', '.join(diff)}",
+                       hint=f"delete it first: invoke net-veth --name {rec['name']} "
+                            f"--peer {rec['peer']} --delete")
+    if len(exists) < 2 or not nl.is_veth_pair(name, name, peer, peer):
+        raise Conflict(f"{name}<->{peer} was made by nsrecipes but is incomplete now",
+                       hint=f"invoke net-veth --name {name} --peer {peer} --delete, then again")
+    have_a = (nl.link(name, name) or {}).get("addrs", [])
+    have_b = (nl.link(peer, peer) or {}).get("addrs", [])
+    if addr not in have_a or peer_addr not in have_b:
+        raise Conflict(f"{name}<->{peer} has addresses {have_a} / {have_b}, not {addr} / {peer_addr}",
+                       hint=f"invoke net-veth --name {name} --peer {peer} --delete, then again")
+    return "same"
+
+
+def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
+                addr: str = DEFAULT_ADDR, peer_addr: str = DEFAULT_PEER_ADDR,
+                check: bool = True) -> dict:
+    """``net-veth``: namespaces ``name`` and ``peer`` joined by a veth pair (end ``name`` in
+    netns ``name``, end ``peer`` in netns ``peer``) with addresses, proven by packets.
+    Idempotent: a second run with the same arguments changes nothing. They stay until
+    :func:`veth_delete`. Returns what was done and observed."""
+    addr, peer_addr = _validate_veth(name, peer, addr, peer_addr)
+    run.heading(f"{SECTION}: two namespaces joined by a veth pair")
+    status = "absent" if run.explain else veth_status(name, peer, addr, peer_addr)
+    if status == "same":
+        run.say(f"nothing to do: {name} ({addr}) <-> {peer} ({peer_addr}) exist as asked")
+        reachable = check_pair(run, name, addr, peer, peer_addr) if check else None
+        return {"changed": False, "name": name, "peer": peer, "reachable": reachable}
+    create_netns(run, name)
+    create_netns(run, peer)
+    add_veth_pair(run, name, peer, ns=name, peer_ns=peer, addr=addr, peer_addr=peer_addr)
+    set_lo_up(run, name)
+    set_lo_up(run, peer)
+    if not run.explain:
+        write_etc_hosts(name, [(_ip(addr), name), (_ip(peer_addr), peer)])
+        write_etc_hosts(peer, [(_ip(peer_addr), peer), (_ip(addr), name)])
+    reachable = check_pair(run, name, addr, peer, peer_addr) if check else None
+    if check and not run.explain and not reachable:
+        raise NsrError(f"no packets got from {name} to {peer} ({_ip(peer_addr)})",
+                       hint="see `ip -n NAME addr`; is a firewall in the namespace?")
+    if not run.explain:
+        save_record(_record_path(name), {"name": name, "peer": peer, "addr": addr,
+                                         "peer_addr": peer_addr})
+    run.say(f"{name} ({addr}) <-> {peer} ({peer_addr}): "
+            f"{'packets go both ways' if reachable else 'not checked'}")
+    run.say(f"they stay: ip netns list; ip -n {name} addr; "
+            f"remove with: invoke net-veth --name {name} --peer {peer} --delete")
+    return {"changed": True, "name": name, "peer": peer, "reachable": reachable}
+
+
+def veth_delete(run: Runner, name: str = "nsr-a", peer: str = "nsr-b") -> dict:
+    """``net-veth --delete``: remove both namespaces (the pair goes with them) and the record.
+    Deleting what is not there says so and succeeds; what nsrecipes did not make is kept."""
+    check_ifname(name)
+    check_ifname(peer)
+    rec = _find_record(name)
+    if rec is None:
+        exists = [n for n in (name, peer) if nl.netns_exists(n)]
+        if exists:
+            raise Conflict(f"network namespace {exists[0]!r} was not made by nsrecipes; not deleting it",
+                           hint="remove it yourself with ip netns del")
+        run.say(f"nothing to delete: {name} and {peer} do not exist")
+        return {"changed": False}
+    if {rec["name"], rec["peer"]} != {name, peer}:
+        raise Conflict(f"{name} is paired with {rec['peer'] if rec['name'] == name else rec['name']}, "
+                       f"not {peer}", hint="give the right --peer")
+    delete_netns(run, rec["name"])
+    delete_netns(run, rec["peer"])
+    if not run.explain:
+        drop_record(_record_path(rec["name"]))
+    run.say(f"deleted {rec['name']} and {rec['peer']}")
+    return {"changed": True}
+
+
+# --- cleanup --------------------------------------------------------------------------------
+
+def _root_links() -> list[str]:
+    try:
+        return sorted(os.listdir("/sys/class/net"))
+    except OSError:
+        return []
+
+
+def recorded_netns() -> set[str]:
+    """Namespace names in nsrecipes' network records (net-veth pairs, topologies)."""
+    names: set[str] = set()
+    base = state.state_dir("net", create=False)
+    if not os.path.isdir(base):
+        return names
+    for entry in os.listdir(base):
+        rec = state.read_json(os.path.join(base, entry)) if entry.endswith(".json") else None
+        if isinstance(rec, dict):
+            names.update(n for n in (rec.get("name"), rec.get("peer")) if n)
+            names.update(rec.get("netns", []))
+    return names
+
+
+def leftovers() -> list[Leftover]:
+    """Every nsrecipes network object on the host: netns under /run/netns that carry the
+    prefix or are recorded, nsr links in the root namespace, /etc/netns/nsr* entries and
+    the network records; each ``remove()`` removes exactly that one."""
+    found: list[Leftover] = []
+    recorded = recorded_netns()
+    for name in nl.list_netns():
+        if is_ours(name) or name in recorded:
+            found.append(Leftover("netns", name, lambda n=name: _remove_netns(n)))
+    for name in _root_links():
+        if is_ours(name):
+            found.append(Leftover("link", name, lambda n=name: _remove_root_link(n)))
+    if os.path.isdir(ETC_NETNS):
+        for name in sorted(os.listdir(ETC_NETNS)):
+            if is_ours(name) or name in recorded:
+                found.append(Leftover("etc-netns", os.path.join(ETC_NETNS, name),
+                                      lambda n=name: _remove_etc(n)))
+    base = state.state_dir("net", create=False)
+    if os.path.isdir(base):
+        entries = sorted(os.listdir(base))
+        for entry in entries:
+            path = os.path.join(base, entry)
+            found.append(Leftover("state", path, lambda p=path: drop_record(p)))
+        if not entries:
+            found.append(Leftover("state", base, lambda: _remove_dir(base)))
+    return found
+
+
+def _remove_netns(name: str) -> None:
+    nl.delete_netns(name)
+
+
+def _remove_root_link(name: str) -> None:
+    try:
+        with nl.Rtnl(nl.rtnl_socket(None)) as r:
+            r.del_link(nl.link_body(name), f"ip link del {name}")
+            r.flush()
+    except SyscallError as exc:
+        if exc.errno_name != "ENODEV":  # already gone with its peer
+            raise
+
+
+def _remove_etc(name: str) -> None:
+    remove_etc_netns(name)
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise SyscallError.from_oserror(f"unlink({path!r})", exc) from None
+
+
+def _remove_dir(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise SyscallError.from_oserror(f"rmdir({path!r})", exc) from None
+
+
+__all__ = ["SECTION", "add_veth_pair", "check_pair", "create_netns", "delete_netns", "demo",
+           "leftovers", "udp_check", "veth_create", "veth_delete", "write_etc_hosts",
+           "remove_etc_netns"]

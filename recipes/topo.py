@@ -1,0 +1,814 @@
+"""Topologies of network namespaces: the document's veth pair, taken to many hosts.
+
+Document section "Network namespace": namespaces are joined by veth pairs, and a Linux bridge
+joins many. A *plan* (:class:`Plan`) says which namespaces, links and addresses there are:
+
+* ``star``: every host hangs off a Linux bridge in a hub namespace (one subnet, all pairs
+  reach each other);
+* ``line`` / ``ring``: host i is linked to host i+1 (and the last to the first), a /30 per
+  link (neighbours reach each other);
+* ``--file lab.toml``: hosts and links, optional addresses, read with :mod:`tomllib`::
+
+      subnet = "10.210.0.0/16"        # optional: pool for automatic /30 link subnets
+      hosts = ["r1", "web", "db"]      # optional: hosts are also taken from the links
+      [[links]]
+      a = "web"
+      b = "r1"
+      a_addr = "10.1.0.1/24"          # optional (both or neither)
+      b_addr = "10.1.0.2/24"
+      [[links]]
+      a = "db"
+      b = "r1"
+
+Names: netns ``nsr-SCOPE-HOST``, hub ``nsr-SCOPE-hub``, bridge ``nsr-SCOPE-br``; the interface
+in X that leads to Y is named after Y's namespace. ``SCOPE`` is 4 random hex digits per run,
+so two topologies built at once never collide; every name fits 15 bytes.
+
+Building: the shell backend runs one ``ip -batch`` for the namespaces and the in-place veths
+and one ``ip -n NS -batch`` per namespace for its addresses and links; the native backend
+does it all from this process over netlink (:mod:`nsutil.netlink`): each namespace is made
+with an rtnetlink socket opened inside it, every veth is created in place in both namespaces
+(already enslaved and up on the hub side), and each namespace's requests go in one buffer.
+Teardown deletes the namespaces (their veths go with them). ``/etc/netns/NAME/hosts`` lets
+``ip netns exec`` (and :func:`exec_in`) reach the other hosts by name.
+"""
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from nsutil import netlink as nl
+from nsutil import state
+from nsutil.backend import Runner, Step
+from nsutil.errors import InvalidInput, NotFound, NsrError, SyscallError
+from nsutil.names import IFNAMSIZ, check_name, prefixed, scope_id
+
+from . import net
+
+SECTION = "Network namespace (topologies)"
+SHAPES = ("star", "line", "ring")
+MAX_HOSTS = 4000          #: more than this is refused as absurd (names, memory, minutes)
+ETC_HOSTS_MAX = 256       #: above this many hosts /etc/netns hosts files are skipped
+STAR_SUBNET = "10.200.0.0/16"
+LINK_POOL = "10.201.0.0/16"
+
+
+@dataclass
+class Link:
+    """One veth pair: end ``a_if`` in netns ``a_ns``, end ``b_if`` in ``b_ns``."""
+
+    a_ns: str
+    a_if: str
+    b_ns: str
+    b_if: str
+    a_addr: str | None = None
+    b_addr: str | None = None
+    a_index: int = 0
+    b_index: int = 0
+    a_master: str | None = None       # bridge in a_ns the a end is enslaved to
+    a_master_index: int = 0
+
+
+@dataclass
+class Plan:
+    """What a topology is made of (nothing is created by making a plan)."""
+
+    scope: str
+    shape: str
+    hosts: dict[str, str] = field(default_factory=dict)            # short name -> netns
+    hub: str | None = None
+    bridge: str | None = None
+    links: list[Link] = field(default_factory=list)
+    segments: list[list[tuple[str, str]]] = field(default_factory=list)  # [(host, cidr)] that reach each other
+
+    def all_netns(self) -> list[str]:
+        """Every namespace of the plan (hub first)."""
+        return ([self.hub] if self.hub else []) + list(self.hosts.values())
+
+    def netns(self, host: str) -> str:
+        """The netns of host ``host`` (short name or netns name)."""
+        if host in self.hosts:
+            return self.hosts[host]
+        if host in self.hosts.values():
+            return host
+        raise NotFound(f"no host {host!r} in topology {self.scope}",
+                       hint=f"hosts: {', '.join(list(self.hosts)[:8])}")
+
+    def addrs(self) -> dict[str, list[str]]:
+        """Host -> its addresses (CIDR)."""
+        out: dict[str, list[str]] = {h: [] for h in self.hosts}
+        for seg in self.segments:
+            for host, cidr in seg:
+                out[host].append(cidr)
+        return out
+
+    def pair_count(self) -> int:
+        """How many host pairs should reach each other."""
+        return sum(len(s) * (len(s) - 1) // 2 for s in self.segments)
+
+    def pairs(self, limit: int = 200, seed: int | None = None) -> list[tuple[str, str, str, str]]:
+        """Pairs (host_a, cidr_a, host_b, cidr_b) to check: all of them up to ``limit``,
+        beyond that a sample that still touches every host once, then random pairs."""
+        if self.pair_count() <= limit:
+            return [(a, ca, b, cb) for seg in self.segments
+                    for (a, ca), (b, cb) in itertools.combinations(seg, 2)]
+        rng = random.Random(seed)
+        out: list[tuple[str, str, str, str]] = []
+        seen: set[tuple[str, str]] = set()
+        for seg in self.segments:
+            if len(seg) < 2:
+                continue
+            order = seg[:]
+            rng.shuffle(order)
+            for (a, ca), (b, cb) in zip(order, order[1:]):
+                if len(out) >= limit // 2:
+                    break
+                out.append((a, ca, b, cb))
+                seen.add((a, b))
+        big = [s for s in self.segments if len(s) >= 2]
+        while len(out) < limit and big:
+            seg = rng.choice(big)
+            (a, ca), (b, cb) = rng.sample(seg, 2)
+            if (a, b) not in seen and (b, a) not in seen:
+                seen.add((a, b))
+                out.append((a, ca, b, cb))
+        return out
+
+    def to_json(self) -> dict:
+        """The record written under the state directory (``net/topo-SCOPE.json``)."""
+        return {"scope": self.scope, "shape": self.shape, "hosts": self.hosts, "hub": self.hub,
+                "netns": self.all_netns(), "segments": self.segments}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Plan":
+        """A plan back from its record (enough for exec, check and teardown)."""
+        return cls(scope=data["scope"], shape=data["shape"], hosts=dict(data["hosts"]),
+                   hub=data.get("hub"), segments=[[tuple(m) for m in s] for s in data["segments"]])
+
+
+# --- planning -------------------------------------------------------------------------------
+
+def check_hosts(count: int | str) -> int:
+    """A host count: a whole number from 1 to MAX_HOSTS."""
+    try:
+        num = int(str(count).strip(), 10)
+    except ValueError:
+        raise InvalidInput(f"host count {count!r} is not a number", hint="give e.g. --hosts 3") from None
+    if num <= 0:
+        raise InvalidInput(f"host count {num} must be at least 1", hint="give e.g. --hosts 3")
+    if num > MAX_HOSTS:
+        raise InvalidInput(f"host count {num} is absurd: the limit is {MAX_HOSTS}",
+                           hint=f"use at most {MAX_HOSTS} hosts")
+    return num
+
+
+def check_scope(scope: str | None) -> str:
+    """A scope: 1 to 4 letters/digits (it goes into every name, which must fit 15 bytes)."""
+    if scope is None:
+        return scope_id()
+    if not scope or len(scope) > 4 or not scope.isalnum() or not scope.isascii():
+        raise InvalidInput(f"scope {scope!r} must be 1 to 4 letters or digits",
+                           hint="e.g. --scope t1 (default: random)")
+    return scope.lower()
+
+
+def _name(scope: str, host: str) -> str:
+    return prefixed(scope, host)
+
+
+def _check_host_name(scope: str, host: str) -> str:
+    check_name(host, what="host name", max_bytes=IFNAMSIZ)
+    if "." in host:
+        raise InvalidInput(f"host name {host!r} has a '.'", hint="use letters, digits, '-' and '_'")
+    room = IFNAMSIZ - len(f"nsr-{scope}-")
+    if len(host.encode()) > room:
+        raise InvalidInput(f"host name {host!r} is {len(host.encode())} bytes; with the prefix "
+                           f"nsr-{scope}- the limit is {room} (interface names: 15 bytes)",
+                           hint="use a shorter host name")
+    if host in ("hub", "br"):
+        raise InvalidInput(f"host name {host!r} is reserved", hint="pick another name")
+    return host
+
+
+def plan_shape(shape: str, hosts: int | str, scope: str | None = None,
+               subnet: str | None = None) -> Plan:
+    """Plan a star, line or ring of ``hosts`` hosts (validated; nothing is created)."""
+    if shape not in SHAPES:
+        raise InvalidInput(f"unknown shape {shape!r}", hint=f"choose {', '.join(SHAPES)} or --file")
+    count = check_hosts(hosts)
+    scope = check_scope(scope)
+    if shape == "line" and count < 2:
+        raise InvalidInput(f"a line needs at least 2 hosts, not {count}", hint="give --hosts 2 or more")
+    if shape == "ring" and count < 3:
+        raise InvalidInput(f"a ring needs at least 3 hosts, not {count}", hint="give --hosts 3 or more")
+    plan = Plan(scope=scope, shape=shape)
+    for i in range(1, count + 1):
+        plan.hosts[f"h{i}"] = _name(scope, f"h{i}")
+    if shape == "star":
+        pool = _subnet(subnet or STAR_SUBNET)
+        if pool.num_addresses - 2 < count:
+            raise InvalidInput(f"subnet {pool} has room for {pool.num_addresses - 2} hosts, not {count}",
+                               hint="give a bigger subnet")
+        plan.hub, plan.bridge = _name(scope, "hub"), _name(scope, "br")
+        seg = []
+        for i, (host, ns) in enumerate(plan.hosts.items(), 1):
+            cidr = f"{pool.network_address + i}/{pool.prefixlen}"
+            plan.links.append(Link(a_ns=plan.hub, a_if=ns, b_ns=ns, b_if=plan.hub, b_addr=cidr,
+                                   a_index=i + 2, b_index=2, a_master=plan.bridge, a_master_index=2))
+            seg.append((host, cidr))
+        plan.segments.append(seg)
+        return plan
+    pairs = [(i, i + 1) for i in range(1, count)] + ([(count, 1)] if shape == "ring" else [])
+    nets = _link_subnets(subnet or LINK_POOL, len(pairs), [])
+    next_index = {ns: 2 for ns in plan.hosts.values()}
+    for (i, j), sub in zip(pairs, nets):
+        _add_link(plan, f"h{i}", f"h{j}", f"{sub.network_address + 1}/{sub.prefixlen}",
+                  f"{sub.network_address + 2}/{sub.prefixlen}", next_index)
+    return plan
+
+
+def _subnet(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise InvalidInput(f"subnet {text!r} is not a network", hint="write it like 10.200.0.0/16") from None
+
+
+def _link_subnets(pool_text: str, count: int, taken: list) -> list:
+    pool = _subnet(pool_text)
+    plen = 30 if pool.version == 4 else 126
+    out = []
+    if pool.prefixlen > plen:
+        raise InvalidInput(f"subnet pool {pool} is smaller than one /{plen}", hint="give a bigger pool")
+    for sub in pool.subnets(new_prefix=plen):
+        if len(out) == count:
+            break
+        if any(sub.overlaps(t) for t in taken):
+            continue
+        out.append(sub)
+    if len(out) < count:
+        raise InvalidInput(f"subnet pool {pool} has room for {len(out)} links, not {count}",
+                           hint="give a bigger subnet")
+    return out
+
+
+def _add_link(plan: Plan, a: str, b: str, a_addr: str, b_addr: str, next_index: dict) -> None:
+    a_ns, b_ns = plan.hosts[a], plan.hosts[b]
+    link = Link(a_ns=a_ns, a_if=b_ns, b_ns=b_ns, b_if=a_ns, a_addr=a_addr, b_addr=b_addr,
+                a_index=next_index[a_ns], b_index=next_index[b_ns])
+    next_index[a_ns] += 1
+    next_index[b_ns] += 1
+    plan.links.append(link)
+    plan.segments.append([(a, a_addr), (b, b_addr)])
+
+
+def plan_file(path: str, scope: str | None = None) -> Plan:
+    """Plan a topology from a TOML file (format in the module docstring)."""
+    import tomllib
+    scope = check_scope(scope)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise InvalidInput(f"topology file {path!r} does not exist", hint="give a .toml file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"topology file {path!r} is not valid TOML: {exc}",
+                           hint="see the format in `invoke net-topo --help`") from None
+    unknown = set(data) - {"hosts", "links", "subnet"}
+    if unknown:
+        raise InvalidInput(f"topology file {path!r}: unknown key {sorted(unknown)[0]!r}",
+                           hint="the keys are hosts, links and subnet")
+    hosts_raw = data.get("hosts", [])
+    names = list(hosts_raw) if isinstance(hosts_raw, (list, dict)) else None
+    if names is None or not all(isinstance(h, str) for h in names):
+        raise InvalidInput(f"topology file {path!r}: hosts must be a list of names",
+                           hint='hosts = ["h1", "h2"]')
+    links_raw = data.get("links", [])
+    if not isinstance(links_raw, list) or not all(isinstance(x, dict) for x in links_raw):
+        raise InvalidInput(f"topology file {path!r}: links must be [[links]] tables",
+                           hint='[[links]] a = "h1" b = "h2"')
+    for item in links_raw:
+        for key in ("a", "b"):
+            if not isinstance(item.get(key), str):
+                raise InvalidInput(f"topology file {path!r}: a link without {key!r}",
+                                   hint='every [[links]] needs a = "HOST" and b = "HOST"')
+            if item[key] not in names:
+                names.append(item[key])
+        extra = set(item) - {"a", "b", "a_addr", "b_addr"}
+        if extra:
+            raise InvalidInput(f"topology file {path!r}: unknown link key {sorted(extra)[0]!r}",
+                               hint="link keys are a, b, a_addr, b_addr")
+    if not names:
+        raise InvalidInput(f"topology file {path!r} has no hosts", hint='hosts = ["h1", "h2"]')
+    check_hosts(len(names))
+    plan = Plan(scope=scope, shape="file")
+    for host in names:
+        _check_host_name(scope, host)
+        if host in plan.hosts:
+            raise InvalidInput(f"host {host!r} is listed twice", hint="list each host once")
+        plan.hosts[host] = _name(scope, host)
+    given: dict[str, str] = {}
+    seen_pairs: set[frozenset] = set()
+    for n, item in enumerate(links_raw, 1):
+        a, b = item["a"], item["b"]
+        if a == b:
+            raise InvalidInput(f"link {n} joins {a!r} to itself", hint="a link joins two hosts")
+        key = frozenset((a, b))
+        if key in seen_pairs:
+            raise InvalidInput(f"two links between {a!r} and {b!r}", hint="one link per pair of hosts")
+        seen_pairs.add(key)
+        if ("a_addr" in item) != ("b_addr" in item):
+            raise InvalidInput(f"link {n} ({a}-{b}) has only one address",
+                               hint="give both a_addr and b_addr, or neither")
+        if "a_addr" in item:
+            ca = net.check_addr(str(item["a_addr"]), f"link {n} a_addr")
+            cb = net.check_addr(str(item["b_addr"]), f"link {n} b_addr")
+            if ipaddress.ip_interface(ca).network != ipaddress.ip_interface(cb).network:
+                raise InvalidInput(f"link {n} ({a}-{b}): {ca} and {cb} are in different subnets",
+                                   hint="put both ends in one subnet")
+            if ipaddress.ip_interface(ca).ip == ipaddress.ip_interface(cb).ip:
+                raise InvalidInput(f"link {n} ({a}-{b}): both ends are {ca}", hint="give two addresses")
+            given[f"link {n} ({a}-{b})"] = ca
+    net.check_no_overlap(given)
+    taken = [ipaddress.ip_interface(c).network for c in given.values()]
+    auto = iter(_link_subnets(str(data.get("subnet", LINK_POOL)),
+                              sum(1 for x in links_raw if "a_addr" not in x), taken))
+    next_index = {ns: 2 for ns in plan.hosts.values()}
+    for item in links_raw:
+        if "a_addr" in item:
+            ca, cb = str(ipaddress.ip_interface(item["a_addr"])), str(ipaddress.ip_interface(item["b_addr"]))
+        else:
+            sub = next(auto)
+            ca, cb = f"{sub.network_address + 1}/{sub.prefixlen}", f"{sub.network_address + 2}/{sub.prefixlen}"
+        _add_link(plan, item["a"], item["b"], ca, cb, next_index)
+    for host in plan.hosts:
+        if not any(host == h for seg in plan.segments for h, _ in seg):
+            plan.segments.append([])  # a lone host: nothing to reach
+    plan.segments = [s for s in plan.segments if s]
+    return plan
+
+
+# --- records --------------------------------------------------------------------------------
+
+def _record_path(scope: str) -> str:
+    return os.path.join(state.state_dir("net", create=False), f"topo-{scope}.json")
+
+
+def recorded(scope: str | None = None) -> list[Plan]:
+    """Topologies recorded as built (all, or the one with ``scope``)."""
+    base = state.state_dir("net", create=False)
+    if not os.path.isdir(base):
+        return []
+    plans = []
+    for entry in sorted(os.listdir(base)):
+        if entry.startswith("topo-") and entry.endswith(".json"):
+            data = state.read_json(os.path.join(base, entry))
+            if data and (scope is None or data.get("scope") == scope):
+                plans.append(Plan.from_json(data))
+    return plans
+
+
+# --- building -------------------------------------------------------------------------------
+
+def build(run: Runner, plan: Plan, *, etc_hosts: bool = True) -> Plan:
+    """Steps: make every namespace, link and address of ``plan``; undo: tear it all down.
+
+    The record is written first, so even a run killed half-way is found by ``cleanup``
+    (whose names carry the prefix anyway)."""
+    run.heading(f"{SECTION}: build {plan.shape} {plan.scope} "
+                f"({len(plan.hosts)} hosts, {len(plan.links)} links)")
+    for ns in plan.all_netns():
+        if not run.explain and nl.netns_exists(ns):
+            raise NsrError(f"network namespace {ns} exists already",
+                           hint=f"tear it down first: invoke net-topo --down --scope {plan.scope}")
+    if not run.explain:
+        net.save_record(_record_path(plan.scope), plan.to_json())
+    run.defer(teardown_step(plan))
+    if run.form_for(_probe_step()) == "native" and not run.explain:
+        run.run(Step(f"build {len(plan.all_netns())} namespaces and {len(plan.links)} veth pairs "
+                     "over netlink (one process, in-place peers, one buffer per namespace)",
+                     native=lambda: build_native(plan), argv=["ip", "-batch", "-"],
+                     display=_batch_display(plan)))
+    else:
+        _build_shell(run, plan)
+    if etc_hosts and not run.explain:
+        write_hosts_files(run, plan)
+    return plan
+
+
+def _probe_step() -> Step:
+    return Step("probe", argv=["ip"], native=lambda: None)
+
+
+def _batch_lines(plan: Plan) -> list[str]:
+    lines = [f"netns add {ns}" for ns in plan.all_netns()]
+    if plan.bridge:
+        lines.append(f"link add {plan.bridge} netns {plan.hub} type bridge")
+    for ln in plan.links:
+        lines.append(f"link add {ln.a_if} netns {ln.a_ns} type veth peer name {ln.b_if} netns {ln.b_ns}")
+    return lines
+
+
+def _batch_display(plan: Plan, lines: list[str] | None = None) -> str:
+    lines = lines if lines is not None else _batch_lines(plan)
+    shown = lines if len(lines) <= 12 else lines[:8] + [f"... ({len(lines) - 9} more)", lines[-1]]
+    return "ip -batch - <<EOF\n        " + "\n        ".join(shown) + "\n        EOF"
+
+
+def _ns_lines(plan: Plan) -> dict[str, list[str]]:
+    per: dict[str, list[str]] = {ns: ["link set lo up"] for ns in plan.all_netns()}
+    if plan.bridge:
+        per[plan.hub].append(f"link set {plan.bridge} up")
+    for ln in plan.links:
+        if ln.a_master:
+            per[ln.a_ns].append(f"link set {ln.a_if} master {ln.a_master} up")
+        else:
+            per[ln.a_ns].append(f"link set {ln.a_if} up")
+        if ln.a_addr:
+            per[ln.a_ns].append(f"addr add {ln.a_addr} dev {ln.a_if}")
+        per[ln.b_ns].append(f"link set {ln.b_if} up")
+        if ln.b_addr:
+            per[ln.b_ns].append(f"addr add {ln.b_addr} dev {ln.b_if}")
+    return per
+
+
+def _build_shell(run: Runner, plan: Plan) -> None:
+    lines = _batch_lines(plan)
+    run.run(Step(f"create {len(plan.all_netns())} namespaces and {len(plan.links)} veth pairs "
+                 "in place (one ip -batch)", argv=["ip", "-batch", "-"],
+                 input="\n".join(lines) + "\n", display=_batch_display(plan, lines),
+                 native=lambda: build_native(plan)))
+    for ns, cmds in _ns_lines(plan).items():
+        run.run(Step(f"addresses and links up in {ns}", argv=["ip", "-n", ns, "-batch", "-"],
+                     input="\n".join(cmds) + "\n", display=_batch_display(plan, cmds)
+                     .replace("ip -batch", f"ip -n {ns} -batch"),
+                     native=lambda: None))
+
+
+def _raise_nofile(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise NsrError(f"{need} open files are needed, the limit is {hard}",
+                           hint="raise it (ulimit -n) or build fewer hosts at once")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+def build_native(plan: Plan) -> None:
+    """Make ``plan`` over netlink from this process (the caller undoes on failure).
+
+    A helper thread makes the namespaces (each with an rtnetlink socket opened inside it)
+    while this thread wires up those that are ready -- the kernel work of the two overlaps
+    on two CPUs (namespace setup is mostly outside the RTNL lock that link creation holds):
+
+    1. the bridge in the hub; every veth created from its b-end namespace's socket with the
+       a end placed in its namespace (enslaved to the bridge and up) and the b end in place,
+       followed in the same buffer by b's "up" and address;
+    2. per namespace, one buffer with the a-side addresses and ``lo up``.
+    The kernel has done each buffer when send() returns; acks are read after all sends.
+    """
+    import queue
+    import threading
+
+    all_ns = plan.all_netns()
+    _raise_nofile(2 * len(all_ns) + 256)
+    socks: dict[str, nl.Rtnl] = {}
+    fds: dict[str, int] = {}
+    made: "queue.Queue[tuple[str, object] | None]" = queue.Queue()
+    stop = threading.Event()
+
+    def maker() -> None:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for ns in all_ns:
+                if stop.is_set():
+                    break
+                sock = nl.create_netns(ns, open_socket=True, home=home)
+                made.put((ns, sock))
+        except BaseException as exc:  # handed to the main thread, which raises it
+            made.put(("", exc))
+        finally:
+            os.close(home)
+            made.put(None)
+
+    position = {ns: i for i, ns in enumerate(all_ns)}
+    due: dict[str, list[Link]] = {}  # links that can be made once this namespace exists
+    for ln in plan.links:
+        due.setdefault(max(ln.a_ns, ln.b_ns, key=position.__getitem__), []).append(ln)
+    thread = threading.Thread(target=maker, name="nsr-netns-maker", daemon=True)
+    thread.start()
+    waits = []
+    try:
+        while True:
+            item = made.get()
+            if item is None:
+                break
+            ns, sock = item
+            if isinstance(sock, BaseException):
+                raise sock
+            socks[ns] = nl.Rtnl(sock)  # type: ignore[arg-type]
+            fds[ns] = nl.open_netns(ns)
+            if ns == plan.hub and plan.bridge:
+                socks[ns].new_link(nl.link_body(plan.bridge, index=2, kind="bridge", up=True),
+                                   f"ip -n {ns} link add {plan.bridge} type bridge")
+                socks[ns].flush()
+            for ln in due.get(ns, []):
+                r = socks[ln.b_ns]
+                peer = nl.link_body(ln.b_if, index=ln.b_index)
+                r.new_link(nl.link_body(ln.a_if, index=ln.a_index, netns_fd=fds[ln.a_ns],
+                                        master=ln.a_master_index or None, up=True,
+                                        kind="veth", peer=peer),
+                           f"ip link add {ln.a_if} netns {ln.a_ns} type veth peer name {ln.b_if} "
+                           f"netns {ln.b_ns}")
+                r.set_link(nl.link_body(index=ln.b_index, up=True),
+                           f"ip -n {ln.b_ns} link set {ln.b_if} up")
+                if ln.b_addr:
+                    r.new_addr(ln.b_index, ln.b_addr,
+                               f"ip -n {ln.b_ns} addr add {ln.b_addr} dev {ln.b_if}")
+                waits.append((r, r.send()))
+        _collect(waits)
+        for ln in plan.links:
+            if ln.a_addr:
+                socks[ln.a_ns].new_addr(ln.a_index, ln.a_addr,
+                                        f"ip -n {ln.a_ns} addr add {ln.a_addr} dev {ln.a_if}")
+        for ns, r in socks.items():
+            r.set_link(nl.link_body(index=1, up=True), f"ip -n {ns} link set lo up")
+        _collect([(r, r.send()) for r in socks.values()])
+    finally:
+        stop.set()
+        while thread.is_alive() or not made.empty():  # close what the maker still hands over
+            try:
+                item = made.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is not None and not isinstance(item[1], BaseException):
+                item[1].close()  # type: ignore[union-attr]
+        thread.join()
+        for r in socks.values():
+            r.close()
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _collect(waits: list) -> None:
+    errors = []
+    for r, w in waits:
+        errors += r.collect(w)
+    if errors:
+        raise errors[0]
+
+
+def write_hosts_files(run: Runner, plan: Plan) -> None:
+    """Step: /etc/netns/NS/hosts for every host, naming the hosts it reaches (short name and
+    netns name). Skipped above ETC_HOSTS_MAX hosts (a million lines of /etc)."""
+    if len(plan.hosts) > ETC_HOSTS_MAX:
+        run.say(f"(no /etc/netns hosts files above {ETC_HOSTS_MAX} hosts)")
+        return
+
+    def write() -> None:
+        for host, ns in plan.hosts.items():
+            entries: list[tuple[str, str]] = []
+            for seg in plan.segments:
+                if any(h == host for h, _ in seg):
+                    entries += [(str(ipaddress.ip_interface(c).ip), f"{h} {plan.hosts[h]}")
+                                for h, c in seg]
+            net.write_etc_hosts(ns, entries)
+
+    run.run(Step(f"write /etc/netns/NS/hosts for {len(plan.hosts)} hosts (ip netns exec "
+                 "mounts them over /etc/hosts)", native=write, shell=lambda _a: write(),
+                 display=f"mkdir -p /etc/netns/{next(iter(plan.hosts.values()))}; "
+                         "printf 'ADDR HOST\\n...' > /etc/netns/NS/hosts  # for each host"))
+
+
+def teardown_step(plan: Plan) -> Step:
+    """The step that deletes every namespace of ``plan`` (their veths go with them), their
+    /etc/netns entries and the record; what is already gone is skipped."""
+    def native() -> None:
+        for ns in plan.all_netns():
+            nl.delete_netns(ns)
+            net.remove_etc_netns(ns)
+        net.drop_record(_record_path(plan.scope))
+
+    def shell(argv: list[str]) -> None:
+        present = [ns for ns in plan.all_netns() if nl.netns_exists(ns)]
+        if present:
+            from nsutil import shell as nshell
+            nshell.run(argv, input="".join(f"netns del {ns}\n" for ns in present))
+        for ns in plan.all_netns():
+            net.remove_etc_netns(ns)
+        net.drop_record(_record_path(plan.scope))
+
+    lines = [f"netns del {ns}" for ns in plan.all_netns()]
+    return Step(f"tear down {plan.scope}: delete {len(lines)} namespaces (their veths go with "
+                "them) and /etc/netns entries", argv=["ip", "-batch", "-"], native=native,
+                shell=shell, display=_batch_display(plan, lines))
+
+
+def down(run: Runner, scope: str | None = None) -> list[str]:
+    """Tear down the recorded topology ``scope`` (all recorded ones if None); returns scopes."""
+    plans = recorded(check_scope(scope) if scope else None)
+    if scope and not plans:
+        raise NotFound(f"no topology with scope {scope!r}", hint="see `invoke net-topo --status`")
+    for plan in plans:
+        run.heading(f"{SECTION}: tear down {plan.scope} ({len(plan.hosts)} hosts)")
+        run.run(teardown_step(plan))
+    if not plans:
+        run.say("nothing to tear down")
+    return [p.scope for p in plans]
+
+
+# --- checking and running -------------------------------------------------------------------
+
+def check(run: Runner, plan: Plan, limit: int | None = None) -> dict:
+    """Prove connectivity with real packets between every pair that should reach each other
+    (all pairs up to ``limit``, a sample beyond). Returns {"pairs", "ok", "failed", "total"}."""
+    if limit is None:
+        limit = 200 if run.backend == "native" or run.form_for(_probe_step()) == "native" else 30
+    pairs = plan.pairs(limit)
+    total = plan.pair_count()
+    what = "all pairs" if len(pairs) == total else f"a sample of {len(pairs)} of {total} pairs"
+    run.heading(f"{SECTION}: check {plan.scope} with real packets ({what})")
+    if run.explain:
+        if pairs:
+            a, ca, b, cb = pairs[0]
+            net.check_pair(run, plan.hosts[a], ca, plan.hosts[b], cb)
+        return {"pairs": len(pairs), "ok": 0, "failed": [], "total": total}
+    if run.form_for(_probe_step()) == "native":
+        failed = _check_native(plan, pairs)
+    else:
+        failed = [(a, b) for a, ca, b, cb in pairs
+                  if not net.check_pair(run, plan.hosts[a], ca, plan.hosts[b], cb)]
+    ok = len(pairs) - len(failed)
+    run.say(f"check: {ok}/{len(pairs)} pairs exchanged packets ({what})"
+            + (f"; FAILED: {', '.join(f'{a}->{b}' for a, b in failed[:10])}" if failed else ""))
+    return {"pairs": len(pairs), "ok": ok, "failed": failed, "total": total}
+
+
+def _check_native(plan: Plan, pairs: list[tuple[str, str, str, str]]) -> list[tuple[str, str]]:
+    """One UDP socket per (host, address) in its namespace; a datagram and reply per pair."""
+    socks: dict[tuple[str, str], object] = {}
+    _raise_nofile(2 * len(plan.hosts) + 256)
+    failed = []
+    try:
+        for a, ca, b, cb in pairs:
+            for host, cidr in ((a, ca), (b, cb)):
+                if (host, cidr) not in socks:
+                    socks[(host, cidr)] = net.udp_socket(plan.hosts[host], cidr)
+        for a, ca, b, cb in pairs:
+            if not net.udp_exchange(socks[(a, ca)], socks[(b, cb)], timeout=2.0):
+                failed.append((a, b))
+    finally:
+        for s in socks.values():
+            s.close()
+    return failed
+
+
+def resolve_host(host: str, scope: str | None = None) -> str:
+    """The netns for ``host``: a netns name made by nsrecipes, or a host short name of a
+    recorded topology (``--scope`` picks one when several have it)."""
+    check_name(host, what="host", max_bytes=64)
+    plans = recorded(check_scope(scope) if scope else None)
+    matches = sorted({p.hosts[host] for p in plans if host in p.hosts})
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise InvalidInput(f"host {host!r} is in several topologies: {', '.join(matches)}",
+                           hint="give --scope, or the namespace name")
+    if nl.netns_exists(host) and (host.startswith("nsr") or host in net.recorded_netns()):
+        return host
+    raise NotFound(f"no host or nsrecipes namespace called {host!r}",
+                   hint="see `ip netns list` or `invoke net-topo --status`")
+
+
+def exec_argv(ns: str, argv: Sequence[str]) -> list[str]:
+    """``ip netns exec NS ARGV...``."""
+    return ["ip", "netns", "exec", ns] + list(argv)
+
+
+def _enter_like_ip_netns_exec(ns: str) -> None:
+    """In a forked child: what ``ip netns exec`` does -- a new mount namespace (slave of
+    the host's), /etc/netns/NS/* bind-mounted over /etc, a /sys for the netns, then setns."""
+    from nsutil import syscalls as sc
+    fd = nl.open_netns(ns)
+    try:
+        sc.setns(fd, sc.CLONE_NEWNET)
+    finally:
+        os.close(fd)
+    sc.unshare(sc.CLONE_NEWNS)
+    sc.mount("", "/", "none", sc.MS_SLAVE | sc.MS_REC)
+    try:
+        sc.umount("/sys", sc.MNT_DETACH)
+        sc.mount(ns, "/sys", "sysfs")
+    except SyscallError:
+        pass  # as ip: keep the old /sys if sysfs cannot be mounted
+    etc = os.path.join(net.ETC_NETNS, ns)
+    if os.path.isdir(etc):
+        for entry in os.listdir(etc):
+            target = os.path.join("/etc", entry)
+            if os.path.exists(target):
+                sc.mount(os.path.join(etc, entry), target, "none", sc.MS_BIND)
+
+
+def exec_in(run: Runner, ns: str, argv: Sequence[str], *, capture: bool = True) -> "object":
+    """Step: run ``argv`` in netns ``ns`` as ``ip netns exec`` does (its /etc/netns files
+    over /etc); returns a :class:`nsutil.process.Completed` (output captured unless not)."""
+    from nsutil.process import Completed
+    if not argv:
+        raise InvalidInput("no command given", hint="net-exec HOST -- CMD ARGS...")
+
+    def go(full: list[str], preexec=None) -> Completed:
+        try:
+            proc = subprocess.run(full, preexec_fn=preexec,
+                                  stdout=subprocess.PIPE if capture else None,
+                                  stderr=subprocess.PIPE if capture else None)
+        except FileNotFoundError:
+            from nsutil.errors import ToolMissing
+            from nsutil.process import package_for
+            raise ToolMissing(full[0], package_for(full[0])) from None
+        except subprocess.SubprocessError as exc:
+            raise NsrError(f"cannot enter netns {ns} to run {argv[0]}: {exc}",
+                           hint="does it exist? (ip netns list)") from None
+        return Completed(list(full), proc.returncode, (proc.stdout or b"").decode(errors="replace"),
+                         (proc.stderr or b"").decode(errors="replace"))
+
+    return run.run(Step(f"run {' '.join(argv)!r} in {ns}", argv=exec_argv(ns, argv),
+                        shell=lambda a: go(a),
+                        native=lambda: go(list(argv), lambda: _enter_like_ip_netns_exec(ns)),
+                        placeholder=Completed(exec_argv(ns, argv), 0, "")))
+
+
+# --- the Python API -------------------------------------------------------------------------
+
+class Topology:
+    """A built topology: ``net.run("h1", ["ping", "-c1", "h2"])``, ``net.addr("h2")``,
+    ``net.check()``, ``net.netns("h1")``."""
+
+    def __init__(self, run: Runner, plan: Plan):
+        self.runner, self.plan = run, plan
+
+    @property
+    def hosts(self) -> list[str]:
+        """Short host names."""
+        return list(self.plan.hosts)
+
+    def netns(self, host: str) -> str:
+        """The netns name of ``host``."""
+        return self.plan.netns(host)
+
+    def addr(self, host: str) -> str:
+        """The first address of ``host`` (without prefix)."""
+        return str(ipaddress.ip_interface(self.plan.addrs()[host][0]).ip)
+
+    def run(self, host: str, argv: Sequence[str], check: bool = False):
+        """Run a command in ``host``'s namespace; returns Completed (``check`` raises on failure)."""
+        done = exec_in(self.runner, self.netns(host), argv)
+        return done.check() if check else done
+
+    def check(self, limit: int | None = None) -> dict:
+        """Connectivity with real packets (see :func:`check`)."""
+        return check(self.runner, self.plan, limit)
+
+
+@contextmanager
+def topology(shape: str = "star", hosts: int = 3, *, file: str | None = None,
+             backend: str = "native", scope: str | None = None, etc_hosts: bool = True,
+             runner: Runner | None = None) -> Iterator[Topology]:
+    """Build a topology and tear it down when the block ends (also on an exception)::
+
+        with topology("star", 4) as net:
+            print(net.run("h1", ["ping", "-c1", "h2"]).stdout)
+    """
+    plan = plan_file(file, scope) if file else plan_shape(shape, hosts, scope)
+    run = runner or Runner(backend=backend, keep=False, out=open(os.devnull, "w"))
+    mark = len(run.undo_stack)
+    try:
+        build(run, plan, etc_hosts=etc_hosts)
+        yield Topology(run, plan)
+    finally:
+        errors = []
+        while len(run.undo_stack) > mark:
+            step = run.undo_stack.pop()
+            try:
+                run._execute(step)
+            except NsrError as exc:
+                errors.append(exc)
+        if runner is None:
+            run.out.close()
+        if errors and sys.exc_info()[0] is None:
+            raise errors[0]
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    """(seconds, result) of ``fn(*args, **kwargs)``."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result

@@ -1,0 +1,483 @@
+"""Environments (issue 4): the whole life cycle on both backends, each step, the CLI, bad
+input and faults (SIGKILL of the holder and of the tool mid-create), other users, twenty
+in parallel -- observed with nsenter, ip netns, lsns and /proc, not with our own code only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+from helpers import INVOKE, ROOT, as_nobody, cli, one_line_error
+from nsutil import process
+from nsutil.backend import Runner
+from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError
+from recipes import env
+
+PY = sys.executable
+BASE = env.base_dir()
+
+
+def _name(tag: str = "e") -> str:
+    return f"nsr-{tag}-{secrets.token_hex(3)}"
+
+
+def _quiet(backend: str | None = None, **kw) -> Runner:
+    return Runner(backend=backend, keep=True, out=open(os.devnull, "w"), **kw)
+
+
+@pytest.fixture
+def names():
+    """Environment names for a test; whatever exists of them is removed afterwards."""
+    made: list[str] = []
+
+    def new(tag: str = "e") -> str:
+        made.append(_name(tag))
+        return made[-1]
+    try:
+        yield new
+    finally:
+        for n in made:
+            env.remove(_quiet("native"), n, missing_ok=True)
+        # half-made records of these names (a SIGKILLed creator)
+        for item in env.leftovers():
+            if any(n in item.name for n in made):
+                item.remove()
+
+
+def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, **kw)
+
+
+def _inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+def _members(inodes: dict[str, int]) -> set[int]:
+    """Processes in any of these namespaces, found by scanning /proc (not with our code)."""
+    found = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            for t, ino in inodes.items():
+                try:
+                    if os.stat(f"/proc/{pid}/ns/{env.NS_TYPES[t].proc}").st_ino == ino:
+                        found.add(int(pid))
+                except OSError:
+                    pass
+    return found
+
+
+def _nothing_left(name: str, pids: set[int] | None = None) -> None:
+    """Independent checks that nothing of ``name`` remains. (Namespace inode numbers are
+    re-used at once by others' new namespaces, so processes are checked by pid.)"""
+    assert not os.path.lexists(os.path.join(BASE, name))
+    assert name not in _run(["ip", "netns", "list"]).stdout.split()
+    with open("/proc/self/mountinfo") as f:
+        assert f"/{name}/" not in f.read() and f"/{name} " not in f.read()
+    assert not [p for p in (pids or ()) if process.pid_alive(p)], "a process of it still runs"
+    assert not [e for e in os.listdir(BASE) if name in e] if os.path.isdir(BASE) else True
+
+
+# --- the life cycle, both backends ----------------------------------------------------------
+
+def test_life_cycle(backend, names):
+    name = names()
+    e = env.Environment.create(name, "uts,ipc,pid,mnt,net,user,cgroup", hostname="web1",
+                               backend=backend)
+    st = e.state
+    pid = st["holder"]["pid"]
+    assert st["status"] == "ready" and st["backend"] == backend
+    # state: 0700 dir, atomic record, one nsfs bind per type with the holder's inode
+    assert stat.S_IMODE(os.stat(BASE).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(os.path.join(BASE, name, "env.json")).st_mode) == 0o600
+    for t in st["types"]:
+        assert _inode(f"{BASE}/{name}/{t}") == _inode(f"/proc/{pid}/ns/{env.NS_TYPES[t].proc}")
+        assert _inode(f"/proc/{pid}/ns/{env.NS_TYPES[t].proc}") != _inode(f"/proc/self/ns/{env.NS_TYPES[t].proc}")
+    # ip netns sees it by its name, and identifies the holder's netns
+    assert name in _run(["ip", "netns", "list"]).stdout.split()
+    assert _run(["ip", "netns", "identify", str(pid)]).stdout.strip() == name
+    # lsns sees the same namespaces held by the same process tree
+    rows = json.loads(_run(["lsns", "-J", "-o", "NS,TYPE,PID"]).stdout)["namespaces"]
+    seen = {r["type"]: r["ns"] for r in rows if int(r["ns"]) in st["ns"].values()}
+    assert {t: int(i) for t, i in seen.items()} == st["ns"]
+    # nsenter through the bound files, without our code
+    out = _run(["nsenter", f"--user={BASE}/{name}/user", f"--uts={BASE}/{name}/uts", "hostname"])
+    assert out.stdout.strip() == "web1", out.stderr
+    # the holder is PID 1 inside; exec joins every namespace, with root and workdir
+    done = e.exec(["sh", "-c", "echo $$; hostname; id -u; pwd; readlink /proc/1/ns/net; exit 7"])
+    lines = done.stdout.split()
+    assert done.returncode == 7
+    assert lines[1:4] == ["web1", "0", "/"]
+    assert lines[4] == f"net:[{st['ns']['net']}]"
+    assert e.exec(["pwd"], cwd="/tmp").stdout.strip() == "/tmp"
+    assert e.exec(["sh", "-c", "cat /proc/1/comm"]).stdout.strip() in ("sh", name[:15])
+    # env-ls
+    row = env.describe(name)
+    assert row["state"] == "alive" and row["pid"] == pid and row["nprocs"] >= 1
+    assert pid in row["pids"] and row["ns"] == st["ns"]
+    # remove
+    pids = _members(st["ns"])
+    assert pid in pids and set(row["pids"]) <= pids | set(row["pids"])
+    e.remove()
+    _nothing_left(name, pids)
+    assert not process.pid_alive(pid)
+    with pytest.raises(NotFound):
+        e.remove()
+    if not env.names():
+        with open("/proc/self/mountinfo") as f:
+            assert not any(ln.split()[4] == BASE for ln in f), "the private bind was not undone"
+
+
+def test_context_manager_removes(backend, names):
+    name = names()
+    with env.Environment.create(name, "uts,net", backend=backend) as e:
+        pid = e.pid
+        assert e.alive()
+    assert not process.pid_alive(pid)
+    _nothing_left(name)
+
+
+def test_steps(backend, names, tmp_path_factory):
+    a, b = names("a"), names("b")
+    ea = env.Environment.create(a, "uts,ipc,pid,mnt,net", backend=backend)
+    eb = env.Environment.create(b, "net,uts", backend=backend)
+    # hostname and domain name, observed by nsenter through the bound file
+    ea.set_hostname("alpha", "example.test")
+    out = _run(["nsenter", f"--uts={BASE}/{a}/uts", "sh", "-c", "hostname; domainname"]).stdout
+    assert out.split() == ["alpha", "example.test"]
+    # a message queue inside: ipcs inside lists it, the host does not have its key
+    qid = ea.make_queue()
+    inside = _run(["nsenter", f"--ipc={BASE}/{a}/ipc", "ipcs", "-q"]).stdout
+    key = next(ln.split()[0] for ln in inside.splitlines() if ln.startswith("0x"))
+    assert int(next(ln.split()[1] for ln in inside.splitlines() if ln.startswith("0x"))) == qid
+    assert key not in _run(["ipcs", "-q"]).stdout
+    # a tmpfs and a read-only bind inside, invisible on the host
+    scratch = tempfile.mkdtemp(prefix="nsr-envtest-")
+    try:
+        os.mkdir(f"{scratch}/tmp")
+        os.mkdir(f"{scratch}/ro")
+        ea.mount_tmpfs(f"{scratch}/tmp", size="1m")
+        ea.bind_mount("/etc", f"{scratch}/ro", readonly=True)
+        mnt = _run(["nsenter", f"--pid={BASE}/{a}/pid", f"--mount={BASE}/{a}/mnt", "findmnt", "-n", "-o", "FSTYPE,OPTIONS",
+                    f"{scratch}/tmp"]).stdout
+        assert mnt.startswith("tmpfs") and "size=1024k" in mnt
+        ro = ea.exec(["sh", "-c", f"test -e {scratch}/ro/hostname && touch {scratch}/ro/x"])
+        assert ro.returncode != 0 and "Read-only" in ro.stderr
+        with open("/proc/self/mountinfo") as f:
+            assert scratch not in f.read()
+        st = ea.state
+        assert [m["type"] for m in st["mounts"]] == ["tmpfs", "bind"] and st["queues"] == [qid]
+        # a veth to another environment: real packets between the two netns only
+        made = ea.add_veth(eb, addr="10.251.0.1/30", peer_addr="10.251.0.2/30")
+        assert made == {"ifname": "eth0", "peer": b, "peer_ifname": "eth0",
+                        "addr": "10.251.0.1/30", "peer_addr": "10.251.0.2/30"}
+        from recipes import net
+        assert net.udp_check(a, "10.251.0.1", b, "10.251.0.2")
+        # a veth to the host: the host end carries the prefix, the other end is inside
+        host = ea.add_veth(addr="10.251.1.1/30", peer_addr="10.251.1.2/30")
+        assert host["ifname"] == "eth1" and host["peer_ifname"].startswith("nsr-")
+        assert os.path.exists(f"/sys/class/net/{host['peer_ifname']}")
+        addrs = _run(["ip", "-n", a, "-o", "addr", "show", "dev", "eth1"]).stdout
+        assert "10.251.1.1/30" in addrs
+        ea.remove()
+        # its host link went with it, and the other environment's end too
+        assert not os.path.exists(f"/sys/class/net/{host['peer_ifname']}")
+        assert "eth0" not in _run(["ip", "-n", b, "-o", "link"]).stdout
+    finally:
+        ea.remove(missing_ok=True)
+        shutil.rmtree(scratch)
+    eb.remove()
+
+
+def test_idmap_step(backend, names):
+    name = names()
+    e = env.Environment.create(name, "user,uts", uid_map="none", backend=backend)
+    pid = e.pid
+    assert open(f"/proc/{pid}/uid_map").read().strip() == ""
+    e.set_idmap("0:100000:65536")
+    assert open(f"/proc/{pid}/uid_map").read().split() == ["0", "100000", "65536"]
+    assert open(f"/proc/{pid}/gid_map").read().split() == ["0", "100000", "65536"]
+    assert e.exec(["id", "-u"]).stdout.strip() == "0"
+    # as seen from the host, root inside is uid 100000 (nsenter is the observer)
+    out = _run(["nsenter", "-t", str(pid), "--user", "--uts", "--", "sleep", "0"])
+    assert out.returncode == 0
+    with pytest.raises(Conflict):
+        e.set_idmap("0:200000:1")
+    e.remove()
+
+
+def test_zombies_are_reaped(backend, names):
+    name = names()
+    e = env.Environment.create(name, "pid,mnt", backend=backend)
+    # the shell exits at once; its background children become orphans of PID 1
+    assert e.exec(["sh", "-c", "sleep 0.05 & sleep 0.05 & exit 0"]).returncode == 0
+    holder = e.pid
+
+    def reaped() -> bool:
+        kids = process.children_of(holder)
+        states = []
+        for k in kids:
+            try:
+                states.append(open(f"/proc/{k}/stat").read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                pass
+        return "Z" not in states and len(e.processes()) <= 3
+    process.wait_for(reaped, 5, "orphans to be reaped")
+    e.remove()
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+def test_holder_sigkill(backend, names):
+    name = names()
+    e = env.Environment.create(name, "uts,ipc,pid,mnt,net", backend=backend)
+    st = e.state
+    pids = _members(st["ns"])
+    os.kill(st["holder"]["pid"], signal.SIGKILL)
+    process.wait_for(lambda: not e.alive(), 5, "the holder to die")
+    assert env.describe(name)["state"] == "dead"
+    # the namespaces are still bound: remove must still take everything away
+    assert env.bound_inodes(name) == st["ns"]
+    with pytest.raises(NsrError, match="dead"):
+        e.exec(["true"])
+    assert [x.name for x in env.leftovers() if x.name == name] == [name]
+    for item in env.leftovers():
+        if item.name == name:
+            item.remove()
+    _nothing_left(name, pids)
+
+
+_CREATE = ("import sys; sys.path.insert(0, {root!r}); from recipes import env; "
+           "from nsutil.backend import Runner; "
+           "r = Runner(backend={backend!r}, keep=True); r.__enter__(); "
+           "env.create(r, {name!r}, 'uts,ipc,pid,mnt,net,user'); print('made', flush=True)")
+
+
+@pytest.mark.parametrize("backend", ["shell", "native"])
+def test_tool_sigkill_mid_create(backend, names):
+    """SIGKILL the creating tool at several moments; cleanup still removes everything."""
+    for delay in (0.0, 0.06, 0.1, 0.13, 0.16, 0.2):
+        name = names("k")
+        proc = subprocess.Popen([PY, "-c", _CREATE.format(root=ROOT, backend=backend, name=name)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        time.sleep(0.02)
+        for item in env.leftovers():
+            if name in item.name:
+                item.remove()
+        _nothing_left(name)
+
+
+def test_state_is_written_atomically(tmp_path):
+    """A writer SIGKILLed at random moments never leaves a torn or temporary file."""
+    path = str(tmp_path / "env.json")
+    code = ("import sys; sys.path.insert(0, %r); from nsutil.state import atomic_write_json\n"
+            "i = 0\nwhile True:\n    i += 1; atomic_write_json(%r, {'i': i, 'pad': 'x' * 50000})\n"
+            % (ROOT, path))
+    for delay in (0.0, 0.003, 0.011, 0.023):
+        proc = subprocess.Popen([PY, "-c", code])
+        process.wait_for(lambda: os.path.exists(path), 10, "the first write")
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        with open(path) as f:
+            assert json.load(f)["i"] >= 1
+        for leftover in [p for p in os.listdir(tmp_path) if ".tmp." in p]:
+            os.unlink(tmp_path / leftover)  # the one being written when killed
+
+
+def test_twenty_in_parallel(names):
+    """Twenty creators at once (half per backend): distinct, all alive, all removed."""
+    todo = [names("p") for _ in range(20)]
+    t0 = time.monotonic()
+    procs = [subprocess.Popen([PY, "-c", _CREATE.format(root=ROOT, name=n,
+                                                        backend="shell" if i % 2 else "native")
+                               .replace(",user'", "'")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, n in enumerate(todo)]
+    results = [p.communicate(timeout=60) for p in procs]
+    made = time.monotonic() - t0
+    assert all(p.returncode == 0 for p in procs), [r[1] for r in results]
+    rows = {r["name"]: r for r in env.list_envs()}
+    assert all(rows[n]["state"] == "alive" for n in todo)
+    inodes = [rows[n]["ns"]["net"] for n in todo]
+    assert len(set(inodes)) == 20
+    netns = _run(["ip", "netns", "list"]).stdout.split()
+    assert all(n in netns for n in todo)
+    t0 = time.monotonic()
+    code = ("import sys; sys.path.insert(0, %r); from recipes import env; "
+            "from nsutil.backend import Runner; env.remove(Runner(keep=True), sys.argv[1])" % ROOT)
+    procs = [subprocess.Popen([PY, "-c", code, n], stderr=subprocess.PIPE, text=True) for n in todo]
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+    removed = time.monotonic() - t0
+    assert all(p.returncode == 0 for p in procs), errs
+    for n in todo:
+        _nothing_left(n)
+    print(f"20 environments: created in {made:.2f}s, removed in {removed:.2f}s")
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "nsr/x", "nsr x", "nsr-" + "x" * 70, "web",
+                                 "-nsr", "nsr\n"])
+def test_bad_names(bad):
+    with pytest.raises(InvalidInput):
+        env.create(_quiet(), bad)
+    assert not [e for e in os.listdir(BASE) if e.startswith(".env-")] if os.path.isdir(BASE) else True
+
+
+def test_bad_input_creates_nothing(names):
+    name = names()
+    cases = [
+        dict(ns="uts,bogus"), dict(ns=""), dict(ns="net", hostname="h"),
+        dict(ns="uts", hostname="x" * 65), dict(ns="uts", hostname="a b"),
+        dict(ns="uts", uid_map="0:1000:1"), dict(ns="user", uid_map="0:1000"),
+        dict(ns="user", uid_map="0:abc:1"), dict(ns="user", uid_map="0:1000:0"),
+    ]
+    for kw in cases:
+        with pytest.raises(InvalidInput):
+            env.create(_quiet(), name, **kw)
+        assert not os.path.lexists(os.path.join(BASE, name)), kw
+
+
+def test_step_errors(names):
+    name, other = names(), names()
+    e = env.Environment.create(name, "uts,net", backend="native")
+    cases = [
+        (lambda: e.mount_tmpfs("/mnt"), InvalidInput),           # no mnt namespace
+        (lambda: e.make_queue(), InvalidInput),                 # no ipc namespace
+        (lambda: e.set_idmap("0:0:1"), InvalidInput),           # no user namespace
+        (lambda: e.set_hostname(), InvalidInput),
+        (lambda: e.set_hostname("a/b"), InvalidInput),
+        (lambda: e.add_veth(peer_ifname="eth9"), InvalidInput),  # host end without prefix
+        (lambda: e.add_veth(name), InvalidInput),                # to itself
+        (lambda: e.add_veth(other), NotFound),
+        (lambda: e.add_veth(ifname="x" * 16), InvalidInput),
+        (lambda: e.add_veth(addr="10.0.0.1"), InvalidInput),
+        (lambda: env.Environment(other).exec(["true"]), NotFound),
+        (lambda: env.Environment(other).remove(), NotFound),
+        (lambda: env.Environment.create(name, "uts"), Conflict),
+    ]
+    for fn, exc in cases:
+        with pytest.raises(exc):
+            fn()
+    assert e.state["veths"] == [] and e.alive()
+    e2 = env.Environment.create(other, "mnt")
+    with pytest.raises(InvalidInput):
+        e2.mount_tmpfs("relative/path")
+    with pytest.raises(InvalidInput):
+        e2.mount_tmpfs("/mnt", size="lots")
+    with pytest.raises(NsrError):
+        e2.mount_tmpfs("/nonexistent-nsr-dir")                 # the kernel says ENOENT
+    assert e2.state["mounts"] == []
+    e2.remove()
+    e.remove()
+
+
+def test_foreign_netns_name_is_a_conflict(names):
+    name = names()
+    assert _run(["ip", "netns", "add", name]).returncode == 0
+    try:
+        inode = _inode(f"/run/netns/{name}")
+        with pytest.raises(Conflict):
+            env.create(_quiet(), name, "uts,net")
+        assert not os.path.lexists(os.path.join(BASE, name))
+        assert _inode(f"/run/netns/{name}") == inode  # the other one is untouched
+    finally:
+        _run(["ip", "netns", "delete", name])
+
+
+# --- the command line -----------------------------------------------------------------------
+
+def test_cli(names):
+    name = names()
+    p = cli("env-create", name, "--ns", "uts,pid,mnt,net,ipc", "--hostname", "cli1")
+    assert p.returncode == 0, p.stderr
+    one_line_error(cli("env-create", name))                     # exists
+    ls = json.loads(cli("env-ls", "--json").stdout)["environments"]
+    row = next(r for r in ls if r["name"] == name)
+    assert row["state"] == "alive" and set(row["ns"]) == {"uts", "pid", "mnt", "net", "ipc"}
+    table = cli("env-ls").stdout.splitlines()
+    assert table[0].split()[:5] == ["NAME", "PID", "STATE", "NPROCS", "CREATED"]
+    assert any(ln.startswith(name) and " alive " in ln for ln in table)
+    p = cli("env-exec", name, "--", "sh", "-c", "echo 'a  b'; hostname; exit 3")
+    assert p.returncode == 3 and p.stdout.splitlines() == ["a  b", "cli1"], p.stderr
+    assert cli("env-hostname", name, "--hostname", "cli2").returncode == 0
+    assert cli("env-exec", name, "--", "hostname").stdout.strip() == "cli2"
+    assert "Message queue id: 0" in cli("env-mq", name).stdout
+    assert cli("env-mount", name, "/mnt", "--size", "2m").returncode == 0
+    assert "tmpfs" in cli("env-exec", name, "--", "findmnt", "-n", "/mnt").stdout
+    p = cli("env-veth", name, "--addr", "10.252.0.1/30", "--peer-addr", "10.252.0.2/30",
+            "--peer-ifname", f"nsr-h{name[-6:]}")
+    assert p.returncode == 0 and os.path.exists(f"/sys/class/net/nsr-h{name[-6:]}"), p.stderr
+    p = cli("env-create", names(), "--explain")
+    assert "unshare --uts=/run/nsrecipes/" in p.stdout and "--fork" in p.stdout
+    assert cli("env-rm", name).returncode == 0
+    assert not os.path.exists(f"/sys/class/net/nsr-h{name[-6:]}")
+    assert "does not exist" in one_line_error(cli("env-rm", name))        # twice
+    assert "does not exist" in one_line_error(cli("env-exec", name, "--", "true"))
+    assert "nsr" in one_line_error(cli("env-create", "web"))
+    assert one_line_error(cli("env-create", "nsr-../x")).startswith("nsrecipes:")
+    p = cli("env-create", "nsr-x", "--ns", "uts,nope")
+    assert p.returncode == 2 and "unknown namespace type" in one_line_error(p)
+    _nothing_left(name)
+
+
+@pytest.mark.parametrize("backend", ["shell", "native"])
+def test_interactive_shell_gets_a_terminal(backend, names):
+    name = names()
+    env.Environment.create(name, "uts,pid,mnt", backend=backend)
+    cmd = f"{INVOKE} env-exec {name} --backend {backend} -- sh -c 'tty; exit 4'"
+    p = subprocess.run(["script", "-qec", cmd, "/dev/null"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 4, p.stdout + p.stderr
+    assert "/dev/pts/" in p.stdout
+    # and without a tty the command still runs (stdin not a terminal)
+    p = cli("env-exec", name, "--backend", backend, "--", "sh", "-c", "tty; true")
+    assert "not a tty" in p.stdout
+
+
+def test_other_user_cannot_enter_or_remove(names):
+    name = names()
+    e = env.Environment.create(name, "uts,net", backend="native")
+    for args in (("env-exec", name, "--", "true"), ("env-rm", name), ("env-ls",)):
+        p = as_nobody(*args)
+        one_line_error(p)
+    from conftest import unprivileged_argv
+    p = _run(unprivileged_argv(["ls", f"{BASE}/{name}"]))
+    assert p.returncode != 0 and "Permission denied" in p.stderr
+    p = _run(unprivileged_argv(["nsenter", f"--uts={BASE}/{name}/uts", "true"]))
+    assert p.returncode != 0
+    p = _run(unprivileged_argv(["nsenter", f"--net=/run/netns/{name}", "true"]))
+    assert p.returncode != 0
+    assert e.alive() and env.describe(name)["state"] == "alive"
+    e.remove()
+
+
+def test_explain_changes_nothing(names):
+    name = names()
+    out = open(os.devnull, "w")
+    run = Runner(backend="shell", explain=True, out=out)
+    env.create(run, name, "uts,pid,mnt,net,user", hostname="x", uid_map="0:1000:1")
+    env.remove(Runner(explain=True, out=out), name)
+    assert not os.path.lexists(os.path.join(BASE, name))
+    assert name not in _run(["ip", "netns", "list"]).stdout
+
+
+def test_example_client_server():
+    p = subprocess.run([PY, os.path.join(ROOT, "examples", "provision_client_server.py")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "server answered the client" in p.stdout

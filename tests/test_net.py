@@ -1,0 +1,265 @@
+"""Network namespace recipes against the real kernel: net-demo, veth pairs, net-veth
+(idempotency, conflicts, bad input through the real CLI), leftovers and cleanup after a
+SIGKILL half-way. Traffic only between namespaces the tests made (10.x addresses inside them).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from helpers import ROOT, INVOKE, cli, one_line_error
+from nsutil import netlink as nl
+from nsutil.backend import Runner
+from nsutil.errors import Conflict, InvalidInput
+from nsutil.names import scope_id
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def _ours(tag: str) -> list[str]:
+    return [n for n in nl.list_netns() if tag in n]
+
+
+@pytest.fixture
+def tag():
+    """A per-test scope; whatever carries it is removed at the end even if the test fails."""
+    value = scope_id()
+    yield value
+    from recipes import net
+    for item in net.leftovers():
+        if value in item.name:
+            item.remove()
+
+
+def test_demo_new_netns_has_only_lo_down_then_up(runner):
+    from recipes import net
+    seen = net.demo(runner)
+    assert seen["links"] == ["lo"]
+    assert seen["lo_up_before"] is False
+    assert seen["lo_up_after"] is True
+    assert seen["gone"] is True
+
+
+def test_netns_is_visible_to_the_standard_tools(backend, tag):
+    from recipes import net
+    name = f"nsr-{tag}-vis"
+    with Runner(backend=backend) as run:
+        net.create_netns(run, name)
+        assert name in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                      text=True).stdout.split()
+        inside = subprocess.run(["nsenter", f"--net=/run/netns/{name}", "ip", "-o", "link"],
+                                capture_output=True, text=True, check=True).stdout
+        assert [ln.split(":")[1].strip() for ln in inside.splitlines()] == ["lo"]
+        # the bind mount is an nsfs mount, as ip makes it, and /run/netns is shared
+        mounts = open("/proc/self/mountinfo").read().splitlines()
+        mine = [ln for ln in mounts if ln.split()[4] == f"/run/netns/{name}"]
+        assert mine and " nsfs " in mine[0]
+        prop = subprocess.run(["findmnt", "-n", "-o", "PROPAGATION", "/run/netns"],
+                              capture_output=True, text=True).stdout.split()
+        assert prop and prop[0] == "shared"
+        assert nl.netns_inode(name) != os.stat("/proc/self/ns/net").st_ino
+    assert name not in nl.list_netns()
+
+
+def test_add_veth_pair_in_place_with_packets(backend, tag):
+    from recipes import net
+    a, b = f"nsr-{tag}-a", f"nsr-{tag}-b"
+    with Runner(backend=backend) as run:
+        net.create_netns(run, a)
+        net.create_netns(run, b)
+        net.add_veth_pair(run, "nsr-va", "nsr-vb", ns=a, peer_ns=b,
+                          addr="10.231.0.1/24", peer_addr="10.231.0.2/24")
+        assert nl.is_veth_pair(a, "nsr-va", b, "nsr-vb")
+        assert nl.link(a, "nsr-va")["addrs"][0] == "10.231.0.1/24"
+        assert nl.link(b, "nsr-vb")["up"]
+        assert net.udp_check(a, "10.231.0.1/24", b, "10.231.0.2")
+        assert net.check_pair(run, a, "10.231.0.1/24", b, "10.231.0.2/24") is True
+        run.undo()
+        assert not nl.netns_exists(a) and not nl.netns_exists(b)
+
+
+def test_check_fails_when_the_link_is_down(tag):
+    from recipes import net
+    a, b = f"nsr-{tag}-a", f"nsr-{tag}-b"
+    with Runner(backend="native") as run:
+        net.create_netns(run, a)
+        net.create_netns(run, b)
+        net.add_veth_pair(run, "nsr-va", "nsr-vb", ns=a, peer_ns=b,
+                          addr="10.232.0.1/24", peer_addr="10.232.0.2/24")
+        subprocess.run(["ip", "-n", b, "link", "set", "nsr-vb", "down"], check=True)
+        assert net.udp_check(a, "10.232.0.1", b, "10.232.0.2", timeout=0.5) is False
+
+
+def test_root_end_is_a_leftover_until_undone(backend, tag):
+    from recipes import net
+    other = f"nsr-{tag}-o"
+    root_if = f"nsr-{tag}-r"
+    with Runner(backend=backend) as run:
+        net.create_netns(run, other)
+        net.add_veth_pair(run, root_if, "nsr-peer", ns=None, peer_ns=other)
+        assert root_if in os.listdir("/sys/class/net")
+        kinds = {(i.kind, i.name) for i in net.leftovers()}
+        assert ("link", root_if) in kinds and ("netns", other) in kinds
+    assert root_if not in os.listdir("/sys/class/net")
+    assert not nl.netns_exists(other)
+
+
+def test_net_veth_idempotent_conflict_and_delete(backend, tag):
+    from recipes import net
+    a, b = f"nsr-{tag}-a", f"nsr-{tag}-b"
+    with Runner(backend=backend, keep=True) as run:
+        first = net.veth_create(run, a, b, "10.233.0.1/24", "10.233.0.2/24")
+    assert first["changed"] and first["reachable"]
+    assert {a, b} <= set(nl.list_netns())
+    assert os.path.exists(f"/etc/netns/{a}/hosts")
+    inode = nl.netns_inode(a)
+    with Runner(backend=backend, keep=True) as run:
+        again = net.veth_create(run, a, b, "10.233.0.1/24", "10.233.0.2/24")
+    assert again["changed"] is False and again["reachable"]
+    assert nl.netns_inode(a) == inode          # nothing was recreated
+    with pytest.raises(Conflict, match="other settings"):
+        with Runner(backend=backend, keep=True) as run:
+            net.veth_create(run, a, b, "10.233.0.9/24", "10.233.0.2/24")
+    assert [x for x in nl.link(a, a)["addrs"] if "." in x] == ["10.233.0.1/24"]  # untouched
+    with Runner(backend=backend, keep=True) as run:
+        assert net.veth_delete(run, a, b)["changed"] is True
+    assert not nl.netns_exists(a) and not nl.netns_exists(b)
+    assert not os.path.exists(f"/etc/netns/{a}")
+    with Runner(backend=backend, keep=True) as run:
+        assert net.veth_delete(run, a, b)["changed"] is False
+
+
+def test_net_veth_refuses_a_namespace_it_did_not_make(tag):
+    from recipes import net
+    foreign = f"nsr-{tag}-f"
+    subprocess.run(["ip", "netns", "add", foreign], check=True)
+    try:
+        proc = cli("net-veth", "--name", foreign, "--peer", f"nsr-{tag}-g")
+        assert "not made by nsrecipes" in one_line_error(proc)
+        assert not nl.netns_exists(f"nsr-{tag}-g")
+        with pytest.raises(Conflict):
+            with Runner(backend="native", keep=True) as run:
+                net.veth_delete(run, foreign, f"nsr-{tag}-g")
+        assert nl.netns_exists(foreign)
+    finally:
+        subprocess.run(["ip", "netns", "del", foreign], check=False)
+
+
+def test_net_veth_cli_twice_then_delete(tag):
+    a, b = f"nsr-{tag}-a", f"nsr-{tag}-b"
+    args = ["net-veth", "--name", a, "--peer", b, "--addr", "10.234.0.1/24",
+            "--peer-addr", "10.234.0.2/24", "--backend", "native"]
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "packets go both ways" in first.stdout
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert a in listed and b in listed
+    second = cli(*args)
+    assert second.returncode == 0 and "nothing to do" in second.stdout
+    clash = cli("net-veth", "--name", a, "--peer", b, "--addr", "10.234.0.7/24",
+                "--peer-addr", "10.234.0.2/24", "--backend", "shell")
+    assert "other settings" in one_line_error(clash)
+    gone = cli("net-veth", "--name", a, "--peer", b, "--delete")
+    assert gone.returncode == 0 and "deleted" in gone.stdout
+    assert not nl.netns_exists(a)
+
+
+BAD = [
+    (["net-veth", "--name", "nsr-abcdefghijklm"], "limit is 15"),
+    (["net-veth", "--name", "nsr/a"], "not allowed"),
+    (["net-veth", "--peer", "nsr b"], "not allowed"),
+    (["net-veth", "--name", "."], "not allowed"),
+    (["net-veth", "--name", ".."], "not allowed"),
+    (["net-veth", "--name", ""], "empty"),
+    (["net-veth", "--addr", "10.0.0.300/24"], "not an address"),
+    (["net-veth", "--peer-addr", "banana"], "not an address"),
+    (["net-veth", "--addr", "10.1.0.1/24", "--peer-addr", "10.2.0.1/24"], "different subnets"),
+    (["net-topo", "--hosts", "0"], "at least 1"),
+    (["net-topo", "--hosts", "-4"], "at least 1"),
+    (["net-topo", "--hosts", "100000000"], "absurd"),
+    (["net-topo", "--hosts", "many"], "not a number"),
+    (["net-topo", "--shape", "blob"], "unknown shape"),
+    (["net-topo", "--shape", "ring", "--hosts", "2"], "at least 3"),
+    (["net-topo", "--scope", "a/b"], "scope"),
+]
+
+
+def _could_be_mine(names: set[str], args: list[str], scope: str) -> set[str]:
+    """New objects this command could have made (other helpers' tests run at the same time)."""
+    given = {a for a in args if a.startswith("nsr")} | {"nsr-a", "nsr-b"}
+    return {n for n in names if n in given or f"-{scope}-" in n}
+
+
+@pytest.mark.parametrize("args,words", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_one_line_nothing_created(args, words):
+    scope = scope_id()
+    if args[0] == "net-topo" and "--scope" not in args:
+        args = args + ["--scope", scope]
+    before = set(nl.list_netns()) | set(os.listdir("/sys/class/net"))
+    proc = cli(*args)
+    assert words in one_line_error(proc)
+    assert proc.returncode == 2
+    after = set(nl.list_netns()) | set(os.listdir("/sys/class/net"))
+    assert not _could_be_mine(after - before, args, scope)
+
+
+def test_bad_input_in_the_python_api():
+    from recipes import net
+    with Runner(backend="native") as run:
+        for kwargs in ({"ifname": "x" * 16, "peer_ifname": "y"},
+                       {"ifname": "a", "peer_ifname": "b", "addr": "10.0.0.1/33"},
+                       {"ifname": "a", "peer_ifname": "b", "ns": ".."}):
+            with pytest.raises(InvalidInput):
+                net.add_veth_pair(run, **kwargs)
+        assert run.undo_stack == []
+
+
+def test_explain_changes_nothing():
+    before = {n for n in nl.list_netns() if n in ("nsr-x1", "nsr-x2")}
+    proc = cli("net-veth", "--name", "nsr-x1", "--peer", "nsr-x2", "--explain")
+    assert proc.returncode == 0, proc.stderr
+    assert "ip link add nsr-x1 netns nsr-x1 type veth peer name nsr-x2 netns nsr-x2" in proc.stdout
+    assert {n for n in nl.list_netns() if n in ("nsr-x1", "nsr-x2")} == before == set()
+
+
+@pytest.mark.parametrize("backend_name", ["native", "shell"])
+def test_sigkill_half_way_leaves_only_prefixed_objects_and_cleanup_removes_them(
+        backend_name, tag, monkeypatch):
+    """Kill a big build (process group, as the OOM killer or kill -9 of a session would)
+    once some namespaces exist; only nsr objects are left, and the cleanup providers
+    (``recipes.cleanup.remove_all`` over net.leftovers(), limited to this run's scope so a
+    concurrent test's objects are not touched) remove every one of them."""
+    from recipes import cleanup, net
+    root_links = set(os.listdir("/sys/class/net"))
+    all_before = set(nl.list_netns())
+    proc = subprocess.Popen([INVOKE, "net-topo", "--hosts", "600", "--scope", tag,
+                             "--backend", backend_name, "--no-etc-hosts"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(_ours(f"nsr-{tag}-")) < 40 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.2)
+        made = set(nl.list_netns()) - all_before
+        assert made, "the build made nothing before it was killed"
+        assert all(n.startswith("nsr") for n in made)
+        assert all(n.startswith("nsr") for n in set(os.listdir("/sys/class/net")) - root_links)
+        mine = [i for i in net.leftovers() if tag in i.name]
+        assert {i.name for i in mine if i.kind == "netns"} >= {n for n in made if tag in n}
+        assert any(i.kind == "state" for i in mine)            # the topology record
+        monkeypatch.setattr(cleanup, "find", lambda: mine)
+        removed, failed = cleanup.remove_all()
+        assert not failed and len(removed) == len(mine)
+        assert _ours(f"nsr-{tag}-") == []
+        assert not [i for i in net.leftovers() if tag in i.name]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

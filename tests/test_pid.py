@@ -1,0 +1,82 @@
+"""PID namespace demo: PID 1 inside, the host's real PID, the tree of nested namespaces."""
+from __future__ import annotations
+
+import io
+import os
+import socket
+
+from helpers import as_nobody, cli, one_line_error
+from nsutil import process
+from nsutil.backend import Runner
+from recipes import pid
+
+
+def test_demo_pid1_and_tree(runner):
+    seen = pid.demo(runner)
+    assert seen["host_pid"] == os.getpid()
+    # without its own /proc the child is PID 1 but ps still reads the host's /proc
+    assert seen["without_proc"]["self"] == 1
+    assert seen["without_proc"]["visible"] > 10
+    # with /proc mounted in a new mount namespace: echo $$ -> 1, ps lists only its own
+    own = seen["with_proc"]
+    assert own["self"] == 1
+    pids = [p for p, _ in own["ps"]]
+    assert pids[0] == 1 and len(pids) <= 2 and max(pids) < 10  # sh (and its ps), nothing else
+    assert own["hostname"] == seen["without_proc"]["hostname"] == "NewNamespace"
+    assert socket.gethostname() != "NewNamespace"
+    # the holder: PID 1 inside, its real PID on the host
+    holder = seen["holder"]
+    assert holder["nspid"] == [holder["host_pid"], 1] and holder["host_pid"] > 1
+    # nested: three levels; the child namespace sees the grandchild, not the other way
+    nested = seen["nested"]
+    host_pid, mid_pid, inner_pid = nested["nspid"]
+    assert host_pid == nested["host_pid"] and inner_pid == 1 and mid_pid > 1
+    outer_pids = {p for p, _ in nested["outer_ps"]}
+    inner_pids = [p for p, _ in nested["inner_ps"]]
+    assert {1, mid_pid} <= outer_pids                     # the parent sees the grandchild
+    assert inner_pids[0] == 1 and len(inner_pids) == 2   # itself and its ps, nothing else
+    assert len(outer_pids) > len(inner_pids)
+    # the holders are gone afterwards
+    assert not process.pid_alive(holder["host_pid"]) and not process.pid_alive(host_pid)
+
+
+def test_both_backends_see_the_same_shape():
+    shapes = []
+    for backend in ("shell", "native"):
+        with Runner(backend=backend, out=io.StringIO()) as run:
+            seen = pid.demo(run)
+        shapes.append((seen["without_proc"]["self"], seen["with_proc"]["self"],
+                       len(seen["holder"]["nspid"]), len(seen["nested"]["nspid"]),
+                       seen["nested"]["nspid"][1], len(seen["nested"]["inner_ps"]),
+                       len(seen["nested"]["outer_ps"])))
+    assert shapes[0] == shapes[1] == (1, 1, 2, 3, 3, 2, 4)
+
+
+def test_explain_changes_nothing():
+    out = io.StringIO()
+    with Runner(explain=True, out=out) as run:
+        pid.demo(run)
+    text = out.getvalue()
+    assert ("$ unshare --uts --pid --fork --mount --mount-proc -- "
+            "sh -c 'hostname NewNamespace; hostname; echo $$; ps -e -o pid=,comm='") in text
+    assert "nsenter -t $PID --pid --mount -- unshare --pid --mount --fork --mount-proc" in text
+    assert "grep NSpid /proc/$PID2/status" in text
+    assert "[undo] stop the nested holder" in text
+    assert not process.children_of(os.getpid())  # nothing was started
+
+
+def test_cli_runs_and_prints_the_document():
+    proc = cli("pid-demo", "--backend", "native")
+    assert proc.returncode == 0, proc.stderr
+    assert "# echo $$\n1    <- PID 1" in proc.stdout
+    assert "NSpid:" in proc.stdout and "grandchild" in proc.stdout
+    assert proc.stderr == ""
+
+
+def test_cli_explain_and_bad_backend():
+    proc = cli("pid-demo", "--explain")
+    assert proc.returncode == 0, proc.stderr
+    assert "$ unshare --pid" in proc.stdout and "[undo]" in proc.stdout
+    line = one_line_error(cli("pid-demo", "--backend", "bogus"))
+    assert "bogus" in line
+    assert "pid-demo needs root" in one_line_error(as_nobody("pid-demo"))

@@ -1,0 +1,200 @@
+"""Topologies against the real kernel: star/line/ring on both backends, the TOML file format,
+/etc/netns hosts, net-exec, --check with real packets, two topologies at once, a failure
+half-way undone, and bad files. Traffic only between namespaces the tests made.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from helpers import cli, one_line_error
+from nsutil import netlink as nl
+from nsutil.backend import Runner
+from nsutil.errors import InvalidInput, NsrError
+from nsutil.names import scope_id
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+@pytest.fixture
+def tag():
+    """A per-test scope; whatever carries it is removed at the end even if the test fails."""
+    value = scope_id()
+    yield value
+    from recipes import net
+    for item in net.leftovers():
+        if f"-{value}-" in item.name or f"topo-{value}." in item.name:
+            item.remove()
+
+
+def _ip_addrs(ns: str) -> str:
+    return subprocess.run(["ip", "-n", ns, "-o", "-4", "addr"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.parametrize("shape,hosts,pairs", [("star", 4, 6), ("line", 3, 2), ("ring", 3, 3)])
+def test_shapes_build_check_and_tear_down(backend, tag, shape, hosts, pairs):
+    from recipes import topo
+    with topo.topology(shape, hosts, backend=backend, scope=tag) as net:
+        names = net.plan.all_netns()
+        assert all(n.startswith(f"nsr-{tag}-") and len(n) <= 15 for n in names)
+        assert set(names) <= set(nl.list_netns())
+        result = net.check()
+        assert result["pairs"] == pairs and result["ok"] == pairs and not result["failed"]
+        # visible to ip: every host has its addresses, interfaces named after the neighbour
+        for host in net.hosts:
+            for cidr in net.plan.addrs()[host]:
+                assert cidr in _ip_addrs(net.netns(host))
+        if shape == "star":
+            hub = subprocess.run(["ip", "-n", net.plan.hub, "-o", "link", "show", "master",
+                                  net.plan.bridge], capture_output=True, text=True).stdout
+            assert hub.count("state UP") == hosts
+        # /etc/netns hosts: names resolve inside (ip netns exec / native exec alike)
+        other = net.hosts[1]
+        done = net.run(net.hosts[0], ["getent", "hosts", other])
+        assert done.returncode == 0 and net.addr(other) in done.stdout
+    assert not [n for n in nl.list_netns() if f"-{tag}-" in n]
+    assert not [d for d in os.listdir("/etc/netns") if f"-{tag}-" in d] if os.path.isdir("/etc/netns") else True
+
+
+def test_check_reports_a_broken_link(tag):
+    from recipes import topo
+    with topo.topology("star", 3, backend="native", scope=tag) as net:
+        subprocess.run(["ip", "-n", net.netns("h2"), "link", "set", net.plan.hub, "down"], check=True)
+        result = net.check()
+        assert result["failed"] and all("h2" in pair for pair in result["failed"])
+        assert result["ok"] == 1   # h1 <-> h3 still works
+
+
+def test_file_format_with_given_and_automatic_addresses(backend, tag, tmp_path):
+    from recipes import topo
+    lab = tmp_path / "lab.toml"
+    lab.write_text(textwrap.dedent("""
+        subnet = "10.240.0.0/16"
+        hosts = ["r1", "web", "db", "lone"]
+        [[links]]
+        a = "web"
+        b = "r1"
+        a_addr = "10.241.0.1/24"
+        b_addr = "10.241.0.2/24"
+        [[links]]
+        a = "db"
+        b = "r1"
+    """))
+    with topo.topology(file=str(lab), backend=backend, scope=tag) as net:
+        assert set(net.hosts) == {"r1", "web", "db", "lone"}
+        assert "10.241.0.1/24" in _ip_addrs(net.netns("web"))
+        assert "10.240.0.1/30" in _ip_addrs(net.netns("db"))
+        assert "10.240.0.2/30" in _ip_addrs(net.netns("r1"))
+        link = subprocess.run(["ip", "-n", net.netns("web"), "-o", "link"], capture_output=True,
+                              text=True).stdout
+        assert net.netns("r1") in link         # the interface is named after its neighbour
+        result = net.check()
+        assert result == {"pairs": 2, "ok": 2, "failed": [], "total": 2}
+
+
+BAD_FILES = {
+    "overlap": ('[[links]]\na="a"\nb="b"\na_addr="10.1.0.1/16"\nb_addr="10.1.0.2/16"\n'
+                '[[links]]\na="b"\nb="c"\na_addr="10.1.5.1/24"\nb_addr="10.1.5.2/24"\n', "overlap"),
+    "self": ('[[links]]\na="a"\nb="a"\n', "itself"),
+    "one address": ('[[links]]\na="a"\nb="b"\na_addr="10.1.0.1/24"\n', "only one address"),
+    "bad cidr": ('[[links]]\na="a"\nb="b"\na_addr="10.1.0.1/24"\nb_addr="10.1.0.x/24"\n',
+                 "not an address"),
+    "long name": ('hosts = ["averyverylongname"]\n', "limit is"),
+    "slash": ('hosts = ["a/b"]\n', "not allowed"),
+    "dot": ('hosts = [".."]\n', "not allowed"),
+    "empty": ('hosts = [""]\n', "empty"),
+    "no hosts": ('subnet = "10.9.0.0/16"\n', "no hosts"),
+    "not toml": ('hosts = [\n', "not valid TOML"),
+    "unknown key": ('routers = 3\n', "unknown key"),
+    "twice": ('[[links]]\na="a"\nb="b"\n[[links]]\na="b"\nb="a"\n', "two links"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_bad_files_are_refused_before_anything_is_made(name, tmp_path):
+    from recipes import topo
+    text, words = BAD_FILES[name]
+    lab = tmp_path / "lab.toml"
+    lab.write_text(text)
+    with pytest.raises(InvalidInput, match=words):
+        topo.plan_file(str(lab))
+
+
+def test_bad_file_through_the_cli(tmp_path):
+    lab = tmp_path / "lab.toml"
+    lab.write_text(BAD_FILES["overlap"][0])
+    scope = scope_id()
+    proc = cli("net-topo", "--file", str(lab), "--scope", scope)
+    assert "overlap" in one_line_error(proc) and proc.returncode == 2
+    assert not [n for n in nl.list_netns() if f"-{scope}-" in n]
+
+
+def test_generated_names_fit_and_samples_are_bounded():
+    from recipes import topo
+    plan = topo.plan_shape("star", topo.MAX_HOSTS)
+    names = plan.all_netns() + [ln.a_if for ln in plan.links] + [ln.b_if for ln in plan.links]
+    assert all(n.startswith("nsr-") and len(n.encode()) <= 15 for n in names)
+    assert plan.pair_count() == topo.MAX_HOSTS * (topo.MAX_HOSTS - 1) // 2
+    sample = plan.pairs(100, seed=1)
+    assert len(sample) == 100 and len({(a, b) for a, _, b, _ in sample}) == 100
+    line = topo.plan_shape("line", 5)
+    assert [(a, b) for a, _, b, _ in line.pairs(100)] == [("h1", "h2"), ("h2", "h3"), ("h3", "h4"),
+                                                           ("h4", "h5")]
+    assert topo.plan_shape("ring", 5).pair_count() == 5
+
+
+def test_failure_half_way_is_undone(backend, tag):
+    from recipes import topo
+    plan = topo.plan_shape("line", 4, tag)
+    plan.links[-1].a_if = "x" * 20        # the kernel (and ip) refuse it: after others exist
+    with pytest.raises(NsrError):
+        with Runner(backend=backend, keep=True, out=open(os.devnull, "w")) as run:
+            topo.build(run, plan)
+    assert not [n for n in nl.list_netns() if f"-{tag}-" in n]
+    assert not topo.recorded(tag)
+
+
+def test_two_topologies_at_once_through_the_cli(tag):
+    from recipes import topo
+    scopes = [tag[:3] + "x", tag[:3] + "y"]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            procs = list(pool.map(lambda s: cli("net-topo", "--hosts", "4", "--scope", s, "--check",
+                                                "--backend", "native"), scopes))
+        for proc in procs:
+            assert proc.returncode == 0, proc.stderr
+            assert "check: 6/6 pairs exchanged packets" in proc.stdout
+        status = cli("net-topo", "--status").stdout
+        assert all(s in status for s in scopes)
+        # same short name in both: net-exec needs --scope, then runs in the right namespace
+        amb = cli("net-exec", "h1", "--", "true")
+        assert "several topologies" in one_line_error(amb)
+        done = cli("net-exec", "h1", "--scope", scopes[1], "--", "ip", "-o", "-4", "addr")
+        assert done.returncode == 0 and "10.200.0.1/16" in done.stdout
+        rc = cli("net-exec", f"nsr-{scopes[0]}-h2", "--", "sh", "-c", "exit 7")
+        assert rc.returncode == 7
+        for s in scopes:
+            down = cli("net-topo", "--down", "--scope", s)
+            assert down.returncode == 0, down.stderr
+            assert not topo.recorded(s)
+        assert not [n for n in nl.list_netns() if any(f"-{s}-" in n for s in scopes)]
+    finally:
+        for s in scopes:
+            for plan in topo.recorded(s):
+                with Runner(backend="native", keep=True, out=open(os.devnull, "w")) as run:
+                    run.run(topo.teardown_step(plan))
+
+
+def test_shell_build_uses_ip_batch_and_explain_changes_nothing():
+    proc = cli("net-topo", "--hosts", "3", "--scope", "ex", "--explain", "--backend", "shell")
+    assert proc.returncode == 0, proc.stderr
+    assert "ip -batch -" in proc.stdout and "netns add nsr-ex-h1" in proc.stdout
+    assert "link add nsr-ex-h1 netns nsr-ex-hub type veth peer name nsr-ex-hub netns nsr-ex-h1" \
+        in proc.stdout
+    assert "ip -n nsr-ex-h2 -batch" in proc.stdout
+    assert not [n for n in nl.list_netns() if n.startswith("nsr-ex-")]
