@@ -177,9 +177,11 @@ def net_veth(c, name="nsr-a", peer="nsr-b", addr="10.200.0.1/24", peer_addr="10.
                 "scope": "1-4 letters/digits put in every name (default: random per run)",
                 "status": "list the topologies that are up (scope, shape, hosts)",
                 "etc_hosts": "write /etc/netns/NS/hosts so hosts reach each other by name "
-                             "(default on; skipped above 256 hosts)"})
+                             "(default on; skipped above 256 hosts)",
+                "ipv6": "keep IPv6 link-local autoconf on the links (default off: on a big "
+                        "bridge its multicast from every host floods every other)"})
 def net_topo(c, shape="star", hosts="3", file=None, check=False, down=False, scope=None,
-             status=False, etc_hosts=True, backend=None, explain=False):
+             status=False, etc_hosts=True, ipv6=False, backend=None, explain=False):
     """Build a topology of network namespaces: star, line, ring or a TOML file.
 
     --down tears it down; until then the namespaces stay for `net-exec`, `ip netns`,
@@ -201,7 +203,8 @@ def net_topo(c, shape="star", hosts="3", file=None, check=False, down=False, sco
         with _runner(backend, explain, keep=True) as run:
             topo.down(run, scope)
         return
-    plan = topo.plan_file(file, scope) if file else topo.plan_shape(shape, hosts, scope)
+    plan = topo.plan_file(file, scope, ipv6) if file else topo.plan_shape(shape, hosts, scope,
+                                                                         ipv6=ipv6)
     if not explain:
         require_root("net-topo")
     with _runner(backend, explain, keep=True) as run:
@@ -248,6 +251,16 @@ def net_exec(c, host, scope=None, backend=None, explain=False):
 _ENV_NAME = "environment name; starts with nsr (e.g. nsr-web)"
 
 
+def _env_name(name: str, task_name: str) -> str:
+    """invoke hands an option given where NAME belongs (``env-rm --help``) over as NAME."""
+    if name.startswith("-"):
+        from nsutil.errors import InvalidInput
+        raise InvalidInput(f"{task_name} needs an environment name before {name}",
+                           hint=f"usage: invoke {task_name} NAME [options]; help: "
+                                f"invoke --help {task_name}")
+    return name
+
+
 @nsr_task(help={"name": _ENV_NAME,
                 "ns": "namespace types, comma-separated, of uts,ipc,pid,mnt,net,user,cgroup "
                       "(default uts,ipc,pid,mnt,net)",
@@ -255,7 +268,8 @@ _ENV_NAME = "environment name; starts with nsr (e.g. nsr-web)"
                 "domainname": "NIS domain name inside (needs uts)",
                 "uid_map": "with user: uid_map ranges inside:outside:count, comma-separated "
                            "(default 0:<your uid>:1; 'none' leaves it for env-idmap)",
-                "gid_map": "with user: gid_map ranges like --uid-map (default 0:<your gid>:1)"})
+                "gid_map": "with user: gid_map ranges like --uid-map (default: those of "
+                           "--uid-map, else 0:<your gid>:1)"})
 def env_create(c, name, ns="uts,ipc,pid,mnt,net", hostname=None, domainname=None,
                uid_map=None, gid_map=None, backend=None, explain=False):
     """Create a named environment whose namespaces stay until env-rm.
@@ -265,6 +279,7 @@ def env_create(c, name, ns="uts,ipc,pid,mnt,net", hostname=None, domainname=None
     visible to `ip netns` as NAME.
     """
     from recipes import env
+    name = _env_name(name, "env-create")
     with _runner(backend, explain, keep=True) as run:
         env.create(run, name, ns, hostname=hostname, domainname=domainname,
                    uid_map=uid_map, gid_map=gid_map)
@@ -275,6 +290,7 @@ def env_create(c, name, ns="uts,ipc,pid,mnt,net", hostname=None, domainname=None
 def env_hostname(c, name, hostname=None, domainname=None, backend=None, explain=False):
     """Set the hostname and/or domain name inside an environment (its UTS namespace)."""
     from recipes import env
+    name = _env_name(name, "env-hostname")
     with _runner(backend, explain, keep=True) as run:
         env.set_hostname(run, name, hostname, domainname)
 
@@ -290,6 +306,7 @@ def env_veth(c, name, peer="host", ifname=None, peer_ifname=None, addr=None, pee
              backend=None, explain=False):
     """Add a veth pair from an environment to the host or to another environment."""
     from recipes import env
+    name = _env_name(name, "env-veth")
     with _runner(backend, explain, keep=True) as run:
         made = env.add_veth(run, name, peer, ifname=ifname, peer_ifname=peer_ifname,
                             addr=addr, peer_addr=peer_addr)
@@ -303,6 +320,7 @@ def env_mount(c, name, target, source=None, size=None, readonly=False, backend=N
               explain=False):
     """Mount a tmpfs (or, with --source, a bind mount) inside an environment only."""
     from recipes import env
+    name = _env_name(name, "env-mount")
     with _runner(backend, explain, keep=True) as run:
         if source:
             env.bind_mount(run, name, source, target, readonly=readonly)
@@ -314,6 +332,7 @@ def env_mount(c, name, target, source=None, size=None, readonly=False, backend=N
 def env_mq(c, name, backend=None, explain=False):
     """Make a System V message queue inside an environment (ipcmk -Q in its IPC namespace)."""
     from recipes import env
+    name = _env_name(name, "env-mq")
     with _runner(backend, explain, keep=True) as run:
         qid = env.make_queue(run, name)
         run.say(f"Message queue id: {qid}")
@@ -325,6 +344,7 @@ def env_mq(c, name, backend=None, explain=False):
 def env_idmap(c, name, uid_map, gid_map=None, backend=None, explain=False):
     """Write the uid/gid maps of an environment's user namespace (once, as the kernel allows)."""
     from recipes import env
+    name = _env_name(name, "env-idmap")
     with _runner(backend, explain, keep=True) as run:
         env.set_idmap(run, name, uid_map, gid_map)
 
@@ -340,6 +360,7 @@ def env_exec(c, name, cwd=None, backend=None, explain=False):
     """
     import sys
     from recipes import env
+    name = _env_name(name, "env-exec")
     argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
     with _runner(backend, explain, keep=True) as run:
         done = env.exec_in(run, name, argv, capture=False, cwd=cwd)
@@ -361,6 +382,7 @@ def env_rm(c, name, backend=None, explain=False):
     """Remove an environment: kill its processes, unbind its namespaces, remove its links,
     netns name and record. Works on dead and half-made environments too."""
     from recipes import env
+    name = _env_name(name, "env-rm")
     with _runner(backend, explain, keep=True) as run:
         env.remove(run, name)
         run.say(f"removed environment {name}")

@@ -11,6 +11,11 @@ links up), built, checked and torn down four ways, side by side:
                        `ip -n NS -batch` per namespace for addresses and links up; teardown
                        one `ip -batch` of `netns del`.
 
+Every variant does the same work. Lab links carry IPv4 only: IPv6 link-local autoconf is
+off on them (``addrgenmode none``; nsrecipes' default, see recipes.topo.IPV6_NOTE) unless
+``--ipv6``, which leaves it on everywhere (then every host's DAD/RS/MLD multicast is flooded
+to every other host by the bridge, an O(n^2) storm that dominates all variants at 1000).
+
 Ratios are to the iproute2 best script. After every teardown it counts what is left with the
 benchmark's prefix (namespaces under /run/netns, links in the root namespace): must be 0.
 Every build is checked with real UDP packets (a sample of pairs) before it is torn down.
@@ -59,9 +64,12 @@ def sample_check(plan: topo.Plan, pairs: int = 40) -> str:
 
 # --- nsrecipes ------------------------------------------------------------------------------
 
+IPV6 = False  #: set by --ipv6
+
+
 def run_nsrecipes(backend: str, hosts: int, scope: str) -> dict:
     """Build, check and tear down with recipes.topo on ``backend``."""
-    plan = topo.plan_shape("star", hosts, scope)
+    plan = topo.plan_shape("star", hosts, scope, ipv6=IPV6)
     out = open(os.devnull, "w")
     run = Runner(backend=backend, keep=True, out=out)
     start = time.perf_counter()
@@ -92,6 +100,11 @@ def _addr(i: int) -> str:
     return f"{ipaddress.ip_network(topo.STAR_SUBNET).network_address + i}/16"
 
 
+def _quiet(dev: str) -> list[str]:
+    """``addrgenmode none`` for ``dev`` unless --ipv6 (a separate batch line / step)."""
+    return [] if IPV6 else [f"link set {dev} addrgenmode none"]
+
+
 def _ip(*args: str, input: str | None = None) -> None:
     subprocess.run([IP, *args], input=input, text=True, check=True,
                    stdout=subprocess.DEVNULL)
@@ -102,6 +115,8 @@ def tutorial_build(hosts: int, scope: str) -> None:
     hub, br, names = _names(hosts, scope)
     _ip("netns", "add", hub)
     _ip("-n", hub, "link", "add", br, "type", "bridge")
+    for line in _quiet(br):
+        _ip("-n", hub, *line.split())
     _ip("-n", hub, "link", "set", br, "up")
     _ip("-n", hub, "link", "set", "lo", "up")
     for i, ns in enumerate(names, 1):
@@ -111,9 +126,13 @@ def tutorial_build(hosts: int, scope: str) -> None:
         _ip("link", "set", host_if, "netns", ns)
         _ip("link", "set", hub_if, "netns", hub)
         _ip("-n", ns, "addr", "add", _addr(i), "dev", host_if)
+        for line in _quiet(host_if):
+            _ip("-n", ns, *line.split())
         _ip("-n", ns, "link", "set", host_if, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
         _ip("-n", hub, "link", "set", hub_if, "master", br)
+        for line in _quiet(hub_if):
+            _ip("-n", hub, *line.split())
         _ip("-n", hub, "link", "set", hub_if, "up")
 
 
@@ -131,12 +150,14 @@ def best_build(hosts: int, scope: str) -> None:
     lines.append(f"link add {br} netns {hub} type bridge")
     lines += [f"link add {ns} netns {hub} type veth peer name {hub} netns {ns}" for ns in names]
     _ip("-batch", "-", input="\n".join(lines) + "\n")
-    hub_lines = [f"link set {br} up", "link set lo up"] + \
-        [f"link set {ns} master {br} up" for ns in names]
+    hub_lines = _quiet(br) + [f"link set {br} up", "link set lo up"]
+    for ns in names:
+        hub_lines += _quiet(ns) + [f"link set {ns} master {br} up"]
     _ip("-n", hub, "-batch", "-", input="\n".join(hub_lines) + "\n")
     for i, ns in enumerate(names, 1):
-        _ip("-n", ns, "-batch", "-",
-            input=f"addr add {_addr(i)} dev {hub}\nlink set {hub} up\nlink set lo up\n")
+        lines = [f"addr add {_addr(i)} dev {hub}"] + _quiet(hub) + [f"link set {hub} up",
+                                                                     "link set lo up"]
+        _ip("-n", ns, "-batch", "-", input="\n".join(lines) + "\n")
 
 
 def best_teardown(hosts: int, scope: str) -> None:
@@ -158,9 +179,7 @@ def run_iproute2(kind: str, hosts: int, scope: str) -> dict:
                 nl.delete_netns(ns)
         raise
     build = time.perf_counter() - start
-    plan = topo.plan_shape("star", hosts, scope)  # same names and addresses, for the check
-    if kind == "tutorial":  # its host interfaces have other names; the check needs only ns+addr
-        pass
+    plan = topo.plan_shape("star", hosts, scope)  # same namespaces and addresses: the check
     checked = sample_check(plan)
     start = time.perf_counter()
     down_fn(hosts, scope)
@@ -176,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hosts", type=int, default=300, help="hosts in the star (default 300)")
     ap.add_argument("--skip-tutorial", action="store_true", help="skip the slow tutorial loop")
+    ap.add_argument("--ipv6", action="store_true",
+                    help="leave IPv6 link-local autoconf on in every variant")
     ap.add_argument("--settle", type=float, default=3.0,
                     help="seconds to let the kernel free namespaces between variants")
     args = ap.parse_args(argv)
@@ -183,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/net_topo.py needs root", file=sys.stderr)
         return 2
     n = topo.check_hosts(args.hosts)
+    global IPV6
+    IPV6 = args.ipv6
     results: dict[str, dict] = {}
     order = [("iproute2 best script", lambda: run_iproute2("best", n, "bb")),
              ("nsrecipes native", lambda: run_nsrecipes("native", n, "bn")),
@@ -194,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results[name] = fn()
     best = results["iproute2 best script"]
-    print(f"\nstar of {n} hosts (bridge in a hub netns, address on every host, all links up); "
-          f"{os.cpu_count()} CPUs, kernel {os.uname().release}")
+    print(f"\nstar of {n} hosts (bridge in a hub netns, address on every host, all links up, "
+          f"IPv6 autoconf {'on' if IPV6 else 'off'}); {os.cpu_count()} CPUs, "
+          f"kernel {os.uname().release}, load {os.getloadavg()[0]:.1f}")
     print(f"{'variant':<22} {'build s':>8} {'teardown s':>10} {'total s':>8} "
           f"{'build/best':>10} {'total/best':>10} {'check':>7} {'left ns/links':>13}")
     for name, r in results.items():

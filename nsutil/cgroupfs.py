@@ -196,6 +196,17 @@ def detect(mountinfo: str | None = None, root: str = ROOT) -> Layout:
     raise NsrError("no cgroup filesystem is mounted", hint="mount cgroup2 on /sys/fs/cgroup")
 
 
+_CACHED: Layout | None = None
+
+
+def host_layout() -> Layout:
+    """The host's layout, detected once per process (it does not change while we run)."""
+    global _CACHED
+    if _CACHED is None:
+        _CACHED = detect()
+    return _CACHED
+
+
 def own_cgroup(controller: str | None, proc_cgroup: str | None = None) -> str:
     """The caller's cgroup path in the hierarchy of ``controller`` (``None`` = v2 "0::")."""
     if proc_cgroup is None:
@@ -451,7 +462,7 @@ def plan(name: str, controllers: tuple[str, ...] = CONTROLLERS, layout: Layout |
     if not name.startswith(PREFIX) or "/" in name:
         raise InvalidInput(f"cgroup name {name!r} must start with {PREFIX!r} and have no '/'",
                            hint=f"use e.g. {PREFIX}-demo")
-    layout = layout or detect()
+    layout = layout or host_layout()
     dirs: dict[str, str] = {}
     if layout.mode == "unified":
         assert layout.v2 is not None

@@ -114,11 +114,12 @@ def ensure_run_dir() -> None:
     _RUN_DIR_READY = True
 
 
-def create_netns(name: str, *, open_socket: bool = False,
-                 home: int | None = None) -> socket.socket | None:
+def create_netns(name: str, *, open_socket: bool = False, home: int | None = None,
+                 sysctls: dict[str, str] | None = None) -> socket.socket | None:
     """``ip netns add NAME`` in this process; with ``open_socket`` return an rtnetlink
     socket opened inside the new namespace (for configuring it without setns later).
-    ``home``: an open fd of the calling thread's netns (saves an open per namespace)."""
+    ``home``: an open fd of the calling thread's netns (saves an open per namespace).
+    ``sysctls``: ``{"net.ipv6.conf.default.addr_gen_mode": "1"}`` written inside it."""
     ensure_run_dir()
     path = netns_path(name)
     try:
@@ -136,6 +137,8 @@ def create_netns(name: str, *, open_socket: bool = False,
         sc.unshare(sc.CLONE_NEWNET)
         try:
             sc.mount("/proc/thread-self/ns/net", path, "none", sc.MS_BIND)
+            for key, value in (sysctls or {}).items():
+                write_sysctl(key, value)
             if open_socket:
                 sock = rtnl_socket()
         finally:
@@ -149,6 +152,17 @@ def create_netns(name: str, *, open_socket: bool = False,
         if own_home:
             os.close(home)
     return sock
+
+
+def write_sysctl(key: str, value: str) -> None:
+    """Write ``/proc/sys/KEY`` (dots as slashes); net.* keys act on the calling thread's
+    network namespace."""
+    path = "/proc/sys/" + key.replace(".", "/")
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as exc:
+        raise SyscallError.from_oserror(f"write({path!r})", exc) from None
 
 
 def delete_netns(name: str, *, missing_ok: bool = True) -> bool:
@@ -177,8 +191,9 @@ def _remove_file(path: str) -> None:
 
 
 def open_netns(name: str | None) -> int:
-    """An O_RDONLY fd for the named netns (``None`` = the root namespace, i.e. PID 1's)."""
-    path = netns_path(name) if name else "/proc/1/ns/net"
+    """An O_RDONLY fd for the named netns (``None`` = the calling thread's own, as ``ip``
+    without ``netns`` means: the root namespace when run on the host)."""
+    path = netns_path(name) if name else "/proc/thread-self/ns/net"
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:

@@ -3,18 +3,21 @@
 The document's three principles composed the way ``docker run`` / runc compose them:
 
 1. check the input (rootfs with a shell, limits, the command exists in the rootfs);
-2. make the container's directory (overlay ``upper``, ``work``, ``merged``) and record it;
+2. make the container's directory (overlay ``upper``, ``work``, ``merged``);
 3. make a cgroup ``nsr-c-ID`` and write the limits (:mod:`recipes.cgroup`);
-4. fork a process, move it into the cgroup, unshare mount, UTS, IPC, PID, cgroup (and with
-   ``--net`` network) namespaces, and fork PID 1 of the new PID namespace, which
-5. makes ``/`` rslave, mounts the overlay (rootfs as lowerdir) on ``merged``, ``/proc``, a
+4. fork a process, unshare mount, UTS, IPC, PID (and with ``--net`` network) namespaces and
+   fork PID 1 of the new PID namespace; the tool records both PIDs for ``cleanup``. PID 1
+5. moves itself into the cgroup (``echo 0 > tasks``) and unshares a cgroup namespace,
+   makes ``/`` rslave, mounts the overlay (rootfs as lowerdir) on ``merged``, ``/proc``, a
    tmpfs ``/dev`` with null, zero, full, random, urandom, tty, sets the hostname, brings
    ``lo`` up in a new netns,
 6. ``pivot_root . .`` into ``merged``, makes the old root rslave and detaches it,
 7. forks the command and execs it; PID 1 stays, reaps every zombie (orphans are reparented
-   to it) and forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2, SIGWINCH to the command;
+   to it) and forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2, SIGWINCH to the command
+   (the tool and the process outside forward them too);
 8. the exit status comes back (128+N for a signal); with ``rm`` (the default) the cgroup and
-   the container's directory are removed.
+   the container's directory are removed. If the tool dies, everything inside dies with it
+   (PR_SET_PDEATHSIG) and ``cleanup`` finds the records.
 
 Every step is a recipe call, so ``--explain`` prints the whole sequence, and a script can
 compose the same steps differently. The steps of 5 and 6 run inside the new namespaces
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import signal
 import stat
 import sys
@@ -37,7 +39,7 @@ from typing import Sequence
 from nsutil import cgroupfs
 from nsutil import shell as nshell
 from nsutil import syscalls as sc
-from nsutil.backend import Placeholder, Runner, Step
+from nsutil.backend import Runner, Step
 from nsutil.cgroupfs import Cgroup, Limits
 from nsutil.errors import InvalidInput, NotFound, NsrError, SyscallError
 from nsutil.names import PREFIX, check_hostname, scope_id
@@ -83,6 +85,7 @@ class Spec:
     net: bool = False
     rm: bool = True
     name: str = ""
+    command_path: str | None = None   #: argv[0] resolved inside the rootfs
 
 
 @dataclass
@@ -122,6 +125,7 @@ def make_spec(argv: Sequence[str], rootfs: str | None = None, memory: str | int 
               name: str | None = None) -> Spec:
     """Validate everything a user gave (nothing is created here)."""
     argv = [str(a) for a in argv]
+    command_path = None
     if not argv or not argv[0]:
         raise InvalidInput("no command given", hint="write the command after --, e.g. -- sh -c 'echo hi'")
     limits = Limits.parse(memory, pids, cpus)
@@ -133,14 +137,14 @@ def make_spec(argv: Sequence[str], rootfs: str | None = None, memory: str | int 
             if ch in rootfs:
                 raise InvalidInput(f"rootfs path {rootfs!r} contains {ch!r}",
                                    hint="overlayfs options cannot carry it: use another path")
-        find_command(rootfs, argv[0])
+        command_path = find_command(rootfs, argv[0])
     name = name or f"{PREFIX}-c-{scope_id()}"
     if not name.startswith(f"{PREFIX}-c-"):
         raise InvalidInput(f"container name {name!r} must start with {PREFIX}-c-",
                            hint=f"e.g. {PREFIX}-c-web")
     from nsutil.names import check_name
     check_name(name, what="container name", max_bytes=40)
-    return Spec(argv, rootfs, limits, hostname, net, rm, name)
+    return Spec(argv, rootfs, limits, hostname, net, rm, name, command_path)
 
 
 def find_command(rootfs: str, command: str) -> str:
@@ -393,7 +397,7 @@ def _set_pdeathsig(expected_parent: int | None) -> None:
 
 
 def _child_exec(argv: list[str], env: dict[str, str], report_w: int,
-                fds: tuple[int | None, int | None, int | None]) -> None:
+                fds: tuple[int | None, int | None, int | None], path: str | None = None) -> None:
     """The command's process: default signals, stdio, exec (127/126 with a reason if not)."""
     code = 127
     try:
@@ -404,6 +408,11 @@ def _child_exec(argv: list[str], env: dict[str, str], report_w: int,
             if fd is not None:
                 os.dup2(fd, target)
         try:
+            if path:   # resolved inside the rootfs already: one execve, not one per PATH dir
+                try:
+                    os.execve(path, argv, env)
+                except FileNotFoundError:
+                    pass
             os.execvpe(argv[0], argv, env)
         except FileNotFoundError:
             _send(report_w, b"N", CommandNotFound(
@@ -443,7 +452,7 @@ def _pid1(run: Runner, spec: Spec, ct: Container, report_w: int,
            "TERM": os.environ.get("TERM", "xterm"), "container": "nsrecipes"}
     child = os.fork()
     if child == 0:
-        _child_exec(spec.argv, env, report_w, fds)
+        _child_exec(spec.argv, env, report_w, fds, spec.command_path)
     os.close(report_w)
     return _reap_until(child, waited)
 
@@ -652,13 +661,13 @@ def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,
     if spec.rootfs is None:
         default = rootfs_recipe.default_path()
         if os.path.isfile(os.path.join(default, "bin", "busybox")):
-            find_command(default, spec.argv[0])
+            spec.command_path = find_command(default, spec.argv[0])
         else:
             if run.explain:
                 run.heading("build the busybox root filesystem (once; it is cached)")
         spec.rootfs = rootfs_recipe.ensure_default(run)
         if not run.explain:
-            find_command(spec.rootfs, spec.argv[0])
+            spec.command_path = find_command(spec.rootfs, spec.argv[0])
     if run.explain:  # the command's own output is all a real run prints
         run.heading(f"{SECTION}: {' '.join(spec.argv)}")
     try:
@@ -706,8 +715,9 @@ def _remove_container(state: dict) -> None:
             except ProcessLookupError:
                 pass
     for d in reversed(state.get("cgroup", [])):
-        if os.path.basename(d).startswith(PREFIX):
-            cgroupfs.remove_dir(d)
+        real = os.path.realpath(d)
+        if real.startswith(cgroupfs.ROOT + "/") and os.path.basename(real).startswith(PREFIX):
+            cgroupfs.remove_dir(real)
     remove_tree(state["dir"])
 
 

@@ -212,6 +212,13 @@ def bound_inodes(name: str) -> dict[str, int]:
     return found
 
 
+def _ns_link(pid: str, proc: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{proc}")  # "net:[4026531833]"; cheaper than stat
+    except OSError:
+        return None
+
+
 def _proc_table() -> dict[int, dict[str, int]]:
     """{pid: {type: inode}} for every process (one pass over /proc)."""
     table: dict[int, dict[str, int]] = {}
@@ -220,10 +227,9 @@ def _proc_table() -> dict[int, dict[str, int]]:
             continue
         inodes = {}
         for t in NS_TYPES.values():
-            try:
-                inodes[t.name] = os.stat(f"/proc/{entry}/ns/{t.proc}").st_ino
-            except OSError:
-                pass
+            link = _ns_link(entry, t.proc)
+            if link:
+                inodes[t.name] = int(link[link.index("[") + 1:-1])
         if inodes:
             table[int(entry)] = inodes
     return table
@@ -237,18 +243,18 @@ def _members(inodes: dict[str, int], table: dict[int, dict[str, int]] | None = N
     if table is not None:
         return sorted(pid for pid, ns in table.items()
                       if pid != me and any(ns.get(t) == ino for t, ino in inodes.items()))
-    items = [(NS_TYPES[t].proc, ino) for t, ino in inodes.items()]
+    items = [(NS_TYPES[t].proc, f"{NS_TYPES[t].proc}:[{ino}]") for t, ino in inodes.items()]
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
-        for proc, ino in items:
-            try:
-                if os.stat(f"/proc/{entry}/ns/{proc}").st_ino == ino:
-                    found.append(int(entry))
-                    break
-            except OSError:
+        for proc, want in items:
+            link = _ns_link(entry, proc)
+            if link is None:
                 break  # gone, or a zombie (its namespaces are released already)
+            if link == want:
+                found.append(int(entry))
+                break
     return sorted(found)
 
 
@@ -584,7 +590,7 @@ def _attach_netns(run: Runner, name: str, pid: int | str) -> None:
 
 # --- create ---------------------------------------------------------------------------------
 
-def _check_maps(spec: str | None, what: str) -> list[idmap.IdMap] | None:
+def _check_maps(spec: str | None) -> list[idmap.IdMap] | None:
     if spec is None or spec == "":
         return None
     if spec.strip().lower() == "none":
@@ -599,6 +605,7 @@ def create(run: Runner, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
 
     ``uid_map``/``gid_map`` (``"0:1000:1,..."``) apply when ``user`` is among the types;
     without them uid/gid 0 inside map to the caller's ids (``unshare --map-root-user``);
+    ``gid_map`` defaults to the ranges of ``uid_map`` when that is given;
     ``"none"`` leaves the maps unwritten for a later :func:`set_idmap`. Everything is
     checked before anything is made; a failure half-way removes what was made.
     Returns the record (``env-ls`` shows it).
@@ -612,14 +619,14 @@ def create(run: Runner, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
         check_hostname(domainname)
     if (hostname or domainname) and "uts" not in names_:
         raise InvalidInput("--hostname needs a UTS namespace", hint="add uts to --ns")
-    umaps, gmaps = _check_maps(uid_map, "uid map"), _check_maps(gid_map, "gid map")
+    umaps, gmaps = _check_maps(uid_map), _check_maps(gid_map)
     if (umaps or gmaps) and "user" not in names_:
         raise InvalidInput("--uid-map/--gid-map need a user namespace", hint="add user to --ns")
     if "user" in names_:
         if umaps is None:
             umaps = [idmap.IdMap(0, os.geteuid(), 1)]
-        if gmaps is None:
-            gmaps = [idmap.IdMap(0, os.getegid(), 1)] if umaps else []
+        if gmaps is None:  # the same ranges as given for uids, else root's own gid
+            gmaps = list(umaps) if uid_map else [idmap.IdMap(0, os.getegid(), 1)]
     if not run.explain:
         require_root("env-create")
         if read_state(name) is not None or os.path.lexists(env_dir(name)):
@@ -679,20 +686,27 @@ def _record(run: Runner, name: str, types: Sequence[NsType]) -> None:
                 raise Conflict(f"environment {name!r} exists already",
                                hint=f"remove it first (invoke env-rm {name}) or pick another name")
             tmp = os.path.join(base, f".env-{name}.{os.getpid()}.tmp")
-            os.mkdir(tmp, 0o700)
-            fd = _open_dir(tmp)
-            fcntl.flock(fd, fcntl.LOCK_EX)   # the lock moves with the directory
-            _HELD[name] = fd
-            for t in types:
-                os.close(os.open(os.path.join(tmp, t.name), os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o400))
-            state.atomic_write_json(os.path.join(tmp, STATE_FILE), {
-                "kind": KIND, "version": 1, "name": name, "status": "creating",
-                "types": [t.name for t in types], "backend": run.backend,
-                "created": time.time(), "creator": {"pid": os.getpid(), "start": _starttime(os.getpid())},
-                "holder": None, "parent": None, "ns": {}, "netns": None, "hostname": None,
-                "domainname": None, "uid_map": None, "gid_map": None, "veths": [], "links": [],
-                "mounts": [], "queues": []})
-            os.rename(tmp, env_dir(name))
+            try:
+                os.mkdir(tmp, 0o700)
+                fd = _open_dir(tmp)
+                fcntl.flock(fd, fcntl.LOCK_EX)   # the lock moves with the directory
+                _HELD[name] = fd
+                for t in types:
+                    os.close(os.open(os.path.join(tmp, t.name),
+                                     os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o400))
+                me = {"pid": os.getpid(), "start": _starttime(os.getpid())}
+                state.atomic_write_json(os.path.join(tmp, STATE_FILE), {
+                    "kind": KIND, "version": 1, "name": name, "status": "creating",
+                    "types": [t.name for t in types], "backend": run.backend,
+                    "created": time.time(), "creator": me, "holder": None, "parent": None,
+                    "ns": {}, "netns": None, "hostname": None, "domainname": None,
+                    "uid_map": None, "gid_map": None, "veths": [], "links": [], "mounts": [],
+                    "queues": []})
+                os.rename(tmp, env_dir(name))
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                _release(name)
+                raise SyscallError.from_oserror(f"record {env_dir(name)!r}", exc) from None
 
     def undo(_argv: list[str] | None = None) -> None:
         remove(Runner(backend=run.backend, out=run.out), name, missing_ok=True)
@@ -700,7 +714,7 @@ def _record(run: Runner, name: str, types: Sequence[NsType]) -> None:
     run.run(Step(f"record it in {env_dir(name)} (0700), with a file per namespace to bind on",
                  argv=["mkdir", "-m", "0700", env_dir(name)], native=make, shell=make,
                  display=f"mkdir -m 0700 {env_dir(name)} && touch {' '.join(files)}",
-                 undo=Step(f"remove environment {name}", argv=["invoke", "env-rm", name],
+                 undo=Step(f"remove environment {name}", display=f"invoke env-rm {name}",
                            native=undo, shell=undo)))
 
 
@@ -716,8 +730,12 @@ def _load(name: str, run: Runner | None = None, *, need: str | None = None,
           alive: bool = True) -> dict:
     """The record of a live environment, checked for having the namespace ``need``."""
     check_env_name(name)
-    if run is not None and run.explain:
-        return {"name": name, "types": list(NS_TYPES), "holder": {"pid": Placeholder("$PID")},
+    if run is not None and run.explain:  # the real types when the record can be read
+        try:
+            types = (read_state(name) or {}).get("types") or list(NS_TYPES)
+        except OSError:
+            types = list(NS_TYPES)
+        return {"name": name, "types": types, "holder": {"pid": Placeholder("$PID")},
                 "parent": {"pid": Placeholder("$PID")}, "ns": {}, "veths": [], "links": []}
     require_root(f"environment {name}")
     st = read_state(name)
@@ -1142,10 +1160,13 @@ def remove(run: Runner, name: str, *, missing_ok: bool = False) -> dict:
 
 
 def _remove_steps_explain(run: Runner, name: str) -> None:
-    run.run(Step(f"kill every process in {name}'s namespaces", argv=["kill", "-KILL", "$PIDS"]))
-    run.run(Step("delete its links on the host", argv=["ip", "link", "del", "$LINK"]))
+    pids, link, t = Placeholder("$PIDS"), Placeholder("$IF"), Placeholder("$TYPE")
+    run.run(Step(f"kill every process in {name}'s namespaces", argv=["kill", "-KILL", pids]))
+    run.run(Step("delete its ends of its veths (their peers go with them)",
+                 argv=["ip", "-n", name, "link", "del", link]))
     run.run(Step("remove its `ip netns` name", argv=["ip", "netns", "delete", name]))
-    run.run(Step("unbind its namespace files", argv=["umount", "-l", ns_file(name, "$TYPE")]))
+    run.run(Step("unbind its namespace files",
+                 argv=["umount", "-l", Placeholder(f"{env_dir(name)}/{t}")]))
     run.run(Step("remove its record", argv=["rm", "-r", env_dir(name)]))
     _release_private_base(run)
 
@@ -1162,17 +1183,17 @@ def _remove_locked(run: Runner, name: str, path: str, st: dict) -> dict:
     _kill_members(run, name, st, bound)
     links = _delete_veths(run, name, st, bound)
     links += _delete_host_links(run, st, bound)
-    netns = _detach_netns(run, name, bound)
+    netns = _detach_netns(run, name, st, bound)
     _unbind(run, path, bound)
     _remove_record(run, path)
     return {"name": name, "links": links, "netns": netns, "ns": bound}
 
 
 def _kill_members(run: Runner, name: str, st: dict, bound: dict[str, int]) -> None:
-    pids = set(_members(bound))
-    for key in ("holder", "parent"):
-        if _same_process(st.get(key)):
-            pids.add(int(st[key]["pid"]))
+    pids = {int(st[k]["pid"]) for k in ("holder", "parent") if _same_process(st.get(k))}
+    if not pids or "pid" not in bound:
+        # with a live PID 1 everything in its PID namespace dies with it; else look
+        pids |= set(_members(bound))
     if not pids:
         return
 
@@ -1275,13 +1296,26 @@ def _is_veth(link: str) -> bool:
         return False
 
 
-def _detach_netns(run: Runner, name: str, bound: dict[str, int]) -> str | None:
+def _detach_netns(run: Runner, name: str, st: dict, bound: dict[str, int]) -> str | None:
     path = os.path.join(NETNS_DIR, name)
     try:
         s = os.stat(path)
     except OSError:
         return None
-    if "net" not in bound or s.st_dev != _NSFS_DEV or s.st_ino != bound["net"]:
+    if s.st_dev != _NSFS_DEV:
+        # an empty file: ``ip netns attach`` killed between creating and binding it
+        if st.get("netns") != name or not stat_is_empty_file(s):
+            return None
+
+        def unlink() -> None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        run.run(Step(f"remove the half-made `ip netns` name {name}", argv=["rm", "-f", path],
+                     native=unlink))
+        return name
+    if "net" not in bound or s.st_ino != bound["net"]:
         return None  # not this environment's netns: leave it
 
     def native() -> None:
@@ -1290,6 +1324,12 @@ def _detach_netns(run: Runner, name: str, bound: dict[str, int]) -> str | None:
     run.run(Step(f"remove the `ip netns` name {name}", argv=["ip", "netns", "delete", name],
                  native=native))
     return name
+
+
+def stat_is_empty_file(s: os.stat_result) -> bool:
+    """A regular empty file (what ``ip netns add`` creates before binding on it)."""
+    import stat as st_
+    return st_.S_ISREG(s.st_mode) and s.st_size == 0
 
 
 def _unbind(run: Runner, path: str, bound: dict[str, int]) -> None:

@@ -363,6 +363,9 @@ def demo(run: Runner, name: str | None = None) -> dict:
     name = name or prefixed(scope_id(), "demo")
     check_netns_name(name)
     run.heading(f"{SECTION} (CLONE_NEWNET): a new namespace has only lo")
+    host_links = _root_links()
+    run.say(f"the host's namespace has {len(host_links)} links: {', '.join(host_links[:6])}"
+            f"{' ...' if len(host_links) > 6 else ''}")
     create_netns(run, name)
     before = show_links(run, name)
     run.say(f"[root@host]# ip -n {name} link")
@@ -374,7 +377,7 @@ def demo(run: Runner, name: str | None = None) -> dict:
     for ln in after:
         run.say(f"  {ln['name']}: {'UP' if ln['up'] else 'DOWN'}")
     run.undo()
-    return {"netns": name, "links": [ln["name"] for ln in before],
+    return {"netns": name, "links": [ln["name"] for ln in before], "host_links": host_links,
             "lo_up_before": any(ln["up"] for ln in before if ln["name"] == "lo"),
             "lo_up_after": any(ln["up"] for ln in after if ln["name"] == "lo"),
             "gone": not nl.netns_exists(name)}
@@ -478,6 +481,15 @@ def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
         run.say(f"nothing to do: {name} ({addr}) <-> {peer} ({peer_addr}) exist as asked")
         reachable = check_pair(run, name, addr, peer, peer_addr) if check else None
         return {"changed": False, "name": name, "peer": peer, "reachable": reachable}
+    record = {"name": name, "peer": peer, "addr": addr, "peer_addr": peer_addr}
+    if not run.explain:
+        # recorded first, so a run killed half-way is found by cleanup even for names
+        # without the prefix; undone last if this run fails
+        save_record(_record_path(name), record)
+        run.defer(Step(f"forget the record of {name}<->{peer}",
+                       native=lambda: drop_record(_record_path(name)),
+                       shell=lambda _a: drop_record(_record_path(name)),
+                       display=f"rm {_record_path(name)}"))
     create_netns(run, name)
     create_netns(run, peer)
     add_veth_pair(run, name, peer, ns=name, peer_ns=peer, addr=addr, peer_addr=peer_addr)
@@ -490,9 +502,6 @@ def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
     if check and not run.explain and not reachable:
         raise NsrError(f"no packets got from {name} to {peer} ({_ip(peer_addr)})",
                        hint="see `ip -n NAME addr`; is a firewall in the namespace?")
-    if not run.explain:
-        save_record(_record_path(name), {"name": name, "peer": peer, "addr": addr,
-                                         "peer_addr": peer_addr})
     run.say(f"{name} ({addr}) <-> {peer} ({peer_addr}): "
             f"{'packets go both ways' if reachable else 'not checked'}")
     run.say(f"they stay: ip netns list; ip -n {name} addr; "
@@ -577,6 +586,11 @@ def leftovers() -> list[Leftover]:
 
 def _remove_netns(name: str) -> None:
     nl.delete_netns(name)
+
+
+def remove_root_link(name: str) -> None:
+    """``ip link del NAME`` in the root namespace (its veth peer goes with it); gone is fine."""
+    _remove_root_link(name)
 
 
 def _remove_root_link(name: str) -> None:

@@ -29,6 +29,7 @@ and one ``ip -n NS -batch`` per namespace for its addresses and links; the nativ
 does it all from this process over netlink (:mod:`nsutil.netlink`): each namespace is made
 with an rtnetlink socket opened inside it, every veth is created in place in both namespaces
 (already enslaved and up on the hub side), and each namespace's requests go in one buffer.
+Lab links carry IPv4 only unless asked (``ipv6=True``): see :data:`IPV6_NOTE`.
 Teardown deletes the namespaces (their veths go with them). ``/etc/netns/NAME/hosts`` lets
 ``ip netns exec`` (and :func:`exec_in`) reach the other hosts by name.
 """
@@ -49,12 +50,16 @@ from typing import Iterator, Sequence
 from nsutil import netlink as nl
 from nsutil import state
 from nsutil.backend import Runner, Step
-from nsutil.errors import InvalidInput, NotFound, NsrError, SyscallError
+from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, SyscallError
 from nsutil.names import IFNAMSIZ, check_name, prefixed, scope_id
 
 from . import net
 
 SECTION = "Network namespace (topologies)"
+IPV6_NOTE = """IPv6 link-local autoconf is off on the lab links by default (ip link set DEV
+addrgenmode none): on a bridge every host's DAD, router and MLD multicast is flooded to every
+other host, O(n^2) packets -- measured here with 1000 hosts it more than doubled the build
+time and dropped real packets (38 of 40 checked pairs got through). --ipv6 turns it on."""
 SHAPES = ("star", "line", "ring")
 MAX_HOSTS = 4000          #: more than this is refused as absurd (names, memory, minutes)
 ETC_HOSTS_MAX = 256       #: above this many hosts /etc/netns hosts files are skipped
@@ -89,6 +94,8 @@ class Plan:
     bridge: str | None = None
     links: list[Link] = field(default_factory=list)
     segments: list[list[tuple[str, str]]] = field(default_factory=list)  # [(host, cidr)] that reach each other
+    #: IPv6 link-local autoconf on the lab links (off by default, see IPV6_NOTE)
+    ipv6: bool = False
 
     def all_netns(self) -> list[str]:
         """Every namespace of the plan (hub first)."""
@@ -200,7 +207,7 @@ def _check_host_name(scope: str, host: str) -> str:
 
 
 def plan_shape(shape: str, hosts: int | str, scope: str | None = None,
-               subnet: str | None = None) -> Plan:
+               subnet: str | None = None, ipv6: bool = False) -> Plan:
     """Plan a star, line or ring of ``hosts`` hosts (validated; nothing is created)."""
     if shape not in SHAPES:
         raise InvalidInput(f"unknown shape {shape!r}", hint=f"choose {', '.join(SHAPES)} or --file")
@@ -210,7 +217,7 @@ def plan_shape(shape: str, hosts: int | str, scope: str | None = None,
         raise InvalidInput(f"a line needs at least 2 hosts, not {count}", hint="give --hosts 2 or more")
     if shape == "ring" and count < 3:
         raise InvalidInput(f"a ring needs at least 3 hosts, not {count}", hint="give --hosts 3 or more")
-    plan = Plan(scope=scope, shape=shape)
+    plan = Plan(scope=scope, shape=shape, ipv6=ipv6)
     for i in range(1, count + 1):
         plan.hosts[f"h{i}"] = _name(scope, f"h{i}")
     if shape == "star":
@@ -271,7 +278,7 @@ def _add_link(plan: Plan, a: str, b: str, a_addr: str, b_addr: str, next_index: 
     plan.segments.append([(a, a_addr), (b, b_addr)])
 
 
-def plan_file(path: str, scope: str | None = None) -> Plan:
+def plan_file(path: str, scope: str | None = None, ipv6: bool = False) -> Plan:
     """Plan a topology from a TOML file (format in the module docstring)."""
     import tomllib
     scope = check_scope(scope)
@@ -310,7 +317,7 @@ def plan_file(path: str, scope: str | None = None) -> Plan:
     if not names:
         raise InvalidInput(f"topology file {path!r} has no hosts", hint='hosts = ["h1", "h2"]')
     check_hosts(len(names))
-    plan = Plan(scope=scope, shape="file")
+    plan = Plan(scope=scope, shape="file", ipv6=ipv6)
     for host in names:
         _check_host_name(scope, host)
         if host in plan.hosts:
@@ -388,7 +395,7 @@ def build(run: Runner, plan: Plan, *, etc_hosts: bool = True) -> Plan:
                 f"({len(plan.hosts)} hosts, {len(plan.links)} links)")
     for ns in plan.all_netns():
         if not run.explain and nl.netns_exists(ns):
-            raise NsrError(f"network namespace {ns} exists already",
+            raise Conflict(f"network namespace {ns} exists already",
                            hint=f"tear it down first: invoke net-topo --down --scope {plan.scope}")
     if not run.explain:
         net.save_record(_record_path(plan.scope), plan.to_json())
@@ -426,9 +433,14 @@ def _batch_display(plan: Plan, lines: list[str] | None = None) -> str:
 
 def _ns_lines(plan: Plan) -> dict[str, list[str]]:
     per: dict[str, list[str]] = {ns: ["link set lo up"] for ns in plan.all_netns()}
+    quiet = (lambda ns, dev: per[ns].append(f"link set {dev} addrgenmode none")) if not plan.ipv6 \
+        else (lambda ns, dev: None)
     if plan.bridge:
+        quiet(plan.hub, plan.bridge)
         per[plan.hub].append(f"link set {plan.bridge} up")
     for ln in plan.links:
+        quiet(ln.a_ns, ln.a_if)
+        quiet(ln.b_ns, ln.b_if)
         if ln.a_master:
             per[ln.a_ns].append(f"link set {ln.a_if} master {ln.a_master} up")
         else:
@@ -466,63 +478,39 @@ def _raise_nofile(need: int) -> None:
 def build_native(plan: Plan) -> None:
     """Make ``plan`` over netlink from this process (the caller undoes on failure).
 
-    A helper thread makes the namespaces (each with an rtnetlink socket opened inside it)
-    while this thread wires up those that are ready -- the kernel work of the two overlaps
-    on two CPUs (namespace setup is mostly outside the RTNL lock that link creation holds):
-
-    1. the bridge in the hub; every veth created from its b-end namespace's socket with the
+    1. each namespace with an rtnetlink socket opened inside it (and an fd to it);
+    2. the bridge in the hub; every veth created from its b-end namespace's socket with the
        a end placed in its namespace (enslaved to the bridge and up) and the b end in place,
        followed in the same buffer by b's "up" and address;
-    2. per namespace, one buffer with the a-side addresses and ``lo up``.
+    3. per namespace, one buffer with the a-side addresses and ``lo up``.
     The kernel has done each buffer when send() returns; acks are read after all sends.
+    (Making the namespaces in a second thread while wiring up the first ones was measured
+    here too: no faster on two CPUs, as both sides mostly wait for the same kernel locks.)
     """
-    import queue
-    import threading
-
     all_ns = plan.all_netns()
     _raise_nofile(2 * len(all_ns) + 256)
     socks: dict[str, nl.Rtnl] = {}
     fds: dict[str, int] = {}
-    made: "queue.Queue[tuple[str, object] | None]" = queue.Queue()
-    stop = threading.Event()
-
-    def maker() -> None:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            for ns in all_ns:
-                if stop.is_set():
-                    break
-                sock = nl.create_netns(ns, open_socket=True, home=home)
-                made.put((ns, sock))
-        except BaseException as exc:  # handed to the main thread, which raises it
-            made.put(("", exc))
-        finally:
-            os.close(home)
-            made.put(None)
-
-    position = {ns: i for i, ns in enumerate(all_ns)}
-    due: dict[str, list[Link]] = {}  # links that can be made once this namespace exists
-    for ln in plan.links:
-        due.setdefault(max(ln.a_ns, ln.b_ns, key=position.__getitem__), []).append(ln)
-    thread = threading.Thread(target=maker, name="nsr-netns-maker", daemon=True)
-    thread.start()
-    waits = []
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    # links get addrgenmode none (as the shell form's batches say) through the default
+    sysctls = None if plan.ipv6 else {"net.ipv6.conf.default.addr_gen_mode": "1"}
     try:
-        while True:
-            item = made.get()
-            if item is None:
-                break
-            ns, sock = item
-            if isinstance(sock, BaseException):
-                raise sock
-            socks[ns] = nl.Rtnl(sock)  # type: ignore[arg-type]
+        for ns in all_ns:
+            socks[ns] = nl.Rtnl(nl.create_netns(ns, open_socket=True, home=home,  # type: ignore[arg-type]
+                                                sysctls=sysctls))
             fds[ns] = nl.open_netns(ns)
-            if ns == plan.hub and plan.bridge:
-                socks[ns].new_link(nl.link_body(plan.bridge, index=2, kind="bridge", up=True),
-                                   f"ip -n {ns} link add {plan.bridge} type bridge")
-                socks[ns].flush()
-            for ln in due.get(ns, []):
-                r = socks[ln.b_ns]
+        if plan.bridge:
+            hub = socks[plan.hub]  # type: ignore[index]
+            hub.new_link(nl.link_body(plan.bridge, index=2, kind="bridge", up=True),
+                         f"ip -n {plan.hub} link add {plan.bridge} type bridge")
+            hub.flush()
+        by_b: dict[str, list[Link]] = {}
+        for ln in plan.links:
+            by_b.setdefault(ln.b_ns, []).append(ln)
+        waits = []
+        for ns, links in by_b.items():
+            r = socks[ns]
+            for ln in links:
                 peer = nl.link_body(ln.b_if, index=ln.b_index)
                 r.new_link(nl.link_body(ln.a_if, index=ln.a_index, netns_fd=fds[ln.a_ns],
                                         master=ln.a_master_index or None, up=True,
@@ -530,11 +518,10 @@ def build_native(plan: Plan) -> None:
                            f"ip link add {ln.a_if} netns {ln.a_ns} type veth peer name {ln.b_if} "
                            f"netns {ln.b_ns}")
                 r.set_link(nl.link_body(index=ln.b_index, up=True),
-                           f"ip -n {ln.b_ns} link set {ln.b_if} up")
+                           f"ip -n {ns} link set {ln.b_if} up")
                 if ln.b_addr:
-                    r.new_addr(ln.b_index, ln.b_addr,
-                               f"ip -n {ln.b_ns} addr add {ln.b_addr} dev {ln.b_if}")
-                waits.append((r, r.send()))
+                    r.new_addr(ln.b_index, ln.b_addr, f"ip -n {ns} addr add {ln.b_addr} dev {ln.b_if}")
+            waits.append((r, r.send()))
         _collect(waits)
         for ln in plan.links:
             if ln.a_addr:
@@ -544,15 +531,7 @@ def build_native(plan: Plan) -> None:
             r.set_link(nl.link_body(index=1, up=True), f"ip -n {ns} link set lo up")
         _collect([(r, r.send()) for r in socks.values()])
     finally:
-        stop.set()
-        while thread.is_alive() or not made.empty():  # close what the maker still hands over
-            try:
-                item = made.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if item is not None and not isinstance(item[1], BaseException):
-                item[1].close()  # type: ignore[union-attr]
-        thread.join()
+        os.close(home)
         for r in socks.values():
             r.close()
         for fd in fds.values():
@@ -779,7 +758,7 @@ class Topology:
 
 
 @contextmanager
-def topology(shape: str = "star", hosts: int = 3, *, file: str | None = None,
+def topology(shape: str = "star", hosts: int = 3, *, file: str | None = None, ipv6: bool = False,
              backend: str = "native", scope: str | None = None, etc_hosts: bool = True,
              runner: Runner | None = None) -> Iterator[Topology]:
     """Build a topology and tear it down when the block ends (also on an exception)::
@@ -787,20 +766,16 @@ def topology(shape: str = "star", hosts: int = 3, *, file: str | None = None,
         with topology("star", 4) as net:
             print(net.run("h1", ["ping", "-c1", "h2"]).stdout)
     """
-    plan = plan_file(file, scope) if file else plan_shape(shape, hosts, scope)
+    plan = plan_file(file, scope, ipv6) if file else plan_shape(shape, hosts, scope, ipv6=ipv6)
     run = runner or Runner(backend=backend, keep=False, out=open(os.devnull, "w"))
     mark = len(run.undo_stack)
     try:
         build(run, plan, etc_hosts=etc_hosts)
         yield Topology(run, plan)
     finally:
-        errors = []
-        while len(run.undo_stack) > mark:
-            step = run.undo_stack.pop()
-            try:
-                run._execute(step)
-            except NsrError as exc:
-                errors.append(exc)
+        mine = Runner(backend=run.backend, out=run.out)
+        mine.undo_stack, run.undo_stack[mark:] = run.undo_stack[mark:], []
+        errors = mine.undo()
         if runner is None:
             run.out.close()
         if errors and sys.exc_info()[0] is None:

@@ -94,8 +94,7 @@ def snapshot() -> dict[str, set[str]]:
         for d in dirs:
             if "nsr" in d:
                 cg.add(os.path.join(root, d))
-        if depth >= 2:
-            dirs[:] = []
+        dirs[:] = [d for d in dirs if "nsr" not in d] if depth < 6 else []
     snap["cgroups"] = cg
     state = os.environ.get("NSR_STATE_DIR", "/run/nsrecipes")
     snap["state"] = {os.path.join(state, n) for n in os.listdir(state)} if os.path.isdir(state) else set()

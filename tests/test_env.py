@@ -13,7 +13,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import pytest
@@ -147,7 +146,7 @@ def test_context_manager_removes(backend, names):
     _nothing_left(name)
 
 
-def test_steps(backend, names, tmp_path_factory):
+def test_steps(backend, names):
     a, b = names("a"), names("b")
     ea = env.Environment.create(a, "uts,ipc,pid,mnt,net", backend=backend)
     eb = env.Environment.create(b, "net,uts", backend=backend)
@@ -257,6 +256,16 @@ def test_holder_sigkill(backend, names):
     _nothing_left(name, pids)
 
 
+def test_failure_half_way_removes_everything(backend, names):
+    """The kernel rejects overlapping uid ranges only when the map is written, after the
+    holder is up: the run undoes what it made, nothing half-made is left."""
+    name = names()
+    with pytest.raises(NsrError):
+        with _quiet(backend) as run:
+            env.create(run, name, "user,uts,pid,mnt,net", uid_map="0:1000:10,5:2000:10")
+    _nothing_left(name)
+
+
 _CREATE = ("import sys; sys.path.insert(0, {root!r}); from recipes import env; "
            "from nsutil.backend import Runner; "
            "r = Runner(backend={backend!r}, keep=True); r.__enter__(); "
@@ -265,19 +274,32 @@ _CREATE = ("import sys; sys.path.insert(0, {root!r}); from recipes import env; "
 
 @pytest.mark.parametrize("backend", ["shell", "native"])
 def test_tool_sigkill_mid_create(backend, names):
-    """SIGKILL the creating tool at several moments; cleanup still removes everything."""
-    for delay in (0.0, 0.06, 0.1, 0.13, 0.16, 0.2):
+    """SIGKILL the creating tool at moments from the first file it writes on; whatever phase
+    it was in, cleanup (the environment's leftovers) removes everything."""
+    phases = []
+    for delay in (0.0, 0.001, 0.003, 0.01, 0.03, 0.1):
         name = names("k")
         proc = subprocess.Popen([PY, "-c", _CREATE.format(root=ROOT, backend=backend, name=name)],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        proc.kill()
-        proc.wait()
-        time.sleep(0.02)
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and proc.poll() is None:  # busy: be on time
+                if os.path.isdir(BASE) and any(name in e for e in os.listdir(BASE)):
+                    break
+            time.sleep(delay)
+        finally:
+            proc.kill()
+            proc.wait()
+        st = env.read_state(name)
+        phases.append("tmp" if st is None else (st["status"] if st.get("holder") is None
+                                                else st["status"] + "+holder"))
         for item in env.leftovers():
             if name in item.name:
                 item.remove()
         _nothing_left(name)
+    print(f"{backend}: phase at each SIGKILL: {phases}")
+    # at least one kill landed half-way through
+    assert any(not p.startswith("ready") for p in phases), phases
 
 
 def test_state_is_written_atomically(tmp_path):
@@ -298,34 +320,57 @@ def test_state_is_written_atomically(tmp_path):
             os.unlink(tmp_path / leftover)  # the one being written when killed
 
 
+def _in_parallel(fn, items: list) -> list[str]:
+    """Run fn(item) in one forked process per item, all at once; return their errors."""
+    r, w = os.pipe()
+    kids = []
+    for item in items:
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            status = 0
+            try:
+                fn(item)
+            except BaseException as exc:  # report anything to the parent
+                os.write(w, f"{item}: {exc}\n".encode())
+                status = 1
+            os._exit(status)
+        kids.append(pid)
+    os.close(w)
+    with os.fdopen(r) as f:
+        errors = f.read().splitlines()
+    for pid in kids:
+        os.waitpid(pid, 0)
+    return errors
+
+
 def test_twenty_in_parallel(names):
-    """Twenty creators at once (half per backend): distinct, all alive, all removed."""
+    """Twenty creators at once (half per backend), then twenty removers at once:
+    distinct namespaces, all alive, then all gone and /run/nsrecipes unmounted."""
     todo = [names("p") for _ in range(20)]
     t0 = time.monotonic()
-    procs = [subprocess.Popen([PY, "-c", _CREATE.format(root=ROOT, name=n,
-                                                        backend="shell" if i % 2 else "native")
-                               .replace(",user'", "'")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i, n in enumerate(todo)]
-    results = [p.communicate(timeout=60) for p in procs]
+    errors = _in_parallel(lambda n: env.create(_quiet("shell" if todo.index(n) % 2 else "native"),
+                                               n, "uts,ipc,pid,mnt,net"), todo)
     made = time.monotonic() - t0
-    assert all(p.returncode == 0 for p in procs), [r[1] for r in results]
+    assert not errors
     rows = {r["name"]: r for r in env.list_envs()}
     assert all(rows[n]["state"] == "alive" for n in todo)
-    inodes = [rows[n]["ns"]["net"] for n in todo]
-    assert len(set(inodes)) == 20
+    assert len({rows[n]["ns"]["net"] for n in todo}) == 20
+    assert len({rows[n]["pid"] for n in todo}) == 20
     netns = _run(["ip", "netns", "list"]).stdout.split()
     assert all(n in netns for n in todo)
+    pids = set().union(*(rows[n]["pids"] for n in todo))
     t0 = time.monotonic()
-    code = ("import sys; sys.path.insert(0, %r); from recipes import env; "
-            "from nsutil.backend import Runner; env.remove(Runner(keep=True), sys.argv[1])" % ROOT)
-    procs = [subprocess.Popen([PY, "-c", code, n], stderr=subprocess.PIPE, text=True) for n in todo]
-    errs = [p.communicate(timeout=60)[1] for p in procs]
+    errors = _in_parallel(lambda n: env.remove(_quiet("shell" if todo.index(n) % 2 else "native"), n),
+                          todo)
     removed = time.monotonic() - t0
-    assert all(p.returncode == 0 for p in procs), errs
+    assert not errors
     for n in todo:
-        _nothing_left(n)
-    print(f"20 environments: created in {made:.2f}s, removed in {removed:.2f}s")
+        _nothing_left(n, pids)
+    if not env.names():
+        with open("/proc/self/mountinfo") as f:
+            assert not any(ln.split()[4] == BASE for ln in f)
+    print(f"20 environments in parallel: created in {made:.2f}s, removed in {removed:.2f}s")
 
 
 # --- bad input ------------------------------------------------------------------------------
@@ -423,7 +468,19 @@ def test_cli(names):
             "--peer-ifname", f"nsr-h{name[-6:]}")
     assert p.returncode == 0 and os.path.exists(f"/sys/class/net/nsr-h{name[-6:]}"), p.stderr
     p = cli("env-create", names(), "--explain")
-    assert "unshare --uts=/run/nsrecipes/" in p.stdout and "--fork" in p.stdout
+    assert "unshare --ipc=/run/nsrecipes/" in p.stdout and "--fork --kill-child" in p.stdout
+    # the user-namespace steps and a veth between two environments
+    other = names()
+    assert cli("env-create", other, "--ns", "user,uts,net", "--uid-map", "none").returncode == 0
+    p = cli("env-idmap", other, "--uid-map", "0:100000:1000")
+    assert p.returncode == 0, p.stderr
+    assert open(f"/proc/{env.read_state(other)['holder']['pid']}/gid_map").read().split() == \
+        ["0", "100000", "1000"]
+    assert "written already" in one_line_error(cli("env-idmap", other, "--uid-map", "0:0:1"))
+    p = cli("env-veth", name, "--peer", other, "--addr", "10.252.1.1/30", "--peer-addr",
+            "10.252.1.2/30")
+    assert p.returncode == 0 and f"<-> {other}:eth0" in p.stdout, p.stderr
+    assert "10.252.1.2/30" in _run(["ip", "-n", other, "-o", "addr"]).stdout
     assert cli("env-rm", name).returncode == 0
     assert not os.path.exists(f"/sys/class/net/nsr-h{name[-6:]}")
     assert "does not exist" in one_line_error(cli("env-rm", name))        # twice

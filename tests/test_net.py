@@ -62,6 +62,21 @@ def test_netns_is_visible_to_the_standard_tools(backend, tag):
                               capture_output=True, text=True).stdout.split()
         assert prop and prop[0] == "shared"
         assert nl.netns_inode(name) != os.stat("/proc/self/ns/net").st_ino
+        # lsns (util-linux 2.38) lists namespaces that have a process; its NSFS column then
+        # names our bind mount
+        sleeper = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "30"])
+        try:
+            def listed() -> bool:
+                out = subprocess.run(["lsns", "-t", "net", "-n", "-o", "NS,NSFS"],
+                                     capture_output=True, text=True).stdout
+                return f"/run/netns/{name}" in out
+            deadline = time.monotonic() + 5
+            while not listed() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert listed()
+        finally:
+            sleeper.kill()
+            sleeper.wait()
     assert name not in nl.list_netns()
 
 

@@ -53,12 +53,26 @@ def test_shapes_build_check_and_tear_down(backend, tag, shape, hosts, pairs):
             hub = subprocess.run(["ip", "-n", net.plan.hub, "-o", "link", "show", "master",
                                   net.plan.bridge], capture_output=True, text=True).stdout
             assert hub.count("state UP") == hosts
+        # IPv6 link-local autoconf is off on lab links by default (addrgenmode none)
+        six = subprocess.run(["ip", "-n", net.netns("h1"), "-6", "-o", "addr"],
+                             capture_output=True, text=True).stdout
+        assert "fe80" not in six
         # /etc/netns hosts: names resolve inside (ip netns exec / native exec alike)
         other = net.hosts[1]
         done = net.run(net.hosts[0], ["getent", "hosts", other])
         assert done.returncode == 0 and net.addr(other) in done.stdout
     assert not [n for n in nl.list_netns() if f"-{tag}-" in n]
     assert not [d for d in os.listdir("/etc/netns") if f"-{tag}-" in d] if os.path.isdir("/etc/netns") else True
+
+
+def test_ipv6_autoconf_on_when_asked(backend, tag):
+    from recipes import topo
+    with topo.topology("line", 2, backend=backend, scope=tag, ipv6=True) as net:
+        def link_local() -> bool:
+            out = subprocess.run(["ip", "-n", net.netns("h2"), "-6", "-o", "addr"],
+                                 capture_output=True, text=True).stdout
+            return "fe80" in out
+        assert link_local()
 
 
 def test_check_reports_a_broken_link(tag):
