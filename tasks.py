@@ -482,8 +482,11 @@ def tour(c, backend=None, explain=False):
 
 @nsr_task(help={"dry_run": "only list what would be removed"})
 def cleanup(c, dry_run=False):
-    """Remove every nsrecipes leftover (netns, links, /etc/netns entries, environments,
-    cgroups, mounts, overlay dirs) -- and nothing else -- and report what was removed."""
+    """Remove every nsrecipes leftover, and nothing else; report what was removed.
+
+    Leftovers: environments and their holders, containers, nsr cgroups, overlay mounts and
+    directories, nsr network namespaces, links and /etc/netns entries.
+    """
     from recipes import cleanup as cl
     from nsutil.errors import require_root
     require_root("cleanup")

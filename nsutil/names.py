@@ -27,7 +27,7 @@ def check_name(name: str, *, what: str = "name", max_bytes: int = 64) -> str:
     if size > max_bytes:
         raise InvalidInput(f"{what} {name!r} is {size} bytes, the limit is {max_bytes}",
                            hint="use a shorter name")
-    if not _SAFE.match(name):
+    if not _SAFE.fullmatch(name):
         raise InvalidInput(f"{what} {name!r} has a character that is not allowed",
                            hint="use letters, digits, '-', '_' and '.', starting with a letter or digit")
     return name
