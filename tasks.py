@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from invoke import Exit, task
+from invoke import Exit, Task, task
 
 from nsutil.errors import NsrError
 
@@ -515,3 +515,21 @@ def doctor(c):
     if missing:
         raise Exit(f"nsrecipes: doctor: missing {', '.join(missing)} (hint: see the table above)",
                    code=1)
+
+
+def _route_task_help(argv: list[str]) -> None:
+    """``invoke TASK ARG --help`` -> ``invoke --help TASK``.
+
+    Invoke would take ``--help`` as the value of a task's positional argument (``env-rm
+    --help`` would try to remove an environment called "--help"); route it to the help.
+    """
+    if not argv or not os.path.basename(argv[0]).startswith("inv"):
+        return
+    args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    names = {t.name.replace("_", "-") for t in globals().values() if isinstance(t, Task)}
+    given = [i for i, a in enumerate(args) if a.replace("_", "-") in names]
+    if given and any(a in ("--help", "-h") for a in args[given[0] + 1:]):
+        os.execv(argv[0], [argv[0], "--help", args[given[0]]])
+
+
+_route_task_help(sys.argv)

@@ -160,3 +160,17 @@ def test_every_task_has_help():
             params = [p for p in obj.get_arguments() if p.name not in ("c",)]
             for arg in params:
                 assert arg.help, f"{name} --{arg.name} has no help"
+
+
+def test_task_help_works_for_every_task():
+    """`invoke TASK --help` shows help -- also for tasks with positional arguments, where
+    invoke alone would take --help as the argument's value."""
+    listing = cli("--list").stdout
+    names = [ln.split()[0] for ln in listing.splitlines()[1:] if ln.startswith("  ") and ln.split()
+             and not ln.startswith("   ")]
+    assert len(names) > 20
+    for name in names:
+        proc = cli(name, "--help")
+        assert proc.returncode == 0, (name, proc.stderr)
+        assert f"invoke] [--core-opts] {name}" in proc.stdout, name
+    assert not os.path.exists(os.path.join(os.path.dirname(os.path.dirname(__file__)), "--help"))
