@@ -172,5 +172,5 @@ def test_task_help_works_for_every_task():
     for name in names:
         proc = cli(name, "--help")
         assert proc.returncode == 0, (name, proc.stderr)
-        assert f"invoke] [--core-opts] {name}" in proc.stdout, name
+        assert f"inv[oke] [--core-opts] {name} " in proc.stdout, name
     assert not os.path.exists(os.path.join(os.path.dirname(os.path.dirname(__file__)), "--help"))
