@@ -281,7 +281,7 @@ def udp_check(ns_a: str | None, addr_a: str, ns_b: str | None, addr_b: str,
 
 
 def tcp_check_shell(ns_a: str, ns_b: str, addr_b: str, port: int = CHECK_PORT,
-                    timeout: float = 3.0) -> bool:
+                    timeout: float = 10.0) -> bool:
     """The shell form of the check: ``ip netns exec B busybox nc -l -p PORT`` receives a
     token that ``ip netns exec A busybox nc ADDR PORT`` sends over TCP."""
     nc = shutil.which("busybox") or shutil.which("nc")
