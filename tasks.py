@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import signal
 import sys
 from typing import Any, Callable
 
@@ -23,6 +24,9 @@ COMMON_HELP = {
 }
 
 
+INTERRUPTED = "nsrecipes: interrupted; what this run made has been undone"
+
+
 def nsr_task(help: dict[str, str] | None = None, **kwargs: Any) -> Callable:
     """@task, plus: the common option help, and NsrError -> one line and a non-zero exit."""
     def decorate(fn: Callable) -> Any:
@@ -32,16 +36,24 @@ def nsr_task(help: dict[str, str] | None = None, **kwargs: Any) -> Callable:
 
         @functools.wraps(fn)
         def body(c, *args: Any, **kw: Any) -> Any:
+            interrupted: list[int] = []
+
+            def on_sigint(signum: int, frame: Any) -> None:
+                interrupted.append(signum)
+                raise KeyboardInterrupt
+
+            signal.signal(signal.SIGINT, on_sigint)
             try:
                 return fn(c, *args, **kw)
             except NsrError as exc:
+                if interrupted:  # Ctrl-C also killed a child we were waiting for
+                    raise Exit(INTERRUPTED, code=130) from None
                 raise Exit(f"nsrecipes: {exc}", code=exc.exit_code) from None
             except BrokenPipeError:  # `invoke tour | head`: stop quietly, like coreutils
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 raise Exit(code=141) from None
             except KeyboardInterrupt:
-                raise Exit("nsrecipes: interrupted; what this run made has been undone",
-                           code=130) from None
+                raise Exit(INTERRUPTED, code=130) from None
 
         kwargs.setdefault("auto_shortflags", False)  # no -h clash with --help
         return task(body, help=merged, **kwargs)
@@ -51,6 +63,19 @@ def nsr_task(help: dict[str, str] | None = None, **kwargs: Any) -> Callable:
 def _runner(backend: str | None, explain: bool, keep: bool = False):
     from nsutil.backend import Runner
     return Runner(backend=backend, explain=explain, keep=keep)
+
+
+def _root_demo(task_name: str, module: str, backend: str | None, explain: bool,
+               **kwargs: Any) -> None:
+    """Run ``recipes.MODULE.demo(run, **kwargs)`` for a demo that needs root (unless it only
+    explains): import the recipe, check root (naming ``task_name``), run it in a Runner."""
+    import importlib
+    from nsutil.errors import require_root
+    recipe = importlib.import_module(f"recipes.{module}")
+    if not explain:
+        require_root(task_name)
+    with _runner(backend, explain) as run:
+        recipe.demo(run, **kwargs)
 
 
 # ==== core demos (issue 2) ==================================================================
@@ -99,23 +124,13 @@ def api_demo(c, hostname="NewNamespace", backend=None, explain=False):
                 "command": "command to run inside, as one string split on spaces (default: hostname)"})
 def uts_demo(c, hostname="NewNamespace", command="hostname", backend=None, explain=False):
     """UTS namespace: a child in a new UTS namespace sets its hostname; the host's is unchanged."""
-    from recipes import uts
-    from nsutil.errors import require_root
-    if not explain:
-        require_root("uts-demo")
-    with _runner(backend, explain) as run:
-        uts.demo(run, hostname=hostname, command=command.split())
+    _root_demo("uts-demo", "uts", backend, explain, hostname=hostname, command=command.split())
 
 
 @nsr_task()
 def ipc_demo(c, backend=None, explain=False):
     """IPC namespace: a host message queue (ipcmk -Q) is invisible in a new IPC namespace."""
-    from recipes import ipc
-    from nsutil.errors import require_root
-    if not explain:
-        require_root("ipc-demo")
-    with _runner(backend, explain) as run:
-        ipc.demo(run)
+    _root_demo("ipc-demo", "ipc", backend, explain)
 
 
 @nsr_task(help={"uid": "outside uid that uid 0 inside maps to (default 1000 as root, "
@@ -136,12 +151,7 @@ def user_demo(c, uid=None, gid=None, backend=None, explain=False):
 @nsr_task()
 def net_demo(c, backend=None, explain=False):
     """Network namespace: a new network namespace has only lo; shown down, then up."""
-    from recipes import net
-    from nsutil.errors import require_root
-    if not explain:
-        require_root("net-demo")
-    with _runner(backend, explain) as run:
-        net.demo(run)
+    _root_demo("net-demo", "net", backend, explain)
 
 
 @nsr_task(help={"name": "name of the first namespace and of its veth end (default nsr-a; "
@@ -401,12 +411,8 @@ def cgroup_demo(c, memory="32M", pids="32", cpus="0.5", seconds=1.0, backend=Non
     OOM killer (memory.oom_control / memory.events count it); a bounded fork bomb stops at
     pids.max; a busy loop gets about quota/period of a CPU. v1, v2 and hybrid hosts.
     """
-    from recipes import cgroup
-    from nsutil.errors import require_root
-    if not explain:
-        require_root("cgroup-demo")
-    with _runner(backend, explain) as run:
-        cgroup.demo(run, memory=memory, pids=pids, cpus=cpus, seconds=float(seconds))
+    _root_demo("cgroup-demo", "cgroup", backend, explain,
+               memory=memory, pids=pids, cpus=cpus, seconds=float(seconds))
 
 
 @nsr_task(help={"size_mb": "size of the big file in the base layer, MiB (default 8)"})
@@ -417,12 +423,7 @@ def cow_demo(c, size_mb=8, backend=None, explain=False):
     upper and the lower is unchanged, a delete leaves a whiteout (char device 0/0), and the
     disk used by two containers sharing the layers is compared with two full copies.
     """
-    from recipes import cow
-    from nsutil.errors import require_root
-    if not explain:
-        require_root("cow-demo")
-    with _runner(backend, explain) as run:
-        cow.demo(run, size_mb=int(size_mb))
+    _root_demo("cow-demo", "cow", backend, explain, size_mb=int(size_mb))
 
 
 @nsr_task(help={"rootfs": "root filesystem directory (default: a cached busybox rootfs, "

@@ -145,11 +145,6 @@ class Layout:
         raise NsrError(f"cgroup controller {controller!r} is not available on this host",
                        hint="see /proc/cgroups and /proc/self/mountinfo")
 
-    @property
-    def cgroup_version(self) -> int:
-        """2 on a unified host, else 1 (what `stat -fc %T /sys/fs/cgroup` tells)."""
-        return 2 if self.mode == "unified" else 1
-
 
 def _unescape(path: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
@@ -375,11 +370,6 @@ class Cgroup:
     def pids_refused(self) -> int:
         """How many forks the pids limit refused (``pids.events``: ``max N``)."""
         return read_keyed(self.file("pids", "pids.events")).get("max", 0)
-
-    def pids_current(self) -> int:
-        """``pids.current``."""
-        text = read_file(self.file("pids", "pids.current")).strip()
-        return int(text) if text.isdigit() else 0
 
     def cpu_usage_us(self) -> int:
         """CPU time used by the cgroup, in microseconds."""

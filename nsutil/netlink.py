@@ -146,7 +146,7 @@ def create_netns(name: str, *, open_socket: bool = False, home: int | None = Non
     except BaseException:
         if sock is not None:
             sock.close()
-        _remove_file(path)
+        sc.remove_if_present(path)
         raise
     finally:
         if own_home:
@@ -177,17 +177,8 @@ def delete_netns(name: str, *, missing_ok: bool = True) -> bool:
     except SyscallError as exc:
         if exc.errno != _errno.EINVAL:  # EINVAL: not mounted (a half-made namespace)
             raise
-    _remove_file(path)
+    sc.remove_if_present(path)
     return True
-
-
-def _remove_file(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise SyscallError.from_oserror(f"unlink({path!r})", exc) from None
 
 
 def open_netns(name: str | None) -> int:

@@ -26,7 +26,8 @@ from .errors import CommandError, NsrError, SyscallError, ToolMissing
 from .nstypes import NS_TYPES, NsType, enter, ns_type
 
 
-def _read_all(fd: int) -> bytes:
+def read_all(fd: int) -> bytes:
+    """Read ``fd`` (a pipe) until end of file; every writer must have closed its end."""
     chunks = []
     while True:
         try:
@@ -103,7 +104,7 @@ def fork_call(fn: Callable[[], Any], what: str = "child") -> Any:
         _in_child(lambda: _child_report(w, fn))
     os.close(w)
     try:
-        data = _read_all(r)
+        data = read_all(r)
     finally:
         os.close(r)
         _wait(pid)
@@ -148,7 +149,7 @@ def spawn(fn: Callable[[], Any], flags: int, *,
         if before is not None and os.read(ready_r, 1) == b"u":
             before(pid)
             _write_all(go_w, b"g")
-        data = _read_all(r)
+        data = read_all(r)
     finally:
         for fd in (r, ready_r, go_w):
             os.close(fd)
@@ -344,8 +345,10 @@ def kill_and_reap(pid: int, parent: int | None = None, timeout: float = 5.0) -> 
             time.sleep(0.01)
 
 
-def _pid1_loop() -> None:
-    """What a holder does forever: reap orphans (it may be PID 1) and wait for signals."""
+def reap_forever(wake_every: float = 60) -> None:
+    """What a holder does forever: reap every child (orphans are re-parented to it when it is
+    PID 1) and otherwise sleep in sigtimedwait(SIGCHLD), waking at least every ``wake_every``
+    seconds. Never returns."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     while True:
         try:
@@ -353,7 +356,7 @@ def _pid1_loop() -> None:
                 pass
         except ChildProcessError:
             pass
-        signal.sigtimedwait({signal.SIGCHLD}, 60)
+        signal.sigtimedwait({signal.SIGCHLD}, wake_every)
 
 
 def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
@@ -375,7 +378,7 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
             setup()
         _write_all(ready_w, b"R" + pickle.dumps(host_pid))
         os.close(ready_w)
-        _pid1_loop()
+        reap_forever()
         return 0
 
     def first() -> int:
@@ -415,7 +418,7 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
             finally:
                 _write_all(go_w, b"g")
             tag = os.read(ready_r, 1)
-        rest = _read_all(ready_r) if tag in (b"R", b"E") else b""
+        rest = read_all(ready_r) if tag in (b"R", b"E") else b""
     except BaseException:
         kill_and_reap(pid, pid)
         raise
@@ -441,6 +444,27 @@ def _host_pid() -> int:
     return int(os.readlink("/proc/self"))
 
 
+def descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (children, their children, ...), from /proc."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = children_of(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: when the process started (clock ticks since boot), which
+    tells a process from a later one that re-uses its pid; ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def children_of(pid: int) -> list[int]:
     """Direct children of ``pid`` (from /proc/PID/task/*/children)."""
     kids: list[int] = []
@@ -451,6 +475,26 @@ def children_of(pid: int) -> list[int]:
     except FileNotFoundError:
         pass
     return kids
+
+
+def started_pid(parent: int, comm: str, forks: bool) -> int | None:
+    """The pid of the process a just-started ``unshare`` (``parent``) will hold namespaces
+    with -- ``parent`` itself, or with ``forks`` (``--fork``) its first child -- once it
+    runs ``comm`` (its /proc/PID/comm); ``None`` while it is not there yet. For
+    :func:`wait_for`."""
+    pid = parent
+    if forks:
+        kids = children_of(parent)
+        if not kids:
+            return None
+        pid = kids[0]
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() != comm:
+                return None
+    except OSError:
+        return None
+    return pid
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:

@@ -16,6 +16,7 @@ import ctypes
 import os
 import platform
 import socket
+from typing import Any, Callable
 
 from .errors import InvalidInput, SyscallError
 
@@ -198,3 +199,16 @@ def pivot_root(new_root: str, put_old: str) -> None:
         raise SyscallError(f"pivot_root({new_root!r}, {put_old!r})", 38,
                            hint=f"unknown syscall number on {platform.machine()}")
     _check(LIBC.syscall(nr, _b(new_root), _b(put_old)), f"pivot_root({new_root!r}, {put_old!r})")
+
+
+def remove_if_present(path: str, remove: Callable[[str], Any] = os.unlink,
+                      call: str | None = None) -> None:
+    """Remove ``path`` with ``remove`` (``os.unlink``, ``os.rmdir``, ``shutil.rmtree``); a path
+    that is already gone is fine (``rm -f``). Any other failure raises :class:`SyscallError`
+    naming ``call`` (default ``"NAME('PATH')"`` from the function's name, e.g. ``unlink``)."""
+    try:
+        remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise SyscallError.from_oserror(call or f"{remove.__name__}({path!r})", exc) from None

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from nsutil import cgroupfs
+from nsutil import process
 from nsutil import shell as nshell
 from nsutil.backend import Placeholder, Runner, Step
 from nsutil.cgroupfs import Cgroup, Limits
@@ -174,8 +175,8 @@ def run_in_cgroup(run: Runner, cg: Cgroup, work: Callable[[Callable[[int], None]
         os.write(go_w, b"g")
         os.close(go_w)
         go_w = -1
-        data = _read_all(res_r)
-        progress_raw = _read_all(prog_r)
+        data = process.read_all(res_r)
+        progress_raw = process.read_all(prog_r)
         _, status = os.waitpid(pid, 0)
         seconds = time.monotonic() - start
     except BaseException:
@@ -193,15 +194,6 @@ def run_in_cgroup(run: Runner, cg: Cgroup, work: Callable[[Callable[[int], None]
     code = 128 - code if code < 0 else code
     progress = int.from_bytes(progress_raw[-8:], "little") if len(progress_raw) >= 8 else 0
     return Outcome(code, pickle.loads(data) if data else None, progress, seconds)
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
 
 
 # --- workloads (run inside the cgroup) ---------------------------------------------------------

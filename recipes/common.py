@@ -69,16 +69,10 @@ def _shell_holder(argv: list[str], types: Sequence[NsType], detach: bool,
         if not process.pid_alive(parent):
             raise CommandError(argv, process._wait(parent),
                                read_back(errfile) or "unshare failed (run it by hand to see why)")
-        pid = parent
-        if forks:
-            kids = process.children_of(parent)
-            if not kids:
-                return None
-            pid = kids[0]
+        pid = process.started_pid(parent, "sleep", forks)
+        if pid is None:
+            return None
         try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() != "sleep":
-                    return None
             return pid if ns_inode(pid, probe) != mine else None
         except (NsrError, OSError):
             return None

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from nsutil import cgroupfs
+from nsutil import process
 from nsutil import shell as nshell
 from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
@@ -202,8 +203,8 @@ def record(run: Runner, ct: Container, spec: Spec) -> None:
     def native() -> None:
         _write_json(path, {
             "name": ct.name, "dir": ct.dir, "rootfs": ct.rootfs, "argv": spec.argv,
-            "pid": ct.pid, "starttime": _starttime(ct.pid) if ct.pid else None,
-            "pid1": ct.pid1, "pid1_starttime": _starttime(ct.pid1) if ct.pid1 else None,
+            "pid": ct.pid, "starttime": process.start_time(ct.pid) if ct.pid else None,
+            "pid1": ct.pid1, "pid1_starttime": process.start_time(ct.pid1) if ct.pid1 else None,
             "cgroup": ct.cgroup.unique_dirs(), "created": time.time(), "rm": spec.rm})
     run.run(Step(f"record the container in {path}", display=f"echo '{{...}}' > {path}",
                  native=native))
@@ -220,14 +221,6 @@ def _write_json(path: str, data: dict) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise SyscallError.from_oserror(f"write({path!r})", exc) from None
-
-
-def _starttime(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def make_cgroup(run: Runner, spec: Spec) -> Cgroup:
@@ -562,7 +555,7 @@ def start(run: Runner, spec: Spec, ct: Container,
     try:
         run.defer(Step(f"stop the container's processes (pid {pid})", argv=["kill", "-KILL", pid],
                        native=lambda: _kill_reap(ct), shell=lambda _a: _kill_reap(ct)))
-        raw = _read_all(pipes["pid_r"])
+        raw = process.read_all(pipes["pid_r"])
         if len(raw) != 8:
             wait(run, ct)    # raises what went wrong (e.g. unshare refused)
             raise NsrError("the container's first process died while starting",
@@ -572,15 +565,6 @@ def start(run: Runner, spec: Spec, ct: Container,
     finally:
         os.close(pipes.pop("pid_r"))
     return ct
-
-
-def _read_all(fd: int) -> bytes:
-    data = b""
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return data
-        data += chunk
 
 
 def _kill_reap(ct: Container) -> None:
@@ -709,7 +693,7 @@ def recorded_cgroups() -> set[str]:
 def _remove_container(state: dict) -> None:
     for key in ("pid", "pid1"):     # only if it is still the same process (start time)
         pid, start_time = state.get(key), state.get(f"{key}_starttime" if key == "pid1" else "starttime")
-        if pid and start_time is not None and _starttime(pid) == start_time:
+        if pid and start_time is not None and process.start_time(pid) == start_time:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

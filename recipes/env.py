@@ -9,7 +9,7 @@ How an environment is kept, the way util-linux does it:
 
 * a **holder** process is started in the new namespaces (``unshare --TYPE=FILE ... --fork``);
   with a PID namespace it is PID 1 there and reaps orphans (the shell form runs a tiny
-  ``wait`` loop as PID 1, the native one :func:`_reap_forever`);
+  ``wait`` loop as PID 1, the native one :func:`nsutil.process.reap_forever`);
 * each namespace is **bind-mounted** on ``/run/nsrecipes/NAME/TYPE`` (``unshare
   --uts=/run/nsrecipes/NAME/uts`` does exactly that), so it lives as long as the bind even if
   every process in it dies. A mount-namespace file can only be bound on a mount that is not
@@ -177,21 +177,12 @@ def _env_lock(name: str) -> Iterator[None]:
 
 # --- processes and namespaces ---------------------------------------------------------------
 
-def _starttime(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: when the process started (ticks since boot)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _same_process(rec: dict | None) -> bool:
     """True if the process recorded as {pid, start} still runs (not a re-used pid)."""
     if not rec or not rec.get("pid"):
         return False
     pid = int(rec["pid"])
-    return process.pid_alive(pid) and _starttime(pid) == rec.get("start")
+    return process.pid_alive(pid) and process.start_time(pid) == rec.get("start")
 
 
 def holder_alive(st: dict) -> bool:
@@ -318,7 +309,7 @@ def _detached(fn: Callable[[], Any], what: str) -> Any:
         process._in_child(body)
     os.close(w)
     try:
-        data = process._read_all(r)
+        data = process.read_all(r)
     finally:
         os.close(r)
         while True:
@@ -341,27 +332,10 @@ def _quiet_fds(keep: int) -> None:
     os.closerange(keep + 1, 1 << 16)
 
 
-def _reap_forever() -> None:
-    """PID 1's job: reap every child (orphans are re-parented to it), sleep otherwise."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-    while True:
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
-        except ChildProcessError:
-            pass
-        signal.sigtimedwait({signal.SIGCHLD}, 3600)
-
-
-def _set_comm(text: str) -> None:
-    """prctl(PR_SET_NAME): what ``ps``/``top`` show for this process (15 bytes)."""
-    sc.LIBC.prctl(15, text.encode()[:15], 0, 0, 0)
-
-
 def _hold(w: int, names_: set[str], name: str) -> int:
     """Body of the native holder: what ``unshare --mount --mount-proc`` does, then hold."""
     host_pid = int(os.readlink("/proc/self"))  # before a new /proc is mounted
-    _set_comm(name)
+    process.set_comm(name)
     try:
         if "mnt" in names_:
             sc.make_propagation("/", "private", recursive=True)
@@ -372,7 +346,7 @@ def _hold(w: int, names_: set[str], name: str) -> int:
         return 1
     process._write_all(w, b"R" + pickle.dumps(host_pid))
     os.close(w)
-    _reap_forever()
+    process.reap_forever(3600)
     return 0
 
 
@@ -401,7 +375,7 @@ def _native_holder(name: str, types: Sequence[NsType]) -> tuple[int, int]:
         process._in_child(body)
     os.close(w)
     try:
-        data = process._read_all(r)
+        data = process.read_all(r)
     finally:
         os.close(r)
     if data[:1] == b"R":
@@ -423,8 +397,8 @@ def _holder_record(pid: int, parent: int, types: Sequence[NsType]) -> dict:
     ns = {}
     for t in types:
         ns[t.name] = os.stat(f"/proc/{pid}/ns/{t.proc}").st_ino
-    return {"holder": {"pid": pid, "start": _starttime(pid)},
-            "parent": {"pid": parent, "start": _starttime(parent)}, "ns": ns}
+    return {"holder": {"pid": pid, "start": process.start_time(pid)},
+            "parent": {"pid": parent, "start": process.start_time(parent)}, "ns": ns}
 
 
 def _start_native(name: str, types: Sequence[NsType]) -> dict:
@@ -462,17 +436,8 @@ def _start_shell(name: str, argv: list[str], types: Sequence[NsType]) -> dict:
                 rc = process._wait(parent)
                 os.lseek(err, 0, os.SEEK_SET)
                 raise CommandError(argv, rc, os.read(err, 4096).decode(errors="replace"))
-            pid = parent
-            if forks:
-                kids = process.children_of(parent)
-                if not kids:
-                    return None
-                pid = kids[0]
-            try:
-                with open(f"/proc/{pid}/comm") as f:
-                    if f.read().strip() != want:
-                        return None
-            except OSError:
+            pid = process.started_pid(parent, want, forks)
+            if pid is None:
                 return None
             if files:
                 return pid if len(bound_inodes(name)) == len(types) else None
@@ -694,7 +659,7 @@ def _record(run: Runner, name: str, types: Sequence[NsType]) -> None:
                 for t in types:
                     os.close(os.open(os.path.join(tmp, t.name),
                                      os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o400))
-                me = {"pid": os.getpid(), "start": _starttime(os.getpid())}
+                me = {"pid": os.getpid(), "start": process.start_time(os.getpid())}
                 state.atomic_write_json(os.path.join(tmp, STATE_FILE), {
                     "kind": KIND, "version": 1, "name": name, "status": "creating",
                     "types": [t.name for t in types], "backend": run.backend,
@@ -1236,7 +1201,7 @@ def _delete_host_links(run: Runner, st: dict, bound: dict[str, int]) -> list[str
 
         def native(n: str = link) -> None:
             from . import net
-            net._remove_root_link(n)
+            net.remove_root_link(n)
 
         def shell(argv: list[str]) -> None:
             done_ = nshell.run_full(argv)
@@ -1351,12 +1316,7 @@ def _remove_record(run: Runner, path: str) -> None:
         if _mounts_below(path):
             raise NsrError(f"{path} still has mounts below it: {', '.join(_mounts_below(path))}",
                            hint="unmount them (umount -l) and run env-rm again")
-        try:
-            shutil.rmtree(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise SyscallError.from_oserror(f"rm -r {path!r}", exc) from None
+        sc.remove_if_present(path, shutil.rmtree, f"rm -r {path!r}")
     run.run(Step(f"remove its record {path}", argv=["rm", "-r", path], native=native,
                  shell=lambda a: (_mounts_below(path) and native()) or nshell.run(a)))
 

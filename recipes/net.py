@@ -4,7 +4,8 @@ The document creates a network namespace with ``ip netns add``, shows that it ha
 but a loopback device that is down, brings ``lo`` up, and joins two namespaces with a veth
 pair -- a virtual cable whose two ends live in different namespaces. Here:
 
-* :func:`demo` (``net-demo``): a new namespace has only ``lo``; it is shown down, then up.
+* :func:`demo` (``net-demo``): a new namespace has only ``lo``; it is shown down, then up;
+  :func:`pair_demo`: two namespaces joined by a veth pair, made and removed (the tour).
 * :func:`veth_create` / :func:`veth_delete` (``net-veth``): two named namespaces joined by a
   veth pair with addresses, proven by a real exchange of packets; idempotent.
 * Building blocks other recipes use: :func:`create_netns`, :func:`delete_netns`,
@@ -26,6 +27,7 @@ import subprocess
 import time
 from nsutil import netlink as nl
 from nsutil import state
+from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
 from nsutil.errors import CommandError, Conflict, InvalidInput, NsrError, SyscallError
 from nsutil.names import check_cidr, check_ifname, check_name, is_ours, prefixed, scope_id
@@ -383,6 +385,24 @@ def demo(run: Runner, name: str | None = None) -> dict:
             "gone": not nl.netns_exists(name)}
 
 
+def pair_demo(run: Runner, addr: str = "10.199.0.1/24", peer_addr: str = "10.199.0.2/24") -> dict:
+    """The document's veth pair ("类似管道": data in at one end comes out at the other),
+    made for the tour and removed again: two new namespaces, a pair between them, real
+    packets both ways. ``net-veth`` makes one that stays. Returns what was observed."""
+    scope = scope_id()
+    a, b = prefixed(scope, "a"), prefixed(scope, "b")
+    run.heading(f"{SECTION} (CLONE_NEWNET): two namespaces joined by a veth pair")
+    create_netns(run, a)
+    create_netns(run, b)
+    add_veth_pair(run, a, b, ns=a, peer_ns=b, addr=addr, peer_addr=peer_addr)
+    ok = check_pair(run, a, addr, b, peer_addr)
+    run.say(f"{a} ({addr}) <-> {b} ({peer_addr}): "
+            f"{'packets go both ways' if ok else 'NO packets got through'}")
+    run.undo()
+    run.say(f"removed {a} and {b} (deleting a namespace deletes its end of the pair)")
+    return {"ok": ok, "netns": [a, b], "gone": not (nl.netns_exists(a) or nl.netns_exists(b))}
+
+
 # --- net-veth -------------------------------------------------------------------------------
 
 DEFAULT_ADDR, DEFAULT_PEER_ADDR = "10.200.0.1/24", "10.200.0.2/24"
@@ -402,7 +422,7 @@ def save_record(path: str, data: dict) -> None:
 
 def drop_record(path: str) -> None:
     """Remove a network record, and the ``net/`` state directory when it is empty."""
-    _remove_file(path)
+    sc.remove_if_present(path)
     try:
         os.rmdir(os.path.dirname(path))
     except OSError:
@@ -567,7 +587,7 @@ def leftovers() -> list[Leftover]:
             found.append(Leftover("netns", name, lambda n=name: _remove_netns(n)))
     for name in _root_links():
         if is_ours(name):
-            found.append(Leftover("link", name, lambda n=name: _remove_root_link(n)))
+            found.append(Leftover("link", name, lambda n=name: remove_root_link(n)))
     if os.path.isdir(ETC_NETNS):
         for name in sorted(os.listdir(ETC_NETNS)):
             if is_ours(name) or name in recorded:
@@ -580,7 +600,7 @@ def leftovers() -> list[Leftover]:
             path = os.path.join(base, entry)
             found.append(Leftover("state", path, lambda p=path: drop_record(p)))
         if not entries:
-            found.append(Leftover("state", base, lambda: _remove_dir(base)))
+            found.append(Leftover("state", base, lambda: sc.remove_if_present(base, os.rmdir)))
     return found
 
 
@@ -590,10 +610,6 @@ def _remove_netns(name: str) -> None:
 
 def remove_root_link(name: str) -> None:
     """``ip link del NAME`` in the root namespace (its veth peer goes with it); gone is fine."""
-    _remove_root_link(name)
-
-
-def _remove_root_link(name: str) -> None:
     try:
         with nl.Rtnl(nl.rtnl_socket(None)) as r:
             r.del_link(nl.link_body(name), f"ip link del {name}")
@@ -605,24 +621,6 @@ def _remove_root_link(name: str) -> None:
 
 def _remove_etc(name: str) -> None:
     remove_etc_netns(name)
-
-
-def _remove_file(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise SyscallError.from_oserror(f"unlink({path!r})", exc) from None
-
-
-def _remove_dir(path: str) -> None:
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise SyscallError.from_oserror(f"rmdir({path!r})", exc) from None
 
 
 __all__ = ["SECTION", "add_veth_pair", "check_pair", "create_netns", "delete_netns", "demo",

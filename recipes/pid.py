@@ -143,15 +143,6 @@ def ps_inside(run: Runner, holder: process.Holder, where: str) -> list[tuple[int
                                                        list_processes)))
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        kids = process.children_of(todo.pop())
-        out += kids
-        todo += kids
-    return out
-
-
 def _shell_nested(argv: list[str], outer: process.Holder) -> process.Holder:
     """Start ``nsenter -t OUTER --pid --mount -- unshare --pid ... sleep infinity``."""
     parent, errfile = spawn_background(argv)
@@ -161,7 +152,7 @@ def _shell_nested(argv: list[str], outer: process.Holder) -> process.Holder:
         if not process.pid_alive(parent):
             raise CommandError(argv, process._wait(parent),
                                read_back(errfile) or "nested unshare failed")
-        for pid in _descendants(parent):
+        for pid in process.descendants(parent):
             try:
                 with open(f"/proc/{pid}/comm") as f:
                     if f.read().strip() == "sleep" and ns_inode(pid, "pid") != outer_ns:

@@ -12,26 +12,28 @@ from typing import TextIO
 
 from nsutil.backend import Runner
 
-#: (module, title) in the document's order; each module has ``demo(run)``
+#: (module, function, title) in the document's order; each function takes a Runner
 SECTIONS = [
-    ("recipes.api", "4种操作namespace API的方式 -- four ways to use the namespace API"),
-    ("recipes.uts", "UTS namespace"),
-    ("recipes.ipc", "IPC namespace"),
-    ("recipes.pid", "PID namespace"),
-    ("recipes.mount", "mount namespace"),
-    ("recipes.net", "network namespace"),
-    ("recipes.user", "user namespace"),
-    ("recipes.cgroup", "cgroups实现资源限制 -- cgroups limit"),
-    ("recipes.cow", "写时复制 -- copy-on-write"),
+    ("recipes.api", "demo", "4种操作namespace API的方式 -- four ways to use the namespace API"),
+    ("recipes.uts", "demo", "UTS namespace"),
+    ("recipes.ipc", "demo", "IPC namespace"),
+    ("recipes.pid", "demo", "PID namespace"),
+    ("recipes.mount", "demo", "mount namespace"),
+    ("recipes.net", "demo", "network namespace"),
+    ("recipes.net", "pair_demo", "network namespace: a veth pair"),
+    ("recipes.user", "demo", "user namespace"),
+    ("recipes.cgroup", "demo", "cgroups实现资源限制 -- cgroups limit"),
+    ("recipes.cow", "demo", "写时复制 -- copy-on-write"),
 ]
 
 
 def tour(backend: str | None = None, explain: bool = False, out: TextIO = sys.stdout) -> dict:
     """Run every section's demo in order, each undone before the next; return their results."""
     results = {}
-    for number, (module, title) in enumerate(SECTIONS, 1):
+    for number, (module, function, title) in enumerate(SECTIONS, 1):
         print(f"\n{'#' * 78}\n# {number}. {title}\n{'#' * 78}", file=out, flush=True)
-        demo = importlib.import_module(module).demo
+        demo = getattr(importlib.import_module(module), function)
         with Runner(backend=backend, explain=explain, out=out) as run:
-            results[module.split(".")[1]] = demo(run)
+            key = module.split(".")[1] + ("" if function == "demo" else f".{function}")
+            results[key] = demo(run)
     return results

@@ -8,7 +8,7 @@ step sets its hostname, another runs a command inside and shows what it sees.
 from __future__ import annotations
 
 import socket
-from typing import Sequence
+from typing import Callable, Sequence
 
 from nsutil import process
 from nsutil import syscalls as sc
@@ -20,22 +20,24 @@ from .common import enter_argv, join_types, run_inside, start_holder
 SECTION = "UTS namespace"
 
 
+def _set_name(run: Runner, holder: process.Holder, name: str, what: str, tool: str,
+              setter: Callable[[str], None]) -> None:
+    """Step: ``tool NAME`` inside the holder's UTS namespace (native: ``setter(NAME)`` there)."""
+    check_hostname(name)
+    run.run(Step(f"set the {what} inside to {name!r} ({setter.__name__})",
+                 argv=enter_argv(holder, "uts", [tool, name]),
+                 native=lambda: process.call_in(holder.pid, join_types(holder, "uts"),
+                                                lambda: setter(name))))
+
+
 def set_hostname(run: Runner, holder: process.Holder, name: str) -> None:
     """Step: set the hostname inside the holder's UTS namespace (``hostname NAME``)."""
-    check_hostname(name)
-    run.run(Step(f"set the hostname inside to {name!r} (sethostname)",
-                 argv=enter_argv(holder, "uts", ["hostname", name]),
-                 native=lambda: process.call_in(holder.pid, join_types(holder, "uts"),
-                                                lambda: sc.sethostname(name))))
+    _set_name(run, holder, name, "hostname", "hostname", sc.sethostname)
 
 
 def set_domainname(run: Runner, holder: process.Holder, name: str) -> None:
     """Step: set the NIS domain name inside the holder's UTS namespace."""
-    check_hostname(name)
-    run.run(Step(f"set the domain name inside to {name!r} (setdomainname)",
-                 argv=enter_argv(holder, "uts", ["domainname", name]),
-                 native=lambda: process.call_in(holder.pid, join_types(holder, "uts"),
-                                                lambda: sc.setdomainname(name))))
+    _set_name(run, holder, name, "domain name", "domainname", sc.setdomainname)
 
 
 def demo(run: Runner, hostname: str = "NewNamespace",

@@ -55,7 +55,7 @@ def test_ctrl_c_undoes(backend):
                             start_new_session=True)
     try:
         def holder_pid():
-            kids = [p for p in _descendants(proc.pid)
+            kids = [p for p in process.descendants(proc.pid)
                     if ns_inode(p, "uts") != ns_inode("self", "uts")]
             return kids
         held = process.wait_for(holder_pid, 20, "the demo's holder")
@@ -71,12 +71,3 @@ def test_ctrl_c_undoes(backend):
     while any(process.pid_alive(p) for p in held) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(process.pid_alive(p) for p in held)
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        kids = process.children_of(todo.pop())
-        out += kids
-        todo += kids
-    return out

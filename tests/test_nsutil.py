@@ -148,6 +148,13 @@ def test_os_impl_unavailable_on_311_is_one_clear_error():
     assert "choose one of ctypes" in proc.stderr
 
 
+def _run_python_unprivileged(code: str) -> subprocess.CompletedProcess:
+    """Run ``python -c code`` with this tree on the path, as uid 65534 with no capabilities."""
+    return subprocess.run(unprivileged_argv([sys.executable, "-c", code]), cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": ROOT, "HOME": "/tmp"},
+                          capture_output=True, text=True, timeout=30)
+
+
 def test_unshare_as_unprivileged_user_says_run_as_root():
     """uid 65534 with no capabilities (setpriv), through the real CLI-less library path."""
     code = ("from nsutil import syscalls as sc\n"
@@ -155,9 +162,7 @@ def test_unshare_as_unprivileged_user_says_run_as_root():
             "for call in (lambda: sc.unshare(sc.CLONE_NEWNET), lambda: sc.umount('/proc')):\n"
             "    try:\n        call()\n"
             "    except SyscallError as exc:\n        print(exc)\n")
-    proc = subprocess.run(unprivileged_argv([sys.executable, "-c", code]), cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": ROOT, "HOME": "/tmp"},
-                          capture_output=True, text=True, timeout=30)
+    proc = _run_python_unprivileged(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         "unshare(CLONE_NEWNET): EPERM (hint: run as root)",
@@ -443,9 +448,7 @@ def test_shell_holder_failure_quotes_unshare_stderr():
             "try:\n    with Runner(backend='shell', out=io.StringIO()) as run:\n"
             "        start_holder(run, 'uts')\n"
             "except NsrError as exc:\n    print(exc)\n")
-    proc = subprocess.run(unprivileged_argv([sys.executable, "-c", code]), cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": ROOT, "HOME": "/tmp"},
-                          capture_output=True, text=True, timeout=30)
+    proc = _run_python_unprivileged(code)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.startswith("`unshare --uts -- sleep infinity` exited 1: unshare: ")
     assert "Operation not permitted (hint: run as root)" in proc.stdout

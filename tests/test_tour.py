@@ -1,0 +1,31 @@
+"""The tour: every section in the document's order, each observed result right, nothing left."""
+from __future__ import annotations
+
+import io
+import socket
+
+from helpers import cli
+from recipes import tour
+
+
+def test_tour_runs_every_section_in_order(backend):
+    out = io.StringIO()
+    results = tour.tour(backend=backend, out=out)
+    text = out.getvalue()
+    titles = [title for _m, _f, title in tour.SECTIONS]
+    positions = [text.index(title) for title in titles]
+    assert positions == sorted(positions)
+    assert results["uts"]["inside"] == "NewNamespace"
+    assert results["uts"]["host_after"] == socket.gethostname()
+    assert results["ipc"]["inside"] == []
+    assert results["net"]["links"] == ["lo"] and results["net"]["lo_up_after"]
+    assert results["net.pair_demo"]["ok"] and results["net.pair_demo"]["gone"]
+    assert results["user"]["euid"] == 0 and results["user"]["wrote_root_file"] is False
+
+
+def test_tour_explain_prints_commands_only():
+    proc = cli("tour", "--explain")
+    assert proc.returncode == 0, proc.stderr
+    for command in ("$ unshare --uts -- sleep infinity", "$ ipcmk -Q", "$ ip netns add",
+                    "$ mount -t overlay"):
+        assert command in proc.stdout, command
