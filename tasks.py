@@ -37,8 +37,13 @@ def nsr_task(help: dict[str, str] | None = None, **kwargs: Any) -> Callable:
         @functools.wraps(fn)
         def body(c, *args: Any, **kw: Any) -> Any:
             interrupted: list[int] = []
+            main_pid = os.getpid()
 
             def on_sigint(signum: int, frame: Any) -> None:
+                if os.getpid() != main_pid:
+                    # a fork that has not exec'd yet (sh's or ours): die, never unwind into
+                    # the parent's code; the parent sees the signal itself
+                    os._exit(128 + signum)
                 interrupted.append(signum)
                 raise KeyboardInterrupt
 

@@ -17,9 +17,11 @@ import errno
 import os
 import pickle
 import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import syscalls as sc
 from .errors import CommandError, NsrError, SyscallError, ToolMissing
@@ -95,10 +97,42 @@ def _unwrap(data: bytes, what: str) -> Any:
     return value
 
 
+@contextmanager
+def deferred_sigint() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back while the body runs, then deliver it.
+
+    A KeyboardInterrupt raised at an arbitrary bytecode can land inside the interpreter's
+    at-fork handlers (logging's lock) or the ``sh`` package's bookkeeping and leave a lock
+    held forever. So forks and foreground commands run with SIGINT only recorded; the
+    commands, being in our process group, get the terminal's SIGINT themselves and end, and
+    the interrupt is raised as soon as the body is done -- as a shell waits for its
+    foreground job.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(signal.SIGINT, None)
+        elif caught and previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
+def fork() -> int:
+    """``os.fork()`` with Ctrl-C held back until both sides are back in our code."""
+    with deferred_sigint():
+        return os.fork()
+
+
 def fork_call(fn: Callable[[], Any], what: str = "child") -> Any:
     """Run ``fn`` in a forked child, wait for it, and return its (picklable) result."""
     r, w = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:
         os.close(r)
         _in_child(lambda: _child_report(w, fn))
@@ -135,7 +169,7 @@ def spawn(fn: Callable[[], Any], flags: int, *,
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     r, w = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:
         for fd in (r, ready_r, go_w):
             os.close(fd)
@@ -259,9 +293,10 @@ def exec_in(pid: int | str | None, types: Iterable[NsType | str], argv: Sequence
         return fork_call(lambda: _exec_pidns(pid, types, argv, input, uid, gid, capture),
                          f"nsenter -t {pid}")
     try:
-        proc = subprocess.run(argv, input=input, preexec_fn=preexec,
-                              stdout=subprocess.PIPE if capture else None,
-                              stderr=subprocess.PIPE if capture else None)
+        with deferred_sigint():
+            proc = subprocess.run(argv, input=input, preexec_fn=preexec,
+                                  stdout=subprocess.PIPE if capture else None,
+                                  stderr=subprocess.PIPE if capture else None)
     except subprocess.SubprocessError as exc:
         raise NsrError(f"cannot enter the namespaces of {pid} to run {argv[0]}: {exc}",
                        hint="is the process still alive? (see `invoke env-ls`)") from None
@@ -394,7 +429,7 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
                 os.read(go_r, 1)
             if flags & sc.CLONE_NEWPID:
                 set_comm("nsr-unshare")  # the `unshare --fork` parent of PID 1
-                child = os.fork()
+                child = fork()
                 if child == 0:
                     _in_child(hold)
                 os.close(ready_w)
@@ -405,7 +440,7 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
             _write_all(ready_w, b"E" + pickle.dumps(exc))
             return 1
 
-    pid = os.fork()
+    pid = fork()
     if pid == 0:
         _in_child(first)
     for fd in (ready_w, go_r):

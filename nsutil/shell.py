@@ -10,7 +10,7 @@ import shutil
 from typing import Sequence
 
 from .errors import CommandError, ToolMissing
-from .process import Completed, package_for
+from .process import Completed, deferred_sigint, package_for
 
 
 def have(tool: str) -> bool:
@@ -26,8 +26,9 @@ def run_full(argv: Sequence[str], *, input: str | bytes | None = None) -> Comple
     path = shutil.which(argv[0])
     if path is None:
         raise ToolMissing(argv[0], package_for(argv[0]))
-    proc = sh.Command(path)(*argv[1:], _in=input, _ok_code=list(range(256)), _tty_out=False,
-                            _return_cmd=True)
+    with deferred_sigint():
+        proc = sh.Command(path)(*argv[1:], _in=input, _ok_code=list(range(256)), _tty_out=False,
+                                _return_cmd=True)
     return Completed(argv, proc.exit_code, proc.stdout.decode(errors="replace"),
                      proc.stderr.decode(errors="replace"))
 
@@ -41,8 +42,9 @@ def run(argv: Sequence[str], *, input: str | bytes | None = None, ok: Sequence[i
     if path is None:
         raise ToolMissing(argv[0], package_for(argv[0]))
     try:
-        out = sh.Command(path)(*argv[1:], _in=input, _ok_code=list(ok), _tty_out=False,
-                               _decode_errors="replace")
+        with deferred_sigint():
+            out = sh.Command(path)(*argv[1:], _in=input, _ok_code=list(ok), _tty_out=False,
+                                   _decode_errors="replace")
     except sh.ErrorReturnCode as exc:
         raise CommandError(argv, exc.exit_code, exc.stderr.decode(errors="replace")) from None
     return str(out)

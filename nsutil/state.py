@@ -52,3 +52,14 @@ def read_json(path: str) -> Any:
             return json.load(f)
     except FileNotFoundError:
         return None
+
+
+def prune() -> None:
+    """Remove the state directory (and its ``net/`` subdirectory) when empty, so a host
+    with nothing of nsrecipes on it has no /run/nsrecipes either."""
+    base = state_dir(create=False)
+    for path in (os.path.join(base, "net"), base):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass  # not empty, still a mount point, or already gone: nothing to do

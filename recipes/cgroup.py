@@ -152,7 +152,7 @@ def run_in_cgroup(run: Runner, cg: Cgroup, work: Callable[[Callable[[int], None]
     go_r, go_w = os.pipe()
     res_r, res_w = os.pipe()
     prog_r, prog_w = os.pipe()
-    pid = os.fork()
+    pid = process.fork()
     if pid == 0:  # pragma: no cover - child
         status = 1
         try:
@@ -230,7 +230,7 @@ def fork_bomb(pids_file: str, depth: int = FORK_BOMB_DEPTH) -> Callable[[Callabl
                 for _ in range(2):
                     os.write(tally_w, b"a")        # announced before fork(): see below
                     try:
-                        child = os.fork()
+                        child = process.fork()
                     except OSError as exc:         # EAGAIN: the pids limit said no
                         os.write(tally_w, b"x" if exc.errno == errno.EAGAIN else b"?")
                         continue
@@ -242,7 +242,7 @@ def fork_bomb(pids_file: str, depth: int = FORK_BOMB_DEPTH) -> Callable[[Callabl
             for k in kids:
                 os.waitpid(k, 0)
 
-        pid = os.fork()
+        pid = process.fork()
         if pid == 0:
             os.close(hold_w)
             _exit_after(lambda: member(1))

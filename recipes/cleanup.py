@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from nsutil import state
 from nsutil.errors import NsrError
 
 from .common import Leftover
@@ -38,4 +39,6 @@ def remove_all(dry_run: bool = False) -> tuple[list[Leftover], list[tuple[Leftov
             removed.append(item)
         except NsrError as exc:
             failed.append((item, exc))
+    if not dry_run:
+        state.prune()
     return removed, failed

@@ -44,7 +44,7 @@ from nsutil.backend import Runner, Step
 from nsutil.cgroupfs import Cgroup, Limits
 from nsutil.errors import InvalidInput, NotFound, NsrError, SyscallError
 from nsutil.names import PREFIX, check_hostname, scope_id
-from nsutil.state import read_json, state_dir
+from nsutil.state import prune, read_json, state_dir
 
 from . import cgroup as cgroup_recipe
 from . import rootfs as rootfs_recipe
@@ -170,8 +170,16 @@ def find_command(rootfs: str, command: str) -> str:
 # --- steps outside ----------------------------------------------------------------------------
 
 def _rmtree_step(path: str) -> Step:
+    def native() -> None:
+        remove_tree(path)
+        prune()
+
+    def shell(argv: list[str]) -> None:
+        nshell.run(argv)
+        prune()
+
     return Step(f"remove the container directory {path}",
-                argv=["rm", "-rf", "--one-file-system", path], native=lambda: remove_tree(path))
+                argv=["rm", "-rf", "--one-file-system", path], native=native, shell=shell)
 
 
 def make_dirs(run: Runner, spec: Spec) -> str:
@@ -443,7 +451,7 @@ def _pid1(run: Runner, spec: Spec, ct: Container, report_w: int,
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": spec.hostname or spec.name,
            "TERM": os.environ.get("TERM", "xterm"), "container": "nsrecipes"}
-    child = os.fork()
+    child = process.fork()
     if child == 0:
         _child_exec(spec.argv, env, report_w, fds, spec.command_path)
     os.close(report_w)
@@ -491,7 +499,7 @@ def _outside(spec: Spec, ct: Container, run: Runner, pipes: dict[str, int],
     waited = set(FORWARDED) | {signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     life_r, life_w = os.pipe()   # EOF on life_r: this process is gone
-    pid1 = os.fork()
+    pid1 = process.fork()
     if pid1 == 0:
         code = SETUP_FAILED
         try:
@@ -538,7 +546,7 @@ def start(run: Runner, spec: Spec, ct: Container,
     sys.stdout.flush()
     sys.stderr.flush()
     me = os.getpid()
-    pid = os.fork()
+    pid = process.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = SETUP_FAILED
         try:
@@ -703,6 +711,7 @@ def _remove_container(state: dict) -> None:
         if real.startswith(cgroupfs.ROOT + "/") and os.path.basename(real).startswith(PREFIX):
             cgroupfs.remove_dir(real)
     remove_tree(state["dir"])
+    prune()
 
 
 def leftovers() -> list[Leftover]:

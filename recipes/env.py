@@ -145,7 +145,13 @@ def _open_dir(path: str) -> int:
 @contextmanager
 def _global_lock() -> Iterator[None]:
     """Exclusive flock on the state directory (naming, private mount); held briefly."""
-    fd = _open_dir(state.state_dir())
+    for attempt in range(5):  # another process may prune the empty directory meanwhile
+        try:
+            fd = _open_dir(state.state_dir())
+            break
+        except SyscallError as exc:
+            if exc.errno != _errno.ENOENT or attempt == 4:
+                raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -298,7 +304,7 @@ def _detached(fn: Callable[[], Any], what: str) -> Any:
     waits until it has finished, even if this process is killed.
     """
     r, w = os.pipe()
-    pid = os.fork()
+    pid = process.fork()
     if pid == 0:
         os.close(r)
 
@@ -355,7 +361,7 @@ def _native_holder(name: str, types: Sequence[NsType]) -> tuple[int, int]:
     names_ = {t.name for t in types}
     flags = flags_of(types)
     r, w = os.pipe()
-    first = os.fork()
+    first = process.fork()
     if first == 0:
         def body() -> int:
             _quiet_fds(keep=w)
@@ -366,7 +372,7 @@ def _native_holder(name: str, types: Sequence[NsType]) -> tuple[int, int]:
                 process._write_all(w, b"E" + pickle.dumps(exc))
                 return 1
             if "pid" in names_:
-                child = os.fork()
+                child = process.fork()
                 if child == 0:
                     process._in_child(lambda: _hold(w, names_, name))
                 os.close(w)
@@ -517,6 +523,7 @@ def _release_private_base(run: Runner) -> None:
         # lazy: our own lock fd on the directory still pins the mount for a moment
         run.run(Step(f"no environment is left: unmount the private bind of {base}",
                      argv=["umount", "-l", base], native=lambda: sc.umount(base, sc.MNT_DETACH)))
+    state.prune()
 
 
 def _env_entries() -> list[str]:
@@ -998,7 +1005,8 @@ def _shell_exec(argv: list[str], *, capture: bool, input: bytes | None) -> proce
     if shutil.which(argv[0]) is None:
         from nsutil.errors import ToolMissing
         raise ToolMissing(argv[0], process.package_for(argv[0]))
-    proc = subprocess.run(argv, input=input, preexec_fn=_default_signals)
+    with process.deferred_sigint():  # the command gets Ctrl-C itself; we raise after it
+        proc = subprocess.run(argv, input=input, preexec_fn=_default_signals)
     rc = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     return process.Completed(argv, rc, "")
 

@@ -421,12 +421,9 @@ def save_record(path: str, data: dict) -> None:
 
 
 def drop_record(path: str) -> None:
-    """Remove a network record, and the ``net/`` state directory when it is empty."""
+    """Remove a network record, and the state directories when they are empty."""
     sc.remove_if_present(path)
-    try:
-        os.rmdir(os.path.dirname(path))
-    except OSError:
-        pass  # not empty: another record lives there
+    state.prune()
 
 
 def _record_path(name: str) -> str:

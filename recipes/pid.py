@@ -193,7 +193,7 @@ def _native_nested(outer: process.Holder) -> process.Holder:
         os.close(w)
         return process._wait(held.parent) if held is not None else 1
 
-    pid = os.fork()
+    pid = process.fork()
     if pid == 0:
         process._in_child(middle)
     os.close(w)

@@ -47,7 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from nsutil import netlink as nl
+from nsutil import process, netlink as nl
 from nsutil import state
 from nsutil.backend import Runner, Step
 from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, SyscallError
@@ -706,9 +706,10 @@ def exec_in(run: Runner, ns: str, argv: Sequence[str], *, capture: bool = True) 
 
     def go(full: list[str], preexec=None) -> Completed:
         try:
-            proc = subprocess.run(full, preexec_fn=preexec,
-                                  stdout=subprocess.PIPE if capture else None,
-                                  stderr=subprocess.PIPE if capture else None)
+            with process.deferred_sigint():
+                proc = subprocess.run(full, preexec_fn=preexec,
+                                      stdout=subprocess.PIPE if capture else None,
+                                      stderr=subprocess.PIPE if capture else None)
         except FileNotFoundError:
             from nsutil.errors import ToolMissing
             from nsutil.process import package_for

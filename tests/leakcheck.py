@@ -98,6 +98,8 @@ def snapshot() -> dict[str, set[str]]:
     snap["cgroups"] = cg
     state = os.environ.get("NSR_STATE_DIR", "/run/nsrecipes")
     snap["state"] = {os.path.join(state, n) for n in os.listdir(state)} if os.path.isdir(state) else set()
+    if os.path.isdir(state):
+        snap["state"].add(state)
     snap["state"] |= {f"/run/{n}" for n in os.listdir("/run") if n.startswith("nsr") and n != "nsrecipes"}
     snap["etc-netns"] = ({f"/etc/netns/{n}" for n in os.listdir("/etc/netns") if "nsr" in n}
                          if os.path.isdir("/etc/netns") else set())
