@@ -385,8 +385,11 @@ def env_exec(c, name, cwd=None, backend=None, explain=False):
 
 @nsr_task(help={"json": "print JSON ({\"environments\": [...]}) instead of a table"})
 def env_ls(c, json=False):
-    """List environments like lsns: holder pid and state, process count, created, and each
-    namespace with its inode number."""
+    """List environments like lsns: holder pid, state, processes, namespaces with inodes.
+
+    Columns: name, holder pid and whether it is alive, process count, when it was created,
+    and each namespace with its inode number (as `lsns` and `readlink /proc/PID/ns/*` show).
+    """
     from recipes import env
     rows = env.list_envs()
     print(env.format_json(rows) if json else env.format_table(rows))
@@ -394,8 +397,10 @@ def env_ls(c, json=False):
 
 @nsr_task(help={"name": _ENV_NAME})
 def env_rm(c, name, backend=None, explain=False):
-    """Remove an environment: kill its processes, unbind its namespaces, remove its links,
-    netns name and record. Works on dead and half-made environments too."""
+    """Remove an environment: its processes, namespace binds, links, netns name and record.
+
+    Works on dead and half-made environments too.
+    """
     from recipes import env
     name = _env_name(name, "env-rm")
     with _runner(backend, explain, keep=True) as run:

@@ -243,7 +243,7 @@ def udp_socket(ns: str | None, addr: str, port: int = 0) -> socket.socket:
     return sock
 
 
-def udp_exchange(a: socket.socket, b: socket.socket, timeout: float = 2.0) -> bool:
+def udp_exchange(a: socket.socket, b: socket.socket, timeout: float = 5.0) -> bool:
     """Send a random token from socket ``a`` to ``b`` and back; True if both arrived."""
     token = secrets.token_bytes(8)
     deadline = time.monotonic() + timeout
@@ -268,7 +268,7 @@ def udp_exchange(a: socket.socket, b: socket.socket, timeout: float = 2.0) -> bo
 
 
 def udp_check(ns_a: str | None, addr_a: str, ns_b: str | None, addr_b: str,
-              timeout: float = 2.0) -> bool:
+              timeout: float = 5.0) -> bool:
     """Real packets: a UDP datagram from ``addr_a`` in ``ns_a`` to ``addr_b`` in ``ns_b``
     and a reply back (addresses with or without /prefix). True if both arrived."""
     sa = udp_socket(ns_a, addr_a)

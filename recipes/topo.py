@@ -643,7 +643,7 @@ def _check_native(plan: Plan, pairs: list[tuple[str, str, str, str]]) -> list[tu
                 if (host, cidr) not in socks:
                     socks[(host, cidr)] = net.udp_socket(plan.hosts[host], cidr)
         for a, ca, b, cb in pairs:
-            if not net.udp_exchange(socks[(a, ca)], socks[(b, cb)], timeout=2.0):
+            if not net.udp_exchange(socks[(a, ca)], socks[(b, cb)], timeout=3.0):
                 failed.append((a, b))
     finally:
         for s in socks.values():

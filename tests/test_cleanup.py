@@ -10,6 +10,7 @@ import time
 
 from helpers import INVOKE, ROOT, cli
 from nsutil import netlink as nl
+from nsutil import process
 from nsutil.names import scope_id
 
 OTHER = f"other-{scope_id()}"   # a network namespace nsrecipes did not make
@@ -47,6 +48,10 @@ def test_cleanup_lists_then_removes_only_ours():
     try:
         made = _make_leftovers()
         before = _netns()
+        from recipes import env
+        holder = env.read_state(made["env"])["holder"]["pid"]
+        assert os.path.exists(f"/proc/{holder}")
+        assert os.path.exists(f"/etc/netns/{made['veth']}")
         assert any(n.startswith(f"nsr-{made['killed']}-") for n in before)
 
         dry = cli("cleanup", "--dry-run")
@@ -63,6 +68,14 @@ def test_cleanup_lists_then_removes_only_ours():
         assert OTHER in left                            # not ours: untouched
         assert not os.path.exists(f"/run/nsrecipes/{made['env']}")
         assert not [ln for ln in nl.links(None) if ln["name"].startswith("nsr")]
+        # the host afterwards, looked at directly: the holder is dead, no mounts, no /etc/netns
+        assert not process.pid_alive(holder)
+        with open("/proc/self/mountinfo") as f:
+            mounts = [ln.split()[4] for ln in f]
+        assert not [m for m in mounts if made["env"] in m or "/run/netns/nsr" in m], mounts
+        assert f"/run/netns/{OTHER}" in mounts                         # not ours: still mounted
+        assert not [d for d in os.listdir("/etc/netns") if d.startswith("nsr")] \
+            if os.path.isdir("/etc/netns") else True
         again = cli("cleanup")
         assert again.returncode == 0 and "nothing to clean up" in again.stdout
     finally:

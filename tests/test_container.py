@@ -70,12 +70,19 @@ def test_exit_codes_pass_through(backend):
 
 
 def test_isolation_host_root_hidden_and_proc_private(backend):
-    marker = "/tmp/nsr-hostmarker"
-    code, out, err = run_ct(backend, [
-        "sh", "-c", "hostname; test -e /work && echo HOST-WORK; test -e /sys/fs/cgroup/pids "
-        "&& echo HOST-CGROUP; echo ---; cat /proc/self/mountinfo; echo ---; ls /proc; "
-        "echo ---; cat /proc/self/cgroup; echo ---; ls /dev"], hostname="nsr-box")
+    marker = f"/tmp/nsr-hostmarker-{scope_id()}"
+    with open(marker, "w") as f:     # a file on the host's /tmp: the container must not see it
+        f.write("host\n")
+    try:
+        code, out, err = run_ct(backend, [
+            "sh", "-c", "hostname; test -e /work && echo HOST-WORK; test -e /sys/fs/cgroup/pids "
+            f"&& echo HOST-CGROUP; test -e {marker} && echo HOST-MARKER; echo ---; "
+            "cat /proc/self/mountinfo; echo ---; ls /proc; "
+            "echo ---; cat /proc/self/cgroup; echo ---; ls /dev"], hostname="nsr-box")
+    finally:
+        os.unlink(marker)
     assert code == 0, err
+    assert "HOST-MARKER" not in out
     host, mounts, procs, cg, dev = out.split("---\n")
     assert host.splitlines()[0] == "nsr-box"
     assert "HOST-WORK" not in host and "HOST-CGROUP" not in host

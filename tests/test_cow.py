@@ -56,6 +56,12 @@ def test_both_backends_measure_the_same_disk(tmp_path):
     (d / "s").symlink_to("a")
     with Runner(backend="shell") as sh, Runner(backend="native") as nat:
         assert cow.du_step(sh, str(d)) == cow.du_step(nat, str(d)) > 0
+        size = cow.du_step(nat, str(d))
+    # and what they agree on is right: the 10000-byte file once (the hard link is not a
+    # second copy), the symlink nearly nothing -- as stat's block counts say
+    blocks = (os.stat(d).st_blocks + os.stat(d / "a").st_blocks
+              + os.lstat(d / "s").st_blocks) * 512
+    assert size == blocks and 10000 <= size < 2 * os.stat(d / "a").st_blocks * 512
 
 
 def test_bad_overlay_paths_are_refused_before_mounting(runner):

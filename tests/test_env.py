@@ -76,13 +76,28 @@ def _members(inodes: dict[str, int]) -> set[int]:
     return found
 
 
+def _members_named(name: str) -> list[int]:
+    """Processes whose command line mentions ``name`` (a holder started for it)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if name.encode() in f.read():
+                        found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+
 def _nothing_left(name: str, pids: set[int] | None = None) -> None:
     """Independent checks that nothing of ``name`` remains. (Namespace inode numbers are
     re-used at once by others' new namespaces, so processes are checked by pid.)"""
     assert not os.path.lexists(os.path.join(BASE, name))
     assert name not in _run(["ip", "netns", "list"]).stdout.split()
     with open("/proc/self/mountinfo") as f:
-        assert f"/{name}/" not in f.read() and f"/{name} " not in f.read()
+        mounts = f.read()   # read once: a second f.read() would return "" and check nothing
+    assert f"/{name}/" not in mounts and f"/{name} " not in mounts
     assert not [p for p in (pids or ()) if process.pid_alive(p)], "a process of it still runs"
     assert not [e for e in os.listdir(BASE) if name in e] if os.path.isdir(BASE) else True
 
@@ -126,7 +141,7 @@ def test_life_cycle(backend, names):
     assert pid in row["pids"] and row["ns"] == st["ns"]
     # remove
     pids = _members(st["ns"])
-    assert pid in pids and set(row["pids"]) <= pids | set(row["pids"])
+    assert pid in pids and set(row["pids"]) <= pids   # env-ls counts only its own processes
     e.remove()
     _nothing_left(name, pids)
     assert not process.pid_alive(pid)
@@ -210,6 +225,21 @@ def test_idmap_step(backend, names):
     # as seen from the host, root inside is uid 100000 (nsenter is the observer)
     out = _run(["nsenter", "-t", str(pid), "--user", "--uts", "--", "sleep", "0"])
     assert out.returncode == 0
+    out = _run(["nsenter", "-t", str(pid), "--user", "--uts", "--", "id", "-u"])
+    assert out.stdout.strip() == "0", out.stderr
+    # a file made by root inside (no mount namespace: the host's /tmp) is owned by 100000
+    scratch = tempfile.mkdtemp(prefix="nsr-idmap-")
+    try:
+        os.chmod(scratch, 0o777)
+        made = e.exec(["touch", f"{scratch}/by-root-inside"])
+        assert made.returncode == 0, made.stderr
+        st = os.stat(f"{scratch}/by-root-inside")
+        assert (st.st_uid, st.st_gid) == (100000, 100000)
+        made = _run(["nsenter", "-t", str(pid), "--user", "--", "touch", f"{scratch}/by-nsenter"])
+        assert made.returncode == 0, made.stderr
+        assert os.stat(f"{scratch}/by-nsenter").st_uid == 100000
+    finally:
+        shutil.rmtree(scratch)
     with pytest.raises(Conflict):
         e.set_idmap("0:200000:1")
     e.remove()
@@ -232,6 +262,22 @@ def test_zombies_are_reaped(backend, names):
                 pass
         return "Z" not in states and len(e.processes()) <= 3
     process.wait_for(reaped, 5, "orphans to be reaped")
+    # observed, not assumed: the holder is PID 1 of the namespace, orphans really become its
+    # children, and once they exit they are gone from /proc (reaped, not left as zombies)
+    with open(f"/proc/{holder}/status") as f:
+        nspid = next(ln.split()[1:] for ln in f if ln.startswith("NSpid:"))
+    assert nspid[0] == str(holder) and nspid[-1] == "1", nspid
+    # (their output goes to /dev/null: else exec waits for them to close its pipe)
+    assert e.exec(["sh", "-c", "sleep 0.5 >/dev/null 2>&1 & sleep 0.5 >/dev/null 2>&1 & "
+                   "exit 0"]).returncode == 0
+
+    def orphan_sleeps() -> list[int]:
+        return [k for k in process.children_of(holder)
+                if open(f"/proc/{k}/cmdline", "rb").read().split(b"\0")[:2] == [b"sleep", b"0.5"]]
+    orphans = orphan_sleeps()
+    assert len(orphans) == 2, orphans          # reparented to PID 1 (the holder)
+    process.wait_for(lambda: not any(os.path.exists(f"/proc/{k}") for k in orphans), 5,
+                     "the orphans to exit and be reaped by PID 1")
     e.remove()
 
 
@@ -378,8 +424,12 @@ def test_twenty_in_parallel(names):
 @pytest.mark.parametrize("bad", ["", ".", "..", "nsr/x", "nsr x", "nsr-" + "x" * 70, "web",
                                  "-nsr", "nsr\n"])
 def test_bad_names(bad):
+    before = set(os.listdir(BASE)) if os.path.isdir(BASE) else set()
+    netns_before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
     with pytest.raises(InvalidInput):
         env.create(_quiet(), bad)
+    assert (set(os.listdir(BASE)) if os.path.isdir(BASE) else set()) == before
+    assert (set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()) == netns_before
     assert not [e for e in os.listdir(BASE) if e.startswith(".env-")] if os.path.isdir(BASE) else True
 
 
@@ -391,10 +441,15 @@ def test_bad_input_creates_nothing(names):
         dict(ns="uts", uid_map="0:1000:1"), dict(ns="user", uid_map="0:1000"),
         dict(ns="user", uid_map="0:abc:1"), dict(ns="user", uid_map="0:1000:0"),
     ]
+    before = set(os.listdir(BASE)) if os.path.isdir(BASE) else set()
     for kw in cases:
         with pytest.raises(InvalidInput):
             env.create(_quiet(), name, **kw)
         assert not os.path.lexists(os.path.join(BASE, name)), kw
+        assert not os.path.lexists(f"/run/netns/{name}"), kw
+        assert not [p for p in _members_named(name)], kw
+    after = set(os.listdir(BASE)) if os.path.isdir(BASE) else set()
+    assert not [n for n in after - before if name in n]
 
 
 def test_step_errors(names):
@@ -489,6 +544,9 @@ def test_cli(names):
     assert one_line_error(cli("env-create", "nsr-../x")).startswith("nsrecipes:")
     p = cli("env-create", "nsr-x", "--ns", "uts,nope")
     assert p.returncode == 2 and "unknown namespace type" in one_line_error(p)
+    assert not os.path.lexists(os.path.join(BASE, "nsr-x"))          # nothing created
+    assert "nsr-x" not in _run(["ip", "netns", "list"]).stdout.split()
+    assert not os.path.lexists(os.path.join(BASE, "nsr-..")) and not os.path.lexists("/run/netns/nsr-..")
     _nothing_left(name)
 
 

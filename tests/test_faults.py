@@ -18,15 +18,19 @@ from recipes import uts
 
 
 def test_failure_half_way_undoes(backend):
+    import socket
+    host = socket.gethostname()
     holders = []
     with pytest.raises(NsrError, match="boom"):
         with Runner(backend=backend, keep=True) as run:
             holders.append(start_holder(run, "uts"))
             uts.set_hostname(run, holders[0], "nsr-half")
+            assert process.call_in(holders[0].pid, ["uts"], socket.gethostname) == "nsr-half"
             def fail():
                 raise NsrError("boom")
             run.run(Step("a step that fails", argv=None, native=fail))
     assert not holders[0].alive()
+    assert socket.gethostname() == host
 
 
 def test_undo_is_last_in_first_out(backend):

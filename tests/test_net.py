@@ -105,6 +105,8 @@ def test_check_fails_when_the_link_is_down(tag):
         net.create_netns(run, b)
         net.add_veth_pair(run, "nsr-va", "nsr-vb", ns=a, peer_ns=b,
                           addr="10.232.0.1/24", peer_addr="10.232.0.2/24")
+        # precondition: the same check succeeds while the link is up (else False proves nothing)
+        assert net.udp_check(a, "10.232.0.1", b, "10.232.0.2") is True
         subprocess.run(["ip", "-n", b, "link", "set", "nsr-vb", "down"], check=True)
         assert net.udp_check(a, "10.232.0.1", b, "10.232.0.2", timeout=0.5) is False
 
@@ -181,6 +183,9 @@ def test_net_veth_cli_twice_then_delete(tag):
     gone = cli("net-veth", "--name", a, "--peer", b, "--delete")
     assert gone.returncode == 0 and "deleted" in gone.stdout
     assert not nl.netns_exists(a)
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    assert a not in listed and b not in listed          # both ends, seen by ip
+    assert not os.path.exists(f"/etc/netns/{a}") and not os.path.exists(f"/etc/netns/{b}")
 
 
 BAD = [
@@ -231,6 +236,9 @@ def test_bad_input_in_the_python_api():
             with pytest.raises(InvalidInput):
                 net.add_veth_pair(run, **kwargs)
         assert run.undo_stack == []
+    # nothing was created: no such link in the root namespace (where ns=None would put it)
+    links = set(os.listdir("/sys/class/net"))
+    assert not {"a", "b", "y", "x" * 16, "x" * 15} & links, links
 
 
 def test_explain_changes_nothing():

@@ -24,8 +24,14 @@ def test_tour_runs_every_section_in_order(backend):
 
 
 def test_tour_explain_prints_commands_only():
+    import leakcheck
+    from nsutil import sysvipc
+    before, queues = leakcheck.snapshot(), sysvipc.queue_ids()
     proc = cli("tour", "--explain")
     assert proc.returncode == 0, proc.stderr
+    # "only": nothing was made -- no queue, netns, mount, process, state or /tmp entry
+    assert sysvipc.queue_ids() == queues
+    assert leakcheck.new_since(before, leakcheck.snapshot()) == {}
     for command in ("$ unshare --uts -- sleep infinity", "$ ipcmk -Q", "$ ip netns add",
                     "$ mount -t overlay"):
         assert command in proc.stdout, command

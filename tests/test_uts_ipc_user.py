@@ -22,6 +22,13 @@ def test_uts_demo_sets_name_inside_only(runner):
 def test_uts_demo_runs_given_command(runner):
     seen = uts.demo(runner, hostname="nsr-x", command=["uname", "-n"])
     assert seen["inside"] == "nsr-x"
+    # uname -n prints the same as the default `hostname`: prove the given command is the one
+    # that ran, inside the new namespace (its own UTS inode, not the host's)
+    other = uts.demo(runner, hostname="nsr-y",
+                     command=["sh", "-c", "echo given; readlink /proc/self/ns/uts; uname -n"])
+    given, link, name = other["inside"].splitlines()
+    assert (given, name) == ("given", "nsr-y") and other["returncode"] == 0
+    assert link.startswith("uts:[") and link != os.readlink("/proc/self/ns/uts")
 
 
 def test_ipc_demo_queue_isolated(runner):
@@ -39,6 +46,8 @@ def test_ipc_inside_queue_dies_with_namespace(backend):
     with Runner(backend=backend) as run:
         from recipes.common import start_holder
         holder = start_holder(run, "ipc")
+        ipc_ino = os.stat(f"/proc/{holder.pid}/ns/ipc").st_ino
+        assert ipc_ino != os.stat("/proc/self/ns/ipc").st_ino
         qid = ipc.make_queue_inside(run, holder)
         inside = ipc.list_queues(run, holder, "inside")
         assert [q["msqid"] for q in inside] == [qid]
@@ -46,6 +55,21 @@ def test_ipc_inside_queue_dies_with_namespace(backend):
         assert key not in {q["key"] for q in sysvipc.list_queues()}  # not on the host
     # the holder is gone, and its IPC namespace with the queue: nothing to remove
     assert key not in {q["key"] for q in sysvipc.list_queues()}
+    assert not holder.alive()
+    assert not _processes_in_ipc_ns(ipc_ino), "something still holds the IPC namespace"
+
+
+def _processes_in_ipc_ns(ino: int) -> list[int]:
+    """Processes (scanned in /proc, not with our code) in the IPC namespace ``ino``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.stat(f"/proc/{pid}/ns/ipc").st_ino == ino:
+                    found.append(int(pid))
+            except OSError:
+                pass
+    return found
 
 
 def test_user_demo_root_inside_powerless_outside(runner):
@@ -98,9 +122,16 @@ def test_root_needed_one_line(task):
     (["ipc-demo", "--backend", "bogus"], "unknown backend"),
 ])
 def test_bad_input_one_line_nothing_created(args, words):
+    import leakcheck
+    before = leakcheck.snapshot()
+    host = socket.gethostname()
+    queues = sysvipc.queue_ids()
     proc = cli(*args)
     assert words in one_line_error(proc)
     assert proc.stdout.strip() == ""
+    # nothing created: no queue, no namespace, process, mount, state or /tmp entry
+    assert sysvipc.queue_ids() == queues and socket.gethostname() == host
+    assert leakcheck.new_since(before, leakcheck.snapshot()) == {}
 
 
 def test_backend_from_environment_is_validated():
