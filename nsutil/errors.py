@@ -61,12 +61,28 @@ def _rebuild(cls: type, state: dict) -> "NsrError":
     return obj
 
 
+def eperm_hint() -> str:
+    """"run as root" -- and, for an unprivileged caller on a host whose AppArmor restricts
+    unprivileged user namespaces (Ubuntu 23.10+), say so."""
+    if os.geteuid() != 0:
+        try:
+            with open("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") as f:
+                if f.read().strip() == "1":
+                    return ("run as root: AppArmor restricts unprivileged user namespaces here "
+                            "(kernel.apparmor_restrict_unprivileged_userns=1)")
+        except OSError:
+            pass
+    return HINTS[_errno.EPERM]
+
+
 class SyscallError(NsrError):
     """A system call failed; carries ``errno`` and the call as it was made."""
 
     def __init__(self, call: str, err: int, hint: str | None = None):
         self.errno = err
         self.call = call
+        if hint is None and err == _errno.EPERM:
+            hint = eperm_hint()
         super().__init__(call, errno_name=_errno.errorcode.get(err, str(err)),
                          hint=hint or HINTS.get(err))
 

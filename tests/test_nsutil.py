@@ -452,3 +452,20 @@ def test_shell_holder_failure_quotes_unshare_stderr():
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.startswith("`unshare --uts -- sleep infinity` exited 1: unshare: ")
     assert "Operation not permitted (hint: run as root)" in proc.stdout
+
+
+def test_eperm_hint_names_apparmor_restriction(monkeypatch, tmp_path):
+    """Ubuntu 23.10+ restricts unprivileged user namespaces with AppArmor; this Debian host
+    has no such sysctl, so the sysctl file is faked here (the only fake in this file)."""
+    import builtins
+    import errno as _errno
+    from nsutil import errors
+    fake = tmp_path / "restrict"
+    fake.write_text("1\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(
+        fake if path == "/proc/sys/kernel/apparmor_restrict_unprivileged_userns" else path, *a, **k))
+    monkeypatch.setattr(errors.os, "geteuid", lambda: 1000)
+    assert "AppArmor" in str(errors.SyscallError("unshare(CLONE_NEWUSER)", _errno.EPERM))
+    monkeypatch.setattr(errors.os, "geteuid", lambda: 0)
+    assert str(errors.SyscallError("unshare(CLONE_NEWUSER)", _errno.EPERM)).endswith("(hint: run as root)")
