@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 from .errors import InvalidInput, NsrError, ToolMissing
 from .process import package_for
+from . import shell
 
 BACKENDS = ("auto", "shell", "native")
 
@@ -119,7 +120,7 @@ class Runner:
         if not has_shell:
             return "native"
         tool = str(step.argv[0]) if step.argv else ""
-        return "shell" if tool and _have(tool) else "native"
+        return "shell" if tool and shell.have(tool) else "native"
 
     def run(self, step: Step) -> Any:
         """Run one step (or, under --explain, print it) and push its undo step."""
@@ -139,11 +140,10 @@ class Runner:
         if self.form_for(step) == "native":
             return step.native()  # type: ignore[misc]
         argv = [str(a) for a in step.argv] if step.argv is not None else []
-        if argv and not _have(argv[0]):
+        if argv and not shell.have(argv[0]):
             raise ToolMissing(argv[0], package_for(argv[0]))
         if step.shell is not None:
             return step.shell(argv)
-        from . import shell
         text = shell.run(argv, input=step.input)
         return step.parse(text) if step.parse else text
 
@@ -185,7 +185,3 @@ class Runner:
         else:
             self.undo_stack.clear()
 
-
-def _have(tool: str) -> bool:
-    import shutil
-    return shutil.which(tool) is not None

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import syscalls as sc
 from .errors import CommandError, NsrError, SyscallError, ToolMissing
-from .nstypes import NS_TYPES, NsType, enter, ns_type
+from .nstypes import NS_TYPES, NsType, ns_type
 
 
 def read_all(fd: int) -> bytes:
@@ -112,7 +112,16 @@ def deferred_sigint() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    owner = os.getpid()
+
+    def record(signum: int, _frame: Any) -> None:
+        if os.getpid() != owner:
+            # a fork of ours that has not exec'd yet (sh's, subprocess's preexec): a
+            # recorded Ctrl-C would be lost there, so it ends the child as the default would
+            os._exit(128 + signum)
+        caught.append(signum)
+
+    previous = signal.signal(signal.SIGINT, record)
     try:
         yield
     finally:
@@ -129,19 +138,32 @@ def fork() -> int:
         return os.fork()
 
 
-def fork_call(fn: Callable[[], Any], what: str = "child") -> Any:
-    """Run ``fn`` in a forked child, wait for it, and return its (picklable) result."""
+def fork_call(fn: Callable[[], Any], what: str = "child", *, detached: bool = False) -> Any:
+    """Run ``fn`` in a forked child, wait for it, and return its (picklable) result.
+
+    With ``detached`` the child ignores Ctrl-C and works from ``/``: what it starts (a
+    holder) is re-parented to init when it exits, and it finishes even if we are interrupted.
+    """
+    def body() -> Any:
+        if detached:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            os.chdir("/")
+        return fn()
+
     r, w = os.pipe()
     pid = fork()
     if pid == 0:
         os.close(r)
-        _in_child(lambda: _child_report(w, fn))
+        _in_child(lambda: _child_report(w, body))
     os.close(w)
     try:
         data = read_all(r)
     finally:
         os.close(r)
-        _wait(pid)
+        try:
+            _wait(pid)
+        except ChildProcessError:
+            pass  # already reaped (SIGCHLD ignored): its report is what counts
     return _unwrap(data, what)
 
 
@@ -395,20 +417,22 @@ def reap_forever(wake_every: float = 60) -> None:
 
 
 def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
-                 before: Callable[[int], None] | None = None, detach: bool = False) -> Holder:
+                 before: Callable[[int], None] | None = None, detach: bool = False,
+                 quiet: bool = False, name: str = "nsr-holder") -> Holder:
     """Start a holder in new namespaces (the native ``unshare --fork ... sleep infinity``).
 
     ``before(pid)`` runs in the caller once the holder has unshared (write uid/gid maps
     there); ``setup()`` runs inside the holder after that (set the hostname, mount /proc...).
     With ``detach`` the holder starts its own session, so it outlives the caller and ignores
-    the terminal's Ctrl-C.
+    the terminal's Ctrl-C; with ``quiet`` its stdio goes to /dev/null and it keeps no other
+    file of ours open (a daemon's fds). ``name`` is what ``ps`` shows for it.
     """
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
 
     def hold() -> int:
         host_pid = _host_pid()  # before setup() may mount a new /proc
-        set_comm("nsr-holder")  # what ps shows for it, instead of the caller's name
+        set_comm(name)  # what ps shows for it, instead of the caller's name
         if setup is not None:
             setup()
         _write_all(ready_w, b"R" + pickle.dumps(host_pid))
@@ -419,6 +443,8 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
     def first() -> int:
         for fd in (ready_r, go_w):
             os.close(fd)
+        if quiet:
+            quiet_fds(keep={ready_w, go_r})
         if detach:
             os.setsid()
         signal.signal(signal.SIGINT, signal.SIG_IGN if detach else signal.SIG_DFL)
@@ -467,6 +493,20 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
         raise pickle.loads(rest)
     raise NsrError(f"holder for {sc.flag_names(flags)} died while starting",
                    hint="see `invoke doctor`")
+
+
+def quiet_fds(keep: set[int]) -> None:
+    """stdin/stdout/stderr to /dev/null and every other fd but ``keep`` closed."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+    low = 3
+    for fd in sorted(keep) + [1 << 16]:
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
 
 
 def set_comm(name: str) -> None:

@@ -218,7 +218,7 @@ def demo(run: Runner, hostname: str = "NewNamespace") -> dict:
     result["clone"] = {"flags": sc.flag_names(sc.CLONE_NEWUTS | sc.CLONE_NEWIPC),
                        "links": child, "new": new, "same": same}
 
-    run.say(f"\n-- 2. /proc/[pid]/ns: one link per namespace; same number = same namespace --")
+    run.say("\n-- 2. /proc/[pid]/ns: one link per namespace; same number = same namespace --")
     holder = start_holder(run, "uts")
     uts.set_hostname(run, holder, hostname)
     links = read_links(run, holder.pid, f"the holder (pid {holder.pid})")

@@ -45,7 +45,11 @@ def unshare_argv(types: Sequence[NsType], *, mount_proc: bool = False,
     return argv + ["--", "sleep", "infinity"]
 
 
-def _native_setup(types: Sequence[NsType], mount_proc: bool, propagation: str = "private"):
+def holder_setup(types: Sequence[NsType], mount_proc: bool,
+                 propagation: str = "private") -> Callable[[], None]:
+    """What ``unshare --mount [--mount-proc]`` does in the new namespaces, as a function for
+    a native holder: make / private (keep our mounts from reaching the host) and mount the
+    new PID namespace's /proc."""
     names = {t.name for t in types}
 
     def setup() -> None:
@@ -138,7 +142,7 @@ def start_holder(run: Runner, types: str | Iterable[NsType], *, mount_proc: bool
                            hint="choose private, unchanged, shared or slave")
     types = parse_types(types) if isinstance(types, str) else list(types)
     argv = unshare_argv(types, mount_proc=mount_proc, propagation=propagation)
-    native_setup = _native_setup(types, mount_proc, propagation)
+    native_setup = holder_setup(types, mount_proc, propagation)
 
     def native() -> process.Holder:
         def both() -> None:

@@ -37,7 +37,6 @@ import errno as _errno
 import fcntl
 import json
 import os
-import pickle
 import re
 import shutil
 import signal
@@ -54,7 +53,7 @@ from nsutil.errors import (CommandError, Conflict, InvalidInput, NotFound, NsrEr
 from nsutil.names import check_hostname, check_ifname, check_name, is_ours, prefixed, scope_id
 from nsutil.nstypes import NS_TYPES, NsType, flags_of, parse_types
 
-from .common import Leftover, join_types
+from .common import Leftover, holder_setup, join_types
 
 SECTION = "environments (all six namespaces, composed and kept)"
 STATE_FILE = "env.json"
@@ -63,7 +62,6 @@ DEFAULT_TYPES = "uts,ipc,pid,mnt,net"
 NETNS_DIR = "/run/netns"
 #: PID 1 of the shell form: `wait` reaps every child, also orphans re-parented to it
 REAPER = "while :; do sleep infinity & wait; done"
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TMP_RE = re.compile(r"^\.env-(.+)\.(\d+)\.tmp$")
 _NSFS_DEV = os.stat("/proc/self/ns/uts").st_dev
 #: env name -> fd holding its flock in this process (create holds it across its steps)
@@ -75,9 +73,6 @@ _HELD: dict[str, int] = {}
 def check_env_name(name: str) -> str:
     """An environment name: a valid file and netns name that carries the ``nsr`` prefix."""
     check_name(name, what="environment name")
-    if not _NAME_RE.fullmatch(name):  # check_name's pattern lets a trailing newline through
-        raise InvalidInput(f"environment name {name!r} has a character that is not allowed",
-                           hint="use letters, digits, '-', '_' and '.'")
     if not is_ours(name):
         raise InvalidInput(f"environment name {name!r} does not start with 'nsr'",
                            hint=f"call it nsr-{name}: everything nsrecipes makes carries the "
@@ -296,101 +291,12 @@ def bind_argvs(name: str, pid: int | str, types: Sequence[NsType]) -> list[list[
     return [["mount", "--bind", f"/proc/{pid}/ns/{t.proc}", ns_file(name, t)] for t in types]
 
 
-def _detached(fn: Callable[[], Any], what: str) -> Any:
-    """Run ``fn`` in a short-lived child and return its result.
-
-    What ``fn`` starts is re-parented to init when the child exits, so a holder is nobody's
-    zombie. The child ignores Ctrl-C and inherits this process's locks, so a removal
-    waits until it has finished, even if this process is killed.
-    """
-    r, w = os.pipe()
-    pid = process.fork()
-    if pid == 0:
-        os.close(r)
-
-        def body() -> int:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            os.chdir("/")
-            return process._child_report(w, fn)
-        process._in_child(body)
-    os.close(w)
-    try:
-        data = process.read_all(r)
-    finally:
-        os.close(r)
-        while True:
-            try:
-                os.waitpid(pid, 0)
-                break
-            except InterruptedError:  # pragma: no cover
-                continue
-            except ChildProcessError:
-                break
-    return process._unwrap(data, what)
-
-
-def _quiet_fds(keep: int) -> None:
-    """stdin/stdout/stderr to /dev/null, every other fd but ``keep`` closed (a daemon's fds)."""
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 1 << 16)
-
-
-def _hold(w: int, names_: set[str], name: str) -> int:
-    """Body of the native holder: what ``unshare --mount --mount-proc`` does, then hold."""
-    host_pid = int(os.readlink("/proc/self"))  # before a new /proc is mounted
-    process.set_comm(name)
-    try:
-        if "mnt" in names_:
-            sc.make_propagation("/", "private", recursive=True)
-            if "pid" in names_:
-                sc.mount("proc", "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    except NsrError as exc:
-        process._write_all(w, b"E" + pickle.dumps(exc))
-        return 1
-    process._write_all(w, b"R" + pickle.dumps(host_pid))
-    os.close(w)
-    process.reap_forever(3600)
-    return 0
-
-
 def _native_holder(name: str, types: Sequence[NsType]) -> tuple[int, int]:
-    """fork, setsid, unshare (and fork again for a PID namespace): (holder pid, parent pid)."""
-    names_ = {t.name for t in types}
-    flags = flags_of(types)
-    r, w = os.pipe()
-    first = process.fork()
-    if first == 0:
-        def body() -> int:
-            _quiet_fds(keep=w)
-            os.setsid()
-            try:
-                sc.unshare(flags)
-            except NsrError as exc:
-                process._write_all(w, b"E" + pickle.dumps(exc))
-                return 1
-            if "pid" in names_:
-                child = process.fork()
-                if child == 0:
-                    process._in_child(lambda: _hold(w, names_, name))
-                os.close(w)
-                return process._wait(child)  # like `unshare --fork`: share PID 1's fate
-            return _hold(w, names_, name)
-        process._in_child(body)
-    os.close(w)
-    try:
-        data = process.read_all(r)
-    finally:
-        os.close(r)
-    if data[:1] == b"R":
-        return pickle.loads(data[1:]), first
-    process.kill_and_reap(first, first)
-    if data[:1] == b"E":
-        raise pickle.loads(data[1:])
-    raise NsrError(f"the holder for {sc.flag_names(flags)} died while starting",
-                   hint="see `invoke doctor`")
+    """fork, setsid, unshare (and fork again for a PID namespace), make / private and mount
+    /proc as ``unshare --mount --mount-proc`` does: (holder pid, parent pid)."""
+    holder = process.spawn_holder(flags_of(types), setup=holder_setup(types, mount_proc=True),
+                                  detach=True, quiet=True, name=name)
+    return holder.pid, holder.parent
 
 
 def _bind_all(name: str, pid: int, types: Sequence[NsType]) -> None:
@@ -417,7 +323,7 @@ def _start_native(name: str, types: Sequence[NsType]) -> dict:
             process.kill_and_reap(pid, parent)
             process.kill_and_reap(parent, parent)
             raise
-    return _detached(inside_helper, f"start the holder of {name}")
+    return process.fork_call(inside_helper, f"start the holder of {name}", detached=True)
 
 
 def _start_shell(name: str, argv: list[str], types: Sequence[NsType]) -> dict:
@@ -468,7 +374,7 @@ def _start_shell(name: str, argv: list[str], types: Sequence[NsType]) -> dict:
             raise
         finally:
             os.close(err)
-    return _detached(inside_helper, f"start the holder of {name}")
+    return process.fork_call(inside_helper, f"start the holder of {name}", detached=True)
 
 
 # --- the private mount under /run/nsrecipes and the netns link ------------------------------

@@ -59,8 +59,13 @@ def test_ctrl_c_undoes(backend):
                             start_new_session=True)
     try:
         def holder_pid():
-            kids = [p for p in process.descendants(proc.pid)
-                    if ns_inode(p, "uts") != ns_inode("self", "uts")]
+            kids = []
+            for p in process.descendants(proc.pid):
+                try:
+                    if ns_inode(p, "uts") != ns_inode("self", "uts"):
+                        kids.append(p)
+                except NsrError:
+                    pass  # a short-lived process (nsenter, hostname) that just exited
             return kids
         held = process.wait_for(holder_pid, 20, "the demo's holder")
         os.killpg(proc.pid, signal.SIGINT)
