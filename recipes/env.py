@@ -462,8 +462,13 @@ def _attach_netns(run: Runner, name: str, pid: int | str) -> None:
             os.unlink(path)
             raise
 
+    def shell(argv: list[str]) -> None:
+        # through a child that inherits our lock on the environment: if this tool is killed
+        # while `ip` runs, a removal waits for `ip` instead of racing it and missing the name
+        process.fork_call(lambda: nshell.run(argv), f"ip netns attach {name}", detached=True)
+
     run.run(Step(f"make its network namespace visible to `ip netns` as {name}",
-                 argv=["ip", "netns", "attach", name, pid], native=native))
+                 argv=["ip", "netns", "attach", name, pid], native=native, shell=shell))
 
 
 # --- create ---------------------------------------------------------------------------------
