@@ -11,8 +11,8 @@ pair -- a virtual cable whose two ends live in different namespaces. Here:
 * Building blocks other recipes use: :func:`create_netns`, :func:`delete_netns`,
   :func:`add_veth_pair` (both ends created in place, no move), :func:`udp_check`.
 
-Shell forms are iproute2 commands (``ip netns add``, ``ip link add A netns X type veth peer
-name B netns Y``, ``ip -n X addr add``); native forms are netlink from this process
+Shell forms are iproute2 commands (``ip netns add``, ``ip -n X link add name A type veth
+peer name B netns Y``, ``ip -n X addr add``); native forms are netlink from this process
 (:mod:`nsutil.netlink`). What is made is visible to ``ip netns list``, ``lsns`` and
 ``nsenter --net=/run/netns/NAME``.
 """
@@ -121,8 +121,7 @@ def add_veth_pair(run: Runner, ifname: str, peer_ifname: str, *, ns: str | None 
         raise InvalidInput(f"both ends are called {ifname!r} in the same namespace",
                            hint="give the peer another name")
 
-    argv = ["ip", "link", "add", ifname] + (["netns", ns] if ns else []) + \
-        ["type", "veth", "peer", "name", peer_ifname] + (["netns", peer_ns] if peer_ns else [])
+    argv = veth_argv(ifname, peer_ifname, ns, peer_ns)
     run.run(Step(f"create veth pair {ifname} ({ns or 'root'}) <-> {peer_ifname} "
                  f"({peer_ns or 'root'}), both ends in place",
                  argv=argv,
@@ -134,8 +133,25 @@ def add_veth_pair(run: Runner, ifname: str, peer_ifname: str, *, ns: str | None 
                          argv=_ipn(where) + ["addr", "add", cidr, "dev", name],
                          native=lambda w=where, n=name, c=cidr: _native_addr(w, n, c)))
         run.run(Step(f"bring {name} up ({where or 'root'})",
-                     argv=_ipn(where) + ["link", "set", name, "up"],
+                     argv=_ipn(where) + ["link", "set", "dev", name, "up"],
                      native=lambda w=where, n=name: _native_up(w, n)))
+
+
+def veth_argv(ifname: str, peer_ifname: str, ns: str | None, peer_ns: str | None) -> list[str]:
+    """``ip [-n NS] link add name IF type veth peer name PEER [netns PEER_NS]``, sent from
+    inside the namespace the first end goes to.
+
+    Kernels before 6.14 (Debian 12's 6.1, Ubuntu 24.04's 6.8) look a new device's name up
+    in the namespace of the *sender*, even when it goes elsewhere: ``ip link add name a
+    netns a ...`` from the root fails with EEXIST if the root has a link ``a``. The root
+    namespace has no name to give as ``netns``, so a pair between a namespace and the root
+    is sent from the root, its root end first.
+    """
+    if ns is not None and peer_ns is None:
+        return ["ip", "link", "add", "name", peer_ifname, "type", "veth", "peer", "name",
+                ifname, "netns", ns]
+    return _ipn(ns) + ["link", "add", "name", ifname, "type", "veth", "peer", "name",
+                       peer_ifname] + (["netns", peer_ns] if peer_ns else [])
 
 
 def _ipn(ns: str | None) -> list[str]:
@@ -148,7 +164,7 @@ def _native_veth(ifname: str, peer_ifname: str, ns: str | None, peer_ns: str | N
         with nl.Rtnl(nl.rtnl_socket(ns)) as r:
             r.new_link(nl.link_body(ifname, kind="veth",
                                     peer=nl.link_body(peer_ifname, netns_fd=fd)),
-                       f"ip link add {ifname} type veth peer name {peer_ifname}")
+                       " ".join(veth_argv(ifname, peer_ifname, ns, peer_ns)))
             r.flush()
     finally:
         os.close(fd)
@@ -171,7 +187,7 @@ def _native_addr(ns: str | None, ifname: str, cidr: str) -> None:
 
 def _native_up(ns: str | None, ifname: str) -> None:
     with nl.Rtnl(nl.rtnl_socket(ns)) as r:
-        r.set_link(nl.link_body(ifname, up=True), f"ip link set {ifname} up")
+        r.set_link(nl.link_body(ifname, up=True), f"ip link set dev {ifname} up")
         r.flush()
 
 
@@ -182,7 +198,7 @@ def _del_link_step(ns: str | None, ifname: str) -> Step:
             return
         try:
             with nl.Rtnl(nl.rtnl_socket(ns)) as r:
-                r.del_link(nl.link_body(ifname), f"ip link del {ifname}")
+                r.del_link(nl.link_body(ifname), f"ip link del dev {ifname}")
                 r.flush()
         except SyscallError as exc:
             if exc.errno_name not in ("ENODEV", "ENOENT"):
@@ -197,12 +213,12 @@ def _del_link_step(ns: str | None, ifname: str) -> Step:
             raise CommandError(argv, done.returncode, done.stderr)
 
     return Step(f"delete {ifname} ({ns or 'root'}); its peer goes with it",
-                argv=_ipn(ns) + ["link", "del", ifname], native=native, shell=shell)
+                argv=_ipn(ns) + ["link", "del", "dev", ifname], native=native, shell=shell)
 
 
 def set_lo_up(run: Runner, ns: str) -> None:
     """Step: ``ip -n NS link set lo up``."""
-    run.run(Step(f"bring lo up in {ns}", argv=["ip", "-n", ns, "link", "set", "lo", "up"],
+    run.run(Step(f"bring lo up in {ns}", argv=["ip", "-n", ns, "link", "set", "dev", "lo", "up"],
                  native=lambda: _native_up(ns, "lo")))
 
 
@@ -609,7 +625,7 @@ def remove_root_link(name: str) -> None:
     """``ip link del NAME`` in the root namespace (its veth peer goes with it); gone is fine."""
     try:
         with nl.Rtnl(nl.rtnl_socket(None)) as r:
-            r.del_link(nl.link_body(name), f"ip link del {name}")
+            r.del_link(nl.link_body(name), f"ip link del dev {name}")
             r.flush()
     except SyscallError as exc:
         if exc.errno_name != "ENODEV":  # already gone with its peer
@@ -620,6 +636,6 @@ def _remove_etc(name: str) -> None:
     remove_etc_netns(name)
 
 
-__all__ = ["SECTION", "add_veth_pair", "check_pair", "create_netns", "delete_netns", "demo",
+__all__ = ["SECTION", "add_veth_pair", "veth_argv", "check_pair", "create_netns", "delete_netns", "demo",
            "leftovers", "udp_check", "veth_create", "veth_delete", "write_etc_hosts",
            "remove_etc_netns"]

@@ -404,7 +404,7 @@ def build(run: Runner, plan: Plan, *, etc_hosts: bool = True) -> Plan:
         run.run(Step(f"build {len(plan.all_netns())} namespaces and {len(plan.links)} veth pairs "
                      "over netlink (one process, in-place peers, one buffer per namespace)",
                      native=lambda: build_native(plan), argv=["ip", "-batch", "-"],
-                     display=_batch_display(plan)))
+                     display=_native_display(plan)))
     else:
         _build_shell(run, plan)
     if etc_hosts and not run.explain:
@@ -417,12 +417,27 @@ def _probe_step() -> Step:
 
 
 def _batch_lines(plan: Plan) -> list[str]:
-    lines = [f"netns add {ns}" for ns in plan.all_netns()]
+    """The root namespace's batch: one ``netns add`` per namespace."""
+    return [f"netns add {ns}" for ns in plan.all_netns()]
+
+
+def _create_lines(plan: Plan) -> dict[str, list[str]]:
+    """Per namespace, the links made *from inside it*: the bridge in the hub, and every veth
+    from the namespace of its a end, the b end placed in its own namespace in place.
+
+    Kernels before 6.14 (Debian 12's 6.1, Ubuntu 24.04's 6.8) look an existing device up
+    by ifindex, else by name, in the *sender's* namespace, even when the new one goes
+    elsewhere (``netns X``): ``ip link add name A netns X ...`` run in the root namespace
+    fails with EEXIST if the root has a link A. Sent from inside X, the lookup is in the
+    namespace the device really goes to, on every kernel.
+    """
+    per: dict[str, list[str]] = {}
     if plan.bridge:
-        lines.append(f"link add {plan.bridge} netns {plan.hub} type bridge")
+        per.setdefault(plan.hub, []).append(f"link add name {plan.bridge} type bridge")  # type: ignore[arg-type]
     for ln in plan.links:
-        lines.append(f"link add {ln.a_if} netns {ln.a_ns} type veth peer name {ln.b_if} netns {ln.b_ns}")
-    return lines
+        per.setdefault(ln.a_ns, []).append(
+            f"link add name {ln.a_if} type veth peer name {ln.b_if} netns {ln.b_ns}")
+    return per
 
 
 def _batch_display(plan: Plan, lines: list[str] | None = None) -> str:
@@ -431,39 +446,55 @@ def _batch_display(plan: Plan, lines: list[str] | None = None) -> str:
     return "ip -batch - <<EOF\n        " + "\n        ".join(shown) + "\n        EOF"
 
 
+def _native_display(plan: Plan, most: int = 3) -> str:
+    """The shell commands the one native step stands for (the first ``most`` link batches)."""
+    creates = list(_create_lines(plan).items())
+    parts = [_batch_display(plan)] + [_batch_display(plan, cmds).replace(
+        "ip -batch", f"ip -n {ns} -batch") for ns, cmds in creates[:most]]
+    if len(creates) > most:
+        parts.append(f"... ({len(creates) - most} more namespaces with links)")
+    return "\n      ".join(parts)
+
+
 def _ns_lines(plan: Plan) -> dict[str, list[str]]:
     per: dict[str, list[str]] = {ns: ["link set lo up"] for ns in plan.all_netns()}
-    quiet = (lambda ns, dev: per[ns].append(f"link set {dev} addrgenmode none")) if not plan.ipv6 \
+    quiet = (lambda ns, dev: per[ns].append(f"link set dev {dev} addrgenmode none")) if not plan.ipv6 \
         else (lambda ns, dev: None)
     if plan.bridge:
         quiet(plan.hub, plan.bridge)
-        per[plan.hub].append(f"link set {plan.bridge} up")
+        per[plan.hub].append(f"link set dev {plan.bridge} up")
     for ln in plan.links:
         quiet(ln.a_ns, ln.a_if)
         quiet(ln.b_ns, ln.b_if)
         if ln.a_master:
-            per[ln.a_ns].append(f"link set {ln.a_if} master {ln.a_master} up")
+            per[ln.a_ns].append(f"link set dev {ln.a_if} master {ln.a_master} up")
         else:
-            per[ln.a_ns].append(f"link set {ln.a_if} up")
+            per[ln.a_ns].append(f"link set dev {ln.a_if} up")
         if ln.a_addr:
             per[ln.a_ns].append(f"addr add {ln.a_addr} dev {ln.a_if}")
-        per[ln.b_ns].append(f"link set {ln.b_if} up")
+        per[ln.b_ns].append(f"link set dev {ln.b_if} up")
         if ln.b_addr:
             per[ln.b_ns].append(f"addr add {ln.b_addr} dev {ln.b_if}")
     return per
 
 
+def _ns_batch_step(plan: Plan, ns: str, cmds: list[str], title: str) -> Step:
+    """Step: ``ip -n NS -batch -`` with ``cmds``."""
+    return Step(title, argv=["ip", "-n", ns, "-batch", "-"], input="\n".join(cmds) + "\n",
+                display=_batch_display(plan, cmds).replace("ip -batch", f"ip -n {ns} -batch"),
+                native=lambda: None)
+
+
 def _build_shell(run: Runner, plan: Plan) -> None:
     lines = _batch_lines(plan)
-    run.run(Step(f"create {len(plan.all_netns())} namespaces and {len(plan.links)} veth pairs "
-                 "in place (one ip -batch)", argv=["ip", "-batch", "-"],
-                 input="\n".join(lines) + "\n", display=_batch_display(plan, lines),
-                 native=lambda: build_native(plan)))
+    run.run(Step(f"create {len(plan.all_netns())} namespaces (one ip -batch)",
+                 argv=["ip", "-batch", "-"], input="\n".join(lines) + "\n",
+                 display=_batch_display(plan, lines), native=lambda: build_native(plan)))
+    for ns, cmds in _create_lines(plan).items():
+        run.run(_ns_batch_step(plan, ns, cmds, f"create {len(cmds)} link(s) from inside {ns}, "
+                                               "veth peers made in place in their namespaces"))
     for ns, cmds in _ns_lines(plan).items():
-        run.run(Step(f"addresses and links up in {ns}", argv=["ip", "-n", ns, "-batch", "-"],
-                     input="\n".join(cmds) + "\n", display=_batch_display(plan, cmds)
-                     .replace("ip -batch", f"ip -n {ns} -batch"),
-                     native=lambda: None))
+        run.run(_ns_batch_step(plan, ns, cmds, f"addresses and links up in {ns}"))
 
 
 def _raise_nofile(need: int) -> None:
@@ -479,10 +510,12 @@ def build_native(plan: Plan) -> None:
     """Make ``plan`` over netlink from this process (the caller undoes on failure).
 
     1. each namespace with an rtnetlink socket opened inside it (and an fd to it);
-    2. the bridge in the hub; every veth created from its b-end namespace's socket with the
-       a end placed in its namespace (enslaved to the bridge and up) and the b end in place,
-       followed in the same buffer by b's "up" and address;
-    3. per namespace, one buffer with the a-side addresses and ``lo up``.
+    2. the bridge in the hub; every veth created from its a-end namespace's socket, the a
+       end in place (enslaved to the bridge and up, with its address), the b end placed in
+       its namespace with ``IFLA_NET_NS_FD`` -- never the other way round: kernels before
+       6.14 look the new device's ifindex up in the *sender's* namespace and answer EEXIST
+       when some other link there has it (see :func:`_create_lines`);
+    3. per namespace, one buffer with the b-side "up" and addresses and ``lo up``.
     The kernel has done each buffer when send() returns; acks are read after all sends.
     (Making the namespaces in a second thread while wiring up the first ones was measured
     here too: no faster on two CPUs, as both sides mostly wait for the same kernel locks.)
@@ -502,33 +535,33 @@ def build_native(plan: Plan) -> None:
         if plan.bridge:
             hub = socks[plan.hub]  # type: ignore[index]
             hub.new_link(nl.link_body(plan.bridge, index=2, kind="bridge", up=True),
-                         f"ip -n {plan.hub} link add {plan.bridge} type bridge")
+                         f"ip -n {plan.hub} link add name {plan.bridge} type bridge")
             hub.flush()
-        by_b: dict[str, list[Link]] = {}
+        by_a: dict[str, list[Link]] = {}
         for ln in plan.links:
-            by_b.setdefault(ln.b_ns, []).append(ln)
+            by_a.setdefault(ln.a_ns, []).append(ln)
         waits = []
-        for ns, links in by_b.items():
+        for ns, links in by_a.items():
             r = socks[ns]
             for ln in links:
-                peer = nl.link_body(ln.b_if, index=ln.b_index)
-                r.new_link(nl.link_body(ln.a_if, index=ln.a_index, netns_fd=fds[ln.a_ns],
+                peer = nl.link_body(ln.b_if, index=ln.b_index, netns_fd=fds[ln.b_ns])
+                r.new_link(nl.link_body(ln.a_if, index=ln.a_index,
                                         master=ln.a_master_index or None, up=True,
                                         kind="veth", peer=peer),
-                           f"ip link add {ln.a_if} netns {ln.a_ns} type veth peer name {ln.b_if} "
+                           f"ip -n {ns} link add name {ln.a_if} type veth peer name {ln.b_if} "
                            f"netns {ln.b_ns}")
-                r.set_link(nl.link_body(index=ln.b_index, up=True),
-                           f"ip -n {ns} link set {ln.b_if} up")
-                if ln.b_addr:
-                    r.new_addr(ln.b_index, ln.b_addr, f"ip -n {ns} addr add {ln.b_addr} dev {ln.b_if}")
+                if ln.a_addr:
+                    r.new_addr(ln.a_index, ln.a_addr, f"ip -n {ns} addr add {ln.a_addr} dev {ln.a_if}")
             waits.append((r, r.send()))
         _collect(waits)
         for ln in plan.links:
-            if ln.a_addr:
-                socks[ln.a_ns].new_addr(ln.a_index, ln.a_addr,
-                                        f"ip -n {ln.a_ns} addr add {ln.a_addr} dev {ln.a_if}")
+            r = socks[ln.b_ns]
+            r.set_link(nl.link_body(index=ln.b_index, up=True),
+                       f"ip -n {ln.b_ns} link set dev {ln.b_if} up")
+            if ln.b_addr:
+                r.new_addr(ln.b_index, ln.b_addr, f"ip -n {ln.b_ns} addr add {ln.b_addr} dev {ln.b_if}")
         for ns, r in socks.items():
-            r.set_link(nl.link_body(index=1, up=True), f"ip -n {ns} link set lo up")
+            r.set_link(nl.link_body(index=1, up=True), f"ip -n {ns} link set dev lo up")
         _collect([(r, r.send()) for r in socks.values()])
     finally:
         os.close(home)

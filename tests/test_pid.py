@@ -5,6 +5,8 @@ import io
 import os
 import socket
 
+import pytest
+
 from helpers import as_nobody, cli, one_line_error
 from nsutil import process
 from nsutil.backend import Runner
@@ -65,8 +67,11 @@ def test_explain_changes_nothing():
     assert not process.children_of(os.getpid())  # nothing was started
 
 
-def test_cli_runs_and_prints_the_document():
-    proc = cli("pid-demo", "--backend", "native")
+@pytest.mark.parametrize("opts", [(), ("--backend", "shell"), ("--backend", "native")],
+                         ids=["literal", "shell", "native"])
+def test_cli_runs_and_prints_the_document(opts):
+    """`invoke pid-demo` as the README prints it (auto), and on each backend."""
+    proc = cli("pid-demo", *opts, env={"NSR_BACKEND": ""})
     assert proc.returncode == 0, proc.stderr
     assert "# echo $$\n1    <- PID 1" in proc.stdout
     assert "NSpid:" in proc.stdout and "grandchild" in proc.stdout
