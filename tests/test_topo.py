@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -65,14 +66,23 @@ def test_shapes_build_check_and_tear_down(backend, tag, shape, hosts, pairs):
     assert not [d for d in os.listdir("/etc/netns") if f"-{tag}-" in d] if os.path.isdir("/etc/netns") else True
 
 
+def _has_link_local(ns: str) -> bool:
+    out = subprocess.run(["ip", "-n", ns, "-6", "-o", "addr"], capture_output=True, text=True).stdout
+    return "fe80" in out
+
+
 def test_ipv6_autoconf_on_when_asked(backend, tag):
+    """The kernel adds a link-local address when it sees the veth's carrier come up, and it
+    sees carrier changes through linkwatch, which batches them up to a second apart: the
+    address may come a second after the build returns, so the test waits for it (10 s, for
+    a loaded emulated VM). Without --ipv6 none ever comes."""
     from recipes import topo
+    from nsutil import process
     with topo.topology("line", 2, backend=backend, scope=tag, ipv6=True) as net:
-        def link_local() -> bool:
-            out = subprocess.run(["ip", "-n", net.netns("h2"), "-6", "-o", "addr"],
-                                 capture_output=True, text=True).stdout
-            return "fe80" in out
-        assert link_local()
+        process.wait_for(lambda: _has_link_local(net.netns("h2")), 10, "an fe80:: address")
+    with topo.topology("line", 2, backend=backend, scope=tag) as net:  # torn down above
+        time.sleep(1.5)   # longer than linkwatch's batching
+        assert not _has_link_local(net.netns("h2"))
 
 
 def test_check_reports_a_broken_link(tag):
