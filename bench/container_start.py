@@ -76,7 +76,7 @@ def main() -> None:
 
     results["nsrecipes API (warm)"] = timed(api(), args.runs)
     results["nsrecipes API (warm) --net"] = timed(api(True), args.runs)
-    invoke = os.path.join(ROOT, ".venv", "bin", "invoke")
+    invoke = os.path.join(os.path.dirname(sys.executable), "invoke")   # this environment's
     results["nsrecipes CLI"] = timed(lambda: check(
         [invoke, "container-run", "--rootfs", rf, "--backend", "native", "--", "true"], cwd=ROOT),
         max(5, args.runs // 3), warmup=1)

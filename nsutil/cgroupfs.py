@@ -12,8 +12,18 @@ runc decides the layout from the filesystem types (statfs magic) of the cgroup m
 
 Here the same answer comes from ``/proc/self/mountinfo`` (the filesystem type and the super
 options, which name the v1 controllers), so a test can hand in a made-up mountinfo.
-A cgroup named ``nsr-...`` is made *below the caller's own cgroup* in every hierarchy that
-carries a wanted controller -- what runc does with a relative ``cgroupsPath``.
+Where the cgroups go depends on the version, as in Docker's cgroupfs driver and nsjail:
+
+* **v1** (legacy, hybrid): ``nsr-...`` *below the caller's own cgroup* in every hierarchy that
+  carries a wanted controller (what runc does with a relative ``cgroupsPath``): v1 has no rule
+  against a cgroup holding processes and having children;
+* **v2**: below ``nsrecipes``, a cgroup of nsrecipes' own at the top of the hierarchy
+  (``/sys/fs/cgroup/nsrecipes/nsr-...``), *never* below the caller's: on a systemd host the
+  caller is in a scope like ``/user.slice/user-0.slice/session-1.scope`` that holds processes,
+  and v2's "no internal processes" rule forbids such a cgroup to enable controllers for
+  children. The root must delegate each controller (list it in its ``cgroup.subtree_control``,
+  as systemd does); nsrecipes enables them only in its own ``nsrecipes`` cgroup, checks that
+  before it makes anything (:func:`require`), and removes ``nsrecipes`` when it is empty.
 
 Limits map to files as runc maps them:
 
@@ -39,89 +49,16 @@ import time
 from dataclasses import dataclass, field
 
 from .errors import InvalidInput, NsrError, SyscallError
+from .limits import (CPU_PERIOD_US, MIN_MEMORY, Limits, parse_cpus,  # noqa: F401 (re-exported)
+                     parse_memory, parse_pids)
 from .names import PREFIX
 
 ROOT = "/sys/fs/cgroup"
 #: controllers nsrecipes uses; cpuacct only on v1 (CPU time), where it may be its own hierarchy
 CONTROLLERS = ("memory", "pids", "cpu")
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
-CPU_PERIOD_US = 100_000
-MIN_MEMORY = 6 << 20
-
-
-# --- parsing of user input -------------------------------------------------------------------
-
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_memory(text: str | int) -> int:
-    """``64M`` / ``512k`` / ``1G`` / ``6291456`` -> bytes; at least 6 MiB (Docker's minimum:
-    less does not leave room for the container's own PID 1)."""
-
-    # Rejects ``64X``, ``-1``, ``0`` with one line saying what is accepted.
-    raw = str(text).strip()
-    m = re.fullmatch(r"(\d+)\s*([KkMmGgTtBb]?)(?:i?[Bb])?", raw)
-    if not m:
-        raise InvalidInput(f"memory limit {raw!r} does not parse",
-                           hint="write a positive size like 64M, 512K, 1G or a number of bytes")
-    value = int(m.group(1)) * _UNITS[m.group(2).upper()]
-    if value < MIN_MEMORY:
-        raise InvalidInput(f"memory limit {raw!r} is below 6M",
-                           hint="a container needs at least 6M (as with Docker); write e.g. 64M")
-    return value
-
-
-def parse_pids(text: str | int) -> int:
-    """A pids limit: a whole number >= 1 (``-1`` and ``0`` are refused)."""
-    raw = str(text).strip()
-    if not re.fullmatch(r"\d+", raw) or int(raw) < 1:
-        raise InvalidInput(f"pids limit {raw!r} is not a positive whole number",
-                           hint="write e.g. 64 (the container's process count may not exceed it)")
-    if int(raw) > 4_194_304:
-        raise InvalidInput(f"pids limit {raw} exceeds the kernel's pid_max (4194304)",
-                           hint="write a smaller number")
-    return int(raw)
-
-
-def parse_cpus(text: str | float) -> float:
-    """A CPU limit in CPUs (``0.5`` = half a CPU): 0.01 .. number of CPUs * 1000."""
-    raw = str(text).strip()
-    if not re.fullmatch(r"\d+(\.\d+)?|\.\d+", raw):
-        raise InvalidInput(f"cpu limit {raw!r} does not parse",
-                           hint="write a positive number of CPUs like 0.5 or 2")
-    value = float(raw)
-    if value < 0.01:
-        raise InvalidInput(f"cpu limit {raw!r} is below 0.01 CPU",
-                           hint="write e.g. 0.5 (half a CPU)")
-    if value > 1024:
-        raise InvalidInput(f"cpu limit {raw!r} is too large", hint="write at most 1024")
-    return value
-
-
-@dataclass
-class Limits:
-    """Resource limits; ``None`` means "not limited"."""
-
-    memory: int | None = None     #: bytes
-    pids: int | None = None       #: processes
-    cpus: float | None = None     #: CPUs (quota / period)
-
-    @classmethod
-    def parse(cls, memory: str | int | None = None, pids: str | int | None = None,
-              cpus: str | float | None = None) -> "Limits":
-        """Validate user-given limits (strings as on the command line)."""
-        return cls(memory=parse_memory(memory) if memory not in (None, "") else None,
-                   pids=parse_pids(pids) if pids not in (None, "") else None,
-                   cpus=parse_cpus(cpus) if cpus not in (None, "") else None)
-
-    def any(self) -> bool:
-        """True if at least one limit is set."""
-        return any(v is not None for v in (self.memory, self.pids, self.cpus))
-
-    def cpu_quota(self, period: int = CPU_PERIOD_US) -> tuple[int, int]:
-        """(quota_us, period_us) for ``cpus``."""
-        assert self.cpus is not None
-        return max(1000, int(round(self.cpus * period))), period
+#: nsrecipes' own parent cgroup on v2 (below the hierarchy's root)
+PARENT_NAME = f"{PREFIX}ecipes"
 
 
 # --- layout detection ------------------------------------------------------------------------
@@ -217,23 +154,112 @@ def own_cgroup(controller: str | None, proc_cgroup: str | None = None) -> str:
     return "/"
 
 
+# --- can nsrecipes use a controller here? ----------------------------------------------------
+
+def is_namespace_root(directory: str) -> bool:
+    """True if the v2 root we see is not the real root (a cgroup namespace, a container):
+    only non-root cgroups have ``cgroup.type``."""
+    return os.path.exists(os.path.join(directory, "cgroup.type"))
+
+
+def controller_problem(ctrl: str, layout: Layout | None = None) -> NsrError | None:
+    """Why nsrecipes cannot use controller ``ctrl`` here (one line with the fix), or None.
+
+    On v2 the root must list it in ``cgroup.subtree_control``: nsrecipes never writes a cgroup
+    that is not its own, so it does not enable it there itself.
+    """
+    layout = layout or host_layout()
+    if layout.mode != "unified":
+        if ctrl in layout.v1:
+            return None
+        return NsrError(f"cgroup v1: controller {ctrl} is not mounted",
+                        hint=f"mount -t cgroup -o {ctrl} cgroup {ROOT}/{ctrl} (see /proc/cgroups)")
+    base = layout.v2 or ROOT
+    control = os.path.join(base, "cgroup.subtree_control")
+    if ctrl in read_file(control).split():
+        return None
+    ns_root = is_namespace_root(base)
+    if ctrl not in read_file(os.path.join(base, "cgroup.controllers")).split():
+        hint = ("the cgroup this container's namespace is rooted in does not delegate it: give "
+                "the container its controllers (e.g. docker run --cgroupns=host)" if ns_root else
+                "the kernel offers it on no v2 hierarchy here (bound to v1, or cgroup_disable=; "
+                "see /proc/cgroups)")
+        return NsrError(f"cgroup v2: controller {ctrl} is not available in "
+                        f"{base}/cgroup.controllers", hint=hint)
+    hint = f"echo +{ctrl} > {control}"
+    if ns_root and procs_here(base):
+        hint = (f"{base} is a cgroup namespace's root (a container's) and holds processes, so "
+                f"v2 forbids it to enable controllers: move them into a child first (mkdir "
+                f"{base}/init, echo each pid of {base}/cgroup.procs into "
+                f"{base}/init/cgroup.procs), then {hint}")
+    return NsrError(f"cgroup v2: controller {ctrl} is not enabled in {control}", hint=hint)
+
+
+def require(controllers: tuple[str, ...], layout: Layout | None = None) -> None:
+    """Raise the first :func:`controller_problem` of ``controllers`` (before anything is made)."""
+    for ctrl in controllers:
+        problem = controller_problem(ctrl, layout)
+        if problem is not None:
+            raise problem
+
+
+def procs_here(directory: str) -> list[int]:
+    """PIDs in ``DIR/cgroup.procs`` itself (not in its children)."""
+    return [int(x) for x in read_file(os.path.join(directory, "cgroup.procs")).split()
+            if x.isdigit()]
+
+
 # --- file helpers ----------------------------------------------------------------------------
 
 def write_file(path: str, value: str | int) -> None:
-    """``echo VALUE > PATH`` for a cgroup control file; errors name the file and the value."""
+    """``echo VALUE > PATH`` for a cgroup control file; errors name the file and the value.
+    No O_CREAT: a control file the kernel does not offer is ENOENT (kernfs says EACCES)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
         try:
             os.write(fd, str(value).encode())
         finally:
             os.close(fd)
     except OSError as exc:
-        hint = None
-        if exc.errno == errno.EINVAL:
-            hint = "the kernel refused the value (too small for what the cgroup uses already?)"
-        elif exc.errno == errno.EBUSY:
-            hint = "a limit below current usage, or a controller in use in a child cgroup"
-        raise SyscallError.from_oserror(f"write({path!r}, {str(value)!r})", exc, hint) from None
+        raise SyscallError.from_oserror(f"write({path!r}, {str(value)!r})", exc,
+                                        write_hint(path, exc.errno or 0)) from None
+
+
+def _ctype(directory: str) -> str:
+    return read_file(os.path.join(directory, "cgroup.type")).strip() or "root"
+
+
+def write_hint(path: str, err: int) -> str | None:
+    """What a failed write of cgroup file ``path`` means (v2's rules named), by errno."""
+    d, name = os.path.split(path)
+    moving = name in ("cgroup.procs", "tasks")
+    if err == errno.EBUSY and name == "cgroup.subtree_control":
+        return (f"{d} holds processes, and cgroup v2 lets only a cgroup without processes enable "
+                "controllers for its children (no internal processes); see `invoke doctor`")
+    if err == errno.EBUSY and moving:
+        return (f"{d} enables controllers for its children (cgroup.subtree_control), so cgroup "
+                "v2 lets it hold no processes; use a leaf cgroup")
+    if err == errno.EBUSY:
+        return "a limit below current usage, or a controller in use in a child cgroup"
+    if err == errno.ENOENT and not os.path.isdir(d):
+        return f"the cgroup {d} is gone (removed by another run or `invoke cleanup`?)"
+    if err == errno.ENOENT and name == "cgroup.subtree_control":
+        return (f"a controller of the value is not in {d}/cgroup.controllers: the parent does "
+                "not enable it in its cgroup.subtree_control; see `invoke doctor`")
+    if err == errno.ENOENT and not moving:
+        ctrl, parent = name.split(".")[0], os.path.dirname(d)
+        return (f"the {ctrl} controller is not enabled for {d}: {parent}/cgroup.subtree_control "
+                f"lacks it (echo +{ctrl} > {parent}/cgroup.subtree_control, if that cgroup is "
+                "yours)")
+    if err == errno.EOPNOTSUPP and moving:
+        return (f"{d} has cgroup.type {_ctype(d)!r}: cgroup v2 takes processes only into a valid "
+                "domain cgroup (a threaded or 'domain invalid' subtree refuses them)")
+    if err == errno.EOPNOTSUPP:
+        return (f"{d} has cgroup.type {_ctype(d)!r}: domain controllers (memory, io) cannot be "
+                "enabled in a threaded subtree")
+    if err == errno.EINVAL:
+        return "the kernel refused the value (too small for what the cgroup uses already?)"
+    return None
 
 
 def read_file(path: str) -> str:
@@ -270,6 +296,7 @@ class Cgroup:
     name: str
     version: int                 #: 1 (v1/hybrid) or 2 (unified)
     dirs: dict[str, str]
+    parent: str | None = None    #: v2: nsrecipes' own parent cgroup (made, then removed if empty)
 
     # -- paths ------------------------------------------------------------------------------
     def unique_dirs(self) -> list[str]:
@@ -309,24 +336,20 @@ class Cgroup:
         """v2 only: ``(parent subtree_control, "+memory +pids +cpu")`` so children get them."""
         if self.version != 2:
             return []
-        d = self.unique_dirs()[0]
-        parent = os.path.dirname(d)
+        parent = self.parent or os.path.dirname(self.unique_dirs()[0])
         wanted = " ".join(f"+{c}" for c in self.dirs if c in CONTROLLERS)
         return [(os.path.join(parent, "cgroup.subtree_control"), wanted)] if wanted else []
 
     # -- operations ---------------------------------------------------------------------------
     def create(self) -> None:
-        """mkdir every directory (and on v2 enable the controllers in the parent first)."""
+        """mkdir every directory; on v2 in nsrecipes' parent, whose controllers are enabled
+        once the directory exists (so a concurrent run cannot remove the parent between)."""
+        if self.parent:
+            make_parent(self.parent)
+        for d in self.unique_dirs():
+            make_dir(d, self.parent)
         for path, value in self.enable_writes():
             write_file(path, value)
-        for d in self.unique_dirs():
-            try:
-                os.mkdir(d, 0o755)
-            except FileExistsError:
-                raise SyscallError(f"mkdir({d!r})", errno.EEXIST,
-                                   hint="a cgroup of that name exists; run `invoke cleanup`") from None
-            except OSError as exc:
-                raise SyscallError.from_oserror(f"mkdir({d!r})", exc) from None
 
     def set_limits(self, limits: Limits) -> None:
         """Write every limit file."""
@@ -423,12 +446,60 @@ def kill_procs(directory: str) -> int:
 
 
 def remove_dir(directory: str, timeout: float = 5.0) -> None:
-    """rmdir a cgroup directory (children first); on EBUSY kill what is in it and retry."""
+    """rmdir a cgroup directory (children first); on EBUSY kill what is in it and retry.
+    Then remove nsrecipes' v2 parent if that leaves it empty."""
+    _remove_tree(directory, timeout)
+    parent = os.path.dirname(directory.rstrip("/"))
+    if os.path.basename(parent) == PARENT_NAME:
+        prune_parent(parent)
+
+
+def make_parent(parent: str) -> None:
+    """``mkdir -p`` nsrecipes' own v2 parent cgroup (another run may have made it)."""
+    try:
+        os.mkdir(parent, 0o755)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise SyscallError.from_oserror(f"mkdir({parent!r})", exc) from None
+
+
+def make_dir(directory: str, parent: str | None = None, attempts: int = 50) -> None:
+    """mkdir one cgroup; with ``parent``, make it again if a concurrent run removed it
+    (ENOENT) between our :func:`make_parent` and this mkdir."""
+    for attempt in range(attempts):
+        try:
+            os.mkdir(directory, 0o755)
+            return
+        except FileExistsError:
+            raise SyscallError(f"mkdir({directory!r})", errno.EEXIST,
+                               hint="a cgroup of that name exists; run `invoke cleanup`") from None
+        except OSError as exc:
+            if exc.errno != errno.ENOENT or parent is None or attempt == attempts - 1:
+                raise SyscallError.from_oserror(f"mkdir({directory!r})", exc) from None
+        make_parent(parent)
+
+
+def prune_parent(parent: str) -> bool:
+    """rmdir nsrecipes' parent cgroup if nothing is in it; True if it is gone. Another run
+    using it (EBUSY, ENOTEMPTY) is fine: the last one out removes it."""
+    try:
+        os.rmdir(parent)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
+            return False
+        raise SyscallError.from_oserror(f"rmdir({parent!r})", exc) from None
+    return True
+
+
+def _remove_tree(directory: str, timeout: float) -> None:
     if not os.path.isdir(directory):
         return
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         if entry.is_dir(follow_symlinks=False):
-            remove_dir(entry.path, timeout)
+            _remove_tree(entry.path, timeout)
     deadline = time.monotonic() + timeout
     delay = 0.001
     while True:
@@ -447,23 +518,20 @@ def remove_dir(directory: str, timeout: float = 5.0) -> None:
 
 def plan(name: str, controllers: tuple[str, ...] = CONTROLLERS, layout: Layout | None = None,
          proc_cgroup: str | None = None) -> Cgroup:
-    """The cgroup ``name`` (must start with ``nsr``) below the caller's own cgroup in each
-    hierarchy carrying one of ``controllers`` -- on v1 also cpuacct when cpu is wanted."""
+    """The cgroup ``name`` (must start with ``nsr``) for ``controllers``: on v1 below the
+    caller's own cgroup in each hierarchy carrying one (also cpuacct when cpu is wanted), on v2
+    in nsrecipes' own parent (see the module docstring). Raises, before anything is made, if
+    a controller cannot be used (:func:`require`)."""
     if not name.startswith(PREFIX) or "/" in name:
         raise InvalidInput(f"cgroup name {name!r} must start with {PREFIX!r} and have no '/'",
                            hint=f"use e.g. {PREFIX}-demo")
     layout = layout or host_layout()
-    dirs: dict[str, str] = {}
+    require(controllers, layout)
     if layout.mode == "unified":
-        assert layout.v2 is not None
-        base = own_cgroup(None, proc_cgroup)
-        path = os.path.join(layout.v2, base.lstrip("/"), name)
-        for c in controllers:
-            if c in layout.v2_controllers:
-                dirs[c] = path
-        if not dirs:
-            dirs["pids"] = path   # a bare v2 cgroup still groups and kills processes
-        return Cgroup(name, 2, dirs)
+        parent = os.path.join(layout.v2 or ROOT, PARENT_NAME)
+        path = os.path.join(parent, name)
+        return Cgroup(name, 2, {c: path for c in controllers}, parent)
+    dirs: dict[str, str] = {}
     wanted = list(controllers) + (["cpuacct"] if "cpu" in controllers else [])
     for c in wanted:
         if c in layout.v1:
@@ -472,19 +540,34 @@ def plan(name: str, controllers: tuple[str, ...] = CONTROLLERS, layout: Layout |
     return Cgroup(name, 1, dirs)
 
 
+def placement(layout: Layout | None = None) -> str:
+    """Where nsrecipes puts its cgroups on this host, in words (for `doctor`)."""
+    layout = layout or host_layout()
+    if layout.mode == "unified":
+        return (f"{os.path.join(layout.v2 or ROOT, PARENT_NAME)}/{PREFIX}-* (v2: a cgroup of "
+                "nsrecipes' own, outside the caller's)")
+    mem = layout.v1.get("memory") or next(iter(layout.v1.values()), ROOT)
+    return (f"{os.path.join(mem, own_cgroup('memory').lstrip('/'))}/{PREFIX}-* and likewise "
+            "in each v1 hierarchy (below the caller's own cgroup)")
+
+
 def find_ours(layout: Layout | None = None, max_depth: int = 4) -> list[str]:
     """Every cgroup directory named ``nsr*`` in every hierarchy (not descending into them)."""
     layout = layout or detect()
     roots = sorted(set(layout.v1.values()) | ({layout.v2} if layout.v2 else set()))
     found: list[str] = []
+    parents: list[str] = []   # nsrecipes' own v2 parents: listed after what is in them
     for top in roots:
         base_depth = top.rstrip("/").count("/")
         for root, dirs, _files in os.walk(top):
             keep = []
             for d in dirs:
-                if d.startswith(PREFIX):
+                if d == PARENT_NAME:
+                    parents.append(os.path.join(root, d))
+                    keep.append(d)
+                elif d.startswith(PREFIX):
                     found.append(os.path.join(root, d))
                 else:
                     keep.append(d)
             dirs[:] = keep if root.count("/") - base_depth < max_depth else []
-    return found
+    return found + parents

@@ -88,6 +88,32 @@ def ns_link(pid: int | str, t: NsType | str) -> str:
         raise SyscallError.from_oserror(f"readlink({path!r})", exc) from None
 
 
+#: ioctl(NS_GET_MNTNS_ID) = _IOR(0xb7, 5, __u64): the kernel's own id of a mount namespace
+_NS_GET_MNTNS_ID = 0x8008B705
+
+
+def mntns_id(pid: int | str) -> int | None:
+    """The kernel's id of ``pid``'s mount namespace (``NS_GET_MNTNS_ID``), or ``None`` on a
+    kernel without the ioctl (6.1 has none) or when ``pid`` is gone.
+
+    The kernel refuses (EINVAL) to bind a mount-namespace file unless the namespace's id is
+    greater than the binder's own (``mnt_ns_loop``). From 6.18 on, ids come from per-CPU
+    batches, so a namespace made later on another CPU can have the smaller id.
+    """
+    import fcntl
+    import struct
+    try:
+        fd = os.open(ns_path(pid, "mnt"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return struct.unpack("Q", fcntl.ioctl(fd, _NS_GET_MNTNS_ID, bytes(8)))[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def ns_ids(pid: int | str = "self") -> dict[str, int]:
     """All namespace inodes of a process, by type name."""
     return {name: ns_inode(pid, t) for name, t in NS_TYPES.items()}

@@ -3,12 +3,19 @@
 ``/run/nsrecipes`` (``$NSR_STATE_DIR`` overrides it) is mode 0700 and owned by root, so
 another user can neither read nor change it. Files are written to a temporary name and
 renamed into place, so a process killed mid-write never leaves a torn file.
+
+:func:`locked` is the lock on the directory itself; :func:`prune` removes the directory
+only under it, and a lock is only granted on the directory that is there when it is
+granted (a lock on a pruned one would exclude nobody).
 """
 from __future__ import annotations
 
+import errno as _errno
+import fcntl
 import json
 import os
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from .errors import SyscallError
 from .names import STATE_DIR
@@ -54,10 +61,59 @@ def read_json(path: str) -> Any:
         return None
 
 
-def prune() -> None:
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+@contextmanager
+def locked(shared: bool = False) -> Iterator[int]:
+    """An flock on the state directory (created if needed), exclusive or ``shared``; yields
+    the locked descriptor (``fcntl.flock`` on it up- or downgrades the lock).
+
+    A waiter whose directory was pruned (and maybe made again by someone else) while it
+    waited holds a lock on a removed inode, which excludes nobody: so the lock is checked to
+    be on the directory at the path once granted, and taken again when it is not.
+    """
+    for _ in range(100):
+        path = state_dir()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # pruned between making and opening it
+        except OSError as exc:
+            raise SyscallError.from_oserror(f"open({path!r})", exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            if _same_file(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    else:
+        raise SyscallError(f"flock({path!r})", _errno.EAGAIN,
+                           hint="the state directory keeps being removed and made again")
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def prune(have_lock: bool = False) -> None:
     """Remove the state directory (and its ``net/`` subdirectory) when empty, so a host
-    with nothing of nsrecipes on it has no /run/nsrecipes either."""
+    with nothing of nsrecipes on it has no /run/nsrecipes either. Done under
+    :func:`locked` (``have_lock``: the caller holds it), so it never removes the
+    directory between another process's lock and its first entry."""
     base = state_dir(create=False)
+    if not have_lock:
+        if os.path.isdir(base):
+            with locked():
+                prune(have_lock=True)
+        return
     for path in (os.path.join(base, "net"), base):
         try:
             os.rmdir(path)

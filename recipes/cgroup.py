@@ -76,27 +76,58 @@ def rmdir_step(directory: str) -> Step:
                 native=lambda: cgroupfs.remove_dir(directory))
 
 
-def _mkdir(directory: str) -> None:
-    try:
-        os.mkdir(directory, 0o755)
-    except FileExistsError:
-        raise NsrError(f"cgroup {directory} exists already", errno_name="EEXIST",
-                       hint="run `invoke cleanup`, or pick another name") from None
-    except OSError as exc:
-        from nsutil.errors import SyscallError
-        raise SyscallError.from_oserror(f"mkdir({directory!r})", exc) from None
+def _shell_mkdir(directory: str, parent: str | None) -> Callable[[list[str]], None]:
+    """``mkdir DIR``; on v2 again after ``mkdir -p PARENT`` if a concurrent run removed
+    nsrecipes' parent in between (ENOENT)."""
+    def run(argv: list[str]) -> None:
+        for _ in range(50):
+            done = nshell.run_full(argv)
+            if done.returncode == 0:
+                return
+            if parent is None or "no such file" not in done.stderr.lower():
+                break
+            nshell.run_full(["mkdir", "-p", parent])
+        raise CommandError(argv, done.returncode, done.stderr,
+                           hint="a cgroup of that name exists; run `invoke cleanup`"
+                           if "exists" in done.stderr.lower() else None)
+    return run
+
+
+def _shell_prune(parent: str) -> Callable[[list[str]], None]:
+    def run(argv: list[str]) -> None:
+        done = nshell.run_full(argv)
+        low = done.stderr.lower()
+        if done.returncode and not any(w in low for w in ("busy", "not empty", "no such file")):
+            raise CommandError(argv, done.returncode, done.stderr)
+    return run
+
+
+def parent_step(parent: str) -> Step:
+    """Step (v2): make nsrecipes' own parent cgroup, outside the caller's; undo: remove it if
+    no other run uses it."""
+    prune = Step(f"remove {parent} if no other run uses it (EBUSY/ENOTEMPTY: one does)",
+                 argv=["rmdir", parent], shell=_shell_prune(parent),
+                 native=lambda: cgroupfs.prune_parent(parent))
+    return Step("make nsrecipes' own parent cgroup (v2: never below the caller's cgroup, "
+                "which may hold processes)", argv=["mkdir", "-p", parent],
+                native=lambda: cgroupfs.make_parent(parent), undo=prune)
 
 
 def create_cgroup(run: Runner, name: str | None = None,
                   controllers: tuple[str, ...] = cgroupfs.CONTROLLERS) -> Cgroup:
-    """Step(s): make cgroup ``name`` (``nsr-...``) in each hierarchy carrying ``controllers``;
-    undo: kill what is in it and remove it."""
+    """Step(s): make cgroup ``name`` (``nsr-...``) in each hierarchy carrying ``controllers``
+    (on v2 in nsrecipes' own parent, whose controllers are enabled once it has the child);
+    undo: kill what is in it and remove it. A controller that cannot be used fails here,
+    before anything is made."""
     cg = cgroupfs.plan(name or f"{PREFIX}-cg-{scope_id()}", controllers)
-    for path, value in cg.enable_writes():
-        run.run(write_step(path, value, "enable the controllers for child cgroups (v2)"))
+    if cg.parent:
+        run.run(parent_step(cg.parent))
     for ctrl, d in _dirs_with_names(cg):
         run.run(Step(f"create cgroup {cg.name} in the {ctrl} hierarchy", argv=["mkdir", d],
-                     native=lambda d=d: _mkdir(d), undo=rmdir_step(d)))
+                     shell=_shell_mkdir(d, cg.parent),
+                     native=lambda d=d: cgroupfs.make_dir(d, cg.parent), undo=rmdir_step(d)))
+    for path, value in cg.enable_writes():
+        run.run(write_step(path, value, "enable the controllers for nsrecipes' cgroups (v2)"))
     return cg
 
 
@@ -357,6 +388,7 @@ def demo(run: Runner, memory: str = "32M", pids: int | str = 32, cpus: str | flo
     """All three limits, each in its own cgroup; returns what was observed."""
     Limits.parse(memory, pids, cpus)   # bad input fails before anything is made
     layout = cgroupfs.detect()
+    cgroupfs.require(cgroupfs.CONTROLLERS, layout)   # and so does a controller we cannot use
     run.heading(f"{SECTION}: layout {layout.mode} "
                 f"(v1: {', '.join(sorted(layout.v1)) or '-'}; v2: {layout.v2 or '-'} "
                 f"with {', '.join(layout.v2_controllers) or 'no'} controllers)")
@@ -379,5 +411,14 @@ def leftovers() -> list[Leftover]:
         return []
     from .container import recorded_cgroups
     recorded = recorded_cgroups()
-    return [Leftover("cgroup", d, lambda d=d: cgroupfs.remove_dir(d)) for d in found
+    return [Leftover("cgroup", d, lambda d=d: _remove_leftover(d)) for d in found
             if d not in recorded]
+
+
+def _remove_leftover(directory: str) -> None:
+    """A leftover ``nsr*`` cgroup: killed and removed; nsrecipes' v2 parent only if it is
+    empty by now (what is in it is listed, and removed, before it)."""
+    if os.path.basename(directory) == cgroupfs.PARENT_NAME:
+        cgroupfs.prune_parent(directory)
+    else:
+        cgroupfs.remove_dir(directory)

@@ -3,7 +3,9 @@
 The document's three principles composed the way ``docker run`` / runc compose them:
 
 1. check the input (rootfs with a shell, limits, the command exists in the rootfs);
-2. make the container's directory (overlay ``upper``, ``work``, ``merged``);
+2. make the container's directory (overlay ``upper``, ``work``, ``merged``; where the state
+   directory's filesystem cannot hold an upper, e.g. an overlayfs, on a tmpfs mounted on
+   it, as bubblewrap's ``--tmp-overlay`` does: :mod:`recipes.upperfs`);
 3. make a cgroup ``nsr-c-ID`` and write the limits (:mod:`recipes.cgroup`);
 4. fork a process, unshare mount, UTS, IPC, PID (and with ``--net`` network) namespaces and
    fork PID 1 of the new PID namespace; the tool records both PIDs for ``cleanup``. PID 1
@@ -48,6 +50,7 @@ from nsutil.state import prune, read_json, state_dir
 
 from . import cgroup as cgroup_recipe
 from . import rootfs as rootfs_recipe
+from . import upperfs
 from .common import Leftover
 from .cow import mount_overlay, remove_tree
 
@@ -182,25 +185,32 @@ def _rmtree_step(path: str) -> Step:
                 argv=["rm", "-rf", "--one-file-system", path], native=native, shell=shell)
 
 
-def make_dirs(run: Runner, spec: Spec) -> str:
-    """Step: make the container's directory with the overlay's upper, work and merged dirs;
-    undo: remove it (unless ``rm`` is off)."""
+def make_dirs(run: Runner, spec: Spec, fs: upperfs.Fs | None = None) -> str:
+    """Steps: make the container's directory with the overlay's upper, work and merged dirs
+    (on a tmpfs mounted on it where the state directory's filesystem ``fs`` cannot hold an
+    upper); undo: remove it (unless ``rm`` is off)."""
     base = state_dir(create=not run.explain)
     cdir = os.path.join(base, spec.name)
     subdirs = [os.path.join(cdir, d) for d in ("upper", "work", "merged")]
+    fs = fs or upperfs.plan_upper(base)
+    on_tmpfs = upperfs.needs_tmpfs(fs)
+    first = [cdir] if on_tmpfs else [cdir] + subdirs
 
-    def native() -> None:
-        try:
-            os.mkdir(cdir, 0o700)
-        except FileExistsError:
-            raise NsrError(f"container directory {cdir} exists", errno_name="EEXIST",
-                           hint="another container has that name; run `invoke cleanup`") from None
-        for d in subdirs:
-            os.mkdir(d, 0o755)
+    def mkdirs(paths: list[str]) -> None:
+        for d in paths:
+            try:
+                os.mkdir(d, 0o700 if d == cdir else 0o755)
+            except FileExistsError:
+                raise NsrError(f"container directory {d} exists", errno_name="EEXIST",
+                               hint="another container has that name; run `invoke cleanup`") from None
 
-    run.run(Step(f"make the container directory {cdir} (overlay upper, work, merged)",
-                 argv=["mkdir", cdir] + subdirs, native=native,
-                 undo=_rmtree_step(cdir) if spec.rm else None))
+    run.run(Step(f"make the container directory {cdir}" + ("" if on_tmpfs else
+                 " (overlay upper, work, merged)"), argv=["mkdir"] + first,
+                 native=lambda: mkdirs(first), undo=_rmtree_step(cdir) if spec.rm else None))
+    if on_tmpfs:
+        upperfs.mount_upper_tmpfs(run, cdir, fs, undo=spec.rm, mode="0700")
+        run.run(Step("make the overlay's upper, work and merged in it", argv=["mkdir"] + subdirs,
+                     native=lambda: mkdirs(subdirs)))
     return cdir
 
 
@@ -231,15 +241,17 @@ def _write_json(path: str, data: dict) -> None:
         raise SyscallError.from_oserror(f"write({path!r})", exc) from None
 
 
+def cgroup_controllers(spec: Spec) -> tuple[str, ...]:
+    """The controllers of the container's cgroup: pids always, so everything can be found and
+    killed; memory and cpu when limited."""
+    return tuple(c for c, on in (("memory", spec.limits.memory is not None), ("pids", True),
+                                 ("cpu", spec.limits.cpus is not None)) if on)
+
+
 def make_cgroup(run: Runner, spec: Spec) -> Cgroup:
-    """Steps: the container's cgroup (pids always, so everything can be found and killed;
-    memory and cpu when limited) and its limits; undo: kill what is left, remove it."""
-    ctrls = ["pids"]
-    if spec.limits.memory is not None:
-        ctrls.insert(0, "memory")
-    if spec.limits.cpus is not None:
-        ctrls.append("cpu")
-    cg = cgroup_recipe.create_cgroup(run, spec.name, tuple(ctrls))
+    """Steps: the container's cgroup (:func:`cgroup_controllers`) and its limits; undo: kill
+    what is left, remove it."""
+    cg = cgroup_recipe.create_cgroup(run, spec.name, cgroup_controllers(spec))
     cgroup_recipe.set_limits(run, cg, spec.limits)
     return cg
 
@@ -650,6 +662,9 @@ def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,
     Bad input raises before anything is made; with ``rm`` nothing is left afterwards.
     """
     spec = make_spec(argv, rootfs, memory, pids, cpus, hostname, net, rm, name)
+    fs = upperfs.plan_upper(state_dir(create=False))   # refused before anything is made
+    upperfs.check_lower(spec.rootfs or rootfs_recipe.cache_dir(), "the rootfs")
+    cgroupfs.require(cgroup_controllers(spec))   # a controller we cannot use: fail first
     if spec.rootfs is None:
         default = rootfs_recipe.default_path()
         if os.path.isfile(os.path.join(default, "bin", "busybox")):
@@ -663,7 +678,7 @@ def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,
     if run.explain:  # the command's own output is all a real run prints
         run.heading(f"{SECTION}: {' '.join(spec.argv)}")
     try:
-        cdir = make_dirs(run, spec)
+        cdir = make_dirs(run, spec, fs)
         cg = make_cgroup(run, spec)
         ct = Container(spec.name, cdir, cg, spec.rootfs)
         start(run, spec, ct, (stdin, stdout, stderr))

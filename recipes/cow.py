@@ -9,8 +9,14 @@ there, so the lower layer never changes; deleting a lower file leaves a *whiteou
 (a character device 0/0 of the same name) that hides it. Two containers can share the same
 lower layers: each pays only for what it wrote.
 
+The demo works in ``$TMPDIR`` (default /tmp). Where that filesystem cannot hold an upper
+(an overlayfs, as /tmp is in Docker and on many CI runners; see :mod:`recipes.upperfs`),
+each container's directory gets a tmpfs of its own for upper and work, as bubblewrap's
+``--tmp-overlay`` does; the image layers stay where they are (a lower on overlayfs is fine).
+
 Shell forms: ``mount -t overlay overlay -o lowerdir=L1:L2,upperdir=U,workdir=W MERGED``,
-``umount``, ``rm``, ``du -s -B1``; native: mount(2), umount2(2), os.unlink, an inode walk.
+``mount -t tmpfs`` (only where needed), ``umount``, ``rm``, ``du -s -B1``; native: mount(2),
+umount2(2), os.unlink, an inode walk.
 """
 from __future__ import annotations
 
@@ -21,20 +27,24 @@ from typing import Sequence
 
 from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
-from nsutil.errors import InvalidInput, NsrError, SyscallError
+from nsutil import shell as nshell
+from nsutil.errors import CommandError, InvalidInput, NsrError, SyscallError
 from nsutil.names import PREFIX, scope_id
 
+from . import upperfs
 from .common import Leftover
+from .upperfs import unescape as _unescape
 
 SECTION = "写时复制 (copy-on-write): overlayfs"
 TMP = "/tmp"
 
 
-# --- helpers shared with recipes.container -------------------------------------------------------
+def scratch_dir() -> str:
+    """Where the demo makes its directories: ``$TMPDIR``, else /tmp."""
+    return os.path.abspath(os.environ.get("TMPDIR") or TMP)
 
-def _unescape(path: str) -> str:
-    import re
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+
+# --- helpers shared with recipes.container -------------------------------------------------------
 
 
 def mounts_below(path: str, fstype: str | None = None) -> list[str]:
@@ -139,9 +149,41 @@ def mount_overlay(run: Runner, lowers: Sequence[str], upper: str, work: str, mer
         raise InvalidInput("an overlay needs at least one lower directory", hint="give the image layer")
     opts = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
     undo_step = unmount_step(merged) if undo else None
+
+    def why() -> str:
+        on = sorted({upperfs.fs_of(p).describe() for p in lowers})
+        deep = ("; a lower on an overlayfs that is itself stacked on one is over the kernel's "
+                "depth limit of 2" if any(d.startswith("overlay ") for d in on) else "")
+        return (f"upper {upper} is on {upperfs.fs_of(upper).describe()}, lowers on "
+                f"{', '.join(on)}{deep}; the kernel's reason is in `dmesg | tail`")
+
+    def native() -> None:
+        try:
+            sc.mount("overlay", merged, "overlay", 0, opts)
+        except SyscallError as exc:
+            raise SyscallError(exc.call, exc.errno, why()) from None
+
+    def shell(argv: list[str]) -> None:
+        try:
+            nshell.run(argv)
+        except CommandError as exc:
+            raise CommandError(exc.argv, exc.returncode, exc.stderr, hint=why()) from None
+
+    if not run.explain:
+        _check_upper(upper)
     run.run(Step(f"mount an overlay on {merged} ({len(lowers)} lower layer(s), writes go to {upper})",
                  argv=["mount", "-t", "overlay", "overlay", "-o", opts, merged],
-                 native=lambda: sc.mount("overlay", merged, "overlay", 0, opts), undo=undo_step))
+                 native=native, shell=shell, undo=undo_step))
+
+
+def _check_upper(upper: str) -> None:
+    """Refuse, in one line, an upper the kernel would refuse with a bare EINVAL."""
+    fs = upperfs.fs_of(upper)
+    problem = fs.upper_problem()
+    if problem is not None:
+        raise NsrError(f"upper {upper} is on {fs.describe()}: {problem}",
+                       errno_name="EINVAL", hint="mount a tmpfs for upper and work "
+                       "(recipes.upperfs.mount_upper_tmpfs), or " + upperfs.FIX)
 
 
 def unmount_step(merged: str) -> Step:
@@ -228,7 +270,10 @@ def demo(run: Runner, size_mb: int = 8) -> dict:
     """Overlay semantics and the disk saved by sharing lower layers; returns what was seen."""
     if not isinstance(size_mb, int) or not 1 <= size_mb <= 1024:
         raise InvalidInput(f"layer size {size_mb!r} MiB is out of range", hint="use 1 to 1024")
-    base = os.path.join(TMP, f"{PREFIX}-cow-{scope_id()}")
+    scratch = scratch_dir()
+    base = check_overlay_path(os.path.join(scratch, f"{PREFIX}-cow-{scope_id()}"))
+    fs = upperfs.plan_upper(scratch)          # nothing is made if it cannot be done
+    upperfs.check_lower(scratch, "the scratch directory (the image layers go there)")
     run.heading(f"{SECTION}: two image layers, two containers sharing them")
     make_dir(run, base)
     lower, app = f"{base}/lower-base", f"{base}/lower-app"
@@ -238,6 +283,7 @@ def demo(run: Runner, size_mb: int = 8) -> dict:
     merged = {}
     for c in ("c1", "c2"):
         make_dir(run, f"{base}/{c}", undo=False)
+        on_tmpfs = upperfs.mount_upper_tmpfs(run, f"{base}/{c}", fs)
         for sub in ("upper", "work", "merged"):
             make_dir(run, f"{base}/{c}/{sub}", undo=False)
         mount_overlay(run, [app, lower], f"{base}/{c}/upper", f"{base}/{c}/work", f"{base}/{c}/merged")
@@ -287,26 +333,32 @@ def demo(run: Runner, size_mb: int = 8) -> dict:
         run.say(f"   shared layers + 2 uppers: {shared / 2**20:.1f} MiB (uppers alone "
                 f"{uppers / 2**10:.0f} KiB); two copies: {copies / 2**20:.1f} MiB "
                 f"({copies / max(shared, 1):.2f}x)")
+        run.say(f"   measured: allocated blocks (du -B1) of the layers and copies on "
+                f"{fs.describe()}" + (", and of the uppers on their tmpfs (memory pages, "
+                                      "not disk)" if on_tmpfs else ""))
     run.undo()
     return {"top_lower": os_release, "write": seen, "delete": wh, "other_container": c2_view,
             "disk": {"shared": shared, "uppers": uppers, "copies": copies}, "base": base,
-            "size_mb": size_mb}
+            "size_mb": size_mb, "uppers_on_tmpfs": on_tmpfs}
 
 
 # --- leftovers --------------------------------------------------------------------------------
 
 def leftovers() -> list[Leftover]:
-    """Overlay mounts and directories of earlier demos (``/tmp/nsr-cow-*``)."""
+    """Overlay and tmpfs mounts and directories of earlier demos (``nsr-cow-*`` in /tmp and
+    in ``$TMPDIR``)."""
     found: list[Leftover] = []
-    root = os.path.join(TMP, f"{PREFIX}-cow-")
+    scratches = sorted({TMP, scratch_dir()})
+    roots = tuple(os.path.join(d, f"{PREFIX}-cow-") for d in scratches)
     with open("/proc/self/mountinfo") as f:
         points = [_unescape(ln.split(" - ")[0].split()[4]) for ln in f]
-    for point in sorted((p for p in points if p.startswith(root)), key=len, reverse=True):
+    for point in sorted((p for p in points if p.startswith(roots)), key=len, reverse=True):
         found.append(Leftover("mount", point, lambda p=point: _detach(p)))
-    for name in sorted(os.listdir(TMP)):
-        path = os.path.join(TMP, name)
-        if name.startswith(f"{PREFIX}-cow-") and os.path.isdir(path):
-            found.append(Leftover("dir", path, lambda p=path: remove_tree(p)))
+    for scratch in scratches:
+        for name in sorted(os.listdir(scratch)) if os.path.isdir(scratch) else []:
+            path = os.path.join(scratch, name)
+            if name.startswith(f"{PREFIX}-cow-") and os.path.isdir(path):
+                found.append(Leftover("dir", path, lambda p=path: remove_tree(p)))
     return found
 
 

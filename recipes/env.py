@@ -14,7 +14,10 @@ How an environment is kept, the way util-linux does it:
   --uts=/run/nsrecipes/NAME/uts`` does exactly that), so it lives as long as the bind even if
   every process in it dies. A mount-namespace file can only be bound on a mount that is not
   shared, so ``/run/nsrecipes`` is made a private bind mount of itself while environments
-  exist, and unmounted again when the last one is removed;
+  exist, and unmounted again when the last one is removed. The kernel also binds one only
+  if its id is greater than the binder's own namespace's (``mnt_ns_loop``); from 6.18 ids
+  come from per-CPU batches, so the mount namespace's file is bound by us once the holder
+  runs, after checking that (a holder on the wrong CPU is made again on another one);
 * the network namespace is also bound on ``/run/netns/NAME`` (``ip netns attach``), so
   ``ip netns``, ``ip -n NAME`` and the network recipes see it by the environment's name;
 * the record ``/run/nsrecipes/NAME/env.json`` is written atomically (temporary file,
@@ -26,8 +29,11 @@ namespaces: every process whose ``/proc/PID/ns/TYPE`` has the inode of one of th
 namespace files. ``env-rm`` and ``cleanup`` kill exactly those, so they work also after the
 holder or the tool itself was killed with SIGKILL (the bound files are the anchor).
 
-Concurrency: a short exclusive flock on ``/run/nsrecipes`` covers naming and the private
-mount; a flock on ``/run/nsrecipes/NAME`` is held for the whole create or remove, and it is
+Concurrency: a short exclusive flock on ``/run/nsrecipes`` covers naming, the private mount
+and pruning the directory (a lock is only taken on the directory that is there when it is
+granted: :func:`nsutil.state.locked`); a create holds it shared from making the mount
+private until its files are bound, so the last removal cannot unmount it in between. A
+flock on ``/run/nsrecipes/NAME`` is held for the whole create or remove, and it is
 inherited by the helper process that starts the holder, so ``cleanup`` running after the
 tool was SIGKILLed mid-create waits until that helper has finished and then removes it all.
 """
@@ -38,6 +44,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import time
@@ -51,7 +58,7 @@ from nsutil.backend import Placeholder, Runner, Step
 from nsutil.errors import (CommandError, Conflict, InvalidInput, NotFound, NsrError,
                            SyscallError, require_root)
 from nsutil.names import check_hostname, check_ifname, check_name, is_ours, prefixed, scope_id
-from nsutil.nstypes import NS_TYPES, NsType, flags_of, parse_types
+from nsutil.nstypes import NS_TYPES, NsType, flags_of, mntns_id, parse_types
 
 from .common import Leftover, holder_setup, join_types
 
@@ -138,20 +145,11 @@ def _open_dir(path: str) -> int:
 
 
 @contextmanager
-def _global_lock() -> Iterator[None]:
-    """Exclusive flock on the state directory (naming, private mount); held briefly."""
-    for attempt in range(5):  # another process may prune the empty directory meanwhile
-        try:
-            fd = _open_dir(state.state_dir())
-            break
-        except SyscallError as exc:
-            if exc.errno != _errno.ENOENT or attempt == 4:
-                raise
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _global_lock() -> Iterator[int]:
+    """Exclusive flock on the state directory (naming, the private mount); held briefly.
+    Yields the locked descriptor (see :func:`nsutil.state.locked`)."""
+    with state.locked() as fd:
+        yield fd
 
 
 @contextmanager
@@ -275,11 +273,22 @@ def binds_by_unshare(types: Sequence[NsType]) -> bool:
     return not ("user" in names_ and "mnt" not in names_)
 
 
+def bound_later(types: Sequence[NsType]) -> list[NsType]:
+    """The types whose files are bound by ``mount --bind`` once the holder runs: all of them
+    when unshare cannot bind (:func:`binds_by_unshare`), else the mount namespace's only, which
+    must be checked first (:func:`_start_in_bindable_order`)."""
+    if not binds_by_unshare(types):
+        return list(types)
+    return [t for t in types if t.name == "mnt"]
+
+
 def unshare_argv(name: str, types: Sequence[NsType]) -> list[str]:
-    """``unshare --uts=/run/nsrecipes/NAME/uts ... [--fork --kill-child --mount-proc] -- ...``."""
+    """``unshare --uts=/run/nsrecipes/NAME/uts ... --mount [--fork --kill-child --mount-proc]
+    -- ...`` (the files of :func:`bound_later` are bound afterwards)."""
     names_ = {t.name for t in types}
-    files = binds_by_unshare(types)
-    argv = ["unshare"] + [f"{t.option}={ns_file(name, t)}" if files else t.option for t in types]
+    later = bound_later(types)
+    argv = ["unshare"] + [t.option if t in later else f"{t.option}={ns_file(name, t)}"
+                          for t in types]
     if "pid" in names_:
         argv += ["--fork", "--kill-child"] + (["--mount-proc"] if "mnt" in names_ else [])
         return argv + ["--", "sh", "-c", REAPER]
@@ -289,6 +298,49 @@ def unshare_argv(name: str, types: Sequence[NsType]) -> list[str]:
 def bind_argvs(name: str, pid: int | str, types: Sequence[NsType]) -> list[list[str]]:
     """``mount --bind /proc/PID/ns/TYPE /run/nsrecipes/NAME/TYPE`` for each type."""
     return [["mount", "--bind", f"/proc/{pid}/ns/{t.proc}", ns_file(name, t)] for t in types]
+
+
+def _bindable(pid: int) -> bool:
+    """Whether the kernel will bind ``pid``'s mount namespace here: its id must be greater
+    than ours (``mnt_ns_loop``; see :func:`nsutil.nstypes.mntns_id`)."""
+    theirs, ours = mntns_id(pid), mntns_id("self")
+    return theirs is None or ours is None or theirs > ours
+
+
+def _start_in_bindable_order(types: Sequence[NsType], start: Callable[[], tuple[int, int]],
+                             stop: Callable[[int, int], None]) -> tuple[int, int]:
+    """``start()`` the holder (-> pid, parent) until its mount namespace can be bound.
+
+    From kernel 6.18 a mount namespace's id comes from a per-CPU batch, so a holder made on
+    another CPU than the one our own namespace was made on can get the smaller id, and the
+    bind fails with EINVAL (only inside a mount namespace other than the first, as in a
+    container or a test's own). Then the holder is ``stop``-ped and made again pinned to each
+    CPU in turn, as snapd's snap-confine does: the CPU that gave our id gives greater ones.
+    """
+    pid, parent = start()
+    if all(t.name != "mnt" for t in types) or _bindable(pid):
+        return pid, parent
+    mine = os.sched_getaffinity(0)
+    try:
+        for cpu in sorted(mine) * 2:
+            stop(pid, parent)
+            os.sched_setaffinity(0, {cpu})
+            pid, parent = start()
+            if _bindable(pid):
+                for p in (pid, parent):
+                    try:
+                        os.sched_setaffinity(p, mine)  # the holder is pinned nowhere
+                    except ProcessLookupError:
+                        pass
+                return pid, parent
+    finally:
+        os.sched_setaffinity(0, mine)
+    theirs = mntns_id(pid)
+    stop(pid, parent)
+    raise NsrError(f"the kernel refuses to bind the new mount namespace (its id {theirs} is "
+                   f"not above ours, {mntns_id('self')}) on every CPU",
+                   hint="a kernel (6.18+) mnt_ns_loop quirk inside a nested mount namespace: "
+                        "run from the host's first mount namespace, or retry")
 
 
 def _native_holder(name: str, types: Sequence[NsType]) -> tuple[int, int]:
@@ -305,6 +357,13 @@ def _bind_all(name: str, pid: int, types: Sequence[NsType]) -> None:
         sc.mount(f"/proc/{pid}/ns/{t.proc}", ns_file(name, t), None, sc.MS_BIND)
 
 
+def _unbind_files(name: str) -> None:
+    """Undo whatever is bound on the environment's namespace files (a holder given up)."""
+    for t in NS_TYPES:
+        while t in bound_inodes(name):
+            sc.umount(ns_file(name, t), sc.MNT_DETACH)
+
+
 def _holder_record(pid: int, parent: int, types: Sequence[NsType]) -> dict:
     ns = {}
     for t in types:
@@ -313,67 +372,83 @@ def _holder_record(pid: int, parent: int, types: Sequence[NsType]) -> dict:
             "parent": {"pid": parent, "start": process.start_time(parent)}, "ns": ns}
 
 
+def _kill_holder(pid: int, parent: int) -> None:
+    process.kill_and_reap(pid, parent)
+    process.kill_and_reap(parent, parent)
+
+
 def _start_native(name: str, types: Sequence[NsType]) -> dict:
     def inside_helper() -> dict:
-        pid, parent = _native_holder(name, types)
+        pid, parent = _start_in_bindable_order(types, lambda: _native_holder(name, types),
+                                               _kill_holder)
         try:
             _bind_all(name, pid, types)
             return _holder_record(pid, parent, types)
         except BaseException:
-            process.kill_and_reap(pid, parent)
-            process.kill_and_reap(parent, parent)
+            _kill_holder(pid, parent)
             raise
     return process.fork_call(inside_helper, f"start the holder of {name}", detached=True)
 
 
-def _start_shell(name: str, argv: list[str], types: Sequence[NsType]) -> dict:
+def _spawn_unshare(argv: list[str], types: Sequence[NsType], name: str) -> tuple[int, int]:
+    """Run ``unshare ...`` in its own session; wait until its holder runs in the new
+    namespaces with unshare's own binds made: (holder pid, unshare's pid)."""
     forks = any(t.name == "pid" for t in types)
-    want = "sh" if forks else "sleep"
-    files = binds_by_unshare(types)
+    by_unshare = len(types) - len(bound_later(types))
+    probe = types[0].proc
+    null = os.open(os.devnull, os.O_RDWR)
+    err = os.memfd_create("nsr-unshare-stderr", os.MFD_CLOEXEC)
+    try:
+        parent = os.posix_spawn(shutil.which(argv[0]) or argv[0], argv, dict(os.environ),
+                                file_actions=[(os.POSIX_SPAWN_DUP2, null, 0),
+                                              (os.POSIX_SPAWN_DUP2, null, 1),
+                                              (os.POSIX_SPAWN_DUP2, err, 2)],
+                                setsid=True)
+    finally:
+        os.close(null)
+
+    def ready() -> int | None:
+        if not process.pid_alive(parent):
+            rc = process._wait(parent)
+            os.lseek(err, 0, os.SEEK_SET)
+            raise CommandError(argv, rc, os.read(err, 4096).decode(errors="replace"))
+        pid = process.started_pid(parent, "sh" if forks else "sleep", forks)
+        if pid is None or len(bound_inodes(name)) < by_unshare:
+            return None
+        try:
+            new = os.stat(f"/proc/{pid}/ns/{probe}").st_ino != \
+                os.stat(f"/proc/self/ns/{probe}").st_ino
+        except OSError:
+            return None
+        return pid if new else None
+
+    try:
+        return process.wait_for(ready, 10, f"`{argv[0]}` to start the holder"), parent
+    except BaseException:
+        process.kill_and_reap(parent, parent)
+        raise
+    finally:
+        os.close(err)
+
+
+def _start_shell(name: str, argv: list[str], types: Sequence[NsType]) -> dict:
+    def stop(_pid: int, parent: int) -> None:
+        process.kill_and_reap(parent, parent)  # --kill-child: its holder goes with it
+        _unbind_files(name)
 
     def inside_helper() -> dict:
-        null = os.open(os.devnull, os.O_RDWR)
-        err = os.memfd_create("nsr-unshare-stderr", os.MFD_CLOEXEC)
+        import subprocess
+        pid, parent = _start_in_bindable_order(types, lambda: _spawn_unshare(argv, types, name),
+                                               stop)
         try:
-            parent = os.posix_spawn(shutil.which(argv[0]) or argv[0], argv, dict(os.environ),
-                                    file_actions=[(os.POSIX_SPAWN_DUP2, null, 0),
-                                                  (os.POSIX_SPAWN_DUP2, null, 1),
-                                                  (os.POSIX_SPAWN_DUP2, err, 2)],
-                                    setsid=True)
-        finally:
-            os.close(null)
-
-        def ready() -> int | None:
-            if not process.pid_alive(parent):
-                rc = process._wait(parent)
-                os.lseek(err, 0, os.SEEK_SET)
-                raise CommandError(argv, rc, os.read(err, 4096).decode(errors="replace"))
-            pid = process.started_pid(parent, want, forks)
-            if pid is None:
-                return None
-            if files:
-                return pid if len(bound_inodes(name)) == len(types) else None
-            try:
-                probe = types[0].proc
-                return pid if os.stat(f"/proc/{pid}/ns/{probe}").st_ino != \
-                    os.stat(f"/proc/self/ns/{probe}").st_ino else None
-            except OSError:
-                return None
-
-        try:
-            pid = process.wait_for(ready, 10, f"`{argv[0]}` to start the holder")
-            if not files:
-                import subprocess
-                for bind in bind_argvs(name, pid, types):
-                    done = subprocess.run(bind, capture_output=True, text=True)
-                    if done.returncode:
-                        raise CommandError(bind, done.returncode, done.stderr)
+            for bind in bind_argvs(name, pid, bound_later(types)):
+                done = subprocess.run(bind, capture_output=True, text=True)
+                if done.returncode:
+                    raise CommandError(bind, done.returncode, done.stderr)
             return _holder_record(pid, parent, types)
         except BaseException:
             process.kill_and_reap(parent, parent)
             raise
-        finally:
-            os.close(err)
     return process.fork_call(inside_helper, f"start the holder of {name}", detached=True)
 
 
@@ -393,30 +468,68 @@ def _mounts_below(path: str) -> list[str]:
     return [fields[4] for fields in _mountinfo() if fields[4].startswith(prefix)]
 
 
-def _make_private_base(run: Runner) -> None:
-    """Step: make /run/nsrecipes a private bind mount of itself (once, under the lock)."""
+def _covering_mount(path: str) -> list[str] | None:
+    """The mountinfo fields of the topmost mount on ``path`` (what covers the files in it)."""
+    on = [fields for fields in _mountinfo() if fields[4] == path]
+    below = {fields[1] for fields in on}
+    top = [fields for fields in on if fields[0] not in below]
+    return top[-1] if top else None
+
+
+def _is_private_mount(path: str) -> bool:
+    """True if ``path`` is a mount point whose top mount propagates nowhere (not shared)."""
+    fields = _covering_mount(path)
+    return fields is not None and not any(f.startswith("shared:")
+                                          for f in fields[6:fields.index("-")])
+
+
+@contextmanager
+def _private_base(run: Runner) -> Iterator[None]:
+    """Step: make /run/nsrecipes a private bind mount of itself, and keep it one while the
+    block binds the namespace files on it.
+
+    A mount-namespace file cannot be bound on a mount that propagates. The step runs under
+    the exclusive lock on /run/nsrecipes; the block then holds a shared one, which the last
+    removal's unmount (:func:`_release_private_base`) waits for. Downgrading an flock is not
+    atomic, so the mount is checked again once the shared lock is held.
+    """
     base = base_dir()
     argvs = [["mount", "--bind", base, base], ["mount", "--make-private", base]]
 
     def native() -> None:
-        with _global_lock():
-            if not _is_mountpoint(base):
-                sc.mount(base, base, None, sc.MS_BIND)
-            sc.make_propagation(base, "private")
+        if not _is_mountpoint(base):
+            sc.mount(base, base, None, sc.MS_BIND)
+        sc.make_propagation(base, "private")
 
     def shell(_argv: list[str]) -> None:
-        with _global_lock():
-            if not _is_mountpoint(base):
-                nshell.run(argvs[0])
-            nshell.run(argvs[1])
+        if not _is_mountpoint(base):
+            nshell.run(argvs[0])
+        nshell.run(argvs[1])
 
-    run.run(Step(f"make {base} a private mount (a mount-namespace file cannot be bound on a "
-                 "shared one)", argv=argvs[0], native=native, shell=shell,
-                 display=" && ".join(" ".join(a) for a in argvs)))
+    step = Step(f"make {base} a private mount (a mount-namespace file cannot be bound on a "
+                "shared one)", argv=argvs[0], native=native, shell=shell,
+                display=" && ".join(" ".join(a) for a in argvs))
+    if run.explain:
+        run.run(step)
+        yield
+        return
+    with _global_lock() as fd:
+        for _ in range(10):
+            run.run(step)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if _is_private_mount(base):
+                break
+            fcntl.flock(fd, fcntl.LOCK_EX)  # unmounted in between: once more
+        else:
+            raise NsrError(f"{base} does not stay a private mount",
+                           hint="see `findmnt -o+PROPAGATION` for what changes it")
+        yield
 
 
 def _release_private_base(run: Runner) -> None:
-    """Step: unmount the private bind of /run/nsrecipes once no environment is left."""
+    """Step: unmount the private bind of /run/nsrecipes once no environment is left, and
+    remove the empty directory (both under the lock, so no create is between its
+    :func:`_private_base` and its binds, nor between its lock and its record)."""
     base = base_dir()
     if run.explain:
         run.run(Step(f"unmount {base} if no environment is left", argv=["umount", "-l", base]))
@@ -424,12 +537,16 @@ def _release_private_base(run: Runner) -> None:
     if not os.path.isdir(base):
         return
     with _global_lock():
-        if _env_entries() or not _is_mountpoint(base) or _mounts_below(base):
+        if _env_entries() or _mounts_below(base):
             return
-        # lazy: our own lock fd on the directory still pins the mount for a moment
-        run.run(Step(f"no environment is left: unmount the private bind of {base}",
-                     argv=["umount", "-l", base], native=lambda: sc.umount(base, sc.MNT_DETACH)))
-    state.prune()
+        for _ in range(4):  # a bind made on a shared mount can be there twice
+            if not _is_mountpoint(base):
+                break
+            # lazy: our own lock fd on the directory still pins the mount for a moment
+            run.run(Step(f"no environment is left: unmount the private bind of {base}",
+                         argv=["umount", "-l", base],
+                         native=lambda: sc.umount(base, sc.MNT_DETACH)))
+        state.prune(have_lock=True)
 
 
 def _env_entries() -> list[str]:
@@ -522,17 +639,19 @@ def create(run: Runner, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
     run.heading(f"environment {name}: new {'+'.join(t.name.upper() for t in types)} namespaces")
     _record(run, name, types)
     try:
-        _make_private_base(run)
         argv = unshare_argv(name, types)
-        rec = run.run(Step(
-            f"start the holder in new {sc.flag_names(flags_of(types))} namespaces, each bound "
-            f"on {env_dir(name)}/TYPE" + ("; PID 1 there reaps orphans" if "pid" in names_ else ""),
-            argv=argv, native=lambda: _start_native(name, types),
-            display=None if binds_by_unshare(types) else " ".join(argv) + " &  " + "; ".join(
-                " ".join(b) for b in bind_argvs(name, "$!", types)),
-            shell=lambda a: _start_shell(name, a, types),
-            placeholder={"holder": {"pid": Placeholder("$PID"), "start": 0},
-                         "parent": {"pid": Placeholder("$PID"), "start": 0}, "ns": {}}))
+        later = bound_later(types)
+        with _private_base(run):
+            rec = run.run(Step(
+                f"start the holder in new {sc.flag_names(flags_of(types))} namespaces, each "
+                f"bound on {env_dir(name)}/TYPE" +
+                ("; PID 1 there reaps orphans" if "pid" in names_ else ""),
+                argv=argv, native=lambda: _start_native(name, types),
+                display=None if not later else shlex.join(argv) + " &  " + "; ".join(
+                    " ".join(b) for b in bind_argvs(name, "$!", later)),
+                shell=lambda a: _start_shell(name, a, types),
+                placeholder={"holder": {"pid": Placeholder("$PID"), "start": 0},
+                             "parent": {"pid": Placeholder("$PID"), "start": 0}, "ns": {}}))
         if not run.explain:
             _update_state(name, lambda d: d.update(rec))
         holder = process.Holder(rec["holder"]["pid"], rec["parent"]["pid"], flags_of(types))
@@ -1047,7 +1166,7 @@ def _remove_steps_explain(run: Runner, name: str) -> None:
     pids, link, t = Placeholder("$PIDS"), Placeholder("$IF"), Placeholder("$TYPE")
     run.run(Step(f"kill every process in {name}'s namespaces", argv=["kill", "-KILL", pids]))
     run.run(Step("delete its ends of its veths (their peers go with them)",
-                 argv=["ip", "-n", name, "link", "del", link]))
+                 argv=["ip", "-n", name, "link", "del", "dev", link]))
     run.run(Step("remove its `ip netns` name", argv=["ip", "netns", "delete", name]))
     run.run(Step("unbind its namespace files",
                  argv=["umount", "-l", Placeholder(f"{env_dir(name)}/{t}")]))
@@ -1127,7 +1246,7 @@ def _delete_host_links(run: Runner, st: dict, bound: dict[str, int]) -> list[str
             if done_.returncode and os.path.exists(f"/sys/class/net/{argv[-1]}"):
                 done_.check()
         run.run(Step(f"delete its host link {link} (the peer inside goes with it)",
-                     argv=["ip", "link", "del", link], native=native, shell=shell))
+                     argv=["ip", "link", "del", "dev", link], native=native, shell=shell))
         done.append(link)
     return done
 
@@ -1146,7 +1265,7 @@ def _del_link_in(ns: str, ifname: str) -> None:
     from nsutil import netlink as nl
     try:
         with nl.Rtnl(nl.rtnl_socket(ns)) as r:
-            r.del_link(nl.link_body(ifname), f"ip -n {ns} link del {ifname}")
+            r.del_link(nl.link_body(ifname), f"ip -n {ns} link del dev {ifname}")
             r.flush()
     except SyscallError as exc:
         if exc.errno_name != "ENODEV":
@@ -1165,7 +1284,7 @@ def _delete_veths(run: Runner, name: str, st: dict, bound: dict[str, int]) -> li
         def shell(argv: list[str]) -> None:
             nshell.run_full(argv)  # gone already (its peer's environment was removed): fine
         run.run(Step(f"delete {local} in {name} (its peer goes with it)",
-                     argv=["ip", "-n", name, "link", "del", local],
+                     argv=["ip", "-n", name, "link", "del", "dev", local],
                      native=lambda n=local: _del_link_in(name, n), shell=shell))
         done.append(f"{name}:{local}")
     return done

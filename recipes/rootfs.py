@@ -4,7 +4,8 @@ Docker images are root filesystems; the smallest useful one is a statically link
 (Debian's ``busybox-static`` package, or the host's busybox if it is static) in ``/bin``, a
 link per applet (``/bin/sh -> /bin/busybox``), empty ``/proc``, ``/dev``, ``/sys``, ``/tmp``,
 and an ``/etc/passwd``. ``container-run`` without ``--rootfs`` builds one once and caches it
-under ``/var/cache/nsrecipes``; ``rootfs-busybox DIR`` builds one where you say.
+under ``/var/cache/nsrecipes`` (``$NSR_CACHE_DIR``; it is only ever a lower layer, so an
+overlayfs there is fine); ``rootfs-busybox DIR`` builds one where you say.
 
 Shell forms: ``mkdir -p``, ``cp``, ``chroot DIR /bin/busybox --install -s /bin`` (busybox makes
 its own links; inside the chroot it falls back to argv[0] as the link target). Native forms do
@@ -21,7 +22,13 @@ import subprocess
 from nsutil.backend import Runner, Step
 from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, ToolMissing
 
-CACHE_DIR = os.environ.get("NSR_CACHE_DIR", "/var/cache/nsrecipes")
+DEFAULT_CACHE_DIR = "/var/cache/nsrecipes"
+
+
+def cache_dir() -> str:
+    """Where the cached rootfs lives: ``$NSR_CACHE_DIR``, else /var/cache/nsrecipes (read at
+    each call, so a script or test may point it elsewhere)."""
+    return os.environ.get("NSR_CACHE_DIR") or DEFAULT_CACHE_DIR
 DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "dev", "sys", "tmp", "etc", "root", "run",
         "var/tmp")
 ETC = {
@@ -82,7 +89,7 @@ def _digest(path: str) -> str:
 def default_path(busybox: str | None = None) -> str:
     """Where the cached rootfs for this busybox lives (keyed by the binary's hash)."""
     busybox = busybox or find_busybox()
-    return os.path.join(CACHE_DIR, f"rootfs-busybox-{_digest(busybox)}")
+    return os.path.join(cache_dir(), f"rootfs-busybox-{_digest(busybox)}")
 
 
 def _check_dest(dest: str) -> str:
@@ -140,7 +147,7 @@ def ensure_default(run: Runner) -> str:
         return final
     if run.explain:
         return build(run, final, busybox, check=False)
-    os.makedirs(CACHE_DIR, mode=0o755, exist_ok=True)
+    os.makedirs(cache_dir(), mode=0o755, exist_ok=True)
     tmp = f"{final}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp, 0o755)

@@ -17,15 +17,21 @@ import time
 
 import pytest
 
+import helpers
 from nsutil import cgroupfs
 from nsutil.backend import Runner
 from nsutil.errors import InvalidInput, NotFound, NsrError
 from nsutil.names import scope_id
 from nsutil.state import state_dir
-from recipes import container, cow, rootfs
+from overlaytmp import run_in_overlay_tmp
+from recipes import container, cow, rootfs, upperfs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INVOKE = os.path.join(ROOT, ".venv", "bin", "invoke")
+from helpers import INVOKE, ROOT
+
+V2 = cgroupfs.detect().mode == "unified"
+#: limit files as runc writes them: v1 (hybrid, legacy) or v2, and what 48M/9/0.25 reads as
+LIMITS = ({"memory.max": str(48 << 20), "pids.max": "9", "cpu.max": "25000 100000"} if V2 else
+          {"memory.limit_in_bytes": str(48 << 20), "pids.max": "9", "cpu.cfs_quota_us": "25000"})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -125,6 +131,36 @@ def test_overlay_keeps_the_rootfs_unchanged(rootfs_dir):
     assert name not in _state_entries()
 
 
+def test_tmp_state_and_cache_on_overlayfs(rootfs_dir, tmp_path):
+    """A container-like host: the state dir (the container's upper) and the cache dir (the
+    rootfs, a lower) on overlayfs. The container's directory gets a tmpfs of its own; the
+    CLI run works, --no-rm keeps what the container wrote there, and nothing is left."""
+    name = f"nsr-c-ovl{scope_id()}"
+
+    def inside(tmp: str) -> dict:
+        cli = helpers.cli("container-run", "--", "sh", "-c", "echo hi > /etc/x && cat /etc/x",
+                          timeout=300)
+        got = {"cli": (cli.returncode, cli.stdout, cli.stderr)}
+        code, _, err = run_ct("native", ["sh", "-c", "echo kept > /etc/kept"], rm=False, name=name)
+        cdir = os.path.join(state_dir(create=False), name)
+        with open(os.path.join(cdir, "upper/etc/kept")) as f:
+            got["kept"] = (code, err, upperfs.fs_of(cdir).fstype, f.read())
+        for item in container.leftovers():
+            if item.name == name:
+                item.remove()
+        got["after"] = sorted(os.listdir(tmp)), os.listdir(os.path.join(tmp, "cache"))
+        return got
+
+    got, left = run_in_overlay_tmp(str(tmp_path), inside)
+    assert left["fstype"] == "overlay"
+    code, out, err = got["cli"]
+    assert code == 0 and out == "hi\n", err
+    assert got["kept"] == (0, "", "tmpfs", "kept\n"), got["kept"]
+    entries, cache = got["after"]
+    assert entries == ["cache"] and len(cache) == 1 and cache[0].startswith("rootfs-busybox-")
+    assert left["mounts"] == []
+
+
 def test_net_gives_only_loopback(backend):
     code, out, err = run_ct(backend, ["cat", "/proc/net/dev"], net=True)
     assert code == 0, err
@@ -148,15 +184,14 @@ def test_limits_are_in_force():
             for d in cgroupfs.find_ours():
                 if os.path.basename(d) != name:
                     continue
-                for fname in ("memory.limit_in_bytes", "pids.max", "cpu.cfs_quota_us"):
+                for fname in LIMITS:
                     path = os.path.join(d, fname)
                     if os.path.exists(path) and len(cgroupfs.procs_of(d)) >= 2:
                         seen[fname] = cgroupfs.read_file(path).strip()
             time.sleep(0.02)
     finally:
         worker.join(10)
-    assert seen == {"memory.limit_in_bytes": str(48 << 20), "pids.max": "9",
-                    "cpu.cfs_quota_us": "25000"}, seen
+    assert seen == LIMITS, seen
     assert result["code"][0] == 0
     # memory: a string doubling to 128 MiB at most (bounded) under a 32M limit is OOM-killed
     code, _, _ = run_ct("native", ["awk", 'BEGIN { s = "xxxxxxxx"; for (i = 0; i < 24; i++) '
@@ -264,11 +299,17 @@ def test_explain_prints_the_sequence_and_changes_nothing():
                            "--cpus", "0.5", "--net", "--", "sh"], cwd=ROOT, capture_output=True,
                           text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    order = ["mkdir", "memory.limit_in_bytes", "pids.max", "cpu.cfs_quota_us",
-             "unshare --mount", "echo 0 > ", "/tasks", "unshare --cgroup",
-             "mount --make-rslave /", "mount -t overlay", "mount -t proc",
-             "mount -t tmpfs", "mknod", "hostname", "ip link set lo up", "pivot_root . .",
-             "umount -l .", "rmdir", "rm -rf"]
+    v2 = "/sys/fs/cgroup/nsrecipes"   # nsrecipes' own parent: never the caller's cgroup
+    cgroup_steps = ([f"mkdir -p {v2}\n", f"mkdir {v2}/nsr-c-",
+                     f"echo +memory +pids +cpu > {v2}/cgroup.subtree_control", "memory.max",
+                     "memory.swap.max", "pids.max", "cpu.max", "unshare --mount",
+                     "PID 1 moves itself", "/cgroup.procs"] if V2 else
+                    ["mkdir", "memory.limit_in_bytes", "pids.max", "cpu.cfs_quota_us",
+                     "unshare --mount", "echo 0 > ", "/tasks"])
+    order = cgroup_steps + [
+        "unshare --cgroup", "mount --make-rslave /", "mount -t overlay", "mount -t proc",
+        "mount -t tmpfs", "mknod", "hostname", "ip link set lo up", "pivot_root . .",
+        "umount -l .", "rmdir"] + ([f"rmdir {v2}\n"] if V2 else []) + ["rm -rf"]
     positions = [done.stdout.find(word) for word in order]
     assert all(p >= 0 for p in positions), list(zip(order, positions))
     assert positions == sorted(positions), list(zip(order, positions))

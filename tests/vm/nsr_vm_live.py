@@ -1,0 +1,35 @@
+"""A pytest plugin the VM guest loads (``-p nsr_vm_live``): one line per test into
+``$NSR_VM_RESULTS`` as soon as the test ends, so the host has every result so far even when
+the VM times out or dies before pytest writes its junit xml.
+
+Each line is ``OUTCOME<TAB>NODEID<TAB>ONE-LINE ERROR``; OUTCOME is passed, failed, error or
+skipped. Only the standard library and pytest's hook API.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def _one_line(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr or "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
+
+
+def _write(outcome: str, report: pytest.TestReport) -> None:
+    path = os.environ.get("NSR_VM_RESULTS")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{outcome}\t{report.nodeid}\t{_one_line(report) if outcome != 'passed' else ''}\n")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _write(report.outcome, report)
+    elif report.failed:
+        _write("error", report)           # a failing fixture (setup) or cleanup (teardown)
+    elif report.skipped and report.when == "setup":
+        _write("skipped", report)
