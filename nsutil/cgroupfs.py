@@ -530,7 +530,8 @@ def plan(name: str, controllers: tuple[str, ...] = CONTROLLERS, layout: Layout |
     if layout.mode == "unified":
         parent = os.path.join(layout.v2 or ROOT, PARENT_NAME)
         path = os.path.join(parent, name)
-        return Cgroup(name, 2, {c: path for c in controllers}, parent)
+        # no controller: a bare v2 cgroup still groups, counts and kills its processes
+        return Cgroup(name, 2, {c: path for c in controllers} or {"cgroup": path}, parent)
     dirs: dict[str, str] = {}
     wanted = list(controllers) + (["cpuacct"] if "cpu" in controllers else [])
     for c in wanted:

@@ -242,9 +242,12 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def cgroup_controllers(spec: Spec) -> tuple[str, ...]:
-    """The controllers of the container's cgroup: pids always, so everything can be found and
-    killed; memory and cpu when limited."""
-    return tuple(c for c, on in (("memory", spec.limits.memory is not None), ("pids", True),
+    """The controllers of the container's cgroup: those of the limits asked for, and on v1
+    pids always (a v1 cgroup exists only in a controller's hierarchy; a bare v2 cgroup groups
+    and kills its processes by itself, so v2 needs no controller delegated for that)."""
+    v1 = cgroupfs.host_layout().mode != "unified"
+    return tuple(c for c, on in (("memory", spec.limits.memory is not None),
+                                 ("pids", v1 or spec.limits.pids is not None),
                                  ("cpu", spec.limits.cpus is not None)) if on)
 
 

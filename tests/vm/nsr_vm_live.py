@@ -1,6 +1,8 @@
 """A pytest plugin the VM guest loads (``-p nsr_vm_live``): one line per test into
 ``$NSR_VM_RESULTS`` as soon as the test ends, so the host has every result so far even when
-the VM times out or dies before pytest writes its junit xml.
+the VM times out or dies before pytest writes its junit xml. A test whose body runs longer
+than ``$NSR_VM_TEST_TIMEOUT`` seconds (900) fails with "timed out", so one hang does not
+stop the rest of the run.
 
 Each line is ``OUTCOME<TAB>NODEID<TAB>ONE-LINE ERROR``; OUTCOME is passed, failed, error or
 skipped. Only the standard library and pytest's hook API.
@@ -8,6 +10,7 @@ skipped. Only the standard library and pytest's hook API.
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -33,3 +36,18 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _write("error", report)           # a failing fixture (setup) or cleanup (teardown)
     elif report.skipped and report.when == "setup":
         _write("skipped", report)
+
+
+def _timed_out(signum: int, frame: object) -> None:
+    pytest.fail(f"timed out after {os.environ.get('NSR_VM_TEST_TIMEOUT', '900')} s in the VM")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    previous = signal.signal(signal.SIGALRM, _timed_out)
+    signal.setitimer(signal.ITIMER_REAL, float(os.environ.get("NSR_VM_TEST_TIMEOUT", "900")))
+    try:
+        return (yield)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
