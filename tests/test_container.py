@@ -316,7 +316,9 @@ def test_explain_prints_the_sequence_and_changes_nothing():
     assert _ours() == before
 
 
-def _wait_running(name: str, timeout: float = 10) -> list[str]:
+def _wait_running(name: str, timeout: float = 90) -> list[str]:
+    """The container's cgroup dirs once PID 1 and the command are in it. The deadline is for
+    an emulated VM under load, where the CLI alone starts in tens of seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         dirs = [d for d in cgroupfs.find_ours() if os.path.basename(d) == name]

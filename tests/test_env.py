@@ -522,8 +522,10 @@ def test_lock_is_on_the_directory_that_is_there(tmp_path, monkeypatch):
             os.set_blocking(waiter.stdout.fileno(), False)
             got = waiter.stdout.read(1)
             assert not got, "the waiter got a lock on the pruned directory"
-        os.set_blocking(waiter.stdout.fileno(), True)
-        assert waiter.stdout.read(1) == b"L"  # and the real one once it was free
+        # and the real one once it was free (bounded: a hang here must fail, not stall CI)
+        import select
+        ready, _, _ = select.select([waiter.stdout], [], [], 120)
+        assert ready and waiter.stdout.read(1) == b"L", "the waiter never got the new lock"
     finally:
         waiter.kill()
         waiter.wait()
