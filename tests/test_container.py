@@ -242,7 +242,7 @@ def test_missing_command_is_127_with_a_clear_line(backend):
     assert err.value.exit_code == 127 and "'nosuchcmd' not found in the rootfs" in str(err.value)
     assert _ours() == before
     done = subprocess.run([INVOKE, "container-run", "--", "nosuchcmd"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=300)  # an emulated VM
     assert done.returncode == 127
     assert done.stderr.startswith("nsrecipes: command 'nosuchcmd' not found")
     assert done.stderr.count("\n") == 1
@@ -275,7 +275,7 @@ def test_missing_command_found_only_at_exec_is_127(tmp_path, rootfs_dir):
 def test_cli_passes_exit_codes_and_forwards_sigterm():
     done = subprocess.run([INVOKE, "container-run", "--hostname", "nsr-cli", "--", "sh", "-c",
                            "hostname; exit 3"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=30)
+                          timeout=300)  # the CLI starts in tens of seconds in an emulated VM
     assert done.returncode == 3 and done.stdout == "nsr-cli\n", done
     proc = subprocess.Popen([INVOKE, "container-run", "--", "sh", "-c",
                              "trap 'echo got-term; exit 42' TERM; echo ready; "
@@ -284,7 +284,7 @@ def test_cli_passes_exit_codes_and_forwards_sigterm():
     try:
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=10)
+        out, err = proc.communicate(timeout=60)
         assert proc.returncode == 42, (out, err)
         assert "got-term" in out
     finally:

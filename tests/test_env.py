@@ -733,7 +733,7 @@ def test_interactive_shell_gets_a_terminal(backend, names):
     env.Environment.create(name, "uts,pid,mnt", backend=backend)
     cmd = f"{INVOKE} env-exec {name} --backend {backend} -- sh -c 'tty; exit 4'"
     p = subprocess.run(["script", "-qec", cmd, "/dev/null"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=30)
+                       text=True, timeout=300)  # an emulated VM under load
     assert p.returncode == 4, p.stdout + p.stderr
     assert "/dev/pts/" in p.stdout
     # and without a tty the command still runs (stdin not a terminal)
@@ -770,6 +770,6 @@ def test_explain_changes_nothing(names):
 
 def test_example_client_server():
     p = subprocess.run([PY, os.path.join(ROOT, "examples", "provision_client_server.py")],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "server answered the client" in p.stdout
