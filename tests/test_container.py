@@ -418,9 +418,9 @@ def test_rootfs_busybox_builds_the_same_with_both_backends(tmp_path):
 def test_rootfs_busybox_cli(tmp_path):
     dest = tmp_path / "rf"
     done = subprocess.run([INVOKE, "rootfs-busybox", str(dest), "--backend", "native"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert os.path.islink(dest / "bin" / "sh")
     again = subprocess.run([INVOKE, "rootfs-busybox", str(dest)], cwd=ROOT, capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=300)
     assert again.returncode != 0 and again.stderr.count("\n") == 1

@@ -77,7 +77,7 @@ def _works(python: str) -> bool:
     try:
         return subprocess.run([python, "-c", "import os, sys; assert sys.version_info >= (3, 12) "
                                "and hasattr(os, 'setns')"], capture_output=True,
-                              timeout=30).returncode == 0
+                              timeout=120).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -96,7 +96,7 @@ def _python312() -> str | None:
 def _probe(python: str, impl: str, prefix: list[str] | None = None) -> dict:
     env = {**os.environ, "NSR_SYSCALLS": impl, "PYTHONPATH": ROOT}
     proc = subprocess.run((prefix or []) + [python, "-c", PROBE], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -152,7 +152,7 @@ def _run_python_unprivileged(code: str) -> subprocess.CompletedProcess:
     """Run ``python -c code`` with this tree on the path, as uid 65534 with no capabilities."""
     return subprocess.run(unprivileged_argv([sys.executable, "-c", code]), cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": ROOT, "HOME": "/tmp"},
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_unshare_as_unprivileged_user_says_run_as_root():
