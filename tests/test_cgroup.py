@@ -126,25 +126,33 @@ def test_cgroups_go_below_our_own_cgroup_on_v1_and_our_own_parent_on_v2():
         cgroupfs.plan("web")
 
 
-def test_a_v2_root_without_the_controllers_is_refused_before_anything_is_made():
-    """The v2 hierarchy as the host has it, with no controller of ours in its
-    subtree_control (here the hybrid host's /sys/fs/cgroup/unified; in a v2 guest a cgroup
-    the test makes): plan() names the controller and the file, in one line."""
+@pytest.fixture
+def v2_box():
+    """A cgroup of the test's own in the v2 hierarchy (no controller enabled in it), removed
+    at the end whatever happened; skips where there is no v2 hierarchy at all."""
     layout = cgroupfs.detect()
     if layout.v2 is None:
         pytest.skip(f"cgroup layout {layout.mode}: no v2 hierarchy")
     box = os.path.join(layout.v2, f"nsr-t-{scope_id()}")
     os.mkdir(box)
     try:
-        fake = cgroupfs.Layout("unified", {}, box, ())
-        with pytest.raises(NsrError) as err:
-            cgroupfs.plan("nsr-t-x", ("pids", "memory"), fake)
-        text = str(err.value)
-        assert text.startswith(f"cgroup v2: controller pids is not "), text
-        assert f"in {box}/cgroup." in text and "(hint: " in text and "\n" not in text
-        assert os.listdir(box) and not [e for e in os.scandir(box) if e.is_dir()]
+        yield box
     finally:
-        os.rmdir(box)
+        cgroupfs.remove_dir(box)
+
+
+def test_a_v2_root_without_the_controllers_is_refused_before_anything_is_made(v2_box):
+    """The v2 hierarchy as the host has it, with no controller of ours in its
+    subtree_control (here the hybrid host's /sys/fs/cgroup/unified; in a v2 guest a cgroup
+    the test makes): plan() names the controller and the file, in one line."""
+    box = v2_box
+    fake = cgroupfs.Layout("unified", {}, box, ())
+    with pytest.raises(NsrError) as err:
+        cgroupfs.plan("nsr-t-x", ("pids", "memory"), fake)
+    text = str(err.value)
+    assert text.startswith(f"cgroup v2: controller pids is not "), text
+    assert f"in {box}/cgroup." in text and "(hint: " in text and "\n" not in text
+    assert os.listdir(box) and not [e for e in os.scandir(box) if e.is_dir()]
 
 
 # --- the limits, for real ---------------------------------------------------------------------
@@ -257,32 +265,25 @@ def _v2_tree() -> str:
 
 @pytest.mark.parametrize("argv", [["container-run", "--memory", "64M", "--", "true"],
                                   ["cgroup-demo"]], ids=["container-run", "cgroup-demo"])
-def test_a_container_root_that_delegates_nothing_gives_one_line_first(argv):
+def test_a_container_root_that_delegates_nothing_gives_one_line_first(argv, v2_box):
     """Like a container whose cgroup namespace root holds processes and has no controller for
     children: a cgroup of the test's own (no controller enabled in it) becomes the root of a
     new cgroup namespace, with cgroup2 mounted on /sys/fs/cgroup in a new mount namespace.
     Real on both machines: the hybrid host's v2 hierarchy offers no memory/pids at all (not
     available); a v2 guest's offers them but does not enable them (not enabled)."""
-    layout = cgroupfs.detect()
-    if layout.v2 is None:
-        pytest.skip(f"cgroup layout {layout.mode}: no v2 hierarchy")
-    box = os.path.join(layout.v2, f"nsr-t-ns{scope_id()}")
-    os.mkdir(box)
-    try:
-        before = (sorted(os.listdir(box)), set(cgroupfs.find_ours()))
-        # a tmpfs between: the same superblock right on top of its own mount's root is EBUSY
-        inner = ('mount -t tmpfs nsr-t /sys/fs/cgroup && mount -t cgroup2 nsr-cg2 /sys/fs/cgroup'
-                 ' && exec "$@"')
-        prefix = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && shift && exec "$@"', box, "x",
-                  "unshare", "--cgroup", "--mount", "--propagation", "private", "sh", "-c",
-                  inner, "sh"]
-        line = one_line_error(cli(*argv, prefix=prefix, timeout=300))
-        ctrl = "memory"
-        assert f"cgroup v2: controller {ctrl} is not " in line, line
-        assert "/sys/fs/cgroup/cgroup." in line and "namespace" in line, line
-        assert (sorted(os.listdir(box)), set(cgroupfs.find_ours())) == before
-    finally:
-        cgroupfs.remove_dir(box)
+    box = v2_box
+    before = (sorted(os.listdir(box)), set(cgroupfs.find_ours()))
+    # a tmpfs between: the same superblock right on top of its own mount's root is EBUSY
+    inner = ('mount -t tmpfs nsr-t /sys/fs/cgroup && mount -t cgroup2 nsr-cg2 /sys/fs/cgroup'
+             ' && exec "$@"')
+    prefix = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && shift && exec "$@"', box, "x",
+              "unshare", "--cgroup", "--mount", "--propagation", "private", "sh", "-c",
+              inner, "sh"]
+    line = one_line_error(cli(*argv, prefix=prefix, timeout=300))
+    ctrl = "memory"
+    assert f"cgroup v2: controller {ctrl} is not " in line, line
+    assert "/sys/fs/cgroup/cgroup." in line and "namespace" in line, line
+    assert (sorted(os.listdir(box)), set(cgroupfs.find_ours())) == before
 
 
 def _scope_state(scope: str) -> dict[str, str]:
