@@ -6,6 +6,8 @@ import io
 import os
 import socket
 
+import pytest
+
 from helpers import as_nobody, cli, one_line_error
 from nsutil import process
 from nsutil.backend import Runner
@@ -72,6 +74,7 @@ def test_kept_namespace_outlives_its_process(backend):
     assert not os.path.exists(where) and _our_mounts() == []
 
 
+@pytest.mark.userspace
 def test_explain_changes_nothing():
     before = set(glob.glob("/tmp/nsr-api-*"))
     out = io.StringIO()
@@ -87,6 +90,7 @@ def test_explain_changes_nothing():
     assert not process.children_of(os.getpid())
 
 
+@pytest.mark.userspace
 def test_cli():
     proc = cli("api-demo", "--backend", "shell")
     assert proc.returncode == 0, proc.stderr

@@ -34,6 +34,7 @@ def _root():
 
 # --- input ----------------------------------------------------------------------------------
 
+@pytest.mark.userspace
 @pytest.mark.parametrize("bad", ["64X", "-1", "0", "", "abc", "1.5M", "512K0", "100", "2048k"])
 def test_bad_memory_limits_are_refused(bad):
     with pytest.raises(InvalidInput) as err:
@@ -41,18 +42,21 @@ def test_bad_memory_limits_are_refused(bad):
     assert "\n" not in str(err.value) and "hint" in str(err.value)
 
 
+@pytest.mark.userspace
 @pytest.mark.parametrize("bad", ["-1", "0", "x", "1.5", "99999999"])
 def test_bad_pids_limits_are_refused(bad):
     with pytest.raises(InvalidInput):
         cgroupfs.parse_pids(bad)
 
 
+@pytest.mark.userspace
 @pytest.mark.parametrize("bad", ["0", "-1", "x", "0.001", "5000"])
 def test_bad_cpu_limits_are_refused(bad):
     with pytest.raises(InvalidInput):
         cgroupfs.parse_cpus(bad)
 
 
+@pytest.mark.userspace
 def test_good_limits_parse():
     lim = Limits.parse("64M", "64", "0.5")
     assert (lim.memory, lim.pids, lim.cpus) == (64 << 20, 64, 0.5)
@@ -60,6 +64,7 @@ def test_good_limits_parse():
     assert cgroupfs.parse_memory("1G") == 1 << 30 and cgroupfs.parse_memory("8192k") == 8 << 20
 
 
+@pytest.mark.userspace
 def test_demo_refuses_bad_input_before_creating_anything():
     before = set(cgroupfs.find_ours())
     with Runner(backend="native") as run, pytest.raises(InvalidInput):
@@ -202,6 +207,7 @@ LIMIT_FILES = {1: ("memory.limit_in_bytes", "pids.max", "cpu.cfs_quota_us"),
                2: ("memory.max", "pids.max", "cpu.max")}
 
 
+@pytest.mark.userspace
 def test_explain_changes_nothing(capsys):
     before = set(cgroupfs.find_ours())
     version = 2 if cgroupfs.detect().mode == "unified" else 1
@@ -242,6 +248,7 @@ def test_leftovers_lists_and_removes_only_ours():
         cg.remove()
 
 
+@pytest.mark.userspace
 def test_cgroup_demo_cli(tmp_path):
     t = time.monotonic()
     assert cli("--version").returncode == 0

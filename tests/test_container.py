@@ -208,6 +208,7 @@ def test_pids_limit_stops_a_fork_bomb_inside():
 
 # --- bad input: one clear line, nothing made ---------------------------------------------------
 
+@pytest.mark.userspace
 @pytest.mark.parametrize("kw, exc, words", [
     ({"rootfs": "/tmp/nsr-does-not-exist"}, NotFound, "does not exist"),
     ({"memory": "64X"}, InvalidInput, "memory limit"),
@@ -293,6 +294,7 @@ def test_cli_passes_exit_codes_and_forwards_sigterm():
             proc.wait()
 
 
+@pytest.mark.userspace
 def test_explain_prints_the_sequence_and_changes_nothing():
     before = _ours()
     done = subprocess.run([INVOKE, "container-run", "--explain", "--memory", "32M", "--pids", "8",

@@ -79,6 +79,7 @@ def test_bad_overlay_paths_are_refused_before_mounting(runner):
     assert _ours() == before
 
 
+@pytest.mark.userspace
 def test_explain_changes_nothing(capsys):
     before = _ours()
     with Runner(backend="native", explain=True) as run:

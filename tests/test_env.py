@@ -598,6 +598,7 @@ def test_shared_root_create_and_remove_in_parallel():
 
 # --- bad input ------------------------------------------------------------------------------
 
+@pytest.mark.userspace
 @pytest.mark.parametrize("bad", ["", ".", "..", "nsr/x", "nsr x", "nsr-" + "x" * 70, "web",
                                  "-nsr", "nsr\n"])
 def test_bad_names(bad):
@@ -610,6 +611,7 @@ def test_bad_names(bad):
     assert not [e for e in os.listdir(BASE) if e.startswith(".env-")] if os.path.isdir(BASE) else True
 
 
+@pytest.mark.userspace
 def test_bad_input_creates_nothing(names):
     name = names()
     cases = [
@@ -678,6 +680,7 @@ def test_foreign_netns_name_is_a_conflict(names):
 
 # --- the command line -----------------------------------------------------------------------
 
+@pytest.mark.userspace
 def test_cli(names):
     name = names()
     p = cli("env-create", name, "--ns", "uts,pid,mnt,net,ipc", "--hostname", "cli1")
@@ -758,6 +761,7 @@ def test_other_user_cannot_enter_or_remove(names):
     e.remove()
 
 
+@pytest.mark.userspace
 def test_explain_changes_nothing(names):
     name = names()
     out = open(os.devnull, "w")

@@ -68,6 +68,7 @@ def test_host_propagation_untouched(backend):
     assert not [mp for mp, *_ in after.values() if mp.startswith("/tmp/nsr-mount-")]
 
 
+@pytest.mark.userspace
 def test_parsers_agree():
     info = ("64 63 0:40 / /t/a rw,relatime shared:1 - tmpfs nsr-a rw\n"
             "66 63 0:40 / /t/slave rw,relatime master:1 - tmpfs nsr-a rw\n"
@@ -98,6 +99,7 @@ def test_failure_half_way_leaves_nothing(backend):
     assert not holder.alive()
 
 
+@pytest.mark.userspace
 def test_explain_changes_nothing():
     before = set(glob.glob("/tmp/nsr-mount-*"))
     out = io.StringIO()
@@ -115,6 +117,7 @@ def test_explain_changes_nothing():
     assert _host_mounts_of_ours() == []
 
 
+@pytest.mark.userspace
 def test_cli():
     proc = cli("mount-demo", "--backend", "shell")
     assert proc.returncode == 0, proc.stderr

@@ -166,6 +166,7 @@ def test_net_veth_refuses_a_namespace_it_did_not_make(tag):
         subprocess.run(["ip", "netns", "del", foreign], check=False)
 
 
+@pytest.mark.userspace
 def test_net_veth_cli_twice_then_delete(tag):
     a, b = f"nsr-{tag}-a", f"nsr-{tag}-b"
     args = ["net-veth", "--name", a, "--peer", b, "--addr", "10.234.0.1/24",
@@ -214,6 +215,7 @@ def _could_be_mine(names: set[str], args: list[str], scope: str) -> set[str]:
     return {n for n in names if n in given or f"-{scope}-" in n}
 
 
+@pytest.mark.userspace
 @pytest.mark.parametrize("args,words", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_input_one_line_nothing_created(args, words):
     scope = scope_id()
@@ -227,6 +229,7 @@ def test_bad_input_one_line_nothing_created(args, words):
     assert not _could_be_mine(after - before, args, scope)
 
 
+@pytest.mark.userspace
 def test_bad_input_in_the_python_api():
     from recipes import net
     with Runner(backend="native") as run:
@@ -241,6 +244,7 @@ def test_bad_input_in_the_python_api():
     assert not {"a", "b", "y", "x" * 16, "x" * 15} & links, links
 
 
+@pytest.mark.userspace
 def test_explain_changes_nothing():
     before = {n for n in nl.list_netns() if n in ("nsr-x1", "nsr-x2")}
     proc = cli("net-veth", "--name", "nsr-x1", "--peer", "nsr-x2", "--explain")

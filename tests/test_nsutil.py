@@ -281,6 +281,7 @@ def test_ns_inode_matches_readlink_and_lsns():
         holder.stop()
 
 
+@pytest.mark.userspace
 def test_type_names_and_errors():
     assert [t.name for t in parse_types("mnt,uts,mount,network")] == ["uts", "net", "mnt"]
     assert list(NS_TYPES) == ["user", "cgroup", "ipc", "uts", "net", "pid", "mnt"]
@@ -296,6 +297,7 @@ def test_type_names_and_errors():
 
 # --- parsing and names ----------------------------------------------------------------------
 
+@pytest.mark.userspace
 def test_idmap_parse():
     assert idmap.parse_map("0 1000 1") == [idmap.IdMap(0, 1000, 1)]
     maps = idmap.parse_map("0:1000:1,1:100000:65536")
@@ -310,6 +312,7 @@ def test_idmap_read_map_of_self():
     assert idmap.read_map("self", "uid")[0] == idmap.IdMap(0, 0, 4294967295)
 
 
+@pytest.mark.userspace
 @pytest.mark.parametrize("fn,value", [
     (names.check_name, ""), (names.check_name, ".."), (names.check_name, "a/b"),
     (names.check_name, "a b"), (names.check_name, "-x"), (names.check_name, "x" * 65),
@@ -324,6 +327,7 @@ def test_names_reject(fn, value):
     assert info.value.exit_code == 2
 
 
+@pytest.mark.userspace
 def test_names_accept():
     assert names.check_ifname("nsr-0123456789a") == "nsr-0123456789a"  # 15 bytes
     assert names.check_hostname("x" * 64) == "x" * 64
@@ -348,6 +352,7 @@ ERRORS = [
 ]
 
 
+@pytest.mark.userspace
 @pytest.mark.parametrize("exc", ERRORS, ids=lambda e: type(e).__name__)
 def test_errors_pickle_round_trip(exc):
     back = pickle.loads(pickle.dumps(exc))
@@ -356,6 +361,7 @@ def test_errors_pickle_round_trip(exc):
     assert "\n" not in str(exc)
 
 
+@pytest.mark.userspace
 def test_error_texts():
     assert str(ERRORS[0]) == ("setns(3, CLONE_NEWUTS): EINVAL (hint: the kernel rejected the "
                               "arguments (is the feature enabled? see `invoke doctor`))")
@@ -414,6 +420,7 @@ def test_runner_undoes_on_exception_and_keeps_on_success():
     assert order == [1]  # kept for the user
 
 
+@pytest.mark.userspace
 def test_explain_prints_and_changes_nothing():
     order = []
     out = io.StringIO()
@@ -430,6 +437,7 @@ def test_explain_prints_and_changes_nothing():
     assert "[undo] remove it\n      $ rm /tmp/nsr-x" in text
 
 
+@pytest.mark.userspace
 def test_backend_choice():
     with pytest.raises(InvalidInput, match="unknown backend 'bogus'"):
         Runner(backend="bogus")

@@ -54,6 +54,7 @@ def test_both_backends_see_the_same_shape():
     assert shapes[0] == shapes[1] == (1, 1, 2, 3, 3, 2, 4)
 
 
+@pytest.mark.userspace
 def test_explain_changes_nothing():
     out = io.StringIO()
     with Runner(explain=True, out=out) as run:
@@ -78,6 +79,7 @@ def test_cli_runs_and_prints_the_document(opts):
     assert proc.stderr == ""
 
 
+@pytest.mark.userspace
 def test_cli_explain_and_bad_backend():
     proc = cli("pid-demo", "--explain")
     assert proc.returncode == 0, proc.stderr

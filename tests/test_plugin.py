@@ -61,6 +61,7 @@ def _plugin_args() -> list[str]:
     return [] if installed else ["-p", "recipes.pytest_plugin"]
 
 
+@pytest.mark.userspace
 def test_entry_point_is_declared():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]

@@ -139,6 +139,7 @@ BAD_FILES = {
 }
 
 
+@pytest.mark.userspace
 @pytest.mark.parametrize("name", list(BAD_FILES))
 def test_bad_files_are_refused_before_anything_is_made(name, tmp_path):
     from recipes import topo
@@ -149,6 +150,7 @@ def test_bad_files_are_refused_before_anything_is_made(name, tmp_path):
         topo.plan_file(str(lab))
 
 
+@pytest.mark.userspace
 def test_bad_file_through_the_cli(tmp_path):
     lab = tmp_path / "lab.toml"
     lab.write_text(BAD_FILES["overlap"][0])
@@ -158,6 +160,7 @@ def test_bad_file_through_the_cli(tmp_path):
     assert not [n for n in nl.list_netns() if f"-{scope}-" in n]
 
 
+@pytest.mark.userspace
 def test_generated_names_fit_and_samples_are_bounded():
     from recipes import topo
     plan = topo.plan_shape("star", topo.MAX_HOSTS)
@@ -183,6 +186,7 @@ def test_failure_half_way_is_undone(backend, tag):
     assert not topo.recorded(tag)
 
 
+@pytest.mark.userspace
 def test_two_topologies_at_once_through_the_cli(tag):
     from recipes import topo
     scopes = [tag[:3] + "x", tag[:3] + "y"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import socket
 
+import pytest
+
 from helpers import cli
 from recipes import tour
 
@@ -23,6 +25,7 @@ def test_tour_runs_every_section_in_order(backend):
     assert results["user"]["euid"] == 0 and results["user"]["wrote_root_file"] is False
 
 
+@pytest.mark.userspace
 def test_tour_explain_prints_commands_only():
     import leakcheck
     from nsutil import sysvipc

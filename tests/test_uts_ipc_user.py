@@ -113,6 +113,7 @@ def test_root_needed_one_line(task):
     assert "needs root" in line
 
 
+@pytest.mark.userspace
 @pytest.mark.parametrize("args, words", [
     (["uts-demo", "--hostname", "x" * 65], "limit is 64"),
     (["uts-demo", "--hostname", "a b"], "whitespace"),
@@ -134,10 +135,12 @@ def test_bad_input_one_line_nothing_created(args, words):
     assert leakcheck.new_since(before, leakcheck.snapshot()) == {}
 
 
+@pytest.mark.userspace
 def test_backend_from_environment_is_validated():
     assert "unknown backend" in one_line_error(cli("uts-demo", env={"NSR_BACKEND": "nope"}))
 
 
+@pytest.mark.userspace
 def test_missing_tool_names_package(tmp_path):
     # a PATH without util-linux: the shell backend must say which package to install
     proc = cli("uts-demo", "--backend", "shell", env={"PATH": str(tmp_path)})
@@ -146,6 +149,7 @@ def test_missing_tool_names_package(tmp_path):
     assert proc.returncode == 127
 
 
+@pytest.mark.userspace
 def test_uts_cli_output_matches_document():
     proc = cli("uts-demo")
     assert proc.returncode == 0, proc.stderr
@@ -154,6 +158,7 @@ def test_uts_cli_output_matches_document():
     assert "[root@NewNamespace]# hostname\nNewNamespace" in out
 
 
+@pytest.mark.userspace
 def test_explain_changes_nothing():
     before = sysvipc.queue_ids()
     proc = cli("ipc-demo", "--explain")
@@ -178,6 +183,7 @@ def test_doctor_fails_when_something_is_missing():
     assert "root" in proc.stdout and "MISSING" in proc.stdout
 
 
+@pytest.mark.userspace
 def test_every_task_has_help():
     listing = cli("--list")
     names = [ln.split()[0] for ln in listing.stdout.splitlines()[1:] if ln.startswith("  ") and ln.split()]
@@ -193,6 +199,7 @@ def test_every_task_has_help():
                 assert arg.help, f"{name} --{arg.name} has no help"
 
 
+@pytest.mark.userspace
 def test_task_help_works_for_every_task():
     """`invoke TASK --help` shows help -- also for tasks with positional arguments, where
     invoke alone would take --help as the argument's value."""

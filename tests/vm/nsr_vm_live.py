@@ -4,8 +4,8 @@ the VM times out or dies before pytest writes its junit xml. A test whose body r
 than ``$NSR_VM_TEST_TIMEOUT`` seconds (900) fails with "timed out", so one hang does not
 stop the rest of the run.
 
-Each line is ``OUTCOME<TAB>NODEID<TAB>ONE-LINE ERROR``; OUTCOME is passed, failed, error or
-skipped. Only the standard library and pytest's hook API.
+Each line is ``OUTCOME<TAB>NODEID<TAB>ONE-LINE ERROR<TAB>SECONDS``; OUTCOME is passed, failed,
+error or skipped, SECONDS the phase's duration. Only the standard library and pytest's hook API.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def _write(outcome: str, report: pytest.TestReport) -> None:
     path = os.environ.get("NSR_VM_RESULTS")
     if path:
         with open(path, "a") as f:
-            f.write(f"{outcome}\t{report.nodeid}\t{_one_line(report) if outcome != 'passed' else ''}\n")
+            message = _one_line(report) if outcome != "passed" else ""
+            f.write(f"{outcome}\t{report.nodeid}\t{message}\t{report.duration:.1f}\n")
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
