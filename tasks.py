@@ -414,26 +414,32 @@ def env_rm(c, name, backend=None, explain=False):
                 "pids": "pids limit the fork bomb runs into (default 32)",
                 "cpus": "CPU quota for the busy loop, in CPUs (default 0.5)",
                 "seconds": "how long the busy loop spins (default 1.0)"})
-def cgroup_demo(c, memory="32M", pids="32", cpus="0.5", seconds=1.0, backend=None, explain=False):
+def cgroup_demo(c, memory="32M", pids="32", cpus="0.5", seconds="1.0", backend=None,
+                explain=False):
     """cgroups limit resources: an OOM kill, a fork bomb stopped, a CPU quota measured.
 
     Three cgroups named nsr-cg-*: a child allocating past the memory limit is killed by the
     OOM killer (memory.oom_control / memory.events count it); a bounded fork bomb stops at
     pids.max; a busy loop gets about quota/period of a CPU. v1, v2 and hybrid hosts.
     """
+    from nsutil.limits import parse_number
+    seconds = parse_number(seconds, "--seconds", kind=float, minimum=0.1, maximum=60,
+                           example="1.0")
     _root_demo("cgroup-demo", "cgroup", backend, explain,
-               memory=memory, pids=pids, cpus=cpus, seconds=float(seconds))
+               memory=memory, pids=pids, cpus=cpus, seconds=seconds)
 
 
 @nsr_task(help={"size_mb": "size of the big file in the base layer, MiB (default 8)"})
-def cow_demo(c, size_mb=8, backend=None, explain=False):
+def cow_demo(c, size_mb="8", backend=None, explain=False):
     """Copy-on-write with overlayfs: copy-up, whiteouts, and the disk two containers share.
 
     Two lower layers under /tmp/nsr-cow-*, two overlay mounts over them: a write lands in
     upper and the lower is unchanged, a delete leaves a whiteout (char device 0/0), and the
     disk used by two containers sharing the layers is compared with two full copies.
     """
-    _root_demo("cow-demo", "cow", backend, explain, size_mb=int(size_mb))
+    from nsutil.limits import parse_number
+    _root_demo("cow-demo", "cow", backend, explain,
+               size_mb=parse_number(size_mb, "--size-mb", minimum=1, maximum=1024, example="8"))
 
 
 @nsr_task(help={"rootfs": "root filesystem directory (default: a cached busybox rootfs, "

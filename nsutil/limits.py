@@ -13,6 +13,30 @@ MIN_MEMORY = 6 << 20
 
 # --- parsing of user input -------------------------------------------------------------------
 
+def parse_number(text: str | int | float, what: str, *, kind: type = int,
+                 minimum: float | None = None, maximum: float | None = None,
+                 example: str = "") -> int | float:
+    """Every numeric option of every task goes through here: ``--seconds 1.5``,
+    ``--size-mb 8``, ``--hosts 3``, ``--timeout 10``.
+
+    ``kind`` is int (digits only) or float (``1``, ``0.5``, ``.5``); a value outside
+    [minimum, maximum] or one that does not parse is one InvalidInput line naming the option
+    (``what``) and the range, never a traceback.
+    """
+    raw = str(text).strip()
+    pattern = r"[+-]?[0-9]+" if kind is int else r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)"
+    bounds = " and ".join(f"{word} {limit:g}" for word, limit in
+                          (("at least", minimum), ("at most", maximum)) if limit is not None)
+    hint = f"write {'a whole number' if kind is int else 'a number'}" + \
+           (f" {bounds}" if bounds else "") + (f", e.g. {example}" if example else "")
+    if not re.fullmatch(pattern, raw):
+        raise InvalidInput(f"{what} {raw!r} is not a number", hint=hint)
+    value = kind(raw)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise InvalidInput(f"{what} {raw} is out of range", hint=hint)
+    return value
+
+
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 

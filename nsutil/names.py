@@ -51,13 +51,8 @@ def check_hostname(name: str) -> str:
 
 def check_id(value: str | int, *, what: str = "uid") -> int:
     """A uid or gid: a whole number from 0 to 4294967294."""
-    try:
-        num = int(str(value).strip(), 10)
-    except ValueError:
-        raise InvalidInput(f"{what} {value!r} is not a number", hint=f"give a {what} like 1000") from None
-    if not 0 <= num <= 4294967294:
-        raise InvalidInput(f"{what} {num} is out of range", hint="use 0 to 4294967294")
-    return num
+    from .limits import parse_number
+    return parse_number(value, what, minimum=0, maximum=4294967294, example="1000")
 
 
 def check_cidr(value: str, *, what: str = "address") -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:

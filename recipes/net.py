@@ -547,7 +547,7 @@ def veth_delete(run: Runner, name: str = "nsr-a", peer: str = "nsr-b") -> dict:
     Deleting what is not there says so and succeeds; what nsrecipes did not make is kept."""
     check_ifname(name)
     check_ifname(peer)
-    rec = _find_record(name)
+    rec = _find_record(name) or _find_record(peer)
     if rec is None:
         exists = [n for n in (name, peer) if nl.netns_exists(n)]
         if exists:
@@ -556,8 +556,8 @@ def veth_delete(run: Runner, name: str = "nsr-a", peer: str = "nsr-b") -> dict:
         run.say(f"nothing to delete: {name} and {peer} do not exist")
         return {"changed": False}
     if {rec["name"], rec["peer"]} != {name, peer}:
-        raise Conflict(f"{name} is paired with {rec['peer'] if rec['name'] == name else rec['name']}, "
-                       f"not {peer}", hint="give the right --peer")
+        raise Conflict(f"{name}<->{peer} is not a pair: nsrecipes made {rec['name']}<->{rec['peer']}",
+                       hint=f"invoke net-veth --name {rec['name']} --peer {rec['peer']} --delete")
     delete_netns(run, rec["name"])
     delete_netns(run, rec["peer"])
     if not run.explain:

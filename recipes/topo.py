@@ -51,6 +51,7 @@ from nsutil import process, netlink as nl
 from nsutil import state
 from nsutil.backend import Runner, Step
 from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, SyscallError
+from nsutil.limits import parse_number
 from nsutil.names import IFNAMSIZ, check_name, prefixed, scope_id
 
 from . import net
@@ -166,16 +167,7 @@ class Plan:
 
 def check_hosts(count: int | str) -> int:
     """A host count: a whole number from 1 to MAX_HOSTS."""
-    try:
-        num = int(str(count).strip(), 10)
-    except ValueError:
-        raise InvalidInput(f"host count {count!r} is not a number", hint="give e.g. --hosts 3") from None
-    if num <= 0:
-        raise InvalidInput(f"host count {num} must be at least 1", hint="give e.g. --hosts 3")
-    if num > MAX_HOSTS:
-        raise InvalidInput(f"host count {num} is absurd: the limit is {MAX_HOSTS}",
-                           hint=f"use at most {MAX_HOSTS} hosts")
-    return num
+    return parse_number(count, "host count", minimum=1, maximum=MAX_HOSTS, example="--hosts 3")
 
 
 def check_scope(scope: str | None) -> str:
@@ -303,13 +295,19 @@ def plan_file(path: str, scope: str | None = None, ipv6: bool = False) -> Plan:
     if not isinstance(links_raw, list) or not all(isinstance(x, dict) for x in links_raw):
         raise InvalidInput(f"topology file {path!r}: links must be [[links]] tables",
                            hint='[[links]] a = "h1" b = "h2"')
-    for item in links_raw:
+    listed = "hosts" in data        # a file that lists its hosts: a link to another is a typo
+    for n, item in enumerate(links_raw, 1):
         for key in ("a", "b"):
             if not isinstance(item.get(key), str):
                 raise InvalidInput(f"topology file {path!r}: a link without {key!r}",
                                    hint='every [[links]] needs a = "HOST" and b = "HOST"')
-            if item[key] not in names:
-                names.append(item[key])
+            if item[key] in names:
+                continue
+            if listed:
+                raise InvalidInput(f"topology file {path!r}: link {n} ({item['a']}-{item.get('b')}) "
+                                   f"names host {item[key]!r}, which is not in hosts",
+                                   hint="fix the name, or add it to hosts = [...]")
+            names.append(item[key])
         extra = set(item) - {"a", "b", "a_addr", "b_addr"}
         if extra:
             raise InvalidInput(f"topology file {path!r}: unknown link key {sorted(extra)[0]!r}",
@@ -628,13 +626,11 @@ def teardown_step(plan: Plan) -> Step:
 def down(run: Runner, scope: str | None = None) -> list[str]:
     """Tear down the recorded topology ``scope`` (all recorded ones if None); returns scopes."""
     plans = recorded(check_scope(scope) if scope else None)
-    if scope and not plans:
-        raise NotFound(f"no topology with scope {scope!r}", hint="see `invoke net-topo --status`")
     for plan in plans:
         run.heading(f"{SECTION}: tear down {plan.scope} ({len(plan.hosts)} hosts)")
         run.run(teardown_step(plan))
-    if not plans:
-        run.say("nothing to tear down")
+    if not plans:     # idempotent, as `runc delete --force`: gone already is done
+        run.say(f"nothing to tear down{f': no topology with scope {scope}' if scope else ''}")
     return [p.scope for p in plans]
 
 

@@ -142,6 +142,11 @@ def test_net_veth_idempotent_conflict_and_delete(backend, tag):
         with Runner(backend=backend, keep=True) as run:
             net.veth_create(run, a, b, "10.233.0.9/24", "10.233.0.2/24")
     assert [x for x in nl.link(a, a)["addrs"] if "." in x] == ["10.233.0.1/24"]  # untouched
+    for wrong in ((a, f"nsr-{tag}-z"), (f"nsr-{tag}-z", b), (b, f"nsr-{tag}-z")):
+        with pytest.raises(Conflict, match=f"is not a pair: nsrecipes made {a}<->{b}"):
+            with Runner(backend=backend, keep=True) as run:
+                net.veth_delete(run, *wrong)
+    assert nl.netns_exists(a) and nl.netns_exists(b)
     with Runner(backend=backend, keep=True) as run:
         assert net.veth_delete(run, a, b)["changed"] is True
     assert not nl.netns_exists(a) and not nl.netns_exists(b)
@@ -201,7 +206,7 @@ BAD = [
     (["net-veth", "--addr", "10.1.0.1/24", "--peer-addr", "10.2.0.1/24"], "different subnets"),
     (["net-topo", "--hosts", "0"], "at least 1"),
     (["net-topo", "--hosts", "-4"], "at least 1"),
-    (["net-topo", "--hosts", "100000000"], "absurd"),
+    (["net-topo", "--hosts", "100000000"], "out of range"),
     (["net-topo", "--hosts", "many"], "not a number"),
     (["net-topo", "--shape", "blob"], "unknown shape"),
     (["net-topo", "--shape", "ring", "--hosts", "2"], "at least 3"),

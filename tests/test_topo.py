@@ -64,6 +64,8 @@ def test_shapes_build_check_and_tear_down(backend, tag, shape, hosts, pairs):
         assert done.returncode == 0 and net.addr(other) in done.stdout
     assert not [n for n in nl.list_netns() if f"-{tag}-" in n]
     assert not [d for d in os.listdir("/etc/netns") if f"-{tag}-" in d] if os.path.isdir("/etc/netns") else True
+    with Runner(backend=backend, keep=True, out=open(os.devnull, "w")) as run:
+        assert topo.down(run, tag) == []      # down again: idempotent, as runc delete --force
 
 
 def _has_link_local(ns: str) -> bool:
@@ -136,6 +138,8 @@ BAD_FILES = {
     "not toml": ('hosts = [\n', "not valid TOML"),
     "unknown key": ('routers = 3\n', "unknown key"),
     "twice": ('[[links]]\na="a"\nb="b"\n[[links]]\na="b"\nb="a"\n', "two links"),
+    "not listed": ('hosts = ["a", "b"]\n[[links]]\na="a"\nb="c"\n', "link 1 \\(a-c\\) names host 'c', "
+                   "which is not in hosts"),
 }
 
 
