@@ -282,7 +282,8 @@ def _env_name(name: str, task_name: str) -> str:
                 "hostname": "hostname inside (needs uts)",
                 "domainname": "NIS domain name inside (needs uts)",
                 "uid_map": "with user: uid_map ranges inside:outside:count, comma-separated "
-                           "(default 0:<your uid>:1; 'none' leaves it for env-idmap)",
+                           "(default 0:<your uid>:1; 'none' leaves it for env-idmap); checked "
+                           "first: no overlap inside or outside, at most 340 ranges",
                 "gid_map": "with user: gid_map ranges like --uid-map (default: those of "
                            "--uid-map, else 0:<your gid>:1)"})
 def env_create(c, name, ns="uts,ipc,pid,mnt,net", hostname=None, domainname=None,
@@ -291,7 +292,7 @@ def env_create(c, name, ns="uts,ipc,pid,mnt,net", hostname=None, domainname=None
 
     A holder keeps them alive (PID 1 of its PID namespace, reaping orphans); each is bound on
     /run/nsrecipes/NAME/TYPE as `unshare --TYPE=FILE` does, and the net namespace is
-    visible to `ip netns` as NAME.
+    visible to `ip netns` as NAME, with lo up.
     """
     from recipes import env
     name = _env_name(name, "env-create")
@@ -330,17 +331,18 @@ def env_veth(c, name, peer="host", ifname=None, peer_ifname=None, addr=None, pee
 
 @nsr_task(help={"name": _ENV_NAME, "target": "mount point inside (an existing directory)",
                 "source": "bind this path (as seen inside) instead of mounting a tmpfs",
-                "size": "tmpfs size, e.g. 16m", "readonly": "make the bind mount read-only"})
-def env_mount(c, name, target, source=None, size=None, readonly=False, backend=None,
-              explain=False):
+                "size": "tmpfs size: 16m, 1g, bytes or 50% (of RAM); 0 (no limit) is refused",
+                "readonly": "read-only: the tmpfs, or the bind (with --recursive: every "
+                            "mount below it too; needs Linux 5.12+ for mount_setattr)",
+                "recursive": "with --source: bind the mounts below it too (mount --rbind)"})
+def env_mount(c, name, target, source=None, size=None, readonly=False, recursive=False,
+              backend=None, explain=False):
     """Mount a tmpfs (or, with --source, a bind mount) inside an environment only."""
     from recipes import env
     name = _env_name(name, "env-mount")
     with _runner(backend, explain, keep=True) as run:
-        if source:
-            env.bind_mount(run, name, source, target, readonly=readonly)
-        else:
-            env.mount_tmpfs(run, name, target, size=size)
+        env.add_mount(run, name, target, source=source, size=size, readonly=readonly,
+                      recursive=recursive)
 
 
 @nsr_task(help={"name": _ENV_NAME})
@@ -445,21 +447,36 @@ def cow_demo(c, size_mb="8", backend=None, explain=False):
 @nsr_task(help={"rootfs": "root filesystem directory (default: a cached busybox rootfs, "
                           "built on first use)",
                 "memory": "memory limit, e.g. 64M (no limit by default)",
-                "pids": "most processes the container may have, e.g. 64",
+                "pids": "most processes the container may have, PID 1 and the command "
+                        "included, e.g. 64 (at least 2; max: no limit)",
                 "cpus": "CPU quota in CPUs, e.g. 0.5",
                 "hostname": "hostname inside (default: the container's name)",
+                "domainname": "NIS domain name inside (its own UTS namespace)",
                 "net": "give the container its own network namespace (only lo, up)",
                 "rm": "remove the container's directory and cgroup when it exits "
                       "(default; --no-rm keeps the directory with what it wrote)",
-                "name": "container name, nsr-c-... (default: random)"})
+                "name": "container name, nsr-c-... (default: random)",
+                "timeout": "kill the container after SECONDS (e.g. 10 or 0.5); exit status 137",
+                "volume": "SRC:DST[:ro] bind the host's SRC, with its submounts, on DST; ro: "
+                          "all of it read-only (Linux 5.12+); repeatable",
+                "tmpfs": "DST[:size=64m,mode=1777,ro] an empty tmpfs on DST; repeatable",
+                "read_only": "mount the rootfs read-only (writes fail with EROFS; volumes, "
+                             "tmpfs, /dev keep their own)",
+                "env": "KEY=VALUE in the command's environment; repeatable",
+                "workdir": "the command's working directory (made if missing)",
+                "user": "UID[:GID] the command runs as (gid: from the rootfs's /etc/passwd, "
+                        "else the uid); no supplementary groups"},
+          iterable=["volume", "tmpfs", "env"])
 def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=None, net=False,
-                  rm=True, name=None, backend=None, explain=False):
+                  rm=True, name=None, timeout=None, volume=None, tmpfs=None, read_only=False,
+                  domainname=None, env=None, workdir=None, user=None, backend=None,
+                  explain=False):
     """Run a command in a container: invoke container-run [OPTIONS] -- CMD ARGS...
 
     New mount, UTS, IPC, PID and cgroup namespaces (and network with --net), a cgroup with
     the limits, an overlay over the rootfs, pivot_root with the old root detached, /proc and
     a minimal /dev. PID 1 reaps zombies and forwards signals; the exit status is the
-    command's (128+N for signal N; 127 if it is not in the rootfs).
+    command's (128+N for signal N; 127 if it is not in the rootfs; 137 past --timeout).
     """
     import shlex
     from recipes import container
@@ -468,8 +485,11 @@ def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=No
     if not explain:
         require_root("container-run")
     with _runner(backend, explain) as run:
-        code = container.run_container(run, argv, rootfs=rootfs, memory=memory, pids=pids,
-                                       cpus=cpus, hostname=hostname, net=net, rm=rm, name=name)
+        code = container.run_container(
+            run, argv, rootfs=rootfs, memory=memory, pids=pids, cpus=cpus, hostname=hostname,
+            net=net, rm=rm, name=name, timeout=timeout, volumes=volume or (), tmpfs=tmpfs or (),
+            read_only=read_only, domainname=domainname, env=env or (), workdir=workdir,
+            user=user)
     if code:
         raise Exit(code=code)
 
@@ -497,24 +517,29 @@ def tour(c, backend=None, explain=False):
     t.tour(backend=backend, explain=explain)
 
 
-@nsr_task(help={"dry_run": "only list what would be removed"})
-def cleanup(c, dry_run=False):
-    """Remove every nsrecipes leftover, and nothing else; report what was removed.
+@nsr_task(help={"dry_run": "only list what would be removed and what is kept (and why); "
+                           "remove nothing",
+                "all": "remove everything nsrecipes made, in use or not: live environments, "
+                       "net-veth pairs, topologies, running containers too (listed first)"})
+def cleanup(c, dry_run=False, all_=False):
+    """Remove what nsrecipes left broken or orphaned; keep what is in use (--all: everything).
 
-    Leftovers: environments and their holders, containers, nsr cgroups, overlay mounts and
-    directories, nsr network namespaces, links and /etc/netns entries.
+    Removed: environments whose holder died or whose creator died half-way, half-built
+    net-veth pairs and topologies, containers whose tool is gone, nsr cgroups with no process,
+    nsr-cow-*/nsr-user-* scratch directories. Kept: live environments, complete pairs and
+    topologies, running containers. A network namespace no nsrecipes record names is never
+    touched, whatever its name.
     """
     from recipes import cleanup as cl
     from nsutil.errors import require_root
     require_root("cleanup")
-    removed, failed = cl.remove_all(dry_run=dry_run)
-    verb = "would remove" if dry_run else "removed"
-    for item in removed:
-        print(f"{verb} {item.kind} {item.name}")
+    plan = cl.sweep(everything=all_)
+    for line in cl.plan_lines(plan, dry_run):
+        print(line, flush=True)
+    removed, failed = cl.remove_all(dry_run=dry_run, items=plan.remove)
     for item, exc in failed:
         print(f"FAILED {item.kind} {item.name}: {exc}")
-    print(f"{len(removed)} {'to remove' if dry_run else 'removed'}, {len(failed)} failed"
-          if removed or failed else "nothing to clean up")
+    print(cl.summary(removed, failed, plan.kept, dry_run))
     if failed:
         raise Exit(f"nsrecipes: cleanup: {len(failed)} could not be removed (hint: see above)",
                    code=1)

@@ -13,6 +13,11 @@ MIN_MEMORY = 6 << 20
 
 # --- parsing of user input -------------------------------------------------------------------
 
+def _plain(limit: float) -> str:
+    """4294967294 as it is, 0.1 as it is (not 4.29497e+09)."""
+    return str(int(limit)) if float(limit).is_integer() else repr(float(limit))
+
+
 def parse_number(text: str | int | float, what: str, *, kind: type = int,
                  minimum: float | None = None, maximum: float | None = None,
                  example: str = "") -> int | float:
@@ -25,7 +30,7 @@ def parse_number(text: str | int | float, what: str, *, kind: type = int,
     """
     raw = str(text).strip()
     pattern = r"[+-]?[0-9]+" if kind is int else r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)"
-    bounds = " and ".join(f"{word} {limit:g}" for word, limit in
+    bounds = " and ".join(f"{word} {_plain(limit)}" for word, limit in
                           (("at least", minimum), ("at most", maximum)) if limit is not None)
     hint = f"write {'a whole number' if kind is int else 'a number'}" + \
            (f" {bounds}" if bounds else "") + (f", e.g. {example}" if example else "")
@@ -40,29 +45,59 @@ def parse_number(text: str | int | float, what: str, *, kind: type = int,
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
+def parse_size(text: str | int, what: str, *, minimum: int = 1, example: str = "64M",
+               hint: str | None = None) -> int:
+    """Every size in bytes goes through here: ``64M`` / ``512k`` / ``1G`` / ``6291456`` ->
+    bytes. ``64X``, ``-1``, ``1.5M`` or less than ``minimum`` bytes (``0`` with the default)
+    is one InvalidInput line naming the option (``what``); ``hint`` says what to write."""
+    raw = str(text).strip()
+    hint = hint or f"write a positive size like {example}, 512K, 1G or a number of bytes"
+    m = re.fullmatch(r"(\d+)\s*([KkMmGgTtBb]?)(?:i?[Bb])?", raw)
+    if not m:
+        raise InvalidInput(f"{what} {raw!r} does not parse", hint=hint)
+    value = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    if value < minimum:
+        raise InvalidInput(f"{what} {raw!r} is " + ("not a positive size" if minimum == 1 else
+                                                    f"below {minimum} bytes"), hint=hint)
+    return value
+
+
+def parse_tmpfs_size(text: str | int, what: str = "tmpfs size") -> str:
+    """A tmpfs ``size=`` as the kernel takes it, canonical: ``16m``, ``1g``, bytes, or ``N%``
+    of RAM (1 to 100). ``0`` is refused: for tmpfs it means no limit at all."""
+    raw = str(text).strip()
+    if raw.endswith("%"):
+        return f"{parse_number(raw[:-1], what, minimum=1, maximum=100, example='50%')}%"
+    value = parse_size(raw, what, hint="write a positive size like 16m, 1g or 50% (of RAM); "
+                                       "0 would mean no limit, so it is refused")
+    for unit, shift in (("g", 30), ("m", 20), ("k", 10)):
+        if value % (1 << shift) == 0:
+            return f"{value >> shift}{unit}"
+    return str(value)
+
+
 def parse_memory(text: str | int) -> int:
     """``64M`` / ``512k`` / ``1G`` / ``6291456`` -> bytes; at least 6 MiB (Docker's minimum:
     less does not leave room for the container's own PID 1)."""
-
-    # Rejects ``64X``, ``-1``, ``0`` with one line saying what is accepted.
+    value = parse_size(text, "memory limit", minimum=0)
     raw = str(text).strip()
-    m = re.fullmatch(r"(\d+)\s*([KkMmGgTtBb]?)(?:i?[Bb])?", raw)
-    if not m:
-        raise InvalidInput(f"memory limit {raw!r} does not parse",
-                           hint="write a positive size like 64M, 512K, 1G or a number of bytes")
-    value = int(m.group(1)) * _UNITS[m.group(2).upper()]
     if value < MIN_MEMORY:
         raise InvalidInput(f"memory limit {raw!r} is below 6M",
                            hint="a container needs at least 6M (as with Docker); write e.g. 64M")
     return value
 
 
-def parse_pids(text: str | int) -> int:
-    """A pids limit: a whole number >= 1 (``-1`` and ``0`` are refused)."""
+def parse_pids(text: str | int, allow_max: bool = False) -> int | None:
+    """A pids limit: a whole number >= 1 (``-1`` and ``0`` are refused); with ``allow_max``
+    also ``max`` (no limit, as in ``pids.max``), returned as None."""
     raw = str(text).strip()
+    if allow_max and raw == "max":
+        return None
     if not re.fullmatch(r"\d+", raw) or int(raw) < 1:
-        raise InvalidInput(f"pids limit {raw!r} is not a positive whole number",
-                           hint="write e.g. 64 (the container's process count may not exceed it)")
+        raise InvalidInput(f"pids limit {raw!r} is not a positive whole number" +
+                           (" or max" if allow_max else ""),
+                           hint="write e.g. 64 (the container's process count may not exceed it)" +
+                           ("; max means no limit" if allow_max else ""))
     if int(raw) > 4_194_304:
         raise InvalidInput(f"pids limit {raw} exceeds the kernel's pid_max (4194304)",
                            hint="write a smaller number")

@@ -38,15 +38,21 @@ def check_ifname(name: str) -> str:
     return check_name(name, what="interface name", max_bytes=IFNAMSIZ)
 
 
-def check_hostname(name: str) -> str:
-    """A hostname for sethostname(2): 1..64 bytes, no whitespace or '/'."""
+def check_hostname(name: str, what: str = "hostname") -> str:
+    """A hostname for sethostname(2) (or, ``what="domainname"``, a NIS domain name for
+    setdomainname(2)): 1..64 bytes, no whitespace or '/'."""
     if not name or len(name.encode()) > HOST_NAME_MAX:
-        raise InvalidInput(f"hostname {name!r} is {len(name.encode())} bytes, the limit is "
+        raise InvalidInput(f"{what} {name!r} is {len(name.encode())} bytes, the limit is "
                            f"{HOST_NAME_MAX}", hint="use 1 to 64 bytes")
     if any(c.isspace() or c == "/" for c in name):
-        raise InvalidInput(f"hostname {name!r} contains whitespace or '/'",
+        raise InvalidInput(f"{what} {name!r} contains whitespace or '/'",
                            hint="use letters, digits, '-' and '.'")
     return name
+
+
+def check_domainname(name: str) -> str:
+    """A NIS domain name for setdomainname(2): the rules of :func:`check_hostname`."""
+    return check_hostname(name, what="domainname")
 
 
 def check_id(value: str | int, *, what: str = "uid") -> int:

@@ -35,6 +35,7 @@ from nsutil.errors import CommandError, NsrError
 from nsutil.names import PREFIX, scope_id
 
 from .common import Leftover
+from .containerstate import recorded_cgroups
 
 SECTION = "cgroups实现资源限制 (cgroups limit resources)"
 
@@ -404,12 +405,11 @@ def demo(run: Runner, memory: str = "32M", pids: int | str = 32, cpus: str | flo
 
 def leftovers() -> list[Leftover]:
     """Every ``nsr*`` cgroup directory in every hierarchy (not the containers' own, which
-    :mod:`recipes.container` lists first; removal kills what is left inside)."""
+    :mod:`recipes.containerstate` lists first; removal kills what is left inside)."""
     try:
         found = cgroupfs.find_ours()
     except NsrError:
         return []
-    from .container import recorded_cgroups
     recorded = recorded_cgroups()
     return [Leftover("cgroup", d, lambda d=d: _remove_leftover(d)) for d in found
             if d not in recorded]

@@ -384,6 +384,7 @@ def demo(run: Runner, name: str | None = None) -> dict:
     host_links = _root_links()
     run.say(f"the host's namespace has {len(host_links)} links: {', '.join(host_links[:6])}"
             f"{' ...' if len(host_links) > 6 else ''}")
+    record_scratch_netns(run, [name])
     create_netns(run, name)
     before = show_links(run, name)
     run.say(f"[root@host]# ip -n {name} link")
@@ -408,6 +409,7 @@ def pair_demo(run: Runner, addr: str = "10.199.0.1/24", peer_addr: str = "10.199
     scope = scope_id()
     a, b = prefixed(scope, "a"), prefixed(scope, "b")
     run.heading(f"{SECTION} (CLONE_NEWNET): two namespaces joined by a veth pair")
+    record_scratch_netns(run, [a, b])
     create_netns(run, a)
     create_netns(run, b)
     add_veth_pair(run, a, b, ns=a, peer_ns=b, addr=addr, peer_addr=peer_addr)
@@ -442,8 +444,33 @@ def drop_record(path: str) -> None:
     state.prune()
 
 
-def _record_path(name: str) -> str:
-    return os.path.join(state.state_dir("net", create=False), f"veth-{name}.json")
+def _record_path(name: str, kind: str = "veth") -> str:
+    return os.path.join(state.state_dir("net", create=False), f"{kind}-{name}.json")
+
+
+def creator() -> dict:
+    """This process as a record's creator: cleanup keeps what a running creator is still
+    making (the start time tells a re-used pid apart)."""
+    from nsutil import process
+    return {"pid": os.getpid(), "start": process.start_time(os.getpid())}
+
+
+def record_first(run: Runner, path: str, record: dict, what: str) -> None:
+    """Write a network record (with :func:`creator`) before what it names is made, so that
+    ``cleanup`` finds a run killed half-way even for names without the prefix; this run's
+    undo drops it last (LIFO)."""
+    if run.explain:
+        return
+    save_record(path, {**record, "creator": creator()})
+    run.defer(Step(f"forget the record of {what}", native=lambda: drop_record(path),
+                   shell=lambda _a: drop_record(path), display=f"rm {path}"))
+
+
+def record_scratch_netns(run: Runner, names: list[str]) -> None:
+    """Record the namespaces a demo makes and removes again (``net/demo-NAME.json``): if the
+    run is killed, ``cleanup`` removes them once the creator is gone."""
+    record_first(run, _record_path(names[0], "demo"), {"netns": names},
+                 f"the demo namespaces {', '.join(names)}")
 
 
 def _find_record(name: str) -> dict | None:
@@ -515,14 +542,7 @@ def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
         reachable = check_pair(run, name, addr, peer, peer_addr) if check else None
         return {"changed": False, "name": name, "peer": peer, "reachable": reachable}
     record = {"name": name, "peer": peer, "addr": addr, "peer_addr": peer_addr}
-    if not run.explain:
-        # recorded first, so a run killed half-way is found by cleanup even for names
-        # without the prefix; undone last if this run fails
-        save_record(_record_path(name), record)
-        run.defer(Step(f"forget the record of {name}<->{peer}",
-                       native=lambda: drop_record(_record_path(name)),
-                       shell=lambda _a: drop_record(_record_path(name)),
-                       display=f"rm {_record_path(name)}"))
+    record_first(run, _record_path(name), record, f"{name}<->{peer}")
     create_netns(run, name)
     create_netns(run, peer)
     add_veth_pair(run, name, peer, ns=name, peer_ns=peer, addr=addr, peer_addr=peer_addr)

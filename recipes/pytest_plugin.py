@@ -69,6 +69,7 @@ def nsr_netns(request: pytest.FixtureRequest) -> Iterator[str]:
 
     name = prefixed(scope_id(), "t")
     with open(os.devnull, "w") as out, Runner(backend=_backend(request.config), out=out) as run:
+        net.record_scratch_netns(run, [name])
         net.create_netns(run, name)
         net.set_lo_up(run, name)
         yield name
@@ -86,6 +87,7 @@ def nsr_veth(request: pytest.FixtureRequest) -> Iterator[VethPair]:
     a, b = prefixed(scope, "a"), prefixed(scope, "b")
     pair = VethPair(a, b, "10.250.0.1/24", "10.250.0.2/24")
     with open(os.devnull, "w") as out, Runner(backend=_backend(request.config), out=out) as run:
+        net.record_scratch_netns(run, [a, b])
         net.create_netns(run, a)
         net.create_netns(run, b)
         net.add_veth_pair(run, a, b, ns=a, peer_ns=b, addr=pair.addr_a, peer_addr=pair.addr_b)

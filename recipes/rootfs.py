@@ -163,9 +163,10 @@ def ensure_default(run: Runner) -> str:
     return final
 
 
-def resolve_in(rootfs: str, path: str, hops: int = 40) -> str | None:
-    """Resolve ``path`` as a process chrooted at ``rootfs`` would (symlinks stay inside);
-    the host path of the file, or None if it does not exist there."""
+def _walk(rootfs: str, path: str, hops: int = 40) -> tuple[str, list[str]] | None:
+    """Follow ``path`` from ``rootfs`` as a process chrooted there would (symlinks stay
+    inside): (the host path of the deepest part that exists, the parts after it that do
+    not); None for a symlink loop."""
     parts = [p for p in path.split("/") if p]
     current = rootfs
     while parts:
@@ -186,24 +187,45 @@ def resolve_in(rootfs: str, path: str, hops: int = 40) -> str | None:
             parts = [p for p in target.split("/") if p] + parts
             continue
         if not os.path.lexists(candidate):
-            return None
+            return current, [part] + [p for p in parts if p not in (".", "..")]
         current = candidate
-    return current
+    return current, []
+
+
+def resolve_in(rootfs: str, path: str, hops: int = 40) -> str | None:
+    """Resolve ``path`` as a process chrooted at ``rootfs`` would (symlinks stay inside);
+    the host path of the file, or None if it does not exist there."""
+    found = _walk(rootfs, path, hops)
+    return found[0] if found is not None and not found[1] else None
+
+
+def join_in(rootfs: str, path: str) -> str:
+    """The host path that ``path`` inside ``rootfs`` names, symlinks resolved inside it (as
+    runc's securejoin does): a missing tail is appended as is, so creating it cannot land
+    outside ``rootfs`` (an absolute symlink in an image points into the image, never at
+    the host's own directories)."""
+    found = _walk(rootfs, path)
+    if found is None:
+        raise InvalidInput(f"{path} in {rootfs} is a symlink loop",
+                           hint="fix the link in the rootfs")
+    return os.path.join(found[0], *found[1])
 
 
 def check_rootfs(rootfs: str) -> str:
-    """A usable rootfs: an existing directory with an executable /bin/sh; raises otherwise."""
+    """A usable rootfs: an existing directory other than the host's /; raises otherwise.
+    Nothing inside is required but the command (``find_command`` of recipes.containerspec
+    checks it): mountpoints it lacks (/proc, /dev) go into the container's overlay."""
     if not rootfs:
         raise InvalidInput("the rootfs path is empty", hint="give a directory, or leave --rootfs out")
     path = os.path.abspath(rootfs)
-    if not os.path.isdir(path):
+    if not os.path.lexists(path):
         raise NotFound(f"rootfs {path} does not exist",
                        hint="build one with `invoke rootfs-busybox DIR`, or leave --rootfs out")
+    if not os.path.isdir(path):
+        raise InvalidInput(f"rootfs {path} is not a directory",
+                           hint="give the directory of an unpacked root filesystem, "
+                                "e.g. one built with `invoke rootfs-busybox DIR`")
     if os.path.realpath(path) == "/":
         raise InvalidInput("the host's / cannot be a container rootfs",
-                           hint="build one with `invoke rootfs-busybox DIR`")
-    sh = resolve_in(path, "/bin/sh")
-    if sh is None or not os.path.isfile(sh) or not os.access(sh, os.X_OK):
-        raise InvalidInput(f"rootfs {path} has no shell (/bin/sh)",
                            hint="build one with `invoke rootfs-busybox DIR`")
     return path

@@ -396,7 +396,7 @@ def build(run: Runner, plan: Plan, *, etc_hosts: bool = True) -> Plan:
             raise Conflict(f"network namespace {ns} exists already",
                            hint=f"tear it down first: invoke net-topo --down --scope {plan.scope}")
     if not run.explain:
-        net.save_record(_record_path(plan.scope), plan.to_json())
+        net.save_record(_record_path(plan.scope), {**plan.to_json(), "creator": net.creator()})
     run.defer(teardown_step(plan))
     if run.form_for(_probe_step()) == "native" and not run.explain:
         run.run(Step(f"build {len(plan.all_netns())} namespaces and {len(plan.links)} veth pairs "

@@ -127,13 +127,16 @@ def demo(run: Runner, uid: int | str | None = None, gid: int | str | None = None
     if me != 0 and (outside != me or outside_gid != os.getegid()):
         raise InvalidInput(f"as uid {me} you can map only your own ids ({me}/{os.getegid()}), "
                            f"not {outside}/{outside_gid}", hint="run as root, or drop --uid/--gid")
+    # the kernel's rules for the maps, before anything is made (nsutil.idmap.check_maps)
+    uid_map = idmap.check_maps([idmap.IdMap(0, outside, 1)], "--uid")
+    gid_map = idmap.check_maps([idmap.IdMap(0, outside_gid, 1)], "--gid")
     run.heading(f"{SECTION} (CLONE_NEWUSER): user and group IDs")
     run.say("程序开始：")
     holder = start_holder(run, "user,uts")
     if me != 0:
         deny_setgroups(run, holder)
-    write_uid_map(run, holder, [idmap.IdMap(0, outside, 1)])
-    write_gid_map(run, holder, [idmap.IdMap(0, outside_gid, 1)])
+    write_uid_map(run, holder, uid_map)
+    write_gid_map(run, holder, gid_map)
     uts.set_hostname(run, holder, hostname)
     run.say("在子进程中！")
     seen = who_am_i(run, holder)

@@ -3,6 +3,8 @@
 The guard takes a snapshot of the host before the first test and after the last one
 (:mod:`tests.leakcheck`); anything nsrecipes-like that appeared and is still there --
 a netns, link, mount, cgroup, IPC object, process, state or /tmp entry -- fails the run.
+Processes count only when they are this session's (it marks itself first) and nsrecipes'
+(its ``nsr-*`` names, records, cgroups, or new namespaces): another user's never do.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ _BEFORE: dict[str, set[str]] = {}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    leakcheck.KNOWN_NS.update(leakcheck.all_namespaces())
+    leakcheck.mark_session()
     _BEFORE.update(leakcheck.snapshot())
 
 

@@ -162,28 +162,62 @@ def test_a_v2_root_without_the_controllers_is_refused_before_anything_is_made(v2
 
 # --- the limits, for real ---------------------------------------------------------------------
 
-def test_memory_limit_ends_in_an_oom_kill(runner):
+@pytest.fixture
+def made_cgroups(monkeypatch) -> list[cgroupfs.Cgroup]:
+    """Every cgroup the demo under test makes (what ``create_cgroup`` returned)."""
+    made: list[cgroupfs.Cgroup] = []
+    real = cgroup.create_cgroup
+
+    def spy(*args, **kwargs) -> cgroupfs.Cgroup:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+    monkeypatch.setattr(cgroup, "create_cgroup", spy)
+    return made
+
+
+def _assert_removed(runner: Runner, made: list[cgroupfs.Cgroup], count: int) -> None:
+    """The demo made ``count`` cgroups, and once its steps are undone none of their
+    directories is left in any hierarchy."""
+    assert len(made) == count and all(cg.unique_dirs() for cg in made)
+    runner.undo()
+    left = [d for cg in made for d in cg.unique_dirs() if os.path.exists(d)]
+    assert left == [], left
+
+
+def test_memory_limit_ends_in_an_oom_kill(runner, made_cgroups):
     got = cgroup.demo_memory(runner, "32M")
     assert got["returncode"] == 137, got          # SIGKILL from the OOM killer
     assert got["oom_kills"] >= 1, got
     assert 8 << 20 <= got["allocated"] <= 40 << 20, got
     assert got["peak"] <= 32 << 20
+    _assert_removed(runner, made_cgroups, 1)
 
 
-def test_fork_bomb_stops_at_the_pids_limit(runner):
+def test_fork_bomb_stops_at_the_pids_limit(runner, made_cgroups):
     got = cgroup.demo_pids(runner, 16)
     assert got["returncode"] == 0, got
     assert got["peak"] == 16, got                 # the workload + 15 bomb processes
     assert got["forked"] == 15 and got["refused"] > 0, got
     assert got["events_max"] >= got["refused"], got
+    _assert_removed(runner, made_cgroups, 1)
 
 
-def test_cpu_quota_is_measured_near_the_quota(runner):
+def test_cpu_quota_is_measured_near_the_quota(runner, made_cgroups):
     got = cgroup.demo_cpu(runner, 0.5, 0.6)
     # never above the quota; near it on a quiet machine (~0.5), less when the 2 CPUs are busy
     assert 0.25 <= got["ratio"] <= 0.62, got
     assert got["throttled"] >= 1, got       # the CFS bandwidth timer did stop it
     assert (got["quota"], got["period"]) == (50_000, 100_000)
+    _assert_removed(runner, made_cgroups, 1)
+
+
+def test_the_whole_demo_removes_its_three_cgroups(made_cgroups):
+    """``cgroup.demo`` undoes its own steps before it returns (``cgroup-demo`` runs it)."""
+    with Runner(backend="native") as run:
+        cgroup.demo(run, seconds=0.2)
+        assert len(made_cgroups) == 3
+        left = [d for cg in made_cgroups for d in cg.unique_dirs() if os.path.exists(d)]
+        assert left == [], left
 
 
 def test_removal_kills_what_is_left_and_retries(backend):

@@ -151,3 +151,35 @@ def test_cli_prints_the_host_lines_with_hints():
         if ln.split() and ln.split()[0] != "hint:" and any(
                 s in ln.split()[1:4] for s in ("warn", "MISSING")):
             assert lines[i + 1].strip().startswith("hint: "), ln
+
+
+def _path_without(tool: str, directory: str) -> str:
+    """``directory`` filled with a symlink to every program on $PATH but ``tool``."""
+    os.makedirs(directory)
+    for where in os.environ.get("PATH", "").split(":"):
+        for name in sorted(os.listdir(where)) if os.path.isdir(where) else []:
+            link = os.path.join(directory, name)
+            if name != tool and not os.path.lexists(link):
+                os.symlink(os.path.join(where, name), link)
+    return directory
+
+
+def _row(stdout: str, name: str) -> list[str]:
+    """The status and detail words of the table row ``name``."""
+    rows = [ln[len(name):].split() for ln in stdout.splitlines() if ln.startswith(name + " ")]
+    assert len(rows) == 1, (name, stdout)
+    return rows[0]
+
+
+def test_a_tool_missing_from_path_is_reported_missing_and_fails(tmp_path):
+    """The same PATH of symlinks, once with nsenter and once without: only the row and the
+    verdict for nsenter change."""
+    whole = helpers.cli("doctor", env={"PATH": _path_without("", str(tmp_path / "all"))})
+    assert _row(whole.stdout, "tool nsenter")[0] == "ok", whole.stdout
+    assert "tool nsenter" not in whole.stderr
+    without = helpers.cli("doctor", env={"PATH": _path_without("nsenter", str(tmp_path / "no"))})
+    assert _row(without.stdout, "tool nsenter") == ["MISSING", "missing"], without.stdout
+    assert "hint: apt-get install util-linux" in without.stdout
+    assert without.returncode == 1
+    missing = without.stderr.split("missing ", 1)[1].split(" (hint:")[0].split(", ")
+    assert "tool nsenter" in missing, without.stderr

@@ -67,7 +67,7 @@ def test_ctrl_c_undoes(backend):
                 except NsrError:
                     pass  # a short-lived process (nsenter, hostname) that just exited
             return kids
-        held = process.wait_for(holder_pid, 20, "the demo's holder")
+        held = process.wait_for(holder_pid, 300, "the demo's holder")   # a CLI start: ~15 s in TCG
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:

@@ -4,6 +4,7 @@ SIGKILL half-way. Traffic only between namespaces the tests made (10.x addresses
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -97,18 +98,22 @@ def test_add_veth_pair_in_place_with_packets(backend, tag):
         assert not nl.netns_exists(a) and not nl.netns_exists(b)
 
 
-def test_check_fails_when_the_link_is_down(tag):
+def test_check_fails_when_the_link_is_down(backend, tag, monkeypatch):
+    """net-veth's reachability check on each backend (shell: TCP through busybox nc;
+    native: a UDP datagram and its reply) says False once the link is down."""
     from recipes import net
     a, b = f"nsr-{tag}-a", f"nsr-{tag}-b"
-    with Runner(backend="native") as run:
+    with Runner(backend=backend) as run:
         net.create_netns(run, a)
         net.create_netns(run, b)
         net.add_veth_pair(run, "nsr-va", "nsr-vb", ns=a, peer_ns=b,
                           addr="10.232.0.1/24", peer_addr="10.232.0.2/24")
         # precondition: the same check succeeds while the link is up (else False proves nothing)
-        assert net.udp_check(a, "10.232.0.1", b, "10.232.0.2") is True
+        assert net.check_pair(run, a, "10.232.0.1/24", b, "10.232.0.2/24") is True
         subprocess.run(["ip", "-n", b, "link", "set", "nsr-vb", "down"], check=True)
-        assert net.udp_check(a, "10.232.0.1", b, "10.232.0.2", timeout=0.5) is False
+        for check in ("udp_check", "tcp_check_shell"):   # give up sooner: nothing will come
+            monkeypatch.setattr(net, check, functools.partial(getattr(net, check), timeout=1.5))
+        assert net.check_pair(run, a, "10.232.0.1/24", b, "10.232.0.2/24") is False
 
 
 def test_root_end_is_a_leftover_until_undone(backend, tag):
@@ -132,7 +137,12 @@ def test_net_veth_idempotent_conflict_and_delete(backend, tag):
         first = net.veth_create(run, a, b, "10.233.0.1/24", "10.233.0.2/24")
     assert first["changed"] and first["reachable"]
     assert {a, b} <= set(nl.list_netns())
-    assert os.path.exists(f"/etc/netns/{a}/hosts")
+    for ns, peer, addr in ((a, b, "10.233.0.2"), (b, a, "10.233.0.1")):
+        # ip netns exec bind-mounts /etc/netns/NS/hosts over /etc/hosts: the peer's name
+        # resolves inside to the peer's address
+        seen = subprocess.run(["ip", "netns", "exec", ns, "getent", "hosts", peer],
+                              capture_output=True, text=True, check=True).stdout.split()
+        assert seen == [addr, peer], (ns, seen)
     inode = nl.netns_inode(a)
     with Runner(backend=backend, keep=True) as run:
         again = net.veth_create(run, a, b, "10.233.0.1/24", "10.233.0.2/24")

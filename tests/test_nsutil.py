@@ -312,6 +312,79 @@ def test_idmap_read_map_of_self():
     assert idmap.read_map("self", "uid")[0] == idmap.IdMap(0, 0, 4294967295)
 
 
+def _many(n: int, start: int = 0) -> str:
+    """``n`` one-id ranges, each mapping ``start + i`` to itself."""
+    return ",".join(f"{start + i}:{start + i}:1" for i in range(n))
+
+
+#: (spec, words of the one line that refuses it) -- one per rule of the kernel's map_write
+MAP_REFUSED = [
+    ("0:1000:10,5:2000:10", "ranges 0:1000:10 and 5:2000:10 overlap inside (ids 5-9)"),
+    ("0:1000:10,20:1009:5", "ranges 0:1000:10 and 20:1009:5 overlap outside (id 1009)"),
+    ("0:1000:0", "0:1000:0 has count 0"),
+    ("4294967290:0:6", "4294967290:0:6 runs past 4294967294 inside"),
+    ("0:4294967290:6", "0:4294967290:6 runs past 4294967294 outside"),
+    (_many(341), "has 341 ranges; the kernel takes at most 340"),
+    (_many(200, 4_000_000_000), "bytes as written; the kernel takes one write of at most"),
+]
+#: the edges of those rules, which the kernel takes
+MAP_ACCEPTED = ["0:1000:10,10:1010:10", "0:0:4294967295", "4294967290:0:5", "0:4294967290:5",
+                _many(340), "5:2000:10,0:1000:5"]
+
+
+@pytest.mark.userspace
+@pytest.mark.parametrize("spec,words", MAP_REFUSED, ids=[w.split(";")[0][:40] for _, w in MAP_REFUSED])
+def test_idmap_rules_refuse_each_with_one_line(spec, words):
+    with pytest.raises(InvalidInput) as err:
+        idmap.parse_map(spec, "--uid-map")
+    text = str(err.value)
+    assert text.startswith("--uid-map ") and words in text and "hint:" in text, text
+    assert "\n" not in text
+    # the same rule holds for maps built in code: checked again before anything is written
+    if not spec.endswith(":0"):
+        maps = [idmap.IdMap(*map(int, part.split(":"))) for part in spec.split(",")]
+        with pytest.raises(InvalidInput, match="uid map"):
+            idmap.write_uid_map(os.getpid(), maps)
+
+
+@pytest.mark.userspace
+@pytest.mark.parametrize("spec", MAP_ACCEPTED, ids=lambda s: s[:30])
+def test_idmap_rules_accept_their_edges(spec):
+    assert idmap.parse_map(spec) == [idmap.IdMap(*map(int, p.split(":"))) for p in spec.split(",")]
+
+
+def _kernel_takes(text: str) -> bool:
+    """Whether the kernel takes ``text`` as the uid_map of a new user namespace."""
+    proc = subprocess.Popen(["unshare", "--user", "sleep", "30"])
+    try:
+        process.wait_for(lambda: ns_inode(proc.pid, "user") != ns_inode("self", "user"), 5,
+                         "unshare --user to start")
+        fd = os.open(f"/proc/{proc.pid}/uid_map", os.O_WRONLY)
+        try:
+            os.write(fd, text.encode())
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("spec", [s for s, _ in MAP_REFUSED] + MAP_ACCEPTED, ids=lambda s: s[:30])
+def test_idmap_rules_are_the_kernels(spec):
+    """What check_maps refuses the kernel refuses, and what it takes the kernel takes
+    (written as root to a new user namespace's uid_map, without our code)."""
+    maps = [idmap.IdMap(*map(int, part.split(":"))) for part in spec.split(",")]
+    try:
+        idmap.check_maps(maps)
+        ours = True
+    except InvalidInput:
+        ours = False
+    assert _kernel_takes(idmap.map_text(maps)) == ours
+
+
 @pytest.mark.userspace
 @pytest.mark.parametrize("fn,value", [
     (names.check_name, ""), (names.check_name, ".."), (names.check_name, "a/b"),

@@ -13,7 +13,15 @@ from nsutil.backend import Runner
 from recipes import pid
 
 
-def test_demo_pid1_and_tree(runner):
+#: what ps shows inside, by backend: the holder, the `unshare --fork` parent of a nested
+#: holder's PID 1, ps itself (the native forms name themselves like the commands they stand for)
+COMMS = {"shell": ("sleep", "unshare", "ps"), "native": ("nsr-holder", "nsr-unshare", "nsr-ps")}
+#: `sh -c 'hostname NewNamespace; hostname; echo $$; ps ...'`: sh is 1, the hostnames 2 and 3
+OWN_PS = {"shell": [(1, "sh"), (4, "ps")], "native": [(1, "nsr-ps")]}
+
+
+def test_demo_pid1_and_tree(runner, backend):
+    holder_comm, unshare_comm, ps_comm = COMMS[backend]
     seen = pid.demo(runner)
     assert seen["host_pid"] == os.getpid()
     # without its own /proc the child is PID 1 but ps still reads the host's /proc
@@ -22,8 +30,7 @@ def test_demo_pid1_and_tree(runner):
     # with /proc mounted in a new mount namespace: echo $$ -> 1, ps lists only its own
     own = seen["with_proc"]
     assert own["self"] == 1
-    pids = [p for p, _ in own["ps"]]
-    assert pids[0] == 1 and len(pids) <= 2 and max(pids) < 10  # sh (and its ps), nothing else
+    assert own["ps"] == OWN_PS[backend]                     # its own processes, nothing else
     assert own["hostname"] == seen["without_proc"]["hostname"] == "NewNamespace"
     assert socket.gethostname() != "NewNamespace"
     # the holder: PID 1 inside, its real PID on the host
@@ -33,11 +40,12 @@ def test_demo_pid1_and_tree(runner):
     nested = seen["nested"]
     host_pid, mid_pid, inner_pid = nested["nspid"]
     assert host_pid == nested["host_pid"] and inner_pid == 1 and mid_pid > 1
-    outer_pids = {p for p, _ in nested["outer_ps"]}
-    inner_pids = [p for p, _ in nested["inner_ps"]]
-    assert {1, mid_pid} <= outer_pids                     # the parent sees the grandchild
-    assert inner_pids[0] == 1 and len(inner_pids) == 2   # itself and its ps, nothing else
-    assert len(outer_pids) > len(inner_pids)
+    # the child namespace sees exactly its holder, the nested holder's parent, the nested
+    # holder (the grandchild's PID 1) and its own ps; the grandchild only itself and its ps
+    assert mid_pid == 3
+    assert nested["outer_ps"] == [(1, holder_comm), (2, unshare_comm), (3, holder_comm),
+                                  (4, ps_comm)]
+    assert nested["inner_ps"] == [(1, holder_comm), (2, ps_comm)]
     # the holders are gone afterwards
     assert not process.pid_alive(holder["host_pid"]) and not process.pid_alive(host_pid)
 

@@ -179,8 +179,14 @@ def test_doctor_table():
 
 def test_doctor_fails_when_something_is_missing():
     proc = as_nobody("doctor")
-    assert proc.returncode != 0
-    assert "root" in proc.stdout and "MISSING" in proc.stdout
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    rows = [i for i, ln in enumerate(lines) if ln.split("  ")[0] == "root"]  # not "root mount"
+    assert len(rows) == 1, proc.stdout
+    assert lines[rows[0]].split() == ["root", "MISSING", "euid", "65534"]
+    assert lines[rows[0] + 1].split() == ["hint:", "run", "as", "root", "(only", "user-demo",
+                                          "works", "unprivileged)"]
+    assert proc.stderr.startswith("nsrecipes: doctor: missing root"), proc.stderr
 
 
 @pytest.mark.userspace

@@ -1,0 +1,338 @@
+"""Environments: the holder process and the binds that keep the namespaces alive.
+
+How an environment is kept, the way util-linux does it:
+
+* a **holder** process is started in the new namespaces (``unshare --TYPE=FILE ... --fork``);
+  with a PID namespace it is PID 1 there and reaps orphans (the shell form runs a tiny
+  ``wait`` loop as PID 1, the native one :func:`nsutil.process.reap_forever`);
+* each namespace is **bind-mounted** on ``/run/nsrecipes/NAME/TYPE`` (``unshare
+  --uts=/run/nsrecipes/NAME/uts`` does exactly that), so it lives as long as the bind even if
+  every process in it dies. A mount-namespace file can only be bound on a mount that is not
+  shared, so ``/run/nsrecipes`` is made a private bind mount of itself while environments
+  exist, and unmounted again when the last one is removed (:func:`private_base`). The
+  kernel also binds one only if its id is greater than the binder's own namespace's
+  (``mnt_ns_loop``); from 6.18 ids come from per-CPU batches, so the mount namespace's file
+  is bound by us once the holder runs, after checking that (a holder on the wrong CPU is
+  made again on another one: :func:`_start_in_bindable_order`).
+
+The holder is started by a helper process (:func:`nsutil.process.fork_call`) that inherits
+the environment's lock, so a removal running after this tool was SIGKILLed waits for it.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import shutil
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+from nsutil import process, state
+from nsutil import shell as nshell
+from nsutil import syscalls as sc
+from nsutil.backend import Placeholder, Runner, Step
+from nsutil.errors import CommandError, NsrError
+from nsutil.nstypes import NS_TYPES, NsType, flags_of, mntns_id
+
+from .common import holder_setup
+from .envstate import (base_dir, bound_inodes, env_dir, env_entries, global_lock, is_mountpoint,
+                       mountinfo, mounts_below, ns_file)
+
+#: PID 1 of the shell form: `wait` reaps every child, also orphans re-parented to it
+REAPER = "while :; do sleep infinity & wait; done"
+
+
+# --- what the holder runs -------------------------------------------------------------------
+
+def binds_by_unshare(types: Sequence[NsType]) -> bool:
+    """Whether ``unshare --TYPE=FILE`` can bind the files itself.
+
+    util-linux binds from a helper child only when it also makes a mount namespace; without
+    one, unshare binds after its own unshare(), and once in a new user namespace it may no
+    longer mount on the host (EPERM). Then the files are bound by ``mount --bind``.
+    """
+    names_ = {t.name for t in types}
+    return not ("user" in names_ and "mnt" not in names_)
+
+
+def bound_later(types: Sequence[NsType]) -> list[NsType]:
+    """The types whose files are bound by ``mount --bind`` once the holder runs: all of them
+    when unshare cannot bind (:func:`binds_by_unshare`), else the mount namespace's only, which
+    must be checked first (:func:`_start_in_bindable_order`)."""
+    if not binds_by_unshare(types):
+        return list(types)
+    return [t for t in types if t.name == "mnt"]
+
+
+def unshare_argv(name: str, types: Sequence[NsType]) -> list[str]:
+    """``unshare --uts=/run/nsrecipes/NAME/uts ... --mount [--fork --kill-child --mount-proc]
+    -- ...`` (the files of :func:`bound_later` are bound afterwards)."""
+    names_ = {t.name for t in types}
+    later = bound_later(types)
+    argv = ["unshare"] + [t.option if t in later else f"{t.option}={ns_file(name, t)}"
+                          for t in types]
+    if "pid" in names_:
+        argv += ["--fork", "--kill-child"] + (["--mount-proc"] if "mnt" in names_ else [])
+        return argv + ["--", "sh", "-c", REAPER]
+    return argv + ["--", "sleep", "infinity"]
+
+
+def bind_argvs(name: str, pid: int | str, types: Sequence[NsType]) -> list[list[str]]:
+    """``mount --bind /proc/PID/ns/TYPE /run/nsrecipes/NAME/TYPE`` for each type."""
+    return [["mount", "--bind", f"/proc/{pid}/ns/{t.proc}", ns_file(name, t)] for t in types]
+
+
+# --- starting it ----------------------------------------------------------------------------
+
+def start_holder(run: Runner, name: str, types: Sequence[NsType]) -> dict:
+    """Step: start the holder in new namespaces of ``types``, each bound on
+    /run/nsrecipes/NAME/TYPE (on a private bind of /run/nsrecipes); returns the record's
+    ``holder``, ``parent`` and ``ns`` (pid, start time, namespace inodes)."""
+    argv = unshare_argv(name, types)
+    later = bound_later(types)
+    reaps = any(t.name == "pid" for t in types)
+    with private_base(run):
+        return run.run(Step(
+            f"start the holder in new {sc.flag_names(flags_of(types))} namespaces, each "
+            f"bound on {env_dir(name)}/TYPE" + ("; PID 1 there reaps orphans" if reaps else ""),
+            argv=argv, native=lambda: start_native(name, types),
+            display=None if not later else shlex.join(argv) + " &  " + "; ".join(
+                " ".join(b) for b in bind_argvs(name, "$!", later)),
+            shell=lambda a: start_shell(name, a, types),
+            placeholder={"holder": {"pid": Placeholder("$PID"), "start": 0},
+                         "parent": {"pid": Placeholder("$PID"), "start": 0}, "ns": {}}))
+
+
+def _bindable(pid: int) -> bool:
+    """Whether the kernel will bind ``pid``'s mount namespace here: its id must be greater
+    than ours (``mnt_ns_loop``; see :func:`nsutil.nstypes.mntns_id`)."""
+    theirs, ours = mntns_id(pid), mntns_id("self")
+    return theirs is None or ours is None or theirs > ours
+
+
+def _start_in_bindable_order(types: Sequence[NsType], start: Callable[[], tuple[int, int]],
+                             stop: Callable[[int, int], None]) -> tuple[int, int]:
+    """``start()`` the holder (-> pid, parent) until its mount namespace can be bound.
+
+    From kernel 6.18 a mount namespace's id comes from a per-CPU batch, so a holder made on
+    another CPU than the one our own namespace was made on can get the smaller id, and the
+    bind fails with EINVAL (only inside a mount namespace other than the first, as in a
+    container or a test's own). Then the holder is ``stop``-ped and made again pinned to each
+    CPU in turn, as snapd's snap-confine does: the CPU that gave our id gives greater ones.
+    """
+    pid, parent = start()
+    if all(t.name != "mnt" for t in types) or _bindable(pid):
+        return pid, parent
+    mine = os.sched_getaffinity(0)
+    try:
+        for cpu in sorted(mine) * 2:
+            stop(pid, parent)
+            os.sched_setaffinity(0, {cpu})
+            pid, parent = start()
+            if _bindable(pid):
+                for p in (pid, parent):
+                    try:
+                        os.sched_setaffinity(p, mine)  # the holder is pinned nowhere
+                    except ProcessLookupError:
+                        pass
+                return pid, parent
+    finally:
+        os.sched_setaffinity(0, mine)
+    theirs = mntns_id(pid)
+    stop(pid, parent)
+    raise NsrError(f"the kernel refuses to bind the new mount namespace (its id {theirs} is "
+                   f"not above ours, {mntns_id('self')}) on every CPU",
+                   hint="a kernel (6.18+) mnt_ns_loop quirk inside a nested mount namespace: "
+                        "run from the host's first mount namespace, or retry")
+
+
+def _native_holder(name: str, types: Sequence[NsType]) -> tuple[int, int]:
+    """fork, setsid, unshare (and fork again for a PID namespace), make / private and mount
+    /proc as ``unshare --mount --mount-proc`` does: (holder pid, parent pid)."""
+    holder = process.spawn_holder(flags_of(types), setup=holder_setup(types, mount_proc=True),
+                                  detach=True, quiet=True, name=name)
+    return holder.pid, holder.parent
+
+
+def _bind_all(name: str, pid: int, types: Sequence[NsType]) -> None:
+    """``mount --bind /proc/PID/ns/TYPE /run/nsrecipes/NAME/TYPE`` for every type."""
+    for t in types:
+        sc.mount(f"/proc/{pid}/ns/{t.proc}", ns_file(name, t), None, sc.MS_BIND)
+
+
+def _unbind_files(name: str) -> None:
+    """Undo whatever is bound on the environment's namespace files (a holder given up)."""
+    for t in NS_TYPES:
+        while t in bound_inodes(name):
+            sc.umount(ns_file(name, t), sc.MNT_DETACH)
+
+
+def _holder_record(pid: int, parent: int, types: Sequence[NsType]) -> dict:
+    ns = {}
+    for t in types:
+        ns[t.name] = os.stat(f"/proc/{pid}/ns/{t.proc}").st_ino
+    return {"holder": {"pid": pid, "start": process.start_time(pid)},
+            "parent": {"pid": parent, "start": process.start_time(parent)}, "ns": ns}
+
+
+def _kill_holder(pid: int, parent: int) -> None:
+    process.kill_and_reap(pid, parent)
+    process.kill_and_reap(parent, parent)
+
+
+def start_native(name: str, types: Sequence[NsType]) -> dict:
+    def inside_helper() -> dict:
+        pid, parent = _start_in_bindable_order(types, lambda: _native_holder(name, types),
+                                               _kill_holder)
+        try:
+            _bind_all(name, pid, types)
+            return _holder_record(pid, parent, types)
+        except BaseException:
+            _kill_holder(pid, parent)
+            raise
+    return process.fork_call(inside_helper, f"start the holder of {name}", detached=True)
+
+
+def _spawn_unshare(argv: list[str], types: Sequence[NsType], name: str) -> tuple[int, int]:
+    """Run ``unshare ...`` in its own session; wait until its holder runs in the new
+    namespaces with unshare's own binds made: (holder pid, unshare's pid)."""
+    forks = any(t.name == "pid" for t in types)
+    by_unshare = len(types) - len(bound_later(types))
+    probe = types[0].proc
+    null = os.open(os.devnull, os.O_RDWR)
+    err = os.memfd_create("nsr-unshare-stderr", os.MFD_CLOEXEC)
+    try:
+        parent = os.posix_spawn(shutil.which(argv[0]) or argv[0], argv, dict(os.environ),
+                                file_actions=[(os.POSIX_SPAWN_DUP2, null, 0),
+                                              (os.POSIX_SPAWN_DUP2, null, 1),
+                                              (os.POSIX_SPAWN_DUP2, err, 2)],
+                                setsid=True)
+    finally:
+        os.close(null)
+
+    def ready() -> int | None:
+        if not process.pid_alive(parent):
+            rc = process._wait(parent)
+            os.lseek(err, 0, os.SEEK_SET)
+            raise CommandError(argv, rc, os.read(err, 4096).decode(errors="replace"))
+        pid = process.started_pid(parent, "sh" if forks else "sleep", forks)
+        if pid is None or len(bound_inodes(name)) < by_unshare:
+            return None
+        try:
+            new = os.stat(f"/proc/{pid}/ns/{probe}").st_ino != \
+                os.stat(f"/proc/self/ns/{probe}").st_ino
+        except OSError:
+            return None
+        return pid if new else None
+
+    try:
+        return process.wait_for(ready, 10, f"`{argv[0]}` to start the holder"), parent
+    except BaseException:
+        process.kill_and_reap(parent, parent)
+        raise
+    finally:
+        os.close(err)
+
+
+def start_shell(name: str, argv: list[str], types: Sequence[NsType]) -> dict:
+    def stop(_pid: int, parent: int) -> None:
+        process.kill_and_reap(parent, parent)  # --kill-child: its holder goes with it
+        _unbind_files(name)
+
+    def inside_helper() -> dict:
+        import subprocess
+        pid, parent = _start_in_bindable_order(types, lambda: _spawn_unshare(argv, types, name),
+                                               stop)
+        try:
+            for bind in bind_argvs(name, pid, bound_later(types)):
+                done = subprocess.run(bind, capture_output=True, text=True)
+                if done.returncode:
+                    raise CommandError(bind, done.returncode, done.stderr)
+            return _holder_record(pid, parent, types)
+        except BaseException:
+            process.kill_and_reap(parent, parent)
+            raise
+    return process.fork_call(inside_helper, f"start the holder of {name}", detached=True)
+
+
+# --- the private mount under /run/nsrecipes -------------------------------------------------
+
+def _covering_mount(path: str) -> list[str] | None:
+    """The mountinfo fields of the topmost mount on ``path`` (what covers the files in it)."""
+    on = [fields for fields in mountinfo() if fields[4] == path]
+    below = {fields[1] for fields in on}
+    top = [fields for fields in on if fields[0] not in below]
+    return top[-1] if top else None
+
+
+def _is_private_mount(path: str) -> bool:
+    """True if ``path`` is a mount point whose top mount propagates nowhere (not shared)."""
+    fields = _covering_mount(path)
+    return fields is not None and not any(f.startswith("shared:")
+                                          for f in fields[6:fields.index("-")])
+
+
+@contextmanager
+def private_base(run: Runner) -> Iterator[None]:
+    """Step: make /run/nsrecipes a private bind mount of itself, and keep it one while the
+    block binds the namespace files on it.
+
+    A mount-namespace file cannot be bound on a mount that propagates. The step runs under
+    the exclusive lock on /run/nsrecipes; the block then holds a shared one, which the last
+    removal's unmount (:func:`release_private_base`) waits for. Downgrading an flock is not
+    atomic, so the mount is checked again once the shared lock is held.
+    """
+    base = base_dir()
+    argvs = [["mount", "--bind", base, base], ["mount", "--make-private", base]]
+
+    def native() -> None:
+        if not is_mountpoint(base):
+            sc.mount(base, base, None, sc.MS_BIND)
+        sc.make_propagation(base, "private")
+
+    def shell(_argv: list[str]) -> None:
+        if not is_mountpoint(base):
+            nshell.run(argvs[0])
+        nshell.run(argvs[1])
+
+    step = Step(f"make {base} a private mount (a mount-namespace file cannot be bound on a "
+                "shared one)", argv=argvs[0], native=native, shell=shell,
+                display=" && ".join(" ".join(a) for a in argvs))
+    if run.explain:
+        run.run(step)
+        yield
+        return
+    with global_lock() as fd:
+        for _ in range(10):
+            run.run(step)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if _is_private_mount(base):
+                break
+            fcntl.flock(fd, fcntl.LOCK_EX)  # unmounted in between: once more
+        else:
+            raise NsrError(f"{base} does not stay a private mount",
+                           hint="see `findmnt -o+PROPAGATION` for what changes it")
+        yield
+
+
+def release_private_base(run: Runner) -> None:
+    """Step: unmount the private bind of /run/nsrecipes once no environment is left, and
+    remove the empty directory (both under the lock, so no create is between its
+    :func:`private_base` and its binds, nor between its lock and its record)."""
+    base = base_dir()
+    if run.explain:
+        run.run(Step(f"unmount {base} if no environment is left", argv=["umount", "-l", base]))
+        return
+    if not os.path.isdir(base):
+        return
+    with global_lock():
+        if env_entries() or mounts_below(base):
+            return
+        for _ in range(4):  # a bind made on a shared mount can be there twice
+            if not is_mountpoint(base):
+                break
+            # lazy: our own lock fd on the directory still pins the mount for a moment
+            run.run(Step(f"no environment is left: unmount the private bind of {base}",
+                         argv=["umount", "-l", base],
+                         native=lambda: sc.umount(base, sc.MNT_DETACH)))
+        state.prune(have_lock=True)
