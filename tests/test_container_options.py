@@ -235,6 +235,7 @@ def test_timeout_kills_the_container_with_137(backend):
     assert run_ct(backend, ["sh", "-c", "exit 3"], timeout="60")[0] == 3
 
 
+@pytest.mark.userspace
 def test_cli_timeout_volume_env_user(tmp_path):
     (tmp_path / "in").write_text("from the host\n")
     tmp_path.chmod(0o755)                        # uid 7 may enter it, not write into it
