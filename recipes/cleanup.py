@@ -41,7 +41,8 @@ from .common import Leftover
 #: modules asked for leftovers, in removal order
 PROVIDERS = ["recipes.env", "recipes.container", "recipes.cgroup", "recipes.cow", "recipes.net"]
 #: seconds during which something no record ties to a live process may still be in the making
-GRACE = 60.0
+#: ($NSR_CLEANUP_GRACE; the tests set it long, since an emulated machine is slow)
+GRACE = float(os.environ.get("NSR_CLEANUP_GRACE", "60"))
 #: the directories user-demo makes in the temporary directory (tempfile.mkdtemp)
 USER_SCRATCH = f"{PREFIX}-user-"
 

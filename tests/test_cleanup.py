@@ -23,13 +23,14 @@ from helpers import ROOT, cli
 from nsutil import cgroupfs, process
 from nsutil import syscalls as sc
 from nsutil.names import scope_id
-from recipes.cleanup import GRACE
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 STATE = "/tmp/nsr-state"             # the state directory inside the sandbox
 HIDDEN = (("/tmp", "1777"), ("/run/netns", "755"), ("/etc/netns", "755"))
-LONG_AGO = 2 * GRACE                 # older than cleanup's grace for unrecorded things
+#: cleanup's grace for unrecorded things, long enough for a test that takes minutes in a TCG VM
+GRACE = 3600
+LONG_AGO = 2 * GRACE                 # older than that grace
 
 
 def _private_view(cgroup_dir: str) -> Callable[[], None]:
@@ -66,7 +67,8 @@ class Sandbox:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         """``invoke ARGS`` inside, with the sandbox's state directory."""
-        return cli(*args, env={"NSR_STATE_DIR": STATE, "TMPDIR": "/tmp"}, prefix=self.enter())
+        return cli(*args, env={"NSR_STATE_DIR": STATE, "TMPDIR": "/tmp",
+                               "NSR_CLEANUP_GRACE": str(GRACE)}, prefix=self.enter())
 
     def run(self, *argv: str) -> None:
         """A command inside that must succeed."""
