@@ -886,8 +886,18 @@ def test_recursive_bind(backend, names, tmp_path):
 
 
 def _fstype(pid: int, path: str) -> str:
-    out = _run(["findmnt", "--task", str(pid), "-n", "-o", "FSTYPE", "--target", path]).stdout
-    return out.split()[0]
+    """The type of the filesystem ``path`` is on in the mount namespace of ``pid``: the top of
+    the mounts at its mount point (``findmnt --target`` names the lowest of stacked mounts,
+    such as a VM's overlay under its tmpfs /tmp)."""
+    best = ("", "")
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point, fstype = fields[4], fields[fields.index("-") + 1]
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best[0]):      # later = mounted on top
+                best = (point, fstype)
+    return best[1]
 
 
 def test_readonly_recursive_bind_without_mount_setattr(backend, names, tmp_path, monkeypatch):
