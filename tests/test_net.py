@@ -45,6 +45,26 @@ def test_demo_new_netns_has_only_lo_down_then_up(runner):
     assert seen["gone"] is True
 
 
+def test_demo_records_its_namespace_while_it_runs(runner, monkeypatch):
+    """Mid-demo the namespace is in a record naming this process as its creator (so cleanup
+    removes it if the run is killed, and keeps it while the run goes on); afterwards the
+    record is gone with the namespace."""
+    from recipes import cleanup, net
+    seen: list[tuple[set[str], list[str]]] = []
+    show_links = net.show_links
+
+    def spy(run, name):
+        kept = [k.name for k in cleanup._demos_in_use()]
+        seen.append((net.recorded_netns(), kept))
+        return show_links(run, name)
+
+    monkeypatch.setattr(net, "show_links", spy)
+    name = net.demo(runner)["netns"]
+    recorded, kept = seen[0]
+    assert name in recorded and name in kept
+    assert name not in net.recorded_netns() and not nl.netns_exists(name)
+
+
 def test_netns_is_visible_to_the_standard_tools(backend, tag):
     from recipes import net
     name = f"nsr-{tag}-vis"
