@@ -507,8 +507,10 @@ def test_lock_is_on_the_directory_that_is_there(tmp_path, monkeypatch):
     """A process waiting for the state directory's lock while the directory is pruned (and
     made again by another) must not get a lock on the removed one, which would exclude
     nobody: it waits for whoever locks the new directory."""
+    import contextlib
     monkeypatch.setenv("NSR_STATE_DIR", str(tmp_path / "state"))
     base = env.base_dir()
+    new_lock = contextlib.ExitStack()
     with env.global_lock():
         waiters = _flock_waiters()
         waiter = subprocess.Popen([PY, "-c", _WAITER], stdout=subprocess.PIPE, cwd=ROOT,
@@ -517,12 +519,16 @@ def test_lock_is_on_the_directory_that_is_there(tmp_path, monkeypatch):
             # (its python starts in ~10 s in a TCG VM: imports over 9p)
             process.wait_for(lambda: _flock_waiters() > waiters or None, 600,
                              "the waiter to block")
+            os.rmdir(base)  # pruned while it waits
+            # made again and locked before the old lock is let go: else the waiter may
+            # rightly be first to make and lock the new one
+            new_lock.enter_context(env.global_lock())
         except BaseException:
+            new_lock.close()
             waiter.kill()
             raise
-        os.rmdir(base)  # pruned while it waits
     try:
-        with env.global_lock():  # makes the directory again and locks it
+        with new_lock:
             time.sleep(0.5)
             os.set_blocking(waiter.stdout.fileno(), False)
             got = waiter.stdout.read(1)
