@@ -43,6 +43,16 @@ class Link:
     b_index: int = 0
     a_master: str | None = None       # bridge in a_ns the a end is enslaved to
     a_master_index: int = 0
+    #: tc netem/tbf impairment of this link (both directions), checked by
+    #: :func:`recipes.impair.parse`: keys delay, jitter, loss, rate, corrupt, duplicate
+    impair: dict | None = None
+    #: short host names of the two ends (the bridge's name for a bridge end)
+    a_host: str = ""
+    b_host: str = ""
+
+    def to_json(self) -> dict:
+        """The link as its record keeps it."""
+        return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
 
 
 @dataclass
@@ -115,13 +125,15 @@ class Plan:
     def to_json(self) -> dict:
         """The record written under the state directory (``net/topo-SCOPE.json``)."""
         return {"scope": self.scope, "shape": self.shape, "hosts": self.hosts, "hub": self.hub,
-                "netns": self.all_netns(), "segments": self.segments}
+                "netns": self.all_netns(), "segments": self.segments,
+                "links": [ln.to_json() for ln in self.links]}
 
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
         """A plan back from its record (enough for exec, check and teardown)."""
         return cls(scope=data["scope"], shape=data["shape"], hosts=dict(data["hosts"]),
-                   hub=data.get("hub"), segments=[[tuple(m) for m in s] for s in data["segments"]])
+                   hub=data.get("hub"), segments=[[tuple(m) for m in s] for s in data["segments"]],
+                   links=[Link(**ln) for ln in data.get("links", [])])
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -183,6 +195,7 @@ def plan_shape(shape: str, hosts: int | str, scope: str | None = None,
         for i, (host, ns) in enumerate(plan.hosts.items(), 1):
             cidr = f"{pool.network_address + i}/{pool.prefixlen}"
             plan.links.append(Link(a_ns=plan.hub, a_if=ns, b_ns=ns, b_if=plan.hub, b_addr=cidr,
+                                   a_host="hub", b_host=host,
                                    a_index=i + 2, b_index=2, a_master=plan.bridge, a_master_index=2))
             seg.append((host, cidr))
         plan.segments.append(seg)
@@ -224,6 +237,7 @@ def _link_subnets(pool_text: str, count: int, taken: list) -> list:
 def _add_link(plan: Plan, a: str, b: str, a_addr: str, b_addr: str, next_index: dict) -> None:
     a_ns, b_ns = plan.hosts[a], plan.hosts[b]
     link = Link(a_ns=a_ns, a_if=b_ns, b_ns=b_ns, b_if=a_ns, a_addr=a_addr, b_addr=b_addr,
+                a_host=a, b_host=b,
                 a_index=next_index[a_ns], b_index=next_index[b_ns])
     next_index[a_ns] += 1
     next_index[b_ns] += 1
