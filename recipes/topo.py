@@ -65,6 +65,11 @@ def _record_path(scope: str) -> str:
     return os.path.join(state.state_dir("net", create=False), f"topo-{scope}.json")
 
 
+def save_record(plan: Plan) -> None:
+    """Write (or rewrite, e.g. after ``net-link`` changed an impairment) the record of ``plan``."""
+    net.save_record(_record_path(plan.scope), {**plan.to_json(), "creator": net.creator()})
+
+
 def recorded(scope: str | None = None) -> list[Plan]:
     """Topologies recorded as built (all, or the one with ``scope``)."""
     base = state.state_dir("net", create=False)
@@ -93,7 +98,7 @@ def build(run: Runner, plan: Plan, *, etc_hosts: bool = True) -> Plan:
             raise Conflict(f"network namespace {ns} exists already",
                            hint=f"tear it down first: invoke net-topo --down --scope {plan.scope}")
     if not run.explain:
-        net.save_record(_record_path(plan.scope), {**plan.to_json(), "creator": net.creator()})
+        save_record(plan)
     run.defer(teardown_step(plan))
     if run.form_for(_probe_step()) == "native" and not run.explain:
         run.run(Step(f"build {len(plan.all_netns())} namespaces and {len(plan.links)} veth pairs "
