@@ -3,9 +3,10 @@ before anything is made; :mod:`nsutil.cgroupfs` writes them into cgroup files.""
 from __future__ import annotations
 
 import re
+import resource
 from dataclasses import dataclass
 
-from .errors import InvalidInput
+from .errors import InvalidInput, NsrError
 
 CPU_PERIOD_US = 100_000
 MIN_MEMORY = 6 << 20
@@ -143,3 +144,18 @@ class Limits:
         """(quota_us, period_us) for ``cpus``."""
         assert self.cpus is not None
         return max(1000, int(round(self.cpus * period))), period
+
+
+def raise_nofile(need: int) -> None:
+    """Let this process open ``need`` files (RLIMIT_NOFILE): the soft limit, and as root the
+    hard one too; NsrError with a hint if it cannot."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            try:      # root may raise the hard limit too (CAP_SYS_RESOURCE, up to fs.nr_open)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+                return
+            except (ValueError, OSError):
+                raise NsrError(f"{need} open files are needed, the limit is {hard}",
+                               hint="raise it (ulimit -n) or build fewer hosts at once") from None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))

@@ -41,6 +41,7 @@ NETNS_RUN_DIR = "/run/netns"
 NETLINK_ROUTE = 0
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_DUMP = 0x300
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
@@ -57,6 +58,9 @@ _HDR = struct.Struct("=IHHII")          # nlmsghdr
 _IFI = struct.Struct("=BxHiII")         # ifinfomsg
 _IFA = struct.Struct("=BBBBI")          # ifaddrmsg
 _RTA = struct.Struct("=HH")             # rtattr
+_RTM = struct.Struct("=BBBBBBBBI")      # rtmsg
+RTA_DST, RTA_GATEWAY = 1, 5
+RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
 
 
 # --- named network namespaces ---------------------------------------------------------------
@@ -272,6 +276,16 @@ def addr_body(index: int, cidr: str) -> bytes:
     return out
 
 
+def route_body(dst: str, via: str) -> bytes:
+    """An rtmsg for ``ip route add DST via VIA`` (main table, proto boot, as ip does)."""
+    import ipaddress
+    net, gw = ipaddress.ip_network(dst), ipaddress.ip_address(via)
+    family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+    out = _RTM.pack(family, net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
+                    RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+    return out + _attr(RTA_DST, net.network_address.packed) + _attr(RTA_GATEWAY, gw.packed)
+
+
 class NetlinkError(SyscallError):
     """An rtnetlink request was refused; names the request (``ip`` words) and the errno."""
 
@@ -312,6 +326,10 @@ class Rtnl:
     def new_addr(self, index: int, cidr: str, what: str) -> None:
         """Queue RTM_NEWADDR (``ip addr add CIDR dev INDEX``)."""
         self.add(RTM_NEWADDR, addr_body(index, cidr), what, NLM_F_CREATE | NLM_F_EXCL)
+
+    def new_route(self, dst: str, via: str, what: str) -> None:
+        """Queue RTM_NEWROUTE (``ip route add DST via VIA``)."""
+        self.add(RTM_NEWROUTE, route_body(dst, via), what, NLM_F_CREATE | NLM_F_EXCL)
 
     def send(self) -> list[tuple[int, str]]:
         """Send what is queued without waiting; returns the (seq, what) to collect later."""

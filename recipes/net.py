@@ -24,12 +24,14 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from nsutil import netlink as nl
 from nsutil import state
 from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
 from nsutil.errors import CommandError, Conflict, InvalidInput, NsrError, SyscallError
+from nsutil.lesson import Inside
 from nsutil.names import check_cidr, check_ifname, check_name, is_ours, prefixed, scope_id
 
 from .common import Leftover
@@ -75,6 +77,7 @@ def create_netns(run: Runner, name: str) -> None:
                  argv=["ip", "netns", "add", name],
                  native=lambda: _close(nl.create_netns(name)),
                  undo=delete_netns_step(name)))
+    run.inside(Inside(netns=name))  # lessons: a learner's shell can go in there
 
 
 def _close(sock: socket.socket | None) -> None:
@@ -244,6 +247,11 @@ def _parse_links(text: str) -> list[dict]:
 
 # --- connectivity ---------------------------------------------------------------------------
 
+def exec_argv(ns: str, argv: Sequence[str]) -> list[str]:
+    """``ip netns exec NS ARGV...``."""
+    return ["ip", "netns", "exec", ns] + list(argv)
+
+
 def udp_socket(ns: str | None, addr: str, port: int = 0) -> socket.socket:
     """A UDP socket opened inside netns ``ns`` and bound to ``addr:port``."""
     ip = ipaddress.ip_address(_ip(addr) if "/" in addr else addr)
@@ -259,28 +267,45 @@ def udp_socket(ns: str | None, addr: str, port: int = 0) -> socket.socket:
     return sock
 
 
+IP_RECVTTL = 12        #: linux/in.h (the socket module does not name it)
+SEND_TTL = 255
+
+
 def udp_exchange(a: socket.socket, b: socket.socket, timeout: float = 5.0) -> bool:
     """Send a random token from socket ``a`` to ``b`` and back; True if both arrived."""
+    return udp_hops(a, b, timeout) is not None
+
+
+def udp_hops(a: socket.socket, b: socket.socket, timeout: float = 5.0) -> int | None:
+    """:func:`udp_exchange`, measuring the path: ``a`` sends with TTL 255 and ``b`` reads the
+    TTL the datagram arrived with, so the IP hops are 256 - TTL (1 on one link, +1 per
+    router). None if the token or its reply did not arrive."""
     token = secrets.token_bytes(8)
     deadline = time.monotonic() + timeout
     a.settimeout(0.2)
     b.settimeout(0.2)
+    ipv4 = a.family == socket.AF_INET
+    if ipv4:
+        a.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, SEND_TTL)
+        b.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
     dest, source = b.getsockname(), a.getsockname()
     while time.monotonic() < deadline:
         try:
             a.sendto(b"nsr-ping " + token, dest)
-            data, peer = b.recvfrom(64)
+            data, anc, _flags, peer = b.recvmsg(64, socket.CMSG_SPACE(4))
             if data != b"nsr-ping " + token or peer[:2] != source[:2]:
                 continue
+            ttl = next((int.from_bytes(d[:4], sys.byteorder) for lvl, kind, d in anc
+                        if lvl == socket.IPPROTO_IP and kind == socket.IP_TTL), SEND_TTL)
             b.sendto(b"nsr-pong " + token, peer)
             data, peer = a.recvfrom(64)
             if data == b"nsr-pong " + token and peer[:2] == dest[:2]:
-                return True
+                return SEND_TTL + 1 - ttl if ipv4 else 1
         except (socket.timeout, BlockingIOError):
             continue
         except OSError:
             time.sleep(0.05)
-    return False
+    return None
 
 
 def udp_check(ns_a: str | None, addr_a: str, ns_b: str | None, addr_b: str,
@@ -395,6 +420,7 @@ def demo(run: Runner, name: str | None = None) -> dict:
     run.say(f"[root@host]# ip -n {name} link set lo up; ip -n {name} link")
     for ln in after:
         run.say(f"  {ln['name']}: {'UP' if ln['up'] else 'DOWN'}")
+    run.learner_shell(hint="ip link (only lo); ping -c1 127.0.0.1; exit")
     run.undo()
     return {"netns": name, "links": [ln["name"] for ln in before], "host_links": host_links,
             "lo_up_before": any(ln["up"] for ln in before if ln["name"] == "lo"),
@@ -540,6 +566,7 @@ def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
     if status == "same":
         run.say(f"nothing to do: {name} ({addr}) <-> {peer} ({peer_addr}) exist as asked")
         reachable = check_pair(run, name, addr, peer, peer_addr) if check else None
+        _veth_shell(run, name, peer_addr)
         return {"changed": False, "name": name, "peer": peer, "reachable": reachable}
     record = {"name": name, "peer": peer, "addr": addr, "peer_addr": peer_addr}
     record_first(run, _record_path(name), record, f"{name}<->{peer}")
@@ -559,7 +586,13 @@ def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
             f"{'packets go both ways' if reachable else 'not checked'}")
     run.say(f"they stay: ip netns list; ip -n {name} addr; "
             f"remove with: invoke net-veth --name {name} --peer {peer} --delete")
+    _veth_shell(run, name, peer_addr)
     return {"changed": True, "name": name, "peer": peer, "reachable": reachable}
+
+
+def _veth_shell(run: Runner, name: str, peer_addr: str) -> None:
+    """--shell: the learner's shell in namespace ``name``, to ping the other end."""
+    run.learner_shell(Inside(netns=name), hint=f"ip addr; ping -c 3 {_ip(peer_addr)}; exit")
 
 
 def veth_delete(run: Runner, name: str = "nsr-a", peer: str = "nsr-b") -> dict:
@@ -584,6 +617,29 @@ def veth_delete(run: Runner, name: str = "nsr-a", peer: str = "nsr-b") -> dict:
         drop_record(_record_path(rec["name"]))
     run.say(f"deleted {rec['name']} and {rec['peer']}")
     return {"changed": True}
+
+
+def _parse_addr_json(text: str) -> list[dict]:
+    """``ip -d -j addr show`` -> [{name, kind, up, addrs}] as the native form gives them."""
+    import json
+    return [{"name": ln["ifname"], "kind": ln.get("linkinfo", {}).get("info_kind"),
+             "up": "UP" in ln.get("flags", []),
+             "addrs": [f"{a['local']}/{a['prefixlen']}" for a in ln.get("addr_info", [])]}
+            for ln in json.loads(text or "[]")]
+
+
+def veth_observed(run: Runner, name: str, peer: str, reachable: bool | None = None) -> dict:
+    """Steps: what the kernel says of a net-veth pair, for :func:`recipes.draw.veth`: each
+    namespace's inode (as ``lsns`` lists it) and links with their addresses."""
+    spaces = []
+    for ns in (name, peer):
+        links = run.run(Step(f"list the links and addresses of {ns} (for the picture)",
+                             argv=["ip", "-n", ns, "-d", "-j", "addr", "show"],
+                             parse=_parse_addr_json, placeholder=[],
+                             native=lambda ns=ns: [{k: ln[k] for k in ("name", "kind", "up", "addrs")}
+                                                   for ln in nl.links(ns)]))
+        spaces.append({"name": ns, "inode": nl.netns_inode(ns), "links": links})
+    return {"namespaces": spaces, "pair": [[name, name], [peer, peer]], "reachable": reachable}
 
 
 # --- cleanup --------------------------------------------------------------------------------

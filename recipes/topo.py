@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -46,14 +45,18 @@ from typing import Iterator, Sequence
 
 from nsutil import process, netlink as nl
 from nsutil import state
+from nsutil.limits import raise_nofile
 from nsutil.backend import Runner, Step
 from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, SyscallError
 from nsutil.names import check_name
 
-from . import net
+from . import net, toporoute
 # the plans (re-exported: topo.plan_shape, topo.Plan, topo.MAX_HOSTS ... as before)
-from .topoplan import (IPV6_NOTE, LINK_POOL, MAX_HOSTS, SHAPES, STAR_SUBNET, Link, Plan,  # noqa: F401
-                       check_hosts, check_scope, plan_file, plan_shape)
+from .net import exec_argv  # noqa: F401
+from .topofile import plan_file  # noqa: F401
+from .toposhow import check, check_limit, show_data, show_lines, uses_native  # noqa: F401
+from .topoplan import (IPV6_NOTE, LINK_POOL, MAX_HOSTS, PORTS_PER_BRIDGE, SHAPES,  # noqa: F401
+                       STAR_SUBNET, Link, Plan, check_hosts, check_scope, plan_shape)
 
 SECTION = "Network namespace (topologies)"
 ETC_HOSTS_MAX = 256       #: above this many hosts /etc/netns hosts files are skipped
@@ -100,20 +103,21 @@ def build(run: Runner, plan: Plan, *, etc_hosts: bool = True) -> Plan:
     if not run.explain:
         save_record(plan)
     run.defer(teardown_step(plan))
-    if run.form_for(_probe_step()) == "native" and not run.explain:
+    if uses_native(run) and not run.explain:
         run.run(Step(f"build {len(plan.all_netns())} namespaces and {len(plan.links)} veth pairs "
                      "over netlink (one process, in-place peers, one buffer per namespace)",
                      native=lambda: build_native(plan), argv=["ip", "-batch", "-"],
                      display=_native_display(plan)))
     else:
         _build_shell(run, plan)
+    impaired = [ln for ln in plan.links if ln.impair]
+    if impaired:
+        from . import impair
+        for ln in impaired:
+            impair.apply_link(run, ln, ln.impair)
     if etc_hosts and not run.explain:
         write_hosts_files(run, plan)
     return plan
-
-
-def _probe_step() -> Step:
-    return Step("probe", argv=["ip"], native=lambda: None)
 
 
 def _batch_lines(plan: Plan) -> list[str]:
@@ -132,8 +136,8 @@ def _create_lines(plan: Plan) -> dict[str, list[str]]:
     namespace the device really goes to, on every kernel.
     """
     per: dict[str, list[str]] = {}
-    if plan.bridge:
-        per.setdefault(plan.hub, []).append(f"link add name {plan.bridge} type bridge")  # type: ignore[arg-type]
+    for ns, bridges in plan.bridges.items():
+        per[ns] = [f"link add name {br} type bridge" for br in bridges]
     for ln in plan.links:
         per.setdefault(ln.a_ns, []).append(
             f"link add name {ln.a_if} type veth peer name {ln.b_if} netns {ln.b_ns}")
@@ -160,22 +164,30 @@ def _ns_lines(plan: Plan) -> dict[str, list[str]]:
     per: dict[str, list[str]] = {ns: ["link set lo up"] for ns in plan.all_netns()}
     quiet = (lambda ns, dev: per[ns].append(f"link set dev {dev} addrgenmode none")) if not plan.ipv6 \
         else (lambda ns, dev: None)
-    if plan.bridge:
-        quiet(plan.hub, plan.bridge)
-        per[plan.hub].append(f"link set dev {plan.bridge} up")
+    for ns, bridges in plan.bridges.items():
+        for br in bridges:
+            quiet(ns, br)
+            per[ns].append(f"link set dev {br} up")
     for ln in plan.links:
-        quiet(ln.a_ns, ln.a_if)
-        quiet(ln.b_ns, ln.b_if)
-        if ln.a_master:
-            per[ln.a_ns].append(f"link set dev {ln.a_if} master {ln.a_master} up")
-        else:
-            per[ln.a_ns].append(f"link set dev {ln.a_if} up")
-        if ln.a_addr:
-            per[ln.a_ns].append(f"addr add {ln.a_addr} dev {ln.a_if}")
-        per[ln.b_ns].append(f"link set dev {ln.b_if} up")
-        if ln.b_addr:
-            per[ln.b_ns].append(f"addr add {ln.b_addr} dev {ln.b_if}")
+        for ns, dev, master, addr in ((ln.a_ns, ln.a_if, ln.a_master, ln.a_addr),
+                                      (ln.b_ns, ln.b_if, ln.b_master, ln.b_addr)):
+            quiet(ns, dev)
+            per[ns].append(f"link set dev {dev}{f' master {master}' if master else ''} up")
+            if addr:
+                per[ns].append(f"addr add {addr} dev {dev}")
+    for host, routes in plan.routes.items():
+        per[plan.hosts[host]] += [f"route add {dst} via {via}" for dst, via in routes]
     return per
+
+
+def _sysctl_lines(plan: Plan) -> list[str]:
+    """The root namespace's batch of ``netns exec NS sysctl -w ...`` (forwarding, TTL)."""
+    out = []
+    for host, ns in plan.hosts.items():
+        values = toporoute.sysctls(plan, host)
+        if values:
+            out.append(f"netns exec {ns} sysctl -q -w " + " ".join(f"{k}={v}" for k, v in values.items()))
+    return out
 
 
 def _ns_batch_step(plan: Plan, ns: str, cmds: list[str], title: str) -> Step:
@@ -194,16 +206,13 @@ def _build_shell(run: Runner, plan: Plan) -> None:
         run.run(_ns_batch_step(plan, ns, cmds, f"create {len(cmds)} link(s) from inside {ns}, "
                                                "veth peers made in place in their namespaces"))
     for ns, cmds in _ns_lines(plan).items():
-        run.run(_ns_batch_step(plan, ns, cmds, f"addresses and links up in {ns}"))
-
-
-def _raise_nofile(need: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need:
-        if hard != resource.RLIM_INFINITY and hard < need:
-            raise NsrError(f"{need} open files are needed, the limit is {hard}",
-                           hint="raise it (ulimit -n) or build fewer hosts at once")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        run.run(_ns_batch_step(plan, ns, cmds, f"addresses, links up and routes in {ns}"))
+    sysctls = _sysctl_lines(plan)
+    if sysctls:
+        run.run(Step(f"forward IPv4 in {len(plan.routers)} routers, TTL 255 in the lab "
+                     "(sysctls inside each namespace only)", argv=["ip", "-batch", "-"],
+                     input="\n".join(sysctls) + "\n", display=_batch_display(plan, sysctls),
+                     native=lambda: None))
 
 
 def build_native(plan: Plan) -> None:
@@ -221,22 +230,24 @@ def build_native(plan: Plan) -> None:
     here too: no faster on two CPUs, as both sides mostly wait for the same kernel locks.)
     """
     all_ns = plan.all_netns()
-    _raise_nofile(2 * len(all_ns) + 256)
+    raise_nofile(2 * len(all_ns) + 256)
     socks: dict[str, nl.Rtnl] = {}
     fds: dict[str, int] = {}
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     # links get addrgenmode none (as the shell form's batches say) through the default
-    sysctls = None if plan.ipv6 else {"net.ipv6.conf.default.addr_gen_mode": "1"}
+    base = {} if plan.ipv6 else {"net.ipv6.conf.default.addr_gen_mode": "1"}
+    by_ns = {ns: h for h, ns in plan.hosts.items()}
     try:
         for ns in all_ns:
+            sysctls = {**base, **toporoute.sysctls(plan, by_ns[ns])} if ns in by_ns else base
             socks[ns] = nl.Rtnl(nl.create_netns(ns, open_socket=True, home=home,  # type: ignore[arg-type]
                                                 sysctls=sysctls))
             fds[ns] = nl.open_netns(ns)
-        if plan.bridge:
-            hub = socks[plan.hub]  # type: ignore[index]
-            hub.new_link(nl.link_body(plan.bridge, index=2, kind="bridge", up=True),
-                         f"ip -n {plan.hub} link add name {plan.bridge} type bridge")
-            hub.flush()
+        for ns, bridges in plan.bridges.items():
+            for i, br in enumerate(bridges, 2):
+                socks[ns].new_link(nl.link_body(br, index=i, kind="bridge", up=True),
+                                   f"ip -n {ns} link add name {br} type bridge")
+            socks[ns].flush()
         by_a: dict[str, list[Link]] = {}
         for ln in plan.links:
             by_a.setdefault(ln.a_ns, []).append(ln)
@@ -256,12 +267,17 @@ def build_native(plan: Plan) -> None:
         _collect(waits)
         for ln in plan.links:
             r = socks[ln.b_ns]
-            r.set_link(nl.link_body(index=ln.b_index, up=True),
+            r.set_link(nl.link_body(index=ln.b_index, up=True, master=ln.b_master_index or None),
                        f"ip -n {ln.b_ns} link set dev {ln.b_if} up")
             if ln.b_addr:
                 r.new_addr(ln.b_index, ln.b_addr, f"ip -n {ln.b_ns} addr add {ln.b_addr} dev {ln.b_if}")
         for ns, r in socks.items():
             r.set_link(nl.link_body(index=1, up=True), f"ip -n {ns} link set dev lo up")
+        _collect([(r, r.send()) for r in socks.values()])
+        for host, routes in plan.routes.items():
+            ns = plan.hosts[host]
+            for dst, via in routes:
+                socks[ns].new_route(dst, via, f"ip -n {ns} route add {dst} via {via}")
         _collect([(r, r.send()) for r in socks.values()])
     finally:
         os.close(home)
@@ -338,50 +354,6 @@ def down(run: Runner, scope: str | None = None) -> list[str]:
 
 # --- checking and running -------------------------------------------------------------------
 
-def check(run: Runner, plan: Plan, limit: int | None = None) -> dict:
-    """Prove connectivity with real packets between every pair that should reach each other
-    (all pairs up to ``limit``, a sample beyond). Returns {"pairs", "ok", "failed", "total"}."""
-    if limit is None:
-        limit = 200 if run.backend == "native" or run.form_for(_probe_step()) == "native" else 30
-    pairs = plan.pairs(limit)
-    total = plan.pair_count()
-    what = "all pairs" if len(pairs) == total else f"a sample of {len(pairs)} of {total} pairs"
-    run.heading(f"{SECTION}: check {plan.scope} with real packets ({what})")
-    if run.explain:
-        if pairs:
-            a, ca, b, cb = pairs[0]
-            net.check_pair(run, plan.hosts[a], ca, plan.hosts[b], cb)
-        return {"pairs": len(pairs), "ok": 0, "failed": [], "total": total}
-    if run.form_for(_probe_step()) == "native":
-        failed = _check_native(plan, pairs)
-    else:
-        failed = [(a, b) for a, ca, b, cb in pairs
-                  if not net.check_pair(run, plan.hosts[a], ca, plan.hosts[b], cb)]
-    ok = len(pairs) - len(failed)
-    run.say(f"check: {ok}/{len(pairs)} pairs exchanged packets ({what})"
-            + (f"; FAILED: {', '.join(f'{a}->{b}' for a, b in failed[:10])}" if failed else ""))
-    return {"pairs": len(pairs), "ok": ok, "failed": failed, "total": total}
-
-
-def _check_native(plan: Plan, pairs: list[tuple[str, str, str, str]]) -> list[tuple[str, str]]:
-    """One UDP socket per (host, address) in its namespace; a datagram and reply per pair."""
-    socks: dict[tuple[str, str], object] = {}
-    _raise_nofile(2 * len(plan.hosts) + 256)
-    failed = []
-    try:
-        for a, ca, b, cb in pairs:
-            for host, cidr in ((a, ca), (b, cb)):
-                if (host, cidr) not in socks:
-                    socks[(host, cidr)] = net.udp_socket(plan.hosts[host], cidr)
-        for a, ca, b, cb in pairs:
-            if not net.udp_exchange(socks[(a, ca)], socks[(b, cb)], timeout=3.0):
-                failed.append((a, b))
-    finally:
-        for s in socks.values():
-            s.close()
-    return failed
-
-
 def resolve_host(host: str, scope: str | None = None) -> str:
     """The netns for ``host``: a netns name made by nsrecipes, or a host short name of a
     recorded topology (``--scope`` picks one when several have it)."""
@@ -397,11 +369,6 @@ def resolve_host(host: str, scope: str | None = None) -> str:
         return host
     raise NotFound(f"no host or nsrecipes namespace called {host!r}",
                    hint="see `ip netns list` or `invoke net-topo --status`")
-
-
-def exec_argv(ns: str, argv: Sequence[str]) -> list[str]:
-    """``ip netns exec NS ARGV...``."""
-    return ["ip", "netns", "exec", ns] + list(argv)
 
 
 def _enter_like_ip_netns_exec(ns: str) -> None:
@@ -489,16 +456,37 @@ class Topology:
         return check(self.runner, self.plan, limit)
 
 
+def impair_links(plan: Plan, links: dict | None = None, impair: dict | None = None) -> Plan:
+    """Put impairments on a plan's links before it is built: ``impair`` on every link,
+    ``links={("h1", "h2"): {"delay": "50ms", "loss": "2%"}}`` (or ``"h1:h2"`` keys) on
+    those; checked with :func:`recipes.impair.parse` (an unknown link is refused)."""
+    from . import impair as imp
+    if impair:
+        every = imp.parse(impair, "impair (every link)")
+        for ln in plan.links:
+            ln.impair = every
+    for key, spec in (links or {}).items():
+        a, b = key.split(":", 1) if isinstance(key, str) else key
+        imp.find_link(plan, a, b).impair = imp.parse(spec, f"link {a}-{b}")
+    return plan
+
+
 @contextmanager
 def topology(shape: str = "star", hosts: int = 3, *, file: str | None = None, ipv6: bool = False,
              backend: str = "native", scope: str | None = None, etc_hosts: bool = True,
+             depth: int = 2, fanout: int = 2, links: dict | None = None, impair: dict | None = None,
              runner: Runner | None = None) -> Iterator[Topology]:
     """Build a topology and tear it down when the block ends (also on an exception)::
 
-        with topology("star", 4) as net:
-            print(net.run("h1", ["ping", "-c1", "h2"]).stdout)
+        with topology("line", 3, links={("h1", "h2"): {"delay": "50ms", "loss": "2%"}}) as net:
+            print(net.run("h1", ["ping", "-c1", "h3"]).stdout)
+
+    ``shape`` star, line, ring or tree (``depth``, ``fanout``), or ``file=`` a TOML lab;
+    ``impair`` impairs every link, ``links`` the links named (see :func:`impair_links`).
     """
-    plan = plan_file(file, scope, ipv6) if file else plan_shape(shape, hosts, scope, ipv6=ipv6)
+    plan = plan_file(file, scope, ipv6) if file else plan_shape(shape, hosts, scope, ipv6=ipv6,
+                                                                depth=depth, fanout=fanout)
+    impair_links(plan, links, impair)
     run = runner or Runner(backend=backend, keep=False, out=open(os.devnull, "w"))
     mark = len(run.undo_stack)
     try:

@@ -1,10 +1,19 @@
-"""Topology plans: which namespaces, links and addresses a topology has (nothing is made
-by planning; :mod:`recipes.topo` builds, checks and tears down a plan).
+"""Topology plans: which namespaces, links, addresses and routes a topology has (nothing is
+made by planning; :mod:`recipes.topo` builds, checks and tears down a plan).
 
-Document section "Network namespace", taken to many hosts: ``star`` (every host on a Linux
-bridge in a hub namespace, one subnet), ``line`` / ``ring`` (host i linked to host i+1, a /30
-per link) and a TOML file (``hosts``, ``[[links]]``, optional addresses and ``subnet``; the
-format is in :mod:`recipes.topo`). Every value is checked here, before anything exists.
+Document section "Network namespace", taken to many hosts:
+
+* ``star``: every host on a Linux bridge in a hub namespace, one subnet. A bridge holds at
+  most 1023 ports (``BR_MAX_PORTS`` is 1024, port 0 is never used), so a star of more than
+  :data:`PORTS_PER_BRIDGE` hosts is spread over several bridges in the hub, joined to the
+  first by veth trunks -- still one L2 segment;
+* ``tree --depth D --fanout F``: as Mininet's ``TreeTopo``, a bridge namespace (``s1``,
+  ``s2``, ...) at every inner node and F**D hosts at the leaves, one subnet;
+* ``line`` / ``ring``: host i linked to host i+1 (a /30 per link); the inner hosts (all of a
+  ring's) are routers, with static shortest-path routes (:mod:`recipes.toporoute`), so every
+  host reaches every other;
+* a TOML file (:mod:`recipes.topofile`).
+Every value is checked here, before anything exists.
 """
 from __future__ import annotations
 
@@ -23,8 +32,11 @@ IPV6_NOTE = """IPv6 link-local autoconf is off on the lab links by default (ip l
 addrgenmode none): on a bridge every host's DAD, router and MLD multicast is flooded to every
 other host, O(n^2) packets -- measured here with 1000 hosts it more than doubled the build
 time and dropped real packets (38 of 40 checked pairs got through). --ipv6 turns it on."""
-SHAPES = ("star", "line", "ring")
-MAX_HOSTS = 4000          #: more than this is refused as absurd (names, memory, minutes)
+SHAPES = ("star", "line", "ring", "tree")
+MAX_HOSTS = 10000         #: more than this is refused (names must fit 15 bytes, and minutes)
+PORTS_PER_BRIDGE = 1000   #: hosts per bridge in a star (the kernel's limit is 1023 ports)
+MAX_FANOUT = 1000         #: a tree's fanout (plus its uplink) must fit one bridge
+MAX_DEPTH = 16
 STAR_SUBNET = "10.200.0.0/16"
 LINK_POOL = "10.201.0.0/16"
 
@@ -43,6 +55,8 @@ class Link:
     b_index: int = 0
     a_master: str | None = None       # bridge in a_ns the a end is enslaved to
     a_master_index: int = 0
+    b_master: str | None = None       # bridge in b_ns the b end is enslaved to (trees, trunks)
+    b_master_index: int = 0
     #: tc netem/tbf impairment of this link (both directions), checked by
     #: :func:`recipes.impair.parse`: keys delay, jitter, loss, rate, corrupt, duplicate
     impair: dict | None = None
@@ -68,10 +82,29 @@ class Plan:
     segments: list[list[tuple[str, str]]] = field(default_factory=list)  # [(host, cidr)] that reach each other
     #: IPv6 link-local autoconf on the lab links (off by default, see IPV6_NOTE)
     ipv6: bool = False
+    #: hosts that forward IPv4 (net.ipv4.ip_forward=1 in their namespace)
+    routers: list[str] = field(default_factory=list)
+    #: bridge namespaces of a tree (short name -> netns), made after the hub
+    switches: dict[str, str] = field(default_factory=dict)
+    #: netns -> the bridges in it, made first (ifindex 2, 3, ...)
+    bridges: dict[str, list[str]] = field(default_factory=dict)
+    #: host -> its static routes [[destination, gateway], ...] (:mod:`recipes.toporoute`)
+    routes: dict[str, list[list[str]]] = field(default_factory=dict)
 
     def all_netns(self) -> list[str]:
-        """Every namespace of the plan (hub first)."""
-        return ([self.hub] if self.hub else []) + list(self.hosts.values())
+        """Every namespace of the plan (hub and switches first)."""
+        return ([self.hub] if self.hub else []) + list(self.switches.values()) + list(self.hosts.values())
+
+    @property
+    def routed(self) -> bool:
+        """True if some host forwards (line, ring, a file lab with routers)."""
+        return bool(self.routers)
+
+    def kind(self, name: str) -> str:
+        """``host``, ``router`` or ``bridge`` for a short name (or ``hub``)."""
+        if name == "hub" or name in self.switches:
+            return "bridge"
+        return "router" if name in self.routers else "host"
 
     def netns(self, host: str) -> str:
         """The netns of host ``host`` (short name or netns name)."""
@@ -126,14 +159,17 @@ class Plan:
         """The record written under the state directory (``net/topo-SCOPE.json``)."""
         return {"scope": self.scope, "shape": self.shape, "hosts": self.hosts, "hub": self.hub,
                 "netns": self.all_netns(), "segments": self.segments,
-                "links": [ln.to_json() for ln in self.links]}
+                "links": [ln.to_json() for ln in self.links], "routers": self.routers,
+                "switches": self.switches, "bridges": self.bridges, "routes": self.routes}
 
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
         """A plan back from its record (enough for exec, check and teardown)."""
         return cls(scope=data["scope"], shape=data["shape"], hosts=dict(data["hosts"]),
                    hub=data.get("hub"), segments=[[tuple(m) for m in s] for s in data["segments"]],
-                   links=[Link(**ln) for ln in data.get("links", [])])
+                   links=[Link(**ln) for ln in data.get("links", [])],
+                   routers=list(data.get("routers", [])), switches=dict(data.get("switches", {})),
+                   bridges=dict(data.get("bridges", {})), routes=dict(data.get("routes", {})))
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -171,13 +207,29 @@ def _check_host_name(scope: str, host: str) -> str:
     return host
 
 
-def plan_shape(shape: str, hosts: int | str, scope: str | None = None,
-               subnet: str | None = None, ipv6: bool = False) -> Plan:
-    """Plan a star, line or ring of ``hosts`` hosts (validated; nothing is created)."""
+def check_tree(depth: int | str, fanout: int | str) -> tuple[int, int]:
+    """A tree's depth and fanout: whole numbers, at most MAX_HOSTS leaves."""
+    d = parse_number(depth, "tree depth", minimum=1, maximum=MAX_DEPTH, example="--depth 2")
+    f = parse_number(fanout, "tree fanout", minimum=1, maximum=MAX_FANOUT, example="--fanout 3")
+    if f ** d > MAX_HOSTS:
+        raise InvalidInput(f"a tree of depth {d} and fanout {f} has {f ** d} hosts; the limit is "
+                           f"{MAX_HOSTS}", hint="give a smaller --depth or --fanout")
+    return d, f
+
+
+def plan_shape(shape: str, hosts: int | str = 3, scope: str | None = None,
+               subnet: str | None = None, ipv6: bool = False, *, depth: int | str = 2,
+               fanout: int | str = 2) -> Plan:
+    """Plan a star, line, ring (``hosts`` hosts) or tree (``depth``, ``fanout``); validated,
+    nothing is created."""
+    from . import toporoute
     if shape not in SHAPES:
         raise InvalidInput(f"unknown shape {shape!r}", hint=f"choose {', '.join(SHAPES)} or --file")
-    count = check_hosts(hosts)
     scope = check_scope(scope)
+    if shape == "tree":
+        d, f = check_tree(depth, fanout)
+        return _plan_tree(Plan(scope=scope, shape=shape, ipv6=ipv6), d, f, subnet)
+    count = check_hosts(hosts)
     if shape == "line" and count < 2:
         raise InvalidInput(f"a line needs at least 2 hosts, not {count}", hint="give --hosts 2 or more")
     if shape == "ring" and count < 3:
@@ -186,27 +238,100 @@ def plan_shape(shape: str, hosts: int | str, scope: str | None = None,
     for i in range(1, count + 1):
         plan.hosts[f"h{i}"] = _name(scope, f"h{i}")
     if shape == "star":
-        pool = _subnet(subnet or STAR_SUBNET)
-        if pool.num_addresses - 2 < count:
-            raise InvalidInput(f"subnet {pool} has room for {pool.num_addresses - 2} hosts, not {count}",
-                               hint="give a bigger subnet")
-        plan.hub, plan.bridge = _name(scope, "hub"), _name(scope, "br")
-        seg = []
-        for i, (host, ns) in enumerate(plan.hosts.items(), 1):
-            cidr = f"{pool.network_address + i}/{pool.prefixlen}"
-            plan.links.append(Link(a_ns=plan.hub, a_if=ns, b_ns=ns, b_if=plan.hub, b_addr=cidr,
-                                   a_host="hub", b_host=host,
-                                   a_index=i + 2, b_index=2, a_master=plan.bridge, a_master_index=2))
-            seg.append((host, cidr))
-        plan.segments.append(seg)
-        return plan
+        return _plan_star(plan, count, subnet)
+    toporoute.check_diameter(shape, count)
     pairs = [(i, i + 1) for i in range(1, count)] + ([(count, 1)] if shape == "ring" else [])
     nets = _link_subnets(subnet or LINK_POOL, len(pairs), [])
     next_index = {ns: 2 for ns in plan.hosts.values()}
     for (i, j), sub in zip(pairs, nets):
         _add_link(plan, f"h{i}", f"h{j}", f"{sub.network_address + 1}/{sub.prefixlen}",
                   f"{sub.network_address + 2}/{sub.prefixlen}", next_index)
+    plan.routers = list(plan.hosts) if shape == "ring" else [f"h{i}" for i in range(2, count)]
+    toporoute.route(plan)
     return plan
+
+
+def _host_pool(subnet: str | None, count: int):
+    pool = _subnet(subnet or STAR_SUBNET)
+    if pool.num_addresses - 2 < count:
+        raise InvalidInput(f"subnet {pool} has room for {pool.num_addresses - 2} hosts, not {count}",
+                           hint="give a bigger subnet")
+    return pool
+
+
+def _plan_star(plan: Plan, count: int, subnet: str | None) -> Plan:
+    """One hub namespace with ceil(count / PORTS_PER_BRIDGE) bridges; trunks join bridge k
+    to the first (veth pairs inside the hub, both ends enslaved)."""
+    pool = _host_pool(subnet, count)
+    plan.hub, plan.bridge = _name(plan.scope, "hub"), _name(plan.scope, "br")
+    nbr = -(-count // PORTS_PER_BRIDGE)
+    names = [plan.bridge] + [_name(plan.scope, f"br{k}") for k in range(2, nbr + 1)]
+    plan.bridges[plan.hub] = names
+    index = 2 + nbr                    # lo is 1, the bridges 2 .. nbr + 1
+    seg = []
+    for i, (host, ns) in enumerate(plan.hosts.items(), 1):
+        k = (i - 1) // PORTS_PER_BRIDGE
+        cidr = f"{pool.network_address + i}/{pool.prefixlen}"
+        plan.links.append(Link(a_ns=plan.hub, a_if=ns, b_ns=ns, b_if=plan.hub, b_addr=cidr,
+                               a_host="hub", b_host=host, a_index=index, b_index=2,
+                               a_master=names[k], a_master_index=2 + k))
+        index += 1
+        seg.append((host, cidr))
+    for k in range(2, nbr + 1):
+        plan.links.append(Link(a_ns=plan.hub, a_if=_name(plan.scope, f"t{k}"), b_ns=plan.hub,
+                               b_if=_name(plan.scope, f"u{k}"), a_host="hub", b_host="hub",
+                               a_index=index, b_index=index + 1, a_master=plan.bridge,
+                               a_master_index=2, b_master=names[k - 1], b_master_index=1 + k))
+        index += 2
+    plan.segments.append(seg)
+    return plan
+
+
+def _plan_tree(plan: Plan, depth: int, fanout: int, subnet: str | None) -> Plan:
+    """Switches s1, s2, ... breadth first (a bridge namespace each), hosts at the leaves."""
+    count = fanout ** depth
+    pool = _host_pool(subnet, count)
+    next_index: dict[str, int] = {}
+    level = ["s1"]
+    plan.switches["s1"] = _name(plan.scope, "s1")
+    for d in range(1, depth + 1):
+        children = []
+        for parent in level:
+            for _ in range(fanout):
+                if d < depth:
+                    child = f"s{len(plan.switches) + 1}"
+                    plan.switches[child] = _name(plan.scope, child)
+                else:
+                    child = f"h{len(plan.hosts) + 1}"
+                    plan.hosts[child] = _name(plan.scope, child)
+                children.append((parent, child))
+        for parent, child in children:
+            _add_tree_link(plan, parent, child, next_index)
+        level = [c for _, c in children]
+    for ns in plan.switches.values():
+        plan.bridges[ns] = [_name(plan.scope, "br")]
+    seg = []
+    by_host = {ln.b_host: ln for ln in plan.links}
+    for i, host in enumerate(plan.hosts, 1):
+        by_host[host].b_addr = f"{pool.network_address + i}/{pool.prefixlen}"
+        seg.append((host, by_host[host].b_addr))
+    plan.segments.append(seg)
+    return plan
+
+
+def _add_tree_link(plan: Plan, parent: str, child: str, next_index: dict) -> None:
+    a_ns = plan.switches[parent]
+    b_ns = plan.switches.get(child) or plan.hosts[child]
+    bridge = _name(plan.scope, "br")
+    for ns in (a_ns, b_ns):
+        next_index.setdefault(ns, 3 if ns in plan.switches.values() else 2)  # bridge is 2
+    plan.links.append(Link(a_ns=a_ns, a_if=b_ns, b_ns=b_ns, b_if=a_ns, a_host=parent, b_host=child,
+                           a_index=next_index[a_ns], b_index=next_index[b_ns],
+                           a_master=bridge, a_master_index=2,
+                           b_master=bridge if child in plan.switches else None,
+                           b_master_index=2 if child in plan.switches else 0))
+    next_index[a_ns] += 1
+    next_index[b_ns] += 1
 
 
 def _subnet(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -245,93 +370,3 @@ def _add_link(plan: Plan, a: str, b: str, a_addr: str, b_addr: str, next_index: 
     plan.segments.append([(a, a_addr), (b, b_addr)])
 
 
-def plan_file(path: str, scope: str | None = None, ipv6: bool = False) -> Plan:
-    """Plan a topology from a TOML file (format in the module docstring)."""
-    import tomllib
-    scope = check_scope(scope)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise InvalidInput(f"topology file {path!r} does not exist", hint="give a .toml file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"topology file {path!r} is not valid TOML: {exc}",
-                           hint="see the format in `invoke net-topo --help`") from None
-    unknown = set(data) - {"hosts", "links", "subnet"}
-    if unknown:
-        raise InvalidInput(f"topology file {path!r}: unknown key {sorted(unknown)[0]!r}",
-                           hint="the keys are hosts, links and subnet")
-    hosts_raw = data.get("hosts", [])
-    names = list(hosts_raw) if isinstance(hosts_raw, (list, dict)) else None
-    if names is None or not all(isinstance(h, str) for h in names):
-        raise InvalidInput(f"topology file {path!r}: hosts must be a list of names",
-                           hint='hosts = ["h1", "h2"]')
-    links_raw = data.get("links", [])
-    if not isinstance(links_raw, list) or not all(isinstance(x, dict) for x in links_raw):
-        raise InvalidInput(f"topology file {path!r}: links must be [[links]] tables",
-                           hint='[[links]] a = "h1" b = "h2"')
-    listed = "hosts" in data        # a file that lists its hosts: a link to another is a typo
-    for n, item in enumerate(links_raw, 1):
-        for key in ("a", "b"):
-            if not isinstance(item.get(key), str):
-                raise InvalidInput(f"topology file {path!r}: a link without {key!r}",
-                                   hint='every [[links]] needs a = "HOST" and b = "HOST"')
-            if item[key] in names:
-                continue
-            if listed:
-                raise InvalidInput(f"topology file {path!r}: link {n} ({item['a']}-{item.get('b')}) "
-                                   f"names host {item[key]!r}, which is not in hosts",
-                                   hint="fix the name, or add it to hosts = [...]")
-            names.append(item[key])
-        extra = set(item) - {"a", "b", "a_addr", "b_addr"}
-        if extra:
-            raise InvalidInput(f"topology file {path!r}: unknown link key {sorted(extra)[0]!r}",
-                               hint="link keys are a, b, a_addr, b_addr")
-    if not names:
-        raise InvalidInput(f"topology file {path!r} has no hosts", hint='hosts = ["h1", "h2"]')
-    check_hosts(len(names))
-    plan = Plan(scope=scope, shape="file", ipv6=ipv6)
-    for host in names:
-        _check_host_name(scope, host)
-        if host in plan.hosts:
-            raise InvalidInput(f"host {host!r} is listed twice", hint="list each host once")
-        plan.hosts[host] = _name(scope, host)
-    given: dict[str, str] = {}
-    seen_pairs: set[frozenset] = set()
-    for n, item in enumerate(links_raw, 1):
-        a, b = item["a"], item["b"]
-        if a == b:
-            raise InvalidInput(f"link {n} joins {a!r} to itself", hint="a link joins two hosts")
-        key = frozenset((a, b))
-        if key in seen_pairs:
-            raise InvalidInput(f"two links between {a!r} and {b!r}", hint="one link per pair of hosts")
-        seen_pairs.add(key)
-        if ("a_addr" in item) != ("b_addr" in item):
-            raise InvalidInput(f"link {n} ({a}-{b}) has only one address",
-                               hint="give both a_addr and b_addr, or neither")
-        if "a_addr" in item:
-            ca = net.check_addr(str(item["a_addr"]), f"link {n} a_addr")
-            cb = net.check_addr(str(item["b_addr"]), f"link {n} b_addr")
-            if ipaddress.ip_interface(ca).network != ipaddress.ip_interface(cb).network:
-                raise InvalidInput(f"link {n} ({a}-{b}): {ca} and {cb} are in different subnets",
-                                   hint="put both ends in one subnet")
-            if ipaddress.ip_interface(ca).ip == ipaddress.ip_interface(cb).ip:
-                raise InvalidInput(f"link {n} ({a}-{b}): both ends are {ca}", hint="give two addresses")
-            given[f"link {n} ({a}-{b})"] = ca
-    net.check_no_overlap(given)
-    taken = [ipaddress.ip_interface(c).network for c in given.values()]
-    auto = iter(_link_subnets(str(data.get("subnet", LINK_POOL)),
-                              sum(1 for x in links_raw if "a_addr" not in x), taken))
-    next_index = {ns: 2 for ns in plan.hosts.values()}
-    for item in links_raw:
-        if "a_addr" in item:
-            ca, cb = str(ipaddress.ip_interface(item["a_addr"])), str(ipaddress.ip_interface(item["b_addr"]))
-        else:
-            sub = next(auto)
-            ca, cb = f"{sub.network_address + 1}/{sub.prefixlen}", f"{sub.network_address + 2}/{sub.prefixlen}"
-        _add_link(plan, item["a"], item["b"], ca, cb, next_index)
-    for host in plan.hosts:
-        if not any(host == h for seg in plan.segments for h, _ in seg):
-            plan.segments.append([])  # a lone host: nothing to reach
-    plan.segments = [s for s in plan.segments if s]
-    return plan
