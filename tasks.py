@@ -26,18 +26,40 @@ COMMON_HELP = {
 
 INTERRUPTED = "nsrecipes: interrupted; what this run made has been undone"
 
+LESSON_HELP = {
+    "shell": "open an interactive shell inside the demo's namespaces, where the document's "
+             "program does (prompt [root@NewNamespace]#); exit or Ctrl-D goes on: the host's "
+             "side, then everything undone. With stdin a pipe, the shell reads it (bash -s)",
+    "step": "pause before each step, showing its title and command: Enter runs it, s opens "
+            "a shell in the namespaces made so far, q undoes everything and quits",
+}
+#: which lesson options each kind of task gets (nsr_task(lesson=...))
+LESSONS = {"shell": ("shell", "step"), "step": ("step",), None: ()}
+#: --shell/--step of the task running now: set by nsr_task, read by _lesson()
+_LESSON: dict[str, bool] = {}
 
-def nsr_task(help: dict[str, str] | None = None, **kwargs: Any) -> Callable:
-    """@task, plus: the common option help, and NsrError -> one line and a non-zero exit."""
+
+def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
+             **kwargs: Any) -> Callable:
+    """@task, plus: the common option help, and NsrError -> one line and a non-zero exit.
+
+    ``lesson="shell"`` adds the options --shell and --step, ``lesson="step"`` only --step;
+    they reach the Runner :func:`_runner` makes, and a hang-up or SIGTERM then undoes as
+    Ctrl-C does (a closed terminal must leave nothing behind).
+    """
     def decorate(fn: Callable) -> Any:
         params = inspect.signature(fn).parameters
+        added = LESSONS[lesson]
         merged = {k: v for k, v in COMMON_HELP.items() if k in params}
+        merged.update({k: LESSON_HELP[k] for k in added})
         merged.update(help or {})
 
         @functools.wraps(fn)
         def body(c, *args: Any, **kw: Any) -> Any:
             interrupted: list[int] = []
             main_pid = os.getpid()
+            _LESSON.clear()
+            _LESSON.update({k: bool(kw.pop(k, False)) for k in added})
 
             def on_sigint(signum: int, frame: Any) -> None:
                 if os.getpid() != main_pid:
@@ -47,7 +69,16 @@ def nsr_task(help: dict[str, str] | None = None, **kwargs: Any) -> Callable:
                 interrupted.append(signum)
                 raise KeyboardInterrupt
 
+            def on_hangup(signum: int, frame: Any) -> None:
+                if os.getpid() != main_pid:
+                    os._exit(128 + signum)
+                interrupted.append(signum)
+                os.kill(main_pid, signal.SIGINT)  # undone as Ctrl-C is (held back in forks)
+
             signal.signal(signal.SIGINT, on_sigint)
+            if any(_LESSON.values()):
+                for sig in (signal.SIGHUP, signal.SIGTERM):
+                    signal.signal(sig, on_hangup)
             try:
                 return fn(c, *args, **kw)
             except NsrError as exc:
@@ -60,14 +91,27 @@ def nsr_task(help: dict[str, str] | None = None, **kwargs: Any) -> Callable:
             except KeyboardInterrupt:
                 raise Exit(INTERRUPTED, code=130) from None
 
+        if added:  # invoke reads the options from the signature
+            sig = inspect.signature(fn)
+            body.__signature__ = sig.replace(parameters=list(sig.parameters.values()) + [
+                inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=False)
+                for k in added])
         kwargs.setdefault("auto_shortflags", False)  # no -h clash with --help
         return task(body, help=merged, **kwargs)
     return decorate
 
 
+def _lesson():
+    """The Lesson for --shell/--step of the running task, or None."""
+    if not any(_LESSON.values()):
+        return None
+    from nsutil.lesson import Lesson
+    return Lesson(**_LESSON)
+
+
 def _runner(backend: str | None, explain: bool, keep: bool = False):
     from nsutil.backend import Runner
-    return Runner(backend=backend, explain=explain, keep=keep)
+    return Runner(backend=backend, explain=explain, keep=keep, lesson=_lesson())
 
 
 def _root_demo(task_name: str, module: str, backend: str | None, explain: bool,
@@ -85,8 +129,10 @@ def _root_demo(task_name: str, module: str, backend: str | None, explain: bool,
 
 # ==== core demos (issue 2) ==================================================================
 
-@nsr_task()
-def pid_demo(c, backend=None, explain=False):
+@nsr_task(help={"draw": "also draw the tree of PID namespaces the demo made into FILE.svg: "
+                        "each process with its PID as every level sees it (NSpid); the "
+                        "folder must exist; --explain draws nothing"}, lesson="shell")
+def pid_demo(c, draw=None, backend=None, explain=False):
     """PID namespace: the child is PID 1 and sees only its own processes; namespaces nest.
 
     With /proc mounted in a new mount namespace, `echo $$` prints 1 and `ps` lists only the
@@ -95,11 +141,14 @@ def pid_demo(c, backend=None, explain=False):
     """
     from recipes import pid
     with _runner(backend, explain) as run:
-        pid.demo(run)
+        pid.demo(run, draw=draw)
 
 
-@nsr_task()
-def mount_demo(c, backend=None, explain=False):
+@nsr_task(help={"draw": "also draw the mounts the demo made into FILE.svg: their peer "
+                        "groups read from mountinfo (shared:N, master:N) and the arrows a "
+                        "mount event propagates along; the folder must exist; --explain "
+                        "draws nothing"}, lesson="shell")
+def mount_demo(c, draw=None, backend=None, explain=False):
     """mount namespace: the five propagation states, and make-rprivate keeping mounts inside.
 
     Shared, slave, shared-and-slave, private and unbindable mounts in a scratch tree
@@ -108,11 +157,11 @@ def mount_demo(c, backend=None, explain=False):
     """
     from recipes import mount
     with _runner(backend, explain) as run:
-        mount.demo(run)
+        mount.demo(run, draw=draw)
 
 
 @nsr_task(help={"hostname": "hostname set in the namespace that is joined and kept alive "
-                            "(default NewNamespace)"})
+                            "(default NewNamespace)"}, lesson="step")
 def api_demo(c, hostname="NewNamespace", backend=None, explain=False):
     """The four ways to use the namespace API: clone, /proc/PID/ns, setns, unshare.
 
@@ -126,13 +175,14 @@ def api_demo(c, hostname="NewNamespace", backend=None, explain=False):
 
 
 @nsr_task(help={"hostname": "the hostname to set inside the new UTS namespace (default NewNamespace)",
-                "command": "command to run inside, as one string split on spaces (default: hostname)"})
+                "command": "command to run inside, as one string split on spaces (default: hostname)"},
+          lesson="shell")
 def uts_demo(c, hostname="NewNamespace", command="hostname", backend=None, explain=False):
     """UTS namespace: a child in a new UTS namespace sets its hostname; the host's is unchanged."""
     _root_demo("uts-demo", "uts", backend, explain, hostname=hostname, command=command.split())
 
 
-@nsr_task()
+@nsr_task(lesson="shell")
 def ipc_demo(c, backend=None, explain=False):
     """IPC namespace: a host message queue (ipcmk -Q) is invisible in a new IPC namespace."""
     _root_demo("ipc-demo", "ipc", backend, explain)
@@ -140,7 +190,8 @@ def ipc_demo(c, backend=None, explain=False):
 
 @nsr_task(help={"uid": "outside uid that uid 0 inside maps to (default 1000 as root, "
                        "your own uid otherwise)",
-                "gid": "outside gid that gid 0 inside maps to (default: same as the uid)"})
+                "gid": "outside gid that gid 0 inside maps to (default: same as the uid)"},
+          lesson="shell")
 def user_demo(c, uid=None, gid=None, backend=None, explain=False):
     """User namespace: uid 0 inside maps to an outside uid; root inside, powerless outside.
 
@@ -151,9 +202,42 @@ def user_demo(c, uid=None, gid=None, backend=None, explain=False):
         user.demo(run, uid=uid, gid=gid)
 
 
+# ==== the two namespaces the document predates (issue 11) ===================================
+
+@nsr_task(lesson="shell")
+def cgroupns_demo(c, backend=None, explain=False):
+    """cgroup namespace (beyond the document, Linux 4.6+): inside, /proc/self/cgroup shows /.
+
+    A holder moves into a scratch cgroup nsr-cgns-* on the v2 hierarchy, then unshares its
+    cgroup namespace: the host reads 0::/nsrecipes/nsr-cgns-*, a process that joins cgroup
+    and namespace 0::/, one that only joins the namespace (nsenter --cgroup) a path with
+    ../ -- relative to the namespace's root. The cgroup is removed at the end.
+    """
+    _root_demo("cgroupns-demo", "cgroupns", backend, explain)
+
+
+@nsr_task(help={"boottime": "CLOCK_BOOTTIME offset in whole SECONDS, 0 to 315360000 (ten "
+                            "years): what uptime and /proc/uptime show inside (default 86400, "
+                            "one day)",
+                "monotonic": "CLOCK_MONOTONIC offset in whole SECONDS, 0 to 315360000 "
+                             "(default 3600)"},
+          lesson="shell")
+def time_demo(c, boottime="86400", monotonic="3600", backend=None, explain=False):
+    """time namespace (beyond the document, Linux 5.6+): uptime inside runs ahead.
+
+    unshare --time --monotonic N --boottime N: /proc/PID/timens_offsets shows the offsets,
+    /proc/uptime and uptime inside are --boottime seconds ahead of the host's, CLOCK_MONOTONIC
+    --monotonic seconds, CLOCK_REALTIME (the wall clock) the same. Refused on older kernels.
+    """
+    from recipes import timens
+    _root_demo("time-demo", "timens", backend, explain,
+               boottime=timens.check_offset(boottime, "--boottime"),
+               monotonic=timens.check_offset(monotonic, "--monotonic"))
+
+
 # ==== network (issue 3) =====================================================================
 
-@nsr_task()
+@nsr_task(lesson="shell")
 def net_demo(c, backend=None, explain=False):
     """Network namespace: a new network namespace has only lo; shown down, then up."""
     _root_demo("net-demo", "net", backend, explain)
@@ -164,53 +248,82 @@ def net_demo(c, backend=None, explain=False):
                 "peer": "name of the second namespace and of its veth end (default nsr-b)",
                 "addr": "address of the first end, with prefix (default 10.200.0.1/24)",
                 "peer_addr": "address of the second end, with prefix (default 10.200.0.2/24)",
-                "delete": "remove the two namespaces (and the pair) made by an earlier run"})
+                "delete": "remove the two namespaces (and the pair) made by an earlier run",
+                "draw": "also draw the two namespaces and the veth pair joining them (names, "
+                        "addresses, namespace inodes, as the kernel reports them) into "
+                        "FILE.svg; the folder must exist; --explain draws nothing"},
+          lesson="shell")
 def net_veth(c, name="nsr-a", peer="nsr-b", addr="10.200.0.1/24", peer_addr="10.200.0.2/24",
-             delete=False, backend=None, explain=False):
+             delete=False, draw=None, backend=None, explain=False):
     """Two network namespaces joined by a veth pair with addresses, proven by real packets.
 
     They stay (ip netns list shows them) until --delete. Idempotent: the same run again
     changes nothing; a name that exists otherwise fails with one line and touches nothing.
     """
-    from recipes import net
-    from nsutil.errors import require_root
+    from recipes import draw as pictures, net
+    from nsutil.errors import InvalidInput, require_root
+    if draw:
+        if delete:
+            raise InvalidInput("--draw with --delete: there is nothing left to draw",
+                               hint="draw when making the pair: net-veth --draw FILE.svg")
+        pictures.check_path(draw)
     if not explain:
         require_root("net-veth")
     with _runner(backend, explain, keep=True) as run:
         if delete:
             net.veth_delete(run, name, peer)
         else:
-            net.veth_create(run, name, peer, addr, peer_addr)
+            made = net.veth_create(run, name, peer, addr, peer_addr)
+            if draw and explain:
+                print(f"(--explain: nothing is drawn; a real run draws {draw})")
+            elif draw:
+                seen = net.veth_observed(run, name, peer, made["reachable"])
+                run.say(f"drew the pair into {pictures.veth(seen, draw)}")
 
 
-@nsr_task(help={"shape": "star (hosts on a bridge in a hub namespace), line or ring",
-                "hosts": "number of hosts (1 to 4000; default 3)",
-                "file": "build the hosts, links and addresses listed in a TOML file instead",
-                "check": "prove connectivity with real packets between the pairs that should "
-                         "reach each other (all up to a size, a sample beyond)",
+@nsr_task(help={"shape": "star (hosts on a bridge in a hub namespace), line or ring (inner "
+                         "hosts route), tree (bridges at the inner nodes, hosts at the leaves)",
+                "hosts": "number of hosts of a star, line or ring (1 to 10000; default 3)",
+                "depth": "levels of bridges of a tree (default 2)",
+                "fanout": "children of every inner node of a tree (default 2): fanout**depth hosts",
+                "file": "build the hosts, routers, links, addresses and impairments of a TOML "
+                        "file instead (format below)",
+                "check": "prove with real packets that the pairs reach each other along their "
+                         "shortest paths, printing each path's hops (all pairs up to a size, "
+                         "a sample beyond)",
                 "down": "tear down the topology of --scope (every recorded one without --scope)",
                 "scope": "1-4 letters/digits put in every name (default: random per run)",
                 "status": "list the topologies that are up (scope, shape, hosts)",
+                "show": "show the topology of --scope (every one without): hosts, interfaces, "
+                        "addresses, routes and impairments, as containerlab inspect",
+                "json": "with --show: print JSON",
+                "draw": "also draw the lab into FILE.svg (hosts, bridges, routers, links with "
+                        "addresses and impairments; above 100 hosts a summary); with --show, "
+                        "draw the topology of --scope",
                 "etc_hosts": "write /etc/netns/NS/hosts so hosts reach each other by name "
                              "(default on; skipped above 256 hosts)",
                 "ipv6": "keep IPv6 link-local autoconf on the links (default off: on a big "
                         "bridge its multicast from every host floods every other)"})
-def net_topo(c, shape="star", hosts="3", file=None, check=False, down=False, scope=None,
-             status=False, etc_hosts=True, ipv6=False, backend=None, explain=False):
-    """Build a topology of network namespaces: star, line, ring or a TOML file.
+def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check=False,
+             down=False, scope=None, status=False, show=False, json=False, draw=None,
+             etc_hosts=True, ipv6=False, backend=None, explain=False):
+    """Build a lab of network namespaces: star, line, ring, tree or a TOML file.
 
-    --down tears it down; until then the namespaces stay for `net-exec`, `ip netns`,
-    `nsenter`.
+    Routers (a line's inner hosts, a ring's hosts, router = true in a file) forward IPv4
+    inside their namespaces, with static shortest-path routes. --down tears it down; until
+    then the namespaces stay for `net-exec`, `net-link`, `ip netns`, `nsenter`.
 
-    lab.toml: hosts = ["a", "b", "r"]; [[links]] a = "a" b = "r" (a_addr/b_addr optional,
-    subnet = "10.210.0.0/16" is the pool for automatic addresses).
+    lab.toml: [hosts.r1] router = true; [[links]] a = "web" b = "r1" (a_addr/b_addr, delay,
+    jitter, loss, rate, corrupt, duplicate optional; subnet = "10.210.0.0/16" is the pool
+    for automatic addresses).
     """
     from recipes import topo
     from nsutil.errors import require_root
-    if status:
-        for plan in topo.recorded():
-            print(f"{plan.scope}  {plan.shape}  {len(plan.hosts)} hosts  "
-                  f"{' '.join(plan.all_netns()[:4])}{' ...' if len(plan.all_netns()) > 4 else ''}")
+    if draw:
+        from recipes import draw as pictures
+        pictures.check_path(draw)
+    if status or show:
+        _show_topologies(topo, scope, status, json, draw)
         return
     if down:
         if not explain:
@@ -218,8 +331,8 @@ def net_topo(c, shape="star", hosts="3", file=None, check=False, down=False, sco
         with _runner(backend, explain, keep=True) as run:
             topo.down(run, scope)
         return
-    plan = topo.plan_file(file, scope, ipv6) if file else topo.plan_shape(shape, hosts, scope,
-                                                                         ipv6=ipv6)
+    plan = topo.plan_file(file, scope, ipv6) if file else topo.plan_shape(
+        shape, hosts, scope, ipv6=ipv6, depth=depth, fanout=fanout)
     if not explain:
         require_root("net-topo")
     with _runner(backend, explain, keep=True) as run:
@@ -229,12 +342,43 @@ def net_topo(c, shape="star", hosts="3", file=None, check=False, down=False, sco
                 + ", ".join(f"{h}={plan.hosts[h]}" for h in list(plan.hosts)[:3]))
         run.say(f"try: invoke net-exec {next(iter(plan.hosts))} -- ip addr; "
                 f"tear down: invoke net-topo --down --scope {plan.scope}")
+        if draw and not explain:
+            run.say(f"drew {pictures.topology(topo.show_data(plan), draw)}")
         if check:
             result = topo.check(run, plan)
             if result["failed"]:
                 raise Exit(f"nsrecipes: check: {len(result['failed'])} of {result['pairs']} pairs "
-                           "got no packets through (hint: see the list above)", code=1)
+                           "got no packets through or took a longer path (hint: see the list "
+                           "above)", code=1)
 
+
+def _show_topologies(topo: Any, scope: str | None, status: bool, as_json: bool,
+                     draw: str | None) -> None:
+    """net-topo --status / --show [--json] [--draw]: what the records say, and what is up."""
+    import json as js
+    plans = topo.recorded(topo.check_scope(scope) if scope else None)
+    if status:
+        for plan in plans:
+            print(f"{plan.scope}  {plan.shape}  {len(plan.hosts)} hosts  "
+                  f"{' '.join(plan.all_netns()[:4])}{' ...' if len(plan.all_netns()) > 4 else ''}")
+        return
+    if scope and not plans:
+        from nsutil.errors import NotFound
+        raise NotFound(f"no topology with scope {scope}", hint="see invoke net-topo --status")
+    data = [topo.show_data(p) for p in plans]
+    if draw:
+        if len(data) != 1:
+            from nsutil.errors import InvalidInput
+            raise InvalidInput(f"--draw needs one topology, {len(data)} are up", hint="give --scope")
+        from recipes import draw as pictures
+        print(f"drew {pictures.topology(data[0], draw)}")
+    elif as_json:
+        print(js.dumps({"topologies": data}, indent=2))
+    else:
+        for d in data:
+            print("\n".join(topo.show_lines(d)))
+        if not data:
+            print("no topologies are up")
 
 
 @nsr_task(help={"host": "a host of a topology (h1, or its namespace nsr-SCOPE-h1) or an "
@@ -260,6 +404,66 @@ def net_exec(c, host, scope=None, backend=None, explain=False):
         done = topo.exec_in(run, ns, argv, capture=False)
     if not explain and done.returncode:
         raise Exit(code=done.returncode)
+
+
+@nsr_task(help={"scope": "which topology (default: the only one that is up)",
+                "link": "the link, by its two hosts: h1:h2 (either order)",
+                "delay": "added delay per direction, e.g. 20ms, 1.5ms, 1s (RTT grows by twice it)",
+                "jitter": "random variation of the delay, e.g. 5ms (needs --delay)",
+                "loss": "share of packets dropped, e.g. 1%, 0.5%",
+                "rate": "bandwidth limit, e.g. 10mbit, 512kbit, 1gbit (tbf)",
+                "corrupt": "share of packets with a bit flipped, e.g. 0.1%",
+                "duplicate": "share of packets sent twice, e.g. 1%",
+                "direction": "both (default: a qdisc on each end, as netem shapes only what "
+                             "a device sends), a (only traffic A -> B) or b (B -> A)",
+                "show": "print the impairments the kernel has (every link without --link)",
+                "json": "with --show: print JSON",
+                "reset": "remove the impairment of --link (both ends)"})
+def net_link(c, scope=None, link=None, delay=None, jitter=None, loss=None, rate=None,
+             corrupt=None, duplicate=None, direction="both", show=False, json=False,
+             reset=False, backend=None, explain=False):
+    """Impair a link of a topology: delay, jitter, loss, rate, corrupt, duplicate.
+
+    tc netem (delay/jitter/loss/corrupt/duplicate) and tbf (rate) on both ends of the
+    veth: `tc -n NS qdisc show dev DEV` shows them. A new setting replaces the old one.
+    invoke net-link --scope S --link h1:h2 --delay 20ms --loss 1% --rate 10mbit;
+    --show [--json]; --reset.
+    """
+    import json as _json
+    from recipes import impair, topo
+    from nsutil.errors import InvalidInput, NotFound, require_root
+    given = dict(delay=delay, jitter=jitter, loss=loss, rate=rate, corrupt=corrupt,
+                 duplicate=duplicate)
+    imp = impair.parse({k: v for k, v in given.items() if v is not None}, "net-link")
+    impair.check_direction(direction)
+    if sum(map(bool, (imp, show, reset))) != 1:
+        raise InvalidInput("net-link needs exactly one of: impairments (--delay ...), --show, "
+                           "--reset", hint="e.g. invoke net-link --link h1:h2 --delay 20ms")
+    ends = impair.parse_link_arg(link) if link or not show else None
+    plans = topo.recorded(topo.check_scope(scope) if scope else None)
+    if not plans or (len(plans) > 1 and not scope):
+        raise (NotFound(f"no topology{f' with scope {scope}' if scope else ''} is up",
+                        hint="build one: invoke net-topo --shape line --hosts 2") if not plans
+               else InvalidInput(f"{len(plans)} topologies are up", hint="give --scope"))
+    plan = plans[0]
+    links = [impair.find_link(plan, *ends)] if ends else plan.links
+    if not explain:
+        impair.require_netem(imp)
+        require_root("net-link")
+    with _runner(backend, explain, keep=True) as run:
+        if show:
+            rows = impair.link_status(plan, links, run)
+            if not explain:
+                print(_json.dumps({"scope": plan.scope, "links": rows}, indent=2) if json
+                      else impair.format_status(rows) or "(no links)")
+            return
+        run.heading(f"{impair.SECTION}: {links[0].a_host}:{links[0].b_host} in {plan.scope}")
+        impair.apply_link(run, links[0], imp, direction)
+        if not explain:
+            links[0].impair = None if reset else imp if direction == "both" \
+                else {"direction": direction, **imp}
+            topo.save_record(plan)
+            run.say(impair.format_status(impair.link_status(plan, links)))
 
 # ==== environments (issue 4) ================================================================
 
@@ -415,7 +619,7 @@ def env_rm(c, name, backend=None, explain=False):
 @nsr_task(help={"memory": "memory limit for the OOM part (default 32M)",
                 "pids": "pids limit the fork bomb runs into (default 32)",
                 "cpus": "CPU quota for the busy loop, in CPUs (default 0.5)",
-                "seconds": "how long the busy loop spins (default 1.0)"})
+                "seconds": "how long the busy loop spins (default 1.0)"}, lesson="step")
 def cgroup_demo(c, memory="32M", pids="32", cpus="0.5", seconds="1.0", backend=None,
                 explain=False):
     """cgroups limit resources: an OOM kill, a fork bomb stopped, a CPU quota measured.
@@ -431,7 +635,8 @@ def cgroup_demo(c, memory="32M", pids="32", cpus="0.5", seconds="1.0", backend=N
                memory=memory, pids=pids, cpus=cpus, seconds=seconds)
 
 
-@nsr_task(help={"size_mb": "size of the big file in the base layer, MiB (default 8)"})
+@nsr_task(help={"size_mb": "size of the big file in the base layer, MiB (default 8)"},
+          lesson="step")
 def cow_demo(c, size_mb="8", backend=None, explain=False):
     """Copy-on-write with overlayfs: copy-up, whiteouts, and the disk two containers share.
 
@@ -507,14 +712,14 @@ def rootfs_busybox(c, directory, backend=None, explain=False):
 
 # ==== tour, doctor, cleanup ================================================================
 
-@nsr_task()
+@nsr_task(lesson="step")
 def tour(c, backend=None, explain=False):
     """All demos in the document's order, with headings: the main job. Needs root."""
     from recipes import tour as t
     from nsutil.errors import require_root
     if not explain:
         require_root("tour")
-    t.tour(backend=backend, explain=explain)
+    t.tour(backend=backend, explain=explain, lesson=_lesson())
 
 
 @nsr_task(help={"dry_run": "only list what would be removed and what is kept (and why); "

@@ -12,6 +12,11 @@ A recipe is a sequence of :class:`Step` objects. Each step has
 
 Backend choice: ``auto`` (shell where the tool is installed, native otherwise), ``shell`` or
 ``native``; from the ``--backend`` option or the ``NSR_BACKEND`` environment variable.
+
+Lessons (``--shell``, ``--step``) belong to the Runner, which sees every step go by: with a
+:class:`~nsutil.lesson.Lesson` it pauses before each step, and opens a learner's shell where
+a recipe says "now the learner's shell" (:meth:`Runner.learner_shell`) in the namespaces
+the recipe declared (:meth:`Runner.inside`). The mechanics are in :mod:`nsutil.lesson`.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from typing import Any, Callable, Sequence, TextIO
 from .errors import InvalidInput, NsrError, ToolMissing
 from .process import package_for
 from . import shell
+from .lesson import Inside, Lesson, banner, open_native, open_shell
 
 BACKENDS = ("auto", "shell", "native")
 
@@ -93,9 +99,15 @@ class Runner:
     out: TextIO = field(default_factory=lambda: sys.stdout)
     undo_stack: list[Step] = field(default_factory=list)
     count: int = 0
+    #: --shell / --step (None: neither)
+    lesson: Lesson | None = None
+    #: the namespaces declared so far (:meth:`inside`), where `s` at a step opens a shell
+    insides: list[Inside] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.backend = resolve_backend(self.backend)
+        if self.lesson is not None and not self.explain:
+            self.lesson.check()  # a stdin the learner cannot type on: refused before anything
 
     # -- output ---------------------------------------------------------------------------
     def heading(self, text: str) -> None:
@@ -125,6 +137,7 @@ class Runner:
     def run(self, step: Step) -> Any:
         """Run one step (or, under --explain, print it) and push its undo step."""
         self.count += 1
+        self._pause(step)
         if self.explain:
             print(f"  [{self.count}] {step.title}\n      $ {step.command_line()}",
                   file=self.out, flush=True)
@@ -155,10 +168,50 @@ class Runner:
         """Run a deferred undo step now (e.g. "the child exits") and drop it from the stack."""
         self.undo_stack = [s for s in self.undo_stack if s is not step]
         self.count += 1
+        self._pause(step)
         if self.explain:
             print(f"  [{self.count}] {step.title}\n      $ {step.command_line()}", file=self.out)
             return
         self._execute(step)
+
+    # -- lessons ------------------------------------------------------------------------------
+    @property
+    def wants_shell(self) -> bool:
+        """True with --shell: the recipe may make what its learner's shell needs."""
+        return self.lesson is not None and self.lesson.shell
+
+    def inside(self, where: Inside) -> None:
+        """A recipe declares namespaces it made: `s` at a later step opens a shell there."""
+        self.insides.append(where)
+
+    def learner_shell(self, where: Inside | None = None, hint: str = "") -> None:
+        """The demo's "now the learner's shell" moment: with --shell, a shell in ``where``
+        (default: the namespaces declared last); the demo goes on when it exits."""
+        where = where or (self.insides[-1] if self.insides else None)
+        if not self.wants_shell or where is None:
+            return
+        if not self.explain:
+            banner(where, hint, self.lesson.interactive, self.out)
+        self.run(self._shell_step(where))
+
+    def _shell_step(self, where: Inside) -> Step:
+        fd = self.lesson.fd if self.lesson else 0
+        bash = self.lesson.shell_argv() if self.lesson and not self.explain else ["bash", "-i"]
+        return Step(f"open a shell in {where.describe()}", argv=where.argv(bash),
+                    shell=lambda argv: open_shell(argv, where, fd),
+                    native=lambda: open_native(where, bash, fd))
+
+    def _pause(self, step: Step) -> None:
+        """--step: show the step and wait for Enter (run it), s (a shell) or q (quit)."""
+        if self.lesson is None or not self.lesson.step or self.explain:
+            return
+        while self.lesson.ask(self.count, step.title, step.command_line(), self.out) == "shell":
+            alive = [w for w in self.insides if w.alive()]
+            if not alive:
+                print("   (no namespaces made yet: nothing to enter)", file=self.out, flush=True)
+                continue
+            banner(alive[-1], "", self.lesson.interactive, self.out)
+            self._execute(self._shell_step(alive[-1]))
 
     def undo(self) -> list[NsrError]:
         """Run the undo stack last-in first-out; keep going past failures and return them."""

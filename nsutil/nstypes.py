@@ -23,17 +23,28 @@ class NsType:
     proc: str       # file under /proc/PID/ns/
     option: str     # util-linux option for unshare/nsenter
     isolates: str   # the document's table: what it isolates
+    #: the kernel that brought it, for the two the document predates ("" for its six)
+    since: str = ""
+
+    @property
+    def in_document(self) -> bool:
+        """True for the document's six types; cgroup and time came later."""
+        return not self.since
 
 
 #: In the order nsenter joins them: user first, so the rest are joined with its privileges.
+#: Linux has eight; the document (written before Linux 4.6) lists six: cgroup and time are
+#: "beyond the document" (cgroup_namespaces(7), time_namespaces(7)).
 NS_TYPES: dict[str, NsType] = {t.name: t for t in (
     NsType("user", sc.CLONE_NEWUSER, "user", "--user", "user and group IDs"),
-    NsType("cgroup", sc.CLONE_NEWCGROUP, "cgroup", "--cgroup", "cgroup root directory"),
+    NsType("cgroup", sc.CLONE_NEWCGROUP, "cgroup", "--cgroup", "cgroup root directory", "4.6"),
     NsType("ipc", sc.CLONE_NEWIPC, "ipc", "--ipc", "semaphores, message queues, shared memory"),
     NsType("uts", sc.CLONE_NEWUTS, "uts", "--uts", "hostname and domain name"),
     NsType("net", sc.CLONE_NEWNET, "net", "--net", "network devices, stacks, ports"),
     NsType("pid", sc.CLONE_NEWPID, "pid", "--pid", "process IDs"),
     NsType("mnt", sc.CLONE_NEWNS, "mnt", "--mount", "mount points"),
+    NsType("time", sc.CLONE_NEWTIME, "time", "--time", "CLOCK_MONOTONIC and CLOCK_BOOTTIME",
+           "5.6"),
 )}
 ALIASES = {"mount": "mnt", "network": "net", "ns": "mnt"}
 
@@ -68,6 +79,12 @@ def ns_path(pid: int | str, t: NsType | str) -> str:
     """``/proc/PID/ns/TYPE``."""
     t = ns_type(t) if isinstance(t, str) else t
     return f"/proc/{pid}/ns/{t.proc}"
+
+
+def available(t: NsType | str) -> bool:
+    """True if this kernel has namespaces of type ``t`` (``/proc/self/ns/TYPE`` exists):
+    time namespaces need Linux 5.6+ with CONFIG_TIME_NS."""
+    return os.path.exists(ns_path("self", t))
 
 
 def ns_inode(pid: int | str, t: NsType | str) -> int:

@@ -450,6 +450,10 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
         signal.signal(signal.SIGINT, signal.SIG_IGN if detach else signal.SIG_DFL)
         try:
             sc.unshare(flags)
+            if flags & sc.CLONE_NEWTIME:
+                # unshare(CLONE_NEWTIME) made the namespace for our children only; enter it
+                # ourselves, as unshare(1) without --fork does (recipes.timens sets offsets)
+                enter_time_for_children()
             if before is not None:
                 _write_all(ready_w, b"u")
                 os.read(go_r, 1)
@@ -493,6 +497,20 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
         raise pickle.loads(rest)
     raise NsrError(f"holder for {sc.flag_names(flags)} died while starting",
                    hint="see `invoke doctor`")
+
+
+def enter_time_for_children() -> None:
+    """setns() into /proc/self/ns/time_for_children: after unshare(CLONE_NEWTIME) only the
+    caller's children would be in the new time namespace (time_namespaces(7))."""
+    path = "/proc/self/ns/time_for_children"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SyscallError.from_oserror(f"open({path!r})", exc) from None
+    try:
+        sc.setns(fd, sc.CLONE_NEWTIME)
+    finally:
+        os.close(fd)
 
 
 def quiet_fds(keep: set[int]) -> None:

@@ -13,6 +13,7 @@ through ctypes. Every failure raises :class:`nsutil.errors.SyscallError` naming 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import socket
@@ -199,6 +200,30 @@ def pivot_root(new_root: str, put_old: str) -> None:
         raise SyscallError(f"pivot_root({new_root!r}, {put_old!r})", 38,
                            hint=f"unknown syscall number on {platform.machine()}")
     _check(LIBC.syscall(nr, _b(new_root), _b(put_old)), f"pivot_root({new_root!r}, {put_old!r})")
+
+
+#: the clocks a time namespace offsets, as /proc/PID/timens_offsets names them
+TIMENS_CLOCKS = ("monotonic", "boottime")
+
+
+def set_timens_offsets(offsets: dict[str, int], pid: int | str = "self") -> None:
+    """Write ``CLOCK SECONDS 0`` lines to /proc/PID/timens_offsets (time_namespaces(7)).
+
+    Only possible after ``unshare(CLONE_NEWTIME)`` and before the first process enters the
+    new namespace (then EACCES); needs CAP_SYS_TIME."""
+    path = f"/proc/{pid}/timens_offsets"
+    text = "".join(f"{clock} {int(secs)} 0\n" for clock, secs in offsets.items())
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        frozen = exc.errno == errno.EACCES
+        hint = "the offsets are frozen once a process is in the namespace" if frozen else None
+        raise SyscallError.from_oserror(f"write({path!r}, {text.strip()!r})", exc,
+                                        hint) from None
 
 
 def remove_if_present(path: str, remove: Callable[[str], Any] = os.unlink,

@@ -27,13 +27,15 @@ from nsutil import syscalls as sc
 from nsutil.backend import Placeholder, Runner, Step, derived
 from nsutil.errors import SyscallError, require_root
 from nsutil.names import check_hostname
-from nsutil.nstypes import NS_TYPES, enter, flags_of, ns_link, parse_types
+from nsutil.nstypes import NS_TYPES, available, enter, flags_of, ns_link, parse_types
 
 from . import uts
 from .common import start_holder, stop_holder
 
 SECTION = "4种操作namespace API的方式"
-TYPES = list(NS_TYPES)  # user, cgroup, ipc, uts, net, pid, mnt
+#: user, cgroup, ipc, uts, net, pid, mnt, time: all eight where the kernel has them (time:
+#: Linux 5.6+; cgroup and time are beyond the document's six)
+TYPES = [t for t in NS_TYPES if available(t)]
 #: run inside a joined namespace (a constant: no user input goes into it)
 NAME_AND_LINK = "hostname; readlink /proc/self/ns/uts"
 
@@ -193,6 +195,8 @@ def _table(run: Runner, host: dict[str, str], other: dict[str, str], label: str)
     run.say(f"  {'type':<7} {'host (nsrecipes)':<22} {label:<22}")
     for t in TYPES:
         mark = "same namespace" if host[t] == other[t] else "NEW namespace"
+        if not NS_TYPES[t].in_document:
+            mark += f"  (Linux {NS_TYPES[t].since}+, beyond the document)"
         run.say(f"  {t:<7} {host[t]:<22} {other[t]:<22} {mark}")
 
 

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Sequence
 from nsutil import process
 from nsutil.backend import Placeholder, Runner, Step
 from nsutil.errors import CommandError, InvalidInput, NsrError
+from nsutil.lesson import Inside
 from nsutil.nstypes import NsType, flags_of, ns_inode, parse_types
 from nsutil import shell as nshell
 from nsutil import syscalls as sc
@@ -159,6 +160,7 @@ def start_holder(run: Runner, types: str | Iterable[NsType], *, mount_proc: bool
     ))
     holder.stop_step = stop_step(holder)  # type: ignore[attr-defined]
     run.defer(holder.stop_step)  # type: ignore[attr-defined]
+    run.inside(Inside(holder.pid, tuple(t.name for t in join_types(holder, types))))  # lessons
     return holder
 
 

@@ -72,6 +72,8 @@ def demo(run: Runner, hostname: str = "NewNamespace") -> dict:
     run.say("在子进程中！")
     inside = list_queues(run, holder, "inside the new IPC namespace")
     run.say(f"[root@{hostname}]# ipcs -q" + sysvipc.format_ipcs_q(inside))
+    run.learner_shell(hint="ipcs -q (empty here); ipcmk -Q (a queue only this namespace "
+                           "sees); exit")
     run.say(f"\n[root@{hostname}]# exit\nexit")
     stop_holder(run, holder)
     run.say("已退出")

@@ -111,6 +111,72 @@ def read_mountinfo(pid: int | str = "self") -> dict[str, str]:
         raise SyscallError.from_oserror(f"open('/proc/{pid}/mountinfo')", exc) from None
 
 
+def peer_fields(optional: list[str]) -> dict:
+    """The optional fields of a mountinfo line (``shared:N``: in peer group N; ``master:N``:
+    a slave of peer group N; ``propagate_from:N``: the nearest group it receives from that
+    this namespace sees; ``unbindable``) -> {"shared", "master", "propagate_from": N or None,
+    "unbindable": bool}."""
+    out: dict = {"shared": None, "master": None, "propagate_from": None, "unbindable": False}
+    for opt in optional:
+        key, _, value = opt.partition(":")
+        if key == "unbindable":
+            out["unbindable"] = True
+        elif key in out and value.isdigit():
+            out[key] = int(value)
+    return out
+
+
+def parse_peer_groups(text: str) -> dict[str, dict]:
+    """/proc/PID/mountinfo -> {mount point: {"id": mount ID, **peer_fields}}."""
+    out = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 7 and "-" in fields:
+            out[_unescape(fields[4])] = {"id": int(fields[0]),
+                                         **peer_fields(fields[6:fields.index("-")])}
+    return out
+
+
+def parse_findmnt_groups(text: str) -> dict[str, dict]:
+    """``findmnt -r -n -o TARGET,ID,OPT-FIELDS`` -> as :func:`parse_peer_groups` (raw
+    output writes a space as ``\\x20``, also between the optional fields)."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split(" ")
+        if len(parts) >= 2 and parts[1].isdigit():
+            optional = parts[2].replace("\\x20", " ").split() if len(parts) > 2 else []
+            out[parts[0].replace("\\x20", " ")] = {"id": int(parts[1]), **peer_fields(optional)}
+    return out
+
+
+def peer_groups(run: Runner, holder: process.Holder, under: str) -> dict[str, dict]:
+    """Step: the peer groups of the mounts below ``under`` in ``holder``'s mount namespace
+    (``findmnt --task PID -o TARGET,ID,OPT-FIELDS``; natively /proc/PID/mountinfo)."""
+    def native() -> dict[str, dict]:
+        try:
+            with open(f"/proc/{holder.pid}/mountinfo") as f:
+                return _under(parse_peer_groups(f.read()), under)
+        except OSError as exc:
+            raise SyscallError.from_oserror(f"open('/proc/{holder.pid}/mountinfo')", exc) from None
+    return run.run(Step(f"read the peer groups of the mounts under {under} (for the picture)",
+                        argv=["findmnt", "--task", holder.pid, "-r", "-n", "-o",
+                              "TARGET,ID,OPT-FIELDS"],
+                        native=native, parse=lambda text: _under(parse_findmnt_groups(text), under),
+                        placeholder={}))
+
+
+def picture_data(scratch: str, holder_pid: int, groups: dict[str, dict], states: dict[str, str],
+                 seen: dict[str, list[str]], refused: str | None) -> dict:
+    """What :func:`recipes.draw.mounts` draws: each bind of part 1 with its mount ID, peer
+    group fields and state, and the mount events (m1..m5) seen at it."""
+    rows = []
+    for c in COLUMNS:
+        fields = groups.get(f"{scratch}/{c}", {})
+        rows.append({"point": c, **fields, "state": states.get(c, "?"),
+                     "received": [e.split("/")[1] for e, cols in seen.items() if c in cols]})
+    return {"scratch": scratch, "pid": holder_pid, "mounts": rows, "refused": refused}
+
+
 def _under(mounts: dict[str, str], base: str) -> dict[str, str]:
     return {p: s for p, s in mounts.items() if p == base or p.startswith(base.rstrip("/") + "/")}
 
@@ -226,8 +292,10 @@ def host_mkdir(run: Runner, path: str) -> None:
 
 # --- the demo ----------------------------------------------------------------------------------
 
-def propagation_states(run: Runner, scratch: str) -> dict:
-    """Part 1: the five states and where mount events propagate (a private namespace)."""
+def propagation_states(run: Runner, scratch: str, picture: bool = False) -> dict:
+    """Part 1: the five states and where mount events propagate (a private namespace);
+    with ``picture``, also the peer groups (``picture``: what :func:`recipes.draw.mounts`
+    draws)."""
     run.say("\n-- 1. the five propagation states, in a new mount namespace --")
     holder = start_holder(run, "mnt")  # unshare --mount: / is made rprivate inside
     mount_tmpfs(run, holder, scratch, "nsr-scratch",
@@ -244,10 +312,13 @@ def propagation_states(run: Runner, scratch: str) -> dict:
             make(run, holder, sub(scratch, name), kind)
     bind(run, holder, sub(scratch, "shared-slave"), sub(scratch, "ss-peer"))
     states = list_mounts(run, holder, scratch, "inside")
+    groups = peer_groups(run, holder, scratch) if picture else {}
     refused = try_bind(run, holder, sub(scratch, "unbindable"), sub(scratch, "try"))
     for where, point in EVENTS:
         mount_tmpfs(run, holder, sub(scratch, where, point), f"nsr-{point}")
     after = list_mounts(run, holder, scratch, "inside, after the mount events")
+    run.learner_shell(hint=f"findmnt -R -o TARGET,PROPAGATION {scratch}; "
+                           f"mount -t tmpfs nsr-mine {scratch}/try (the host never sees it); exit")
     stop_holder(run, holder)  # its namespace, and every mount above, goes with it
 
     rel = {p[len(scratch) + 1:]: s for p, s in states.items() if p != scratch}
@@ -272,7 +343,8 @@ def propagation_states(run: Runner, scratch: str) -> dict:
         run.say("共享关系: events go both ways (origin <-> shared); 从属关系: one way, the slave "
                 "receives (origin -> slave);\nshared and slave: receives from origin and shares "
                 "with its own peer; private and unbindable: nothing in, nothing out.")
-    return {"states": rel, "propagated": seen, "unbindable_refused": refused}
+    drawn = picture_data(scratch, holder.pid, groups, rel, seen, refused) if picture else None
+    return {"states": rel, "propagated": seen, "unbindable_refused": refused, "picture": drawn}
 
 
 def rprivate_contrast(run: Runner, scratch: str) -> dict:
@@ -308,16 +380,21 @@ def rprivate_contrast(run: Runner, scratch: str) -> dict:
     return result
 
 
-def demo(run: Runner) -> dict:
+def demo(run: Runner, draw: str | None = None) -> dict:
     """The document's mount namespace section with real mounts. Returns what was observed:
     ``states`` (name -> state), ``propagated`` (event -> where it was seen),
     ``unbindable_refused`` (the error), ``rprivate`` (before/after: inside/host), and
-    ``host_clean`` (nothing of the demo left on the host afterwards)."""
+    ``host_clean`` (nothing of the demo left on the host afterwards). With ``draw`` (a path
+    ending in .svg, checked before anything is made) the peer groups read from the kernel
+    are drawn there (``picture``: the data drawn); under --explain nothing is drawn."""
+    from . import draw as pictures
+    if draw:
+        pictures.check_path(draw)
     if not run.explain:
         require_root("mount-demo")
     run.heading(f"{SECTION} (CLONE_NEWNS): mount points and their propagation")
     scratch = make_scratch(run)
-    part1 = propagation_states(run, scratch)
+    part1 = propagation_states(run, scratch, picture=bool(draw) and not run.explain)
     part2 = rprivate_contrast(run, scratch)
     run.undo()
     clean = None
@@ -325,4 +402,8 @@ def demo(run: Runner) -> dict:
         clean = not os.path.exists(scratch) and not _under(read_mountinfo(), scratch)
         run.say(f"\nundone: holders stopped, host bind unmounted, {scratch} removed "
                 f"({'nothing left' if clean else 'LEFT BEHIND'})")
+    if part1.get("picture"):
+        run.say(f"drew the peer groups into {pictures.mounts(part1['picture'], draw)}")
+    elif draw:
+        print(f"(--explain: nothing is drawn; a real run draws {draw})", file=run.out)
     return {**part1, "rprivate": part2, "scratch": scratch, "host_clean": clean}

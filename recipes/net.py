@@ -636,8 +636,9 @@ def veth_observed(run: Runner, name: str, peer: str, reachable: bool | None = No
         links = run.run(Step(f"list the links and addresses of {ns} (for the picture)",
                              argv=["ip", "-n", ns, "-d", "-j", "addr", "show"],
                              parse=_parse_addr_json, placeholder=[],
-                             native=lambda ns=ns: [{k: ln[k] for k in ("name", "kind", "up", "addrs")}
-                                                   for ln in nl.links(ns)]))
+                             native=lambda ns=ns: [
+                                 {k: ln[k] for k in ("name", "kind", "up", "addrs")}
+                                 for ln in nl.links(ns)]))
         spaces.append({"name": ns, "inode": nl.netns_inode(ns), "links": links})
     return {"namespaces": spaces, "pair": [[name, name], [peer, peer]], "reachable": reachable}
 

@@ -30,7 +30,11 @@ from nsutil.backend import Placeholder, Runner, Step, derived
 from nsutil.errors import CommandError, NsrError, SyscallError, require_root
 from nsutil.nstypes import ns_inode, parse_types
 
-from .common import nsenter_argv, read_back, spawn_background, start_holder, unshare_argv
+from nsutil.lesson import Inside
+
+from . import uts
+from .common import (nsenter_argv, read_back, spawn_background, start_holder, stop_holder,
+                     unshare_argv)
 
 SECTION = "PID namespace"
 PIDMNT = "pid,mnt"
@@ -87,6 +91,82 @@ def read_nspid(pid: int) -> list[int]:
             return parse_nspid(f.read())
     except OSError as exc:
         raise SyscallError.from_oserror(f"open('/proc/{pid}/status')", exc) from None
+
+
+def parse_pidns(text: str) -> dict[int, tuple[int, int]]:
+    """Lines of ``ps -e -o pid=,ppid=,pidns=`` -> {pid: (parent pid, PID namespace inode)}."""
+    out = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and all(f.isdigit() for f in fields):
+            out[int(fields[0])] = (int(fields[1]), int(fields[2]))
+    return out
+
+
+def read_pidns() -> dict[int, tuple[int, int]]:
+    """The native ``ps -e -o pid=,ppid=,pidns=``: /proc/PID/stat and /proc/PID/ns/pid."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rpartition(")")[2].split()[1])
+                out[int(name)] = (ppid, ns_inode(int(name), "pid"))
+            except (OSError, NsrError):
+                continue  # exited meanwhile, or not ours to read
+    return out
+
+
+def parse_status(text: str) -> dict[int, dict]:
+    """``grep -H -e ^Name: -e ^PPid: -e ^NSpid: /proc/PID/status ...`` ->
+    {pid: {"pid", "comm", "ppid", "nspid"}}."""
+    out: dict[int, dict] = {}
+    for line in text.splitlines():
+        path, _, rest = line.partition(":")
+        key, _, value = rest.partition(":")
+        pid = int(path.split("/")[2])
+        entry = out.setdefault(pid, {"pid": pid, "comm": "", "ppid": 0, "nspid": [pid]})
+        if key == "Name":
+            entry["comm"] = value.strip()
+        elif key == "PPid":
+            entry["ppid"] = int(value)
+        elif key == "NSpid":
+            entry["nspid"] = [int(x) for x in value.split()]
+    return out
+
+
+def read_status(pids: list[int]) -> dict[int, dict]:
+    """The native form of :func:`parse_status`'s grep (processes gone meanwhile are left out)."""
+    text = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                text += [f"/proc/{pid}/status:{ln}" for ln in f.read().splitlines()
+                         if ln.startswith(("Name:", "PPid:", "NSpid:"))]
+        except OSError:
+            continue
+    return parse_status("\n".join(text))
+
+
+def namespace_tree(run: Runner, levels: dict[str, int]) -> dict:
+    """Steps: every process of the PID namespaces of ``levels`` ({name: a host PID in it},
+    outermost first), and the host-side parents they hang from, each with its PID at every
+    level -- what :func:`recipes.draw.pid_tree` draws."""
+    table = run.run(Step("list every process's parent and PID namespace (for the picture)",
+                         argv=["ps", "-e", "-o", "pid=,ppid=,pidns="], parse=parse_pidns,
+                         native=read_pidns, placeholder={}))
+    spaces = [{"level": i, "name": name, "inode": table.get(pid, (0, 0))[1]}
+              for i, (name, pid) in enumerate(levels.items())]
+    inner = {s["inode"] for s in spaces[1:]}
+    members = {p for p, (_, ino) in table.items() if ino in inner}
+    wanted = sorted(members | {table[p][0] for p in members} | set(levels.values()))
+    status = run.run(Step("read each one's NSpid (its PID at every level) and name",
+                          argv=["grep", "-H", "-e", "^Name:", "-e", "^PPid:", "-e", "^NSpid:",
+                                *[f"/proc/{p}/status" for p in wanted]],
+                          parse=parse_status, native=lambda: read_status(wanted),
+                          placeholder={}))
+    procs = [{**e, "pidns": table.get(pid, (0, 0))[1]} for pid, e in sorted(status.items())]
+    return {"namespaces": spaces, "processes": procs}
 
 
 def _private_proc() -> None:
@@ -238,6 +318,7 @@ def start_nested(run: Runner, outer: process.Holder) -> process.Holder:
     stop = Step(f"stop the nested holder (pid {holder.pid})", argv=["kill", "-KILL", holder.pid],
                 native=holder.stop, shell=lambda _a: holder.stop())
     run.defer(stop)
+    run.inside(Inside(holder.pid, ("pid", "mnt")))  # lessons: `s` at a later step enters it
     return holder
 
 
@@ -250,11 +331,16 @@ def _fmt_ps(rows: list[tuple[int, str]], limit: int = 8) -> str:
     return "\n".join(["    PID CMD"] + lines)
 
 
-def demo(run: Runner) -> dict:
+def demo(run: Runner, draw: str | None = None) -> dict:
     """The document's PID demo and its PID-namespace tree. Returns what was observed:
     ``host_pid``, ``without_proc`` and ``with_proc`` (``self`` is ``$$`` in the child,
     ``ps`` what its ps listed), ``holder`` (``nspid`` as the host sees it, ``ps`` inside)
-    and ``nested`` (three-level ``nspid``, ``outer_ps``, ``inner_ps``)."""
+    and ``nested`` (three-level ``nspid``, ``outer_ps``, ``inner_ps``). With ``draw`` (a
+    path ending in .svg, checked before anything is made) the tree of PID namespaces is
+    drawn there (``picture``: the data drawn); under --explain nothing is drawn."""
+    from . import draw as pictures
+    if draw:
+        pictures.check_path(draw)
     if not run.explain:
         require_root("pid-demo")
     run.heading(f"{SECTION} (CLONE_NEWPID): process IDs")
@@ -267,6 +353,12 @@ def demo(run: Runner) -> dict:
     if not run.explain:
         run.say(f"root@{own['hostname']}:~# echo $$\n{own['self']}    <- PID 1, as in the document")
         run.say(f"root@{own['hostname']}:~# ps -e\n{_fmt_ps(own['ps'])}    <- only its own processes")
+    if run.wants_shell:  # the document's program: a shell that is PID 1, named NewNamespace
+        named = start_holder(run, "uts")
+        uts.set_hostname(run, named, "NewNamespace")
+        run.learner_shell(Inside(named.pid, ("uts",), new_pid=True),
+                          hint="echo $$ (1: the first process here); ps -e (only this shell's); exit")
+        stop_holder(run, named)
 
     run.say("\n-- 在child namespace中ps a看到的parent namespace的PID，需要挂载/proc文件系统 --\n"
             "(without its own /proc, ps in the child still shows the parent namespace's PIDs)")
@@ -283,6 +375,8 @@ def demo(run: Runner) -> dict:
     nested_nspid = host_view(run, nested.pid, "the host's view of the nested one")
     outer_ps = ps_inside(run, outer, "in the child PID namespace")
     inner_ps = ps_inside(run, nested, "in the grandchild PID namespace")
+    tree = (namespace_tree(run, {"host": me, "child": outer.pid, "grandchild": nested.pid})
+            if draw and not run.explain else None)
     if not run.explain:
         run.say(f"host:        grep NSpid /proc/{outer.pid}/status -> NSpid: "
                 f"{' '.join(map(str, outer_nspid))}    (host PID, PID inside)")
@@ -296,7 +390,11 @@ def demo(run: Runner) -> dict:
         run.say("所属的父节点可以看到子节点中的进程 ... 子节点却不能看到父节点PID namespace中的任何内容\n"
                 "(a parent sees its children's processes; a child sees nothing of its parent)")
     run.undo()
-    return {"host_pid": me,
+    if tree:
+        run.say(f"drew the PID namespace tree into {pictures.pid_tree(tree, draw)}")
+    elif draw:
+        print(f"(--explain: nothing is drawn; a real run draws {draw})", file=run.out)
+    return {"host_pid": me, "picture": tree,
             "without_proc": {"hostname": bare["hostname"], "self": bare["self"],
                              "visible": len(bare["ps"])},
             "with_proc": own,

@@ -8,6 +8,18 @@ Once nsrecipes is installed, any test suite run as root can ask for:
 * ``nsr_topology`` -- a built :class:`recipes.topo.Topology`, a star of 3 hosts unless the
   test says otherwise with ``@pytest.mark.nsr_topology(shape="line", hosts=4)`` or
   ``file="lab.toml"``; ``net.run("h1", [...])``, ``net.addr("h2")``, ``net.check()``.
+  The marker's keywords go to :func:`recipes.topo.topology` as they are, impaired links
+  included (tc netem/tbf on both ends, see :mod:`recipes.impair`)::
+
+      @pytest.mark.nsr_topology(shape="line", hosts=2,
+                                links={("h1", "h2"): {"delay": "50ms", "loss": "2%"}})
+      def test_service_survives_a_bad_link(nsr_topology):
+          ...   # this service, under 100 ms of RTT and 2 % loss each way
+
+  ``impair={"rate": "10mbit"}`` impairs every link; ``links`` names single ones (by their
+  two hosts, either order) and wins over ``impair``. Keys: delay, jitter, loss, rate,
+  corrupt, duplicate; a bad value fails the test's setup in one line, before anything
+  is built.
 
 Every fixture tears down what it made, also when the test fails. Names carry the ``nsr``
 prefix and a random scope, so tests may run in parallel. The backend is ``native`` unless
@@ -31,8 +43,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the ``nsr_topology`` marker."""
-    config.addinivalue_line("markers", "nsr_topology(shape='star', hosts=3, file=None): "
-                                       "what the nsr_topology fixture builds")
+    config.addinivalue_line("markers", "nsr_topology(shape='star', hosts=3, file=None, "
+                                       "links=None, impair=None): what the nsr_topology "
+                                       "fixture builds (links: {(a, b): {delay, loss, rate, ...}})")
 
 
 def _backend(config: pytest.Config) -> str:
@@ -96,7 +109,8 @@ def nsr_veth(request: pytest.FixtureRequest) -> Iterator[VethPair]:
 
 @pytest.fixture
 def nsr_topology(request: pytest.FixtureRequest):
-    """A built topology (star of 3 unless ``@pytest.mark.nsr_topology(...)``), torn down after."""
+    """A built topology (star of 3 unless ``@pytest.mark.nsr_topology(...)``, whose keywords,
+    ``links=``/``impair=`` impairments too, go to :func:`recipes.topo.topology`), torn down after."""
     _need_root()
     from recipes.topo import topology
 

@@ -168,6 +168,8 @@ def _ns_lines(plan: Plan) -> dict[str, list[str]]:
         for br in bridges:
             quiet(ns, br)
             per[ns].append(f"link set dev {br} up")
+            if plan.bridge_addrs.get(ns, {}).get(br):
+                per[ns].append(f"addr add {plan.bridge_addrs[ns][br]} dev {br}")
     for ln in plan.links:
         for ns, dev, master, addr in ((ln.a_ns, ln.a_if, ln.a_master, ln.a_addr),
                                       (ln.b_ns, ln.b_if, ln.b_master, ln.b_addr)):
@@ -183,7 +185,7 @@ def _ns_lines(plan: Plan) -> dict[str, list[str]]:
 def _sysctl_lines(plan: Plan) -> list[str]:
     """The root namespace's batch of ``netns exec NS sysctl -w ...`` (forwarding, TTL)."""
     out = []
-    for host, ns in plan.hosts.items():
+    for host, ns in plan.nodes().items():
         values = toporoute.sysctls(plan, host)
         if values:
             out.append(f"netns exec {ns} sysctl -q -w " + " ".join(f"{k}={v}" for k, v in values.items()))
@@ -236,7 +238,7 @@ def build_native(plan: Plan) -> None:
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     # links get addrgenmode none (as the shell form's batches say) through the default
     base = {} if plan.ipv6 else {"net.ipv6.conf.default.addr_gen_mode": "1"}
-    by_ns = {ns: h for h, ns in plan.hosts.items()}
+    by_ns = {ns: h for h, ns in plan.nodes().items()}
     try:
         for ns in all_ns:
             sysctls = {**base, **toporoute.sysctls(plan, by_ns[ns])} if ns in by_ns else base
@@ -247,6 +249,9 @@ def build_native(plan: Plan) -> None:
             for i, br in enumerate(bridges, 2):
                 socks[ns].new_link(nl.link_body(br, index=i, kind="bridge", up=True),
                                    f"ip -n {ns} link add name {br} type bridge")
+                gateway = plan.bridge_addrs.get(ns, {}).get(br)
+                if gateway:
+                    socks[ns].new_addr(i, gateway, f"ip -n {ns} addr add {gateway} dev {br}")
             socks[ns].flush()
         by_a: dict[str, list[Link]] = {}
         for ln in plan.links:

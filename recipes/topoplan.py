@@ -3,10 +3,7 @@ made by planning; :mod:`recipes.topo` builds, checks and tears down a plan).
 
 Document section "Network namespace", taken to many hosts:
 
-* ``star``: every host on a Linux bridge in a hub namespace, one subnet. A bridge holds at
-  most 1023 ports (``BR_MAX_PORTS`` is 1024, port 0 is never used), so a star of more than
-  :data:`PORTS_PER_BRIDGE` hosts is spread over several bridges in the hub, joined to the
-  first by veth trunks -- still one L2 segment;
+* ``star``: every host on a Linux bridge in a hub namespace, one subnet;
 * ``tree --depth D --fanout F``: as Mininet's ``TreeTopo``, a bridge namespace (``s1``,
   ``s2``, ...) at every inner node and F**D hosts at the leaves, one subnet;
 * ``line`` / ``ring``: host i linked to host i+1 (a /30 per link); the inner hosts (all of a
@@ -14,6 +11,16 @@ Document section "Network namespace", taken to many hosts:
   host reaches every other;
 * a TOML file (:mod:`recipes.topofile`).
 Every value is checked here, before anything exists.
+
+One L2 segment holds at most :data:`SEGMENT_MAX` hosts. A broadcast (every ARP request) is
+copied to every port of the segment within one softirq, and a veth hands each copy to the
+receiving CPU's backlog queue, which drops what is beyond ``net.core.netdev_max_backlog``
+(1000, one value for the whole kernel, which nsrecipes leaves alone): measured here, a
+3000-host segment lost the ARP requests of half the checked pairs (``/proc/net/softnet_stat``
+counted the drops). So, as real networks are, big labs are cut into segments joined by a
+router: a bigger star gets one bridge (and subnet) per :data:`SEGMENT_MAX` hosts in the hub,
+which forwards between them; a bigger tree's root forwards between its subtrees. A bridge
+would hold at most 1023 ports anyway (``BR_MAX_PORTS`` is 1024).
 """
 from __future__ import annotations
 
@@ -34,8 +41,9 @@ other host, O(n^2) packets -- measured here with 1000 hosts it more than doubled
 time and dropped real packets (38 of 40 checked pairs got through). --ipv6 turns it on."""
 SHAPES = ("star", "line", "ring", "tree")
 MAX_HOSTS = 10000         #: more than this is refused (names must fit 15 bytes, and minutes)
-PORTS_PER_BRIDGE = 1000   #: hosts per bridge in a star (the kernel's limit is 1023 ports)
-MAX_FANOUT = 1000         #: a tree's fanout (plus its uplink) must fit one bridge
+SEGMENT_MAX = 500         #: hosts on one bridge / L2 segment (see the module docstring)
+PORTS_PER_BRIDGE = SEGMENT_MAX
+MAX_FANOUT = 1000         #: a tree's fanout (plus its uplink) must fit one bridge (1023 ports)
 MAX_DEPTH = 16
 STAR_SUBNET = "10.200.0.0/16"
 LINK_POOL = "10.201.0.0/16"
@@ -90,10 +98,18 @@ class Plan:
     bridges: dict[str, list[str]] = field(default_factory=dict)
     #: host -> its static routes [[destination, gateway], ...] (:mod:`recipes.toporoute`)
     routes: dict[str, list[list[str]]] = field(default_factory=dict)
+    #: netns -> {bridge: its address} where a bridge is a segment's gateway
+    bridge_addrs: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: host -> the L2 segment it is on (bridged shapes cut into segments joined by a router)
+    lan: dict[str, int] = field(default_factory=dict)
 
     def all_netns(self) -> list[str]:
         """Every namespace of the plan (hub and switches first)."""
         return ([self.hub] if self.hub else []) + list(self.switches.values()) + list(self.hosts.values())
+
+    def nodes(self) -> dict[str, str]:
+        """Every node's short name -> its netns (``hub``, switches, hosts)."""
+        return {**({"hub": self.hub} if self.hub else {}), **self.switches, **self.hosts}
 
     @property
     def routed(self) -> bool:
@@ -160,7 +176,8 @@ class Plan:
         return {"scope": self.scope, "shape": self.shape, "hosts": self.hosts, "hub": self.hub,
                 "netns": self.all_netns(), "segments": self.segments,
                 "links": [ln.to_json() for ln in self.links], "routers": self.routers,
-                "switches": self.switches, "bridges": self.bridges, "routes": self.routes}
+                "switches": self.switches, "bridges": self.bridges, "routes": self.routes,
+                "bridge_addrs": self.bridge_addrs, "lan": self.lan}
 
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
@@ -169,7 +186,8 @@ class Plan:
                    hub=data.get("hub"), segments=[[tuple(m) for m in s] for s in data["segments"]],
                    links=[Link(**ln) for ln in data.get("links", [])],
                    routers=list(data.get("routers", [])), switches=dict(data.get("switches", {})),
-                   bridges=dict(data.get("bridges", {})), routes=dict(data.get("routes", {})))
+                   bridges=dict(data.get("bridges", {})), routes=dict(data.get("routes", {})),
+                   bridge_addrs=dict(data.get("bridge_addrs", {})), lan=dict(data.get("lan", {})))
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -259,38 +277,57 @@ def _host_pool(subnet: str | None, count: int):
     return pool
 
 
+def _segments(pool, count: int, size: int) -> list:
+    """``count`` subnets of ``pool``, each with room for ``size`` hosts and a gateway."""
+    plen = 32 - (size + 2).bit_length() if pool.version == 4 else 128 - (size + 2).bit_length()
+    subs = list(itertools.islice(pool.subnets(new_prefix=max(plen, pool.prefixlen)), count))
+    if len(subs) < count or plen < pool.prefixlen:
+        raise InvalidInput(f"subnet {pool} has no room for {count} segments of {size} hosts",
+                           hint="give a bigger subnet")
+    return subs
+
+
 def _plan_star(plan: Plan, count: int, subnet: str | None) -> Plan:
-    """One hub namespace with ceil(count / PORTS_PER_BRIDGE) bridges; trunks join bridge k
-    to the first (veth pairs inside the hub, both ends enslaved)."""
+    """One hub namespace with a bridge per SEGMENT_MAX hosts; with more than one, each bridge
+    is a subnet of its own with the hub's address on it, and the hub forwards."""
     pool = _host_pool(subnet, count)
     plan.hub, plan.bridge = _name(plan.scope, "hub"), _name(plan.scope, "br")
-    nbr = -(-count // PORTS_PER_BRIDGE)
+    nbr = -(-count // SEGMENT_MAX)
     names = [plan.bridge] + [_name(plan.scope, f"br{k}") for k in range(2, nbr + 1)]
     plan.bridges[plan.hub] = names
+    subs = [pool] if nbr == 1 else _segments(pool, nbr, SEGMENT_MAX)
+    if nbr > 1:
+        plan.routers = ["hub"]
+        plan.bridge_addrs[plan.hub] = {br: f"{sub.network_address + 1}/{sub.prefixlen}"
+                                       for br, sub in zip(names, subs)}
     index = 2 + nbr                    # lo is 1, the bridges 2 .. nbr + 1
     seg = []
     for i, (host, ns) in enumerate(plan.hosts.items(), 1):
-        k = (i - 1) // PORTS_PER_BRIDGE
-        cidr = f"{pool.network_address + i}/{pool.prefixlen}"
+        k, j = divmod(i - 1, SEGMENT_MAX)
+        cidr = f"{subs[k].network_address + j + (1 if nbr == 1 else 2)}/{subs[k].prefixlen}"
         plan.links.append(Link(a_ns=plan.hub, a_if=ns, b_ns=ns, b_if=plan.hub, b_addr=cidr,
                                a_host="hub", b_host=host, a_index=index, b_index=2,
                                a_master=names[k], a_master_index=2 + k))
+        if nbr > 1:
+            plan.lan[host] = k
+            plan.routes[host] = [["0.0.0.0/0", str(subs[k].network_address + 1)]]
         index += 1
         seg.append((host, cidr))
-    for k in range(2, nbr + 1):
-        plan.links.append(Link(a_ns=plan.hub, a_if=_name(plan.scope, f"t{k}"), b_ns=plan.hub,
-                               b_if=_name(plan.scope, f"u{k}"), a_host="hub", b_host="hub",
-                               a_index=index, b_index=index + 1, a_master=plan.bridge,
-                               a_master_index=2, b_master=names[k - 1], b_master_index=1 + k))
-        index += 2
     plan.segments.append(seg)
     return plan
 
 
 def _plan_tree(plan: Plan, depth: int, fanout: int, subnet: str | None) -> Plan:
-    """Switches s1, s2, ... breadth first (a bridge namespace each), hosts at the leaves."""
+    """Switches s1, s2, ... breadth first (a bridge namespace each), hosts at the leaves.
+    Above SEGMENT_MAX hosts the root forwards instead: each of its subtrees is a segment and
+    subnet of its own, with the root's address on the link to it as the gateway."""
     count = fanout ** depth
     pool = _host_pool(subnet, count)
+    routed = count > SEGMENT_MAX
+    if routed and fanout ** (depth - 1) > SEGMENT_MAX:
+        raise InvalidInput(f"a tree of depth {depth} and fanout {fanout}: each subtree of the root "
+                           f"has {fanout ** (depth - 1)} hosts, more than {SEGMENT_MAX} on one "
+                           "L2 segment", hint="give a bigger --fanout or a smaller --depth")
     next_index: dict[str, int] = {}
     level = ["s1"]
     plan.switches["s1"] = _name(plan.scope, "s1")
@@ -306,28 +343,42 @@ def _plan_tree(plan: Plan, depth: int, fanout: int, subnet: str | None) -> Plan:
                     plan.hosts[child] = _name(plan.scope, child)
                 children.append((parent, child))
         for parent, child in children:
-            _add_tree_link(plan, parent, child, next_index)
+            _add_tree_link(plan, parent, child, next_index, root_routes=routed)
         level = [c for _, c in children]
-    for ns in plan.switches.values():
-        plan.bridges[ns] = [_name(plan.scope, "br")]
+    for name, ns in plan.switches.items():
+        if not (routed and name == "s1"):
+            plan.bridges[ns] = [_name(plan.scope, "br")]
+    by_child = {ln.b_host: ln for ln in plan.links}
+    subs = _segments(pool, fanout, fanout ** (depth - 1)) if routed else [pool]
+    if routed:
+        plan.routers = ["s1"]
+        for k, ln in enumerate(ln for ln in plan.links if ln.a_host == "s1"):
+            ln.a_addr = f"{subs[k].network_address + 1}/{subs[k].prefixlen}"
     seg = []
-    by_host = {ln.b_host: ln for ln in plan.links}
-    for i, host in enumerate(plan.hosts, 1):
-        by_host[host].b_addr = f"{pool.network_address + i}/{pool.prefixlen}"
-        seg.append((host, by_host[host].b_addr))
+    per = fanout ** (depth - 1) if routed else count
+    for i, host in enumerate(plan.hosts):
+        k, j = divmod(i, per)
+        by_child[host].b_addr = f"{subs[k].network_address + j + (2 if routed else 1)}/{subs[k].prefixlen}"
+        seg.append((host, by_child[host].b_addr))
+        if routed:
+            plan.lan[host] = k
+            plan.routes[host] = [["0.0.0.0/0", str(subs[k].network_address + 1)]]
     plan.segments.append(seg)
     return plan
 
 
-def _add_tree_link(plan: Plan, parent: str, child: str, next_index: dict) -> None:
+def _add_tree_link(plan: Plan, parent: str, child: str, next_index: dict,
+                   root_routes: bool = False) -> None:
     a_ns = plan.switches[parent]
     b_ns = plan.switches.get(child) or plan.hosts[child]
     bridge = _name(plan.scope, "br")
+    bridged = not (root_routes and parent == "s1")       # a routing root has no bridge
     for ns in (a_ns, b_ns):
-        next_index.setdefault(ns, 3 if ns in plan.switches.values() else 2)  # bridge is 2
+        has_bridge = ns in plan.switches.values() and not (root_routes and ns == plan.switches["s1"])
+        next_index.setdefault(ns, 3 if has_bridge else 2)  # the bridge is 2
     plan.links.append(Link(a_ns=a_ns, a_if=b_ns, b_ns=b_ns, b_if=a_ns, a_host=parent, b_host=child,
                            a_index=next_index[a_ns], b_index=next_index[b_ns],
-                           a_master=bridge, a_master_index=2,
+                           a_master=bridge if bridged else None, a_master_index=2 if bridged else 0,
                            b_master=bridge if child in plan.switches else None,
                            b_master_index=2 if child in plan.switches else 0))
     next_index[a_ns] += 1

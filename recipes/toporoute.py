@@ -141,6 +141,8 @@ def route(plan: "Plan") -> list[tuple[str, str]]:
 def hops(plan: "Plan", a: str, b: str, cache: dict | None = None) -> int:
     """IP hops from host ``a`` to host ``b``: links on the shortest path (1 on one L2 segment:
     a star's or tree's bridges do not count, they forward frames, not packets)."""
+    if plan.lan:              # segments of a star or tree joined by one router
+        return 1 if plan.lan[a] == plan.lan[b] else 2
     if not plan.routed:
         return 1
     cache = cache if cache is not None else {}
@@ -150,8 +152,8 @@ def hops(plan: "Plan", a: str, b: str, cache: dict | None = None) -> int:
 
 
 def sysctls(plan: "Plan", host: str) -> dict[str, str]:
-    """The sysctls set inside ``host``'s namespace: forwarding for routers, TTL 255 in a
-    routed lab (never the host's own)."""
+    """The sysctls set inside ``host``'s namespace (a host, or ``hub``/a switch): forwarding
+    for routers, TTL 255 in a routed lab (never the host's own)."""
     out = {}
     if plan.routed:
         out["net.ipv4.ip_default_ttl"] = DEFAULT_TTL

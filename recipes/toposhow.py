@@ -106,6 +106,9 @@ def _check_native(plan: Plan, pairs: list[tuple[str, str, str, str]]) -> dict:
                     socks[(host, cidr)] = net.udp_socket(plan.hosts[host], cidr)
         for a, ca, b, cb in pairs:
             out[(a, b)] = net.udp_hops(socks[(a, ca)], socks[(b, cb)], timeout=3.0)
+        for a, ca, b, cb in pairs:     # once more, after the others: ARP may have been slow
+            if out[(a, b)] is None:
+                out[(a, b)] = net.udp_hops(socks[(a, ca)], socks[(b, cb)], timeout=5.0)
     finally:
         for s in socks.values():
             s.close()

@@ -1,8 +1,11 @@
 """The tour: every demo, in the order of the document "Docker core principles".
 
 namespace资源隔离 -- the four ways to use the namespace API, then UTS, IPC, PID, mount,
-network and user namespaces -- and then the two principles the document only names:
-cgroups limit (资源限制) and copy-on-write saves (写时复制).
+network and user namespaces -- then the two namespaces the document predates, marked
+"beyond the document" (cgroup: Linux 4.6; time: Linux 5.6), and then the two principles the
+document only names: cgroups limit (资源限制) and copy-on-write saves (写时复制).
+A section whose module has ``unavailable()`` (time, on a kernel before 5.6) is skipped with a
+line saying why.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import sys
 from typing import TextIO
 
 from nsutil.backend import Runner
+from nsutil.lesson import Lesson
 
 #: (module, function, title) in the document's order; each function takes a Runner
 SECTIONS = [
@@ -22,18 +26,28 @@ SECTIONS = [
     ("recipes.net", "demo", "network namespace"),
     ("recipes.net", "pair_demo", "network namespace: a veth pair"),
     ("recipes.user", "demo", "user namespace"),
+    ("recipes.cgroupns", "demo", "cgroup namespace -- beyond the document (Linux 4.6+)"),
+    ("recipes.timens", "demo", "time namespace -- beyond the document (Linux 5.6+)"),
     ("recipes.cgroup", "demo", "cgroups实现资源限制 -- cgroups limit"),
     ("recipes.cow", "demo", "写时复制 -- copy-on-write"),
 ]
 
 
-def tour(backend: str | None = None, explain: bool = False, out: TextIO = sys.stdout) -> dict:
-    """Run every section's demo in order, each undone before the next; return their results."""
+def tour(backend: str | None = None, explain: bool = False, out: TextIO = sys.stdout,
+         lesson: Lesson | None = None) -> dict:
+    """Run every section's demo in order, each undone before the next; return their results.
+    With ``lesson`` (``--step``) every step waits for the learner; ``q`` ends the tour."""
     results = {}
     for number, (module, function, title) in enumerate(SECTIONS, 1):
         print(f"\n{'#' * 78}\n# {number}. {title}\n{'#' * 78}", file=out, flush=True)
-        demo = getattr(importlib.import_module(module), function)
-        with Runner(backend=backend, explain=explain, out=out) as run:
+        recipe = importlib.import_module(module)
+        demo = getattr(recipe, function)
+        why = getattr(recipe, "unavailable", lambda: None)()
+        if why:  # a section this kernel cannot show (time namespaces before Linux 5.6)
+            print(f"skipped: {why}", file=out, flush=True)
+            results[module.split(".")[1]] = {"skipped": why}
+            continue
+        with Runner(backend=backend, explain=explain, out=out, lesson=lesson) as run:
             key = module.split(".")[1] + ("" if function == "demo" else f".{function}")
             results[key] = demo(run)
     return results

@@ -142,6 +142,7 @@ def demo(run: Runner, uid: int | str | None = None, gid: int | str | None = None
     seen = who_am_i(run, holder)
     cap_text = "= " + ",".join(seen["caps"]) + "+ep" if seen["caps"] else "="
     run.say(f"eUID = {seen['euid']}; eGID = {seen['egid']}; capabilities: {cap_text}")
+    run.learner_shell(hint="id; cat /proc/$$/uid_map; touch /etc/nsr-try (denied); exit")
     run.say("   (the document printed eUID = 4196720: `(long) geteuid` without () is the address "
             "of the function; and eGID = 65534: its child wrote its own gid_map without first "
             "denying setgroups, the write failed, and an unmapped gid shows as the overflow gid)")

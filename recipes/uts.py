@@ -55,6 +55,7 @@ def demo(run: Runner, hostname: str = "NewNamespace",
     done = run_inside(run, holder, "uts", list(command),
                       f"run {' '.join(command)!r} inside the new UTS namespace")
     run.say(f"[root@{hostname}]# {' '.join(command)}\n{done.stdout.rstrip()}")
+    run.learner_shell(hint="hostname; uname -n; readlink /proc/$$/ns/uts; exit")
     run.say(f"[root@{hostname}]# exit\nexit")
     run.undo()
     after = socket.gethostname()

@@ -19,7 +19,7 @@ import os
 import subprocess
 import time
 
-NS_KINDS = ("net", "uts", "ipc", "pid", "mnt", "user", "cgroup")
+NS_KINDS = ("net", "uts", "ipc", "pid", "mnt", "user", "cgroup", "time")
 #: the environment variable that marks this session's processes (inherited by what it starts)
 SESSION_VAR = "NSR_TEST_SESSION"
 

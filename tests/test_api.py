@@ -28,7 +28,7 @@ def test_demo_four_ways(runner):
     # 1. clone(): new UTS and IPC namespaces, the others shared with the host
     clone = seen["clone"]
     assert clone["new"] == ["ipc", "uts"]
-    assert clone["same"] == ["user", "cgroup", "net", "pid", "mnt"]
+    assert clone["same"] == ["user", "cgroup", "net", "pid", "mnt", "time"]  # all eight listed
     assert clone["links"]["uts"].startswith("uts:[") and clone["links"]["uts"] != host_uts
     # 2. /proc/PID/ns: the holder differs from us only in uts
     proc_ns = seen["proc_ns"]

@@ -284,7 +284,8 @@ def test_ns_inode_matches_readlink_and_lsns():
 @pytest.mark.userspace
 def test_type_names_and_errors():
     assert [t.name for t in parse_types("mnt,uts,mount,network")] == ["uts", "net", "mnt"]
-    assert list(NS_TYPES) == ["user", "cgroup", "ipc", "uts", "net", "pid", "mnt"]
+    assert list(NS_TYPES) == ["user", "cgroup", "ipc", "uts", "net", "pid", "mnt", "time"]
+    assert [t.name for t in NS_TYPES.values() if not t.in_document] == ["cgroup", "time"]
     for bad in ("bogus", "", " , "):
         with pytest.raises(InvalidInput):
             parse_types(bad)

@@ -23,6 +23,12 @@ def test_tour_runs_every_section_in_order(backend):
     assert results["net"]["links"] == ["lo"] and results["net"]["lo_up_after"]
     assert results["net.pair_demo"]["ok"] and results["net.pair_demo"]["gone"]
     assert results["user"]["euid"] == 0 and results["user"]["wrote_root_file"] is False
+    # the two the document predates, after its six and marked as beyond it
+    beyond = [t for _m, _f, t in tour.SECTIONS if "beyond the document" in t]
+    assert [t.split()[0] for t in beyond] == ["cgroup", "time"]
+    assert titles.index(beyond[0]) == titles.index("user namespace") + 1
+    assert results["cgroupns"]["inside"] == "/" and results["cgroupns"]["removed"]
+    assert results["timens"]["offsets"] == {"monotonic": 3600, "boottime": 86400}
 
 
 @pytest.mark.userspace
@@ -36,5 +42,6 @@ def test_tour_explain_prints_commands_only():
     assert sysvipc.queue_ids() == queues
     assert leakcheck.new_since(before, leakcheck.snapshot()) == {}
     for command in ("$ unshare --uts -- sleep infinity", "$ ipcmk -Q", "$ ip netns add",
-                    "$ mount -t overlay"):
+                    "$ mount -t overlay", "exec unshare --cgroup -- sleep infinity",
+                    "$ unshare --time --monotonic 3600 --boottime 86400 -- sleep infinity"):
         assert command in proc.stdout, command
