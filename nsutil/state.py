@@ -35,12 +35,17 @@ def state_dir(*parts: str, create: bool = True) -> str:
 
 
 def atomic_write_json(path: str, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (temp file, fsync, rename)."""
+    """Write ``data`` as JSON to ``path`` atomically (temp file, fsync, rename); indented
+    for people to read unless it is big (a 10,000-host topology: Python's indenting encoder
+    is pure Python, the compact one is C, 20x faster)."""
     tmp = f"{path}.tmp.{os.getpid()}"
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    if len(text) < 1 << 16:
+        text = json.dumps(data, indent=2, sort_keys=True)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -60,6 +60,7 @@ from .topoplan import (IPV6_NOTE, LINK_POOL, MAX_HOSTS, PORTS_PER_BRIDGE, SHAPES
 
 SECTION = "Network namespace (topologies)"
 ETC_HOSTS_MAX = 256       #: above this many hosts /etc/netns hosts files are skipped
+VETH_CHUNK = 60           #: veths a request buffer (two messages each, Rtnl's chunk is 128)
 
 
 # --- records --------------------------------------------------------------------------------
@@ -220,7 +221,7 @@ def _build_shell(run: Runner, plan: Plan) -> None:
 def build_native(plan: Plan) -> None:
     """Make ``plan`` over netlink from this process (the caller undoes on failure).
 
-    1. each namespace with an rtnetlink socket opened inside it (and an fd to it);
+    1. each namespace with an rtnetlink socket opened inside it;
     2. the bridge in the hub; every veth created from its a-end namespace's socket, the a
        end in place (enslaved to the bridge and up, with its address), the b end placed in
        its namespace with ``IFLA_NET_NS_FD`` -- never the other way round: kernels before
@@ -232,9 +233,8 @@ def build_native(plan: Plan) -> None:
     here too: no faster on two CPUs, as both sides mostly wait for the same kernel locks.)
     """
     all_ns = plan.all_netns()
-    raise_nofile(2 * len(all_ns) + 256)
+    raise_nofile(len(all_ns) + 2 * VETH_CHUNK + 256)
     socks: dict[str, nl.Rtnl] = {}
-    fds: dict[str, int] = {}
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     # links get addrgenmode none (as the shell form's batches say) through the default
     base = {} if plan.ipv6 else {"net.ipv6.conf.default.addr_gen_mode": "1"}
@@ -244,7 +244,6 @@ def build_native(plan: Plan) -> None:
             sysctls = {**base, **toporoute.sysctls(plan, by_ns[ns])} if ns in by_ns else base
             socks[ns] = nl.Rtnl(nl.create_netns(ns, open_socket=True, home=home,  # type: ignore[arg-type]
                                                 sysctls=sysctls))
-            fds[ns] = nl.open_netns(ns)
         for ns, bridges in plan.bridges.items():
             for i, br in enumerate(bridges, 2):
                 socks[ns].new_link(nl.link_body(br, index=i, kind="bridge", up=True),
@@ -256,20 +255,9 @@ def build_native(plan: Plan) -> None:
         by_a: dict[str, list[Link]] = {}
         for ln in plan.links:
             by_a.setdefault(ln.a_ns, []).append(ln)
-        waits = []
         for ns, links in by_a.items():
-            r = socks[ns]
-            for ln in links:
-                peer = nl.link_body(ln.b_if, index=ln.b_index, netns_fd=fds[ln.b_ns])
-                r.new_link(nl.link_body(ln.a_if, index=ln.a_index,
-                                        master=ln.a_master_index or None, up=True,
-                                        kind="veth", peer=peer),
-                           f"ip -n {ns} link add name {ln.a_if} type veth peer name {ln.b_if} "
-                           f"netns {ln.b_ns}")
-                if ln.a_addr:
-                    r.new_addr(ln.a_index, ln.a_addr, f"ip -n {ns} addr add {ln.a_addr} dev {ln.a_if}")
-            waits.append((r, r.send()))
-        _collect(waits)
+            for start in range(0, len(links), VETH_CHUNK):
+                _add_veths(socks[ns], ns, links[start:start + VETH_CHUNK])
         for ln in plan.links:
             r = socks[ln.b_ns]
             r.set_link(nl.link_body(index=ln.b_index, up=True, master=ln.b_master_index or None),
@@ -288,8 +276,30 @@ def build_native(plan: Plan) -> None:
         os.close(home)
         for r in socks.values():
             r.close()
+
+
+def _add_veths(r: nl.Rtnl, ns: str, links: list[Link]) -> None:
+    """Create ``links`` from ``ns``'s socket: each veth's a end in place, its b end put in
+    its namespace by an fd open only while the kernel handles the request (a 10,000-host lab
+    would otherwise need 20,000 open files, and the hard limit here is 20,000); the acks are
+    read before the next chunk, so they never overflow the socket's receive buffer."""
+    fds = {}
+    try:
+        for ln in links:
+            if ln.b_ns not in fds:
+                fds[ln.b_ns] = nl.open_netns(ln.b_ns)
+            peer = nl.link_body(ln.b_if, index=ln.b_index, netns_fd=fds[ln.b_ns])
+            r.new_link(nl.link_body(ln.a_if, index=ln.a_index, master=ln.a_master_index or None,
+                                    up=True, kind="veth", peer=peer),
+                       f"ip -n {ns} link add name {ln.a_if} type veth peer name {ln.b_if} "
+                       f"netns {ln.b_ns}")
+            if ln.a_addr:
+                r.new_addr(ln.a_index, ln.a_addr, f"ip -n {ns} addr add {ln.a_addr} dev {ln.a_if}")
+        waiting = r.send()
+    finally:
         for fd in fds.values():
             os.close(fd)
+    _collect([(r, waiting)])
 
 
 def _collect(waits: list) -> None:

@@ -151,12 +151,19 @@ def hops(plan: "Plan", a: str, b: str, cache: dict | None = None) -> int:
     return cache[a].get(b, 0)
 
 
+def initial_ttl(plan: "Plan") -> int:
+    """The TTL the lab's hosts send with: 255 where paths may be long (routed lines, rings
+    and files), the kernel's 64 where they are not (one segment, or segments joined by one
+    router)."""
+    return int(DEFAULT_TTL) if plan.routed and not plan.lan else 64
+
+
 def sysctls(plan: "Plan", host: str) -> dict[str, str]:
     """The sysctls set inside ``host``'s namespace (a host, or ``hub``/a switch): forwarding
-    for routers, TTL 255 in a routed lab (never the host's own)."""
+    for routers, TTL 255 where paths may be long (never the host's own)."""
     out = {}
-    if plan.routed:
+    if initial_ttl(plan) != 64:
         out["net.ipv4.ip_default_ttl"] = DEFAULT_TTL
-        if host in plan.routers:
-            out["net.ipv4.ip_forward"] = "1"
+    if host in plan.routers:
+        out["net.ipv4.ip_forward"] = "1"
     return out

@@ -79,7 +79,7 @@ def check(run: Runner, plan: Plan, limit: int | None = None) -> dict:
 def _hops_shell(run: Runner, plan: Plan, a: str, b: str, cb: str) -> int | None:
     """Step: ``ping -c1`` from a to b; hops from the reply's TTL (b sends with its default:
     255 in a routed lab, 64 otherwise)."""
-    start = int(toporoute.DEFAULT_TTL) if plan.routed else 64
+    start = toporoute.initial_ttl(plan)
     ip_b = str(ipaddress.ip_interface(cb).ip)
 
     def parse(out: str) -> int | None:
@@ -97,7 +97,7 @@ def _check_native(plan: Plan, pairs: list[tuple[str, str, str, str]]) -> dict:
     """One UDP socket per (host, address) in its namespace; a datagram and reply per pair.
     Returns {(a, b): hops or None}."""
     socks: dict[tuple[str, str], object] = {}
-    raise_nofile(2 * len(plan.hosts) + 256)
+    raise_nofile(2 * len(pairs) + 256)
     out = {}
     try:
         for a, ca, b, cb in pairs:
