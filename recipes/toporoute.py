@@ -43,7 +43,7 @@ def check_diameter(shape: str, count: int) -> None:
         most = MAX_HOPS + 1 if shape == "line" else 2 * MAX_HOPS + 1
         raise InvalidInput(f"a routed {shape} of {count} hosts has paths of {longest} hops; IP's "
                            f"TTL allows {MAX_HOPS} (at most {most} hosts)",
-                           hint="use --shape tree or star for big labs (one L2 segment, no routers)")
+                           hint="use --shape tree or star for big labs (at most 2 hops between hosts)")
 
 
 def graph(plan: "Plan") -> dict[str, list[tuple[str, "Link"]]]:

@@ -41,11 +41,12 @@ USER_TESTS = textwrap.dedent('''
         note(nsr_veth.ns_a, nsr_veth.ns_b)
         assert nsr_veth.check()
 
-    @pytest.mark.nsr_topology(shape="line", hosts=3)
+    @pytest.mark.nsr_topology(shape="line", hosts=3, links={("h1", "h2"): {"rate": "100mbit"}})
     def test_topology(nsr_topology):
         note(*nsr_topology.plan.all_netns())
         assert nsr_topology.hosts == ["h1", "h2", "h3"]
-        assert nsr_topology.check()["ok"] == 2
+        assert nsr_topology.check()["ok"] == 3          # routed: h1 reaches h3 through h2
+        assert nsr_topology.plan.links[0].impair == {"rate": "100mbit"}
         done = nsr_topology.run("h1", ["getent", "hosts", "h2"])
         assert nsr_topology.addr("h2") in done.stdout
 
