@@ -260,7 +260,7 @@ def net_veth(c, name="nsr-a", peer="nsr-b", addr="10.200.0.1/24", peer_addr="10.
     They stay (ip netns list shows them) until --delete. Idempotent: the same run again
     changes nothing; a name that exists otherwise fails with one line and touches nothing.
     """
-    from recipes import draw as pictures, net
+    from recipes import draw as pictures, veth
     from nsutil.errors import InvalidInput, require_root
     if draw:
         if delete:
@@ -271,13 +271,13 @@ def net_veth(c, name="nsr-a", peer="nsr-b", addr="10.200.0.1/24", peer_addr="10.
         require_root("net-veth")
     with _runner(backend, explain, keep=True) as run:
         if delete:
-            net.veth_delete(run, name, peer)
+            veth.veth_delete(run, name, peer)
         else:
-            made = net.veth_create(run, name, peer, addr, peer_addr)
+            made = veth.veth_create(run, name, peer, addr, peer_addr)
             if draw and explain:
                 print(f"(--explain: nothing is drawn; a real run draws {draw})")
             elif draw:
-                seen = net.veth_observed(run, name, peer, made["reachable"])
+                seen = veth.veth_observed(run, name, peer, made["reachable"])
                 run.say(f"drew the pair into {pictures.veth(seen, draw)}")
 
 

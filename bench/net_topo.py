@@ -133,8 +133,10 @@ def _quiet(dev: str) -> list[str]:
 
 
 def _ip(*args: str, input: str | None = None) -> None:
-    subprocess.run([IP, *args], input=input, text=True, check=True,
-                   stdout=subprocess.DEVNULL)
+    proc = subprocess.run([IP, *args], input=input, text=True, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+    if proc.returncode:
+        raise RuntimeError(f"ip {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[:300]}")
 
 
 def tutorial_build(hosts: int, scope: str) -> None:

@@ -88,7 +88,8 @@ class Inside:
         opts = [t.option for t in parse_types(list(self.types))]
         if "--user" in opts and os.geteuid() != 0:
             opts.append("--preserve-credentials")  # as recipes.common.nsenter_argv
-        return ["nsenter", "-t", str(self.pid)] + opts + ["--"] + shell
+        pid = self.pid if isinstance(self.pid, str) else str(self.pid)  # $PID under --explain
+        return ["nsenter", "-t", pid] + opts + ["--"] + shell
 
     def joins_pid(self) -> bool:
         """True if the shell must be a child of the joining process (a PID namespace)."""
@@ -305,5 +306,5 @@ def open_native(inside: Inside, shell: list[str], fd: int = 0) -> int:
 def banner(inside: Inside, hint: str, interactive: bool, out: TextIO = sys.stdout) -> None:
     """What the learner reads before the shell opens."""
     tail = "type exit (or Ctrl-D) to go on" if interactive else "reading commands from stdin"
-    print(f"\n-- your shell in {inside.describe()}; {tail} --" + (f"\n   try: {hint}" if hint else ""),
-          file=out, flush=True)
+    print(f"\n-- your shell in {inside.describe()}; {tail} --"
+          + (f"\n   try: {hint}" if hint else ""), file=out, flush=True)

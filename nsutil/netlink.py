@@ -229,17 +229,18 @@ def rtnl_socket(ns: str | None = None) -> socket.socket:
 
 # --- message encoding -----------------------------------------------------------------------
 
-def _attr(kind: int, payload: bytes) -> bytes:
+def attr(kind: int, payload: bytes) -> bytes:
+    """One rtattr: length, type, ``payload``, padded to 4 bytes."""
     size = _RTA.size + len(payload)
     return _RTA.pack(size, kind) + payload + b"\0" * (-size % 4)
 
 
 def _str(kind: int, text: str) -> bytes:
-    return _attr(kind, text.encode() + b"\0")
+    return attr(kind, text.encode() + b"\0")
 
 
 def _u32(kind: int, value: int) -> bytes:
-    return _attr(kind, struct.pack("=I", value))
+    return attr(kind, struct.pack("=I", value))
 
 
 def link_body(ifname: str | None = None, *, index: int = 0, up: bool | None = None,
@@ -258,8 +259,8 @@ def link_body(ifname: str | None = None, *, index: int = 0, up: bool | None = No
     if kind:
         info = _str(IFLA_INFO_KIND, kind)
         if peer is not None:
-            info += _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer))
-        out += _attr(IFLA_LINKINFO, info)
+            info += attr(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer))
+        out += attr(IFLA_LINKINFO, info)
     return out
 
 
@@ -270,9 +271,9 @@ def addr_body(index: int, cidr: str) -> bytes:
     packed = iface.ip.packed
     family = socket.AF_INET if iface.version == 4 else socket.AF_INET6
     out = _IFA.pack(family, iface.network.prefixlen, 0, 0, index)
-    out += _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
+    out += attr(IFA_LOCAL, packed) + attr(IFA_ADDRESS, packed)
     if iface.version == 4 and iface.network.prefixlen < 31:
-        out += _attr(IFA_BROADCAST, iface.network.broadcast_address.packed)
+        out += attr(IFA_BROADCAST, iface.network.broadcast_address.packed)
     return out
 
 
@@ -283,7 +284,7 @@ def route_body(dst: str, via: str) -> bytes:
     family = socket.AF_INET if net.version == 4 else socket.AF_INET6
     out = _RTM.pack(family, net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
                     RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
-    return out + _attr(RTA_DST, net.network_address.packed) + _attr(RTA_GATEWAY, gw.packed)
+    return out + attr(RTA_DST, net.network_address.packed) + attr(RTA_GATEWAY, gw.packed)
 
 
 class NetlinkError(SyscallError):
@@ -385,7 +386,9 @@ class Rtnl:
 
 # --- reading state (pyroute2 parses the replies) ---------------------------------------------
 
-def _dump(sock: socket.socket, msg_type: int, body: bytes) -> list[bytes]:
+def dump(sock: socket.socket, msg_type: int, body: bytes) -> list[bytes]:
+    """Send a dump request (``msg_type`` with ``body``) on ``sock``; return every reply
+    message (header included) up to NLMSG_DONE."""
     hdr = _HDR.pack(_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
     sock.send(hdr + body)
     out: list[bytes] = []
@@ -413,8 +416,8 @@ def links(ns: str | None = None) -> list[dict]:
 
     sock = rtnl_socket(ns)
     try:
-        raw_links = _dump(sock, RTM_GETLINK, _IFI.pack(AF_UNSPEC, 0, 0, 0, 0))
-        raw_addrs = _dump(sock, RTM_GETADDR, _IFA.pack(AF_UNSPEC, 0, 0, 0, 0))
+        raw_links = dump(sock, RTM_GETLINK, _IFI.pack(AF_UNSPEC, 0, 0, 0, 0))
+        raw_addrs = dump(sock, RTM_GETADDR, _IFA.pack(AF_UNSPEC, 0, 0, 0, 0))
     finally:
         sock.close()
     by_index: dict[int, dict] = {}

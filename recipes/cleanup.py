@@ -35,7 +35,7 @@ from nsutil import netlink as nl
 from nsutil.errors import Conflict, NsrError
 from nsutil.names import PREFIX
 
-from . import containerstate, cow, env, net, topo
+from . import containerstate, cow, env, net, topo, veth
 from .common import Leftover
 
 #: modules asked for leftovers, in removal order
@@ -181,7 +181,7 @@ def _net_claims(path: str, names: list[str]) -> set[Key]:
 
 def _pair_complete(rec: dict) -> str | None:
     try:
-        net.veth_status(rec["name"], rec["peer"], rec["addr"], rec["peer_addr"])
+        veth.veth_status(rec["name"], rec["peer"], rec["addr"], rec["peer_addr"])
     except Conflict:
         return None
     return "complete"

@@ -196,7 +196,7 @@ def mounts(data: dict, path: str) -> str:
 def veth(data: dict, path: str) -> str:
     """Draw two network namespaces joined by a veth pair: ``data`` is ``{"namespaces":
     [{"name", "inode", "links": [{"name", "kind", "up", "addrs"}]}], "pair": [[ns, ifname],
-    [ns, ifname]], "reachable"}`` as :func:`recipes.net.veth_observed` read them.
+    [ns, ifname]], "reachable"}`` as :func:`recipes.veth.veth_observed` read them.
     Returns the path written."""
     g = _new(kind="graph", rankdir="LR", nodesep="0.3", ranksep="1.4",
              label=label("two network namespaces joined by a veth pair",

@@ -15,7 +15,8 @@ impaired in both directions by a qdisc on *each* end (``direction`` ``both``, th
 through a link with ``delay 20ms`` on both ends take 40 ms: the echo waits 20 ms on its way
 out, the reply 20 ms on its way back.
 
-What goes on a device (shell form; the native one sends the same rtnetlink requests)::
+What goes on a device (shell form; the native one sends the same rtnetlink requests,
+encoded by :mod:`nsutil.tc`)::
 
     tc -n NS qdisc replace dev D root handle 1: netem delay 20ms 5ms loss 1%
     tc -n NS qdisc replace dev D parent 1: handle 2: tbf rate 10mbit burst 32kb latency 50ms
@@ -53,10 +54,11 @@ import json
 import os
 import re
 import socket
-import struct
 from typing import Any
 
 from nsutil import netlink as nl
+from nsutil import tc
+from nsutil.tc import CHILD_HANDLE, ROOT_HANDLE, TC_H_ROOT
 from nsutil.backend import Runner, Step
 from nsutil.errors import CommandError, InvalidInput, NotFound, NsrError, SyscallError
 
@@ -66,26 +68,8 @@ NETEM_KEYS = ("delay", "jitter", "loss", "corrupt", "duplicate")
 DIRECTIONS = ("both", "a", "b")
 MAX_TIME_US = 60_000_000          #: delay/jitter above 60 s is refused as absurd
 MIN_RATE, MAX_RATE = 8_000, 32_000_000_000   #: 8kbit .. 32gbit (tbf keeps bytes/s in a u32)
-NETEM_LIMIT = 1000                 #: packets netem may hold (tc's default)
 BURST_TIME_S, MIN_BURST = 0.004, 32 * 1024
 TBF_LATENCY_US = 50_000
-
-# rtnetlink traffic control (linux/rtnetlink.h, linux/pkt_sched.h)
-RTM_NEWQDISC, RTM_DELQDISC, RTM_GETQDISC = 36, 37, 38
-NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
-TC_H_ROOT = 0xFFFFFFFF
-ROOT_HANDLE, CHILD_HANDLE = 0x10000, 0x20000          # "1:" and "2:"
-TCA_KIND, TCA_OPTIONS = 1, 2
-TCA_NETEM_CORRUPT = 4
-TCA_TBF_PARMS, TCA_TBF_BURST = 1, 6
-TC_LINKLAYER_ETHERNET = 1
-PSCHED_TICK_NS = 64                # a psched tick (PSCHED_SHIFT 6; /proc/net/psched 1000/64)
-U32_MAX = 0xFFFFFFFF
-
-_TCMSG = struct.Struct("=BxxxiIII")                     # struct tcmsg
-_NETEM_QOPT = struct.Struct("=IIIIII")                  # latency limit loss gap duplicate jitter
-_RATESPEC = struct.Struct("=BBHhHI")                    # struct tc_ratespec
-_TBF_QOPT_TAIL = struct.Struct("=III")                  # limit buffer mtu
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -277,48 +261,23 @@ def tc_argv(ns: str, dev: str, kind: str, parent: int, handle: int, imp: dict) -
                                                                        kind] + words
 
 
-# --- native form: rtnetlink requests, the same bytes tc sends -------------------------------
+# --- native form: rtnetlink requests, the same bytes tc sends (nsutil.tc) --------------------
 
-def _ticks(us: int) -> int:
-    return us * 1000 // PSCHED_TICK_NS
-
-
-def _u32_of_percent(pct: float) -> int:
-    return round(pct / 100 * U32_MAX)                   # tc: rint(fraction * UINT32_MAX)
-
-
-def netem_options(imp: dict) -> bytes:
-    """TCA_OPTIONS of netem: struct tc_netem_qopt, then TCA_NETEM_CORRUPT if asked."""
-    pct = {k: _u32_of_percent(parse_percent(imp[k])) if k in imp else 0
-           for k in ("loss", "duplicate", "corrupt")}
-    out = _NETEM_QOPT.pack(_ticks(parse_time_us(imp.get("delay", 0))), NETEM_LIMIT, pct["loss"],
-                           0, pct["duplicate"], _ticks(parse_time_us(imp.get("jitter", 0))))
-    if pct["corrupt"]:
-        out += nl._attr(TCA_NETEM_CORRUPT, struct.pack("=II", pct["corrupt"], 0))
-    return out
-
-
-def tbf_options(imp: dict) -> bytes:
-    """TCA_OPTIONS of tbf: TCA_TBF_PARMS (rate, limit, buffer) and TCA_TBF_BURST. The rate
-    says link layer ethernet, so the kernel computes packet times itself (no rate table)."""
+def qdisc_options(kind: str, imp: dict) -> bytes:
+    """TCA_OPTIONS of a ``netem`` or ``tbf`` qdisc for ``imp`` (:mod:`nsutil.tc` encodes)."""
+    if kind == "netem":
+        pct = {k: parse_percent(imp[k]) for k in ("loss", "duplicate", "corrupt") if k in imp}
+        return tc.netem_options(parse_time_us(imp.get("delay", 0)),
+                                parse_time_us(imp.get("jitter", 0)), **pct)
     bits = parse_rate_bit(imp["rate"])
-    rate = bits // 8
-    burst, latency_us = tbf_params(bits)
-    limit = rate * latency_us // 1_000_000 + burst
-    buffer = _ticks(burst * 1_000_000 // rate)
-    parms = (_RATESPEC.pack(3, TC_LINKLAYER_ETHERNET, 0, -1, 0, rate) + _RATESPEC.pack(0, 0, 0, 0, 0, 0)
-             + _TBF_QOPT_TAIL.pack(limit, buffer, 0))
-    return nl._attr(TCA_TBF_PARMS, parms) + nl._attr(TCA_TBF_BURST, struct.pack("=I", burst))
+    return tc.tbf_options(bits, *tbf_params(bits))
 
 
 def qdisc_body(index: int, kind: str, parent: int, handle: int, imp: dict | None) -> bytes:
-    """struct tcmsg + TCA_KIND (+ TCA_OPTIONS): one RTM_NEWQDISC / RTM_DELQDISC body."""
-    body = _TCMSG.pack(socket.AF_UNSPEC, index, handle, parent, 0)
-    if kind:
-        body += nl._attr(TCA_KIND, kind.encode() + b"\0")
-    if imp is not None:
-        body += nl._attr(TCA_OPTIONS, netem_options(imp) if kind == "netem" else tbf_options(imp))
-    return body
+    """struct tcmsg + TCA_KIND (+ TCA_OPTIONS of ``imp``): one RTM_NEWQDISC / RTM_DELQDISC
+    body (:func:`nsutil.tc.qdisc_body`)."""
+    return tc.qdisc_body(index, kind, parent, handle,
+                         None if imp is None else qdisc_options(kind, imp))
 
 
 def _ifindex(ns: str, dev: str) -> int:
@@ -375,8 +334,9 @@ def _apply_native(ns: str, dev: str, imp: dict) -> None:
     _reset_native(ns, dev)
     with nl.Rtnl(nl.rtnl_socket(ns)) as r:
         for kind, parent, handle in layout(imp):
-            r.add(RTM_NEWQDISC, qdisc_body(index, kind, parent, handle, imp),
-                  " ".join(tc_argv(ns, dev, kind, parent, handle, imp)), NLM_F_CREATE | NLM_F_REPLACE)
+            r.add(tc.RTM_NEWQDISC, qdisc_body(index, kind, parent, handle, imp),
+                  " ".join(tc_argv(ns, dev, kind, parent, handle, imp)),
+                  tc.NLM_F_CREATE | tc.NLM_F_REPLACE)
             try:
                 r.flush()
             except SyscallError as exc:
@@ -390,61 +350,17 @@ def _reset_native(ns: str, dev: str) -> None:
         index = _ifindex(ns, dev)
     except NotFound:
         return
-    roots = [q for q in _qdiscs_native(ns, index) if q["parent"] == TC_H_ROOT and q["handle"]]
+    roots = [q for q in tc.qdiscs(ns, index) if q["parent"] == TC_H_ROOT and q["handle"]]
     if roots:
         with nl.Rtnl(nl.rtnl_socket(ns)) as r:
-            r.add(RTM_DELQDISC, qdisc_body(index, "", TC_H_ROOT, 0, None),
+            r.add(tc.RTM_DELQDISC, qdisc_body(index, "", TC_H_ROOT, 0, None),
                   f"tc -n {ns} qdisc del dev {dev} root")
             r.flush()
 
 
-def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
-    """rtattrs from ``data[offset:end]`` as {type: payload}."""
-    out: dict[int, bytes] = {}
-    while offset + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        out[kind & 0x7FFF] = data[offset + 4:offset + length]
-        offset += (length + 3) & ~3
-    return out
-
-
-def _qdiscs_native(ns: str, index: int) -> list[dict]:
-    """The qdiscs of ifindex ``index`` in ``ns``: kind, parent, handle, raw options."""
-    sock = nl.rtnl_socket(ns)
-    try:
-        raw = nl._dump(sock, RTM_GETQDISC, _TCMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
-    finally:
-        sock.close()
-    out = []
-    for msg in raw:
-        _fam, ifindex, handle, parent, _info = _TCMSG.unpack_from(msg, 16)
-        if ifindex != index:
-            continue
-        attrs = _attrs(msg, 16 + _TCMSG.size, len(msg))
-        out.append({"kind": attrs.get(TCA_KIND, b"").rstrip(b"\0").decode(), "parent": parent,
-                    "handle": handle, "options": attrs.get(TCA_OPTIONS, b"")})
-    return out
-
-
-def _percent_of_u32(value: int) -> float:
-    return value / U32_MAX * 100
-
-
-def _from_netem_options(opts: bytes) -> dict:
-    latency, _limit, loss, _gap, duplicate, jitter = _NETEM_QOPT.unpack_from(opts)
-    corrupt = _attrs(opts, _NETEM_QOPT.size, len(opts)).get(TCA_NETEM_CORRUPT)
-    raw = {"delay": round(latency * PSCHED_TICK_NS / 1000), "jitter": round(jitter * PSCHED_TICK_NS / 1000),
-           "loss": _percent_of_u32(loss), "duplicate": _percent_of_u32(duplicate),
-           "corrupt": _percent_of_u32(struct.unpack_from("=I", corrupt)[0]) if corrupt else 0.0}
-    return _canonical(raw)
-
-
-def _from_tbf_options(opts: bytes) -> dict:
-    parms = _attrs(opts, 0, len(opts)).get(TCA_TBF_PARMS, b"")
-    rate = _RATESPEC.unpack_from(parms)[5] if len(parms) >= _RATESPEC.size else 0
-    return {"rate": format_rate(rate * 8)} if rate else {}
+def _rate_of(bytes_per_s: int) -> dict:
+    """A tbf rate as the kernel keeps it (bytes/s) as parse() writes it (bit/s)."""
+    return {"rate": format_rate(bytes_per_s * 8)} if bytes_per_s else {}
 
 
 def _canonical(raw: dict) -> dict:
@@ -476,9 +392,9 @@ def _merge(qdiscs: list[dict], options: Any) -> dict | None:
 
 def _show_native(ns: str, dev: str) -> dict | None:
     def options(q: dict) -> dict:
-        return _from_netem_options(q["options"]) if q["kind"] == "netem" \
-            else _from_tbf_options(q["options"])
-    return _merge(_qdiscs_native(ns, _ifindex(ns, dev)), options)
+        return _canonical(tc.netem_values(q["options"])) if q["kind"] == "netem" \
+            else _rate_of(tc.tbf_rate(q["options"]))
+    return _merge(tc.qdiscs(ns, _ifindex(ns, dev)), options)
 
 
 # --- shell form: tc, and tc -j read back ---------------------------------------------------

@@ -74,7 +74,8 @@ def demo(run: Runner, hostname: str = "NewNamespace") -> dict:
     run.say(f"[root@{hostname}]# ipcs -q" + sysvipc.format_ipcs_q(inside))
     run.learner_shell(hint="ipcs -q (empty here); ipcmk -Q (a queue only this namespace "
                            "sees); exit")
-    run.say(f"\n[root@{hostname}]# exit\nexit")
+    if not run.wants_shell:  # (the learner typed it)
+        run.say(f"\n[root@{hostname}]# exit\nexit")
     stop_holder(run, holder)
     run.say("已退出")
     host_after = list_queues(run)

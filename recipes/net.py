@@ -6,10 +6,10 @@ pair -- a virtual cable whose two ends live in different namespaces. Here:
 
 * :func:`demo` (``net-demo``): a new namespace has only ``lo``; it is shown down, then up;
   :func:`pair_demo`: two namespaces joined by a veth pair, made and removed (the tour).
-* :func:`veth_create` / :func:`veth_delete` (``net-veth``): two named namespaces joined by a
-  veth pair with addresses, proven by a real exchange of packets; idempotent.
+* ``net-veth`` (two named namespaces joined by a veth pair that stays): :mod:`recipes.veth`.
 * Building blocks other recipes use: :func:`create_netns`, :func:`delete_netns`,
-  :func:`add_veth_pair` (both ends created in place, no move), :func:`udp_check`.
+  :func:`add_veth_pair` (both ends created in place, no move), :func:`udp_check`,
+  :func:`check_pair`, the network records (:func:`record_first`) and :func:`leftovers`.
 
 Shell forms are iproute2 commands (``ip netns add``, ``ip -n X link add name A type veth
 peer name B netns Y``, ``ip -n X addr add``); native forms are netlink from this process
@@ -30,7 +30,7 @@ from nsutil import netlink as nl
 from nsutil import state
 from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
-from nsutil.errors import CommandError, Conflict, InvalidInput, NsrError, SyscallError
+from nsutil.errors import CommandError, InvalidInput, SyscallError
 from nsutil.lesson import Inside
 from nsutil.names import check_cidr, check_ifname, check_name, is_ours, prefixed, scope_id
 
@@ -63,7 +63,8 @@ def check_no_overlap(cidrs: dict[str, str]) -> None:
                                    hint="give every link its own subnet")
 
 
-def _ip(cidr: str) -> str:
+def ip_of(cidr: str) -> str:
+    """The address of ``cidr`` without its prefix length (``10.0.0.1/24`` -> ``10.0.0.1``)."""
     return str(ipaddress.ip_interface(cidr).ip)
 
 
@@ -254,7 +255,7 @@ def exec_argv(ns: str, argv: Sequence[str]) -> list[str]:
 
 def udp_socket(ns: str | None, addr: str, port: int = 0) -> socket.socket:
     """A UDP socket opened inside netns ``ns`` and bound to ``addr:port``."""
-    ip = ipaddress.ip_address(_ip(addr) if "/" in addr else addr)
+    ip = ipaddress.ip_address(ip_of(addr) if "/" in addr else addr)
     family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
     with nl.in_netns(ns):
         sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -339,7 +340,7 @@ def tcp_check_shell(ns_a: str, ns_b: str, addr_b: str, port: int = CHECK_PORT,
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            client = subprocess.run([ip, "netns", "exec", ns_a] + ncv + ["-w", "1", _ip(addr_b)
+            client = subprocess.run([ip, "netns", "exec", ns_a] + ncv + ["-w", "1", ip_of(addr_b)
                                      if "/" in addr_b else addr_b, str(port)],
                                     input=token.encode() + b"\n", capture_output=True, timeout=timeout)
             if client.returncode == 0:
@@ -359,7 +360,7 @@ def tcp_check_shell(ns_a: str, ns_b: str, addr_b: str, port: int = CHECK_PORT,
 def check_pair(run: Runner, ns_a: str, addr_a: str, ns_b: str, addr_b: str) -> bool:
     """Step: prove ``ns_a`` reaches ``ns_b`` with real packets (shell: TCP through busybox
     nc; native: a UDP datagram and its reply). Returns True/False on both backends."""
-    ip_b = _ip(addr_b) if "/" in addr_b else addr_b
+    ip_b = ip_of(addr_b) if "/" in addr_b else addr_b
     return run.run(Step(
         f"send packets {ns_a} -> {ns_b} ({ip_b}) and back",
         argv=["ip", "netns", "exec", ns_a, "busybox", "nc", ip_b, str(CHECK_PORT)],
@@ -447,9 +448,7 @@ def pair_demo(run: Runner, addr: str = "10.199.0.1/24", peer_addr: str = "10.199
     return {"ok": ok, "netns": [a, b], "gone": not (nl.netns_exists(a) or nl.netns_exists(b))}
 
 
-# --- net-veth -------------------------------------------------------------------------------
-
-DEFAULT_ADDR, DEFAULT_PEER_ADDR = "10.200.0.1/24", "10.200.0.2/24"
+# --- network records ------------------------------------------------------------------------
 
 
 def save_record(path: str, data: dict) -> None:
@@ -470,7 +469,8 @@ def drop_record(path: str) -> None:
     state.prune()
 
 
-def _record_path(name: str, kind: str = "veth") -> str:
+def record_path(name: str, kind: str = "veth") -> str:
+    """The path of the network record ``net/KIND-NAME.json`` (not made here)."""
     return os.path.join(state.state_dir("net", create=False), f"{kind}-{name}.json")
 
 
@@ -495,152 +495,8 @@ def record_first(run: Runner, path: str, record: dict, what: str) -> None:
 def record_scratch_netns(run: Runner, names: list[str]) -> None:
     """Record the namespaces a demo makes and removes again (``net/demo-NAME.json``): if the
     run is killed, ``cleanup`` removes them once the creator is gone."""
-    record_first(run, _record_path(names[0], "demo"), {"netns": names},
+    record_first(run, record_path(names[0], "demo"), {"netns": names},
                  f"the demo namespaces {', '.join(names)}")
-
-
-def _find_record(name: str) -> dict | None:
-    """The net-veth record that mentions ``name`` as either end."""
-    base = state.state_dir("net", create=False)
-    if not os.path.isdir(base):
-        return None
-    for entry in sorted(os.listdir(base)):
-        if entry.startswith("veth-") and entry.endswith(".json"):
-            rec = state.read_json(os.path.join(base, entry))
-            if rec and name in (rec.get("name"), rec.get("peer")):
-                return rec
-    return None
-
-
-def _validate_veth(name: str, peer: str, addr: str, peer_addr: str) -> tuple[str, str]:
-    check_ifname(name)
-    check_ifname(peer)
-    if name == peer:
-        raise InvalidInput(f"--name and --peer are both {name!r}", hint="give two different names")
-    addr, peer_addr = check_addr(addr, "--addr"), check_addr(peer_addr, "--peer-addr")
-    if _ip(addr) == _ip(peer_addr):
-        raise InvalidInput(f"--addr and --peer-addr are the same address {_ip(addr)}",
-                           hint="give the two ends different addresses")
-    if ipaddress.ip_interface(addr).network != ipaddress.ip_interface(peer_addr).network:
-        raise InvalidInput(f"--addr {addr} and --peer-addr {peer_addr} are in different subnets",
-                           hint="put both ends in one subnet, e.g. 10.200.0.1/24 and 10.200.0.2/24")
-    return addr, peer_addr
-
-
-def veth_status(name: str, peer: str, addr: str, peer_addr: str) -> str:
-    """``absent``, ``same`` (exists as asked, made by us) or raise Conflict naming why."""
-    rec = _find_record(name) or _find_record(peer)
-    exists = [n for n in (name, peer) if nl.netns_exists(n)]
-    if rec is None:
-        if exists:
-            raise Conflict(f"network namespace {exists[0]!r} exists and was not made by nsrecipes",
-                           hint="pick other names, or remove it yourself (ip netns del)")
-        return "absent"
-    wanted = {"name": name, "peer": peer, "addr": addr, "peer_addr": peer_addr}
-    diff = [f"{k} {rec.get(k)} (asked {v})" for k, v in wanted.items() if rec.get(k) != v]
-    if diff:
-        raise Conflict(f"{rec['name']}<->{rec['peer']} exists with other settings: {', '.join(diff)}",
-                       hint=f"delete it first: invoke net-veth --name {rec['name']} "
-                            f"--peer {rec['peer']} --delete")
-    if len(exists) < 2 or not nl.is_veth_pair(name, name, peer, peer):
-        raise Conflict(f"{name}<->{peer} was made by nsrecipes but is incomplete now",
-                       hint=f"invoke net-veth --name {name} --peer {peer} --delete, then again")
-    have_a = (nl.link(name, name) or {}).get("addrs", [])
-    have_b = (nl.link(peer, peer) or {}).get("addrs", [])
-    if addr not in have_a or peer_addr not in have_b:
-        raise Conflict(f"{name}<->{peer} has addresses {have_a} / {have_b}, not {addr} / {peer_addr}",
-                       hint=f"invoke net-veth --name {name} --peer {peer} --delete, then again")
-    return "same"
-
-
-def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
-                addr: str = DEFAULT_ADDR, peer_addr: str = DEFAULT_PEER_ADDR,
-                check: bool = True) -> dict:
-    """``net-veth``: namespaces ``name`` and ``peer`` joined by a veth pair (end ``name`` in
-    netns ``name``, end ``peer`` in netns ``peer``) with addresses, proven by packets.
-    Idempotent: a second run with the same arguments changes nothing. They stay until
-    :func:`veth_delete`. Returns what was done and observed."""
-    addr, peer_addr = _validate_veth(name, peer, addr, peer_addr)
-    run.heading(f"{SECTION}: two namespaces joined by a veth pair")
-    status = "absent" if run.explain else veth_status(name, peer, addr, peer_addr)
-    if status == "same":
-        run.say(f"nothing to do: {name} ({addr}) <-> {peer} ({peer_addr}) exist as asked")
-        reachable = check_pair(run, name, addr, peer, peer_addr) if check else None
-        _veth_shell(run, name, peer_addr)
-        return {"changed": False, "name": name, "peer": peer, "reachable": reachable}
-    record = {"name": name, "peer": peer, "addr": addr, "peer_addr": peer_addr}
-    record_first(run, _record_path(name), record, f"{name}<->{peer}")
-    create_netns(run, name)
-    create_netns(run, peer)
-    add_veth_pair(run, name, peer, ns=name, peer_ns=peer, addr=addr, peer_addr=peer_addr)
-    set_lo_up(run, name)
-    set_lo_up(run, peer)
-    if not run.explain:
-        write_etc_hosts(name, [(_ip(addr), name), (_ip(peer_addr), peer)])
-        write_etc_hosts(peer, [(_ip(peer_addr), peer), (_ip(addr), name)])
-    reachable = check_pair(run, name, addr, peer, peer_addr) if check else None
-    if check and not run.explain and not reachable:
-        raise NsrError(f"no packets got from {name} to {peer} ({_ip(peer_addr)})",
-                       hint="see `ip -n NAME addr`; is a firewall in the namespace?")
-    run.say(f"{name} ({addr}) <-> {peer} ({peer_addr}): "
-            f"{'packets go both ways' if reachable else 'not checked'}")
-    run.say(f"they stay: ip netns list; ip -n {name} addr; "
-            f"remove with: invoke net-veth --name {name} --peer {peer} --delete")
-    _veth_shell(run, name, peer_addr)
-    return {"changed": True, "name": name, "peer": peer, "reachable": reachable}
-
-
-def _veth_shell(run: Runner, name: str, peer_addr: str) -> None:
-    """--shell: the learner's shell in namespace ``name``, to ping the other end."""
-    run.learner_shell(Inside(netns=name), hint=f"ip addr; ping -c 3 {_ip(peer_addr)}; exit")
-
-
-def veth_delete(run: Runner, name: str = "nsr-a", peer: str = "nsr-b") -> dict:
-    """``net-veth --delete``: remove both namespaces (the pair goes with them) and the record.
-    Deleting what is not there says so and succeeds; what nsrecipes did not make is kept."""
-    check_ifname(name)
-    check_ifname(peer)
-    rec = _find_record(name) or _find_record(peer)
-    if rec is None:
-        exists = [n for n in (name, peer) if nl.netns_exists(n)]
-        if exists:
-            raise Conflict(f"network namespace {exists[0]!r} was not made by nsrecipes; not deleting it",
-                           hint="remove it yourself with ip netns del")
-        run.say(f"nothing to delete: {name} and {peer} do not exist")
-        return {"changed": False}
-    if {rec["name"], rec["peer"]} != {name, peer}:
-        raise Conflict(f"{name}<->{peer} is not a pair: nsrecipes made {rec['name']}<->{rec['peer']}",
-                       hint=f"invoke net-veth --name {rec['name']} --peer {rec['peer']} --delete")
-    delete_netns(run, rec["name"])
-    delete_netns(run, rec["peer"])
-    if not run.explain:
-        drop_record(_record_path(rec["name"]))
-    run.say(f"deleted {rec['name']} and {rec['peer']}")
-    return {"changed": True}
-
-
-def _parse_addr_json(text: str) -> list[dict]:
-    """``ip -d -j addr show`` -> [{name, kind, up, addrs}] as the native form gives them."""
-    import json
-    return [{"name": ln["ifname"], "kind": ln.get("linkinfo", {}).get("info_kind"),
-             "up": "UP" in ln.get("flags", []),
-             "addrs": [f"{a['local']}/{a['prefixlen']}" for a in ln.get("addr_info", [])]}
-            for ln in json.loads(text or "[]")]
-
-
-def veth_observed(run: Runner, name: str, peer: str, reachable: bool | None = None) -> dict:
-    """Steps: what the kernel says of a net-veth pair, for :func:`recipes.draw.veth`: each
-    namespace's inode (as ``lsns`` lists it) and links with their addresses."""
-    spaces = []
-    for ns in (name, peer):
-        links = run.run(Step(f"list the links and addresses of {ns} (for the picture)",
-                             argv=["ip", "-n", ns, "-d", "-j", "addr", "show"],
-                             parse=_parse_addr_json, placeholder=[],
-                             native=lambda ns=ns: [
-                                 {k: ln[k] for k in ("name", "kind", "up", "addrs")}
-                                 for ln in nl.links(ns)]))
-        spaces.append({"name": ns, "inode": nl.netns_inode(ns), "links": links})
-    return {"namespaces": spaces, "pair": [[name, name], [peer, peer]], "reachable": reachable}
 
 
 # --- cleanup --------------------------------------------------------------------------------
@@ -714,5 +570,4 @@ def _remove_etc(name: str) -> None:
 
 
 __all__ = ["SECTION", "add_veth_pair", "veth_argv", "check_pair", "create_netns", "delete_netns", "demo",
-           "leftovers", "udp_check", "veth_create", "veth_delete", "write_etc_hosts",
-           "remove_etc_netns"]
+           "leftovers", "udp_check", "write_etc_hosts", "remove_etc_netns"]

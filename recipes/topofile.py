@@ -20,6 +20,9 @@ Document section "Network namespace", for labs drawn by hand::
     a = "db"
     b = "r1"
 
+Across machines (:mod:`recipes.machinefile`): ``[machines.NAME]`` tables with ``ssh`` and
+``underlay``, ``machine = "NAME"`` on a host, ``vni = N`` on a link.
+
 Every mistake is refused before anything is made, in one line naming the file, the line and
 the key: an unknown key (a typo), a bad address or impairment, a host no link or router
 joins to the others (the pairs are named).
@@ -34,9 +37,9 @@ from nsutil.errors import InvalidInput
 from . import net, toporoute
 from .topoplan import LINK_POOL, Plan, _add_link, _check_host_name, _link_subnets, _name, check_hosts, check_scope
 
-TOP_KEYS = ("hosts", "links", "subnet")
-HOST_KEYS = ("router",)
-LINK_KEYS = ("a", "b", "a_addr", "b_addr")
+TOP_KEYS = ("hosts", "links", "subnet", "machines")
+HOST_KEYS = ("router", "machine")
+LINK_KEYS = ("a", "b", "a_addr", "b_addr", "vni")
 FORMAT_HINT = "see the format in `invoke net-topo --help`"
 
 
@@ -156,8 +159,11 @@ def _links_table(data: dict, src: Source, names: list[str]) -> list[dict]:
     return links
 
 
-def plan_file(path: str, scope: str | None = None, ipv6: bool = False) -> Plan:
-    """Plan a topology from a TOML file (format in the module docstring)."""
+def plan_file(path: str, scope: str | None = None, ipv6: bool = False,
+              machines: dict | None = None) -> Plan:
+    """Plan a topology from a TOML file (format in the module docstring); a ``[machines]``
+    table (or ``machines``, which replaces it) spreads it over machines
+    (:mod:`recipes.machinefile`)."""
     scope = check_scope(scope)
     data, src = _load(path)
     for key in data:
@@ -194,6 +200,9 @@ def plan_file(path: str, scope: str | None = None, ipv6: bool = False) -> Plan:
         more = f" and {len(unreachable) - 6} more" if len(unreachable) > 6 else ""
         raise src.error(f"hosts that cannot reach each other: {shown}{more}",
                         "add a link, or mark the host between them router = true ([hosts.NAME])")
+    from . import machinefile
+    if machinefile.wanted(data, machines):
+        machinefile.place(plan, data, src, links_raw, machines)
     return plan
 
 

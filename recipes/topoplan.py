@@ -71,6 +71,9 @@ class Link:
     #: short host names of the two ends (the bridge's name for a bridge end)
     a_host: str = ""
     b_host: str = ""
+    #: a link between hosts on two machines (:mod:`recipes.machines`): the VXLAN tunnel
+    #: that carries it, ``{"vni": N, "port": UDP_PORT}``; None for a veth pair
+    vxlan: dict | None = None
 
     def to_json(self) -> dict:
         """The link as its record keeps it."""
@@ -102,6 +105,11 @@ class Plan:
     bridge_addrs: dict[str, dict[str, str]] = field(default_factory=dict)
     #: host -> the L2 segment it is on (bridged shapes cut into segments joined by a router)
     lan: dict[str, int] = field(default_factory=dict)
+    #: a lab across machines (:mod:`recipes.machinefile`): name -> {"ssh", "user", "host",
+    #: "port", "underlay", "venv", "vxlan_port", "identity"}; empty on one machine
+    machines: dict[str, dict] = field(default_factory=dict)
+    #: host -> the machine it is built on (every host, when ``machines`` is given)
+    placement: dict[str, str] = field(default_factory=dict)
 
     def all_netns(self) -> list[str]:
         """Every namespace of the plan (hub and switches first)."""
@@ -177,7 +185,8 @@ class Plan:
                 "netns": self.all_netns(), "segments": self.segments,
                 "links": [ln.to_json() for ln in self.links], "routers": self.routers,
                 "switches": self.switches, "bridges": self.bridges, "routes": self.routes,
-                "bridge_addrs": self.bridge_addrs, "lan": self.lan}
+                "bridge_addrs": self.bridge_addrs, "lan": self.lan,
+                **({"machines": self.machines, "placement": self.placement} if self.machines else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
@@ -187,7 +196,8 @@ class Plan:
                    links=[Link(**ln) for ln in data.get("links", [])],
                    routers=list(data.get("routers", [])), switches=dict(data.get("switches", {})),
                    bridges=dict(data.get("bridges", {})), routes=dict(data.get("routes", {})),
-                   bridge_addrs=dict(data.get("bridge_addrs", {})), lan=dict(data.get("lan", {})))
+                   bridge_addrs=dict(data.get("bridge_addrs", {})), lan=dict(data.get("lan", {})),
+                   machines=dict(data.get("machines", {})), placement=dict(data.get("placement", {})))
 
 
 # --- planning -------------------------------------------------------------------------------

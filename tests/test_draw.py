@@ -19,7 +19,7 @@ from nsutil import syscalls as sc
 from nsutil.backend import Runner
 from nsutil.errors import InvalidInput, NsrError, ToolMissing
 from nsutil.nstypes import ns_inode
-from recipes import draw, mount, net, pid
+from recipes import draw, mount, pid, veth
 
 IMPAIR = {"delay": "20ms", "jitter": "5ms", "loss": "1%", "rate": "10mbit"}
 
@@ -102,13 +102,13 @@ def test_net_veth_draws_the_pair(backend, tmp_path):
     name, peer = "nsr-pic1", "nsr-pic2"
     try:
         with Runner(backend=backend, out=io.StringIO(), keep=True) as run:
-            made = net.veth_create(run, name, peer, "10.203.0.1/24", "10.203.0.2/24")
-            seen = net.veth_observed(run, name, peer, made["reachable"])
+            made = veth.veth_create(run, name, peer, "10.203.0.1/24", "10.203.0.2/24")
+            seen = veth.veth_observed(run, name, peer, made["reachable"])
             draw.veth(seen, path)
         inodes = [nl.netns_inode(name), nl.netns_inode(peer)]
     finally:
         with Runner(backend="native", out=io.StringIO(), keep=True) as run:
-            net.veth_delete(run, name, peer)
+            veth.veth_delete(run, name, peer)
     assert [s["inode"] for s in seen["namespaces"]] == inodes
     [shown] = browser.rendered([path])
     for text in (f"netns {name}", f"netns {peer}", name, peer, "10.203.0.1/24",

@@ -414,6 +414,7 @@ def test_loss_is_binomial(pair):
 def test_native_requests_are_the_bytes_tc_sends(pair, backend):
     """The native form's RTM_NEWQDISC for netem equals tc's byte for byte (tc sends it even
     where the kernel lacks netem), and tbf's parameters equal tc's."""
+    from nsutil import tc
     from recipes import impair
     if backend != "native":
         pytest.skip("one run is enough")
@@ -427,10 +428,10 @@ def test_native_requests_are_the_bytes_tc_sends(pair, backend):
         if kind == "netem":
             assert sent == mine
         else:
-            opts = lambda body: impair._attrs(body, 0, len(body))  # noqa: E731
-            tc_opts = opts(impair._attrs(sent, 20, len(sent))[impair.TCA_OPTIONS])
-            my_opts = opts(impair._attrs(mine, 20, len(mine))[impair.TCA_OPTIONS])
-            for key in (impair.TCA_TBF_PARMS, impair.TCA_TBF_BURST):
+            opts = lambda body: tc.attrs(body, 0, len(body))  # noqa: E731
+            tc_opts = opts(tc.attrs(sent, 20, len(sent))[tc.TCA_OPTIONS])
+            my_opts = opts(tc.attrs(mine, 20, len(mine))[tc.TCA_OPTIONS])
+            for key in (tc.TCA_TBF_PARMS, tc.TCA_TBF_BURST):
                 assert tc_opts[key] == my_opts[key], key
     assert run.undo() == []
     subprocess.run(["tc", "-n", link.a_ns, "qdisc", "del", "dev", link.a_if, "root"],

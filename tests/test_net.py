@@ -151,10 +151,10 @@ def test_root_end_is_a_leftover_until_undone(backend, tag):
 
 
 def test_net_veth_idempotent_conflict_and_delete(backend, tag):
-    from recipes import net
+    from recipes import veth
     a, b = f"nsr-{tag}-a", f"nsr-{tag}-b"
     with Runner(backend=backend, keep=True) as run:
-        first = net.veth_create(run, a, b, "10.233.0.1/24", "10.233.0.2/24")
+        first = veth.veth_create(run, a, b, "10.233.0.1/24", "10.233.0.2/24")
     assert first["changed"] and first["reachable"]
     assert {a, b} <= set(nl.list_netns())
     for ns, peer, addr in ((a, b, "10.233.0.2"), (b, a, "10.233.0.1")):
@@ -165,28 +165,28 @@ def test_net_veth_idempotent_conflict_and_delete(backend, tag):
         assert seen == [addr, peer], (ns, seen)
     inode = nl.netns_inode(a)
     with Runner(backend=backend, keep=True) as run:
-        again = net.veth_create(run, a, b, "10.233.0.1/24", "10.233.0.2/24")
+        again = veth.veth_create(run, a, b, "10.233.0.1/24", "10.233.0.2/24")
     assert again["changed"] is False and again["reachable"]
     assert nl.netns_inode(a) == inode          # nothing was recreated
     with pytest.raises(Conflict, match="other settings"):
         with Runner(backend=backend, keep=True) as run:
-            net.veth_create(run, a, b, "10.233.0.9/24", "10.233.0.2/24")
+            veth.veth_create(run, a, b, "10.233.0.9/24", "10.233.0.2/24")
     assert [x for x in nl.link(a, a)["addrs"] if "." in x] == ["10.233.0.1/24"]  # untouched
     for wrong in ((a, f"nsr-{tag}-z"), (f"nsr-{tag}-z", b), (b, f"nsr-{tag}-z")):
         with pytest.raises(Conflict, match=f"is not a pair: nsrecipes made {a}<->{b}"):
             with Runner(backend=backend, keep=True) as run:
-                net.veth_delete(run, *wrong)
+                veth.veth_delete(run, *wrong)
     assert nl.netns_exists(a) and nl.netns_exists(b)
     with Runner(backend=backend, keep=True) as run:
-        assert net.veth_delete(run, a, b)["changed"] is True
+        assert veth.veth_delete(run, a, b)["changed"] is True
     assert not nl.netns_exists(a) and not nl.netns_exists(b)
     assert not os.path.exists(f"/etc/netns/{a}")
     with Runner(backend=backend, keep=True) as run:
-        assert net.veth_delete(run, a, b)["changed"] is False
+        assert veth.veth_delete(run, a, b)["changed"] is False
 
 
 def test_net_veth_refuses_a_namespace_it_did_not_make(tag):
-    from recipes import net
+    from recipes import veth
     foreign = f"nsr-{tag}-f"
     subprocess.run(["ip", "netns", "add", foreign], check=True)
     try:
@@ -195,7 +195,7 @@ def test_net_veth_refuses_a_namespace_it_did_not_make(tag):
         assert not nl.netns_exists(f"nsr-{tag}-g")
         with pytest.raises(Conflict):
             with Runner(backend="native", keep=True) as run:
-                net.veth_delete(run, foreign, f"nsr-{tag}-g")
+                veth.veth_delete(run, foreign, f"nsr-{tag}-g")
         assert nl.netns_exists(foreign)
     finally:
         subprocess.run(["ip", "netns", "del", foreign], check=False)

@@ -1,0 +1,179 @@
+"""The entry point Fabric runs on each machine of a lab: ``VENV/bin/python -m recipes.remote``.
+
+Document section "Network namespace", across machines. Not a remote-execution layer: Fabric
+(:mod:`recipes.machines`) connects and runs this; this runs the same recipes as on one machine
+(:func:`recipes.topo.build`, :func:`recipes.topo.down`, the ``env-*`` recipes) on this
+machine's part of the lab, which it reads as JSON on stdin. It answers with JSON lines on
+stdout, the first always ``{"version": "..."}`` (the controller refuses another version)::
+
+    build   [--backend B]  stdin: the part, then "commit" (or EOF: undo what was built)
+    down    --scope S      tear down this machine's part of lab S
+    status  --scope S      which of S's namespaces exist here
+    check   [--backend B]  stdin: [[netns, address], ...]; answers the replies' TTLs
+    env-create NAME [--ns T] [--hostname H] | env-exec NAME -- CMD... | env-rm NAME | cleanup
+
+``build`` is a two-phase commit over one SSH session: the part is built and ``{"built": s}``
+printed, then it waits. Only when every machine has built does the controller send
+``commit``; if it sends none -- another machine failed, or the controller was killed and
+sshd closed the session -- stdin ends and the part is undone here.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+
+
+def version() -> str:
+    """The nsrecipes version installed where this runs."""
+    return importlib.metadata.version("nsrecipes")
+
+
+def say(**fields: object) -> None:
+    """One JSON line on stdout, flushed (the controller reads it as it comes)."""
+    print(json.dumps(fields), flush=True)
+
+
+def _runner(backend: str, keep: bool = True):
+    from nsutil.backend import Runner
+    return Runner(backend=backend, keep=keep, out=sys.stderr)
+
+
+def build(backend: str) -> int:
+    """Build the part read from stdin, then commit or undo (see the module docstring)."""
+    import time
+    from . import topo, vxlan
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0                      # the controller gave up before sending a part
+    part = json.loads(line)
+    plan = topo.Plan.from_json(part["plan"])
+    run = _runner(backend)
+    start = time.perf_counter()
+    try:
+        topo.build(run, plan)
+        for end in part["ends"]:
+            vxlan.add_end(run, end)
+        for host, routes in part["routes"].items():
+            if routes:
+                vxlan.add_routes(run, plan.hosts[host], routes)
+        plan.routes = part["routes"]
+        topo.save_record(plan)
+    except BaseException as exc:
+        run.undo()
+        if isinstance(exc, Exception):
+            say(error=str(exc))
+            return 1
+        raise
+    say(built=round(time.perf_counter() - start, 3))
+    if sys.stdin.readline().strip() != "commit":
+        run.undo()
+        say(undone=True)
+        return 2
+    say(committed=True)
+    return 0
+
+
+def down(scope: str, backend: str) -> int:
+    """Tear down this machine's part of ``scope``; answers what is left."""
+    from nsutil import netlink as nl
+    from . import topo
+    with _runner(backend) as run:
+        gone = topo.down(run, scope)
+    say(down=gone, left=[ns for ns in nl.list_netns() if ns.startswith(f"nsr-{scope}-")])
+    return 0
+
+
+def status(scope: str) -> int:
+    """Which namespaces of ``scope`` exist on this machine."""
+    from nsutil import netlink as nl
+    say(netns=[ns for ns in nl.list_netns() if ns.startswith(f"nsr-{scope}-")])
+    return 0
+
+
+def check(backend: str) -> int:
+    """An ICMP echo per [netns, address] of stdin; answers the replies' TTLs (None: lost).
+    Natively a raw socket in the namespace; on the shell backend ``ip netns exec NS ping``."""
+    from nsutil.backend import Step
+    from nsutil.errors import NsrError
+    from . import net, vxlan
+    pairs = json.loads(sys.stdin.read())
+    run = _runner(backend)
+
+    def parse(out: str) -> int | None:
+        return next((int(w[4:]) for w in out.split() if w.startswith("ttl=")), None)
+
+    def one(ns: str, ip: str, wait: float) -> int | None:
+        try:
+            return run.run(Step(f"ICMP echo {ns} -> {ip}", argv=net.exec_argv(
+                ns, ["ping", "-c", "1", "-W", str(int(wait)), ip]), parse=parse,
+                native=lambda: vxlan.echo_ttl(ns, ip, wait)))
+        except NsrError:
+            return None
+    ttls = [one(ns, ip, 3.0) for ns, ip in pairs]
+    ttls = [t if t is not None else one(ns, ip, 5.0) for t, (ns, ip) in zip(ttls, pairs)]
+    say(ttls=ttls)
+    return 0
+
+
+def env_command(argv: list[str]) -> int:
+    """``env-create``, ``env-exec``, ``env-rm`` and ``cleanup``, here (the records,
+    leftovers and cleanup are this machine's own)."""
+    from . import env
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "cleanup":
+        from . import cleanup
+        removed, failed = cleanup.remove_all()[:2]
+        say(removed=[f"{r.kind} {r.name}" for r in removed], failed=[str(e) for _, e in failed])
+        return 1 if failed else 0
+    name = rest[0]
+    if cmd == "env-create":
+        opts = dict(zip(rest[1::2], rest[2::2]))
+        with _runner(opts.get("--backend", "native")) as run:
+            rec = env.create(run, name, opts.get("--ns", env.DEFAULT_TYPES),
+                             hostname=opts.get("--hostname"))
+        say(created=name, pid=rec.get("holder", {}).get("pid"))
+        return 0
+    if cmd == "env-rm":
+        with _runner("native") as run:
+            env.remove(run, name)
+        say(removed=name)
+        return 0
+    if cmd == "env-exec":
+        cmdline = rest[rest.index("--") + 1:] if "--" in rest else rest[1:]
+        with _runner("native") as run:
+            done = env.exec_in(run, name, cmdline, capture=False)
+        return done.returncode
+    say(error=f"unknown command {cmd!r}")
+    return 2
+
+
+def main(argv: list[str]) -> int:
+    """``python -m recipes.remote COMMAND ...``; exit 3 if ``--expect VERSION`` differs."""
+    from nsutil.errors import NsrError
+    mine = version()
+    say(version=mine)
+    if "--expect" in argv:
+        i = argv.index("--expect")
+        expect, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+        if expect != mine:
+            return 3
+    opts = dict(zip(argv[1::2], argv[2::2]))
+    backend = opts.get("--backend", "native")
+    try:
+        if argv[0] == "build":
+            return build(backend)
+        if argv[0] == "down":
+            return down(opts["--scope"], backend)
+        if argv[0] == "status":
+            return status(opts["--scope"])
+        if argv[0] == "check":
+            return check(backend)
+        return env_command(argv)
+    except NsrError as exc:
+        say(error=str(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
