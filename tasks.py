@@ -329,12 +329,17 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
         if not explain:
             require_root("net-topo --down")
         with _runner(backend, explain, keep=True) as run:
-            topo.down(run, scope)
+            from recipes import machines
+            if not machines.down(run, scope) or not scope:
+                topo.down(run, scope)
         return
     plan = topo.plan_file(file, scope, ipv6) if file else topo.plan_shape(
         shape, hosts, scope, ipv6=ipv6, depth=depth, fanout=fanout)
     if not explain:
         require_root("net-topo")
+    if plan.machines:
+        _net_topo_machines(plan, check, backend, explain)
+        return
     with _runner(backend, explain, keep=True) as run:
         seconds, _ = topo.timed(topo.build, run, plan, etc_hosts=etc_hosts)
         run.say(f"built {len(plan.all_netns())} namespaces and {len(plan.links)} veth pairs "
@@ -352,11 +357,38 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
                            "above)", code=1)
 
 
+def _net_topo_machines(plan: Any, check: bool, backend: str | None, explain: bool) -> None:
+    """net-topo --file LAB.toml with a [machines] table: every machine's part through Fabric."""
+    from recipes import machines, topo
+    with _runner(backend, explain, keep=True) as run:
+        seconds, parts = topo.timed(machines.build, run, plan)
+        run.say(f"built {len(plan.hosts)} hosts on {len(plan.machines)} machines in {seconds:.2f} s "
+                f"(scope {plan.scope}; per machine: "
+                + ", ".join(f"{m} {s:.2f} s" for m, s in parts.items()) + ")")
+        run.say(f"tear down: invoke net-topo --down --scope {plan.scope}")
+        if check and not explain:
+            result = machines.check(run, plan)
+            if result["failed"]:
+                raise Exit(f"nsrecipes: check: {len(result['failed'])} of {result['pairs']} pairs "
+                           "got no packets through or took a longer path (hint: see the list "
+                           "above)", code=1)
+
+
 def _show_topologies(topo: Any, scope: str | None, status: bool, as_json: bool,
                      draw: str | None) -> None:
     """net-topo --status / --show [--json] [--draw]: what the records say, and what is up."""
     import json as js
     plans = topo.recorded(topo.check_scope(scope) if scope else None)
+    from recipes import machines
+    across = machines.recorded(scope)
+    if status:
+        for plan in across:
+            print(f"{plan.scope}  file  {len(plan.hosts)} hosts  on {', '.join(plan.machines)}")
+    if scope and not plans and across and not status:
+        data = [machines.show_data(p) for p in across]
+        print(js.dumps({"topologies": data}, indent=2) if as_json
+              else "\n".join(line for d in data for line in machines.show_lines(d)))
+        return
     if status:
         for plan in plans:
             print(f"{plan.scope}  {plan.shape}  {len(plan.hosts)} hosts  "
@@ -489,9 +521,12 @@ def _env_name(name: str, task_name: str) -> str:
                            "(default 0:<your uid>:1; 'none' leaves it for env-idmap); checked "
                            "first: no overlap inside or outside, at most 340 ranges",
                 "gid_map": "with user: gid_map ranges like --uid-map (default: those of "
-                           "--uid-map, else 0:<your gid>:1)"})
+                           "--uid-map, else 0:<your gid>:1)",
+                "machine": "create it on this machine of --file's [machines] table (through "
+                           "Fabric; its records and cleanup are that machine's)",
+                "file": "the lab file whose [machines] table names --machine"})
 def env_create(c, name, ns="uts,ipc,pid,mnt,net", hostname=None, domainname=None,
-               uid_map=None, gid_map=None, backend=None, explain=False):
+               uid_map=None, gid_map=None, backend=None, explain=False, machine=None, file=None):
     """Create a named environment whose namespaces stay until env-rm.
 
     A holder keeps them alive (PID 1 of its PID namespace, reaping orphans); each is bound on
@@ -500,6 +535,13 @@ def env_create(c, name, ns="uts,ipc,pid,mnt,net", hostname=None, domainname=None
     """
     from recipes import env
     name = _env_name(name, "env-create")
+    if machine:
+        from recipes import machines
+        m = machines.machine_from_file(file, machine)
+        machines.env_remote(m, ["env-create", name, "--ns", ns, "--backend", backend or "native"]
+                            + (["--hostname", hostname] if hostname else []))
+        print(f"environment {name} is ready on machine {machine} ({m['ssh']})")
+        return
     with _runner(backend, explain, keep=True) as run:
         env.create(run, name, ns, hostname=hostname, domainname=domainname,
                    uid_map=uid_map, gid_map=gid_map)
@@ -571,8 +613,10 @@ def env_idmap(c, name, uid_map, gid_map=None, backend=None, explain=False):
 
 
 @nsr_task(help={"name": _ENV_NAME,
-                "cwd": "working directory inside (default: the environment's)"})
-def env_exec(c, name, cwd=None, backend=None, explain=False):
+                "cwd": "working directory inside (default: the environment's)",
+                "machine": "run it in the environment on this machine of --file's [machines]",
+                "file": "the lab file whose [machines] table names --machine"})
+def env_exec(c, name, cwd=None, backend=None, explain=False, machine=None, file=None):
     """Run a command in all of an environment's namespaces: env-exec NAME -- CMD ARGS...
 
     User namespace first, then the rest; the environment's root and working directory.
@@ -583,6 +627,13 @@ def env_exec(c, name, cwd=None, backend=None, explain=False):
     from recipes import env
     name = _env_name(name, "env-exec")
     argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+    if machine:
+        from recipes import machines
+        s = machines.env_remote(machines.machine_from_file(file, machine),
+                                ["env-exec", name, "--", *argv], passthrough=sys.stdout)
+        if s.result.exited:
+            raise Exit(code=s.result.exited)
+        return
     with _runner(backend, explain, keep=True) as run:
         done = env.exec_in(run, name, argv, capture=False, cwd=cwd)
     if done.returncode:

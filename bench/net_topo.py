@@ -185,10 +185,15 @@ def best_lines(plan: "topo.Plan") -> tuple[list[str], dict[str, list[str]], list
     return root, topo._ns_lines(plan), topo._sysctl_lines(plan)
 
 
+ROOT_CHUNK = 4000   #: ip keeps an fd open per ``netns NAME`` it has read: 2 a veth line
+
+
 def best_build(plan: "topo.Plan") -> None:
-    """Run :func:`best_lines`."""
+    """Run :func:`best_lines` (the root batch in chunks: one ``ip -batch`` of 10,000 veth
+    lines runs out of file descriptors, "Invalid netns value", at the 20,000 limit here)."""
     root, per_ns, sysctls = best_lines(plan)
-    _ip("-batch", "-", input="\n".join(root) + "\n")
+    for start in range(0, len(root), ROOT_CHUNK):
+        _ip("-batch", "-", input="\n".join(root[start:start + ROOT_CHUNK]) + "\n")
     for ns, lines in per_ns.items():
         _ip("-n", ns, "-batch", "-", input="\n".join(lines) + "\n")
     if sysctls:

@@ -490,7 +490,7 @@ def impair_links(plan: Plan, links: dict | None = None, impair: dict | None = No
 def topology(shape: str = "star", hosts: int = 3, *, file: str | None = None, ipv6: bool = False,
              backend: str = "native", scope: str | None = None, etc_hosts: bool = True,
              depth: int = 2, fanout: int = 2, links: dict | None = None, impair: dict | None = None,
-             runner: Runner | None = None) -> Iterator[Topology]:
+             runner: Runner | None = None, machines: dict | None = None) -> Iterator[Topology]:
     """Build a topology and tear it down when the block ends (also on an exception)::
 
         with topology("line", 3, links={("h1", "h2"): {"delay": "50ms", "loss": "2%"}}) as net:
@@ -498,10 +498,16 @@ def topology(shape: str = "star", hosts: int = 3, *, file: str | None = None, ip
 
     ``shape`` star, line, ring or tree (``depth``, ``fanout``), or ``file=`` a TOML lab;
     ``impair`` impairs every link, ``links`` the links named (see :func:`impair_links`).
+    A file with a ``[machines]`` table (or ``machines=``, which replaces it) is built on
+    those machines through Fabric and yields a :class:`recipes.machines.Lab`.
     """
-    plan = plan_file(file, scope, ipv6) if file else plan_shape(shape, hosts, scope, ipv6=ipv6,
-                                                                depth=depth, fanout=fanout)
+    plan = plan_file(file, scope, ipv6, machines) if file else plan_shape(shape, hosts, scope, ipv6=ipv6,
+                                                                          depth=depth, fanout=fanout)
     impair_links(plan, links, impair)
+    if plan.machines:
+        from . import machines as across
+        yield from across.lab(plan, runner or Runner(backend=backend, keep=True, out=open(os.devnull, "w")))
+        return
     run = runner or Runner(backend=backend, keep=False, out=open(os.devnull, "w"))
     mark = len(run.undo_stack)
     try:

@@ -60,6 +60,13 @@ def check(run: Runner, plan: Plan, limit: int | None = None) -> dict:
     else:
         measured = {(a, b): _hops_shell(run, plan, a, b, cb) if net.check_pair(
             run, plan.hosts[a], ca, plan.hosts[b], cb) else None for a, ca, b, cb in pairs}
+    return report(run, plan, pairs, measured, what)
+
+
+def report(run: Runner, plan: Plan, pairs: list, measured: dict, what: str) -> dict:
+    """Compare the measured hops {(a, b): hops or None} with the shortest paths, say each
+    pair and the verdict (also what :func:`recipes.machines.check` measured across machines)."""
+    total = plan.pair_count()
     cache: dict = {}
     failed, hops = [], {}
     for (a, b), got in measured.items():

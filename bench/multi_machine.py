@@ -1,0 +1,71 @@
+"""A 100-host lab on 1, 2 and 4 simulated machines: build and teardown time, and the share
+of it that is SSH (issue 12).
+
+The machines are those of the tests (tests/machines.py: nsrecipes environments with a real
+sshd each, joined by an underlay bridge; the controller in a namespace of its own). The lab
+is a line of 100 hosts (inner hosts route), cut into equal consecutive pieces, one per
+machine, so 1, 1 and 3 links become VXLAN tunnels. The SSH share is the wall time of
+connecting and running ``true`` on every machine at once (Fabric, a thread each), against
+the build's and teardown's wall time (each is one SSH session per machine).
+Run as root: ``.venv/bin/python bench/multi_machine.py``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+from machines import cluster          # noqa: E402
+from nsutil.backend import Runner     # noqa: E402
+from recipes import machines, topofile  # noqa: E402
+
+HOSTS = 100
+
+
+def lab_text(c, count: int) -> str:
+    per = -(-HOSTS // count)
+    hosts = "".join(f'[hosts.h{i}]\nmachine = "m{(i - 1) // per + 1}"\n'
+                    + ("router = true\n" if 1 < i < HOSTS else "") for i in range(1, HOSTS + 1))
+    links = "".join(f'[[links]]\na = "h{i}"\nb = "h{i + 1}"\n' for i in range(1, HOSTS))
+    return c.toml() + hosts + links
+
+
+def one(count: int) -> dict:
+    with tempfile.TemporaryDirectory() as d, cluster(count, d) as c:
+        path = os.path.join(d, "lab.toml")
+        with open(path, "w") as f:
+            f.write(lab_text(c, count))
+        plan = topofile.plan_file(path)
+        run = Runner(backend="native", keep=True, out=open(os.devnull, "w"))
+        with c.controller():
+            machines.ssh_overhead(plan)                      # warm: host keys, imports
+            ssh = min(machines.ssh_overhead(plan)["all"] for _ in range(3))
+            t = time.perf_counter()
+            machines.build(run, plan)
+            build = time.perf_counter() - t
+            t = time.perf_counter()
+            machines.down(run, plan.scope)
+            down = time.perf_counter() - t
+        return {"machines": count, "build": build, "down": down, "ssh": ssh}
+
+
+def main() -> None:
+    rows = [one(n) for n in (1, 2, 4)]
+    print(f"{HOSTS}-host line lab, native backend, a real sshd per simulated machine")
+    print(f"{'MACHINES':>8} {'BUILD s':>8} {'DOWN s':>8} {'SSH s':>7} {'SSH % of build':>15} "
+          f"{'SSH % of down':>14}")
+    for r in rows:
+        print(f"{r['machines']:>8} {r['build']:>8.2f} {r['down']:>8.2f} {r['ssh']:>7.3f} "
+              f"{100 * r['ssh'] / r['build']:>14.0f}% {100 * r['ssh'] / r['down']:>13.0f}%")
+    grows = rows[-1]["ssh"] > 2 * rows[0]["ssh"]
+    print(f"SSH overhead on 4 machines is {rows[-1]['ssh'] / rows[0]['ssh']:.1f}x that on 1: "
+          + ("it GROWS with the number of machines" if grows else
+             "it does not grow with the number of machines (Fabric connects in parallel)"))
+
+
+if __name__ == "__main__":
+    main()
