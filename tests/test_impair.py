@@ -439,10 +439,14 @@ def test_native_requests_are_the_bytes_tc_sends(pair, backend):
 
 
 def _strace_request(argv: list[str]) -> bytes:
-    """The body (after nlmsghdr) of the RTM_NEWQDISC that ``argv`` (a tc command) sends."""
+    """The body (after nlmsghdr) of the RTM_NEWQDISC that ``argv`` (a tc command) sends
+    (strace writes to a file of its own: the VM's /dev has no /dev/stderr link)."""
     import re
-    out = subprocess.run(["strace", "-f", "-e", "trace=sendmsg", "-xx", "-s", "65536", "-o",
-                          "/dev/stderr", "--"] + argv, capture_output=True, text=True).stderr
+    import tempfile
+    with tempfile.NamedTemporaryFile("r", prefix="nsr-strace-", suffix=".txt") as log:
+        subprocess.run(["strace", "-f", "-e", "trace=sendmsg", "-xx", "-s", "65536", "-o",
+                        log.name, "--"] + argv, capture_output=True, text=True)
+        out = log.read()
     line = next(ln for ln in out.splitlines() if "nlmsg_type=0x24" in ln or "RTM_NEWQDISC" in ln)
     hexed = re.search(r'\}, "((?:\\x[0-9a-f]{2})+)"', line).group(1)
     return bytes.fromhex(hexed.replace("\\x", ""))

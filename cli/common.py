@@ -1,0 +1,126 @@
+"""What every task of the command line shares: :func:`nsr_task` (the common option help,
+--shell/--step, and every NsrError as one line with a hint and a non-zero exit) and the
+Runner a task runs its recipe in."""
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import signal
+import sys
+from typing import Any, Callable
+
+from invoke import Exit, task
+
+from nsutil.errors import NsrError
+
+COMMON_HELP = {
+    "backend": "auto | shell | native: run steps with util-linux/iproute2 commands or with "
+               "syscalls/netlink (default: $NSR_BACKEND, else auto = shell where installed)",
+    "explain": "print the steps with the document section and the equivalent shell "
+               "commands, and change nothing",
+}
+
+
+INTERRUPTED = "nsrecipes: interrupted; what this run made has been undone"
+
+LESSON_HELP = {
+    "shell": "open an interactive shell inside the demo's namespaces, where the document's "
+             "program does (prompt [root@NewNamespace]#); exit or Ctrl-D goes on: the host's "
+             "side, then everything undone. With stdin a pipe, the shell reads it (bash -s)",
+    "step": "pause before each step, showing its title and command: Enter runs it, s opens "
+            "a shell in the namespaces made so far, q undoes everything and quits",
+}
+#: which lesson options each kind of task gets (nsr_task(lesson=...))
+LESSONS = {"shell": ("shell", "step"), "step": ("step",), None: ()}
+#: --shell/--step of the task running now: set by nsr_task, read by current_lesson()
+_LESSON: dict[str, bool] = {}
+
+
+def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
+             **kwargs: Any) -> Callable:
+    """@task, plus: the common option help, and NsrError -> one line and a non-zero exit.
+
+    ``lesson="shell"`` adds the options --shell and --step, ``lesson="step"`` only --step;
+    they reach the Runner :func:`_runner` makes, and a hang-up or SIGTERM then undoes as
+    Ctrl-C does (a closed terminal must leave nothing behind).
+    """
+    def decorate(fn: Callable) -> Any:
+        params = inspect.signature(fn).parameters
+        added = LESSONS[lesson]
+        merged = {k: v for k, v in COMMON_HELP.items() if k in params}
+        merged.update({k: LESSON_HELP[k] for k in added})
+        merged.update(help or {})
+
+        @functools.wraps(fn)
+        def body(c, *args: Any, **kw: Any) -> Any:
+            interrupted: list[int] = []
+            main_pid = os.getpid()
+            _LESSON.clear()
+            _LESSON.update({k: bool(kw.pop(k, False)) for k in added})
+
+            def on_sigint(signum: int, frame: Any) -> None:
+                if os.getpid() != main_pid:
+                    # a fork that has not exec'd yet (sh's or ours): die, never unwind into
+                    # the parent's code; the parent sees the signal itself
+                    os._exit(128 + signum)
+                interrupted.append(signum)
+                raise KeyboardInterrupt
+
+            def on_hangup(signum: int, frame: Any) -> None:
+                if os.getpid() != main_pid:
+                    os._exit(128 + signum)
+                interrupted.append(signum)
+                os.kill(main_pid, signal.SIGINT)  # undone as Ctrl-C is (held back in forks)
+
+            signal.signal(signal.SIGINT, on_sigint)
+            if any(_LESSON.values()):
+                for sig in (signal.SIGHUP, signal.SIGTERM):
+                    signal.signal(sig, on_hangup)
+            try:
+                return fn(c, *args, **kw)
+            except NsrError as exc:
+                if interrupted:  # Ctrl-C also killed a child we were waiting for
+                    raise Exit(INTERRUPTED, code=130) from None
+                raise Exit(f"nsrecipes: {exc}", code=exc.exit_code) from None
+            except BrokenPipeError:  # `invoke tour | head`: stop quietly, like coreutils
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise Exit(code=141) from None
+            except KeyboardInterrupt:
+                raise Exit(INTERRUPTED, code=130) from None
+
+        if added:  # invoke reads the options from the signature
+            sig = inspect.signature(fn)
+            body.__signature__ = sig.replace(parameters=list(sig.parameters.values()) + [
+                inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=False)
+                for k in added])
+        kwargs.setdefault("auto_shortflags", False)  # no -h clash with --help
+        return task(body, help=merged, **kwargs)
+    return decorate
+
+
+def current_lesson():
+    """The Lesson for --shell/--step of the running task, or None."""
+    if not any(_LESSON.values()):
+        return None
+    from nsutil.lesson import Lesson
+    return Lesson(**_LESSON)
+
+
+def make_runner(backend: str | None, explain: bool, keep: bool = False):
+    """The Runner of a task: its backend, --explain, keep what it made or not, its lesson."""
+    from nsutil.backend import Runner
+    return Runner(backend=backend, explain=explain, keep=keep, lesson=current_lesson())
+
+
+def root_demo(task_name: str, module: str, backend: str | None, explain: bool,
+               **kwargs: Any) -> None:
+    """Run ``recipes.MODULE.demo(run, **kwargs)`` for a demo that needs root (unless it only
+    explains): import the recipe, check root (naming ``task_name``), run it in a Runner."""
+    import importlib
+    from nsutil.errors import require_root
+    recipe = importlib.import_module(f"recipes.{module}")
+    if not explain:
+        require_root(task_name)
+    with make_runner(backend, explain) as run:
+        recipe.demo(run, **kwargs)
