@@ -48,6 +48,7 @@ NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 10, 18
 IFLA_NET_NS_FD = 28
+IFLA_AF_SPEC, IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 26, 8, 1
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
@@ -245,8 +246,10 @@ def _u32(kind: int, value: int) -> bytes:
 
 def link_body(ifname: str | None = None, *, index: int = 0, up: bool | None = None,
               kind: str | None = None, netns_fd: int | None = None, master: int | None = None,
-              peer: bytes | None = None) -> bytes:
-    """An ifinfomsg with attributes; ``peer`` is another link_body (for veth)."""
+              peer: bytes | None = None, addrgenmode_none: bool = False) -> bytes:
+    """An ifinfomsg with attributes; ``peer`` is another link_body (for veth);
+    ``addrgenmode_none``: no IPv6 link-local address (``ip link set DEV addrgenmode none``;
+    send it before the link goes up, in a message of its own)."""
     flags = IFF_UP if up else 0
     change = IFF_UP if up is not None else 0
     out = _IFI.pack(AF_UNSPEC, 0, index, flags, change)
@@ -261,6 +264,9 @@ def link_body(ifname: str | None = None, *, index: int = 0, up: bool | None = No
         if peer is not None:
             info += attr(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer))
         out += attr(IFLA_LINKINFO, info)
+    if addrgenmode_none:
+        mode = attr(IFLA_INET6_ADDR_GEN_MODE, struct.pack("=B", IN6_ADDR_GEN_MODE_NONE))
+        out += attr(IFLA_AF_SPEC, attr(socket.AF_INET6, mode))
     return out
 
 

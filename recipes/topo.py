@@ -60,7 +60,7 @@ from .topoplan import (IPV6_NOTE, LINK_POOL, MAX_HOSTS, PORTS_PER_BRIDGE, SHAPES
 
 SECTION = "Network namespace (topologies)"
 ETC_HOSTS_MAX = 256       #: above this many hosts /etc/netns hosts files are skipped
-VETH_CHUNK = 60           #: veths a request buffer (two messages each, Rtnl's chunk is 128)
+VETH_CHUNK = 32           #: veths a request buffer (up to four messages each; Rtnl sends 128 a buffer)
 
 
 # --- records --------------------------------------------------------------------------------
@@ -236,18 +236,17 @@ def build_native(plan: Plan) -> None:
     raise_nofile(len(all_ns) + 2 * VETH_CHUNK + 256)
     socks: dict[str, nl.Rtnl] = {}
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    # links get addrgenmode none (as the shell form's batches say) through the default
-    base = {} if plan.ipv6 else {"net.ipv6.conf.default.addr_gen_mode": "1"}
     by_ns = {ns: h for h, ns in plan.nodes().items()}
     try:
         for ns in all_ns:
-            sysctls = {**base, **toporoute.sysctls(plan, by_ns[ns])} if ns in by_ns else base
+            sysctls = toporoute.sysctls(plan, by_ns[ns]) if ns in by_ns else {}
             socks[ns] = nl.Rtnl(nl.create_netns(ns, open_socket=True, home=home,  # type: ignore[arg-type]
                                                 sysctls=sysctls))
         for ns, bridges in plan.bridges.items():
             for i, br in enumerate(bridges, 2):
-                socks[ns].new_link(nl.link_body(br, index=i, kind="bridge", up=True),
+                socks[ns].new_link(nl.link_body(br, index=i, kind="bridge"),
                                    f"ip -n {ns} link add name {br} type bridge")
+                _up(socks[ns], plan, ns, i, br)
                 gateway = plan.bridge_addrs.get(ns, {}).get(br)
                 if gateway:
                     socks[ns].new_addr(i, gateway, f"ip -n {ns} addr add {gateway} dev {br}")
@@ -257,11 +256,10 @@ def build_native(plan: Plan) -> None:
             by_a.setdefault(ln.a_ns, []).append(ln)
         for ns, links in by_a.items():
             for start in range(0, len(links), VETH_CHUNK):
-                _add_veths(socks[ns], ns, links[start:start + VETH_CHUNK])
+                _add_veths(socks[ns], plan, ns, links[start:start + VETH_CHUNK])
         for ln in plan.links:
             r = socks[ln.b_ns]
-            r.set_link(nl.link_body(index=ln.b_index, up=True, master=ln.b_master_index or None),
-                       f"ip -n {ln.b_ns} link set dev {ln.b_if} up")
+            _up(r, plan, ln.b_ns, ln.b_index, ln.b_if, ln.b_master_index)
             if ln.b_addr:
                 r.new_addr(ln.b_index, ln.b_addr, f"ip -n {ln.b_ns} addr add {ln.b_addr} dev {ln.b_if}")
         for ns, r in socks.items():
@@ -278,7 +276,22 @@ def build_native(plan: Plan) -> None:
             r.close()
 
 
-def _add_veths(r: nl.Rtnl, ns: str, links: list[Link]) -> None:
+def _up(r: nl.Rtnl, plan: Plan, ns: str, index: int, dev: str, master: int = 0) -> None:
+    """Queue: no IPv6 link-local on ``dev`` (unless the plan wants IPv6), then enslave it to
+    ``master`` (an ifindex, 0 for none) and bring it up -- two messages, in that order.
+
+    (Setting the namespace's ``net.ipv6.conf.default.addr_gen_mode`` instead costs one
+    /proc/sys write per namespace, and that path lookup grows with the number of
+    namespaces: every namespace's sysctl dentries share the same dcache hash chains.
+    Measured here: 0.2 ms a write with 1000 namespaces, 3.5 ms with 10,000.)"""
+    if not plan.ipv6:
+        r.set_link(nl.link_body(index=index, addrgenmode_none=True),
+                   f"ip -n {ns} link set dev {dev} addrgenmode none")
+    r.set_link(nl.link_body(index=index, up=True, master=master or None),
+               f"ip -n {ns} link set dev {dev}{' master ' + str(master) if master else ''} up")
+
+
+def _add_veths(r: nl.Rtnl, plan: Plan, ns: str, links: list[Link]) -> None:
     """Create ``links`` from ``ns``'s socket: each veth's a end in place, its b end put in
     its namespace by an fd open only while the kernel handles the request (a 10,000-host lab
     would otherwise need 20,000 open files, and the hard limit here is 20,000); the acks are
@@ -289,10 +302,10 @@ def _add_veths(r: nl.Rtnl, ns: str, links: list[Link]) -> None:
             if ln.b_ns not in fds:
                 fds[ln.b_ns] = nl.open_netns(ln.b_ns)
             peer = nl.link_body(ln.b_if, index=ln.b_index, netns_fd=fds[ln.b_ns])
-            r.new_link(nl.link_body(ln.a_if, index=ln.a_index, master=ln.a_master_index or None,
-                                    up=True, kind="veth", peer=peer),
+            r.new_link(nl.link_body(ln.a_if, index=ln.a_index, kind="veth", peer=peer),
                        f"ip -n {ns} link add name {ln.a_if} type veth peer name {ln.b_if} "
                        f"netns {ln.b_ns}")
+            _up(r, plan, ns, ln.a_index, ln.a_if, ln.a_master_index)
             if ln.a_addr:
                 r.new_addr(ln.a_index, ln.a_addr, f"ip -n {ns} addr add {ln.a_addr} dev {ln.a_if}")
         waiting = r.send()
