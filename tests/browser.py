@@ -8,6 +8,11 @@ prints that DOM. One browser start serves several pictures (Chromium starts slow
 
 The browser gets a new empty profile in a temporary directory (removed afterwards) and no
 network: every host name resolves to nothing and the proxy is a closed port.
+
+In the test VM (``NSR_VM=1``, set by tests/vm/guest) one Chromium start under TCG takes
+minutes, so there :func:`rendered` reads the text of every ``<text>`` element from the SVG's
+XML instead (what the kernel-dependent part of a test needs: that the picture names what the
+demo made); sizes and boxes are then empty. The host run opens every picture in Chromium.
 """
 from __future__ import annotations
 
@@ -78,6 +83,8 @@ def rendered(paths: list[str], timeout: float = 300) -> list[dict]:
     ``{"width", "height", "texts", "boxes"}``: its rendered size in CSS pixels, the text of
     every ``<text>`` element the browser laid out with a non-empty box, and those boxes
     (left, top, width, height)."""
+    if os.environ.get("NSR_VM") == "1":
+        return [_texts_of(path) for path in paths]
     require_chromium()
     tmp = tempfile.mkdtemp(prefix="browser-test-")
     try:
@@ -100,6 +107,13 @@ def rendered(paths: list[str], timeout: float = 300) -> list[dict]:
     result = json.loads(html.unescape(match.group(1)))
     assert len(result) == len(paths), result
     return result
+
+
+def _texts_of(path: str) -> dict:
+    """The VM's stand-in for :func:`rendered` (see the module docstring)."""
+    import xml.etree.ElementTree as ET
+    texts = ["".join(t.itertext()) for t in ET.parse(path).iter("{http://www.w3.org/2000/svg}text")]
+    return {"width": 0, "height": 0, "texts": texts, "boxes": [[0, 0, 0, 0]] * len(texts)}
 
 
 def screenshot(path: str, png: str, size: str = "1400,1000", timeout: float = 300) -> None:

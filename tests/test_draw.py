@@ -202,6 +202,7 @@ def _hosts(show: dict) -> set[str]:
     return {n["name"] for n in show["nodes"]}
 
 
+@pytest.mark.userspace   # drawing a sample: no kernel involved
 @pytest.mark.parametrize("name", ["star3", "line4", "tree", "star100", "line100"])
 def test_topology_shows_every_host_readably(drawn, name):
     svg, seconds, shown = drawn[name]
@@ -213,6 +214,7 @@ def test_topology_shows_every_host_readably(drawn, name):
     assert seconds < 30, f"{name}: {seconds:.1f} s to lay out"
 
 
+@pytest.mark.userspace   # drawing a sample: no kernel involved
 def test_topology_labels_links_and_shapes(drawn):
     svg, _, shown = drawn["line4"]
     assert "10.201.0.1/30 — 10.201.0.2/30" in shown["texts"]
@@ -226,6 +228,7 @@ def test_topology_labels_links_and_shapes(drawn):
     assert ("n_r1", "n_r2") in _edges(drawn["tree"][0])
 
 
+@pytest.mark.userspace   # drawing a sample: no kernel involved
 def test_topology_above_100_hosts_is_a_summary(drawn):
     svg, seconds, shown = drawn["star300"]
     assert "h1 … h300" in shown["texts"] and "(300 hosts)" in shown["texts"]
@@ -238,6 +241,7 @@ def test_topology_above_100_hosts_is_a_summary(drawn):
     assert "300 hosts, 0 bridges, 0 routers, 299 links" in shown["texts"]
 
 
+@pytest.mark.userspace   # drawing a sample: no kernel involved
 def test_impair_text():
     assert draw.impair_text(IMPAIR) == "20ms ±5ms 1% 10mbit"
     assert draw.impair_text({"delay": "5ms"}) == "5ms"
@@ -252,6 +256,7 @@ def _is_one_line(exc: NsrError) -> str:
     return text
 
 
+@pytest.mark.userspace   # drawing a sample: no kernel involved
 def test_bad_paths_are_refused_and_leave_nothing(tmp_path):
     with pytest.raises(InvalidInput) as err:
         draw.check_path(str(tmp_path / "missing" / "x.svg"))
@@ -299,6 +304,7 @@ def test_demo_with_a_bad_path_makes_nothing(demo, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.userspace   # drawing a sample: no kernel involved
 def test_missing_dot_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(ToolMissing) as err:
