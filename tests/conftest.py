@@ -45,6 +45,19 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def tag():
+    """A per-test scope for topologies (``nsr-TAG-...`` names, ``topo-TAG.json`` records):
+    whatever carries it is removed at the end, even if the test fails."""
+    from nsutil.names import scope_id
+    from recipes import net
+    value = scope_id()
+    yield value
+    for item in net.leftovers():
+        if f"-{value}-" in item.name or f"topo-{value}." in item.name:
+            item.remove()
+
+
+@pytest.fixture
 def runner(backend: str):
     """A demo Runner on the parametrised backend that undoes everything it made."""
     from nsutil.backend import Runner

@@ -28,7 +28,6 @@ from helpers import cli, one_line_error
 from nsutil import netlink as nl
 from nsutil.backend import Runner
 from nsutil.errors import InvalidInput, NotFound, NsrError
-from nsutil.names import scope_id
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -171,17 +170,6 @@ def tcp_throughput(ns_a: str, addr_a: str, ns_b: str, addr_b: str, seconds: floa
 
 
 # --- fixtures --------------------------------------------------------------------------------
-
-@pytest.fixture
-def tag():
-    """A per-test scope; whatever carries it is removed at the end even if the test fails."""
-    value = scope_id()
-    yield value
-    from recipes import net
-    for item in net.leftovers():
-        if f"-{value}-" in item.name or f"topo-{value}." in item.name:
-            item.remove()
-
 
 @pytest.fixture
 def pair(backend, tag):

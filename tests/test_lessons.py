@@ -183,6 +183,7 @@ def test_pid_shell_is_pid_1_and_ctrl_d_goes_on(nothing_left, terminal):
     assert "grandchild" in pane.screen().split(PROMPT)[-1]  # the demo went on after the shell
 
 
+@pytest.mark.userspace   # the terminal's side (tmux, keys, screen); the namespaces are tested below on every kernel
 @needs_tmux
 def test_ipc_shell_host_queue_invisible_inside(nothing_left, terminal):
     pane = terminal("ipc-demo", "--shell")
@@ -197,6 +198,7 @@ def test_ipc_shell_host_queue_invisible_inside(nothing_left, terminal):
     assert key in after  # the host's ipcs -q shows its queue again
 
 
+@pytest.mark.userspace   # the terminal's side (tmux, keys, screen); the namespaces are tested below on every kernel
 @needs_tmux
 def test_net_veth_shell_pings_the_peer_inside(nothing_left, terminal):
     names = ["--name", "nsr-lsa", "--peer", "nsr-lsb", "--addr", "10.231.7.1/24",
@@ -240,6 +242,7 @@ def test_killed_terminal_leaves_nothing(nothing_left, terminal, at):
 STEP = r"^   \[Enter: run it"
 
 
+@pytest.mark.userspace   # the terminal's side (tmux, keys, screen); the namespaces are tested below on every kernel
 @needs_tmux
 def test_step_enter_shell_quit(nothing_left, terminal, backend):
     pane = terminal("uts-demo", "--step", backend=backend)
@@ -265,6 +268,7 @@ def test_step_enter_shell_quit(nothing_left, terminal, backend):
         pane.screen().split("quit at step")[0].split("-- step 3")[1].replace(prompt + " exit", "")
 
 
+@pytest.mark.userspace   # the terminal's side (tmux, keys, screen); the namespaces are tested below on every kernel
 @needs_tmux
 def test_step_ctrl_c_undoes(nothing_left, terminal):
     pane = terminal("ipc-demo", "--step")
@@ -277,6 +281,7 @@ def test_step_ctrl_c_undoes(nothing_left, terminal):
     assert "interrupted; what this run made has been undone" in pane.screen()
 
 
+@pytest.mark.userspace   # the terminal's side (tmux, keys, screen); the namespaces are tested below on every kernel
 @needs_tmux
 def test_tour_step_q_after_a_few_steps(nothing_left, terminal):
     pane = terminal("tour", "--step")
@@ -291,6 +296,7 @@ def test_tour_step_q_after_a_few_steps(nothing_left, terminal):
     assert "quit at step 4" in screen
 
 
+@pytest.mark.userspace   # the terminal's side (tmux, keys, screen); the namespaces are tested below on every kernel
 # --- stdin not a terminal ---------------------------------------------------------------------
 
 def test_shell_on_a_pipe_runs_non_interactively(nothing_left):

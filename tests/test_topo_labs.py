@@ -24,17 +24,6 @@ from nsutil.names import scope_id
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
-@pytest.fixture
-def tag():
-    """A per-test scope; whatever carries it is removed at the end even if the test fails."""
-    value = scope_id()
-    yield value
-    from recipes import net
-    for item in net.leftovers():
-        if f"-{value}-" in item.name or f"topo-{value}." in item.name:
-            item.remove()
-
-
 def _ours(tag: str) -> list[str]:
     return [n for n in nl.list_netns() if f"-{tag}-" in n]
 
