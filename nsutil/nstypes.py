@@ -48,6 +48,17 @@ NS_TYPES: dict[str, NsType] = {t.name: t for t in (
 )}
 ALIASES = {"mount": "mnt", "network": "net", "ns": "mnt"}
 
+#: unshare(2) moves the caller into new namespaces of every type but these two: a new PID or
+#: time namespace is for its *children*. So ``unshare(1)`` must ``--fork`` for them, and the
+#: holder is the child. (Kernels from 6.3 also switch time namespace at exec, so ``unshare
+#: --time -- CMD`` without --fork works there; Debian 12's 6.1 leaves CMD in the old one.)
+FORKING = frozenset({"pid", "time"})
+
+
+def needs_fork(types: Iterable["NsType"]) -> bool:
+    """True if ``unshare(1)`` must ``--fork`` for these types (see :data:`FORKING`)."""
+    return any(t.name in FORKING for t in types)
+
 
 def ns_type(name: str) -> NsType:
     """Look a namespace type up by name (``uts``, ``mnt``/``mount``, ...)."""

@@ -15,7 +15,7 @@ from nsutil import process
 from nsutil.backend import Placeholder, Runner, Step
 from nsutil.errors import CommandError, InvalidInput, NsrError
 from nsutil.lesson import Inside
-from nsutil.nstypes import NsType, flags_of, ns_inode, parse_types
+from nsutil.nstypes import NsType, flags_of, needs_fork, ns_inode, parse_types
 from nsutil import shell as nshell
 from nsutil import syscalls as sc
 
@@ -39,10 +39,10 @@ def unshare_argv(types: Sequence[NsType], *, mount_proc: bool = False,
     argv = ["unshare"] + [t.option for t in types]
     if propagation != "private" and any(t.name == "mnt" for t in types):
         argv.append(f"--propagation={propagation}")
-    if any(t.name == "pid" for t in types):
+    if needs_fork(types):
         argv.append("--fork")
-        if mount_proc:
-            argv.append("--mount-proc")
+    if mount_proc and any(t.name == "pid" for t in types):
+        argv.append("--mount-proc")
     return argv + ["--", "sleep", "infinity"]
 
 
@@ -68,7 +68,7 @@ def _shell_holder(argv: list[str], types: Sequence[NsType], detach: bool,
     parent, errfile = spawn_background(argv, detach=detach)
     probe = types[0]
     mine = ns_inode("self", probe)
-    forks = any(t.name == "pid" for t in types)
+    forks = needs_fork(types)
 
     def ready() -> int | None:
         if not process.pid_alive(parent):

@@ -32,7 +32,7 @@ from nsutil import shell as nshell
 from nsutil import syscalls as sc
 from nsutil.backend import Placeholder, Runner, Step
 from nsutil.errors import CommandError, NsrError
-from nsutil.nstypes import NS_TYPES, NsType, flags_of, mntns_id
+from nsutil.nstypes import NS_TYPES, NsType, flags_of, mntns_id, needs_fork
 
 from .common import holder_setup
 from .envstate import (base_dir, bound_inodes, env_dir, env_entries, global_lock, is_mountpoint,
@@ -74,6 +74,8 @@ def unshare_argv(name: str, types: Sequence[NsType]) -> list[str]:
     if "pid" in names_:
         argv += ["--fork", "--kill-child"] + (["--mount-proc"] if "mnt" in names_ else [])
         return argv + ["--", "sh", "-c", REAPER]
+    if needs_fork(types):                  # a time namespace: for unshare's child only
+        argv += ["--fork", "--kill-child"]
     return argv + ["--", "sleep", "infinity"]
 
 
@@ -196,7 +198,7 @@ def start_native(name: str, types: Sequence[NsType]) -> dict:
 def _spawn_unshare(argv: list[str], types: Sequence[NsType], name: str) -> tuple[int, int]:
     """Run ``unshare ...`` in its own session; wait until its holder runs in the new
     namespaces with unshare's own binds made: (holder pid, unshare's pid)."""
-    forks = any(t.name == "pid" for t in types)
+    forks = needs_fork(types)
     by_unshare = len(types) - len(bound_later(types))
     probe = types[0].proc
     null = os.open(os.devnull, os.O_RDWR)
@@ -215,7 +217,8 @@ def _spawn_unshare(argv: list[str], types: Sequence[NsType], name: str) -> tuple
             rc = process._wait(parent)
             os.lseek(err, 0, os.SEEK_SET)
             raise CommandError(argv, rc, os.read(err, 4096).decode(errors="replace"))
-        pid = process.started_pid(parent, "sh" if forks else "sleep", forks)
+        reaper = any(t.name == "pid" for t in types)
+        pid = process.started_pid(parent, "sh" if reaper else "sleep", forks)
         if pid is None or len(bound_inodes(name)) < by_unshare:
             return None
         try:

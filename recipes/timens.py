@@ -8,9 +8,11 @@ clocks. It offsets two clocks, CLOCK_MONOTONIC and CLOCK_BOOTTIME (so ``/proc/up
 Unlike the others, ``unshare(CLONE_NEWTIME)`` does not move the caller: it makes a new
 namespace for the caller's *children* (``/proc/PID/ns/time_for_children``), so that its
 offsets can be written to ``/proc/self/timens_offsets`` before the first process enters it;
-then they freeze. ``unshare --time --monotonic N --boottime N -- CMD`` writes them and, with
-no ``--fork``, setns()es itself into ``time_for_children`` before it execs CMD. The native
-holder does the same three steps: unshare(CLONE_NEWTIME), write the offsets, setns().
+then they freeze. ``unshare --time --fork --monotonic N --boottime N -- CMD`` writes them and
+forks CMD into the new namespace (without ``--fork`` CMD is in it only on kernels from 6.3,
+which switch time namespace at exec: on Debian 12's 6.1 it stays outside). The native holder
+does it in three steps: unshare(CLONE_NEWTIME), write the offsets, setns() into
+``time_for_children``.
 A kernel without it (no ``/proc/self/ns/time``) is refused with one line.
 """
 from __future__ import annotations
@@ -85,8 +87,8 @@ def start_with_offsets(run: Runner, monotonic: int, boottime: int) -> process.Ho
         sc.set_timens_offsets({"monotonic": monotonic, "boottime": boottime})
         process.enter_time_for_children()          # the first process in: offsets freeze
 
-    argv = ["unshare", "--time", "--monotonic", monotonic, "--boottime", boottime, "--",
-            "sleep", "infinity"]
+    argv = ["unshare", "--time", "--fork", "--monotonic", monotonic, "--boottime", boottime,
+            "--", "sleep", "infinity"]
     return start_prepared_holder(
         run, "time", argv, prepare,
         "unshare(CLONE_NEWTIME), write /proc/self/timens_offsets, then setns() into "

@@ -118,7 +118,7 @@ def test_explain_prints_the_commands_and_changes_nothing(backend, recipe):
     wanted = {cgroupns: ["exec unshare --cgroup -- sleep infinity",
                          "$ nsenter -t $PID --cgroup -- cat /proc/self/cgroup",
                          "$ cat /proc/$PID/cgroup", "$ mkdir /sys/fs/cgroup/"],
-              timens: ["$ unshare --time --monotonic 3600 --boottime 86400 -- sleep infinity",
+              timens: ["$ unshare --time --fork --monotonic 3600 --boottime 86400 -- sleep infinity",
                        "$ cat /proc/$PID/timens_offsets",
                        "$ nsenter -t $PID --time -- cat /proc/uptime",
                        "$ nsenter -t $PID --time -- uptime"]}[recipe]
@@ -156,7 +156,7 @@ def test_cli_bad_offset_one_line():
 def test_cli_explain_and_help():
     proc = cli("time-demo", "--explain", "--boottime", "60", "--monotonic", "7")
     assert proc.returncode == 0, proc.stderr
-    assert "$ unshare --time --monotonic 7 --boottime 60 -- sleep infinity" in proc.stdout
+    assert "$ unshare --time --fork --monotonic 7 --boottime 60 -- sleep infinity" in proc.stdout
     proc = cli("cgroupns-demo", "--explain")
     assert proc.returncode == 0, proc.stderr
     assert "unshare --cgroup -- sleep infinity" in proc.stdout

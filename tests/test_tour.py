@@ -43,5 +43,5 @@ def test_tour_explain_prints_commands_only():
     assert leakcheck.new_since(before, leakcheck.snapshot()) == {}
     for command in ("$ unshare --uts -- sleep infinity", "$ ipcmk -Q", "$ ip netns add",
                     "$ mount -t overlay", "exec unshare --cgroup -- sleep infinity",
-                    "$ unshare --time --monotonic 3600 --boottime 86400 -- sleep infinity"):
+                    "$ unshare --time --fork --monotonic 3600 --boottime 86400 -- sleep infinity"):
         assert command in proc.stdout, command
