@@ -38,6 +38,7 @@ UsePAM no
 StrictModes no
 PidFile /run/nsr-sshd.pid
 MaxStartups 100
+Subsystem sftp internal-sftp
 """
 
 
@@ -102,6 +103,15 @@ class Cluster:
         self.exec(name, ["kill", pid])
         self.exec(name, ["sh", "-c", f"while kill -0 {pid} 2>/dev/null; do sleep 0.1; done"])
 
+    def start_sshd(self, name: str) -> None:
+        """Start machine ``name``'s sshd (again, after :meth:`kill_sshd`)."""
+        _start_sshd(self, name)
+
+    def pids(self, name: str, pattern: str) -> list[str]:
+        """Pids (in machine ``name``'s pid namespace) of its processes matching ``pattern``
+        (``pgrep -f`` there: only that machine's processes are seen)."""
+        return self.exec(name, ["pgrep", "-f", pattern], check=False).stdout.split()
+
     @contextmanager
     def controller(self) -> Iterator[None]:
         """Move this thread into the controller's namespace (threads it starts follow)."""
@@ -142,12 +152,17 @@ def _underlay(c: Cluster) -> None:
 def _machine(c: Cluster, name: str) -> Environment:
     env = Environment.create(f"nsr-{c.scope}-{name}", "net,mnt,uts,pid,ipc", hostname=name)
     c.envs[name] = env
+    # the copies of the host's mounts under /run (its /run/netns, /run/nsrecipes) go first:
+    # hidden under the new /run they would still be listed in mountinfo at those paths, and
+    # nsrecipes there would take the machine's /run/nsrecipes for a mount point it is not
+    # (its private bind, made and unmounted there as on any machine, then fails EINVAL)
+    mountinfo = env.exec(["cat", "/proc/self/mountinfo"], check=True).stdout.splitlines()
+    below = {f.split()[4] for f in mountinfo if f.split()[4].startswith("/run/")}
+    for target in sorted(t for t in below if not any(t.startswith(o + "/") for o in below)):
+        # lazily: the mounts below it (other tests' netns files, coming and going) go too
+        env.exec(["umount", "-l", target], check=True)
     env.mount_tmpfs("/run")
     env.mount_tmpfs("/etc/netns")
-    # the host's own /run/nsrecipes mount is still listed (hidden under the new /run):
-    # give the machine one of its own on top, as nsrecipes makes it (a private bind)
-    env.exec(["mkdir", "-p", "/run/nsrecipes"], check=True)
-    env.exec(["mount", "--bind", "--make-private", "/run/nsrecipes", "/run/nsrecipes"], check=True)
     return env
 
 
@@ -156,7 +171,36 @@ def _start_sshd(c: Cluster, name: str) -> None:
     with open(conf, "w") as f:
         f.write(SSHD_CONFIG.format(addr=c.addr(name), dir=c.dir))
     c.exec(name, ["mkdir", "-p", "/run/sshd"])
+    _unlock_root(c, name)
     c.exec(name, [SSHD, "-f", conf, "-E", f"{c.dir}/sshd-{name}.log"])
+
+
+def _unlock_root(c: Cluster, name: str) -> None:
+    """sshd without PAM refuses every login, keys too, to an account whose password field
+    starts with ``!`` ("User root not allowed because account is locked": so root is in the
+    test VM). A real server's root would have a usable entry; here, inside this machine's own
+    mount namespace only, a copy of /etc/shadow with root's field ``*`` (no password, not
+    locked) is bind-mounted over it."""
+    with open("/etc/shadow") as f:
+        lines = f.read().splitlines()
+    if not any(ln.startswith("root:!") for ln in lines):
+        return
+    copy = f"{c.dir}/shadow-{name}"
+    with open(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write("\n".join("root:*:" + ln.split(":", 2)[2] if ln.startswith("root:!") else ln
+                          for ln in lines) + "\n")
+    c.exec(name, ["mount", "--bind", copy, "/etc/shadow"])
+
+
+def _drop_lab_records(c: Cluster) -> None:
+    """The controller's records of labs on these machines (``net/machines-*.json`` on this
+    host, whose machines' key is in this cluster's directory): a test that failed half-way
+    leaves none behind."""
+    from recipes import machines as across
+    from recipes import net
+    for plan in across.recorded():
+        if any((m.get("identity") or "").startswith(c.dir + "/") for m in plan.machines.values()):
+            net.drop_record(across.record_path(plan.scope))
 
 
 @contextmanager
@@ -166,6 +210,7 @@ def cluster(count: int, directory: str) -> Iterator[Cluster]:
     c = Cluster(scope=scope_id(), dir=str(directory), names=[f"m{i}" for i in range(1, count + 1)])
     os.makedirs("/etc/netns", exist_ok=True)
     with ExitStack() as stack:
+        stack.callback(_drop_lab_records, c)
         stack.callback(lambda: [nl.delete_netns(ns) for ns in (c.ul, c.ctl)])
         _keys(c.dir)
         for name in c.names:
