@@ -49,9 +49,19 @@ def leftovers(prefix: str) -> tuple[int, int]:
     return netns, links
 
 
-def settle(seconds: float = 2.0) -> None:
-    """Let the kernel finish freeing the previous run's namespaces (it does so async)."""
+def settle(seconds: float = 2.0, most: float = 120.0) -> None:
+    """Let the kernel finish freeing the previous run's namespaces (it does so async, and
+    10,000 take longer than a few seconds): wait ``seconds``, then until its memory in use
+    stops falling (less than 1 MiB in a second), at most ``most`` seconds."""
     time.sleep(seconds)
+    deadline = time.monotonic() + most
+    last = used_kib()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = used_kib()
+        if last - now < 1024:
+            return
+        last = now
 
 
 def sample_check(plan: topo.Plan, pairs: int = 40) -> str:
