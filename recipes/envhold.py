@@ -36,7 +36,7 @@ from nsutil.nstypes import NS_TYPES, NsType, flags_of, mntns_id, needs_fork
 
 from .common import holder_setup
 from .envstate import (base_dir, bound_inodes, env_dir, env_entries, global_lock, is_mountpoint,
-                       mountinfo, mounts_below, ns_file)
+                       mounts_below, ns_file, visible_mount)
 
 #: PID 1 of the shell form: `wait` reaps every child, also orphans re-parented to it
 REAPER = "while :; do sleep infinity & wait; done"
@@ -261,11 +261,10 @@ def start_shell(name: str, argv: list[str], types: Sequence[NsType]) -> dict:
 # --- the private mount under /run/nsrecipes -------------------------------------------------
 
 def _covering_mount(path: str) -> list[str] | None:
-    """The mountinfo fields of the topmost mount on ``path`` (what covers the files in it)."""
-    on = [fields for fields in mountinfo() if fields[4] == path]
-    below = {fields[1] for fields in on}
-    top = [fields for fields in on if fields[0] not in below]
-    return top[-1] if top else None
+    """The mountinfo fields of the topmost mount on ``path`` (what covers the files in it),
+    None if ``path`` is not a mount point here (see :func:`envstate.visible_mount`)."""
+    fields = visible_mount(path)
+    return fields if fields is not None and fields[4] == path else None
 
 
 def _is_private_mount(path: str) -> bool:
