@@ -15,6 +15,7 @@ from cli.common import current_lesson, make_runner, nsr_task, root_demo
 from cli.envs import (env_create, env_exec, env_hostname, env_idmap, env_ls,  # noqa: F401
                       env_mount, env_mq, env_rm, env_veth)
 from cli.labs import net_exec, net_link, net_topo  # noqa: F401
+from cli.machines import machines_install  # noqa: F401
 
 
 # ==== core demos (issue 2) ==================================================================

@@ -148,26 +148,46 @@ def env_exec(c, name, cwd=None, backend=None, explain=False, machine=None, file=
         raise Exit(code=done.returncode)
 
 
-@nsr_task(help={"json": "print JSON ({\"environments\": [...]}) instead of a table"})
-def env_ls(c, json=False):
+_MACHINE_HELP = {"machine": "on this machine of --file's [machines] table (through Fabric)",
+                 "file": "the lab file whose [machines] table names --machine"}
+
+
+def _on_machine(machine: str, file: str | None, args: list[str], passthrough=None):
+    """Run ``recipes.remote ARGS`` on ``machine`` of lab ``file`` (``env-* --machine``)."""
+    from recipes import machines
+    return machines.env_remote(machines.machine_from_file(file, machine), args,
+                               passthrough=passthrough)
+
+
+@nsr_task(help={"json": "print JSON ({\"environments\": [...]}) instead of a table",
+                **_MACHINE_HELP})
+def env_ls(c, json=False, machine=None, file=None):
     """List environments like lsns: holder pid, state, processes, namespaces with inodes.
 
     Columns: name, holder pid and whether it is alive, process count, when it was created,
     and each namespace with its inode number (as `lsns` and `readlink /proc/PID/ns/*` show).
     """
+    import sys
     from recipes import env
+    if machine:
+        _on_machine(machine, file, ["env-ls"] + (["--json"] if json else []), sys.stdout)
+        return
     rows = env.list_envs()
     print(env.format_json(rows) if json else env.format_table(rows))
 
 
-@nsr_task(help={"name": _ENV_NAME})
-def env_rm(c, name, backend=None, explain=False):
+@nsr_task(help={"name": _ENV_NAME, **_MACHINE_HELP})
+def env_rm(c, name, backend=None, explain=False, machine=None, file=None):
     """Remove an environment: its processes, namespace binds, links, netns name and record.
 
     Works on dead and half-made environments too.
     """
     from recipes import env
     name = _env_name(name, "env-rm")
+    if machine:
+        _on_machine(machine, file, ["env-rm", name])
+        print(f"removed environment {name} on machine {machine}")
+        return
     with make_runner(backend, explain, keep=True) as run:
         env.remove(run, name)
         run.say(f"removed environment {name}")

@@ -19,7 +19,9 @@ root-owned ``nsr-user-*`` scratch directories).
 * a cgroup with processes in it, or younger than :data:`GRACE`, and nsrecipes' v2 parent
   while any cgroup stays in it;
 * a scratch directory younger than :data:`GRACE` (nothing records which process made it);
-* the namespaces a demo or a pytest fixture made (``net/demo-*.json``) while its creator runs.
+* the namespaces a demo or a pytest fixture made (``net/demo-*.json``) while its creator runs;
+* the record of a lab across machines (``net/machines-*.json``) while any of its machines
+  has a part of it or cannot be asked (each machine's own ``cleanup`` removes its parts).
 """
 from __future__ import annotations
 
@@ -223,10 +225,30 @@ def _topologies_in_use() -> list[Kept]:
             plan = topo.Plan.from_json(rec)
         except (KeyError, TypeError, ValueError):
             continue
-        why = (f"complete ({len(plan.all_netns())} namespaces)" if topology_complete(plan)
+        # a machine's part of a lab across machines (its record names the machine) counts
+        # once the controller has committed it
+        done = topology_complete(plan) and (not rec.get("machines") or rec.get("committed"))
+        why = (f"complete ({len(plan.all_netns())} namespaces)" if done
                else _being_built(path, rec))
         if why:
             kept.append(Kept("topology", plan.scope, why, _net_claims(path, plan.all_netns())))
+    return kept
+
+
+def _machine_labs_in_use() -> list[Kept]:
+    """The labs across machines recorded here (``net/machines-*.json``, their parts are on
+    other machines): kept while being built, and while a machine still has a part or cannot
+    be asked (see :func:`recipes.machines.why_keep`); removed once no machine has any."""
+    from . import machines
+    kept = []
+    for path, rec in _net_records("machines-"):
+        try:
+            plan = topo.Plan.from_json(rec)
+        except (KeyError, TypeError, ValueError):
+            continue
+        why = _being_built(path, rec) or machines.why_keep(plan)
+        if why:
+            kept.append(Kept("machine-lab", plan.scope, why, {("state", path)}))
     return kept
 
 
@@ -319,6 +341,7 @@ def _busy_parents(items: list[Leftover], remove: list[Leftover]) -> list[Kept]:
 def in_use(items: list[Leftover]) -> list[Kept]:
     """What of ``items`` is in use (healthy, running, or still being made)."""
     return (_envs_in_use(items) + _pairs_in_use() + _topologies_in_use() + _demos_in_use()
+            + _machine_labs_in_use()
             + _containers_in_use(items) + _cgroups_in_use(items) + _scratch_in_use(items))
 
 

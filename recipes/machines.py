@@ -43,6 +43,7 @@ from .topoplan import Plan
 SECTION = "Network namespace (labs across machines)"
 CONNECT_TIMEOUT = 60       #: seconds to open an SSH connection (generous: slow VMs)
 STEP_TIMEOUT = 1800        #: seconds a machine may take for one phase of a build
+NETNS_DIR = "/run/netns"  #: where ``ip netns`` keeps the named namespaces, on every machine
 INSTALL_HINT = "install this checkout there: invoke machines-install --file LAB.toml"
 
 
@@ -70,7 +71,8 @@ def parts(plan: Plan) -> dict[str, dict]:
                 for side in ("a", "b") if getattr(ln, f"{side}_host") in hosts]
         segments = [seg for seg in plan.segments if all(h in hosts for h, _ in seg)]
         part = Plan(scope=plan.scope, shape=plan.shape, hosts=hosts, links=local, segments=segments,
-                    ipv6=plan.ipv6, routers=list(plan.routers), lan=dict(plan.lan))
+                    ipv6=plan.ipv6, routers=list(plan.routers), lan=dict(plan.lan),
+                    machines={name: plan.machines[name]}, placement=dict.fromkeys(hosts, name))
         out[name] = {"plan": part.to_json(), "ends": ends,
                      "routes": {h: plan.routes.get(h, []) for h in hosts}}
     return out
@@ -408,8 +410,11 @@ def show_data(plan: Plan) -> dict:
     namespace exists *there* (asked of every machine)."""
     from . import toposhow
     data = toposhow.show_data(plan)
-    sessions = run_all(list(plan.machines.values()), ["status", "--scope", plan.scope])
-    present = {ns for s in sessions.values() for ns in s.has("netns")["netns"]}
+    answers = ask_status(plan)
+    failed = next((a for a in answers.values() if isinstance(a, str)), None)
+    if failed:
+        raise NsrError(failed, hint="is its sshd up and the key authorized?")
+    present = {ns for a in answers.values() for ns in a}
     for node in data["nodes"]:
         node["machine"] = plan.placement.get(node["name"])
         node["up"] = node["netns"] in present
@@ -450,6 +455,49 @@ def ssh_overhead(plan: Plan) -> dict[str, float]:
         out = dict(pool.map(one, plan.machines.values()))
     out["all"] = time.perf_counter() - start
     return out
+
+
+def _netns_there(m: dict, scope: str) -> list[str] | str:
+    """The namespaces of lab ``scope`` on machine ``m`` (``ls /run/netns`` there, no Python
+    start), or why it could not be asked."""
+    try:
+        conn = connection(m)
+        try:
+            out = conn.run(f"ls -1 {NETNS_DIR}", hide=True, warn=True, in_stream=False).stdout
+        finally:
+            conn.close()
+    except Exception as exc:    # whatever Fabric, paramiko or the socket raise
+        return f"machine {m['name']} ({m['ssh']}): ssh: {ssh_reason(exc)}"
+    return sorted(n for n in out.split() if n.startswith(f"nsr-{scope}-"))
+
+
+def ask_status(plan: Plan) -> dict[str, list[str] | str]:
+    """machine -> the namespaces of ``plan`` it has, or why it could not be asked (a
+    string); every machine at once, and one failing does not stop the others."""
+    with ThreadPoolExecutor(max_workers=len(plan.machines)) as pool:
+        answers = pool.map(lambda m: _netns_there(m, plan.scope), plan.machines.values())
+        return dict(zip(plan.machines, answers))
+
+
+def why_keep(plan: Plan) -> str | None:
+    """What ``cleanup`` on the controller says of the record of ``plan`` whose creator is
+    gone: None (remove it) once every machine answers that none of its namespaces is
+    there; else why it stays -- complete, partly there, or a machine that cannot be asked
+    (its part may still be there, and the record is the only map of it)."""
+    answers = ask_status(plan)
+    down = f"`invoke net-topo --down --scope {plan.scope}`"
+    unreachable = [a for a in answers.values() if isinstance(a, str)]
+    if unreachable:
+        return (f"cannot ask {unreachable[0]} (its part may be there): {down} once it is "
+                f"back; `invoke cleanup --all` drops the record")
+    have = {n: len(a) for n, a in answers.items()}
+    if not any(have.values()):
+        return None
+    want = {n: len(Plan.from_json(p["plan"]).all_netns()) for n, p in parts(plan).items()}
+    if have == want:
+        return f"complete on {', '.join(plan.machines)}"
+    counts = ", ".join(f"{n} {have[n]}/{want[n]}" for n in plan.machines)
+    return f"partly there (namespaces: {counts}): {down} tears it down"
 
 
 def one_machine(plan: Plan, name: str | None) -> dict:

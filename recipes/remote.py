@@ -8,9 +8,12 @@ stdout, the first always ``{"version": "..."}`` (the controller refuses another 
 
     build   [--backend B]  stdin: the part, then "commit" (or EOF: undo what was built)
     down    --scope S      tear down this machine's part of lab S
-    status  --scope S      which of S's namespaces exist here
     check   [--backend B]  stdin: [[netns, address], ...]; answers the replies' TTLs
-    env-create NAME [--ns T] [--hostname H] | env-exec NAME -- CMD... | env-rm NAME | cleanup
+    env-create NAME [--ns T] [--hostname H] | env-exec NAME -- CMD... | env-rm NAME
+    env-ls [--json] | cleanup | version (only the version line: machines-install's check)
+
+(Which namespaces of a lab a machine has -- ``net-topo --show``, ``cleanup`` -- is asked with
+``ls /run/netns`` there: no Python start, see :func:`recipes.machines.ask_status`.)
 
 ``build`` is a two-phase commit over one SSH session: the part is built and ``{"built": s}``
 printed, then it waits. Only when every machine has built does the controller send
@@ -65,13 +68,34 @@ def build(backend: str) -> int:
             say(error=str(exc))
             return 1
         raise
-    say(built=round(time.perf_counter() - start, 3))
-    if sys.stdin.readline().strip() != "commit":
+    try:
+        say(built=round(time.perf_counter() - start, 3))
+        answer = sys.stdin.readline().strip()
+    except BaseException:      # the session is gone (a killed controller: EPIPE on stdout)
+        answer = ""
+    if answer != "commit":
         run.undo()
-        say(undone=True)
+        _say_quietly(undone=True)
         return 2
+    _record_committed(plan)
     say(committed=True)
     return 0
+
+
+def _record_committed(plan) -> None:
+    """This machine's record of its part, now ``committed`` (until then -- a builder killed
+    before the controller's commit -- ``cleanup`` removes the part, complete or not)."""
+    from . import net, topo
+    net.save_record(topo._record_path(plan.scope), {**plan.to_json(), "creator": net.creator(),
+                                                    "committed": True})
+
+
+def _say_quietly(**fields: object) -> None:
+    """:func:`say`, where the controller may be gone already (nothing to tell then)."""
+    try:
+        say(**fields)
+    except OSError:
+        pass
 
 
 def down(scope: str, backend: str) -> int:
@@ -81,13 +105,6 @@ def down(scope: str, backend: str) -> int:
     with _runner(backend) as run:
         gone = topo.down(run, scope)
     say(down=gone, left=[ns for ns in nl.list_netns() if ns.startswith(f"nsr-{scope}-")])
-    return 0
-
-
-def status(scope: str) -> int:
-    """Which namespaces of ``scope`` exist on this machine."""
-    from nsutil import netlink as nl
-    say(netns=[ns for ns in nl.list_netns() if ns.startswith(f"nsr-{scope}-")])
     return 0
 
 
@@ -126,6 +143,10 @@ def env_command(argv: list[str]) -> int:
         removed, failed = cleanup.remove_all()[:2]
         say(removed=[f"{r.kind} {r.name}" for r in removed], failed=[str(e) for _, e in failed])
         return 1 if failed else 0
+    if cmd == "env-ls":
+        rows = env.list_envs()
+        print(env.format_json(rows) if "--json" in rest else env.format_table(rows), flush=True)
+        return 0
     name = rest[0]
     if cmd == "env-create":
         opts = dict(zip(rest[1::2], rest[2::2]))
@@ -161,12 +182,12 @@ def main(argv: list[str]) -> int:
     opts = dict(zip(argv[1::2], argv[2::2]))
     backend = opts.get("--backend", "native")
     try:
+        if argv[0] == "version":
+            return 0
         if argv[0] == "build":
             return build(backend)
         if argv[0] == "down":
             return down(opts["--scope"], backend)
-        if argv[0] == "status":
-            return status(opts["--scope"])
         if argv[0] == "check":
             return check(backend)
         return env_command(argv)
