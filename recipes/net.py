@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Sequence
 from nsutil import netlink as nl
 from nsutil import state
 from nsutil import syscalls as sc
