@@ -62,7 +62,9 @@ def _end(plan: Plan, ln, side: str) -> dict:
 
 def parts(plan: Plan) -> dict[str, dict]:
     """machine -> its part: ``plan`` (a Plan of its hosts and local links, as JSON, routes
-    left out), ``ends`` (its VXLAN ends) and ``routes`` (added after the ends)."""
+    left out), ``ends`` (its VXLAN ends), ``routes`` (added after the ends), and for its
+    /etc/netns hosts files ``segments`` (all its hosts are on, other machines' hosts too) and
+    ``names`` (host -> netns of the hosts on them)."""
     out = {}
     for name in plan.machines:
         hosts = {h: ns for h, ns in plan.hosts.items() if plan.placement[h] == name}
@@ -73,8 +75,11 @@ def parts(plan: Plan) -> dict[str, dict]:
         part = Plan(scope=plan.scope, shape=plan.shape, hosts=hosts, links=local, segments=segments,
                     ipv6=plan.ipv6, routers=list(plan.routers), lan=dict(plan.lan),
                     machines={name: plan.machines[name]}, placement=dict.fromkeys(hosts, name))
+        touching = [seg for seg in plan.segments if any(h in hosts for h, _ in seg)]
         out[name] = {"plan": part.to_json(), "ends": ends,
-                     "routes": {h: plan.routes.get(h, []) for h in hosts}}
+                     "routes": {h: plan.routes.get(h, []) for h in hosts},
+                     "segments": touching,
+                     "names": {h: plan.hosts[h] for seg in touching for h, _ in seg}}
     return out
 
 

@@ -54,12 +54,13 @@ def build(backend: str) -> int:
     run = _runner(backend)
     start = time.perf_counter()
     try:
-        topo.build(run, plan)
+        topo.build(run, plan, etc_hosts=False)
         for end in part["ends"]:
             vxlan.add_end(run, end)
         for host, routes in part["routes"].items():
             if routes:
                 vxlan.add_routes(run, plan.hosts[host], routes)
+        topo.write_hosts_files(run, plan, part["segments"], part["names"])
         plan.routes = part["routes"]
         topo.save_record(plan)
     except BaseException as exc:

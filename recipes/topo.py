@@ -323,19 +323,24 @@ def _collect(waits: list) -> None:
         raise errors[0]
 
 
-def write_hosts_files(run: Runner, plan: Plan) -> None:
+def write_hosts_files(run: Runner, plan: Plan, segments: list | None = None,
+                      names: dict[str, str] | None = None) -> None:
     """Step: /etc/netns/NS/hosts for every host, naming the hosts it reaches (short name and
-    netns name). Skipped above ETC_HOSTS_MAX hosts (a million lines of /etc)."""
+    netns name). Skipped above ETC_HOSTS_MAX hosts (a million lines of /etc). ``segments``
+    and ``names`` (host -> netns): where they are more than ``plan``'s (a machine's part of
+    a lab across machines: the segments its hosts share with other machines' hosts)."""
     if len(plan.hosts) > ETC_HOSTS_MAX:
         run.say(f"(no /etc/netns hosts files above {ETC_HOSTS_MAX} hosts)")
         return
+    segments = plan.segments if segments is None else segments
+    names = plan.hosts if names is None else names
 
     def write() -> None:
         for host, ns in plan.hosts.items():
             entries: list[tuple[str, str]] = []
-            for seg in plan.segments:
+            for seg in segments:
                 if any(h == host for h, _ in seg):
-                    entries += [(str(ipaddress.ip_interface(c).ip), f"{h} {plan.hosts[h]}")
+                    entries += [(str(ipaddress.ip_interface(c).ip), f"{h} {names[h]}")
                                 for h, c in seg]
             net.write_etc_hosts(ns, entries)
 

@@ -94,6 +94,7 @@ def test_split_gives_each_machine_its_part(tmp_path):
     assert (end["local"], end["remote"], end["ns"], end["dev"]) == (
         "10.250.0.11", "10.250.0.12", "nsr-t1-h1", "nsr-t1-h2")
     assert parts["m2"]["routes"]["h3"] == plan.routes["h3"]
+    assert parts["m1"]["names"] == {f"h{i}": f"nsr-t1-h{i}" for i in (1, 2, 3)}  # hosts file
 
 
 # --- real machines ---------------------------------------------------------------------------
@@ -116,6 +117,9 @@ def test_cli_build_check_show_down(tmp_path, capsys):
             link = c.exec("m1", ["ip", "-n", "nsr-mx1-h1", "-d", "link", "show", "nsr-mx1-h2"]).stdout
             assert "vxlan id 1000 remote 10.250.0.12 local 10.250.0.11" in link
             assert "mtu 1450" in link and "dstport 4789" in link
+            # h1's hosts file names the hosts it reaches on the other machine
+            named = c.exec("m1", ["ip", "netns", "exec", "nsr-mx1-h1", "getent", "hosts", "h3"])
+            assert named.stdout.split()[1:] == ["h3", "nsr-mx1-h3"]
             capsys.readouterr()
             with c.controller():
                 _task(net_topo, show=True, scope="mx1")
