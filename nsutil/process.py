@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import syscalls as sc
 from .errors import CommandError, NsrError, SyscallError, ToolMissing
-from .nstypes import NS_TYPES, NsType, ns_type
+from .nstypes import NS_TYPES, NsType, enter, ns_type
 
 
 def read_all(fd: int) -> bytes:
@@ -502,15 +502,7 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
 def enter_time_for_children() -> None:
     """setns() into /proc/self/ns/time_for_children: after unshare(CLONE_NEWTIME) only the
     caller's children would be in the new time namespace (time_namespaces(7))."""
-    path = "/proc/self/ns/time_for_children"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise SyscallError.from_oserror(f"open({path!r})", exc) from None
-    try:
-        sc.setns(fd, sc.CLONE_NEWTIME)
-    finally:
-        os.close(fd)
+    enter("/proc/self/ns/time_for_children", "time")
 
 
 def quiet_fds(keep: set[int]) -> None:

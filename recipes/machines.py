@@ -304,15 +304,8 @@ def save_record(plan: Plan) -> None:
 
 def recorded(scope: str | None = None) -> list[Plan]:
     """The labs across machines recorded here (all, or the one with ``scope``)."""
-    base = state.state_dir("net", create=False)
-    names = sorted(os.listdir(base)) if os.path.isdir(base) else []
-    out = []
-    for entry in names:
-        if entry.startswith("machines-") and entry.endswith(".json"):
-            data = state.read_json(os.path.join(base, entry))
-            if data and (scope is None or data.get("scope") == scope):
-                out.append(Plan.from_json(data))
-    return out
+    return [Plan.from_json(rec) for rec in net.records("machines-")
+            if scope is None or rec.get("scope") == scope]
 
 
 # --- build, down, check, show ---------------------------------------------------------------

@@ -509,17 +509,27 @@ def _root_links() -> list[str]:
         return []
 
 
+def records(prefix: str = "") -> list[dict]:
+    """The network records ``net/PREFIX*.json`` under the state directory, by file name
+    (unreadable ones left out)."""
+    base = state.state_dir("net", create=False)
+    if not os.path.isdir(base):
+        return []
+    found = []
+    for entry in sorted(os.listdir(base)):
+        if entry.startswith(prefix) and entry.endswith(".json"):
+            rec = state.read_json(os.path.join(base, entry))
+            if isinstance(rec, dict):
+                found.append(rec)
+    return found
+
+
 def recorded_netns() -> set[str]:
     """Namespace names in nsrecipes' network records (net-veth pairs, topologies)."""
     names: set[str] = set()
-    base = state.state_dir("net", create=False)
-    if not os.path.isdir(base):
-        return names
-    for entry in os.listdir(base):
-        rec = state.read_json(os.path.join(base, entry)) if entry.endswith(".json") else None
-        if isinstance(rec, dict):
-            names.update(n for n in (rec.get("name"), rec.get("peer")) if n)
-            names.update(rec.get("netns", []))
+    for rec in records():
+        names.update(n for n in (rec.get("name"), rec.get("peer")) if n)
+        names.update(rec.get("netns", []))
     return names
 
 

@@ -76,16 +76,8 @@ def save_record(plan: Plan) -> None:
 
 def recorded(scope: str | None = None) -> list[Plan]:
     """Topologies recorded as built (all, or the one with ``scope``)."""
-    base = state.state_dir("net", create=False)
-    if not os.path.isdir(base):
-        return []
-    plans = []
-    for entry in sorted(os.listdir(base)):
-        if entry.startswith("topo-") and entry.endswith(".json"):
-            data = state.read_json(os.path.join(base, entry))
-            if data and (scope is None or data.get("scope") == scope):
-                plans.append(Plan.from_json(data))
-    return plans
+    return [Plan.from_json(rec) for rec in net.records("topo-")
+            if scope is None or rec.get("scope") == scope]
 
 
 # --- building -------------------------------------------------------------------------------

@@ -17,32 +17,24 @@ The building blocks (namespaces, in-place veths, addresses, the packet check, re
 from __future__ import annotations
 
 import ipaddress
-import os
 
 from nsutil import netlink as nl
-from nsutil import state
 from nsutil.backend import Runner, Step
 from nsutil.errors import Conflict, InvalidInput, NsrError
 from nsutil.lesson import Inside
 from nsutil.names import check_ifname
 
 from .net import (SECTION, add_veth_pair, check_addr, check_pair, create_netns, delete_netns,
-                  drop_record, ip_of, record_first, record_path, set_lo_up, write_etc_hosts)
+                  drop_record, ip_of, record_first, record_path, records, set_lo_up,
+                  write_etc_hosts)
 
 DEFAULT_ADDR, DEFAULT_PEER_ADDR = "10.200.0.1/24", "10.200.0.2/24"
 
 
 def _find_record(name: str) -> dict | None:
     """The net-veth record that mentions ``name`` as either end."""
-    base = state.state_dir("net", create=False)
-    if not os.path.isdir(base):
-        return None
-    for entry in sorted(os.listdir(base)):
-        if entry.startswith("veth-") and entry.endswith(".json"):
-            rec = state.read_json(os.path.join(base, entry))
-            if rec and name in (rec.get("name"), rec.get("peer")):
-                return rec
-    return None
+    return next((rec for rec in records("veth-") if name in (rec.get("name"), rec.get("peer"))),
+                None)
 
 
 def _validate_veth(name: str, peer: str, addr: str, peer_addr: str) -> tuple[str, str]:
