@@ -7,10 +7,11 @@ is a line of 100 hosts (inner hosts route), cut into equal consecutive pieces, o
 machine, so 1, 1 and 3 links become VXLAN tunnels. The SSH share is the wall time of
 connecting and running ``true`` on every machine at once (Fabric, a thread each), against
 the build's and teardown's wall time (each is one SSH session per machine).
-Run as root: ``.venv/bin/python bench/multi_machine.py``.
+Run as root: ``.venv/bin/python bench/multi_machine.py [--backend shell]``.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -34,13 +35,13 @@ def lab_text(c, count: int) -> str:
     return c.toml() + hosts + links
 
 
-def one(count: int) -> dict:
+def one(count: int, backend: str) -> dict:
     with tempfile.TemporaryDirectory() as d, cluster(count, d) as c:
         path = os.path.join(d, "lab.toml")
         with open(path, "w") as f:
             f.write(lab_text(c, count))
         plan = topofile.plan_file(path)
-        run = Runner(backend="native", keep=True, out=open(os.devnull, "w"))
+        run = Runner(backend=backend, keep=True, out=open(os.devnull, "w"))
         with c.controller():
             machines.ssh_overhead(plan)                      # warm: host keys, imports
             sshd0 = sum(sshd_cpu(c, n) for n in c.names)
@@ -69,8 +70,12 @@ def sshd_cpu(c, name: str) -> float:
 
 
 def main() -> None:
-    rows = [one(n) for n in (1, 2, 4)]
-    print(f"{HOSTS}-host line lab, native backend, a real sshd per simulated machine")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=("native", "shell"), default="native",
+                        help="how each machine builds its part (default: native)")
+    backend = parser.parse_args().backend
+    rows = [one(n, backend) for n in (1, 2, 4)]
+    print(f"{HOSTS}-host line lab, {backend} backend, a real sshd per simulated machine")
     print(f"{'MACHINES':>8} {'BUILD s':>8} {'DOWN s':>8} {'SSH s':>7} {'SSH % of build':>15} "
           f"{'SSH % of down':>14} {'PER MACHINE s':>14} {'CLIENT CPU s':>13} {'SSHD CPU s':>11}")
     for r in rows:
