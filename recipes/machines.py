@@ -16,6 +16,8 @@ One build is a two-phase commit over one SSH session per machine:
 3. when all have, each is told ``commit``. If one fails (SSH refused, a step failed), the
    others' stdin is closed instead and each undoes its own part; the error names the
    machine. A controller killed half-way closes every session, which undoes the same way.
+   A machine lost between "built" and "commit", after others committed, is the one case a
+   session's end cannot undo: the controller then takes every machine's part down itself.
 
 The lab is recorded here too (``net/machines-SCOPE.json``, before anything is made), so
 ``net-topo --down --scope S`` and ``--show`` know its machines; each machine records its
@@ -188,6 +190,8 @@ class Session:
             self.error = self._failure(self.result)
         except Exception as exc:    # whatever Fabric, paramiko or the socket raise
             self.error = f"ssh: {ssh_reason(exc)}"
+            if self.has("version"):             # it had started: not a connection failure
+                self.error = f"its nsrecipes ended half-way, killed or cut off ({self.error})"
         finally:
             with self.changed:
                 self.finished = True
@@ -237,6 +241,9 @@ def ssh_reason(exc: BaseException) -> str:
     inner = getattr(exc, "errors", None)         # paramiko's NoValidConnectionsError
     if isinstance(inner, dict) and inner:
         exc = next(iter(inner.values()))
+    wrapped = getattr(exc, "exceptions", None)   # Invoke's ThreadException (its stdin thread)
+    if isinstance(wrapped, (list, tuple)) and wrapped and hasattr(wrapped[0], "value"):
+        exc = wrapped[0].value
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "connection timed out"
     if isinstance(exc, OSError) and exc.errno:
@@ -325,9 +332,34 @@ def build(run: Runner, plan: Plan) -> dict[str, float]:
     save_record(plan)
     try:
         return _two_phase(plan, run.backend if run.backend != "auto" else "native")
+    except _PartlyCommitted as exc:
+        raise _take_down_committed(plan, exc.session) from None
     except BaseException:
         net.drop_record(record_path(plan.scope))
         raise
+
+
+class _PartlyCommitted(Exception):
+    """Other machines committed their parts; ``session``'s machine did not."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session.error)
+        self.session = session
+
+
+def _take_down_committed(plan: Plan, failed: Session) -> NsrError:
+    """The error of ``failed``, whose machine did not commit, once every machine's part (the
+    others' committed ones too) is down and the record gone; where that cannot be done, the
+    record stays (``--down`` and ``cleanup`` finish it) and the error says so."""
+    try:
+        _down_parts(plan)
+    except NsrError as exc:
+        return NsrError(f"{failed.label}: {failed.error}; taking the committed parts down "
+                        f"failed too: {exc}", hint="once every machine answers: invoke "
+                        f"net-topo --down --scope {plan.scope}")
+    net.drop_record(record_path(plan.scope))
+    return NsrError(f"{failed.label}: {failed.error}; the other machines' committed parts "
+                   "were taken down", hint="nothing is left on any machine; build it again")
 
 
 def _two_phase(plan: Plan, backend: str) -> dict[str, float]:
@@ -353,7 +385,7 @@ def _two_phase(plan: Plan, backend: str) -> dict[str, float]:
     failed = next((s for s in sessions if s.error or not s.has("committed")), None)
     if committed and failed:
         failed.error = failed.error or "it did not commit"
-        raise _fail(failed)
+        raise _PartlyCommitted(failed)
     return {s.machine["name"]: s.has("built")["built"] for s in sessions}
 
 
@@ -365,13 +397,19 @@ def down(run: Runner, scope: str | None = None) -> list[str]:
         run.heading(f"{SECTION}: tear down {plan.scope} on {', '.join(plan.machines)}")
         if run.explain:
             continue
-        sessions = run_all(list(plan.machines.values()), ["down", "--scope", plan.scope])
-        left = {n: s.has("down")["left"] for n, s in sessions.items() if s.has("down")["left"]}
-        if left:
-            raise NsrError(f"tear down {plan.scope}: left {left}", hint="run it again")
+        _down_parts(plan)
         net.drop_record(record_path(plan.scope))
-        run.say(f"tore down {plan.scope} on {len(sessions)} machines")
+        run.say(f"tore down {plan.scope} on {len(plan.machines)} machines")
     return [p.scope for p in plans]
+
+
+def _down_parts(plan: Plan) -> None:
+    """Every machine's part of ``plan`` torn down there (committed or not); raises when a
+    machine cannot be asked or has some of it left."""
+    sessions = run_all(list(plan.machines.values()), ["down", "--scope", plan.scope])
+    left = {n: s.has("down")["left"] for n, s in sessions.items() if s.has("down")["left"]}
+    if left:
+        raise NsrError(f"tear down {plan.scope}: left {left}", hint="run it again")
 
 
 def check(run: Runner, plan: Plan, limit: int | None = None) -> dict:

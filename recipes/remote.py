@@ -78,7 +78,12 @@ def build(backend: str) -> int:
         run.undo()
         _say_quietly(undone=True)
         return 2
-    _record_committed(plan)
+    try:
+        _record_committed(plan)
+    except Exception as exc:     # e.g. a full state directory: not committed, so undone
+        run.undo()
+        _say_quietly(error=str(exc))
+        return 1
     say(committed=True)
     return 0
 

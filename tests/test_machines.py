@@ -249,6 +249,52 @@ def _kept_record(scope: str) -> list:
     return [k for k in kept if k.kind == "machine-lab" and k.name == scope]
 
 
+def _stop_builder_once_recorded(c, name: str, scope: str) -> subprocess.Popen:
+    """Inside machine ``name``, from before the build: once its builder has begun (its
+    record is written first), SIGSTOP it. Plain nsenter: an env-exec would hold the state
+    lock the controller's record needs; ``[p]ython`` so pgrep does not match this sh."""
+    return subprocess.Popen(["nsenter", "-t", str(c.envs[name].pid), "--mount", "--pid", "--",
+                             "sh", "-c", f"until [ -e /run/nsrecipes/net/topo-{scope}.json ]; do "
+                             "sleep 0.01; done; for p in $(pgrep -f '[p]ython -m recipes.remote "
+                             "build'); do kill -STOP $p; done"])
+
+
+def _controller(c, path: str, scope: str, **kw) -> subprocess.Popen:
+    """``invoke net-topo --file PATH`` (shell backend) in the controller's namespace; its pid
+    is invoke's (ip netns exec execs it)."""
+    return subprocess.Popen(["ip", "netns", "exec", c.ctl, os.path.join(os.path.dirname(
+        sys.executable), "invoke"), "net-topo", "--file", path, "--scope", scope, "--backend",
+        "shell"], cwd=os.path.dirname(os.path.dirname(__file__)), **kw)
+
+
+def _kill_builders(c, name: str) -> None:
+    """SIGKILL machine ``name``'s builders, each with its `ip` (sshd made it a group leader;
+    dash's kill takes no `--`), and wait until they are gone."""
+    for pid in c.pids(name, "recipes.remote build"):
+        c.exec(name, ["sh", "-c", f"kill -9 -{pid}; for i in $(seq 300); do "
+                      f"pgrep -g {pid} >/dev/null || exit 0; sleep 0.1; done; exit 1"])
+
+
+def _waits_for_commit(c, name: str, scope: str) -> bool:
+    """Machine ``name``'s builder has said "built": its record is there and it is blocked
+    reading stdin (/proc/PID/syscall: read(0, ...)) for the controller's answer."""
+    if f"/run/nsrecipes/net/topo-{scope}.json" not in c.state(name):
+        return False
+    for pid in c.pids(name, "^[^ ]*python[^ ]* -m recipes.remote build"):
+        call = c.exec(name, ["cat", f"/proc/{pid}/syscall"], check=False).stdout.split()
+        if call[:2] == ["0", "0x0"]:
+            return True
+    return False
+
+
+def _until(what, timeout: float = 600) -> None:
+    """Poll ``what()`` until it is true (under TCG a Python start takes 12 s)."""
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
 def test_sigkill_of_the_controller_then_cleanup(tmp_path):
     """The controller and the machines' builders killed half-way: each machine's ``cleanup``
     removes its half-built part; the controller's keeps the lab's record while a machine
@@ -258,33 +304,19 @@ def test_sigkill_of_the_controller_then_cleanup(tmp_path):
     links = "".join(f'[[links]]\na = "x{i}"\nb = "x{i + 1}"\n' for i in range(79))
     with cluster(2, tmp_path) as c:
         path = _lab(tmp_path, c, hosts + links)
-        # inside m2, from before the build: once its builder has begun (its record is
-        # written first), stop it: m2 never says "built", so nothing is ever committed
-        # (plain nsenter: an env-exec would hold the state lock the controller's record needs)
-        freeze = subprocess.Popen(["nsenter", "-t", str(c.envs["m2"].pid), "--mount", "--pid",
-                                   "--", "sh", "-c",
-            "until [ -e /run/nsrecipes/net/topo-mk1.json ]; do sleep 0.01; done; for p in $(pgrep -f '[p]ython -m recipes.remote build'); do "
-            "kill -STOP $p; done"])
-        proc = subprocess.Popen(["ip", "netns", "exec", c.ctl, os.path.join(os.path.dirname(
-            sys.executable), "invoke"), "net-topo", "--file", path, "--scope", "mk1",
-            "--backend", "shell"], cwd=os.path.dirname(os.path.dirname(__file__)),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # m2 stopped half-way never says "built", so nothing is ever committed
+        freeze = _stop_builder_once_recorded(c, "m2", "mk1")
+        proc = _controller(c, path, "mk1", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 600      # under TCG a Python start takes 12 s
             freeze.wait(600)
-            while not c.netns("m1") and time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.1)
+            _until(lambda: c.netns("m1") or proc.poll() is not None)
             assert proc.poll() is None, "the build ended before it could be killed"
-            # a crash of everything: the controller stopped first (ip netns exec execs
-            # invoke), or it would undo its record on seeing a builder die; then the builders,
-            # each with its `ip` (sshd made it a group leader; dash's kill takes no `--`),
-            # before they see their sessions close (they would undo their parts); then it
+            # a crash of everything: the controller stopped first, or it would undo its
+            # record on seeing a builder die; then the builders, before they see their
+            # sessions close (they would undo their parts); then the controller
             os.kill(proc.pid, signal.SIGSTOP)
             for name in c.names:
-                for pid in c.pids(name, "recipes.remote build"):
-                    c.exec(name, ["sh", "-c", f"kill -9 -{pid}; "
-                                  f"for i in $(seq 300); do pgrep -g {pid} >/dev/null || exit 0; "
-                                  "sleep 0.1; done; exit 1"])
+                _kill_builders(c, name)
             os.kill(proc.pid, signal.SIGKILL)
         finally:
             for p in (proc, freeze):
@@ -309,6 +341,39 @@ def test_sigkill_of_the_controller_then_cleanup(tmp_path):
             assert _kept_record("mk1") == []
         from recipes import net
         net.drop_record(across.record_path("mk1"))    # what cleanup then does with it
+
+
+def test_a_machine_lost_at_commit_takes_the_committed_parts_down(tmp_path):
+    """m2's builder dies after saying "built", before "commit" (the controller stopped
+    meanwhile, so it reads both "built" first): m1 commits, m2 cannot. A closed session
+    cannot undo m1's committed part, so the controller takes every machine's part down
+    itself: one line naming m2, no record, nothing left on either machine."""
+    with cluster(2, tmp_path) as c:
+        path = _lab(tmp_path, c)
+        freeze = _stop_builder_once_recorded(c, "m2", "mc1")
+        proc = _controller(c, path, "mc1", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+        try:
+            freeze.wait(600)
+            _until(lambda: _waits_for_commit(c, "m1", "mc1"))
+            os.kill(proc.pid, signal.SIGSTOP)
+            c.exec("m2", ["pkill", "-CONT", "-f", "[p]ython -m recipes.remote build"])
+            _until(lambda: _waits_for_commit(c, "m2", "mc1"))
+            _kill_builders(c, "m2")
+            os.kill(proc.pid, signal.SIGCONT)
+            out, err = proc.communicate(timeout=600)
+        finally:
+            for p in (proc, freeze):
+                if p.poll() is None:
+                    p.kill()
+                p.wait(60)
+        assert proc.returncode == 1, out + err
+        (line,) = err.strip().splitlines()
+        assert line.startswith("nsrecipes: machine m2 (root@10.250.0.12): its nsrecipes ended "
+                           "half-way") and "committed parts were taken down" in line, line
+        with c.controller():
+            assert across.recorded("mc1") == []
+        _nothing_left(c)
 
 
 def test_env_create_exec_ls_rm_on_a_machine(tmp_path, capsys):
