@@ -77,33 +77,38 @@ def udp_rtts(ns_a: str, addr_a: str, ns_b: str, addr_b: str, count: int = 100,
     return rtts
 
 
-def udp_delivered(ns_a: str, addr_a: str, ns_b: str, addr_b: str, count: int = 1000,
-                  batch: int = 50, settle: float = 3.0) -> int:
-    """Send ``count`` numbered datagrams a -> b in batches, b drained after each until
-    nothing more comes for 50 ms (so neither its socket buffer nor the CPU's backlog queue
-    overflows); how many distinct ones b got."""
+def payload(seq: int) -> bytes:
+    """Datagram ``seq`` of :func:`udp_arrivals`: its number and a fixed pattern."""
+    return seq.to_bytes(4, "big") + b"loss"
+
+
+def udp_arrivals(ns_a: str, addr_a: str, ns_b: str, addr_b: str, count: int = 1000,
+                 batch: int = 50, settle: float = 3.0) -> list[bytes]:
+    """Send ``count`` numbered datagrams (:func:`payload`) a -> b in batches, b drained after
+    each until nothing more comes for 50 ms (so neither its socket buffer nor the CPU's
+    backlog queue overflows); every datagram b got, duplicates and changed ones too."""
     a, b = _sock(ns_a, socket.SOCK_DGRAM, addr_a), _sock(ns_b, socket.SOCK_DGRAM, addr_b)
     b.setsockopt(socket.SOL_SOCKET, 33, 1 << 23)                 # SO_RCVBUFFORCE
     b.setblocking(False)
-    seen: set[int] = set()
+    got: list[bytes] = []
 
     def drain() -> None:
         while True:
             try:
-                seen.add(int.from_bytes(b.recv(64)[:4], "big"))
+                got.append(b.recv(64))
             except BlockingIOError:
                 return
     try:
         for start in range(0, count, batch):
             for seq in range(start, min(count, start + batch)):
-                a.sendto(seq.to_bytes(4, "big") + b"loss", b.getsockname())
-            quiet_since, had = time.monotonic(), len(seen)
+                a.sendto(payload(seq), b.getsockname())
+            quiet_since, had = time.monotonic(), len(got)
             until = time.monotonic() + 2.0
             while time.monotonic() < until and time.monotonic() - quiet_since < 0.05:
                 time.sleep(0.005)
                 drain()
-                if len(seen) != had:
-                    quiet_since, had = time.monotonic(), len(seen)
+                if len(got) != had:
+                    quiet_since, had = time.monotonic(), len(got)
         deadline = time.monotonic() + settle
         while time.monotonic() < deadline:
             time.sleep(0.05)
@@ -111,7 +116,23 @@ def udp_delivered(ns_a: str, addr_a: str, ns_b: str, addr_b: str, count: int = 1
     finally:
         a.close()
         b.close()
-    return len(seen)
+    return got
+
+
+def udp_delivered(ns_a: str, addr_a: str, ns_b: str, addr_b: str, count: int = 1000,
+                  settle: float = 3.0) -> int:
+    """How many distinct datagrams of :func:`udp_arrivals` b got."""
+    return len({int.from_bytes(d[:4], "big") for d in udp_arrivals(ns_a, addr_a, ns_b, addr_b,
+                                                                    count, settle=settle)})
+
+
+def resolve_neighbours(link, a: str, b: str) -> None:
+    """Both ends' ARP entries, before an impairment that loses or changes what a sends: a
+    lost ARP request (1 in 10 at loss 10%) leaves the datagrams sent in the second until
+    its retry in the neighbour's queue, which drops all past ~270 of them (CI's VM lost 708
+    and 749 of 1000 so)."""
+    assert udp_delivered(link.a_ns, a, link.b_ns, b, count=5, settle=0.2) == 5
+    assert udp_delivered(link.b_ns, b, link.a_ns, a, count=5, settle=0.2) == 5
 
 
 FRAME_OVERHEAD = 14 + 20 + 32   #: Ethernet, IPv4 and TCP (with timestamps) headers per segment
@@ -395,16 +416,39 @@ def test_loss_is_binomial(pair):
     net, run, link = pair
     a, b = _addrs(net)
     n, p = 1000, 0.10
-    # both ends' ARP entries first: a lost ARP request (10 %) leaves the datagrams sent in
-    # the second until its retry in the neighbour's queue, which drops all past ~270 of them
-    # (CI's VM lost 708 and 749 of 1000 so)
-    assert udp_delivered(link.a_ns, a, link.b_ns, b, count=5, settle=0.2) == 5
-    assert udp_delivered(link.b_ns, b, link.a_ns, a, count=5, settle=0.2) == 5
+    resolve_neighbours(link, a, b)
     impair.apply_link(run, link, impair.parse({"loss": "10%"}), direction="a")
     lost = n - udp_delivered(link.a_ns, a, link.b_ns, b, count=n)
     sigma = math.sqrt(n * p * (1 - p))
     assert abs(lost - n * p) <= 4 * sigma, f"{lost} of {n} lost, want {n * p:.0f} +- {4 * sigma:.0f}"
     assert udp_delivered(link.b_ns, b, link.a_ns, a, count=200) == 200
+
+
+@root
+@needs_netem
+def test_duplicate_and_corrupt_are_counted(pair):
+    """duplicate 20% on what a sends: of 1000 datagrams all arrive and 200 +- 4 sigma twice
+    (sigma = 12.6). corrupt 20%: netem flips one bit of the frame's linear part; the
+    receiver's checksums drop the datagram, or it arrives changed, unless the bit is in the
+    source MAC address, which nothing checks: 6 of at least 42 bytes (Ethernet, IPv4, UDP
+    headers), so 171 to 200 +- 4 sigma are lost or changed."""
+    from recipes import impair
+    net, run, link = pair
+    a, b = _addrs(net)
+    n, p = 1000, 0.20
+    four_sigma = 4 * math.sqrt(n * p * (1 - p))
+    resolve_neighbours(link, a, b)
+    impair.apply_link(run, link, impair.parse({"duplicate": "20%"}), direction="a")
+    got = udp_arrivals(link.a_ns, a, link.b_ns, b, count=n)
+    assert len({int.from_bytes(d[:4], "big") for d in got}) == n
+    assert abs(len(got) - n - n * p) <= four_sigma, f"{len(got) - n} of {n} came twice"
+    impair.apply_link(run, link, impair.parse({"corrupt": "20%"}), direction="a")
+    got = udp_arrivals(link.a_ns, a, link.b_ns, b, count=n)
+    seqs = [int.from_bytes(d[:4], "big") for d in got]
+    intact = {seq for seq, d in zip(seqs, got) if seq < n and d == payload(seq)}
+    hit = n - len(intact)
+    assert n * p * (1 - 6 / 42) - four_sigma <= hit <= n * p + four_sigma, \
+        f"{hit} of {n} lost or changed, want 171 to 200 +- {four_sigma:.0f}"
 
 
 @root
