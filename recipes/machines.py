@@ -211,6 +211,8 @@ class Session:
         if not seen:
             return (f"no nsrecipes in {self.machine['venv']} there "
                     f"({tail[-1] if tail else f'exit {result.exited}'})")
+        if result.exited < 0:                   # no exit status: a signal, or the link gone
+            return "its nsrecipes ended half-way, killed or cut off (no exit status)"
         return f"remote nsrecipes failed with exit {result.exited}: {tail[-1] if tail else ''}"
 
 
