@@ -138,6 +138,21 @@ def resolve_neighbours(link, a: str, b: str) -> None:
 FRAME_OVERHEAD = 14 + 20 + 32   #: Ethernet, IPv4 and TCP (with timestamps) headers per segment
 
 
+def shaped_rate(measure, rate: float, within: float = 0.10, tries: int = 3) -> float:
+    """The best of up to ``tries`` calls of ``measure`` (bit/s through a shaper of ``rate``):
+    a shaper never passes more than its rate, so one measurement over it fails at once, but
+    a busy shared host passes less (CI measured 8.39 Mbit/s through 10mbit once), so one
+    under is taken again."""
+    best = 0.0
+    for _ in range(tries):
+        got = measure()
+        assert got <= (1 + within) * rate, f"{got / 1e6:.2f} Mbit/s through {rate / 1e6:g} Mbit/s"
+        best = max(best, got)
+        if best >= (1 - within) * rate:
+            break
+    return best
+
+
 def tcp_throughput(ns_a: str, addr_a: str, ns_b: str, addr_b: str, seconds: float = 3.0,
                    skip: float = 0.5, frames: bool = True) -> float:
     """Bit/s of one TCP stream a -> b, counted on the receiver from ``skip`` s after the
@@ -305,7 +320,7 @@ def test_find_link_either_order_and_hint():
 @root
 def test_rate_is_measured_and_shown(pair):
     """tbf at 10mbit on both ends: tc shows it, show() reads it on both backends, TCP gets
-    10 Mbit/s within 10 % (counted in frames, as tbf does: a 1514-byte frame carries 1448
+    10 Mbit/s within 10 % (the best of up to 3 runs; counted in frames, as tbf does: a 1514-byte frame carries 1448
     payload bytes, payload alone runs 4.4 % under), the other direction is limited too;
     reset and undo leave nothing."""
     from recipes import impair
@@ -320,8 +335,9 @@ def test_rate_is_measured_and_shown(pair):
         assert impair.show(ns, dev) == imp
         assert impair.show(ns, dev, Runner(backend="shell")) == imp
         assert impair.show(ns, dev, run) == imp
-    got = tcp_throughput(link.a_ns, a, link.b_ns, b, seconds=3.0, skip=0.5)
-    assert abs(got - 10e6) <= 0.10 * 10e6, f"{got / 1e6:.2f} Mbit/s through 10mbit"
+    got = shaped_rate(lambda: tcp_throughput(link.a_ns, a, link.b_ns, b, seconds=3.0, skip=0.5),
+                      10e6)
+    assert got >= 0.9 * 10e6, f"{got / 1e6:.2f} Mbit/s at best through 10mbit"
     assert before > 3 * 10e6, f"{before / 1e6:.1f} Mbit/s without impairment: the link is slow anyway"
     back = tcp_throughput(link.b_ns, b, link.a_ns, a, seconds=0.7, skip=0.3)
     assert back <= 1.1 * 10e6, f"{back / 1e6:.2f} Mbit/s b -> a"
