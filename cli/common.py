@@ -37,6 +37,13 @@ LESSONS = {"shell": ("shell", "step"), "step": ("step",), None: ()}
 _LESSON: dict[str, bool] = {}
 
 
+def _undoing() -> bool:
+    """A Runner's undo stack runs now (:func:`nsutil.backend.undoing`; no Runner before the
+    module is imported)."""
+    backend = sys.modules.get("nsutil.backend")
+    return bool(backend and backend.undoing())
+
+
 def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
              **kwargs: Any) -> Callable:
     """@task, plus: the common option help, and NsrError -> one line and a non-zero exit.
@@ -65,13 +72,16 @@ def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
                     # the parent's code; the parent sees the signal itself
                     os._exit(128 + signum)
                 interrupted.append(signum)
+                if _undoing() and interrupted.count(signal.SIGINT) < 3:
+                    return    # the undo already runs, as asked; a third Ctrl-C cuts it short
                 raise KeyboardInterrupt
 
             def on_hangup(signum: int, frame: Any) -> None:
                 if os.getpid() != main_pid:
                     os._exit(128 + signum)
                 interrupted.append(signum)
-                os.kill(main_pid, signal.SIGINT)  # undone as Ctrl-C is (held back in forks)
+                if not _undoing():                # else the undo already runs: let it finish
+                    os.kill(main_pid, signal.SIGINT)  # undone as Ctrl-C is (held back in forks)
 
             signal.signal(signal.SIGINT, on_sigint)
             if any(_LESSON.values()):

@@ -32,6 +32,14 @@ from . import shell
 from .lesson import Inside, Lesson, banner, open_native, open_shell
 
 BACKENDS = ("auto", "shell", "native")
+_undoing: list[bool] = []    #: one entry per undo stack running now (any thread)
+
+
+def undoing() -> bool:
+    """True while a Runner runs its undo stack: a signal handler that would interrupt it
+    should let it finish (a hung-up terminal both fails the read and sends SIGHUP; the
+    second must not cut the undo the first began short)."""
+    return bool(_undoing)
 
 
 def resolve_backend(name: str | None = None) -> str:
@@ -216,15 +224,19 @@ class Runner:
     def undo(self) -> list[NsrError]:
         """Run the undo stack last-in first-out; keep going past failures and return them."""
         errors: list[NsrError] = []
-        while self.undo_stack:
-            step = self.undo_stack.pop()
-            if self.explain:
-                print(f"  [undo] {step.title}\n      $ {step.command_line()}", file=self.out)
-                continue
-            try:
-                self._execute(step)
-            except NsrError as exc:
-                errors.append(exc)
+        _undoing.append(True)
+        try:
+            while self.undo_stack:
+                step = self.undo_stack.pop()
+                if self.explain:
+                    print(f"  [undo] {step.title}\n      $ {step.command_line()}", file=self.out)
+                    continue
+                try:
+                    self._execute(step)
+                except NsrError as exc:
+                    errors.append(exc)
+        finally:
+            _undoing.pop()
         return errors
 
     def __enter__(self) -> "Runner":

@@ -12,6 +12,7 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -235,6 +236,40 @@ def test_killed_terminal_leaves_nothing(nothing_left, terminal, at):
     pane.tmux("kill-server")                # the terminal goes away: SIGHUP
     for pid_ in [pane.pid] + started:
         _wait_gone(pid_)
+
+
+@pytest.mark.userspace   # signal handling in the task wrapper: no kernel object
+def test_signals_during_the_undo_let_it_finish():
+    """A hung-up terminal both fails the read (the demo quits and undoes) and sends SIGHUP;
+    in the VM the SIGHUP once came during the undo and cut it short, leaving the ipc demo's
+    host queue. Here, through the real task wrapper: an undo step that receives SIGHUP and
+    then Ctrl-C (as signals come in between two steps) -- the steps below it still run; a
+    third Ctrl-C would cut it short."""
+    from invoke import Context, Exit
+    from cli.common import nsr_task
+    from nsutil.backend import Step
+    done: list[str] = []
+
+    def signalled() -> None:
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("signalled")
+
+    @nsr_task(lesson="step")
+    def demo(c, backend=None, explain=False):
+        with Runner(backend="native", out=open(os.devnull, "w")) as run:
+            run.defer(Step("the first step made", native=lambda: done.append("first")))
+            run.defer(Step("the last step made", native=signalled))
+            raise KeyboardInterrupt                       # Ctrl-C in the middle of the demo
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
+    try:
+        with pytest.raises(Exit) as ended:
+            demo(Context(), step=True)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    assert ended.value.code == 130
+    assert done == ["signalled", "first"]
 
 
 # --- --step through a terminal ----------------------------------------------------------------
