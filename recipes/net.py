@@ -325,37 +325,61 @@ def udp_check(ns_a: str | None, addr_a: str, ns_b: str | None, addr_b: str,
         sa.close()
 
 
-def tcp_check_shell(ns_a: str, ns_b: str, addr_b: str, port: int = CHECK_PORT,
-                    timeout: float = 10.0) -> bool:
-    """The shell form of the check: ``ip netns exec B busybox nc -l -p PORT`` receives a
-    token that ``ip netns exec A busybox nc ADDR PORT`` sends over TCP."""
+def _busybox_nc() -> list[str]:
+    """``busybox nc`` (or a plain ``nc``), as argv."""
     nc = shutil.which("busybox") or shutil.which("nc")
     if nc is None:
         from nsutil.errors import ToolMissing
         raise ToolMissing("busybox", "busybox-static")
-    ncv = [nc, "nc"] if nc.endswith("busybox") else [nc]
-    ip = shutil.which("ip") or "ip"
-    token = secrets.token_hex(8)
-    server = subprocess.Popen([ip, "netns", "exec", ns_b] + ncv + ["-l", "-p", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    return [nc, "nc"] if nc.endswith("busybox") else [nc]
+
+
+def nc_listen(ns: str, port: int = CHECK_PORT) -> subprocess.Popen:
+    """Start ``ip netns exec NS busybox nc -l -p PORT``. Its stdin is a pipe held open until
+    it ends: busybox nc -l quits as soon as its stdin is at its end (as /dev/null is at
+    once, under pytest or cron), and whatever is still on its way is lost."""
+    return subprocess.Popen([shutil.which("ip") or "ip", "netns", "exec", ns] + _busybox_nc()
+                            + ["-l", "-p", str(port)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def nc_received(server: subprocess.Popen, timeout: float) -> str | None:
+    """What a :func:`nc_listen` listener received once its peer closed, or None if that did
+    not happen within ``timeout`` seconds. The listener has ended either way."""
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            client = subprocess.run([ip, "netns", "exec", ns_a] + ncv + ["-w", "1", ip_of(addr_b)
-                                     if "/" in addr_b else addr_b, str(port)],
-                                    input=token.encode() + b"\n", capture_output=True, timeout=timeout)
-            if client.returncode == 0:
-                break
-            time.sleep(0.02)
-        try:
-            out, _ = server.communicate(timeout=max(0.5, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            return False
-        return token in out.decode(errors="replace")
+        server.wait(timeout=timeout)
+        return server.stdout.read().decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        return None
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
+        server.stdin.close()
+        server.stdout.close()
+
+
+def tcp_check_shell(ns_a: str, ns_b: str, addr_b: str, port: int = CHECK_PORT,
+                    timeout: float = 10.0) -> bool:
+    """The shell form of the check: ``ip netns exec B busybox nc -l -p PORT`` receives a
+    token that ``ip netns exec A busybox nc ADDR PORT`` sends over TCP."""
+    client_argv = ([shutil.which("ip") or "ip", "netns", "exec", ns_a] + _busybox_nc()
+                   + ["-w", "1", ip_of(addr_b) if "/" in addr_b else addr_b, str(port)])
+    token = secrets.token_hex(8)
+    server = nc_listen(ns_b, port)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            client = subprocess.run(client_argv, input=token.encode() + b"\n",
+                                    capture_output=True, timeout=timeout)
+            if client.returncode == 0:
+                break
+            time.sleep(0.02)
+    except BaseException:
+        nc_received(server, 0)       # end the listener at once (Ctrl-C, a hung client)
+        raise
+    got = nc_received(server, max(0.5, deadline - time.monotonic()))
+    return got is not None and token in got
 
 
 def check_pair(run: Runner, ns_a: str, addr_a: str, ns_b: str, addr_b: str) -> bool:

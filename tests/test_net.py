@@ -136,6 +136,42 @@ def test_check_fails_when_the_link_is_down(backend, tag, monkeypatch):
         assert net.check_pair(run, a, "10.232.0.1/24", b, "10.232.0.2/24") is False
 
 
+def test_the_shell_check_hears_a_token_that_comes_late(tag):
+    """busybox nc -l ends its sending half as soon as its stdin ends, and the check's stdin
+    may be /dev/null (pytest, cron, CI): the client nc then saw the end and quit before it
+    sent its token, and CI once saw 14 of 15 pairs of a line. The listener keeps a pipe on
+    its stdin; here the test's fd 0 is /dev/null, and the client's token comes 0.5 s after
+    it connected."""
+    from recipes import net
+    a, b = f"nsr-{tag}-a", f"nsr-{tag}-b"
+    with Runner(backend="native") as run:
+        net.create_netns(run, a)
+        net.create_netns(run, b)
+        net.add_veth_pair(run, "nsr-va", "nsr-vb", ns=a, peer_ns=b,
+                          addr="10.234.0.1/24", peer_addr="10.234.0.2/24")
+        saved, null = os.dup(0), os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        try:
+            listener = net.nc_listen(b, net.CHECK_PORT)
+        finally:
+            os.dup2(saved, 0)
+            os.close(saved)
+            os.close(null)
+        client = subprocess.Popen(["ip", "netns", "exec", a, "busybox", "nc", "-w", "5",
+                                   "10.234.0.2", str(net.CHECK_PORT)], stdin=subprocess.PIPE)
+        try:
+            time.sleep(0.5)
+            try:
+                client.stdin.write(b"nsr-late-token\n")
+                client.stdin.close()
+            except BrokenPipeError:
+                pass                 # the client has quit: the assertion says so
+            assert "nsr-late-token" in (net.nc_received(listener, 5) or "")
+        finally:
+            client.kill()
+            client.wait()
+
+
 def test_root_end_is_a_leftover_until_undone(backend, tag):
     from recipes import net
     other = f"nsr-{tag}-o"

@@ -39,7 +39,7 @@ def test_line_routes_are_shortest_paths_and_only_routers_forward(backend, tag):
     host_forwarding = open("/proc/sys/net/ipv4/ip_forward").read()
     with topo.topology("line", 6, backend=backend, scope=tag) as net:
         result = net.check()
-        assert result["ok"] == result["pairs"] == 15
+        assert result["ok"] == result["pairs"] == 15, (result["failed"], result["hops"])
         assert result["hops"][("h1", "h6")] == 5 and result["hops"][("h2", "h4")] == 2
         for host in net.hosts:
             fwd = net.run(host, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip()
