@@ -17,6 +17,7 @@ The building blocks (namespaces, in-place veths, addresses, the packet check, re
 from __future__ import annotations
 
 import ipaddress
+import os
 
 from nsutil import netlink as nl
 from nsutil.backend import Runner, Step
@@ -91,7 +92,7 @@ def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
     if status == "same":
         run.say(f"nothing to do: {name} ({addr}) <-> {peer} ({peer_addr}) exist as asked")
         reachable = check_pair(run, name, addr, peer, peer_addr) if check else None
-        _veth_shell(run, name, peer_addr)
+        _veth_shell(run, name, peer, peer_addr)
         return {"changed": False, "name": name, "peer": peer, "reachable": reachable}
     record = {"name": name, "peer": peer, "addr": addr, "peer_addr": peer_addr}
     record_first(run, record_path(name), record, f"{name}<->{peer}")
@@ -109,15 +110,29 @@ def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
                        hint="see `ip -n NAME addr`; is a firewall in the namespace?")
     run.say(f"{name} ({addr}) <-> {peer} ({peer_addr}): "
             f"{'packets go both ways' if reachable else 'not checked'}")
-    run.say(f"they stay: ip netns list; ip -n {name} addr; "
-            f"remove with: invoke net-veth --name {name} --peer {peer} --delete")
-    _veth_shell(run, name, peer_addr)
+    if not run.wants_shell:
+        run.say(f"they stay: ip netns list; ip -n {name} addr; "
+                f"remove with: invoke net-veth --name {name} --peer {peer} --delete")
+    _veth_shell(run, name, peer, peer_addr)
     return {"changed": True, "name": name, "peer": peer, "reachable": reachable}
 
 
-def _veth_shell(run: Runner, name: str, peer_addr: str) -> None:
-    """--shell: the learner's shell in namespace ``name``, to ping the other end."""
+def _veth_shell(run: Runner, name: str, peer: str, peer_addr: str) -> None:
+    """--shell: the learner's shell in namespace ``name``, to ping the other end; when it
+    ends, the host's side, and what this run made is undone, as every lesson's is (a pair
+    that was there before the run stays; without --shell the pair stays until --delete)."""
+    if not run.wants_shell:
+        return
     run.learner_shell(Inside(netns=name), hint=f"ip addr; ping -c 3 {ip_of(peer_addr)}; exit")
+    run.say(f"[root@host]# ip link show {name}")
+    run.say(f"(the host has an interface {name} of its own)" if name in os.listdir("/sys/class/net")
+            else f'Device "{name}" does not exist.    <- the end lives in netns {name}, not here')
+    if run.undo_stack:
+        run.say(f"a lesson leaves nothing: {name}, {peer} and the pair go now "
+                f"(without --shell they stay until --delete)")
+    errors = run.undo()
+    if errors:
+        raise errors[0]
 
 
 def veth_delete(run: Runner, name: str = "nsr-a", peer: str = "nsr-b") -> dict:

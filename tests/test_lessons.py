@@ -21,7 +21,7 @@ import pytest
 
 import leakcheck
 from helpers import INVOKE, ROOT, cli, one_line_error
-from nsutil import process, sysvipc
+from nsutil import netlink as nl, process, sysvipc
 from nsutil.backend import Runner
 from nsutil.lesson import Lesson, LessonQuit
 from recipes import ipc, mount, net, pid, user, uts
@@ -213,9 +213,11 @@ def test_net_veth_shell_pings_the_peer_inside(nothing_left, terminal):
         assert "nsr-lsa" in "\n".join(pane.command("ip -o link show type veth", prompt))
         pane.type("exit")
         assert pane.exit_status() == 0
+        after = pane.screen().split(f"{prompt} exit", 1)[1]
+        assert 'Device "nsr-lsa" does not exist.' in after     # the host's side
+        assert not {"nsr-lsa", "nsr-lsb"} & set(os.listdir("/run/netns"))   # a lesson: undone
     finally:
-        assert cli("net-veth", *names, "--delete").returncode == 0
-    assert not {"nsr-lsa", "nsr-lsb"} & set(os.listdir("/run/netns"))
+        assert cli("net-veth", *names, "--delete").returncode == 0   # if the test failed first
 
 
 @needs_tmux
@@ -342,6 +344,29 @@ def test_shell_on_a_pipe_runs_non_interactively(nothing_left):
     lines = after.splitlines()
     assert lines[2] == "NewNamespace" and "i" not in lines[3]  # not interactive (no -i)
     assert f"{HOST}    <- the host's name is unchanged" in after
+
+
+def test_net_veth_shell_undoes_its_pair_and_keeps_one_made_before():
+    """A lesson leaves nothing: net-veth --shell removes the pair it made when the shell
+    ends; a pair that was there before the run (made without --shell) stays."""
+    names = ["--name", "nsr-lpa", "--peer", "nsr-lpb", "--addr", "10.231.8.1/24",
+             "--peer-addr", "10.231.8.2/24"]
+    mine = {"nsr-lpa", "nsr-lpb"}
+    try:
+        lesson = subprocess.run([INVOKE, "net-veth", *names, "--shell"], cwd=ROOT,
+                                input="ip -o link show type veth\n", capture_output=True,
+                                text=True, timeout=DEADLINE)
+        assert lesson.returncode == 0, lesson.stderr
+        assert "nsr-lpa" in lesson.stdout.split("reading commands from stdin --", 1)[1]
+        assert not mine & set(nl.list_netns())
+        assert cli("net-veth", *names).returncode == 0          # made to stay
+        again = subprocess.run([INVOKE, "net-veth", *names, "--shell"], cwd=ROOT, input="true\n",
+                               capture_output=True, text=True, timeout=DEADLINE)
+        assert again.returncode == 0, again.stderr
+        assert "nothing to do" in again.stdout and mine <= set(nl.list_netns())
+    finally:
+        assert cli("net-veth", *names, "--delete").returncode == 0
+    assert not mine & set(nl.list_netns())
 
 
 @pytest.mark.userspace
