@@ -157,18 +157,23 @@ def mounts(data: dict, path: str) -> str:
                     style="filled,dashed" if m.get("unbindable") else "filled",
                     color="#c5221f" if m.get("unbindable") else "black")
 
-    for n, members in sorted(groups.items()):
-        with g.subgraph(name=f"cluster_{n}") as c:
-            c.attr(label=label(f"peer group {n}", "shared:" + str(n) + ": events go both ways"),
-                   style="rounded", color="#1a73e8")
-            for m in members:
-                node(c, m)
-            for a, b in zip(members, members[1:]):
-                c.edge(_id(a["point"]), _id(b["point"]), dir="both", color="#1a73e8",
-                       label="peers")
-    for m in data["mounts"]:
-        if not m.get("shared"):
-            node(g, m)
+    if data.get("rprivate"):   # drawn first: Graphviz puts it below part 1
+        _rprivate(g, data["rprivate"], data.get("scratch", ""), colour)
+    with g.subgraph(name="cluster_states") as part1:
+        part1.attr(label=label("1. the five propagation states, in a new mount namespace"),
+                   style="rounded", color="#5f6368")
+        for n, members in sorted(groups.items()):
+            with part1.subgraph(name=f"cluster_{n}") as c:
+                c.attr(label=label(f"peer group {n}", "shared:" + str(n) + ": events go both ways"),
+                       style="rounded", color="#1a73e8")
+                for m in members:
+                    node(c, m)
+                for a, b in zip(members, members[1:]):
+                    c.edge(_id(a["point"]), _id(b["point"]), dir="both", color="#1a73e8",
+                           label="peers")
+        for m in data["mounts"]:
+            if not m.get("shared"):
+                node(part1, m)
     done = set()
     for m in data["mounts"]:
         master = m.get("master")
@@ -189,6 +194,35 @@ def mounts(data: dict, path: str) -> str:
         g.edge(tail, _id(m["point"]), label=f"master:{master} → slave", color="#e37400",
                penwidth="2", **attrs)
     return _render(g, path)
+
+
+def _rprivate(g: Any, part: dict, scratch: str, colour: dict[str, str]) -> None:
+    """Part 2 of the mount picture: the host's shared scratch mount and its copy in a mount
+    namespace made with propagation unchanged: peers before ``mount --make-rprivate /``
+    inside (a tmpfs mounted inside is seen on the host), cut off after it."""
+    steps = {"before": "before: unshare --mount --propagation unchanged",
+             "after": "after: mount --make-rprivate / inside"}
+    with g.subgraph(name="cluster_rprivate") as c:
+        c.attr(label=label("2. mount --make-rprivate /",
+                           f"the scratch mount on the host and in the namespace of pid {part['pid']}"),
+               style="rounded", color="#5f6368")
+        for when, title in steps.items():
+            side = part[when]
+            host, inside = side.get("host", {}), side.get("inside", {})
+            with c.subgraph(name=f"cluster_rp_{when}") as w:
+                w.attr(label=label(title), style="dashed", color="#5f6368")
+                for where, m in (("host", host), ("inside", inside)):
+                    seen = (f"mount -t tmpfs nsr-{when} {part['probe']} inside: "
+                            f"{'seen on the host' if side['seen_on_host'] else 'not seen on the host'}"
+                            if where == "inside" else "")
+                    w.node(f"rp_{when}_{where}",
+                           label(f"{where}: {scratch}", f"mount {m.get('id', '?')} · {_mount_tags(m)}", seen),
+                           shape="box", fillcolor=colour["shared" if m.get("shared") else "private"])
+                if host.get("shared") and host["shared"] == inside.get("shared"):
+                    w.edge(f"rp_{when}_host", f"rp_{when}_inside", dir="both", color="#1a73e8",
+                           label=f"peers (shared:{host['shared']})")
+                else:
+                    w.edge(f"rp_{when}_host", f"rp_{when}_inside", style="invis")   # layout only
 
 
 # --- network namespace: a veth pair ----------------------------------------------------------

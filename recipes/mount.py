@@ -149,19 +149,25 @@ def parse_findmnt_groups(text: str) -> dict[str, dict]:
     return out
 
 
-def peer_groups(run: Runner, holder: process.Holder, under: str) -> dict[str, dict]:
+def peer_groups(run: Runner, holder: process.Holder | None, under: str,
+                where: str = "inside") -> dict[str, dict]:
     """Step: the peer groups of the mounts below ``under`` in ``holder``'s mount namespace
-    (``findmnt --task PID -o TARGET,ID,OPT-FIELDS``; natively /proc/PID/mountinfo)."""
+    or on the host (``findmnt [--task PID] -o TARGET,ID,OPT-FIELDS``; natively
+    /proc/PID/mountinfo)."""
+    pid = holder.pid if holder is not None else "self"
+
     def native() -> dict[str, dict]:
         try:
-            with open(f"/proc/{holder.pid}/mountinfo") as f:
+            with open(f"/proc/{pid}/mountinfo") as f:
                 return _under(parse_peer_groups(f.read()), under)
         except OSError as exc:
-            raise SyscallError.from_oserror(f"open('/proc/{holder.pid}/mountinfo')", exc) from None
-    return run.run(Step(f"read the peer groups of the mounts under {under} (for the picture)",
-                        argv=["findmnt", "--task", holder.pid, "-r", "-n", "-o",
-                              "TARGET,ID,OPT-FIELDS"],
-                        native=native, parse=lambda text: _under(parse_findmnt_groups(text), under),
+            raise SyscallError.from_oserror(f"open('/proc/{pid}/mountinfo')", exc) from None
+    argv: list[Any] = ["findmnt", "-r", "-n", "-o", "TARGET,ID,OPT-FIELDS"]
+    if holder is not None:
+        argv[1:1] = ["--task", holder.pid]
+    return run.run(Step(f"read the peer groups of the mounts under {under} {where} (for the picture)",
+                        argv=argv, native=native,
+                        parse=lambda text: _under(parse_findmnt_groups(text), under),
                         placeholder={}))
 
 
@@ -347,9 +353,18 @@ def propagation_states(run: Runner, scratch: str, picture: bool = False) -> dict
     return {"states": rel, "propagated": seen, "unbindable_refused": refused, "picture": drawn}
 
 
-def rprivate_contrast(run: Runner, scratch: str) -> dict:
+def scratch_groups(run: Runner, holder: process.Holder, scratch: str) -> dict:
+    """For the picture of part 2: the scratch mount's ID and peer group on the host and
+    inside (``{"host": {...}, "inside": {...}}``, fields as :func:`peer_fields`)."""
+    return {"host": peer_groups(run, None, scratch, "on the host").get(scratch, {}),
+            "inside": peer_groups(run, holder, scratch).get(scratch, {})}
+
+
+def rprivate_contrast(run: Runner, scratch: str, picture: bool = False) -> dict:
     """Part 2: a mount made inside reaches the host through a shared scratch mount --
-    until ``mount --make-rprivate /`` inside."""
+    until ``mount --make-rprivate /`` inside. With ``picture``, also the scratch mount's
+    peer group on both sides, before and after (``picture``: what :func:`recipes.draw.mounts`
+    draws as its part 2)."""
     run.say("\n-- 2. mount --make-rprivate / : mounts made inside stay inside --")
     probe = sub(scratch, "probe")
     host_mkdir(run, probe)
@@ -361,13 +376,19 @@ def rprivate_contrast(run: Runner, scratch: str) -> dict:
     mount_tmpfs(run, holder, probe, "nsr-before", "inside, before make-rprivate")
     before_inside = list_mounts(run, holder, probe, "inside")
     before_host = list_mounts(run, None, probe)
+    groups_before = scratch_groups(run, holder, scratch) if picture else {}
     umount(run, holder, probe)
     make(run, holder, "/", "private", recursive=True)
     mount_tmpfs(run, holder, probe, "nsr-after", "inside, after make-rprivate")
     after_inside = list_mounts(run, holder, probe, "inside")
     after_host = list_mounts(run, None, probe)
-    result = {"before": {"inside": probe in before_inside, "host": probe in before_host},
-              "after": {"inside": probe in after_inside, "host": probe in after_host}}
+    groups_after = scratch_groups(run, holder, scratch) if picture else {}
+    result: dict = {"before": {"inside": probe in before_inside, "host": probe in before_host},
+                    "after": {"inside": probe in after_inside, "host": probe in after_host}}
+    if picture:
+        result["picture"] = {"pid": holder.pid, "probe": probe,
+                             "before": {**groups_before, "seen_on_host": result["before"]["host"]},
+                             "after": {**groups_after, "seen_on_host": result["after"]["host"]}}
     if not run.explain:
         yn = {True: "yes", False: "no"}
         run.say(f"  host: mount --bind {scratch} {scratch}; mount --make-shared {scratch}")
@@ -394,8 +415,11 @@ def demo(run: Runner, draw: str | None = None) -> dict:
         require_root("mount-demo")
     run.heading(f"{SECTION} (CLONE_NEWNS): mount points and their propagation")
     scratch = make_scratch(run)
-    part1 = propagation_states(run, scratch, picture=bool(draw) and not run.explain)
-    part2 = rprivate_contrast(run, scratch)
+    picture = bool(draw) and not run.explain
+    part1 = propagation_states(run, scratch, picture=picture)
+    part2 = rprivate_contrast(run, scratch, picture=picture)
+    if picture:
+        part1["picture"]["rprivate"] = part2.pop("picture")
     run.undo()
     clean = None
     if not run.explain:

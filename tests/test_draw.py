@@ -70,6 +70,19 @@ def test_mount_demo_draws_peer_groups_from_the_kernel(backend, tmp_path):
     assert ("n_origin", "n_shared") in edges and ("n_shared_slave", "n_ss_peer") in edges
     assert ("n_origin", "n_slave") in edges and ("n_origin", "n_shared_slave") in edges
     assert not any(n in ("n_private", "n_unbindable") for e in edges for n in e)
+    # part 2: the host's shared scratch mount and its copy inside are peers until
+    # mount --make-rprivate / inside; then the copy is private and the host sees nothing
+    rp = seen["picture"]["rprivate"]
+    before, after = rp["before"], rp["after"]
+    shared = before["host"]["shared"]
+    assert shared and before["inside"]["shared"] == shared and before["seen_on_host"]
+    assert after["host"]["shared"] == shared and after["inside"]["shared"] is None
+    assert after["inside"]["id"] == before["inside"]["id"] and not after["seen_on_host"]
+    assert "2. mount --make-rprivate /" in shown["texts"]
+    assert f"mount {after['inside']['id']} · private (no optional fields)" in shown["texts"]
+    assert shown["texts"].count(f"peers (shared:{shared})") == 1      # before only
+    assert any(t.endswith("inside: not seen on the host") for t in shown["texts"])
+    assert ("rp_before_host", "rp_before_inside") in edges
     assert seen["host_clean"] is True and not os.path.exists(seen["scratch"])
 
 
