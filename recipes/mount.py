@@ -407,7 +407,8 @@ def demo(run: Runner, draw: str | None = None) -> dict:
     ``unbindable_refused`` (the error), ``rprivate`` (before/after: inside/host), and
     ``host_clean`` (nothing of the demo left on the host afterwards). With ``draw`` (a path
     ending in .svg, checked before anything is made) the peer groups read from the kernel
-    are drawn there (``picture``: the data drawn); under --explain nothing is drawn."""
+    are drawn there (``picture``: the data drawn, part 2's under ``picture["rprivate"]``);
+    under --explain nothing is drawn."""
     from . import draw as pictures
     if draw:
         pictures.check_path(draw)
