@@ -44,6 +44,15 @@ def _undoing() -> bool:
     return bool(backend and backend.undoing())
 
 
+def _undo_goes_on() -> bool:
+    """A Ctrl-C came: True if a Runner's undo stack runs now and should go on with the step
+    it is in. The Ctrl-C is counted on that undo (:func:`nsutil.backend.interrupt_undo`),
+    which raises KeyboardInterrupt once its stack is empty; the third during one undo
+    (False here) cuts it short."""
+    backend = sys.modules.get("nsutil.backend")
+    return bool(backend and backend.undoing() and not backend.interrupt_undo())
+
+
 def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
              **kwargs: Any) -> Callable:
     """@task, plus: the common option help, and NsrError -> one line and a non-zero exit.
@@ -51,6 +60,10 @@ def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
     ``lesson="shell"`` adds the options --shell and --step, ``lesson="step"`` only --step;
     they reach the Runner :func:`_runner` makes, and a hang-up or SIGTERM then undoes as
     Ctrl-C does (a closed terminal must leave nothing behind).
+
+    A Ctrl-C while a Runner's undo stack runs is not raised, so the step it came in
+    finishes; the undo goes on and raises KeyboardInterrupt once its stack is empty. The
+    third Ctrl-C during that undo (not counting the one that began it) cuts it short.
     """
     def decorate(fn: Callable) -> Any:
         params = inspect.signature(fn).parameters
@@ -72,8 +85,8 @@ def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
                     # the parent's code; the parent sees the signal itself
                     os._exit(128 + signum)
                 interrupted.append(signum)
-                if _undoing() and interrupted.count(signal.SIGINT) < 3:
-                    return    # the undo already runs, as asked; a third Ctrl-C cuts it short
+                if _undo_goes_on():
+                    return    # the undo goes on; the third Ctrl-C during it cuts it short
                 raise KeyboardInterrupt
 
             def on_hangup(signum: int, frame: Any) -> None:

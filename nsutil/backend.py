@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TextIO
 
@@ -32,7 +33,29 @@ from . import shell
 from .lesson import Inside, Lesson, banner, open_native, open_shell
 
 BACKENDS = ("auto", "shell", "native")
-_undoing: list[bool] = []    #: one entry per undo stack running now (any thread)
+#: the Ctrl-C (KeyboardInterrupt) received during one undo that cuts it short
+UNDO_CUT_SHORT_AT = 3
+
+
+@dataclass(eq=False)
+class _Undo:
+    """One undo stack running now: in which thread, and how many Ctrl-C it has received."""
+
+    thread: int = field(default_factory=threading.get_ident)
+    interrupts: int = 0
+
+    @property
+    def cut_short(self) -> bool:
+        """True once the Ctrl-C that cuts this undo short has come."""
+        return self.interrupts >= UNDO_CUT_SHORT_AT
+
+    def interrupt(self) -> bool:
+        """Count one Ctrl-C; True if it is the one that cuts the undo short."""
+        self.interrupts += 1
+        return self.cut_short
+
+
+_undoing: list[_Undo] = []    #: one entry per undo stack running now (any thread)
 
 
 def undoing() -> bool:
@@ -40,6 +63,17 @@ def undoing() -> bool:
     should let it finish (a hung-up terminal both fails the read and sends SIGHUP; the
     second must not cut the undo the first began short)."""
     return bool(_undoing)
+
+
+def interrupt_undo() -> bool:
+    """A Ctrl-C came while an undo runs and was not raised (a handler ignored it so the
+    running step goes on): count it on that undo (the calling thread's innermost, else the
+    latest), which raises KeyboardInterrupt once its stack is empty. True if it is the
+    third during that undo: then raise KeyboardInterrupt now, to cut the undo short."""
+    if not _undoing:
+        return False
+    mine = [u for u in _undoing if u.thread == threading.get_ident()]
+    return (mine or _undoing)[-1].interrupt()
 
 
 def resolve_backend(name: str | None = None) -> str:
@@ -99,6 +133,13 @@ class Runner:
     Use it as a context manager: on an exception (including Ctrl-C) everything done so far
     is undone, last in first out. With ``keep=False`` it is also undone on success (demos);
     with ``keep=True`` what was made stays (``net-veth``, ``env-create``).
+
+    A Ctrl-C during the undo does not leave the rest of the stack behind: :meth:`undo` goes
+    on with the remaining steps and raises KeyboardInterrupt once the stack is empty (out
+    of the ``with`` block). The third Ctrl-C during the same undo cuts it short at once,
+    leaving the rest on the stack. With Python's default SIGINT handler the step a Ctrl-C
+    lands in is abandoned; the command line's handler (:func:`cli.common.nsr_task`) instead
+    lets that step finish, counting the Ctrl-C with :func:`interrupt_undo`.
     """
 
     backend: str | None = None   # None: $NSR_BACKEND, else auto
@@ -222,22 +263,40 @@ class Runner:
             self._execute(self._shell_step(alive[-1]))
 
     def undo(self) -> list[NsrError]:
-        """Run the undo stack last-in first-out; keep going past failures and return them."""
+        """Run the undo stack last-in first-out; keep going past failures and return them.
+
+        A KeyboardInterrupt in a step (Ctrl-C) is remembered and the remaining steps run;
+        it is raised again once the stack is empty, as is one a signal handler counted with
+        :func:`interrupt_undo` instead of raising it. The third during this undo
+        (:data:`UNDO_CUT_SHORT_AT`) is raised at once, leaving the rest on the stack.
+        """
         errors: list[NsrError] = []
-        _undoing.append(True)
+        record = _Undo()
+        pending: KeyboardInterrupt | None = None
+        _undoing.append(record)
         try:
             while self.undo_stack:
-                step = self.undo_stack.pop()
-                if self.explain:
-                    print(f"  [undo] {step.title}\n      $ {step.command_line()}", file=self.out)
-                    continue
                 try:
-                    self._execute(step)
-                except NsrError as exc:
-                    errors.append(exc)
+                    self._undo_step(self.undo_stack.pop(), errors)
+                except KeyboardInterrupt as exc:
+                    if record.cut_short or record.interrupt():
+                        raise    # the third Ctrl-C (perhaps counted by a handler that raised it)
+                    pending = pending or exc
         finally:
-            _undoing.pop()
+            _undoing.remove(record)
+        if record.interrupts:
+            raise pending or KeyboardInterrupt()
         return errors
+
+    def _undo_step(self, step: Step, errors: list[NsrError]) -> None:
+        """Run (or, under --explain, print) one undo step; an NsrError goes to ``errors``."""
+        if self.explain:
+            print(f"  [undo] {step.title}\n      $ {step.command_line()}", file=self.out)
+            return
+        try:
+            self._execute(step)
+        except NsrError as exc:
+            errors.append(exc)
 
     def __enter__(self) -> "Runner":
         return self

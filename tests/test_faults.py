@@ -41,6 +41,57 @@ def test_undo_is_last_in_first_out(backend):
     assert order == [2, 1, 0]
 
 
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler (a library user's script), restored after the test."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.userspace   # the Runner's undo loop and Python's SIGINT handler: no kernel object
+def test_ctrl_c_during_the_undo_lets_it_finish_then_raises(default_sigint):
+    """A library user's Runner (no CLI wrapper): Ctrl-C in the middle undo step does not
+    leave the steps below it behind; KeyboardInterrupt comes out of the block after them."""
+    order: list[str] = []
+
+    def interrupted() -> None:
+        order.append("middle")
+        os.kill(os.getpid(), signal.SIGINT)   # the default handler raises KeyboardInterrupt
+        order.append("middle, after the Ctrl-C")
+
+    with pytest.raises(KeyboardInterrupt):
+        with Runner(backend="native", keep=True) as run:
+            run.defer(Step("made first", native=lambda: order.append("first")))
+            run.defer(Step("made second", native=interrupted))
+            run.defer(Step("made last", native=lambda: order.append("last")))
+            raise NsrError("a failure half-way")
+    assert order == ["last", "middle", "first"]
+    assert run.undo_stack == []
+
+
+@pytest.mark.userspace   # the Runner's undo loop: no kernel object
+def test_a_third_ctrl_c_during_one_undo_cuts_it_short():
+    """The escape hatch: the third KeyboardInterrupt during one undo is raised at once and
+    the steps below it stay on the stack, for a later undo."""
+    order: list[int] = []
+
+    def interrupted(n: int) -> None:
+        order.append(n)
+        raise KeyboardInterrupt
+
+    run = Runner(backend="native")
+    steps = [Step(f"undo {n}", native=lambda n=n: order.append(n)) for n in (0, 1)]
+    steps += [Step(f"undo {n}", native=lambda n=n: interrupted(n)) for n in (2, 3, 4)]
+    for step in steps:
+        run.defer(step)
+    with pytest.raises(KeyboardInterrupt):
+        run.undo()
+    assert order == [4, 3, 2]
+    assert run.undo_stack == steps[:2]
+    assert run.undo() == [] and order == [4, 3, 2, 1, 0]   # a new undo: counted anew
+
+
 def test_keep_leaves_things_for_the_user_until_undone(backend):
     with Runner(backend=backend, keep=True) as run:
         holder = start_holder(run, "uts")

@@ -274,6 +274,44 @@ def test_signals_during_the_undo_let_it_finish():
     assert done == ["signalled", "first"]
 
 
+@pytest.mark.userspace   # signal handling in the task wrapper: no kernel object
+@pytest.mark.parametrize("during, finished", [(2, True), (3, False)])
+def test_the_third_ctrl_c_during_the_undo_cuts_it_short(during, finished):
+    """Through the real task wrapper: the Ctrl-C that starts the undo is not counted; two
+    more during the undo still let it finish, the third received during it cuts it short
+    (the step it came in and those below stay on the stack)."""
+    from invoke import Context, Exit
+    from cli.common import nsr_task
+    from nsutil.backend import Step
+    done: list[str] = []
+    runners: list[Runner] = []
+
+    def signalled() -> None:
+        for n in range(1, during + 1):
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append(f"Ctrl-C {n}")
+
+    @nsr_task()
+    def demo(c, backend=None, explain=False):
+        with Runner(backend="native", out=open(os.devnull, "w")) as run:
+            runners.append(run)
+            run.defer(Step("the first step made", native=lambda: done.append("first")))
+            run.defer(Step("the last step made", native=signalled))
+            os.kill(os.getpid(), signal.SIGINT)          # Ctrl-C in the middle of the demo
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(Exit) as ended:
+            demo(Context())
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert ended.value.code == 130
+    if finished:
+        assert done == ["Ctrl-C 1", "Ctrl-C 2", "first"] and runners[0].undo_stack == []
+    else:
+        assert done == ["Ctrl-C 1", "Ctrl-C 2"]
+        assert [s.title for s in runners[0].undo_stack] == ["the first step made"]
+
+
 # --- --step through a terminal ----------------------------------------------------------------
 
 STEP = r"^   \[Enter: run it"
