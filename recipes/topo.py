@@ -170,8 +170,9 @@ def _ns_lines(plan: Plan) -> dict[str, list[str]]:
             per[ns].append(f"link set dev {dev}{f' master {master}' if master else ''} up")
             if addr:
                 per[ns].append(f"addr add {addr} dev {dev}")
-    for host, routes in plan.routes.items():
-        per[plan.hosts[host]] += [f"route add {dst} via {via}" for dst, via in routes]
+    nodes = plan.nodes()
+    for name, routes in plan.routes.items():          # hosts', and a routed tree's switches'
+        per[nodes[name]] += [f"route add {dst} via {via}" for dst, via in routes]
     return per
 
 
@@ -257,8 +258,9 @@ def build_native(plan: Plan) -> None:
         for ns, r in socks.items():
             r.set_link(nl.link_body(index=1, up=True), f"ip -n {ns} link set dev lo up")
         _collect([(r, r.send()) for r in socks.values()])
-        for host, routes in plan.routes.items():
-            ns = plan.hosts[host]
+        nodes = plan.nodes()
+        for name, routes in plan.routes.items():
+            ns = nodes[name]
             for dst, via in routes:
                 socks[ns].new_route(dst, via, f"ip -n {ns} route add {dst} via {via}")
         _collect([(r, r.send()) for r in socks.values()])

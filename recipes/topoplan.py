@@ -19,8 +19,10 @@ receiving CPU's backlog queue, which drops what is beyond ``net.core.netdev_max_
 3000-host segment lost the ARP requests of half the checked pairs (``/proc/net/softnet_stat``
 counted the drops). So, as real networks are, big labs are cut into segments joined by a
 router: a bigger star gets one bridge (and subnet) per :data:`SEGMENT_MAX` hosts in the hub,
-which forwards between them; a bigger tree's root forwards between its subtrees. A bridge
-would hold at most 1023 ports anyway (``BR_MAX_PORTS`` is 1024).
+which forwards between them; a bigger tree's top levels forward (as few levels as keep
+every subtree below them within the limit: ``--depth 4 --fanout 10`` routes at its root
+and the root's 10 children, 100 segments of 100 hosts). A bridge would hold at most 1023
+ports anyway (``BR_MAX_PORTS`` is 1024).
 """
 from __future__ import annotations
 
@@ -103,8 +105,10 @@ class Plan:
     routes: dict[str, list[list[str]]] = field(default_factory=dict)
     #: netns -> {bridge: its address} where a bridge is a segment's gateway
     bridge_addrs: dict[str, dict[str, str]] = field(default_factory=dict)
-    #: host -> the L2 segment it is on (bridged shapes cut into segments joined by a router)
-    lan: dict[str, int] = field(default_factory=dict)
+    #: host -> the L2 segment it is on, in bridged shapes cut into segments joined by
+    #: routers: a star's bridge number, or a tree's path from its top router (the child
+    #: taken at each routed level; :func:`recipes.toporoute.lan_hops`)
+    lan: dict[str, int | list[int]] = field(default_factory=dict)
     #: a lab across machines (:mod:`recipes.machinefile`): name -> {"ssh", "user", "host",
     #: "port", "underlay", "venv", "vxlan_port", "identity"}; empty on one machine
     machines: dict[str, dict] = field(default_factory=dict)
@@ -125,8 +129,10 @@ class Plan:
         return bool(self.routers)
 
     def kind(self, name: str) -> str:
-        """``host``, ``router`` or ``bridge`` for a short name (or ``hub``)."""
-        if name == "hub" or name in self.switches:
+        """``host``, ``router`` or ``bridge`` for a short name (or ``hub``): a bridge
+        namespace that also routes (a big star's hub) is a bridge, a routing switch of a
+        big tree (no bridge in it) a router."""
+        if name == "hub" or (name in self.switches and self.switches[name] in self.bridges):
             return "bridge"
         return "router" if name in self.routers else "host"
 
@@ -327,20 +333,30 @@ def _plan_star(plan: Plan, count: int, subnet: str | None) -> Plan:
     return plan
 
 
+def routed_levels(depth: int, fanout: int) -> int:
+    """How many top levels of a tree route (0: the whole tree is one L2 segment): as few as
+    keep every subtree below them within SEGMENT_MAX hosts."""
+    levels = 0
+    while fanout ** (depth - levels) > SEGMENT_MAX:
+        levels += 1
+    return levels
+
+
 def _plan_tree(plan: Plan, depth: int, fanout: int, subnet: str | None) -> Plan:
     """Switches s1, s2, ... breadth first (a bridge namespace each), hosts at the leaves.
-    Above SEGMENT_MAX hosts the root forwards instead: each of its subtrees is a segment and
-    subnet of its own, with the root's address on the link to it as the gateway."""
+
+    Above SEGMENT_MAX hosts the top :func:`routed_levels` levels of switches forward instead
+    of bridging: each subtree below them is a segment and subnet of its own, with its
+    router's address on the link to it as the gateway. A router reaches the segments below
+    a child router through that child (one route per child, merged prefixes) and everything
+    else through its parent (a default route); routers are joined by /30 links."""
     count = fanout ** depth
     pool = _host_pool(subnet, count)
-    routed = count > SEGMENT_MAX
-    if routed and fanout ** (depth - 1) > SEGMENT_MAX:
-        raise InvalidInput(f"a tree of depth {depth} and fanout {fanout}: each subtree of the root "
-                           f"has {fanout ** (depth - 1)} hosts, more than {SEGMENT_MAX} on one "
-                           "L2 segment", hint="give a bigger --fanout or a smaller --depth")
+    levels = routed_levels(depth, fanout)
     next_index: dict[str, int] = {}
     level = ["s1"]
     plan.switches["s1"] = _name(plan.scope, "s1")
+    plan.routers = ["s1"] if levels else []
     for d in range(1, depth + 1):
         children = []
         for parent in level:
@@ -348,49 +364,91 @@ def _plan_tree(plan: Plan, depth: int, fanout: int, subnet: str | None) -> Plan:
                 if d < depth:
                     child = f"s{len(plan.switches) + 1}"
                     plan.switches[child] = _name(plan.scope, child)
+                    if d < levels:
+                        plan.routers.append(child)
                 else:
                     child = f"h{len(plan.hosts) + 1}"
                     plan.hosts[child] = _name(plan.scope, child)
                 children.append((parent, child))
         for parent, child in children:
-            _add_tree_link(plan, parent, child, next_index, root_routes=routed)
+            _add_tree_link(plan, parent, child, next_index)
         level = [c for _, c in children]
     for name, ns in plan.switches.items():
-        if not (routed and name == "s1"):
+        if name not in plan.routers:
             plan.bridges[ns] = [_name(plan.scope, "br")]
-    by_child = {ln.b_host: ln for ln in plan.links}
-    subs = _segments(pool, fanout, fanout ** (depth - 1)) if routed else [pool]
-    if routed:
-        plan.routers = ["s1"]
-        for k, ln in enumerate(ln for ln in plan.links if ln.a_host == "s1"):
-            ln.a_addr = f"{subs[k].network_address + 1}/{subs[k].prefixlen}"
-    seg = []
-    per = fanout ** (depth - 1) if routed else count
-    for i, host in enumerate(plan.hosts):
-        k, j = divmod(i, per)
-        by_child[host].b_addr = f"{subs[k].network_address + j + (2 if routed else 1)}/{subs[k].prefixlen}"
-        seg.append((host, by_child[host].b_addr))
-        if routed:
-            plan.lan[host] = k
-            plan.routes[host] = [["0.0.0.0/0", str(subs[k].network_address + 1)]]
-    plan.segments.append(seg)
+    if levels:
+        _route_tree(plan, pool, depth, fanout, levels)
+        return plan
+    down = {ln.b_host: ln for ln in plan.links}
+    for j, host in enumerate(plan.hosts, 1):             # one segment: the pool, no gateway
+        down[host].b_addr = f"{pool.network_address + j}/{pool.prefixlen}"
+    plan.segments.append([(host, down[host].b_addr) for host in plan.hosts])
     return plan
 
 
-def _add_tree_link(plan: Plan, parent: str, child: str, next_index: dict,
-                   root_routes: bool = False) -> None:
+def _route_tree(plan: Plan, pool, depth: int, fanout: int, levels: int) -> None:
+    """Addresses and routes of a tree whose top ``levels`` levels route (see :func:`_plan_tree`)."""
+    per = fanout ** (depth - levels)                    # hosts in one segment
+    subs = _segments(pool, fanout ** levels, per)       # segment k: the k-th subtree at that level
+    down = {ln.b_host: ln for ln in plan.links}         # child -> the link from its parent
+    order = _levels(plan, fanout, depth)
+    uplinks = [down[r] for r in plan.routers if r != "s1"]
+    for ln, sub in zip(uplinks, _link_subnets(LINK_POOL, len(uplinks), [pool])):
+        ln.a_addr, ln.b_addr = f"{sub.network_address + 1}/30", f"{sub.network_address + 2}/30"
+    for k, top in enumerate(order[levels]):             # the segments' tops: bridges, or hosts
+        down[top].a_addr = f"{subs[k].network_address + 1}/{subs[k].prefixlen}"
+    seg = []
+    for i, host in enumerate(plan.hosts):
+        k, j = divmod(i, per)
+        down[host].b_addr = f"{subs[k].network_address + j + 2}/{subs[k].prefixlen}"
+        seg.append((host, down[host].b_addr))
+        plan.lan[host] = [(k // fanout ** (levels - 1 - n)) % fanout for n in range(levels)]
+        plan.routes[host] = [["0.0.0.0/0", str(subs[k].network_address + 1)]]
+    plan.segments.append(seg)
+    for lvl in range(levels):
+        for p, router in enumerate(order[lvl]):
+            routes = []
+            if lvl + 1 < levels:                          # child routers: their subtrees
+                span = fanout ** (levels - lvl - 1)
+                for c, child in enumerate(order[lvl + 1][p * fanout:(p + 1) * fanout]):
+                    first = (p * fanout + c) * span
+                    nets = ipaddress.collapse_addresses(subs[first:first + span])
+                    routes += [[str(n), _ip_of(down[child].b_addr)] for n in nets]
+            if router != "s1":
+                routes.append(["0.0.0.0/0", _ip_of(down[router].a_addr)])
+            if routes:
+                plan.routes[router] = routes
+
+
+def _ip_of(cidr: str | None) -> str:
+    return str(ipaddress.ip_interface(cidr).ip)
+
+
+def _levels(plan: Plan, fanout: int, depth: int) -> list[list[str]]:
+    """A tree's nodes level by level, breadth first (level 0: s1; level ``depth``: the hosts)."""
+    order = [["s1"]]
+    children: dict[str, list[str]] = {}
+    for ln in plan.links:
+        children.setdefault(ln.a_host, []).append(ln.b_host)
+    for _ in range(depth):
+        order.append([c for parent in order[-1] for c in children.get(parent, [])])
+    return order
+
+
+def _add_tree_link(plan: Plan, parent: str, child: str, next_index: dict) -> None:
+    """One tree link: enslaved to the bridge at either end that is a bridge, not a router."""
     a_ns = plan.switches[parent]
     b_ns = plan.switches.get(child) or plan.hosts[child]
     bridge = _name(plan.scope, "br")
-    bridged = not (root_routes and parent == "s1")       # a routing root has no bridge
-    for ns in (a_ns, b_ns):
-        has_bridge = ns in plan.switches.values() and not (root_routes and ns == plan.switches["s1"])
+    a_bridged = parent not in plan.routers
+    b_bridged = child in plan.switches and child not in plan.routers
+    for ns, name in ((a_ns, parent), (b_ns, child)):
+        has_bridge = name in plan.switches and name not in plan.routers
         next_index.setdefault(ns, 3 if has_bridge else 2)  # the bridge is 2
     plan.links.append(Link(a_ns=a_ns, a_if=b_ns, b_ns=b_ns, b_if=a_ns, a_host=parent, b_host=child,
                            a_index=next_index[a_ns], b_index=next_index[b_ns],
-                           a_master=bridge if bridged else None, a_master_index=2 if bridged else 0,
-                           b_master=bridge if child in plan.switches else None,
-                           b_master_index=2 if child in plan.switches else 0))
+                           a_master=bridge if a_bridged else None, a_master_index=2 if a_bridged else 0,
+                           b_master=bridge if b_bridged else None, b_master_index=2 if b_bridged else 0))
     next_index[a_ns] += 1
     next_index[b_ns] += 1
 

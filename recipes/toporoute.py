@@ -141,14 +141,25 @@ def route(plan: "Plan") -> list[tuple[str, str]]:
 def hops(plan: "Plan", a: str, b: str, cache: dict | None = None) -> int:
     """IP hops from host ``a`` to host ``b``: links on the shortest path (1 on one L2 segment:
     a star's or tree's bridges do not count, they forward frames, not packets)."""
-    if plan.lan:              # segments of a star or tree joined by one router
-        return 1 if plan.lan[a] == plan.lan[b] else 2
+    if plan.lan:              # segments of a star or tree joined by routers above them
+        return lan_hops(plan.lan[a], plan.lan[b])
     if not plan.routed:
         return 1
     cache = cache if cache is not None else {}
     if a not in cache:
         cache[a] = shortest(graph(plan), set(plan.routers), a)[0]
     return cache[a].get(b, 0)
+
+
+def lan_hops(a: int | list[int], b: int | list[int]) -> int:
+    """IP hops between two segments of a star or tree, each given by its path from the top
+    router (the child taken at each routed level; a star's segment: its bridge's number):
+    1 on one segment, else 2 per routed level up to the router where the paths part."""
+    pa, pb = (a if isinstance(a, list) else [a]), (b if isinstance(b, list) else [b])
+    if pa == pb:
+        return 1
+    same = next(i for i, (x, y) in enumerate(zip(pa, pb)) if x != y)
+    return 2 * (len(pa) - same)
 
 
 def initial_ttl(plan: "Plan") -> int:
