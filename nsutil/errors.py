@@ -61,6 +61,11 @@ def _rebuild(cls: type, state: dict) -> "NsrError":
     return obj
 
 
+#: calls whose ENOSPC means a full filesystem (elsewhere, as from unshare, a namespace limit)
+FILE_CALLS = ("open", "write", "mkdir", "rename", "replace", "mkstemp", "link", "symlink")
+FULL_FILESYSTEM = "its filesystem is full (no space or no inode left): see df -h and df -i there"
+
+
 def eperm_hint() -> str:
     """"run as root" -- and, for an unprivileged caller on a host whose AppArmor restricts
     unprivileged user namespaces (Ubuntu 23.10+), say so."""
@@ -83,6 +88,8 @@ class SyscallError(NsrError):
         self.call = call
         if hint is None and err == _errno.EPERM:
             hint = eperm_hint()
+        if hint is None and err == _errno.ENOSPC and call.split("(", 1)[0] in FILE_CALLS:
+            hint = FULL_FILESYSTEM   # not a namespace limit: the file's filesystem is full
         super().__init__(call, errno_name=_errno.errorcode.get(err, str(err)),
                          hint=hint or HINTS.get(err))
 

@@ -376,6 +376,40 @@ def test_a_machine_lost_at_commit_takes_the_committed_parts_down(tmp_path):
         _nothing_left(c)
 
 
+def test_a_machine_that_cannot_record_its_commit_undoes_its_part(tmp_path):
+    """m2 cannot write the record that marks its part committed (here its /run has no inode
+    left, as a full state directory would): m2 undoes its part and says why, m1's committed
+    part is taken down by the controller; one line naming m2, nothing left anywhere."""
+    with cluster(2, tmp_path) as c:
+        path = _lab(tmp_path, c)
+        freeze = _stop_builder_once_recorded(c, "m2", "mc2")
+        proc = _controller(c, path, "mc2", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+        try:
+            freeze.wait(600)
+            _until(lambda: _waits_for_commit(c, "m1", "mc2"))
+            os.kill(proc.pid, signal.SIGSTOP)
+            c.exec("m2", ["pkill", "-CONT", "-f", "[p]ython -m recipes.remote build"])
+            _until(lambda: _waits_for_commit(c, "m2", "mc2"))
+            used = c.exec("m2", ["df", "--output=iused", "/run"]).stdout.split()[-1]
+            c.exec("m2", ["mount", "-o", f"remount,nr_inodes={used}", "/run"])
+            os.kill(proc.pid, signal.SIGCONT)
+            out, err = proc.communicate(timeout=600)
+        finally:
+            for p in (proc, freeze):
+                if p.poll() is None:
+                    p.kill()
+                p.wait(60)
+        assert proc.returncode == 1, out + err
+        (line,) = err.strip().splitlines()
+        assert line.startswith("nsrecipes: machine m2 (root@10.250.0.12): write("), line
+        assert "ENOSPC (hint: its filesystem is full" in line, line
+        assert "committed parts were taken down" in line, line
+        with c.controller():
+            assert across.recorded("mc2") == []
+        _nothing_left(c)
+
+
 def test_env_create_exec_ls_rm_on_a_machine(tmp_path, capsys):
     """env-* --machine: the environment, its record and its removal are machine m2's own
     (env-exec through a real invoke: its ``--`` is read from the command line)."""

@@ -10,6 +10,7 @@ import functools
 import glob
 import io
 import json
+import errno
 import os
 import pickle
 import shutil
@@ -445,6 +446,9 @@ def test_error_texts():
     assert str(ERRORS[3]) == ("`nsenter` is not installed (hint: apt-get install util-linux, "
                               "or use --backend native)") and ERRORS[3].exit_code == 127
     assert str(ERRORS[5]) == "mount-demo needs root (hint: run it with sudo, or as root)"
+    # ENOSPC: a namespace limit from unshare, a full filesystem from a file's write
+    assert "max_*_namespaces" in str(SyscallError("unshare(CLONE_NEWNET)", errno.ENOSPC))
+    assert "its filesystem is full" in str(SyscallError("write('/run/x.json')", errno.ENOSPC))
 
 
 def test_errors_cross_a_fork():
