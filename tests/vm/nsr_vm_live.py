@@ -16,6 +16,8 @@ import pytest
 
 
 def _one_line(report: pytest.TestReport) -> str:
+    if isinstance(report.longrepr, tuple):       # a skip: (file, line, "Skipped: reason")
+        return str(report.longrepr[2])[:300]
     crash = getattr(report.longrepr, "reprcrash", None)
     text = crash.message if crash is not None else str(report.longrepr or "")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
