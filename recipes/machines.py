@@ -45,6 +45,8 @@ from .topoplan import Plan
 SECTION = "Network namespace (labs across machines)"
 CONNECT_TIMEOUT = 60       #: seconds to open an SSH connection (generous: slow VMs)
 STEP_TIMEOUT = 1800        #: seconds a machine may take for one phase of a build
+HEARTBEAT = 5.0            #: seconds between a building machine's ``{"alive": true}`` lines
+SILENT_AFTER = 60.0        #: a building machine silent this long is taken for lost
 NETNS_DIR = "/run/netns"  #: where ``ip netns`` keeps the named namespaces, on every machine
 INSTALL_HINT = "install this checkout there: invoke machines-install --file LAB.toml"
 
@@ -134,6 +136,8 @@ class Session:
         self.finished = False
         self._buf = ""
         self.changed = threading.Condition()
+        self.heard = time.monotonic()     #: when the machine last said anything
+        self.lost = False                 #: silent too long (cut off, or hung)
 
     @property
     def label(self) -> str:
@@ -149,6 +153,7 @@ class Session:
 
     def write(self, text: str) -> None:
         """Invoke's out_stream: JSON lines become events (the rest passes through)."""
+        self.heard = time.monotonic()
         self._buf += text
         while "\n" in self._buf:
             line, self._buf = self._buf.split("\n", 1)
@@ -172,6 +177,16 @@ class Session:
         with self.changed:
             self.events.append(ev)
             self.changed.notify_all()
+
+    def silent(self, limit: float | None) -> bool:
+        """True (and ``lost``, with the error saying so) if the session still runs and the
+        machine has said nothing for more than ``limit`` seconds (None: no limit)."""
+        if limit is None or self.finished or time.monotonic() - self.heard <= limit:
+            return False
+        self.lost = True
+        self.error = self.error or (f"no word from it for {limit:.0f} s: cut off from the "
+                                    "network, or hung")
+        return True
 
     def has(self, key: str) -> dict | None:
         """The first event with ``key``."""
@@ -254,6 +269,10 @@ def ssh_reason(exc: BaseException) -> str:
 
 
 def _fail(s: Session) -> NsrError:
+    if s.lost:
+        return NsrError(f"{s.label}: {s.error}", hint="the other machines' parts are undone; its "
+                        "own is undone there once the session's end reaches it, else run "
+                        f"`invoke cleanup` on it (ssh {s.machine['ssh'].split(':')[0]})")
     hint = INSTALL_HINT if "nsrecipes" in (s.error or "") and "installed" in (s.error or "") \
         or (s.error or "").startswith("no nsrecipes") else \
         "is its sshd up and the key authorized? (ssh " + s.machine["ssh"].split(":")[0] + ")" \
@@ -261,8 +280,10 @@ def _fail(s: Session) -> NsrError:
     return NsrError(f"{s.label}: {s.error}", hint=hint)
 
 
-def _wait_all(sessions: list[Session], key: str, timeout: float = STEP_TIMEOUT) -> None:
-    """Until every session has an event ``key``; the first that ends without it raises."""
+def _wait_all(sessions: list[Session], key: str, timeout: float = STEP_TIMEOUT,
+              silent_after: float | None = None) -> None:
+    """Until every session has an event ``key``; the first that ends without it raises, and
+    so does one silent for more than ``silent_after`` seconds (None: no limit)."""
     deadline = time.monotonic() + timeout
     for s in sessions:
         with s.changed:
@@ -271,7 +292,8 @@ def _wait_all(sessions: list[Session], key: str, timeout: float = STEP_TIMEOUT) 
                     if time.monotonic() >= deadline:
                         s.error = s.error or f"no answer in {timeout:.0f} s"
                         raise _fail(s)
-                    failed = next((o for o in sessions if o.finished and o.error), None)
+                    failed = next((o for o in sessions if (o.finished and o.error)
+                                   or o.silent(silent_after)), None)
                     if failed:
                         raise _fail(failed)
         if not s.has(key):
@@ -366,7 +388,8 @@ def _take_down_committed(plan: Plan, failed: Session) -> NsrError:
 
 def _two_phase(plan: Plan, backend: str) -> dict[str, float]:
     split = parts(plan)
-    sessions = [Session(m, ["build", "--backend", backend], Feed()) for m in plan.machines.values()]
+    sessions = [Session(m, ["build", "--backend", backend, "--alive-every", str(HEARTBEAT)], Feed())
+                for m in plan.machines.values()]
     threads = [threading.Thread(target=s.run, daemon=True) for s in sessions]
     for t in threads:
         t.start()
@@ -375,20 +398,28 @@ def _two_phase(plan: Plan, backend: str) -> dict[str, float]:
         _wait_all(sessions, "version", CONNECT_TIMEOUT * 3)
         for s in sessions:
             s.feed.put(json.dumps(split[s.machine["name"]]) + "\n")
-        _wait_all(sessions, "built")
+        _wait_all(sessions, "built", silent_after=SILENT_AFTER)
         for s in sessions:
             s.feed.put("commit\n")
         committed = True
     finally:
         for s in sessions:
             s.feed.close()
-        for t in threads:
-            t.join(STEP_TIMEOUT)
+        _join(sessions, threads)
     failed = next((s for s in sessions if s.error or not s.has("committed")), None)
     if committed and failed:
         failed.error = failed.error or "it did not commit"
         raise _PartlyCommitted(failed)
     return {s.machine["name"]: s.has("built")["built"] for s in sessions}
+
+
+def _join(sessions: list[Session], threads: list[threading.Thread]) -> None:
+    """Wait for every session's thread to end, but not for a machine silent for more than
+    SILENT_AFTER seconds (its thread is a daemon: it ends when the session does)."""
+    deadline = time.monotonic() + STEP_TIMEOUT
+    for s, t in zip(sessions, threads):
+        while t.is_alive() and time.monotonic() < deadline and not s.silent(SILENT_AFTER):
+            t.join(1.0)
 
 
 def down(run: Runner, scope: str | None = None) -> list[str]:

@@ -6,7 +6,8 @@ Document section "Network namespace", across machines. Not a remote-execution la
 machine's part of the lab, which it reads as JSON on stdin. It answers with JSON lines on
 stdout, the first always ``{"version": "..."}`` (the controller refuses another version)::
 
-    build   [--backend B]  stdin: the part, then "commit" (or EOF: undo what was built)
+    build   [--backend B] [--alive-every S]  stdin: the part, then "commit" (or EOF: undo
+                           what was built); {"alive": true} every S seconds meanwhile
     down    --scope S      tear down this machine's part of lab S
     check   [--backend B]  stdin: [[netns, address], ...]; answers the replies' TTLs
     env-create NAME [--ns T] [--hostname H] | env-exec NAME -- CMD... | env-rm NAME
@@ -25,6 +26,11 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import sys
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+_SAYING = threading.Lock()     #: one line at a time: the heartbeat speaks from a thread
 
 
 def version() -> str:
@@ -34,7 +40,33 @@ def version() -> str:
 
 def say(**fields: object) -> None:
     """One JSON line on stdout, flushed (the controller reads it as it comes)."""
-    print(json.dumps(fields), flush=True)
+    with _SAYING:
+        sys.stdout.write(json.dumps(fields) + "\n")
+        sys.stdout.flush()
+
+
+@contextmanager
+def heartbeat(every: float) -> Iterator[None]:
+    """``{"alive": true}`` every ``every`` seconds while the body runs (0: never), so that the
+    controller tells a machine that is busy from one it has lost: a network cut off
+    mid-build leaves the session open and silent, and TCP may not notice for many minutes."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                say(alive=True)
+            except (OSError, ValueError):    # the session is gone
+                return
+    thread = threading.Thread(target=beat, daemon=True)
+    if every > 0:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join()
 
 
 def _runner(backend: str, keep: bool = True):
@@ -42,8 +74,14 @@ def _runner(backend: str, keep: bool = True):
     return Runner(backend=backend, keep=keep, out=sys.stderr)
 
 
-def build(backend: str) -> int:
-    """Build the part read from stdin, then commit or undo (see the module docstring)."""
+def build(backend: str, alive_every: float = 0) -> int:
+    """Build the part read from stdin, then commit or undo (see the module docstring),
+    saying ``{"alive": true}`` every ``alive_every`` seconds all the while."""
+    with heartbeat(alive_every):
+        return _build(backend)
+
+
+def _build(backend: str) -> int:
     import time
     from . import topo, vxlan
     line = sys.stdin.readline()
@@ -191,7 +229,7 @@ def main(argv: list[str]) -> int:
         if argv[0] == "version":
             return 0
         if argv[0] == "build":
-            return build(backend)
+            return build(backend, float(opts.get("--alive-every", 0)))
         if argv[0] == "down":
             return down(opts["--scope"], backend)
         if argv[0] == "check":

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -408,6 +409,55 @@ def test_a_machine_that_cannot_record_its_commit_undoes_its_part(tmp_path):
         with c.controller():
             assert across.recorded("mc2") == []
         _nothing_left(c)
+
+
+def test_a_machine_cut_off_mid_build_is_given_up_then_undoes_its_part(tmp_path, monkeypatch):
+    """m2's port on the underlay bridge goes down while m2 builds (a network partition): its
+    SSH session stays open and silent. With a heartbeat every 0.5 s, after 5 s of silence
+    the controller gives m2 up: one line naming it, m1's part undone, no record. Once the
+    port is up again, the end of the session reaches m2, which undoes its own part."""
+    monkeypatch.setattr(across, "HEARTBEAT", 0.5)
+    monkeypatch.setattr(across, "SILENT_AFTER", 5.0)
+    port = _underlay_port("m2")
+    errors: list[NsrError] = []
+    with cluster(2, tmp_path) as c:
+        path = _lab(tmp_path, c)
+
+        def build() -> None:
+            with c.controller():
+                try:
+                    with topo.topology(file=path, scope="mp1"):
+                        pass
+                except NsrError as exc:
+                    errors.append(exc)
+        freeze = _stop_builder_once_recorded(c, "m2", "mp1")
+        controller = threading.Thread(target=build)
+        controller.start()
+        try:
+            freeze.wait(600)
+            subprocess.run(["ip", "-n", c.ul, "link", "set", port, "down"], check=True)
+            c.exec("m2", ["pkill", "-CONT", "-f", "[p]ython -m recipes.remote build"])
+            controller.join(600)
+        finally:
+            subprocess.run(["ip", "-n", c.ul, "link", "set", port, "up"], check=True)
+            if freeze.poll() is None:
+                freeze.kill()
+            freeze.wait(60)
+        assert not controller.is_alive()
+        (err,) = errors
+        assert str(err).startswith("machine m2 (root@10.250.0.12): no word from it for 5 s: "
+                                   "cut off from the network") and "\n" not in str(err), err
+        assert "invoke cleanup" in err.hint
+        assert c.netns("m1") == [] and c.state("m1") == []
+        with c.controller():
+            assert across.recorded("mp1") == []
+        _until(lambda: c.netns("m2") == [] and c.state("m2") == [], timeout=300)
+
+
+def _underlay_port(name: str) -> str:
+    """Machine ``name``'s port on the underlay bridge (tests/machines.py: nsr-p0 is the
+    controller's, nsr-pN machine mN's)."""
+    return f"nsr-p{int(name[1:])}"
 
 
 def test_env_create_exec_ls_rm_on_a_machine(tmp_path, capsys):
