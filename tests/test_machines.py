@@ -413,11 +413,11 @@ def test_a_machine_that_cannot_record_its_commit_undoes_its_part(tmp_path):
 
 def test_a_machine_cut_off_mid_build_is_given_up_then_undoes_its_part(tmp_path, monkeypatch):
     """m2's port on the underlay bridge goes down while m2 builds (a network partition): its
-    SSH session stays open and silent. With a heartbeat every 0.5 s, after 5 s of silence
+    SSH session stays open and silent. With a heartbeat every 0.5 s, after 15 s of silence
     the controller gives m2 up: one line naming it, m1's part undone, no record. Once the
     port is up again, the end of the session reaches m2, which undoes its own part."""
     monkeypatch.setattr(across, "HEARTBEAT", 0.5)
-    monkeypatch.setattr(across, "SILENT_AFTER", 5.0)
+    monkeypatch.setattr(across, "SILENT_AFTER", 15.0)   # a busy TCG guest must not look lost
     port = _underlay_port("m2")
     errors: list[NsrError] = []
     with cluster(2, tmp_path) as c:
@@ -445,7 +445,7 @@ def test_a_machine_cut_off_mid_build_is_given_up_then_undoes_its_part(tmp_path, 
             freeze.wait(60)
         assert not controller.is_alive()
         (err,) = errors
-        assert str(err).startswith("machine m2 (root@10.250.0.12): no word from it for 5 s: "
+        assert str(err).startswith("machine m2 (root@10.250.0.12): no word from it for 15 s: "
                                    "cut off from the network") and "\n" not in str(err), err
         assert "invoke cleanup" in err.hint
         assert c.netns("m1") == [] and c.state("m1") == []
