@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from nsutil.errors import InvalidInput, NsrError
 
-from . import machines
+from . import sessions as remote_sessions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   #: this checkout
 WHEELS = "nsr-wheels"      #: the directory in the venv the wheels are put in
@@ -91,9 +91,9 @@ def install_one(m: dict, wheel: str, extra: list[str], python: str) -> float:
     start = time.perf_counter()
     make_venv, mkdir, pip = install_commands(m["venv"], wheel, bool(extra), python)
     try:
-        conn = machines.connection(m)
+        conn = remote_sessions.connection(m)
     except Exception as exc:   # whatever Fabric, paramiko or the socket raise
-        raise NsrError(f"machine {m['name']} ({m['ssh']}): ssh: {machines.ssh_reason(exc)}",
+        raise NsrError(f"machine {m['name']} ({m['ssh']}): ssh: {remote_sessions.ssh_reason(exc)}",
                        hint="is its sshd up and the key authorized?") from None
     try:
         for command in (make_venv, mkdir):
@@ -104,7 +104,7 @@ def install_one(m: dict, wheel: str, extra: list[str], python: str) -> float:
     except NsrError:
         raise
     except Exception as exc:   # the connection failing half-way
-        raise NsrError(f"machine {m['name']} ({m['ssh']}): ssh: {machines.ssh_reason(exc)}",
+        raise NsrError(f"machine {m['name']} ({m['ssh']}): ssh: {remote_sessions.ssh_reason(exc)}",
                        hint="run machines-install again") from None
     finally:
         conn.close()
@@ -139,7 +139,7 @@ def install(plan_machines: dict[str, dict], wheelhouse: str | None = None,
         with ThreadPoolExecutor(max_workers=len(ms)) as pool:
             futures = [pool.submit(install_one, m, wheel, extra, python) for m in ms]
             seconds = {m["name"]: f.result() for m, f in zip(ms, futures)}
-    sessions = machines.run_all(ms, ["version"])
+    sessions = remote_sessions.run_all(ms, ["version"])
     for name, s in sessions.items():
         say(f"  {name} ({s.machine['ssh']}): nsrecipes {s.has('version')['version']} in "
             f"{s.machine['venv']} ({seconds[name]:.1f} s)")

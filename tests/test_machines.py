@@ -17,7 +17,7 @@ import pytest
 from machines import cluster
 from nsutil.errors import InvalidInput, NsrError
 from recipes import machines as across
-from recipes import topo, topofile
+from recipes import sessions, topo, topofile
 
 LINE3 = """[hosts.h1]
 [hosts.h2]
@@ -507,7 +507,7 @@ def test_machines_install_then_version_check(tmp_path, wheelhouse, capsys):
             _task(machines_install, file=path, wheelhouse=wheelhouse)
         out = capsys.readouterr().out
         assert f"with 4 wheels of {wheelhouse}" in out
-        assert f"m1 (root@10.250.0.11): nsrecipes {across._local_version()} in {venv}" in out
+        assert f"m1 (root@10.250.0.11): nsrecipes {sessions.local_version()} in {venv}" in out
         site = next((venv / "lib").glob("python3*/site-packages"))
         assert (site / "recipes" / "remote.py").is_file()            # a copy, not this checkout
         assert not (tmp_path / "build").exists()
