@@ -344,34 +344,40 @@ def test_sigkill_of_the_controller_then_cleanup(tmp_path):
         net.drop_record(across.record_path("mk1"))    # what cleanup then does with it
 
 
+def _at_commit(c, path: str, scope: str, act) -> tuple[int, str]:
+    """Build lab ``path`` through the CLI; when both builders wait for "commit" (m2 held back
+    until m1 does, the controller stopped meanwhile, so it reads both "built" first), do
+    ``act()`` to m2, then let the controller go on. Its exit status and its one stderr line."""
+    freeze = _stop_builder_once_recorded(c, "m2", scope)
+    proc = _controller(c, path, scope, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        freeze.wait(600)
+        _until(lambda: _waits_for_commit(c, "m1", scope))
+        os.kill(proc.pid, signal.SIGSTOP)
+        c.exec("m2", ["pkill", "-CONT", "-f", "[p]ython -m recipes.remote build"])
+        _until(lambda: _waits_for_commit(c, "m2", scope))
+        act()
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        for p in (proc, freeze):
+            if p.poll() is None:
+                p.kill()
+            p.wait(60)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, out + err
+    return proc.returncode, lines[0]
+
+
 def test_a_machine_lost_at_commit_takes_the_committed_parts_down(tmp_path):
-    """m2's builder dies after saying "built", before "commit" (the controller stopped
-    meanwhile, so it reads both "built" first): m1 commits, m2 cannot. A closed session
-    cannot undo m1's committed part, so the controller takes every machine's part down
-    itself: one line naming m2, no record, nothing left on either machine."""
+    """m2's builder dies after saying "built", before "commit": m1 commits, m2 cannot. A
+    closed session cannot undo m1's committed part, so the controller takes every machine's
+    part down itself: one line naming m2, no record, nothing left on either machine."""
     with cluster(2, tmp_path) as c:
-        path = _lab(tmp_path, c)
-        freeze = _stop_builder_once_recorded(c, "m2", "mc1")
-        proc = _controller(c, path, "mc1", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
-        try:
-            freeze.wait(600)
-            _until(lambda: _waits_for_commit(c, "m1", "mc1"))
-            os.kill(proc.pid, signal.SIGSTOP)
-            c.exec("m2", ["pkill", "-CONT", "-f", "[p]ython -m recipes.remote build"])
-            _until(lambda: _waits_for_commit(c, "m2", "mc1"))
-            _kill_builders(c, "m2")
-            os.kill(proc.pid, signal.SIGCONT)
-            out, err = proc.communicate(timeout=600)
-        finally:
-            for p in (proc, freeze):
-                if p.poll() is None:
-                    p.kill()
-                p.wait(60)
-        assert proc.returncode == 1, out + err
-        (line,) = err.strip().splitlines()
+        code, line = _at_commit(c, _lab(tmp_path, c), "mc1", lambda: _kill_builders(c, "m2"))
+        assert code == 1
         assert line.startswith("nsrecipes: machine m2 (root@10.250.0.12): its nsrecipes ended "
-                           "half-way") and "committed parts were taken down" in line, line
+                               "half-way") and "committed parts were taken down" in line, line
         with c.controller():
             assert across.recorded("mc1") == []
         _nothing_left(c)
@@ -381,28 +387,12 @@ def test_a_machine_that_cannot_record_its_commit_undoes_its_part(tmp_path):
     """m2 cannot write the record that marks its part committed (here its /run has no inode
     left, as a full state directory would): m2 undoes its part and says why, m1's committed
     part is taken down by the controller; one line naming m2, nothing left anywhere."""
+    def fill_run() -> None:
+        used = c.exec("m2", ["df", "--output=iused", "/run"]).stdout.split()[-1]
+        c.exec("m2", ["mount", "-o", f"remount,nr_inodes={used}", "/run"])
     with cluster(2, tmp_path) as c:
-        path = _lab(tmp_path, c)
-        freeze = _stop_builder_once_recorded(c, "m2", "mc2")
-        proc = _controller(c, path, "mc2", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
-        try:
-            freeze.wait(600)
-            _until(lambda: _waits_for_commit(c, "m1", "mc2"))
-            os.kill(proc.pid, signal.SIGSTOP)
-            c.exec("m2", ["pkill", "-CONT", "-f", "[p]ython -m recipes.remote build"])
-            _until(lambda: _waits_for_commit(c, "m2", "mc2"))
-            used = c.exec("m2", ["df", "--output=iused", "/run"]).stdout.split()[-1]
-            c.exec("m2", ["mount", "-o", f"remount,nr_inodes={used}", "/run"])
-            os.kill(proc.pid, signal.SIGCONT)
-            out, err = proc.communicate(timeout=600)
-        finally:
-            for p in (proc, freeze):
-                if p.poll() is None:
-                    p.kill()
-                p.wait(60)
-        assert proc.returncode == 1, out + err
-        (line,) = err.strip().splitlines()
+        code, line = _at_commit(c, _lab(tmp_path, c), "mc2", fill_run)
+        assert code == 1
         assert line.startswith("nsrecipes: machine m2 (root@10.250.0.12): write("), line
         assert "ENOSPC (hint: its filesystem is full" in line, line
         assert "committed parts were taken down" in line, line
