@@ -424,7 +424,8 @@ def test_a_machine_cut_off_mid_build_is_given_up_then_undoes_its_part(tmp_path, 
         controller = threading.Thread(target=build)
         controller.start()
         try:
-            freeze.wait(600)
+            _until(lambda: freeze.poll() is not None or not controller.is_alive())
+            assert controller.is_alive(), f"the build ended before m2 recorded it: {errors}"
             subprocess.run(["ip", "-n", c.ul, "link", "set", port, "down"], check=True)
             c.exec("m2", ["pkill", "-CONT", "-f", "[p]ython -m recipes.remote build"])
             controller.join(600)
