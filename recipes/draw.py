@@ -28,6 +28,7 @@ from nsutil.errors import InvalidInput, NsrError, ToolMissing
 
 FORMATS = (".svg",)
 SUMMARY_ABOVE = 100       #: more hosts than this: the lab is drawn as a summary
+SUMMARY_NODES = 60        #: a summary draws at most about this many bridges and routers
 SNAKE_ABOVE = 12          #: a longer line or ring is drawn as a snake, ROW nodes a row
 ROW = 10
 FONT = "Helvetica,Arial,sans-serif"
@@ -430,10 +431,33 @@ def _span(names: Iterable[str]) -> str:
     return ordered[0] if len(ordered) == 1 else f"{ordered[0]} … {ordered[-1]}"
 
 
+def _fold(kinds: dict[str, str], links: list[dict]) -> tuple[set[str], dict[str, list[str]]]:
+    """A big tree's bridges folded into their parents, a level at a time from the leaves,
+    until at most SUMMARY_NODES bridges and routers (and folds) are left to draw: the nodes
+    still drawn, and {parent: the bridges folded into it, at every level below}."""
+    alive = {n for n, k in kinds.items() if k != "host"}
+    up: dict[str, set[str]] = {n: set() for n in alive}
+    for ln in links:
+        if ln["a"] in alive and ln["b"] in alive:
+            up[ln["a"]].add(ln["b"])
+            up[ln["b"]].add(ln["a"])
+    folded: dict[str, list[str]] = {}
+    while len(alive) + len(folded) > SUMMARY_NODES:
+        leaves = [n for n in alive if kinds[n] == "bridge" and len(up[n] & alive) == 1]
+        if not leaves:
+            break
+        for n in leaves:
+            (parent,) = up[n] & alive
+            folded.setdefault(parent, []).extend([n] + folded.pop(n, []))
+            alive.discard(n)
+    return alive, folded
+
+
 def topology_summary(show: dict, path: str) -> str:
     """Draw a big lab as a summary: bridges and routers as nodes, the hosts that hang off
-    each collapsed into one node ``h1 … h300 (300 hosts)``, and a caption with the counts.
-    Returns the path written."""
+    each collapsed into one node ``h1 … h300 (300 hosts)``, a big tree's lower bridges
+    folded into their parents (:func:`_fold`), and a caption with the counts. Returns the
+    path written."""
     kinds = {n["name"]: n.get("kind", "host") for n in show["nodes"]}
     counts = [list(kinds.values()).count(k) for k in ("host", "bridge", "router")]
     attached, loose = _groups(show)
@@ -444,18 +468,26 @@ def topology_summary(show: dict, path: str) -> str:
                          ", ".join(_count(n, w) for n, w in zip(
                              counts + [len(show["links"])], ("host", "bridge", "router", "link")))
                          + (f", {impaired} impaired" if impaired else ""), bold_first=False))
+    alive, folded = _fold(kinds, show["links"])
     for n in show["nodes"]:
-        if kinds[n["name"]] != "host":
+        if n["name"] in alive:
             g.node(_id(n["name"]), label(n["name"], *(n.get("bridges") or [])),
                    shape=SHAPE[kinds[n["name"]]], fillcolor=COLOUR[kinds[n["name"]]])
     for owner, members in attached.items():
-        g.node(f"grp_{_id(owner)}", label(_span(members), f"({_count(len(members), 'host')})"),
-               shape="folder", fillcolor=COLOUR["group"])
-        g.edge(f"grp_{_id(owner)}", _id(owner), label=_count(len(members), "link"))
+        if owner in alive:
+            g.node(f"grp_{_id(owner)}", label(_span(members), f"({_count(len(members), 'host')})"),
+                   shape="folder", fillcolor=COLOUR["group"])
+            g.edge(f"grp_{_id(owner)}", _id(owner), label=_count(len(members), "link"))
+    for parent, bridges in folded.items():
+        hosts = [h for b in bridges for h in attached.get(b, [])]
+        g.node(f"fold_{_id(parent)}", label(_span(bridges), f"({_count(len(bridges), 'bridge')}, "
+                                            f"{_count(len(hosts), 'host')}: {_span(hosts)})"),
+               shape="folder", fillcolor=COLOUR["bridge"])
+        g.edge(_id(parent), f"fold_{_id(parent)}")
     if loose:
         g.node("loose", label(_span(loose), f"({_count(len(loose), 'host')}, linked host to host)"),
                shape="folder", fillcolor=COLOUR["group"])
-    for ln in show["links"]:  # links between bridges and routers stay
-        if kinds[ln["a"]] != "host" and kinds[ln["b"]] != "host":
+    for ln in show["links"]:  # links between the bridges and routers drawn stay
+        if ln["a"] in alive and ln["b"] in alive:
             g.edge(_id(ln["a"]), _id(ln["b"]), label=impair_text(ln.get("impair")))
     return _render(g, path, "dot")

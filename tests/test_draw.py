@@ -19,7 +19,7 @@ from nsutil import syscalls as sc
 from nsutil.backend import Runner
 from nsutil.errors import InvalidInput, NsrError, ToolMissing
 from nsutil.nstypes import ns_inode
-from recipes import draw, mount, pid, veth
+from recipes import draw, mount, pid, topoplan, toposhow, veth
 
 IMPAIR = {"delay": "20ms", "jitter": "5ms", "loss": "1%", "rate": "10mbit"}
 
@@ -190,6 +190,8 @@ SAMPLES = {
     "line100": line([f"h{i}" for i in range(1, 101)], ["host"] * 100),
     "star300": star(300),
     "line300": line([f"h{i}" for i in range(1, 301)], ["host"] * 300),
+    # the planner's own 10,000-host tree (nothing is built): 11 routers over 1100 bridges
+    "tree10000": toposhow.show_data(topoplan.plan_shape("tree", scope="cd34", depth=4, fanout=10)),
 }
 
 
@@ -252,6 +254,12 @@ def test_topology_above_100_hosts_is_a_summary(drawn):
     svg, _, shown = drawn["line300"]
     assert "(300 hosts, linked host to host)" in shown["texts"]
     assert "300 hosts, 0 bridges, 0 routers, 299 links" in shown["texts"]
+    # a tree's 1100 bridges are folded into the 10 routers above them: 21 nodes, not 1111
+    svg, seconds, shown = drawn["tree10000"]
+    assert "10000 hosts, 1100 bridges, 11 routers, 11110 links" in shown["texts"]
+    assert "(110 bridges, 1000 hosts: h1 … h1000)" in shown["texts"]
+    assert len(re.findall(r'class="node"', svg)) == 21 and seconds < 30
+    assert ("n_s1", "n_s2") in _edges(svg) and ("n_s2", "fold_n_s2") in _edges(svg)
 
 
 @pytest.mark.userspace   # drawing a sample: no kernel involved
