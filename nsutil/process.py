@@ -132,6 +132,18 @@ def deferred_sigint() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
+def default_sigint() -> None:
+    """In a forked child, the last thing before exec: SIGINT back to its default, so that a
+    Ctrl-C from now on ends the child at once. Until then :func:`deferred_sigint`'s handler
+    ends it, but only at the next bytecode: a Ctrl-C that lands after the last one and
+    before exec would be swallowed, and the command would run on with us waiting for it
+    (CI once saw a demo's ``sleep 30`` outlive its Ctrl-C)."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except (ValueError, OSError):    # not the main thread: nothing of ours was installed
+        pass
+
+
 def fork() -> int:
     """``os.fork()`` with Ctrl-C held back until both sides are back in our code."""
     with deferred_sigint():
@@ -306,6 +318,7 @@ def exec_in(pid: int | str | None, types: Iterable[NsType | str], argv: Sequence
             os.setgid(gid)
         if uid is not None:
             os.setuid(uid)
+        default_sigint()
 
     if shutil.which(argv[0]) is None and not os.path.isabs(argv[0]):
         raise ToolMissing(argv[0], package_for(argv[0]))

@@ -10,7 +10,7 @@ import shutil
 from typing import Sequence
 
 from .errors import CommandError, ToolMissing
-from .process import Completed, deferred_sigint, package_for
+from .process import Completed, default_sigint, deferred_sigint, package_for
 
 
 def have(tool: str) -> bool:
@@ -28,7 +28,7 @@ def run_full(argv: Sequence[str], *, input: str | bytes | None = None) -> Comple
         raise ToolMissing(argv[0], package_for(argv[0]))
     with deferred_sigint():
         proc = sh.Command(path)(*argv[1:], _in=input, _ok_code=list(range(256)), _tty_out=False,
-                                _return_cmd=True)
+                                _return_cmd=True, _preexec_fn=default_sigint)
     return Completed(argv, proc.exit_code, proc.stdout.decode(errors="replace"),
                      proc.stderr.decode(errors="replace"))
 
@@ -44,7 +44,7 @@ def run(argv: Sequence[str], *, input: str | bytes | None = None, ok: Sequence[i
     try:
         with deferred_sigint():
             out = sh.Command(path)(*argv[1:], _in=input, _ok_code=list(ok), _tty_out=False,
-                                   _decode_errors="replace")
+                                   _decode_errors="replace", _preexec_fn=default_sigint)
     except sh.ErrorReturnCode as exc:
         raise CommandError(argv, exc.exit_code, exc.stderr.decode(errors="replace")) from None
     return str(out)
