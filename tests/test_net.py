@@ -157,6 +157,15 @@ def test_the_shell_check_hears_a_token_that_comes_late(tag):
             os.dup2(saved, 0)
             os.close(saved)
             os.close(null)
+        def listening() -> bool:      # /proc/net/tcp{,6} inside b: the port in state 0A (LISTEN)
+            table = subprocess.run(["ip", "netns", "exec", b, "cat", "/proc/net/tcp",
+                                    "/proc/net/tcp6"], capture_output=True, text=True).stdout
+            return any(f":{net.CHECK_PORT:04X} " in ln and ln.split()[3] == "0A"
+                       for ln in table.splitlines() if len(ln.split()) > 3)
+        deadline = time.monotonic() + 60
+        while not listening():
+            assert time.monotonic() < deadline, "the listener never listened"
+            time.sleep(0.05)
         client = subprocess.Popen(["ip", "netns", "exec", a, "busybox", "nc", "-w", "5",
                                    "10.234.0.2", str(net.CHECK_PORT)], stdin=subprocess.PIPE)
         try:
