@@ -36,7 +36,8 @@ from nsutil.backend import Runner
 from nsutil.errors import InvalidInput, NotFound, NsrError
 
 from . import net, toporoute
-from .sessions import CONNECT_TIMEOUT, Feed, Session, connection, join, run_all, ssh_reason, wait_all
+from .sessions import (CONNECT_TIMEOUT, Feed, Session, connection, fail, join, run_all,
+                       ssh_reason, wait_all)
 from .topoplan import Plan
 
 SECTION = "Network namespace (labs across machines)"
@@ -156,6 +157,10 @@ def _two_phase(plan: Plan, backend: str) -> dict[str, float]:
     committed = False
     try:
         wait_all(sessions, "version", CONNECT_TIMEOUT * 3)
+        other = next((s for s in sessions if s.version_error()), None)
+        if other:                       # refused before any part is sent
+            other.error = other.version_error()
+            raise fail(other)
         for s in sessions:
             s.feed.put(json.dumps(split[s.machine["name"]]) + "\n")
         wait_all(sessions, "built", silent_after=SILENT_AFTER)

@@ -145,17 +145,27 @@ class Session:
         except Exception as exc:    # whatever Fabric, paramiko or the socket raise
             self.error = f"ssh: {ssh_reason(exc)}"
             if self.has("version"):             # it had started: not a connection failure
-                self.error = f"its nsrecipes ended half-way, killed or cut off ({self.error})"
+                # (another version there quits at once: the part we send it finds the
+                # session closed, and that is not what went wrong)
+                self.error = self.version_error() or (
+                    f"its nsrecipes ended half-way, killed or cut off ({self.error})")
         finally:
             with self.changed:
                 self.finished = True
                 self.changed.notify_all()
 
-    def _failure(self, result) -> str | None:
+    def version_error(self) -> str | None:
+        """What is wrong if the machine answered another nsrecipes version than this one."""
         seen = self.has("version")
         if seen and seen["version"] != local_version():
             return (f"nsrecipes {seen['version']} is installed there ({self.machine['venv']}), "
                     f"{local_version()} here")
+        return None
+
+    def _failure(self, result) -> str | None:
+        seen = self.has("version")
+        if self.version_error():
+            return self.version_error()
         err = self.has("error")
         if err:
             return err["error"]
