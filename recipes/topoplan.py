@@ -355,6 +355,7 @@ def _plan_tree(plan: Plan, depth: int, fanout: int, subnet: str | None) -> Plan:
     levels = routed_levels(depth, fanout)
     next_index: dict[str, int] = {}
     level = ["s1"]
+    order = [level]                                      # the nodes level by level
     plan.switches["s1"] = _name(plan.scope, "s1")
     plan.routers = ["s1"] if levels else []
     for d in range(1, depth + 1):
@@ -373,11 +374,12 @@ def _plan_tree(plan: Plan, depth: int, fanout: int, subnet: str | None) -> Plan:
         for parent, child in children:
             _add_tree_link(plan, parent, child, next_index)
         level = [c for _, c in children]
+        order.append(level)
     for name, ns in plan.switches.items():
         if name not in plan.routers:
             plan.bridges[ns] = [_name(plan.scope, "br")]
     if levels:
-        _route_tree(plan, pool, depth, fanout, levels)
+        _route_tree(plan, pool, order, fanout, levels)
         return plan
     down = {ln.b_host: ln for ln in plan.links}
     for j, host in enumerate(plan.hosts, 1):             # one segment: the pool, no gateway
@@ -386,12 +388,12 @@ def _plan_tree(plan: Plan, depth: int, fanout: int, subnet: str | None) -> Plan:
     return plan
 
 
-def _route_tree(plan: Plan, pool, depth: int, fanout: int, levels: int) -> None:
-    """Addresses and routes of a tree whose top ``levels`` levels route (see :func:`_plan_tree`)."""
-    per = fanout ** (depth - levels)                    # hosts in one segment
+def _route_tree(plan: Plan, pool, order: list[list[str]], fanout: int, levels: int) -> None:
+    """Addresses and routes of a tree whose top ``levels`` levels route (see :func:`_plan_tree`);
+    ``order``: its nodes level by level, breadth first (0: s1; the last: the hosts)."""
+    per = fanout ** (len(order) - 1 - levels)           # hosts in one segment
     subs = _segments(pool, fanout ** levels, per)       # segment k: the k-th subtree at that level
     down = {ln.b_host: ln for ln in plan.links}         # child -> the link from its parent
-    order = _levels(plan, fanout, depth)
     uplinks = [down[r] for r in plan.routers if r != "s1"]
     for ln, sub in zip(uplinks, _link_subnets(LINK_POOL, len(uplinks), [pool])):
         ln.a_addr, ln.b_addr = f"{sub.network_address + 1}/30", f"{sub.network_address + 2}/30"
@@ -413,26 +415,11 @@ def _route_tree(plan: Plan, pool, depth: int, fanout: int, levels: int) -> None:
                 for c, child in enumerate(order[lvl + 1][p * fanout:(p + 1) * fanout]):
                     first = (p * fanout + c) * span
                     nets = ipaddress.collapse_addresses(subs[first:first + span])
-                    routes += [[str(n), _ip_of(down[child].b_addr)] for n in nets]
+                    routes += [[str(n), net.ip_of(down[child].b_addr)] for n in nets]
             if router != "s1":
-                routes.append(["0.0.0.0/0", _ip_of(down[router].a_addr)])
+                routes.append(["0.0.0.0/0", net.ip_of(down[router].a_addr)])
             if routes:
                 plan.routes[router] = routes
-
-
-def _ip_of(cidr: str | None) -> str:
-    return str(ipaddress.ip_interface(cidr).ip)
-
-
-def _levels(plan: Plan, fanout: int, depth: int) -> list[list[str]]:
-    """A tree's nodes level by level, breadth first (level 0: s1; level ``depth``: the hosts)."""
-    order = [["s1"]]
-    children: dict[str, list[str]] = {}
-    for ln in plan.links:
-        children.setdefault(ln.a_host, []).append(ln.b_host)
-    for _ in range(depth):
-        order.append([c for parent in order[-1] for c in children.get(parent, [])])
-    return order
 
 
 def _add_tree_link(plan: Plan, parent: str, child: str, next_index: dict) -> None:
