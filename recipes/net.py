@@ -336,8 +336,9 @@ def _busybox_nc() -> list[str]:
 
 def nc_listen(ns: str, port: int = CHECK_PORT) -> subprocess.Popen:
     """Start ``ip netns exec NS busybox nc -l -p PORT``. Its stdin is a pipe held open until
-    it ends: busybox nc -l quits as soon as its stdin is at its end (as /dev/null is at
-    once, under pytest or cron), and whatever is still on its way is lost."""
+    it ends: once its stdin is at its end (as /dev/null is at once, under pytest or cron)
+    busybox nc shuts down its sending half, the client nc sees the end and quits, perhaps
+    before it has sent what it was to send."""
     return subprocess.Popen([shutil.which("ip") or "ip", "netns", "exec", ns] + _busybox_nc()
                             + ["-l", "-p", str(port)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
