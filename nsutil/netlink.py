@@ -32,6 +32,7 @@ import struct
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from . import mountinfo
 from . import syscalls as sc
 from .errors import Conflict, SyscallError
 
@@ -88,11 +89,12 @@ _RUN_DIR_READY = False
 
 
 def ensure_run_dir() -> None:
-    """Make /run/netns exist and be a shared mount, exactly as ``ip netns add`` does.
+    """Make /run/netns exist and be a shared mount, as ``ip netns add`` does, except that a
+    mount that is there already keeps its propagation (it is not ours to change).
 
     ip takes an exclusive flock on the directory (so that parallel runs do not stack bind
-    mounts), tries to make it shared, and if it is not a mount point yet, bind-mounts it on
-    itself first.
+    mounts); if it is not a mount point yet, it bind-mounts it on itself and makes that
+    shared, so namespaces named later show in every mount namespace that shares it.
     """
     global _RUN_DIR_READY
     if _RUN_DIR_READY:
@@ -104,16 +106,9 @@ def ensure_run_dir() -> None:
     lock = os.open(NETNS_RUN_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        made = False
-        while True:
-            try:
-                sc.mount("", NETNS_RUN_DIR, "none", sc.MS_SHARED | sc.MS_REC)
-                break
-            except SyscallError as exc:
-                if exc.errno != _errno.EINVAL or made:
-                    raise
+        if not mountinfo.is_mountpoint(NETNS_RUN_DIR):
             sc.mount(NETNS_RUN_DIR, NETNS_RUN_DIR, "none", sc.MS_BIND | sc.MS_REC)
-            made = True
+            sc.mount("", NETNS_RUN_DIR, "none", sc.MS_SHARED | sc.MS_REC)
     finally:
         os.close(lock)  # closing drops the flock
     _RUN_DIR_READY = True

@@ -1,8 +1,12 @@
 """The record of what nsrecipes made: a state directory and atomic JSON files.
 
-``/run/nsrecipes`` (``$NSR_STATE_DIR`` overrides it) is mode 0700 and owned by root, so
+``/run/nsrecipes`` (``$NSR_STATE_DIR`` overrides it) is made mode 0700 and owned by root, so
 another user can neither read nor change it. Files are written to a temporary name and
 renamed into place, so a process killed mid-write never leaves a torn file.
+
+A directory that was there before (``NSR_STATE_DIR`` pointed at a directory or a mount of the
+user's own) is used as it is: its mode is not changed, and it is never removed. Only a
+directory nsrecipes made itself carries :data:`MADE_MARK`, and only such a one is pruned.
 
 :func:`locked` is the lock on the directory itself; :func:`prune` removes the directory
 only under it, and a lock is only granted on the directory that is there when it is
@@ -21,14 +25,30 @@ from .errors import SyscallError
 from .names import STATE_DIR
 
 
+#: the file that says nsrecipes made the state directory (so it may remove it when empty)
+MADE_MARK = ".made-by-nsrecipes"
+
+
 def state_dir(*parts: str, create: bool = True) -> str:
-    """Path of the state directory (or a subdirectory); created 0700 when ``create``."""
+    """Path of the state directory (or a subdirectory); created 0700 when ``create``.
+
+    A state directory nsrecipes creates gets :data:`MADE_MARK`; one that exists already is
+    left as it is (its mode, owner and content are the user's)."""
     base = os.environ.get("NSR_STATE_DIR", STATE_DIR)
     path = os.path.join(base, *parts)
     if create:
         try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
-            os.chmod(base, 0o700)
+            os.makedirs(os.path.dirname(base.rstrip("/")) or "/", mode=0o755, exist_ok=True)
+            try:
+                os.mkdir(base, 0o700)
+            except FileExistsError:
+                pass
+            else:
+                os.chmod(base, 0o700)     # whatever the umask said
+                os.close(os.open(os.path.join(base, MADE_MARK),
+                                 os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            if parts:
+                os.makedirs(path, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise SyscallError.from_oserror(f"mkdir({path!r})", exc) from None
     return path
@@ -109,8 +129,9 @@ def locked(shared: bool = False) -> Iterator[int]:
 
 
 def prune(have_lock: bool = False) -> None:
-    """Remove the state directory (and its ``net/`` subdirectory) when empty, so a host
-    with nothing of nsrecipes on it has no /run/nsrecipes either. Done under
+    """Remove the state directory's empty ``net/`` subdirectory, and the directory itself
+    when it is empty and nsrecipes made it (:data:`MADE_MARK`), so a host with nothing of
+    nsrecipes on it has no /run/nsrecipes either; a directory the user had stays. Done under
     :func:`locked` (``have_lock``: the caller holds it), so it never removes the
     directory between another process's lock and its first entry."""
     base = state_dir(create=False)
@@ -119,8 +140,14 @@ def prune(have_lock: bool = False) -> None:
             with locked():
                 prune(have_lock=True)
         return
-    for path in (os.path.join(base, "net"), base):
-        try:
-            os.rmdir(path)
-        except OSError:
-            pass  # not empty, still a mount point, or already gone: nothing to do
+    try:
+        os.rmdir(os.path.join(base, "net"))
+    except OSError:
+        pass  # not empty, or already gone: nothing to do
+    try:
+        if set(os.listdir(base)) != {MADE_MARK}:
+            return
+        os.unlink(os.path.join(base, MADE_MARK))
+        os.rmdir(base)
+    except OSError:
+        pass  # gone, or a mount point now: nothing to do

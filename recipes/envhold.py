@@ -27,16 +27,16 @@ import shutil
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
-from nsutil import process, state
+from nsutil import mountinfo, process, state
 from nsutil import shell as nshell
 from nsutil import syscalls as sc
 from nsutil.backend import Placeholder, Runner, Step
-from nsutil.errors import CommandError, NsrError
+from nsutil.errors import CommandError, NsrError, SyscallError
 from nsutil.nstypes import NS_TYPES, NsType, flags_of, mntns_id, needs_fork
 
 from .common import holder_setup
-from .envstate import (base_dir, bound_inodes, env_dir, env_entries, global_lock, is_mountpoint,
-                       mounts_below, ns_file, visible_mount)
+from .envstate import (base_dir, bound_inodes, env_dir, env_entries, global_lock, mounts_below,
+                       ns_file)
 
 #: PID 1 of the shell form: `wait` reaps every child, also orphans re-parented to it
 REAPER = "while :; do sleep infinity & wait; done"
@@ -259,25 +259,54 @@ def start_shell(name: str, argv: list[str], types: Sequence[NsType]) -> dict:
 
 
 # --- the private mount under /run/nsrecipes -------------------------------------------------
+#
+# nsrecipes never changes a mount it did not make: whatever is mounted on the state directory
+# already (a tmpfs or a disk of the user's, systemd's shared /run) keeps its propagation, its
+# directory and its content. nsrecipes binds the directory on itself, *on top* of whatever is
+# there, makes only that bind private, and records it (:mod:`nsutil.mountinfo`: mount ID,
+# parent ID, mount point, root, and the unique ID where the kernel has one). The last removal
+# unmounts exactly the recorded mounts, and nothing else.
 
-def _covering_mount(path: str) -> list[str] | None:
-    """The mountinfo fields of the topmost mount on ``path`` (what covers the files in it),
-    None if ``path`` is not a mount point here (see :func:`envstate.visible_mount`)."""
-    fields = visible_mount(path)
-    return fields if fields is not None and fields[4] == path else None
+#: the record of the private bind(s) nsrecipes made on the state directory
+BIND_RECORD = ".private-bind.json"
 
 
-def _is_private_mount(path: str) -> bool:
-    """True if ``path`` is a mount point whose top mount propagates nowhere (not shared)."""
-    fields = _covering_mount(path)
-    return fields is not None and not any(f.startswith("shared:")
-                                          for f in fields[6:fields.index("-")])
+def _bind_records(base: str) -> list[dict]:
+    try:
+        data = state.read_json(os.path.join(base, BIND_RECORD))
+    except (OSError, ValueError):
+        return []
+    return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+
+
+def ours_on_top(base: str) -> bool:
+    """True if the topmost mount on ``base`` is the private bind nsrecipes made and recorded."""
+    return any(mountinfo.is_recorded(base, r) for r in _bind_records(base))
+
+
+def _bind_on_top(base: str, bind: Callable[[], None]) -> None:
+    """``bind()`` the state directory on itself and record every mount it added on ``base``
+    (a bind made on a shared mount can arrive twice: the bind and its propagated copy)."""
+    before = {m.mount_id for m in mountinfo.read() if m.mount_point == base}
+    bind()
+    top = mountinfo.identity(base)
+    added = [{"mount_id": m.mount_id, "parent_id": m.parent_id, "mount_point": m.mount_point,
+              "root": m.root, "unique_id": None}
+             for m in mountinfo.read() if m.mount_point == base and m.mount_id not in before]
+    records = [top if top is not None and r["mount_id"] == top["mount_id"] else r for r in added]
+    try:
+        state.atomic_write_json(os.path.join(base, BIND_RECORD), records)
+    except SyscallError:
+        for _ in records:   # unrecorded, it would be nobody's: take it down at once
+            if any(mountinfo.is_recorded(base, r) for r in records):
+                sc.umount(base, sc.MNT_DETACH)
+        raise
 
 
 @contextmanager
 def private_base(run: Runner) -> Iterator[None]:
-    """Step: make /run/nsrecipes a private bind mount of itself, and keep it one while the
-    block binds the namespace files on it.
+    """Step: bind /run/nsrecipes on itself as a private mount of nsrecipes' own (on top of
+    anything mounted there), and keep it while the block binds the namespace files on it.
 
     A mount-namespace file cannot be bound on a mount that propagates. The step runs under
     the exclusive lock on /run/nsrecipes; the block then holds a shared one, which the last
@@ -288,17 +317,18 @@ def private_base(run: Runner) -> Iterator[None]:
     argvs = [["mount", "--bind", base, base], ["mount", "--make-private", base]]
 
     def native() -> None:
-        if not is_mountpoint(base):
-            sc.mount(base, base, None, sc.MS_BIND)
+        if not ours_on_top(base):
+            _bind_on_top(base, lambda: sc.mount(base, base, None, sc.MS_BIND))
         sc.make_propagation(base, "private")
 
     def shell(_argv: list[str]) -> None:
-        if not is_mountpoint(base):
-            nshell.run(argvs[0])
+        if not ours_on_top(base):
+            _bind_on_top(base, lambda: nshell.run(argvs[0]))
         nshell.run(argvs[1])
 
-    step = Step(f"make {base} a private mount (a mount-namespace file cannot be bound on a "
-                "shared one)", argv=argvs[0], native=native, shell=shell,
+    step = Step(f"bind {base} on itself as a private mount of our own (a mount-namespace file "
+                "cannot be bound on a shared one; what is mounted there already is left as it is)",
+                argv=argvs[0], native=native, shell=shell,
                 display=" && ".join(" ".join(a) for a in argvs))
     if run.explain:
         run.run(step)
@@ -308,7 +338,7 @@ def private_base(run: Runner) -> Iterator[None]:
         for _ in range(10):
             run.run(step)
             fcntl.flock(fd, fcntl.LOCK_SH)
-            if _is_private_mount(base):
+            if ours_on_top(base) and _is_private_mount(base):
                 break
             fcntl.flock(fd, fcntl.LOCK_EX)  # unmounted in between: once more
         else:
@@ -317,24 +347,34 @@ def private_base(run: Runner) -> Iterator[None]:
         yield
 
 
+def _is_private_mount(path: str) -> bool:
+    """True if ``path`` is a mount point whose top mount propagates nowhere (not shared)."""
+    m = mountinfo.covering(path)
+    return m is not None and m.tag("shared") is None
+
+
 def release_private_base(run: Runner) -> None:
-    """Step: unmount the private bind of /run/nsrecipes once no environment is left, and
-    remove the empty directory (both under the lock, so no create is between its
-    :func:`private_base` and its binds, nor between its lock and its record)."""
+    """Step: once no environment is left, unmount the private bind(s) nsrecipes made on
+    /run/nsrecipes -- only those its record names, never a mount of anyone else's -- and
+    remove the directory if nsrecipes made it (both under the lock, so no create is between
+    its :func:`private_base` and its binds, nor between its lock and its record)."""
     base = base_dir()
     if run.explain:
-        run.run(Step(f"unmount {base} if no environment is left", argv=["umount", "-l", base]))
+        run.run(Step(f"unmount our private bind of {base} if no environment is left",
+                     argv=["umount", "-l", base]))
         return
     if not os.path.isdir(base):
         return
     with global_lock():
         if env_entries() or mounts_below(base):
             return
-        for _ in range(4):  # a bind made on a shared mount can be there twice
-            if not is_mountpoint(base):
+        records = _bind_records(base)
+        for _ in records:
+            if not any(mountinfo.is_recorded(base, r) for r in records):
                 break
             # lazy: our own lock fd on the directory still pins the mount for a moment
-            run.run(Step(f"no environment is left: unmount the private bind of {base}",
+            run.run(Step(f"no environment is left: unmount our private bind of {base}",
                          argv=["umount", "-l", base],
                          native=lambda: sc.umount(base, sc.MNT_DETACH)))
+        sc.remove_if_present(os.path.join(base, BIND_RECORD))
         state.prune(have_lock=True)

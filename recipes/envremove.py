@@ -22,9 +22,9 @@ from nsutil.names import is_ours
 from nsutil.nstypes import NS_TYPES
 
 from .common import Leftover
-from .envhold import release_private_base
+from .envhold import ours_on_top, release_private_base
 from .envstate import (NETNS_DIR, NSFS_DEV, STATE_FILE, TMP_RE, base_dir, check_env_name,
-                       env_dir, env_lock, is_mountpoint, members, mounts_below, open_dir,
+                       env_dir, env_lock, members, mounts_below, open_dir,
                        quiet_runner, read_state, same_process)
 
 
@@ -290,7 +290,7 @@ def leftovers() -> list[Leftover]:
         if entry.startswith(".") or read_state(entry) is None:
             continue
         found.append(Leftover("env", entry, lambda n=entry: _remove_quietly(n)))
-    if not found and is_mountpoint(base) and not mounts_below(base):
+    if not found and ours_on_top(base) and not mounts_below(base):
         found.append(Leftover("mount", f"{base} (private bind)",
                               lambda: release_private_base(quiet_runner())))
     return found

@@ -25,7 +25,7 @@ import re
 from contextlib import contextmanager
 from typing import Callable, Iterator, TextIO
 
-from nsutil import process, state
+from nsutil import mountinfo, process, state
 from nsutil.backend import Placeholder, Runner
 from nsutil.errors import InvalidInput, NotFound, NsrError, SyscallError, require_root
 from nsutil.names import check_name, is_ours
@@ -317,56 +317,16 @@ def dead(name: str, st: dict) -> NsrError:
 
 # --- mounts ---------------------------------------------------------------------------------
 
-def mountinfo() -> list[list[str]]:
-    """The fields of each line of /proc/self/mountinfo."""
-    with open("/proc/self/mountinfo") as f:
-        return [ln.split() for ln in f]
-
-
-def visible_mount(path: str) -> list[str] | None:
-    """The mountinfo fields of the mount that ``path`` resolves to here (the mount ID of an
-    O_PATH fd, from /proc/self/fdinfo), or None if it does not exist.
-
-    mountinfo alone is not enough: it still lists mounts whose mount point was covered
-    later by a mount on a directory above it (a tmpfs on /run hides the host's bind mount of
-    /run/nsrecipes, which stays listed)."""
-    try:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as f:
-            mnt_id = next((ln.split()[1] for ln in f if ln.startswith("mnt_id:")), None)
-    finally:
-        os.close(fd)
-    return next((fields for fields in mountinfo() if fields[0] == mnt_id), None)
-
-
 def is_mountpoint(path: str) -> bool:
-    """True if something is mounted on ``path`` here, and is what ``path`` shows."""
-    fields = visible_mount(path)
-    return fields is not None and fields[4] == path
+    """True if something is mounted on ``path`` here, and is what ``path`` shows
+    (:func:`nsutil.mountinfo.is_mountpoint`)."""
+    return mountinfo.is_mountpoint(path)
 
 
 def mounts_below(path: str) -> list[str]:
-    """Mount points strictly below ``path`` that ``path`` shows here: mounts on the visible
-    mount of ``path`` and on those, not the hidden ones a later mount above covered."""
-    prefix = path.rstrip("/") + "/"
-    top = visible_mount(path)
-    if top is None:
-        return []
-    table = mountinfo()
-    seen, out = {top[0]}, []
-    grew = True
-    while grew:
-        grew = False
-        for fields in table:
-            if fields[1] in seen and fields[0] not in seen:
-                seen.add(fields[0])
-                grew = True
-                if fields[4].startswith(prefix):
-                    out.append(fields[4])
-    return out
+    """Mount points strictly below ``path`` that ``path`` shows here
+    (:func:`nsutil.mountinfo.below`)."""
+    return mountinfo.below(path)
 
 
 # --- quiet runs (cleanup, the Python API) ---------------------------------------------------

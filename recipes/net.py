@@ -398,16 +398,48 @@ def check_pair(run: Runner, ns_a: str, addr_a: str, ns_b: str, addr_b: str) -> b
 
 
 # --- /etc/netns/NAME/hosts ------------------------------------------------------------------
+#
+# A hosts file nsrecipes writes starts with HOSTS_MARK, which also says whether nsrecipes made
+# the directory. One without the mark is the user's: it is never overwritten nor removed, and
+# a directory nsrecipes did not make is never removed either.
 
-def write_etc_hosts(ns: str, entries: list[tuple[str, str]]) -> str:
-    """Write /etc/netns/NS/hosts (``ip netns exec`` bind-mounts it over /etc/hosts)."""
+#: the first line of every /etc/netns/NS/hosts nsrecipes writes
+HOSTS_MARK = "# written by nsrecipes; removed with its namespace"
+#: ... and where nsrecipes made /etc/netns/NS for it too
+HOSTS_MARK_DIR = HOSTS_MARK + " (and so is this directory)"
+
+
+def _hosts_mark(ns: str) -> str | None:
+    """The mark on /etc/netns/NS/hosts (None: no such file, or not nsrecipes')."""
+    try:
+        with open(os.path.join(ETC_NETNS, ns, "hosts")) as f:
+            first = f.readline().rstrip("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return first if first in (HOSTS_MARK, HOSTS_MARK_DIR) else None
+
+
+def owns_etc_hosts(ns: str) -> bool:
+    """True if /etc/netns/NS/hosts is there and nsrecipes wrote it."""
+    return _hosts_mark(ns) is not None
+
+
+def write_etc_hosts(ns: str, entries: list[tuple[str, str]]) -> str | None:
+    """Write /etc/netns/NS/hosts (``ip netns exec`` bind-mounts it over /etc/hosts), marked
+    as nsrecipes'; returns its path, or None when a hosts file of someone else's is there
+    (it is kept as it is)."""
     check_netns_name(ns)
     directory = os.path.join(ETC_NETNS, ns)
-    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    path = os.path.join(directory, "hosts")
+    mark = _hosts_mark(ns)
+    if mark is None and os.path.lexists(path):
+        return None
+    if mark is None:
+        mark = HOSTS_MARK if os.path.isdir(directory) else HOSTS_MARK_DIR
+    lines = [mark, "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     lines += [f"{addr}\t{names}" for addr, names in entries]
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
-        path = os.path.join(directory, "hosts")
         with open(path + ".tmp", "w") as f:
             f.write("\n".join(lines) + "\n")
         os.replace(path + ".tmp", path)
@@ -417,11 +449,18 @@ def write_etc_hosts(ns: str, entries: list[tuple[str, str]]) -> str:
 
 
 def remove_etc_netns(ns: str) -> bool:
-    """Remove /etc/netns/NS (only nsrecipes' own entries); True if something was removed."""
-    directory = os.path.join(ETC_NETNS, ns)
-    if not os.path.isdir(directory):
+    """Remove the hosts file nsrecipes wrote in /etc/netns/NS, and the directory if nsrecipes
+    made it and nothing else is in it; anything else there stays. True if something went."""
+    mark = _hosts_mark(ns)
+    if mark is None:
         return False
-    shutil.rmtree(directory, ignore_errors=True)
+    directory = os.path.join(ETC_NETNS, ns)
+    sc.remove_if_present(os.path.join(directory, "hosts"))
+    if mark == HOSTS_MARK_DIR:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass  # something of someone else's was put in it: it stays
     return True
 
 
@@ -572,7 +611,7 @@ def leftovers() -> list[Leftover]:
             found.append(Leftover("link", name, lambda n=name: remove_root_link(n)))
     if os.path.isdir(ETC_NETNS):
         for name in sorted(os.listdir(ETC_NETNS)):
-            if is_ours(name) or name in recorded:
+            if (is_ours(name) or name in recorded) and owns_etc_hosts(name):
                 found.append(Leftover("etc-netns", os.path.join(ETC_NETNS, name),
                                       lambda n=name: _remove_etc(n)))
     base = state.state_dir("net", create=False)

@@ -330,13 +330,19 @@ def write_hosts_files(run: Runner, plan: Plan, segments: list | None = None,
     names = plan.hosts if names is None else names
 
     def write() -> None:
+        kept = []
         for host, ns in plan.hosts.items():
             entries: list[tuple[str, str]] = []
             for seg in segments:
                 if any(h == host for h, _ in seg):
                     entries += [(str(ipaddress.ip_interface(c).ip), f"{h} {names[h]}")
                                 for h, c in seg]
-            net.write_etc_hosts(ns, entries)
+            if net.write_etc_hosts(ns, entries) is None:
+                kept.append(ns)
+        if kept:
+            run.say(f"kept /etc/netns/{kept[0]}/hosts as it is (not nsrecipes')"
+                    + (f" and {len(kept) - 1} more" if len(kept) > 1 else "")
+                    + ": those hosts reach the others by address only")
 
     run.run(Step(f"write /etc/netns/NS/hosts for {len(plan.hosts)} hosts (ip netns exec "
                  "mounts them over /etc/hosts)", native=write, shell=lambda _a: write(),

@@ -10,10 +10,13 @@ INVOKE = os.path.join(os.path.dirname(sys.executable), "invoke")
 
 
 def cli(*args: str, env: dict | None = None, prefix: list[str] | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run ``invoke ARGS`` from the project root, as a user would; capture its output."""
+        timeout: float = 120, unset: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``invoke ARGS`` from the project root, as a user would; capture its output
+    (``env`` added to this process's environment, the names in ``unset`` taken from it)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
+    for name in unset or []:
+        full_env.pop(name, None)
     return subprocess.run((prefix or []) + [INVOKE, *args], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -93,8 +93,11 @@ class Cluster:
         return sorted(x for x in out.split() if x)
 
     def state(self, name: str) -> list[str]:
-        """What is under machine ``name``'s state directory /run/nsrecipes."""
-        out = self.exec(name, ["find", "/run/nsrecipes", "-mindepth", "1"], check=False).stdout
+        """What is under machine ``name``'s state directory /run/nsrecipes (not its own
+        bookkeeping: the mark that nsrecipes made it, the record of its private bind)."""
+        out = self.exec(name, ["find", "/run/nsrecipes", "-mindepth", "1", "-not", "-name",
+                               ".made-by-nsrecipes", "-not", "-name", ".private-bind.json"],
+                        check=False).stdout
         return sorted(x for x in out.split() if x)
 
     def kill_sshd(self, name: str) -> None:

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from helpers import INVOKE, ROOT, as_nobody, cli, one_line_error
-from nsutil import idmap, mountattr, process
+from nsutil import idmap, mountattr, process, state
 from nsutil.backend import Runner
 from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, SyscallError
 from recipes import env
@@ -521,7 +521,8 @@ def test_lock_is_on_the_directory_that_is_there(tmp_path, monkeypatch):
             # (its python starts in ~10 s in a TCG VM: imports over 9p)
             process.wait_for(lambda: _flock_waiters() > waiters or None, 600,
                              "the waiter to block")
-            os.rmdir(base)  # pruned while it waits
+            os.unlink(os.path.join(base, state.MADE_MARK))  # pruned while it waits
+            os.rmdir(base)
             # made again and locked before the old lock is let go: else the waiter may
             # rightly be first to make and lock the new one
             new_lock.enter_context(env.global_lock())

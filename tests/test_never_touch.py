@@ -1,0 +1,171 @@
+"""nsrecipes never touches what it did not make: a mount of the user's on the state directory,
+its propagation, its directory and its files; a hosts file of the user's under /etc/netns.
+
+Everything runs through the real CLI inside the sandbox of :mod:`sandboxkit` (a private mount
+and network namespace of the test's own), so the user's mount the test puts on the state
+directory -- a tmpfs with a file in it, shared or private -- is a real mount on the real
+kernel that the host never sees, and ``cleanup --all`` there sees only this test's objects.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from nsutil import mountinfo, process
+from nsutil import syscalls as sc
+from nsutil.names import scope_id
+from sandboxkit import Sandbox, sandbox  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+PRECIOUS = "the user's own data\n"
+
+
+def _ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _users_mount(box: Sandbox, target: str, propagation: str) -> dict:
+    """The user's tmpfs on ``target`` inside the sandbox, with a file in it."""
+    box.run("mkdir", "-p", target)
+    box.run("mount", "-t", "tmpfs", "-o", "mode=755", "nsr-users-own", target)
+    box.run("mount", f"--make-{propagation}", target)
+    with open(box.path(f"{target}/keep"), "w") as f:
+        f.write(PRECIOUS)
+    return _look(box, target)
+
+
+def _look(box: Sandbox, target: str) -> dict:
+    """What the sandbox shows on ``target``: the mounts stacked there (source, propagation)
+    and below it, and the entries in it."""
+    mounts = {m.mount_id: m for m in mountinfo.read(box.holder.pid)}
+    top = mounts.get(mountinfo.mount_id_of(box.path(target)))     # resolved in the sandbox
+    stack = []
+    while top is not None and top.mount_point == target:         # down the stack on target
+        stack.insert(0, top)
+        top = mounts.get(top.parent_id)
+    shown = {m.mount_id for m in stack}
+    return {"on": [(m.source, m.fstype, m.propagation) for m in stack],
+            "below": sorted(m.mount_point for m in mounts.values() if m.parent_id in shown
+                            and m.mount_point.startswith(target + "/")),
+            "entries": sorted(os.listdir(box.path(target)))}
+
+
+@pytest.mark.parametrize("where,propagation", [("NSR_STATE_DIR", "shared"),
+                                               ("default", "private")])
+def test_a_mount_of_the_users_on_the_state_directory_survives_everything(
+        sandbox, backend: str, where: str, propagation: str) -> None:  # noqa: F811
+    """A tmpfs with a file at the state directory (``NSR_STATE_DIR``, or the default
+    /run/nsrecipes on a /run of the sandbox's own) keeps its propagation, its directory and
+    its file through env-create/env-rm, net-topo up and down, net-veth and its --delete,
+    container-run, cleanup and cleanup --all; and nothing of nsrecipes' own is left there."""
+    box, t = sandbox, scope_id()
+    if where == "default":
+        box.run("mount", "-t", "tmpfs", "nsr-run", "/run")      # a /run of the sandbox's own
+        box.run("mkdir", "/run/netns")
+        target, env = "/run/nsrecipes", {"NSR_STATE_DIR": None}
+    else:
+        target, env = "/tmp/nsr-mine", {"NSR_STATE_DIR": "/tmp/nsr-mine"}
+    env["NSR_BACKEND"] = backend
+    before = _users_mount(box, target, propagation)
+    assert before == {"on": [("nsr-users-own", "tmpfs", propagation)], "below": [],
+                      "entries": ["keep"]}
+
+    def unchanged(after: str) -> None:
+        now = _look(box, target)
+        assert now == before, f"after {after}: {now} (was {before})"
+        with open(box.path(f"{target}/keep")) as f:
+            assert f.read() == PRECIOUS, after
+
+    dry = _ok(box.cli("cleanup", "--all", "--dry-run", env=env))
+    assert dry.strip() == "nothing to clean up", dry
+    x, y = f"nsr-{t}x", f"nsr-{t}y"
+    _ok(box.cli("env-create", x, "--ns", "uts,net,mnt", env=env))
+    on = _look(box, target)["on"]
+    assert on[0] == before["on"][0] and len(on) >= 2, on     # our bind on top of theirs
+    assert on[-1][2] == "private"                            # ours is private ...
+    _ok(box.cli("env-rm", x, env=env))
+    unchanged("env-create, env-rm")                          # ... and theirs is as it was
+
+    _ok(box.cli("net-topo", "--scope", t, "--hosts", "2", env=env))
+    _ok(box.cli("net-topo", "--scope", t, "--down", env=env))
+    unchanged("net-topo, --down")
+
+    a, b = f"nsr-{t}a", f"nsr-{t}b"
+    _ok(box.cli("net-veth", "--name", a, "--peer", b, env=env))
+    _ok(box.cli("net-veth", "--name", a, "--peer", b, "--delete", env=env))
+    unchanged("net-veth, --delete")
+
+    _ok(box.cli("container-run", "--", "true", env=env))
+    unchanged("container-run")
+
+    _ok(box.cli("env-create", y, "--ns", "uts,mnt", env=env))
+    kept = _ok(box.cli("cleanup", env=env))
+    assert y in kept and os.path.exists(box.path(f"{target}/{y}/env.json")), kept
+    _ok(box.cli("cleanup", "--all", env=env))
+    unchanged("cleanup, cleanup --all")
+
+
+def test_a_hosts_file_of_the_users_under_etc_netns_survives_net_veth(sandbox,  # noqa: F811
+                                                                      backend: str) -> None:
+    """net-veth and its --delete leave /etc/netns/A/hosts alone when it is the user's (and
+    say so), write and remove their own for B, directory and all; cleanup --all too."""
+    box, t = sandbox, scope_id()
+    a, b = f"nsr-{t}a", f"nsr-{t}b"
+    mine = "10.9.9.9\tthe-users-own-host\n"
+    os.makedirs(box.path(f"/etc/netns/{a}"))
+    with open(box.path(f"/etc/netns/{a}/hosts"), "w") as f:
+        f.write(mine)
+    env = {"NSR_BACKEND": backend}
+    made = _ok(box.cli("net-veth", "--name", a, "--peer", b, env=env))
+    assert f"kept /etc/netns/{a}/hosts as it is (not nsrecipes')" in made, made
+    with open(box.path(f"/etc/netns/{b}/hosts")) as f:
+        ours = f.read()
+    assert ours.startswith("# written by nsrecipes") and a in ours, ours
+    _ok(box.cli("net-veth", "--name", a, "--peer", b, "--delete", env=env))
+    assert not os.path.exists(box.path(f"/etc/netns/{b}"))
+    _ok(box.cli("net-veth", "--name", a, "--peer", b, env=env))
+    _ok(box.cli("cleanup", "--all", env=env))
+    assert not os.path.exists(box.path(f"/etc/netns/{b}"))
+    with open(box.path(f"/etc/netns/{a}/hosts")) as f:
+        assert f.read() == mine
+    assert sorted(os.listdir(box.path("/etc/netns"))) == [a]
+
+
+def test_a_recorded_mount_is_told_from_another_on_the_same_point(tmp_path) -> None:
+    """The record of a mount names it by mount ID, parent ID, mount point and root (and the
+    unique ID where the kernel has one): the recorded mount is recognised, and a mount made
+    on the same point after it went -- a bind of another directory, or a tmpfs -- is not."""
+    point, other = str(tmp_path / "point"), str(tmp_path / "other")
+    os.mkdir(point)
+    os.mkdir(other)
+
+    def in_a_mount_namespace() -> list[bool]:
+        sc.unshare(sc.CLONE_NEWNS)
+        sc.make_propagation("/", "private", recursive=True)   # nothing reaches the host
+        seen = [mountinfo.identity(point) is None]
+        sc.mount(point, point, None, sc.MS_BIND)               # "ours", as private_base does
+        record = mountinfo.identity(point)
+        seen.append(mountinfo.is_recorded(point, record))
+        sc.umount(point)
+        seen.append(mountinfo.is_recorded(point, record))      # gone: not ours
+        sc.mount(other, point, None, sc.MS_BIND)               # someone else's, same point
+        seen.append(mountinfo.is_recorded(point, record))
+        sc.mount("nsr-theirs", point, "tmpfs", 0, None)        # and one more on top
+        seen.append(mountinfo.is_recorded(point, record))
+        return seen
+
+    assert process.fork_call(in_a_mount_namespace) == [True, True, False, False, False]
+
+
+def test_mountinfo_paths_with_a_space_and_non_ascii_are_read_as_they_are() -> None:
+    """One parser: octal escapes (``\\040`` for a space) decoded, and a non-ASCII path kept
+    as UTF-8 even on a line that also holds an escape."""
+    line = ("99 23 0:55 / /tmp/nsr\\040caf\u00e9 rw,relatime shared:7 master:3 - tmpfs "
+            "my\\040src rw\n").encode()
+    m = mountinfo.parse_line(line)
+    assert (m.mount_point, m.source, m.propagation, m.tag("shared"), m.tag("master")) == \
+        ("/tmp/nsr caf\u00e9", "my src", "shared", 7, 3)
