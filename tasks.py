@@ -18,7 +18,7 @@ from cli.labs import net_exec, net_link, net_topo  # noqa: F401
 from cli.machines import machines_install  # noqa: F401
 
 
-# ==== core demos (issue 2) ==================================================================
+# ==== core demos ========================================================================
 
 @nsr_task(help={"draw": "also draw the tree of PID namespaces the demo made into FILE.svg: "
                         "each process with its PID as every level sees it (NSpid); the "
@@ -93,7 +93,7 @@ def user_demo(c, uid=None, gid=None, backend=None, explain=False):
         user.demo(run, uid=uid, gid=gid)
 
 
-# ==== the two namespaces the document predates (issue 11) ===================================
+# ==== the two namespaces the document predates =========================================
 
 @nsr_task(lesson="shell")
 def cgroupns_demo(c, backend=None, explain=False):
@@ -126,7 +126,7 @@ def time_demo(c, boottime="86400", monotonic="3600", backend=None, explain=False
                monotonic=timens.check_offset(monotonic, "--monotonic"))
 
 
-# ==== network (issue 3) =====================================================================
+# ==== network ===========================================================================
 
 @nsr_task(lesson="shell")
 def net_demo(c, backend=None, explain=False):
@@ -151,7 +151,8 @@ def net_veth(c, name="nsr-a", peer="nsr-b", addr="10.200.0.1/24", peer_addr="10.
     They stay (ip netns list shows them) until --delete. Idempotent: the same run again
     changes nothing; a name that exists otherwise fails with one line and touches nothing.
     """
-    from recipes import draw as pictures, veth
+    from recipes.common import pictures
+    from recipes import veth
     from nsutil.errors import InvalidInput, require_root
     if draw:
         if delete:
@@ -172,7 +173,7 @@ def net_veth(c, name="nsr-a", peer="nsr-b", addr="10.200.0.1/24", peer_addr="10.
                 run.say(f"drew the pair into {pictures.veth(seen, draw)}")
 
 
-# ==== cgroups, copy-on-write, container (issue 5) ===========================================
+# ==== cgroups, copy-on-write, container =================================================
 
 @nsr_task(help={"memory": "memory limit for the OOM part (default 32M)",
                 "pids": "pids limit the fork bomb runs into (default 32)",
@@ -260,7 +261,7 @@ def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=No
 @nsr_task(help={"directory": "where to build it (a new or empty directory)"})
 def rootfs_busybox(c, directory, backend=None, explain=False):
     """Build a busybox root filesystem in DIRECTORY (static busybox + applet links + /etc)."""
-    from recipes import rootfs
+    from recipes.container import rootfs
     from nsutil.errors import require_root
     if not explain:
         require_root("rootfs-busybox")
@@ -293,7 +294,7 @@ def cleanup(c, dry_run=False, all_=False):
     topologies, running containers. A network namespace no nsrecipes record names is never
     touched, whatever its name.
     """
-    from recipes import cleanup as cl
+    from recipes.ops import cleanup as cl
     from nsutil.errors import require_root
     require_root("cleanup")
     plan = cl.sweep(everything=all_)
@@ -313,7 +314,7 @@ def doctor(c):
 
     Prints an ok/missing table with hints; exits non-zero if something the demos need is missing.
     """
-    from recipes import doctor as doc
+    from recipes.ops import doctor as doc
     checks = doc.run_checks()
     print(doc.format_table(checks))
     missing = [ch.name for ch in checks if ch.required and not ch.ok]

@@ -32,7 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from nsutil.backend import Runner  # noqa: E402
-from recipes import container, rootfs  # noqa: E402
+from recipes import container  # noqa: E402
+from recipes.container import rootfs  # noqa: E402
 
 
 def timed(fn, runs: int, warmup: int = 2) -> list[float]:

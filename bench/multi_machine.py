@@ -22,7 +22,8 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from machines import cluster          # noqa: E402
 from nsutil.backend import Runner     # noqa: E402
-from recipes import machines, topofile  # noqa: E402
+from recipes.labs.machines import controller as machines  # noqa: E402
+from recipes.labs import labfile as topofile  # noqa: E402
 
 HOSTS = 100
 

@@ -2,9 +2,9 @@
 """Benchmark: a star of N hosts (bridge in a hub namespace, an address on every host, all
 links up), built, checked and torn down four ways, side by side:
 
-* nsrecipes native  -- recipes.topo on the native backend (one process, netlink, in-place
+* nsrecipes native  -- recipes.labs.build on the native backend (one process, netlink, in-place
                        peers, one buffer per namespace, teardown by deleting namespaces);
-* nsrecipes shell   -- recipes.topo on the shell backend (ip -batch + ip -n NS -batch);
+* nsrecipes shell   -- recipes.labs.build on the shell backend (ip -batch + ip -n NS -batch);
 * tutorial loop     -- one `ip` command a step, each veth made in the root namespace and
                        then moved into its namespaces; teardown one `ip netns del` each;
 * iproute2 best     -- one `ip -batch` for the namespaces and in-place veths, one
@@ -12,7 +12,7 @@ links up), built, checked and torn down four ways, side by side:
                        one `ip -batch` of `netns del`.
 
 Every variant does the same work. Lab links carry IPv4 only: IPv6 link-local autoconf is
-off on them (``addrgenmode none``; nsrecipes' default, see recipes.topo.IPV6_NOTE) unless
+off on them (``addrgenmode none``; nsrecipes' default, see recipes.labs.build.IPV6_NOTE) unless
 ``--ipv6``, which leaves it on everywhere (then every host's DAD/RS/MLD multicast is flooded
 to every other host by the bridge, an O(n^2) storm that dominates all variants at 1000).
 
@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nsutil import netlink as nl  # noqa: E402
 from nsutil.backend import Runner  # noqa: E402
-from recipes import topo  # noqa: E402
+from recipes.labs import build as topo  # noqa: E402
 
 IP = shutil.which("ip") or "ip"
 
@@ -103,7 +103,7 @@ def used_kib() -> int:
 
 
 def run_nsrecipes(backend: str, hosts: int, scope: str) -> dict:
-    """Build, check and tear down with recipes.topo on ``backend``."""
+    """Build, check and tear down with recipes.labs.build on ``backend``."""
     plan = plan_for(hosts, scope)
     out = open(os.devnull, "w")
     run = Runner(backend=backend, keep=True, out=out)

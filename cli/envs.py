@@ -5,7 +5,7 @@ from invoke import Exit
 
 from cli.common import make_runner, nsr_task
 
-# ==== environments (issue 4) ================================================================
+# ==== environments ======================================================================
 
 _ENV_NAME = "environment name; starts with nsr (e.g. nsr-web)"
 
@@ -44,7 +44,7 @@ def env_create(c, name, ns="uts,ipc,pid,mnt,net", hostname=None, domainname=None
     from recipes import env
     name = _env_name(name, "env-create")
     if machine:
-        from recipes import machines
+        from recipes.labs.machines import controller as machines
         m = machines.machine_from_file(file, machine)
         machines.env_remote(m, ["env-create", name, "--ns", ns, "--backend", backend or "native"]
                             + (["--hostname", hostname] if hostname else []))
@@ -136,7 +136,7 @@ def env_exec(c, name, cwd=None, backend=None, explain=False, machine=None, file=
     name = _env_name(name, "env-exec")
     argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
     if machine:
-        from recipes import machines
+        from recipes.labs.machines import controller as machines
         s = machines.env_remote(machines.machine_from_file(file, machine),
                                 ["env-exec", name, "--", *argv], passthrough=sys.stdout)
         if s.result.exited:
@@ -153,8 +153,8 @@ _MACHINE_HELP = {"machine": "on this machine of --file's [machines] table (throu
 
 
 def _on_machine(machine: str, file: str | None, args: list[str], passthrough=None):
-    """Run ``recipes.remote ARGS`` on ``machine`` of lab ``file`` (``env-* --machine``)."""
-    from recipes import machines
+    """Run ``recipes.ops.agent ARGS`` on ``machine`` of lab ``file`` (``env-* --machine``)."""
+    from recipes.labs.machines import controller as machines
     return machines.env_remote(machines.machine_from_file(file, machine), args,
                                passthrough=passthrough)
 

@@ -44,10 +44,10 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
     jitter, loss, rate, corrupt, duplicate optional; subnet = "10.210.0.0/16" is the pool
     for automatic addresses).
     """
-    from recipes import topo
+    from recipes.labs import build as topo
     from nsutil.errors import require_root
     if draw:
-        from recipes import draw as pictures
+        from recipes.common import pictures
         pictures.check_path(draw)
     if status or show:
         _show_topologies(topo, scope, status, json, draw)
@@ -56,7 +56,7 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
         if not explain:
             require_root("net-topo --down")
         with make_runner(backend, explain, keep=True) as run:
-            from recipes import machines
+            from recipes.labs.machines import controller as machines
             if not machines.down(run, scope) or not scope:
                 topo.down(run, scope)
         return
@@ -86,7 +86,8 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
 
 def _net_topo_machines(plan: Any, check: bool, backend: str | None, explain: bool) -> None:
     """net-topo --file LAB.toml with a [machines] table: every machine's part through Fabric."""
-    from recipes import machines, topo
+    from recipes.labs.machines import controller as machines
+    from recipes.labs import build as topo
     with make_runner(backend, explain, keep=True) as run:
         seconds, parts = topo.timed(machines.build, run, plan)
         run.say(f"built {len(plan.hosts)} hosts on {len(plan.machines)} machines in {seconds:.2f} s "
@@ -106,7 +107,7 @@ def _show_topologies(topo: Any, scope: str | None, status: bool, as_json: bool,
     """net-topo --status / --show [--json] [--draw]: what the records say, and what is up."""
     import json as js
     plans = topo.recorded(topo.check_scope(scope) if scope else None)
-    from recipes import machines
+    from recipes.labs.machines import controller as machines
     across = machines.recorded(scope)
     if status:
         for plan in across:
@@ -129,7 +130,7 @@ def _show_topologies(topo: Any, scope: str | None, status: bool, as_json: bool,
         if len(data) != 1:
             from nsutil.errors import InvalidInput
             raise InvalidInput(f"--draw needs one topology, {len(data)} are up", hint="give --scope")
-        from recipes import draw as pictures
+        from recipes.common import pictures
         print(f"drew {pictures.topology(data[0], draw)}")
     elif as_json:
         print(js.dumps({"topologies": data}, indent=2))
@@ -151,7 +152,7 @@ def net_exec(c, host, scope=None, backend=None, explain=False):
     """
     import shlex
     import sys
-    from recipes import topo
+    from recipes.labs import build as topo
     from nsutil.errors import InvalidInput, require_root
     argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else shlex.split(c.remainder)
     if not argv:
@@ -189,7 +190,8 @@ def net_link(c, scope=None, link=None, delay=None, jitter=None, loss=None, rate=
     --show [--json]; --reset.
     """
     import json as _json
-    from recipes import impair, topo
+    from recipes.labs import impair
+    from recipes.labs import build as topo
     from nsutil.errors import InvalidInput, NotFound, require_root
     given = dict(delay=delay, jitter=jitter, loss=loss, rate=rate, corrupt=corrupt,
                  duplicate=duplicate)

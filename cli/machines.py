@@ -17,7 +17,9 @@ def machines_install(c, file, wheelhouse=None, python="python3"):
     venv VENV, puts the wheel (and --wheelhouse's) there, pip installs it; then checks each
     machine's nsrecipes version as a build does.
     """
-    from recipes import machineinstall, topo, topofile
+    from recipes.labs.machines import install as machineinstall
+    from recipes.labs import build as topo
+    from recipes.labs import labfile as topofile
     plan = topofile.plan_file(file)
     if not plan.machines:
         from nsutil.errors import InvalidInput

@@ -48,6 +48,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+from . import mountinfo
 from .errors import InvalidInput, NsrError, SyscallError
 from .limits import (CPU_PERIOD_US, MIN_MEMORY, Limits, parse_cpus,  # noqa: F401 (re-exported)
                      parse_memory, parse_pids)
@@ -83,24 +84,13 @@ class Layout:
                        hint="see /proc/cgroups and /proc/self/mountinfo")
 
 
-def _unescape(path: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
-
-
-def detect(mountinfo: str | None = None, root: str = ROOT) -> Layout:
-    """Detect the cgroup layout from ``/proc/self/mountinfo`` (or the text given)."""
-    if mountinfo is None:
-        with open("/proc/self/mountinfo") as f:
-            mountinfo = f.read()
+def detect(text: str | None = None, root: str = ROOT) -> Layout:
+    """Detect the cgroup layout from ``/proc/self/mountinfo`` (or the mountinfo text given)."""
     v1: dict[str, str] = {}
     v2: str | None = None
     root_is_v2 = False
-    for line in mountinfo.splitlines():
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(fields) < 5 or len(rfields) < 3:
-            continue
-        point, fstype, superopts = _unescape(fields[4]), rfields[0], rfields[2]
+    for m in mountinfo.read() if text is None else mountinfo.parse(text):
+        point, fstype, superopts = m.mount_point, m.fstype, m.super_options
         if fstype == "cgroup2":
             if point == root:
                 root_is_v2, v2 = True, point

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TextIO
 
-from . import process
+from . import process, procfs
 from . import syscalls as sc
 from .errors import InvalidInput, NsrError, ToolMissing
 from .nstypes import parse_types
@@ -61,7 +61,7 @@ class Inside:
         """True while these namespaces can still be entered."""
         if self.netns is not None:
             return os.path.exists(f"/run/netns/{self.netns}")
-        return isinstance(self.pid, int) and process.pid_alive(self.pid)
+        return isinstance(self.pid, int) and procfs.pid_alive(self.pid)
 
     def describe(self) -> str:
         """"the UTS+IPC namespaces of pid 4711", "network namespace nsr-a", ..."""
@@ -87,7 +87,7 @@ class Inside:
             return ["nsenter", f"--net=/run/netns/{self.netns}", "--"] + shell
         opts = [t.option for t in parse_types(list(self.types))]
         if "--user" in opts and os.geteuid() != 0:
-            opts.append("--preserve-credentials")  # as recipes.common.nsenter_argv
+            opts.append("--preserve-credentials")  # as recipes.common.holder.nsenter_argv
         pid = self.pid if isinstance(self.pid, str) else str(self.pid)  # $PID under --explain
         return ["nsenter", "-t", pid] + opts + ["--"] + shell
 
@@ -213,7 +213,7 @@ def terminal_handed_over(fd: int) -> Iterator[None]:
     us and killed when the shell ends, so it cannot keep a namespace alive. After: take the
     terminal back (the shell may have died without giving it back)."""
     main = os.getpid()
-    before = set(process.children_of(main))
+    before = set(procfs.children_of(main))
     sc.LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
     def on_hangup(signum: int, frame: Any) -> None:
@@ -227,7 +227,7 @@ def terminal_handed_over(fd: int) -> Iterator[None]:
         yield
     finally:
         sc.LIBC.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-        for child in set(process.children_of(main)) - before:
+        for child in set(procfs.children_of(main)) - before:
             _kill_tree(child)
         if os.isatty(fd):
             try:
@@ -240,7 +240,7 @@ def terminal_handed_over(fd: int) -> Iterator[None]:
 
 def _kill_tree(pid: int) -> None:
     """SIGKILL our child ``pid`` and everything below it; reap it."""
-    for p in process.descendants(pid) + [pid]:
+    for p in procfs.descendants(pid) + [pid]:
         try:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
@@ -299,8 +299,8 @@ def open_native(inside: Inside, shell: list[str], fd: int = 0) -> int:
 
         pid = process.fork()
         if pid == 0:
-            process._in_child(middle)
-        return _finish(lambda: process._wait(pid))
+            process.in_child(middle)
+        return _finish(lambda: process.wait_child(pid))
 
 
 def banner(inside: Inside, hint: str, interactive: bool, out: TextIO = sys.stdout) -> None:

@@ -14,7 +14,7 @@ system's names are (``os.fsdecode``).
 
 **Which mount is ours.** Mount IDs are reused once a mount is gone, so nsrecipes records a
 mount it made by its ID *and* its parent's ID, its mount point and its root
-(:func:`identity`), plus the 64-bit mount ID that ``statx(STATX_MNT_ID_UNIQUE)`` gives from
+(:func:`mount_record`), plus the 64-bit mount ID that ``statx(STATX_MNT_ID_UNIQUE)`` gives from
 Linux 6.8 on, which is never reused. :func:`is_recorded` is true only while the mount that
 ``path`` shows is that very one: a mount somebody else made there, before or after, never is.
 """
@@ -198,7 +198,7 @@ def unique_id(path: str) -> int | None:
     return int.from_bytes(buf.raw[_STX_MNT_ID:_STX_MNT_ID + 8], "little")
 
 
-def identity(path: str) -> dict | None:
+def mount_record(path: str) -> dict | None:
     """What identifies the topmost mount on ``path`` for later (``{"mount_id", "parent_id",
     "mount_point", "root", "unique_id"}``), None if ``path`` is not a mount point."""
     m = covering(path)
@@ -209,12 +209,12 @@ def identity(path: str) -> dict | None:
 
 
 def is_recorded(path: str, record: dict | None) -> bool:
-    """True if the topmost mount on ``path`` is the one ``record`` (from :func:`identity`)
+    """True if the topmost mount on ``path`` is the one ``record`` (from :func:`mount_record`)
     names: same mount ID, parent ID, mount point and root, and the same unique ID where the
     kernel gives one. A reused mount ID, or a mount another program put there, is not."""
     if not isinstance(record, dict):
         return False
-    now = identity(path)
+    now = mount_record(path)
     if now is None:
         return False
     keys = ["mount_id", "parent_id", "mount_point", "root"]

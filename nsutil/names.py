@@ -73,6 +73,11 @@ def check_cidr(value: str, *, what: str = "address") -> ipaddress.IPv4Interface 
     return iface
 
 
+def ip_of(cidr: str) -> str:
+    """The address of ``cidr`` without its prefix length (``10.0.0.1/24`` -> ``10.0.0.1``)."""
+    return str(ipaddress.ip_interface(cidr).ip)
+
+
 def scope_id() -> str:
     """A short random per-run scope (4 hex digits) so that concurrent runs never collide."""
     return secrets.token_hex(2)

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from . import procfs
 from . import syscalls as sc
 from .errors import CommandError, NsrError, SyscallError, ToolMissing
 from .nstypes import NS_TYPES, NsType, enter, ns_type
@@ -41,7 +42,8 @@ def read_all(fd: int) -> bytes:
         chunks.append(chunk)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (os.write may write less than asked)."""
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -61,11 +63,11 @@ def _child_report(fd: int, fn: Callable[[], Any]) -> int:
         data = pickle.dumps(payload)
     except Exception as exc:  # an unpicklable result
         data, status = pickle.dumps(("err", NsrError(f"result not picklable: {exc}"))), 1
-    _write_all(fd, data)
+    write_all(fd, data)
     return status
 
 
-def _wait(pid: int) -> int:
+def wait_child(pid: int) -> int:
     """waitpid() and turn the status into a shell-style exit code (128+N for a signal)."""
     while True:
         try:
@@ -76,7 +78,7 @@ def _wait(pid: int) -> int:
     return os.waitstatus_to_exitcode(status) if status & 0x7F == 0 else 128 + os.WTERMSIG(status)
 
 
-def _in_child(fn: Callable[[], int]) -> None:
+def in_child(fn: Callable[[], int]) -> None:
     """Body of a forked child: run ``fn`` and _exit with its status, whatever happens."""
     status = 1
     try:
@@ -166,14 +168,14 @@ def fork_call(fn: Callable[[], Any], what: str = "child", *, detached: bool = Fa
     pid = fork()
     if pid == 0:
         os.close(r)
-        _in_child(lambda: _child_report(w, body))
+        in_child(lambda: _child_report(w, body))
     os.close(w)
     try:
         data = read_all(r)
     finally:
         os.close(r)
         try:
-            _wait(pid)
+            wait_child(pid)
         except ChildProcessError:
             pass  # already reaped (SIGCHLD ignored): its report is what counts
     return _unwrap(data, what)
@@ -194,7 +196,7 @@ def spawn(fn: Callable[[], Any], flags: int, *,
     def child() -> Any:
         sc.unshare(flags)
         if before is not None:
-            _write_all(ready_w, b"u")
+            write_all(ready_w, b"u")
             if os.read(go_r, 1) != b"g":  # the parent's before() failed: do not run fn
                 raise NsrError(f"clone({sc.flag_names(flags)}): the parent's preparation failed",
                                hint="see the error reported before this one")
@@ -207,7 +209,7 @@ def spawn(fn: Callable[[], Any], flags: int, *,
     if pid == 0:
         for fd in (r, ready_r, go_w):
             os.close(fd)
-        _in_child(lambda: _child_report(w, child))
+        in_child(lambda: _child_report(w, child))
     for fd in (w, ready_w, go_r):
         os.close(fd)
     try:
@@ -216,12 +218,12 @@ def spawn(fn: Callable[[], Any], flags: int, *,
         # child sees go_w closed without a "g" and stops instead of running fn.
         if before is not None and os.read(ready_r, 1) == b"u":
             before(pid)
-            _write_all(go_w, b"g")
+            write_all(go_w, b"g")
         data = read_all(r)
     finally:
         for fd in (r, ready_r, go_w):
             os.close(fd)
-        _wait(pid)
+        wait_child(pid)
     return _unwrap(data, f"clone({sc.flag_names(flags)})")
 
 
@@ -379,21 +381,13 @@ class Holder:
 
     def alive(self) -> bool:
         """True while the holder runs (a zombie counts as dead)."""
-        return pid_alive(self.pid)
+        return procfs.pid_alive(self.pid)
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGKILL the holder (and with a PID namespace, everything in it) and reap it."""
         kill_and_reap(self.pid, self.parent, timeout)
 
 
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
 
 
 def kill_and_reap(pid: int, parent: int | None = None, timeout: float = 5.0) -> None:
@@ -411,7 +405,7 @@ def kill_and_reap(pid: int, parent: int | None = None, timeout: float = 5.0) -> 
             pass  # not our child: someone else reaps it
     if not waited:
         deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
+        while procfs.pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
 
 
@@ -444,11 +438,11 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
     go_r, go_w = os.pipe()
 
     def hold() -> int:
-        host_pid = _host_pid()  # before setup() may mount a new /proc
+        host_pid = procfs.host_pid()  # before setup() may mount a new /proc
         set_comm(name)  # what ps shows for it, instead of the caller's name
         if setup is not None:
             setup()
-        _write_all(ready_w, b"R" + pickle.dumps(host_pid))
+        write_all(ready_w, b"R" + pickle.dumps(host_pid))
         os.close(ready_w)
         reap_forever()
         return 0
@@ -468,24 +462,24 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
                 # ourselves, as unshare(1) without --fork does (recipes.timens sets offsets)
                 enter_time_for_children()
             if before is not None:
-                _write_all(ready_w, b"u")
+                write_all(ready_w, b"u")
                 os.read(go_r, 1)
             if flags & sc.CLONE_NEWPID:
                 set_comm("nsr-unshare")  # the `unshare --fork` parent of PID 1
                 child = fork()
                 if child == 0:
-                    _in_child(hold)
+                    in_child(hold)
                 os.close(ready_w)
                 # like `unshare --fork`: stay as the parent of PID 1 and share its fate
-                return _wait(child)
+                return wait_child(child)
             return hold()
         except NsrError as exc:
-            _write_all(ready_w, b"E" + pickle.dumps(exc))
+            write_all(ready_w, b"E" + pickle.dumps(exc))
             return 1
 
     pid = fork()
     if pid == 0:
-        _in_child(first)
+        in_child(first)
     for fd in (ready_w, go_r):
         os.close(fd)
     try:
@@ -494,7 +488,7 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
             try:
                 before(pid)  # type: ignore[misc]
             finally:
-                _write_all(go_w, b"g")
+                write_all(go_w, b"g")
             tag = os.read(ready_r, 1)
         rest = read_all(ready_r) if tag in (b"R", b"E") else b""
     except BaseException:
@@ -537,62 +531,6 @@ def set_comm(name: str) -> None:
     sc.LIBC.prctl(15, name.encode()[:15], 0, 0, 0)
 
 
-def _host_pid() -> int:
-    """Our PID as the caller's /proc sees it (call it before mounting a new /proc)."""
-    return int(os.readlink("/proc/self"))
-
-
-def descendants(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (children, their children, ...), from /proc."""
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        kids = children_of(todo.pop())
-        out += kids
-        todo += kids
-    return out
-
-
-def start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: when the process started (clock ticks since boot), which
-    tells a process from a later one that re-uses its pid; ``None`` if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc/PID/task/*/children)."""
-    kids: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids.extend(int(x) for x in f.read().split())
-    except FileNotFoundError:
-        pass
-    return kids
-
-
-def started_pid(parent: int, comm: str, forks: bool) -> int | None:
-    """The pid of the process a just-started ``unshare`` (``parent``) will hold namespaces
-    with -- ``parent`` itself, or with ``forks`` (``--fork``) its first child -- once it
-    runs ``comm`` (its /proc/PID/comm); ``None`` while it is not there yet. For
-    :func:`wait_for`."""
-    pid = parent
-    if forks:
-        kids = children_of(parent)
-        if not kids:
-            return None
-        pid = kids[0]
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            if f.read().strip() != comm:
-                return None
-    except OSError:
-        return None
-    return pid
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:

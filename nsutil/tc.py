@@ -6,7 +6,7 @@ request: a ``struct tcmsg`` (ifindex, handle, parent) followed by the attributes
 (``"netem"``) and TCA_OPTIONS (the qdisc's own parameters). This module encodes those bodies
 byte for byte as tc does (:func:`netem_options`, :func:`tbf_options`, :func:`qdisc_body`) and
 reads a device's qdiscs back with an RTM_GETQDISC dump (:func:`qdiscs`, :func:`netem_values`,
-:func:`tbf_rate`). What the values mean, and which to pick, is :mod:`recipes.impair`'s.
+:func:`tbf_rate`). What the values mean, and which to pick, is :mod:`recipes.labs.impair`'s.
 
 Units as the kernel keeps them: times in psched ticks of 64 ns (``/proc/net/psched``),
 probabilities as a fraction of 2**32 - 1, a tbf rate in bytes per second.

@@ -29,8 +29,8 @@ from nsutil.errors import SyscallError, require_root
 from nsutil.names import check_hostname
 from nsutil.nstypes import NS_TYPES, available, enter, flags_of, ns_link, parse_types
 
-from . import uts
-from .common import start_holder, stop_holder
+from recipes import uts
+from recipes.common.holder import start_holder, stop_holder
 
 SECTION = "4种操作namespace API的方式"
 #: user, cgroup, ipc, uts, net, pid, mnt, time: all eight where the kernel has them (time:

@@ -34,8 +34,7 @@ from nsutil.cgroupfs import Cgroup, Limits
 from nsutil.errors import CommandError, NsrError
 from nsutil.names import PREFIX, scope_id
 
-from .common import Leftover
-from .containerstate import recorded_cgroups
+from recipes.common.leftover import Leftover
 
 SECTION = "cgroups实现资源限制 (cgroups limit resources)"
 
@@ -77,7 +76,7 @@ def rmdir_step(directory: str) -> Step:
                 native=lambda: cgroupfs.remove_dir(directory))
 
 
-def _shell_mkdir(directory: str, parent: str | None) -> Callable[[list[str]], None]:
+def shell_mkdir(directory: str, parent: str | None) -> Callable[[list[str]], None]:
     """``mkdir DIR``; on v2 again after ``mkdir -p PARENT`` if a concurrent run removed
     nsrecipes' parent in between (ENOENT)."""
     def run(argv: list[str]) -> None:
@@ -123,16 +122,16 @@ def create_cgroup(run: Runner, name: str | None = None,
     cg = cgroupfs.plan(name or f"{PREFIX}-cg-{scope_id()}", controllers)
     if cg.parent:
         run.run(parent_step(cg.parent))
-    for ctrl, d in _dirs_with_names(cg):
+    for ctrl, d in dirs_with_names(cg):
         run.run(Step(f"create cgroup {cg.name} in the {ctrl} hierarchy", argv=["mkdir", d],
-                     shell=_shell_mkdir(d, cg.parent),
+                     shell=shell_mkdir(d, cg.parent),
                      native=lambda d=d: cgroupfs.make_dir(d, cg.parent), undo=rmdir_step(d)))
     for path, value in cg.enable_writes():
         run.run(write_step(path, value, "enable the controllers for nsrecipes' cgroups (v2)"))
     return cg
 
 
-def _dirs_with_names(cg: Cgroup) -> list[tuple[str, str]]:
+def dirs_with_names(cg: Cgroup) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for d in cg.unique_dirs():
         ctrls = [c for c, p in cg.dirs.items() if p == d]
@@ -148,14 +147,14 @@ def set_limits(run: Runner, cg: Cgroup, limits: Limits) -> None:
 
 def move_process(run: Runner, cg: Cgroup, pid: int | str) -> None:
     """Step(s): move process ``pid`` into the cgroup (``echo PID > DIR/cgroup.procs``)."""
-    for ctrl, d in _dirs_with_names(cg):
+    for ctrl, d in dirs_with_names(cg):
         path = os.path.join(d, "cgroup.procs")
         run.run(write_step(path, pid, f"move process {pid} into {cg.name} ({ctrl})"))
 
 
 def remove_cgroup(run: Runner, cg: Cgroup) -> None:
     """Step(s): remove the cgroup now (kill what is left first)."""
-    for _ctrl, d in reversed(_dirs_with_names(cg)):
+    for _ctrl, d in reversed(dirs_with_names(cg)):
         run.run(rmdir_step(d))
 
 
@@ -404,15 +403,14 @@ def demo(run: Runner, memory: str = "32M", pids: int | str = 32, cpus: str | flo
 # --- leftovers ---------------------------------------------------------------------------------
 
 def leftovers() -> list[Leftover]:
-    """Every ``nsr*`` cgroup directory in every hierarchy (not the containers' own, which
-    :mod:`recipes.containerstate` lists first; removal kills what is left inside)."""
+    """Every ``nsr*`` cgroup directory in every hierarchy (removal kills what is left inside).
+    :mod:`recipes.ops.cleanup` leaves out the containers' own: a container's removal takes
+    them."""
     try:
         found = cgroupfs.find_ours()
     except NsrError:
         return []
-    recorded = recorded_cgroups()
-    return [Leftover("cgroup", d, lambda d=d: _remove_leftover(d)) for d in found
-            if d not in recorded]
+    return [Leftover("cgroup", d, lambda d=d: _remove_leftover(d)) for d in found]
 
 
 def _remove_leftover(directory: str) -> None:

@@ -31,8 +31,8 @@ from nsutil.lesson import Inside
 from nsutil.names import PREFIX, scope_id
 from nsutil.nstypes import NsType, enter, flags_of, parse_types
 
-from . import cgroup as cgroup_recipe
-from .common import _shell_holder, join_types, run_inside, stop_step
+from recipes import cgroup as cgroup_recipe
+from recipes.common.holder import shell_holder, join_types, run_inside, stop_step
 
 SECTION = "cgroup namespace"
 BEYOND = "Linux 4.6+; beyond the document"
@@ -51,7 +51,7 @@ def start_prepared_holder(run: Runner, types: str, argv: Sequence, prepare: Call
     namespaces of ``types`` (``unshare --time --boottime N -- sleep infinity``); ``prepare``
     the native form, run inside the native holder (nsrecipes' ``sleep infinity``) before it
     holds: unshare(), and whatever must come before or right after it. The holder is what
-    :func:`recipes.common.start_holder` returns, so ``nsenter -t PID`` reaches it the same way.
+    :func:`recipes.common.holder.start_holder` returns, so ``nsenter -t PID`` reaches it the same way.
     """
     ts: list[NsType] = parse_types(types)
     flags = flags_of(ts)
@@ -62,7 +62,7 @@ def start_prepared_holder(run: Runner, types: str, argv: Sequence, prepare: Call
         return held
 
     holder = run.run(Step(title, argv=list(argv), native=native,
-                          shell=lambda a: _shell_holder(a, ts, False),
+                          shell=lambda a: shell_holder(a, ts, False),
                           placeholder=process.Holder(Placeholder("$PID"), Placeholder("$PID"),
                                                      flags)))
     holder.stop_step = stop_step(holder)  # type: ignore[attr-defined]
@@ -107,7 +107,7 @@ def create_cgroup(run: Runner, cg: Cgroup) -> str:
     directory = cg.dirs["cgroup"]
     run.run(cgroup_recipe.parent_step(cg.parent))  # type: ignore[arg-type]
     run.run(Step(f"create cgroup {cg.name} (the namespace's root-to-be)", argv=["mkdir", directory],
-                 shell=cgroup_recipe._shell_mkdir(directory, cg.parent),
+                 shell=cgroup_recipe.shell_mkdir(directory, cg.parent),
                  native=lambda: cgroupfs.make_dir(directory, cg.parent),
                  undo=cgroup_recipe.rmdir_step(directory)))
     return directory

@@ -10,7 +10,7 @@ there, so the lower layer never changes; deleting a lower file leaves a *whiteou
 lower layers: each pays only for what it wrote.
 
 The demo works in ``$TMPDIR`` (default /tmp). Where that filesystem cannot hold an upper
-(an overlayfs, as /tmp is in Docker and on many CI runners; see :mod:`recipes.upperfs`),
+(an overlayfs, as /tmp is in Docker and on many CI runners; see :mod:`recipes.common.upperfs`),
 each container's directory gets a tmpfs of its own for upper and work, as bubblewrap's
 ``--tmp-overlay`` does; the image layers stay where they are (a lower on overlayfs is fine).
 
@@ -25,15 +25,15 @@ import shutil
 import stat
 from typing import Sequence
 
+from nsutil import mountinfo
 from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
 from nsutil import shell as nshell
 from nsutil.errors import CommandError, InvalidInput, NsrError, SyscallError
 from nsutil.names import PREFIX, scope_id
 
-from . import upperfs
-from .common import Leftover
-from .upperfs import unescape as _unescape
+from recipes.common import upperfs
+from recipes.common.leftover import Leftover
 
 SECTION = "写时复制 (copy-on-write): overlayfs"
 TMP = "/tmp"
@@ -47,25 +47,18 @@ def scratch_dir() -> str:
 # --- helpers shared with recipes.container -------------------------------------------------------
 
 
-def mounts_below(path: str, fstype: str | None = None) -> list[str]:
+def mounts_at_or_below(path: str, fstype: str | None = None) -> list[str]:
     """Mount points (in our mount namespace) at or below ``path`` (of ``fstype`` if given)."""
     path = path.rstrip("/")
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            point = _unescape(left.split()[4])
-            if fstype is not None and right.split()[0] != fstype:
-                continue
-            if point == path or point.startswith(path + "/"):
-                out.append(point)
-    return out
+    return [m.mount_point for m in mountinfo.read()
+            if (fstype is None or m.fstype == fstype)
+            and (m.mount_point == path or m.mount_point.startswith(path + "/"))]
 
 
 def remove_tree(path: str) -> None:
     """Detach any mount below ``path`` (deepest first), then delete it without crossing into
     another filesystem (like ``rm -rf --one-file-system``)."""
-    for point in sorted(mounts_below(path), key=len, reverse=True):
+    for point in sorted(mounts_at_or_below(path), key=len, reverse=True):
         try:
             sc.umount(point, sc.MNT_DETACH)
         except SyscallError:
@@ -183,7 +176,7 @@ def _check_upper(upper: str) -> None:
     if problem is not None:
         raise NsrError(f"upper {upper} is on {fs.describe()}: {problem}",
                        errno_name="EINVAL", hint="mount a tmpfs for upper and work "
-                       "(recipes.upperfs.mount_upper_tmpfs), or " + upperfs.FIX)
+                       "(recipes.common.upperfs.mount_upper_tmpfs), or " + upperfs.FIX)
 
 
 def unmount_step(merged: str) -> Step:
@@ -350,8 +343,7 @@ def leftovers() -> list[Leftover]:
     found: list[Leftover] = []
     scratches = sorted({TMP, scratch_dir()})
     roots = tuple(os.path.join(d, f"{PREFIX}-cow-") for d in scratches)
-    with open("/proc/self/mountinfo") as f:
-        points = [_unescape(ln.split(" - ")[0].split()[4]) for ln in f]
+    points = [m.mount_point for m in mountinfo.read()]
     for point in sorted((p for p in points if p.startswith(roots)), key=len, reverse=True):
         found.append(Leftover("mount", point, lambda p=point: _detach(p)))
     for scratch in scratches:

@@ -14,8 +14,8 @@ from nsutil import process, sysvipc
 from nsutil.backend import Placeholder, Runner, Step
 from nsutil.errors import require_root
 
-from . import uts
-from .common import enter_argv, join_types, start_holder, stop_holder
+from recipes import uts
+from recipes.common.holder import enter_argv, join_types, start_holder, stop_holder
 
 SECTION = "IPC namespace"
 

@@ -27,13 +27,13 @@ import os
 import tempfile
 from typing import Any, Callable
 
-from nsutil import process
+from nsutil import mountinfo, process
 from nsutil import syscalls as sc
 from nsutil.backend import Placeholder, Runner, Step, derived
 from nsutil.errors import SyscallError, require_root
 from nsutil import shell as nshell
 
-from .common import enter_argv, start_holder, stop_holder
+from recipes.common.holder import enter_argv, start_holder, stop_holder
 
 SECTION = "mount namespace"
 
@@ -68,25 +68,16 @@ def state_of(tags: set[str]) -> str:
     return "private"
 
 
-def _unescape(path: str) -> str:
-    return path.encode().decode("unicode_escape") if "\\" in path else path
+def _state(m: mountinfo.Mount) -> str:
+    tags = {{"master": "slave"}.get(f.split(":", 1)[0], f.split(":", 1)[0]) for f in m.optional}
+    return state_of(tags)
 
 
 def parse_mountinfo(text: str) -> dict[str, str]:
     """/proc/PID/mountinfo -> {mount point: state}; optional fields ``shared:N`` (peer
-    group), ``master:N`` (slave of one), ``unbindable``; none of them means private."""
-    mounts = {}
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 7:
-            continue
-        optional = fields[6:fields.index("-")]
-        tags = set()
-        for opt in optional:
-            key = opt.split(":", 1)[0]
-            tags.add({"master": "slave"}.get(key, key))
-        mounts[_unescape(fields[4])] = state_of(tags)
-    return mounts
+    group), ``master:N`` (slave of one), ``unbindable``; none of them means private
+    (lines read by :mod:`nsutil.mountinfo`)."""
+    return {m.mount_point: _state(m) for m in mountinfo.parse(text)}
 
 
 def parse_findmnt(text: str) -> dict[str, str]:
@@ -104,11 +95,7 @@ def parse_findmnt(text: str) -> dict[str, str]:
 
 def read_mountinfo(pid: int | str = "self") -> dict[str, str]:
     """The native ``findmnt --task PID``: mount points and states of PID's namespace."""
-    try:
-        with open(f"/proc/{pid}/mountinfo") as f:
-            return parse_mountinfo(f.read())
-    except OSError as exc:
-        raise SyscallError.from_oserror(f"open('/proc/{pid}/mountinfo')", exc) from None
+    return {m.mount_point: _state(m) for m in mountinfo.read(pid)}
 
 
 def peer_fields(optional: list[str]) -> dict:
@@ -128,13 +115,8 @@ def peer_fields(optional: list[str]) -> dict:
 
 def parse_peer_groups(text: str) -> dict[str, dict]:
     """/proc/PID/mountinfo -> {mount point: {"id": mount ID, **peer_fields}}."""
-    out = {}
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 7 and "-" in fields:
-            out[_unescape(fields[4])] = {"id": int(fields[0]),
-                                         **peer_fields(fields[6:fields.index("-")])}
-    return out
+    return {m.mount_point: {"id": m.mount_id, **peer_fields(list(m.optional))}
+            for m in mountinfo.parse(text)}
 
 
 def parse_findmnt_groups(text: str) -> dict[str, dict]:
@@ -157,11 +139,8 @@ def peer_groups(run: Runner, holder: process.Holder | None, under: str,
     pid = holder.pid if holder is not None else "self"
 
     def native() -> dict[str, dict]:
-        try:
-            with open(f"/proc/{pid}/mountinfo") as f:
-                return _under(parse_peer_groups(f.read()), under)
-        except OSError as exc:
-            raise SyscallError.from_oserror(f"open('/proc/{pid}/mountinfo')", exc) from None
+        return _under({m.mount_point: {"id": m.mount_id, **peer_fields(list(m.optional))}
+                       for m in mountinfo.read(pid)}, under)
     argv: list[Any] = ["findmnt", "-r", "-n", "-o", "TARGET,ID,OPT-FIELDS"]
     if holder is not None:
         argv[1:1] = ["--task", holder.pid]
@@ -173,7 +152,7 @@ def peer_groups(run: Runner, holder: process.Holder | None, under: str,
 
 def picture_data(scratch: str, holder_pid: int, groups: dict[str, dict], states: dict[str, str],
                  seen: dict[str, list[str]], refused: str | None) -> dict:
-    """What :func:`recipes.draw.mounts` draws: each bind of part 1 with its mount ID, peer
+    """What :func:`recipes.common.pictures.mounts` draws: each bind of part 1 with its mount ID, peer
     group fields and state, and the mount events (m1..m5) seen at it."""
     rows = []
     for c in COLUMNS:
@@ -300,7 +279,7 @@ def host_mkdir(run: Runner, path: str) -> None:
 
 def propagation_states(run: Runner, scratch: str, picture: bool = False) -> dict:
     """Part 1: the five states and where mount events propagate (a private namespace);
-    with ``picture``, also the peer groups (``picture``: what :func:`recipes.draw.mounts`
+    with ``picture``, also the peer groups (``picture``: what :func:`recipes.common.pictures.mounts`
     draws)."""
     run.say("\n-- 1. the five propagation states, in a new mount namespace --")
     holder = start_holder(run, "mnt")  # unshare --mount: / is made rprivate inside
@@ -363,7 +342,7 @@ def scratch_groups(run: Runner, holder: process.Holder, scratch: str) -> dict:
 def rprivate_contrast(run: Runner, scratch: str, picture: bool = False) -> dict:
     """Part 2: a mount made inside reaches the host through a shared scratch mount --
     until ``mount --make-rprivate /`` inside. With ``picture``, also the scratch mount's
-    peer group on both sides, before and after (``picture``: what :func:`recipes.draw.mounts`
+    peer group on both sides, before and after (``picture``: what :func:`recipes.common.pictures.mounts`
     draws as its part 2)."""
     run.say("\n-- 2. mount --make-rprivate / : mounts made inside stay inside --")
     probe = sub(scratch, "probe")
@@ -409,7 +388,7 @@ def demo(run: Runner, draw: str | None = None) -> dict:
     ending in .svg, checked before anything is made) the peer groups read from the kernel
     are drawn there (``picture``: the data drawn, part 2's under ``picture["rprivate"]``);
     under --explain nothing is drawn."""
-    from . import draw as pictures
+    from recipes.common import pictures
     if draw:
         pictures.check_path(draw)
     if not run.explain:

@@ -25,6 +25,7 @@ import socket
 import struct
 
 from nsutil import process
+from nsutil import procfs
 from nsutil import syscalls as sc
 from nsutil.backend import Placeholder, Runner, Step, derived
 from nsutil.errors import CommandError, NsrError, SyscallError, require_root
@@ -32,8 +33,8 @@ from nsutil.nstypes import ns_inode, parse_types
 
 from nsutil.lesson import Inside
 
-from . import uts
-from .common import (nsenter_argv, read_back, spawn_background, start_holder, stop_holder,
+from recipes import uts
+from recipes.common.holder import (nsenter_argv, read_back, spawn_background, start_holder, stop_holder,
                      unshare_argv)
 
 SECTION = "PID namespace"
@@ -151,7 +152,7 @@ def read_status(pids: list[int]) -> dict[int, dict]:
 def namespace_tree(run: Runner, levels: dict[str, int]) -> dict:
     """Steps: every process of the PID namespaces of ``levels`` ({name: a host PID in it},
     outermost first), and the host-side parents they hang from, each with its PID at every
-    level -- what :func:`recipes.draw.pid_tree` draws."""
+    level -- what :func:`recipes.common.pictures.pid_tree` draws."""
     table = run.run(Step("list every process's parent and PID namespace (for the picture)",
                          argv=["ps", "-e", "-o", "pid=,ppid=,pidns="], parse=parse_pidns,
                          native=read_pidns, placeholder={}))
@@ -229,10 +230,10 @@ def _shell_nested(argv: list[str], outer: process.Holder) -> process.Holder:
     outer_ns = ns_inode(outer.pid, "pid")
 
     def ready() -> int | None:
-        if not process.pid_alive(parent):
-            raise CommandError(argv, process._wait(parent),
+        if not procfs.pid_alive(parent):
+            raise CommandError(argv, process.wait_child(parent),
                                read_back(errfile) or "nested unshare failed")
-        for pid in process.descendants(parent):
+        for pid in procfs.descendants(parent):
             try:
                 with open(f"/proc/{pid}/comm") as f:
                     if f.read().strip() == "sleep" and ns_inode(pid, "pid") != outer_ns:
@@ -269,13 +270,13 @@ def _native_nested(outer: process.Holder) -> process.Holder:
         except NsrError as exc:
             payload, held = ("err", exc), None
         data = pickle.dumps(payload)
-        process._write_all(w, struct.pack("!I", len(data)) + data)
+        process.write_all(w, struct.pack("!I", len(data)) + data)
         os.close(w)
-        return process._wait(held.parent) if held is not None else 1
+        return process.wait_child(held.parent) if held is not None else 1
 
     pid = process.fork()
     if pid == 0:
-        process._in_child(middle)
+        process.in_child(middle)
     os.close(w)
     try:
         header = _read_exact(r, 4)
@@ -285,7 +286,7 @@ def _native_nested(outer: process.Holder) -> process.Holder:
         kind, value = pickle.loads(data)
         if kind == "err":
             raise value
-        hold = process.wait_for(lambda: (process.children_of(value) or [None])[0], 5,
+        hold = process.wait_for(lambda: (procfs.children_of(value) or [None])[0], 5,
                                 "the nested holder to start")
     except BaseException:
         process.kill_and_reap(pid, pid)
@@ -338,7 +339,7 @@ def demo(run: Runner, draw: str | None = None) -> dict:
     and ``nested`` (three-level ``nspid``, ``outer_ps``, ``inner_ps``). With ``draw`` (a
     path ending in .svg, checked before anything is made) the tree of PID namespaces is
     drawn there (``picture``: the data drawn); under --explain nothing is drawn."""
-    from . import draw as pictures
+    from recipes.common import pictures
     if draw:
         pictures.check_path(draw)
     if not run.explain:

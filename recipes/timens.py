@@ -30,8 +30,8 @@ from nsutil.errors import NsrError, SyscallError
 from nsutil.limits import parse_number
 from nsutil.nstypes import available
 
-from .cgroupns import cat, read_text, start_prepared_holder
-from .common import enter_argv, join_types, run_inside
+from recipes.cgroupns import cat, read_text, start_prepared_holder
+from recipes.common.holder import enter_argv, join_types, run_inside
 
 SECTION = "time namespace"
 BEYOND = "Linux 5.6+; beyond the document"

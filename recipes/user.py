@@ -20,8 +20,8 @@ from nsutil.backend import Runner, Step
 from nsutil.errors import InvalidInput
 from nsutil.names import check_id
 
-from . import uts
-from .common import enter_argv, start_holder
+from recipes import uts
+from recipes.common.holder import enter_argv, start_holder
 
 SECTION = "user namespace"
 

@@ -15,7 +15,7 @@ from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
 from nsutil.names import check_hostname
 
-from .common import enter_argv, join_types, run_inside, start_holder
+from recipes.common.holder import enter_argv, join_types, run_inside, start_holder
 
 SECTION = "UTS namespace"
 

@@ -7,7 +7,7 @@ different namespaces ("类似管道": what goes in at one end comes out at the o
 * :func:`veth_create`: two named namespaces joined by a veth pair with addresses, proven by
   a real exchange of packets; idempotent (:func:`veth_status` tells what is there already).
 * :func:`veth_delete`: both namespaces go (the pair goes with them), and the pair's record.
-* :func:`veth_observed`: what the kernel says of the pair, for :func:`recipes.draw.veth`.
+* :func:`veth_observed`: what the kernel says of the pair, for :func:`recipes.common.pictures.veth`.
 
 A pair is recorded in ``net/veth-NAME.json`` (state dir) before it is made, so ``cleanup``
 finds a half-made one and a second run can tell its own pair from someone else's namespace.
@@ -25,7 +25,7 @@ from nsutil.errors import Conflict, InvalidInput, NsrError
 from nsutil.lesson import Inside
 from nsutil.names import check_ifname
 
-from .net import (SECTION, add_veth_pair, check_addr, check_pair, create_netns, delete_netns,
+from recipes.net import (SECTION, add_veth_pair, check_addr, check_pair, create_netns, delete_netns,
                   drop_record, ip_of, record_first, record_path, records, set_lo_up,
                   write_etc_hosts)
 
@@ -172,7 +172,7 @@ def _parse_addr_json(text: str) -> list[dict]:
 
 
 def veth_observed(run: Runner, name: str, peer: str, reachable: bool | None = None) -> dict:
-    """Steps: what the kernel says of a net-veth pair, for :func:`recipes.draw.veth`: each
+    """Steps: what the kernel says of a net-veth pair, for :func:`recipes.common.pictures.veth`: each
     namespace's inode (as ``lsns`` lists it) and links with their addresses."""
     spaces = []
     for ns in (name, peer):

@@ -10,7 +10,8 @@ import pytest
 from nsutil import cgroupfs
 from nsutil.backend import Runner
 from nsutil.state import state_dir
-from recipes import container, rootfs
+from recipes import container
+from recipes.container import rootfs
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,4 +1,4 @@
-"""Simulated machines for the tests of labs across machines (:mod:`recipes.machines`).
+"""Simulated machines for the tests of labs across machines (:mod:`recipes.labs.machines.controller`).
 
 Each "machine" is an nsrecipes environment (net, mnt, uts, pid, ipc namespaces) whose mount
 namespace has its own tmpfs on /run and on /etc/netns -- so its own /run/netns, state
@@ -213,7 +213,7 @@ def _drop_lab_records(c: Cluster) -> None:
     """The controller's records of labs on these machines (``net/machines-*.json`` on this
     host, whose machines' key is in this cluster's directory): a test that failed half-way
     leaves none behind."""
-    from recipes import machines as across
+    from recipes.labs.machines import controller as across
     from recipes import net
     for plan in across.recorded():
         if any((m.get("identity") or "").startswith(c.dir + "/") for m in plan.machines.values()):

@@ -19,7 +19,7 @@ from recipes import cow
 
 def mounts_below(path: str) -> list[str]:
     """Mount points strictly below ``path`` in our mount namespace."""
-    return [p for p in cow.mounts_below(path) if p != path.rstrip("/")]
+    return [p for p in cow.mounts_at_or_below(path) if p != path.rstrip("/")]
 
 
 def _overlay_tmp(root: str) -> str:
@@ -47,7 +47,7 @@ def run_in_overlay_tmp(root: str, fn: Callable[[str], Any]) -> tuple[Any, dict]:
     and what was left there afterwards: ``{"fstype", "mounts", "entries"}``."""
     def child() -> tuple[Any, dict]:
         tmp = _overlay_tmp(root)
-        from recipes.upperfs import fs_of
+        from recipes.common.upperfs import fs_of
         fstype = fs_of(tmp).fstype
         result = fn(tmp)
         return result, {"fstype": fstype, "mounts": mounts_below(tmp),

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from helpers import as_nobody, cli, one_line_error
-from nsutil import process
+from nsutil import procfs
 from nsutil.backend import Runner
 from nsutil.nstypes import ns_inode, ns_link
 from recipes import api
@@ -37,7 +37,7 @@ def test_demo_four_ways(runner):
     # 3. setns(): joined by pid and, after the holder exited, by the bind-mounted file
     setns = seen["setns"]
     assert setns["by_pid"] == {"hostname": "nsr-api-test", "link": holder_uts}
-    assert setns["holder_alive"] is False and not process.pid_alive(proc_ns["holder_pid"])
+    assert setns["holder_alive"] is False and not procfs.pid_alive(proc_ns["holder_pid"])
     assert setns["kept_inode"] == api.inode_of(holder_uts)
     assert setns["by_file"] == {"hostname": "nsr-api-test", "link": holder_uts}
     # 4. unshare(): a new namespace for the calling (forked) process; we stay where we were
@@ -87,7 +87,7 @@ def test_explain_changes_nothing():
                  "$ unshare --uts -- readlink /proc/self/ns/uts", "[undo] unmount $DIR/uts"):
         assert line in text, line
     assert set(glob.glob("/tmp/nsr-api-*")) == before and _our_mounts() == []
-    assert not process.children_of(os.getpid())
+    assert not procfs.children_of(os.getpid())
 
 
 @pytest.mark.userspace

@@ -15,11 +15,15 @@ import pytest
 
 import leakcheck
 from helpers import cli, one_line_error
-from nsutil import cgroupfs, process
+from nsutil import cgroupfs
+from nsutil import procfs
 from nsutil.backend import Runner
 from nsutil.errors import InvalidInput
 from nsutil.nstypes import ns_inode
-from recipes import cgroupns, common, doctor, timens
+from recipes import cgroupns
+from recipes.common import holder as common
+from recipes.ops import doctor
+from recipes import timens
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +65,7 @@ def test_cgroupns_inside_reads_root_and_host_the_real_path(runner):
     assert seen["outside"].startswith("/..")
     # nothing left: the holder is gone, and so is the cgroup
     assert seen["removed"] and not os.path.isdir(directory)
-    assert not process.pid_alive(seen["holder"])
+    assert not procfs.pid_alive(seen["holder"])
 
 
 # --- time namespace ---------------------------------------------------------------------------
@@ -81,7 +85,7 @@ def test_time_offsets_show_in_uptime_and_clocks(runner):
     days = re.search(r"up (\d+) days?", seen["inside_tool"])
     assert days and int(days.group(1)) >= 2, seen["inside_tool"]
     assert seen["frozen"] is True                    # EACCES once a process is inside
-    assert not process.pid_alive(seen["holder"])
+    assert not procfs.pid_alive(seen["holder"])
 
 
 def test_time_zero_offsets_are_the_host_clocks(runner):

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from nsutil import cgroupfs, process
+from nsutil import procfs
 from nsutil import syscalls as sc
 from nsutil.names import scope_id
 from sandboxkit import GRACE, LONG_AGO, STATE, Sandbox, sandbox  # noqa: F401 (a fixture)
@@ -39,7 +40,7 @@ def _backdate(path: str) -> None:
 def _dead_pid() -> tuple[int, int]:
     """(pid, start time) of a process that has exited."""
     child = subprocess.Popen(["sleep", "1000"])
-    start = process.start_time(child.pid)
+    start = procfs.start_time(child.pid)
     child.kill()
     child.wait()
     return child.pid, start
@@ -69,9 +70,9 @@ def _env_holder(box: Sandbox, name: str) -> int:
 def _kill(pid: int) -> None:
     os.kill(pid, 9)
     deadline = time.monotonic() + 5
-    while process.pid_alive(pid) and time.monotonic() < deadline:
+    while procfs.pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not process.pid_alive(pid)
+    assert not procfs.pid_alive(pid)
 
 
 def _in_cgroup(directory: str) -> subprocess.Popen:
@@ -106,8 +107,8 @@ def _make_healthy(box: Sandbox, s: str, children: list) -> dict[str, object]:
     _ok(box.cli("net-topo", "--shape", "line", "--hosts", "3", "--scope", f"k{s[:3]}"))
     runs = subprocess.Popen(["sleep", "300"])
     children.append(runs)
-    _record_container(box, f"nsr-c-k{s}", runs.pid, process.start_time(runs.pid))
-    _record_demo(box, f"nsr{s}g", runs.pid, process.start_time(runs.pid))   # a demo that runs
+    _record_container(box, f"nsr-c-k{s}", runs.pid, procfs.start_time(runs.pid))
+    _record_demo(box, f"nsr{s}g", runs.pid, procfs.start_time(runs.pid))   # a demo that runs
     os.mkdir(os.path.join(box.cgroup, "nsrecipes"))
     children.append(_in_cgroup(os.path.join(box.cgroup, "nsrecipes", f"nsr-cg-{s}-live")))
     os.mkdir(os.path.join(box.cgroup, f"nsr-cg-{s}-new"))
@@ -147,7 +148,7 @@ def _make_broken(box: Sandbox, s: str) -> dict[str, object]:
 
 def _assert_present(box: Sandbox, kept: dict) -> None:
     assert os.path.exists(box.path(f"{STATE}/{kept['env']}/env.json"))
-    assert process.pid_alive(_env_holder(box, kept["env"]))
+    assert procfs.pid_alive(_env_holder(box, kept["env"]))
     assert kept["pair"] | kept["topo"] <= box.netns()
     assert os.path.exists(box.path(f"{STATE}/{kept['container']}/state.json"))
     assert all(os.path.isdir(d) for d in kept["cgroups"])

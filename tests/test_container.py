@@ -25,7 +25,10 @@ from nsutil.errors import InvalidInput, NotFound, NsrError
 from nsutil.names import scope_id
 from nsutil.state import state_dir
 from overlaytmp import run_in_overlay_tmp
-from recipes import container, cow, rootfs, upperfs
+from recipes import container
+from recipes import cow
+from recipes.container import rootfs
+from recipes.common import upperfs
 
 from helpers import INVOKE, ROOT
 

@@ -17,7 +17,8 @@ from nsutil import syscalls as sc
 from nsutil.backend import Runner
 from nsutil.errors import InvalidInput, NsrError, SyscallError
 from overlaytmp import mounts_below, run_in_overlay_tmp
-from recipes import cow, upperfs
+from recipes import cow
+from recipes.common import upperfs
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +120,7 @@ def test_leftovers_unmount_and_remove(backend):
 # --- /tmp on overlayfs (a container-like host, made in a mount namespace of the test's own) ---
 
 def test_the_kernel_refuses_an_upper_on_overlayfs_as_upperfs_says(tmp_path):
-    """The rule in recipes.upperfs is the kernel's: an upper on overlayfs is EINVAL, a lower
+    """The rule in recipes.common.upperfs is the kernel's: an upper on overlayfs is EINVAL, a lower
     on overlayfs with upper and work on a tmpfs mounts -- on 6.18 here and 6.1 in the VM."""
     def inside(tmp: str) -> dict:
         for d in ("lower", "upper", "work", "merged", "t"):

@@ -14,7 +14,8 @@ from nsutil import syscalls as sc
 from nsutil.errors import SyscallError
 from nsutil.state import state_dir
 from overlaytmp import run_in_overlay_tmp
-from recipes import cow, doctor, upperfs
+from recipes import cow
+from recipes.ops import doctor
 
 
 @pytest.fixture(autouse=True)

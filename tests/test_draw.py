@@ -19,7 +19,12 @@ from nsutil import syscalls as sc
 from nsutil.backend import Runner
 from nsutil.errors import InvalidInput, NsrError, ToolMissing
 from nsutil.nstypes import ns_inode
-from recipes import draw, mount, pid, topoplan, toposhow, veth
+from recipes.common import pictures as draw
+from recipes import mount
+from recipes import pid
+from recipes.labs import shapes as topoplan
+from recipes.labs import show as toposhow
+from recipes import veth
 
 IMPAIR = {"delay": "20ms", "jitter": "5ms", "loss": "1%", "rate": "10mbit"}
 

@@ -1,4 +1,4 @@
-"""Environments (issue 4): the whole life cycle on both backends, each step, the CLI, bad
+"""Environments: the whole life cycle on both backends, each step, the CLI, bad
 input and faults (SIGKILL of the holder and of the tool mid-create), other users, twenty
 in parallel -- observed with nsenter, ip netns, lsns and /proc, not with our own code only.
 """
@@ -20,8 +20,10 @@ import pytest
 
 from helpers import INVOKE, ROOT, as_nobody, cli, one_line_error
 from nsutil import idmap, mountattr, process, state
+from nsutil import procfs
 from nsutil.backend import Runner
 from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, SyscallError
+from recipes.common import reach
 from recipes import env
 
 PY = sys.executable
@@ -99,7 +101,7 @@ def _nothing_left(name: str, pids: set[int] | None = None) -> None:
     with open("/proc/self/mountinfo") as f:
         mounts = f.read()   # read once: a second f.read() would return "" and check nothing
     assert f"/{name}/" not in mounts and f"/{name} " not in mounts
-    assert not [p for p in (pids or ()) if process.pid_alive(p)], "a process of it still runs"
+    assert not [p for p in (pids or ()) if procfs.pid_alive(p)], "a process of it still runs"
     assert not [e for e in os.listdir(BASE) if name in e] if os.path.isdir(BASE) else True
 
 
@@ -145,7 +147,7 @@ def test_life_cycle(backend, names):
     assert pid in pids and set(row["pids"]) <= pids   # env-ls counts only its own processes
     e.remove()
     _nothing_left(name, pids)
-    assert not process.pid_alive(pid)
+    assert not procfs.pid_alive(pid)
     with pytest.raises(NotFound):
         e.remove()
     if not env.names():
@@ -158,7 +160,7 @@ def test_context_manager_removes(backend, names):
     with env.Environment.create(name, "uts,net", backend=backend) as e:
         pid = e.pid
         assert e.alive()
-    assert not process.pid_alive(pid)
+    assert not procfs.pid_alive(pid)
     _nothing_left(name)
 
 
@@ -196,8 +198,7 @@ def test_steps(backend, names):
         made = ea.add_veth(eb, addr="10.251.0.1/30", peer_addr="10.251.0.2/30")
         assert made == {"ifname": "eth0", "peer": b, "peer_ifname": "eth0",
                         "addr": "10.251.0.1/30", "peer_addr": "10.251.0.2/30"}
-        from recipes import net
-        assert net.udp_check(a, "10.251.0.1", b, "10.251.0.2")
+        assert reach.udp_check(a, "10.251.0.1", b, "10.251.0.2")
         # a veth to the host: the host end carries the prefix, the other end is inside
         host = ea.add_veth(addr="10.251.1.1/30", peer_addr="10.251.1.2/30")
         assert host["ifname"] == "eth1" and host["peer_ifname"].startswith("nsr-")
@@ -254,7 +255,7 @@ def test_zombies_are_reaped(backend, names):
     holder = e.pid
 
     def reaped() -> bool:
-        kids = process.children_of(holder)
+        kids = procfs.children_of(holder)
         states = []
         for k in kids:
             try:
@@ -273,7 +274,7 @@ def test_zombies_are_reaped(backend, names):
                    "exit 0"]).returncode == 0
 
     def orphan_sleeps() -> list[int]:
-        return [k for k in process.children_of(holder)
+        return [k for k in procfs.children_of(holder)
                 if open(f"/proc/{k}/cmdline", "rb").read().split(b"\0")[:2] == [b"sleep", b"0.5"]]
     orphans = orphan_sleeps()
     assert len(orphans) == 2, orphans          # reparented to PID 1 (the holder)
@@ -424,13 +425,13 @@ def test_twenty_in_parallel(names):
     print(f"20 environments in parallel: created in {made:.2f}s, removed in {removed:.2f}s")
 
 
-# --- a shared root, as systemd makes it (issue 8) ---------------------------------------------
+# --- a shared root, as systemd makes it ---------------------------------------------------
 
 #: Runs inside the test's own mount namespace: ROUNDS rounds, each creating two environments
 #: and removing the two of the round before, all four at once (one lane per backend).
 _RACE = r"""
 import json, os, secrets, sys
-from nsutil import process
+from nsutil import process, procfs
 from nsutil.backend import Runner
 from recipes import env
 
@@ -485,7 +486,7 @@ print(json.dumps({
     "left": sorted(os.listdir(base)) if os.path.isdir(base) else [],
     "mounts": [ln.split()[4] for ln in open("/proc/self/mountinfo")
                if ln.split()[4].startswith(base) and ln.split()[0] not in BEFORE],
-    "running": sorted(p for p in holders if process.pid_alive(p)),
+    "running": sorted(p for p in holders if procfs.pid_alive(p)),
 }))
 """
 
@@ -812,7 +813,7 @@ def test_example_client_server():
     assert "server answered the client" in p.stdout
 
 
-# --- issue 9: what a runtime user expects ---------------------------------------------------
+# --- what a runtime user expects ---------------------------------------------------
 
 _LOOPBACK = ("import socket; s = socket.create_server(('127.0.0.1', 0)); "
              "c = socket.create_connection(s.getsockname(), timeout=5); a, _ = s.accept(); "

@@ -10,10 +10,11 @@ import pytest
 
 from helpers import INVOKE, ROOT
 from nsutil import process
+from nsutil import procfs
 from nsutil.backend import Runner, Step
 from nsutil.errors import NsrError
 from nsutil.nstypes import ns_inode
-from recipes.common import start_holder
+from recipes.common.holder import start_holder
 from recipes import uts
 
 
@@ -111,7 +112,7 @@ def test_ctrl_c_undoes(backend):
     try:
         def holder_pid():
             kids = []
-            for p in process.descendants(proc.pid):
+            for p in procfs.descendants(proc.pid):
                 try:
                     if ns_inode(p, "uts") != ns_inode("self", "uts"):
                         kids.append(p)
@@ -128,6 +129,6 @@ def test_ctrl_c_undoes(backend):
     assert proc.returncode == 130, err
     assert "interrupted" in err and len(err.strip().splitlines()) == 1
     deadline = time.monotonic() + 5
-    while any(process.pid_alive(p) for p in held) and time.monotonic() < deadline:
+    while any(procfs.pid_alive(p) for p in held) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(process.pid_alive(p) for p in held)
+    assert not any(procfs.pid_alive(p) for p in held)

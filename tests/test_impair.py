@@ -1,4 +1,4 @@
-"""Impaired links (recipes.impair) against the real kernel, measured with real packets.
+"""Impaired links (recipes.labs.impair) against the real kernel, measured with real packets.
 
 * delay: 100 UDP echoes through a link with ``delay D`` on both ends take 2 x D on
   average (within 10 % + 1 ms over the RTT of the same link without impairment);
@@ -33,7 +33,7 @@ root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 def _netem() -> bool:
-    from recipes import impair
+    from recipes.labs import impair
     return impair.netem_available()
 
 
@@ -216,7 +216,7 @@ def tcp_throughput(ns_a: str, addr_a: str, ns_b: str, addr_b: str, seconds: floa
 @pytest.fixture
 def pair(backend, tag):
     """A built line of 2 hosts (h1 -- h2) on ``backend``, and a Runner that undoes."""
-    from recipes import topo
+    from recipes.labs import build as topo
     with topo.topology("line", 2, backend=backend, scope=tag) as net, \
             Runner(backend=backend, out=open(os.devnull, "w")) as run:
         yield net, run, net.plan.links[0]
@@ -248,7 +248,7 @@ def _addrs(net) -> tuple[str, str]:
     ({}, None),
 ])
 def test_parse_normalises(spec, want):
-    from recipes import impair
+    from recipes.labs import impair
     assert impair.parse(spec, "link 1 (h1-h2)") == want
 
 
@@ -280,7 +280,7 @@ def test_parse_normalises(spec, want):
     ({"bandwidth": "10mbit"}, "unknown impairment 'bandwidth'"),
 ])
 def test_parse_refuses(spec, words):
-    from recipes import impair
+    from recipes.labs import impair
     with pytest.raises(InvalidInput) as err:
         impair.parse(spec, "link 2 (h1-h2)")
     text = str(err.value)
@@ -290,7 +290,7 @@ def test_parse_refuses(spec, words):
 
 @pytest.mark.userspace
 def test_describe_and_words():
-    from recipes import impair
+    from recipes.labs import impair
     imp = impair.parse({"delay": "20ms", "jitter": "5ms", "loss": "1%", "rate": "10mbit"})
     assert impair.describe(imp) == "20ms ±5ms loss 1% 10mbit"
     assert impair.describe(None) == "none"
@@ -303,7 +303,8 @@ def test_describe_and_words():
 
 @pytest.mark.userspace
 def test_find_link_either_order_and_hint():
-    from recipes import impair, topo
+    from recipes.labs import impair
+    from recipes.labs import build as topo
     plan = topo.plan_shape("line", 3, "zq1")
     assert impair.find_link(plan, "h1", "h2") is plan.links[0]
     assert impair.find_link(plan, "h3", "h2") is plan.links[1]
@@ -323,7 +324,7 @@ def test_rate_is_measured_and_shown(pair):
     10 Mbit/s within 10 % (the best of up to 3 runs; counted in frames, as tbf does: a 1514-byte frame carries 1448
     payload bytes, payload alone runs 4.4 % under), the other direction is limited too;
     reset and undo leave nothing."""
-    from recipes import impair
+    from recipes.labs import impair
     net, run, link = pair
     a, b = _addrs(net)
     before = tcp_throughput(link.a_ns, a, link.b_ns, b, seconds=0.5, skip=0.2)
@@ -351,7 +352,7 @@ def test_rate_is_measured_and_shown(pair):
 @root
 def test_one_direction_and_replace(pair):
     """direction a: only what end a sends; a new setting replaces the old, never merges."""
-    from recipes import impair
+    from recipes.labs import impair
     net, run, link = pair
     impair.apply_link(run, link, impair.parse({"rate": "20mbit"}), direction="a")
     assert impair.show(link.a_ns, link.a_if) == {"rate": "20mbit"}
@@ -365,7 +366,7 @@ def test_one_direction_and_replace(pair):
 
 @root
 def test_undo_tolerates_a_deleted_namespace(pair):
-    from recipes import impair
+    from recipes.labs import impair
     net, run, link = pair
     impair.apply(run, link.a_ns, link.a_if, impair.parse({"rate": "5mbit"}))
     nl.delete_netns(link.b_ns)
@@ -377,7 +378,7 @@ def test_undo_tolerates_a_deleted_namespace(pair):
 @pytest.mark.skipif(_netem(), reason="this kernel has sch_netem")
 def test_without_netem_refused_and_nothing_changed(pair):
     """A kernel without sch_netem: delay is refused in one line before anything changes."""
-    from recipes import impair
+    from recipes.labs import impair
     net, run, link = pair
     impair.apply_link(run, link, impair.parse({"rate": "10mbit"}))
     with pytest.raises(NsrError) as err:
@@ -390,7 +391,7 @@ def test_without_netem_refused_and_nothing_changed(pair):
 @root
 @needs_netem
 def test_netem_shown_by_tc_and_read_back(pair):
-    from recipes import impair
+    from recipes.labs import impair
     net, run, link = pair
     imp = impair.parse({"delay": "20ms", "jitter": "5ms", "loss": "1%", "corrupt": "0.1%",
                         "duplicate": "0.5%", "rate": "10mbit"})
@@ -409,7 +410,7 @@ def test_netem_shown_by_tc_and_read_back(pair):
 def test_delay_doubles_the_rtt(pair):
     """delay 10ms on both ends: 100 echoes at 2 ms intervals average 20 ms more than the
     same link's RTT without it, within 10 % + 1 ms."""
-    from recipes import impair
+    from recipes.labs import impair
     net, run, link = pair
     a, b = _addrs(net)
     base = udp_rtts(link.a_ns, a, link.b_ns, b, count=50)
@@ -428,7 +429,7 @@ def test_loss_is_binomial(pair):
     """loss 10% on what end a sends: of 1000 datagrams a -> b, 100 +- 4 sigma are lost
     (sigma = sqrt(1000 * 0.1 * 0.9) = 9.5; a right kernel fails with probability 6e-5);
     b -> a loses none."""
-    from recipes import impair
+    from recipes.labs import impair
     net, run, link = pair
     a, b = _addrs(net)
     n, p = 1000, 0.10
@@ -448,7 +449,7 @@ def test_duplicate_and_corrupt_are_counted(pair):
     receiver's checksums drop the datagram, or it arrives changed, unless the bit is in the
     source MAC address, which nothing checks: 6 of at least 42 bytes (Ethernet, IPv4, UDP
     headers), so 171 to 200 +- 4 sigma are lost or changed."""
-    from recipes import impair
+    from recipes.labs import impair
     net, run, link = pair
     a, b = _addrs(net)
     n, p = 1000, 0.20
@@ -474,7 +475,7 @@ def test_native_requests_are_the_bytes_tc_sends(pair, backend):
     """The native form's RTM_NEWQDISC for netem equals tc's byte for byte (tc sends it even
     where the kernel lacks netem), and tbf's parameters equal tc's."""
     from nsutil import tc
-    from recipes import impair
+    from recipes.labs import impair
     if backend != "native":
         pytest.skip("one run is enough")
     net, run, link = pair
@@ -523,7 +524,7 @@ def test_cli_refuses_bad_values_in_one_line():
 
 @root
 def test_cli_sets_shows_and_refuses_a_missing_link(tag):
-    from recipes import topo
+    from recipes.labs import build as topo
     with topo.topology("line", 2, backend="native", scope=tag) as net:
         link = net.plan.links[0]
         done = cli("net-link", "--scope", tag, "--link", "h2:h1", "--rate", "10mbit")
@@ -542,7 +543,7 @@ def test_cli_sets_shows_and_refuses_a_missing_link(tag):
 
 def _topology_takes_links() -> bool:
     import inspect
-    from recipes import topo
+    from recipes.labs import build as topo
     return "links" in inspect.signature(topo.topology).parameters
 
 
@@ -551,7 +552,7 @@ def _topology_takes_links() -> bool:
 @pytest.mark.nsr_topology(shape="line", hosts=3, links={("h2", "h1"): {"rate": "10mbit"}})
 def test_plugin_marker_impairs_the_named_link(nsr_topology):
     """The fixture passes ``links=`` through: h1-h2 is rate limited, h2-h3 is not."""
-    from recipes import impair
+    from recipes.labs import impair
     one, two = nsr_topology.plan.links
     assert impair.show(one.a_ns, one.a_if) == impair.show(one.b_ns, one.b_if) == {"rate": "10mbit"}
     assert impair.show(two.a_ns, two.a_if) is None

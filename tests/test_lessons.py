@@ -21,10 +21,16 @@ import pytest
 
 import leakcheck
 from helpers import INVOKE, ROOT, cli, one_line_error
-from nsutil import netlink as nl, process, sysvipc
+from nsutil import netlink as nl, sysvipc
+from nsutil import procfs
 from nsutil.backend import Runner
 from nsutil.lesson import Lesson, LessonQuit
-from recipes import ipc, mount, net, pid, user, uts
+from recipes import ipc
+from recipes import mount
+from recipes import net
+from recipes import pid
+from recipes import user
+from recipes import uts
 
 #: how long to wait for screen text (the VM starts Python ~60x slower than this host)
 DEADLINE = float(os.environ.get("NSR_LESSON_DEADLINE", "300"))
@@ -233,7 +239,7 @@ def test_killed_terminal_leaves_nothing(nothing_left, terminal, at):
             pane.wait(rf"^-- step {n}: ")
             pane.keys("Enter")
         pane.wait(r"^-- step 5: ")
-    started = process.descendants(pane.pid)  # the holder (, the shell, its sleep)
+    started = procfs.descendants(pane.pid)  # the holder (, the shell, its sleep)
     assert len(started) >= (3 if at == "shell" else 1), started
     pane.tmux("kill-server")                # the terminal goes away: SIGHUP
     for pid_ in [pane.pid] + started:

@@ -16,8 +16,10 @@ import pytest
 
 from machines import cluster
 from nsutil.errors import InvalidInput, NsrError
-from recipes import machines as across
-from recipes import sessions, topo, topofile
+from recipes.labs.machines import controller as across
+from recipes.labs.machines import sessions
+from recipes.labs import build as topo
+from recipes.labs import labfile as topofile
 
 LINE3 = """[hosts.h1]
 [hosts.h2]
@@ -240,7 +242,7 @@ def _kept_record(scope: str) -> list:
     """What the controller's ``cleanup`` keeps of lab ``scope``'s record, and why (what it
     does not keep it removes, as every record under net/). The other verdicts are left
     out: they would look at other tests' namespaces on this shared host, coming and going."""
-    from recipes import cleanup
+    from recipes.ops import cleanup
     others = [n for n in dir(cleanup) if n.endswith("_in_use") and n.startswith("_")
               and n != "_machine_labs_in_use"]
     with pytest.MonkeyPatch.context() as mp:      # only the verdict on labs across machines
@@ -256,7 +258,7 @@ def _stop_builder_once_recorded(c, name: str, scope: str) -> subprocess.Popen:
     lock the controller's record needs; ``[p]ython`` so pgrep does not match this sh."""
     return subprocess.Popen(["nsenter", "-t", str(c.envs[name].pid), "--mount", "--pid", "--",
                              "sh", "-c", f"until [ -e /run/nsrecipes/net/topo-{scope}.json ]; do "
-                             "sleep 0.01; done; for p in $(pgrep -f '[p]ython -m recipes.remote "
+                             "sleep 0.01; done; for p in $(pgrep -f '[p]ython -m recipes.ops.agent "
                              "build'); do kill -STOP $p; done"])
 
 
@@ -271,7 +273,7 @@ def _controller(c, path: str, scope: str, **kw) -> subprocess.Popen:
 def _kill_builders(c, name: str) -> None:
     """SIGKILL machine ``name``'s builders, each with its `ip` (sshd made it a group leader;
     dash's kill takes no `--`), and wait until they are gone."""
-    for pid in c.pids(name, "recipes.remote build"):
+    for pid in c.pids(name, "recipes.ops.agent build"):
         c.exec(name, ["sh", "-c", f"kill -9 -{pid}; for i in $(seq 300); do "
                       f"pgrep -g {pid} >/dev/null || exit 0; sleep 0.1; done; exit 1"])
 
@@ -281,7 +283,7 @@ def _waits_for_commit(c, name: str, scope: str) -> bool:
     reading stdin (/proc/PID/syscall: read(0, ...)) for the controller's answer."""
     if f"/run/nsrecipes/net/topo-{scope}.json" not in c.state(name):
         return False
-    for pid in c.pids(name, "^[^ ]*python[^ ]* -m recipes.remote build"):
+    for pid in c.pids(name, "^[^ ]*python[^ ]* -m recipes.ops.agent build"):
         call = c.exec(name, ["cat", f"/proc/{pid}/syscall"], check=False).stdout.split()
         if call[:2] == ["0", "0x0"]:
             return True
@@ -334,7 +336,7 @@ def test_sigkill_of_the_controller_then_cleanup(tmp_path):
         assert len(kept) == 1 and kept[0].claims == {("state", across.record_path("mk1"))}
         assert kept[0].why.startswith("cannot ask machine m2 (root@10.250.0.12): ssh:")
         for name in c.names:
-            done = c.exec(name, [sys.executable, "-m", "recipes.remote", "cleanup"], check=False)
+            done = c.exec(name, [sys.executable, "-m", "recipes.ops.agent", "cleanup"], check=False)
             assert done.returncode == 0, done.stdout + done.stderr
         _nothing_left(c)
         c.start_sshd("m2")
@@ -354,7 +356,7 @@ def _at_commit(c, path: str, scope: str, act) -> tuple[int, str]:
         freeze.wait(600)
         _until(lambda: _waits_for_commit(c, "m1", scope))
         os.kill(proc.pid, signal.SIGSTOP)
-        c.exec("m2", ["pkill", "-CONT", "-f", "[p]ython -m recipes.remote build"])
+        c.exec("m2", ["pkill", "-CONT", "-f", "[p]ython -m recipes.ops.agent build"])
         _until(lambda: _waits_for_commit(c, "m2", scope))
         act()
         os.kill(proc.pid, signal.SIGCONT)
@@ -427,7 +429,7 @@ def test_a_machine_cut_off_mid_build_is_given_up_then_undoes_its_part(tmp_path, 
             _until(lambda: freeze.poll() is not None or not controller.is_alive())
             assert controller.is_alive(), f"the build ended before m2 recorded it: {errors}"
             subprocess.run(["ip", "-n", c.ul, "link", "set", port, "down"], check=True)
-            c.exec("m2", ["pkill", "-CONT", "-f", "[p]ython -m recipes.remote build"])
+            c.exec("m2", ["pkill", "-CONT", "-f", "[p]ython -m recipes.ops.agent build"])
             controller.join(600)
         finally:
             subprocess.run(["ip", "-n", c.ul, "link", "set", port, "up"], check=True)
@@ -500,7 +502,8 @@ def test_machines_install_then_version_check(tmp_path, wheelhouse, capsys):
         assert f"with 4 wheels of {wheelhouse}" in out
         assert f"m1 (root@10.250.0.11): nsrecipes {sessions.local_version()} in {venv}" in out
         site = next((venv / "lib").glob("python3*/site-packages"))
-        assert (site / "recipes" / "remote.py").is_file()            # a copy, not this checkout
+        assert (site / "recipes" / "ops" / "agent.py").is_file()     # a copy, not this checkout
+        assert (site / "recipes" / "labs" / "machines" / "wire.py").is_file()  # subpackages too
         assert not (tmp_path / "build").exists()
 
 
@@ -508,7 +511,7 @@ def test_machines_install_then_version_check(tmp_path, wheelhouse, capsys):
 def test_machines_install_refuses_the_default_venv(tmp_path):
     path = tmp_path / "lab.toml"
     path.write_text(BASE + H12 + LINK)
-    from recipes import machineinstall
+    from recipes.labs.machines import install as machineinstall
     with pytest.raises(InvalidInput) as err:
         machineinstall.install(topofile.plan_file(str(path)).machines)
     assert "machine m1 has no venv of its own" in str(err.value) and "\n" not in str(err.value)

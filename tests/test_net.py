@@ -17,6 +17,7 @@ from nsutil import netlink as nl
 from nsutil.backend import Runner
 from nsutil.errors import Conflict, InvalidInput
 from nsutil.names import scope_id
+from recipes.common import reach
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -49,7 +50,8 @@ def test_demo_records_its_namespace_while_it_runs(runner, monkeypatch):
     """Mid-demo the namespace is in a record naming this process as its creator (so cleanup
     removes it if the run is killed, and keeps it while the run goes on); afterwards the
     record is gone with the namespace."""
-    from recipes import cleanup, net
+    from recipes.ops import cleanup
+    from recipes import net
     seen: list[tuple[set[str], list[str]]] = []
     show_links = net.show_links
 
@@ -112,7 +114,7 @@ def test_add_veth_pair_in_place_with_packets(backend, tag):
         assert nl.is_veth_pair(a, "nsr-va", b, "nsr-vb")
         assert nl.link(a, "nsr-va")["addrs"][0] == "10.231.0.1/24"
         assert nl.link(b, "nsr-vb")["up"]
-        assert net.udp_check(a, "10.231.0.1/24", b, "10.231.0.2")
+        assert reach.udp_check(a, "10.231.0.1/24", b, "10.231.0.2")
         assert net.check_pair(run, a, "10.231.0.1/24", b, "10.231.0.2/24") is True
         run.undo()
         assert not nl.netns_exists(a) and not nl.netns_exists(b)
@@ -132,7 +134,7 @@ def test_check_fails_when_the_link_is_down(backend, tag, monkeypatch):
         assert net.check_pair(run, a, "10.232.0.1/24", b, "10.232.0.2/24") is True
         subprocess.run(["ip", "-n", b, "link", "set", "nsr-vb", "down"], check=True)
         for check in ("udp_check", "tcp_check_shell"):   # give up sooner: nothing will come
-            monkeypatch.setattr(net, check, functools.partial(getattr(net, check), timeout=1.5))
+            monkeypatch.setattr(reach, check, functools.partial(getattr(reach, check), timeout=1.5))
         assert net.check_pair(run, a, "10.232.0.1/24", b, "10.232.0.2/24") is False
 
 
@@ -152,7 +154,7 @@ def test_the_shell_check_hears_a_token_that_comes_late(tag):
         saved, null = os.dup(0), os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         try:
-            listener = net.nc_listen(b, net.CHECK_PORT)
+            listener = reach.nc_listen(b, reach.CHECK_PORT)
         finally:
             os.dup2(saved, 0)
             os.close(saved)
@@ -160,14 +162,14 @@ def test_the_shell_check_hears_a_token_that_comes_late(tag):
         def listening() -> bool:      # /proc/net/tcp{,6} inside b: the port in state 0A (LISTEN)
             table = subprocess.run(["ip", "netns", "exec", b, "cat", "/proc/net/tcp",
                                     "/proc/net/tcp6"], capture_output=True, text=True).stdout
-            return any(f":{net.CHECK_PORT:04X} " in ln and ln.split()[3] == "0A"
+            return any(f":{reach.CHECK_PORT:04X} " in ln and ln.split()[3] == "0A"
                        for ln in table.splitlines() if len(ln.split()) > 3)
         deadline = time.monotonic() + 60
         while not listening():
             assert time.monotonic() < deadline, "the listener never listened"
             time.sleep(0.05)
         client = subprocess.Popen(["ip", "netns", "exec", a, "busybox", "nc", "-w", "5",
-                                   "10.234.0.2", str(net.CHECK_PORT)], stdin=subprocess.PIPE)
+                                   "10.234.0.2", str(reach.CHECK_PORT)], stdin=subprocess.PIPE)
         try:
             time.sleep(0.5)
             try:
@@ -175,7 +177,7 @@ def test_the_shell_check_hears_a_token_that_comes_late(tag):
                 client.stdin.close()
             except BrokenPipeError:
                 pass                 # the client has quit: the assertion says so
-            assert "nsr-late-token" in (net.nc_received(listener, 5) or "")
+            assert "nsr-late-token" in (reach.nc_received(listener, 5) or "")
         finally:
             client.kill()
             client.wait()
@@ -338,9 +340,10 @@ def test_sigkill_half_way_leaves_only_prefixed_objects_and_cleanup_removes_them(
         backend_name, tag, monkeypatch):
     """Kill a big build (process group, as the OOM killer or kill -9 of a session would)
     once some namespaces exist; only nsr objects are left, and the cleanup providers
-    (``recipes.cleanup.remove_all`` over net.leftovers(), limited to this run's scope so a
+    (``recipes.ops.cleanup.remove_all`` over net.leftovers(), limited to this run's scope so a
     concurrent test's objects are not touched) remove every one of them."""
-    from recipes import cleanup, net
+    from recipes.ops import cleanup
+    from recipes import net
     root_links = set(os.listdir("/sys/class/net"))
     all_before = set(nl.list_netns())
     proc = subprocess.Popen([INVOKE, "net-topo", "--hosts", "600", "--scope", tag,

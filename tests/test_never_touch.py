@@ -146,9 +146,9 @@ def test_a_recorded_mount_is_told_from_another_on_the_same_point(tmp_path) -> No
     def in_a_mount_namespace() -> list[bool]:
         sc.unshare(sc.CLONE_NEWNS)
         sc.make_propagation("/", "private", recursive=True)   # nothing reaches the host
-        seen = [mountinfo.identity(point) is None]
+        seen = [mountinfo.mount_record(point) is None]
         sc.mount(point, point, None, sc.MS_BIND)               # "ours", as private_base does
-        record = mountinfo.identity(point)
+        record = mountinfo.mount_record(point)
         seen.append(mountinfo.is_recorded(point, record))
         sc.umount(point)
         seen.append(mountinfo.is_recorded(point, record))      # gone: not ours

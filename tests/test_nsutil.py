@@ -527,10 +527,10 @@ def test_backend_choice():
 
 
 def test_shell_holder_failure_quotes_unshare_stderr():
-    """recipes.common.spawn_background keeps unshare's stderr off the terminal, but a failed
+    """recipes.common.holder.spawn_background keeps unshare's stderr off the terminal, but a failed
     start still quotes it (run as an unprivileged user, where unshare is refused)."""
     code = ("import io\nfrom nsutil.backend import Runner\nfrom nsutil.errors import NsrError\n"
-            "from recipes.common import start_holder\n"
+            "from recipes.common.holder import start_holder\n"
             "try:\n    with Runner(backend='shell', out=io.StringIO()) as run:\n"
             "        start_holder(run, 'uts')\n"
             "except NsrError as exc:\n    print(exc)\n")

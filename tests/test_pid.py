@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from helpers import as_nobody, cli, one_line_error
-from nsutil import process
+from nsutil import procfs
 from nsutil.backend import Runner
 from recipes import pid
 
@@ -47,7 +47,7 @@ def test_demo_pid1_and_tree(runner, backend):
                                   (4, ps_comm)]
     assert nested["inner_ps"] == [(1, holder_comm), (2, ps_comm)]
     # the holders are gone afterwards
-    assert not process.pid_alive(holder["host_pid"]) and not process.pid_alive(host_pid)
+    assert not procfs.pid_alive(holder["host_pid"]) and not procfs.pid_alive(host_pid)
 
 
 def test_both_backends_see_the_same_shape():
@@ -73,7 +73,7 @@ def test_explain_changes_nothing():
     assert "nsenter -t $PID --pid --mount -- unshare --pid --mount --fork --mount-proc" in text
     assert "grep NSpid /proc/$PID2/status" in text
     assert "[undo] stop the nested holder" in text
-    assert not process.children_of(os.getpid())  # nothing was started
+    assert not procfs.children_of(os.getpid())  # nothing was started
 
 
 @pytest.mark.parametrize("opts", [(), ("--backend", "shell"), ("--backend", "native")],

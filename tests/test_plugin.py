@@ -1,5 +1,5 @@
 """The pytest plugin, used as a user would: a test file of its own, run by a separate pytest
-process that loads ``recipes.pytest_plugin`` (through the ``pytest11`` entry point when
+process that loads ``recipes.ops.pytest_plugin`` (through the ``pytest11`` entry point when
 nsrecipes is installed, else with ``-p``), on both backends. The inner tests record the names
 they got; the outer test checks those are gone afterwards, also after a failing inner test.
 """
@@ -57,16 +57,16 @@ USER_TESTS = textwrap.dedent('''
 
 
 def _plugin_args() -> list[str]:
-    installed = any(ep.value == "recipes.pytest_plugin"
+    installed = any(ep.value == "recipes.ops.pytest_plugin"
                     for ep in metadata.entry_points(group="pytest11"))
-    return [] if installed else ["-p", "recipes.pytest_plugin"]
+    return [] if installed else ["-p", "recipes.ops.pytest_plugin"]
 
 
 @pytest.mark.userspace
 def test_entry_point_is_declared():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]
-    assert project["entry-points"]["pytest11"]["nsrecipes"] == "recipes.pytest_plugin"
+    assert project["entry-points"]["pytest11"]["nsrecipes"] == "recipes.ops.pytest_plugin"
 
 
 @pytest.mark.parametrize("which", ["native", "shell"])

@@ -35,7 +35,7 @@ SHAPES = [("star", 4, 6, ("h1", "h4"), 1), ("line", 4, 6, ("h1", "h4"), 3),
 def test_shapes_build_check_and_tear_down(backend, tag, shape, hosts, pairs, far, longest):
     """Every host reaches every other, along its shortest path: the hops are measured from
     the TTL of real packets (a line's and ring's inner hosts route, a tree's bridges do not)."""
-    from recipes import topo
+    from recipes.labs import build as topo
     with topo.topology(shape, hosts, backend=backend, scope=tag, depth=2, fanout=2) as net:
         names = net.plan.all_netns()
         assert all(n.startswith(f"nsr-{tag}-") and len(n) <= 15 for n in names)
@@ -75,7 +75,7 @@ def test_ipv6_autoconf_on_when_asked(backend, tag):
     sees carrier changes through linkwatch, which batches them up to a second apart: the
     address may come a second after the build returns, so the test waits for it (10 s, for
     a loaded emulated VM). Without --ipv6 none ever comes."""
-    from recipes import topo
+    from recipes.labs import build as topo
     from nsutil import process
     with topo.topology("line", 2, backend=backend, scope=tag, ipv6=True) as net:
         process.wait_for(lambda: _has_link_local(net.netns("h2")), 10, "an fe80:: address")
@@ -85,7 +85,7 @@ def test_ipv6_autoconf_on_when_asked(backend, tag):
 
 
 def test_check_reports_a_broken_link(tag):
-    from recipes import topo
+    from recipes.labs import build as topo
     with topo.topology("star", 3, backend="native", scope=tag) as net:
         subprocess.run(["ip", "-n", net.netns("h2"), "link", "set", net.plan.hub, "down"], check=True)
         result = net.check()
@@ -94,7 +94,7 @@ def test_check_reports_a_broken_link(tag):
 
 
 def test_file_format_with_given_and_automatic_addresses(backend, tag, tmp_path):
-    from recipes import topo
+    from recipes.labs import build as topo
     lab = tmp_path / "lab.toml"
     lab.write_text(textwrap.dedent("""
         subnet = "10.240.0.0/16"
@@ -149,7 +149,7 @@ BAD_FILES = {
 @pytest.mark.userspace
 @pytest.mark.parametrize("name", list(BAD_FILES))
 def test_bad_files_are_refused_before_anything_is_made(name, tmp_path):
-    from recipes import topo
+    from recipes.labs import build as topo
     text, words = BAD_FILES[name]
     lab = tmp_path / "lab.toml"
     lab.write_text(text)
@@ -169,7 +169,7 @@ def test_bad_file_through_the_cli(tmp_path):
 
 @pytest.mark.userspace
 def test_generated_names_fit_and_samples_are_bounded():
-    from recipes import topo
+    from recipes.labs import build as topo
     plan = topo.plan_shape("star", topo.MAX_HOSTS)
     names = plan.all_netns() + [ln.a_if for ln in plan.links] + [ln.b_if for ln in plan.links]
     assert all(n.startswith("nsr-") and len(n.encode()) <= 15 for n in names)
@@ -182,7 +182,7 @@ def test_generated_names_fit_and_samples_are_bounded():
 
 
 def test_failure_half_way_is_undone(backend, tag):
-    from recipes import topo
+    from recipes.labs import build as topo
     plan = topo.plan_shape("line", 4, tag)
     plan.links[-1].a_if = "x" * 20        # the kernel (and ip) refuse it: after others exist
     with pytest.raises(NsrError):
@@ -194,7 +194,7 @@ def test_failure_half_way_is_undone(backend, tag):
 
 @pytest.mark.userspace
 def test_two_topologies_at_once_through_the_cli(tag):
-    from recipes import topo
+    from recipes.labs import build as topo
     scopes = [tag[:3] + "x", tag[:3] + "y"]
     try:
         with ThreadPoolExecutor(2) as pool:

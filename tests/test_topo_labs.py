@@ -35,7 +35,7 @@ def _ip(ns: str, *args: str) -> str:
 def test_line_routes_are_shortest_paths_and_only_routers_forward(backend, tag):
     """A line of 6: h2..h5 forward (ip_forward=1 in their namespaces only), h1 and h6 do not;
     h1 reaches h6 in 5 hops; the routes `ip route` shows are the plan's, merged prefixes."""
-    from recipes import topo
+    from recipes.labs import build as topo
     host_forwarding = open("/proc/sys/net/ipv4/ip_forward").read()
     with topo.topology("line", 6, backend=backend, scope=tag) as net:
         result = net.check()
@@ -54,7 +54,7 @@ def test_line_routes_are_shortest_paths_and_only_routers_forward(backend, tag):
 
 def test_ring_takes_the_short_way_round(tag):
     """A ring of 6: h1 -> h4 is 3 hops either way, h1 -> h5 is 2 (backwards, not 4)."""
-    from recipes import topo
+    from recipes.labs import build as topo
     with topo.topology("ring", 6, backend="native", scope=tag) as net:
         result = net.check()
         assert not result["failed"]
@@ -63,7 +63,7 @@ def test_ring_takes_the_short_way_round(tag):
 
 def test_tree_as_mininet(backend, tag):
     """depth 2, fanout 3: 4 bridge namespaces, 9 hosts at the leaves, one L2 segment."""
-    from recipes import topo
+    from recipes.labs import build as topo
     with topo.topology("tree", backend=backend, scope=tag, depth=2, fanout=3) as net:
         assert len(net.hosts) == 9 and list(net.plan.switches) == ["s1", "s2", "s3", "s4"]
         ports = _ip(net.plan.switches["s1"], "-o", "link", "show", "master", f"nsr-{tag}-br")
@@ -75,14 +75,14 @@ def test_tree_as_mininet(backend, tag):
 @pytest.fixture
 def small_segments(monkeypatch):
     """Segments of 3 hosts instead of 500 (see the module docstring)."""
-    from recipes import topoplan
+    from recipes.labs import plan as topoplan
     monkeypatch.setattr(topoplan, "SEGMENT_MAX", 3)
 
 
 def test_big_star_is_cut_into_routed_segments(backend, tag, small_segments):
     """8 hosts, segments of 3: three bridges in the hub, each its own subnet with the hub's
     address on it; the hub forwards; across segments 2 hops, within 1."""
-    from recipes import topo
+    from recipes.labs import build as topo
     with topo.topology("star", 8, backend=backend, scope=tag) as net:
         hub = net.plan.hub
         assert net.plan.bridges[hub] == [f"nsr-{tag}-br", f"nsr-{tag}-br2", f"nsr-{tag}-br3"]
@@ -97,7 +97,7 @@ def test_big_star_is_cut_into_routed_segments(backend, tag, small_segments):
 def test_big_tree_routes_at_its_root(tag, small_segments):
     """depth 2, fanout 3 with segments of 3: the root s1 forwards (no bridge), each subtree
     is a subnet of its own."""
-    from recipes import topo
+    from recipes.labs import build as topo
     with topo.topology("tree", backend="native", scope=tag, depth=2, fanout=3) as net:
         assert net.plan.switches["s1"] not in net.plan.bridges and net.plan.routers == ["s1"]
         result = net.check()
@@ -115,7 +115,8 @@ def test_big_tree_routes_at_as_many_levels_as_it_needs(backend, tag, monkeypatch
     --fanout 10: subtrees of 1000) routes at the next level too: s1 and its children
     forward, s4..s7 bridge; routes are merged per child router, a default route points
     up; the hops measured from real packets are 2 per routed level the path crosses."""
-    from recipes import topo, topoplan
+    from recipes.labs import build as topo
+    from recipes.labs import plan as topoplan
     monkeypatch.setattr(topoplan, "SEGMENT_MAX", segment)
     with topo.topology("tree", backend=backend, scope=tag, depth=depth, fanout=fanout) as net:
         routers = [s for s in net.plan.switches if s in net.plan.routers]
@@ -159,7 +160,7 @@ b = "b"
 def test_file_lab_with_routers_and_a_rate(backend, tag, tmp_path):
     """a - r1 - r2 - b: 3 hops from a to b; the rate is a tbf on both ends of r1-r2 that
     `tc -n NS qdisc show` shows (tbf needs no netem, so this runs on every kernel)."""
-    from recipes import topo
+    from recipes.labs import build as topo
     lab = tmp_path / "lab.toml"
     lab.write_text(LAB)
     with topo.topology(file=str(lab), backend=backend, scope=tag) as net:
@@ -179,7 +180,7 @@ def test_file_lab_with_routers_and_a_rate(backend, tag, tmp_path):
 def test_api_impairments_on_named_links(tag):
     """topology(links={(a, b): {...}}) impairs that link only; an unknown link is refused
     before anything is made."""
-    from recipes import topo
+    from recipes.labs import build as topo
     with topo.topology("line", 3, backend="native", scope=tag,
                        links={("h2", "h3"): {"rate": "50mbit"}}) as net:
         impaired = [ln for ln in net.plan.links if ln.impair]
@@ -197,7 +198,7 @@ def test_show_json_and_draw_through_the_cli(tag, tmp_path):
     """One real CLI build with --check and --draw, and --show --json reading it back (two
     CLI starts: each costs seconds in the VM; tests/test_draw.py opens lab pictures in
     Chromium)."""
-    from recipes import topo
+    from recipes.labs import build as topo
     picture = tmp_path / "lab.svg"
     proc = cli("net-topo", "--shape", "line", "--hosts", "4", "--scope", tag, "--check",
                "--draw", str(picture), "--backend", "native")
@@ -234,7 +235,7 @@ BAD_LABS = {
 @pytest.mark.userspace
 @pytest.mark.parametrize("name", list(BAD_LABS))
 def test_bad_labs_name_the_line(name, tmp_path):
-    from recipes import topo
+    from recipes.labs import build as topo
     text, words = BAD_LABS[name]
     lab = tmp_path / "lab.toml"
     lab.write_text(text)

@@ -9,7 +9,9 @@ import pytest
 from helpers import as_nobody, cli, one_line_error
 from nsutil import sysvipc
 from nsutil.backend import Runner
-from recipes import ipc, user, uts
+from recipes import ipc
+from recipes import user
+from recipes import uts
 
 
 def test_uts_demo_sets_name_inside_only(runner):
@@ -44,7 +46,7 @@ def test_ipc_demo_queue_isolated(runner):
 
 def test_ipc_inside_queue_dies_with_namespace(backend):
     with Runner(backend=backend) as run:
-        from recipes.common import start_holder
+        from recipes.common.holder import start_holder
         holder = start_holder(run, "ipc")
         ipc_ino = os.stat(f"/proc/{holder.pid}/ns/ipc").st_ino
         assert ipc_ino != os.stat("/proc/self/ns/ipc").st_ino

@@ -1,0 +1,283 @@
+"""Environments: each step that makes or changes one -- the record, the ``ip netns`` name,
+the hostname, the id maps, veths and message queues (mounts: :mod:`recipes.env.mounts`).
+
+A step on an existing environment loads its record (:func:`recipes.env.state.load`: it must
+exist, be alive and have the namespace the step needs), takes its lock, runs the step on the
+holder, and notes what it made in the record, which ``env-ls`` shows and ``env-rm`` undoes.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from typing import Sequence
+
+from nsutil import idmap, process, state
+from nsutil import procfs
+from nsutil import shell as nshell
+from nsutil import syscalls as sc
+from nsutil.backend import Runner, Step
+from nsutil.errors import Conflict, InvalidInput, SyscallError
+from nsutil.names import check_domainname, check_hostname, check_ifname, is_ours, prefixed, scope_id
+from nsutil.nstypes import NsType
+from nsutil.netlink import NETNS_RUN_DIR
+
+from recipes.env.remove import remove
+from recipes.env.state import (HELD, KIND, STATE_FILE, base_dir, check_env_name, env_dir,
+                       global_lock, holder_of, load, lock_unless_explain, ns_file, open_dir,
+                       release_lock, update_state)
+
+
+# --- making one -----------------------------------------------------------------------------
+
+def record(run: Runner, name: str, types: Sequence[NsType]) -> None:
+    """Step: the record directory with one empty file per namespace to bind on; undo: remove."""
+    base = base_dir()
+    files = [ns_file(name, t) for t in types]
+
+    def make(_argv: list[str] | None = None) -> None:
+        state.state_dir()
+        with global_lock():
+            if os.path.lexists(env_dir(name)):
+                raise Conflict(f"environment {name!r} exists already",
+                               hint=f"remove it first (invoke env-rm {name}) or pick another name")
+            tmp = os.path.join(base, f".env-{name}.{os.getpid()}.tmp")
+            try:
+                os.mkdir(tmp, 0o700)
+                fd = open_dir(tmp)
+                fcntl.flock(fd, fcntl.LOCK_EX)   # the lock moves with the directory
+                HELD[name] = fd
+                for t in types:
+                    os.close(os.open(os.path.join(tmp, t.name),
+                                     os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o400))
+                me = procfs.identity()
+                state.atomic_write_json(os.path.join(tmp, STATE_FILE), {
+                    "kind": KIND, "version": 1, "name": name, "status": "creating",
+                    "types": [t.name for t in types], "backend": run.backend,
+                    "created": time.time(), "creator": me, "holder": None, "parent": None,
+                    "ns": {}, "netns": None, "hostname": None, "domainname": None,
+                    "uid_map": None, "gid_map": None, "veths": [], "links": [], "mounts": [],
+                    "queues": []})
+                os.rename(tmp, env_dir(name))
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                release_lock(name)
+                raise SyscallError.from_oserror(f"record {env_dir(name)!r}", exc) from None
+
+    def undo(_argv: list[str] | None = None) -> None:
+        remove(Runner(backend=run.backend, out=run.out), name, missing_ok=True)
+
+    run.run(Step(f"record it in {env_dir(name)} (0700), with a file per namespace to bind on",
+                 argv=["mkdir", "-m", "0700", env_dir(name)], native=make, shell=make,
+                 display=f"mkdir -m 0700 {env_dir(name)} && touch {' '.join(files)}",
+                 undo=Step(f"remove environment {name}", display=f"invoke env-rm {name}",
+                           native=undo, shell=undo)))
+
+
+def attach_netns(run: Runner, name: str, pid: int | str) -> None:
+    """Step: make the environment's netns visible to ``ip netns`` (``ip netns attach``)."""
+    from nsutil import netlink as nl
+    path = os.path.join(NETNS_RUN_DIR, name)
+
+    def native() -> None:
+        nl.ensure_run_dir()
+        try:
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+        except FileExistsError:
+            raise Conflict(f"network namespace {name!r} exists already",
+                           hint=f"it is not this environment's: remove it (ip netns del {name}) "
+                                "or pick another name") from None
+        try:
+            sc.mount(f"/proc/{pid}/ns/net", path, None, sc.MS_BIND)
+        except BaseException:
+            os.unlink(path)
+            raise
+
+    def shell(argv: list[str]) -> None:
+        # through a child that inherits our lock on the environment: if this tool is killed
+        # while `ip` runs, a removal waits for `ip` instead of racing it and missing the name
+        process.fork_call(lambda: nshell.run(argv), f"ip netns attach {name}", detached=True)
+
+    run.run(Step(f"make its network namespace visible to `ip netns` as {name}",
+                 argv=["ip", "netns", "attach", name, pid], native=native, shell=shell))
+
+
+def loopback_up(run: Runner, name: str) -> None:
+    """Step: bring lo up in the environment's new network namespace, as container-run --net,
+    bwrap and crun do: a new one has lo down, and nothing inside reaches 127.0.0.1."""
+    from recipes import net
+    net.set_lo_up(run, name)
+
+
+def check_maps(spec: str | None, what: str = "--uid-map") -> list[idmap.IdMap] | None:
+    """An id map option (``what``) checked against the kernel's rules: ``None`` when not
+    given, ``[]`` for ``none`` (left for env-idmap)."""
+    if spec is None or spec == "":
+        return None
+    if spec.strip().lower() == "none":
+        return []
+    return idmap.parse_map(spec, what)
+
+
+def write_maps(run: Runner, name: str, holder: process.Holder, umaps: list[idmap.IdMap],
+               gmaps: list[idmap.IdMap]) -> None:
+    """Steps: write the holder's uid_map (and gid_map); record them."""
+    from recipes import user
+    user.write_uid_map(run, holder, umaps)
+    if gmaps:
+        user.write_gid_map(run, holder, gmaps)
+    if not run.explain:
+        update_state(name, lambda d: d.update(
+            uid_map=",".join(m.spec() for m in umaps),
+            gid_map=",".join(m.spec() for m in gmaps) or None))
+
+
+def check_uts_options(hostname: str | None, domainname: str | None) -> str:
+    """Check --hostname/--domainname; returns the options given as an error names them
+    (``--domainname``, ``--hostname/--domainname``), ``""`` for none."""
+    if hostname is not None:
+        check_hostname(hostname)
+    if domainname is not None:
+        check_domainname(domainname)
+    return "/".join(opt for opt, value in (("--hostname", hostname), ("--domainname", domainname))
+                    if value is not None)
+
+
+def set_uts(run: Runner, name: str, holder: process.Holder, *, hostname: str | None = None,
+            domainname: str | None = None) -> None:
+    """Steps: set the hostname and/or domain name in the holder's UTS namespace; record them."""
+    from recipes import uts
+    if hostname is not None:
+        uts.set_hostname(run, holder, hostname)
+    if domainname is not None:
+        uts.set_domainname(run, holder, domainname)
+    if not run.explain:
+        update_state(name, lambda d: d.update({k: v for k, v in (("hostname", hostname),
+                                                               ("domainname", domainname)) if v}))
+
+
+# --- hostname and id maps -------------------------------------------------------------------
+
+def set_hostname(run: Runner, name: str, hostname: str | None = None,
+                 domainname: str | None = None) -> None:
+    """Step: set the hostname (and/or NIS domain name) inside the environment."""
+    given = check_uts_options(hostname, domainname)
+    if not given:
+        raise InvalidInput("nothing to set", hint="give --hostname and/or --domainname")
+    st = load(name, run, need="uts", option=given)
+    with lock_unless_explain(run, name):
+        set_uts(run, name, holder_of(st), hostname=hostname, domainname=domainname)
+
+
+def set_idmap(run: Runner, name: str, uid_map: str, gid_map: str | None = None) -> None:
+    """Steps: write the uid_map (and gid_map, default: the same ranges) of the environment's
+    user namespace. Each map can be written once (user_namespaces(7))."""
+    umaps = idmap.parse_map(uid_map, "--uid-map")
+    gmaps = idmap.parse_map(gid_map, "--gid-map") if gid_map else list(umaps)
+    st = load(name, run, need="user")
+    if not run.explain:
+        pid = st["holder"]["pid"]
+        for which in ("uid", "gid"):
+            if idmap.read_map(pid, which):
+                raise Conflict(f"the {which}_map of environment {name!r} is written already",
+                               hint="each map can be written once: create the environment "
+                                    "with --uid-map none to set the maps later")
+    with lock_unless_explain(run, name):
+        write_maps(run, name, holder_of(st), umaps, gmaps)
+
+
+# --- veths and message queues ---------------------------------------------------------------
+
+def _links_in(ns: str) -> set[str]:
+    """Names of the links in netns ``ns`` (``ip -n NS link``)."""
+    from nsutil import netlink as nl
+    return {item["name"] for item in nl.links(ns)}
+
+
+def _default_ifname(used: set[str]) -> str:
+    n = 0
+    while f"eth{n}" in used:
+        n += 1
+    return f"eth{n}"
+
+
+def add_veth(run: Runner, name: str, peer: str | None = None, *, ifname: str | None = None,
+             peer_ifname: str | None = None, addr: str | None = None,
+             peer_addr: str | None = None) -> dict:
+    """Steps: a veth pair from the environment to the host (``peer=None``) or to another
+    environment, both ends created in place, addressed and up (``recipes.net.add_veth_pair``).
+
+    The host end must carry the ``nsr`` prefix (default: ``nsr-v-XXXX``); an end inside an
+    environment defaults to the first free ``ethN``. Returns what was made.
+    """
+    from recipes import net
+    if peer in ("host", "root", ""):
+        peer = None
+    if peer is not None:
+        check_env_name(peer)
+        if peer == name:
+            raise InvalidInput("a veth from an environment to itself", hint="give another --peer")
+    for value in (ifname, peer_ifname):
+        if value is not None:
+            check_ifname(value)
+    if peer is None and peer_ifname is not None and not is_ours(peer_ifname):
+        raise InvalidInput(f"the host end {peer_ifname!r} does not start with 'nsr'",
+                           hint="name it nsr-...: links nsrecipes makes on the host carry "
+                                "the prefix, so cleanup can find them")
+    for value, what in ((addr, "address"), (peer_addr, "peer address")):
+        if value:
+            net.check_addr(value, what)
+    load(name, run, need="net")
+    if peer:
+        load(peer, run, need="net")
+    here = set() if run.explain else _links_in(name)
+    there = set() if run.explain or peer is None else _links_in(peer)
+    ifname = ifname or _default_ifname(here)
+    if peer is None:
+        peer_ifname = peer_ifname or prefixed("v", scope_id())
+        if not run.explain and os.path.exists(f"/sys/class/net/{peer_ifname}"):
+            raise Conflict(f"link {peer_ifname!r} exists on the host already",
+                           hint="give another --peer-ifname")
+    else:
+        peer_ifname = peer_ifname or _default_ifname(there)
+        if peer_ifname in there:
+            raise Conflict(f"environment {peer!r} has a link {peer_ifname!r} already",
+                           hint="give another --peer-ifname")
+    if ifname in here:
+        raise Conflict(f"environment {name!r} has a link {ifname!r} already",
+                       hint="give another --ifname")
+    with lock_unless_explain(run, name, *( [peer] if peer else [])):
+        if peer is None:
+            # made from the host's side (``ip link add HOST type veth peer name IF netns
+            # NAME``): the end in our own namespace needs no namespace file to be opened
+            net.add_veth_pair(run, peer_ifname, ifname, ns=None, peer_ns=name, addr=peer_addr,
+                              peer_addr=addr)
+        else:
+            net.add_veth_pair(run, ifname, peer_ifname, ns=name, peer_ns=peer, addr=addr,
+                              peer_addr=peer_addr)
+        made = {"ifname": ifname, "peer": peer or "host", "peer_ifname": peer_ifname,
+                "addr": addr, "peer_addr": peer_addr}
+        if not run.explain:
+            def mine(d: dict) -> None:
+                d.setdefault("veths", []).append(dict(made, here=True))
+                if peer is None:
+                    d.setdefault("links", []).append(peer_ifname)
+            update_state(name, mine)
+            if peer:
+                update_state(peer, lambda d: d.setdefault("veths", []).append(
+                    {"ifname": ifname, "peer": name, "peer_ifname": peer_ifname, "addr": addr,
+                     "peer_addr": peer_addr, "here": False}))
+    return made
+
+
+def make_queue(run: Runner, name: str) -> int:
+    """Step: make a System V message queue inside the environment's IPC namespace
+    (``ipcmk -Q``); returns its id there."""
+    from recipes import ipc
+    st = load(name, run, need="ipc")
+    with lock_unless_explain(run, name):
+        qid = ipc.make_queue_inside(run, holder_of(st))
+        if not run.explain:
+            update_state(name, lambda d: d.setdefault("queues", []).append(qid))
+    return qid
