@@ -114,6 +114,15 @@ def ensure_run_dir() -> None:
     _RUN_DIR_READY = True
 
 
+def ip_would_reshare_run_dir() -> bool:
+    """True if /run/netns is a mount point that is not shared: a mount of someone else's
+    (``ip netns add`` leaves its own shared), whose propagation ``ip netns add`` and ``ip netns
+    attach`` would change, as they make /run/netns shared every time. The shell forms then name
+    the namespace natively instead (:func:`create_netns`), which leaves that mount as it is."""
+    m = mountinfo.covering(NETNS_RUN_DIR)
+    return m is not None and m.propagation != "shared"
+
+
 def create_netns(name: str, *, open_socket: bool = False, home: int | None = None,
                  sysctls: dict[str, str] | None = None) -> socket.socket | None:
     """``ip netns add NAME`` in this process; with ``open_socket`` return an rtnetlink

@@ -70,8 +70,19 @@ def create_netns(run: Runner, name: str) -> None:
                  f"/run/netns/{name})",
                  argv=["ip", "netns", "add", name],
                  native=lambda: _close(nl.create_netns(name)),
+                 shell=lambda argv: _create_netns_shell(name, argv),
                  undo=delete_netns_step(name)))
     run.inside(Inside(netns=name))  # lessons: a learner's shell can go in there
+
+
+def _create_netns_shell(name: str, argv: list[str]) -> None:
+    """``ip netns add NAME``, or natively where ip would make a /run/netns mount of someone
+    else's shared (:func:`nsutil.netlink.ip_would_reshare_run_dir`)."""
+    if nl.ip_would_reshare_run_dir():
+        _close(nl.create_netns(name))
+        return
+    from nsutil import shell as nshell
+    nshell.run(argv)
 
 
 def _close(sock: socket.socket | None) -> None:

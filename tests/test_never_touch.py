@@ -61,7 +61,9 @@ def test_a_mount_of_the_users_on_the_state_directory_survives_everything(
     """A tmpfs with a file at the state directory (``NSR_STATE_DIR``, or the default
     /run/nsrecipes on a /run of the sandbox's own) keeps its propagation, its directory and
     its file through env-create/env-rm, net-topo up and down, net-veth and its --delete,
-    container-run, cleanup and cleanup --all; and nothing of nsrecipes' own is left there."""
+    container-run, cleanup and cleanup --all; and nothing of nsrecipes' own is left there.
+    The sandbox's private tmpfs on /run/netns stays private too (``ip netns add`` would make
+    it shared: the shell backend names namespaces natively there)."""
     box, t = sandbox, scope_id()
     if where == "default":
         box.run("mount", "-t", "tmpfs", "nsr-run", "/run")      # a /run of the sandbox's own
@@ -74,9 +76,15 @@ def test_a_mount_of_the_users_on_the_state_directory_survives_everything(
     assert before == {"on": [("nsr-users-own", "tmpfs", propagation)], "below": [],
                       "entries": ["keep"]}
 
+    netns_dir = _look(box, "/run/netns")["on"]   # the sandbox's own private tmpfs on top, or none
+    assert (netns_dir[-1:] if where != "default" else netns_dir) == \
+        ([] if where == "default" else [("nsr-sandbox", "tmpfs", "private")])
+
     def unchanged(after: str) -> None:
         now = _look(box, target)
         assert now == before, f"after {after}: {now} (was {before})"
+        if netns_dir:     # a mount of someone else's on /run/netns keeps its propagation too
+            assert _look(box, "/run/netns")["on"] == netns_dir, after
         with open(box.path(f"{target}/keep")) as f:
             assert f.read() == PRECIOUS, after
 

@@ -97,6 +97,9 @@ def attach_netns(run: Runner, name: str, pid: int | str) -> None:
     def shell(argv: list[str]) -> None:
         # through a child that inherits our lock on the environment: if this tool is killed
         # while `ip` runs, a removal waits for `ip` instead of racing it and missing the name
+        if nl.ip_would_reshare_run_dir():   # a /run/netns mount of someone else's: as it is
+            native()
+            return
         process.fork_call(lambda: nshell.run(argv), f"ip netns attach {name}", detached=True)
 
     run.run(Step(f"make its network namespace visible to `ip netns` as {name}",

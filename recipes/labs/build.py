@@ -197,8 +197,16 @@ def _ns_batch_step(plan: Plan, ns: str, cmds: list[str], title: str) -> Step:
 
 def _build_shell(run: Runner, plan: Plan) -> None:
     lines = _batch_lines(plan)
+    def shell(argv: list[str]) -> None:
+        if not nl.ip_would_reshare_run_dir():
+            from nsutil import shell as nshell
+            nshell.run(argv, input="\n".join(lines) + "\n")
+            return
+        for ns in plan.all_netns():     # a /run/netns mount of someone else's: left as it is
+            nl.create_netns(ns)
+
     run.run(Step(f"create {len(plan.all_netns())} namespaces (one ip -batch)",
-                 argv=["ip", "-batch", "-"], input="\n".join(lines) + "\n",
+                 argv=["ip", "-batch", "-"], input="\n".join(lines) + "\n", shell=shell,
                  display=_batch_display(plan, lines), native=lambda: build_native(plan)))
     for ns, cmds in _create_lines(plan).items():
         run.run(_ns_batch_step(plan, ns, cmds, f"create {len(cmds)} link(s) from inside {ns}, "
