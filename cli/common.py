@@ -122,6 +122,22 @@ def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
     return decorate
 
 
+def program_name() -> str:
+    """The command a user typed: ``nsr`` (installed) or ``invoke`` (in the checkout)."""
+    return "nsr" if os.path.basename(sys.argv[0]) == "nsr" else "invoke"
+
+
+def command_argv(task_name: str, usage: str, required: bool = True) -> list[str]:
+    """The command given after ``--`` on the command line (``invoke`` and ``nsr`` both leave
+    it in sys.argv); none and ``required``: one line with the usage ``TASK USAGE -- CMD``."""
+    argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+    if not argv and required:
+        from nsutil.errors import InvalidInput
+        raise InvalidInput(f"{task_name}: no command given",
+                           hint=f"{program_name()} {task_name} {usage} -- CMD ARGS...")
+    return argv
+
+
 def current_lesson():
     """The Lesson for --shell/--step of the running task, or None."""
     if not any(_LESSON.values()):

@@ -5,7 +5,7 @@ from typing import Any
 
 from invoke import Exit
 
-from cli.common import make_runner, nsr_task
+from cli.common import command_argv, make_runner, nsr_task
 
 
 @nsr_task(help={"shape": "star (hosts on a bridge in a hub namespace), line or ring (inner "
@@ -149,13 +149,9 @@ def net_exec(c, host, scope=None, backend=None, explain=False):
     Like `ip netns exec`: /etc/netns/NAME/hosts is seen as /etc/hosts, so hosts reach each
     other by name. Exits with the command's status.
     """
-    import shlex
-    import sys
     from recipes import topo
-    from nsutil.errors import InvalidInput, require_root
-    argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else shlex.split(c.remainder)
-    if not argv:
-        raise InvalidInput("no command given", hint="invoke net-exec HOST -- CMD ARGS...")
+    from nsutil.errors import require_root
+    argv = command_argv("net-exec", "HOST" if scope is None else f"HOST --scope {scope}")
     if not explain:
         require_root("net-exec")
     ns = topo.resolve_host(host, scope) if not explain else host
