@@ -65,11 +65,13 @@ def check_argv(argv: list[str], program: Program, collection: Collection,
                binary: str) -> None:
     """Parse ``argv`` in the two passes ``program`` makes (its core options, then the tasks);
     raise Exit with one line and a hint (exit status 2) if it cannot be parsed."""
+    import copy
     from nsutil.errors import InvalidInput
+    # a copy: to_contexts() pops each option's help text off its task
+    contexts = copy.deepcopy(collection).to_contexts()
     try:
         core = Parser(initial=program.initial_context, ignore_unknown=True).parse_argv(argv[1:])
-        Parser(initial=program.initial_context,
-               contexts=collection.to_contexts()).parse_argv(core.unparsed)
+        Parser(initial=program.initial_context, contexts=contexts).parse_argv(core.unparsed)
     except ParseError as exc:
         raise Exit(parse_mistake(exc, argv, binary), code=InvalidInput.exit_code) from None
 

@@ -32,3 +32,13 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     assert "hint:" in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
     return lines[0]
+
+
+NSR = os.path.join(os.path.dirname(sys.executable), "nsr")
+
+
+def nsr(*args: str, cwd: str = "/", timeout: float = 120,
+        stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    """Run the installed ``nsr ARGS`` from ``cwd`` (default /, far from the checkout)."""
+    return subprocess.run([NSR, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=stdin)
