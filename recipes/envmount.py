@@ -94,7 +94,7 @@ def check_inside(run: Runner, name: str, holder: process.Holder, path: str, what
                        hint=f"paths are as seen inside the environment; "
                             + (f"make it first: env-exec {name} -- mkdir -p {path}"
                                if what == "mount point" else
-                               f"look: env-exec {name} -- ls -d {os.path.dirname(path)}/*"))
+                               f"look: env-exec {name} -- ls -d {os.path.join(os.path.dirname(path), '*')}"))
     if directory and kind != "dir":
         raise InvalidInput(f"{what} {path} inside {name} is not a directory",
                            hint="a tmpfs is mounted on a directory")
