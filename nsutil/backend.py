@@ -24,8 +24,9 @@ import os
 import shlex
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from .errors import InvalidInput, NsrError, ToolMissing
 from .process import package_for
@@ -74,6 +75,31 @@ def interrupt_undo() -> bool:
         return False
     mine = [u for u in _undoing if u.thread == threading.get_ident()]
     return (mine or _undoing)[-1].interrupt()
+
+
+#: (runner, its undo stack) of each keep=True Runner that finished while a command line task
+#: runs (:func:`kept_until_done`); None: not tracked (a library's own use)
+_kept: list[tuple["Runner", list[Step]]] | None = None
+
+
+@contextmanager
+def kept_until_done() -> Iterator[None]:
+    """What keep=True Runners finish with inside the body is kept until the body is done: a
+    Ctrl-C (KeyboardInterrupt) before then undoes it too, the last Runner first, and is
+    raised again. A run that printed "ready" and was interrupted before it ended is an
+    interrupted run all the same: it leaves nothing behind."""
+    global _kept
+    _kept = []
+    try:
+        yield
+    except KeyboardInterrupt:
+        while _kept:
+            runner, stack = _kept.pop()
+            runner.undo_stack.extend(stack)
+            runner.undo()
+        raise
+    finally:
+        _kept = None
 
 
 def resolve_backend(name: str | None = None) -> str:
@@ -307,5 +333,7 @@ class Runner:
             if errors and exc_type is None:
                 raise errors[0]
         else:
+            if _kept is not None:
+                _kept.append((self, list(self.undo_stack)))
             self.undo_stack.clear()
 

@@ -70,7 +70,7 @@ def test_wheel_holds_the_cli_and_nsr_runs_from_it(tmp_path):
     assert tops == {"cli", "nsutil", "recipes"}
     assert {"cli/program.py", "cli/collection.py", "cli/demos.py"} <= set(names)
     points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt")))
-    assert "nsr = cli.program:main" in points.decode()
+    assert "nsr = cli:main" in points.decode()
     venv = tmp_path / "nsr-venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=300)
     subprocess.run([str(venv / "bin/pip"), "install", "-q", "--no-deps", "--no-index", wheel],
