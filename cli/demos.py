@@ -146,6 +146,9 @@ def net_veth(c, name="nsr-a", peer="nsr-b", addr="10.200.0.1/24", peer_addr="10.
         pictures.check_path(draw)
     if not explain:
         require_root("net-veth")
+    if name != "nsr-a" and peer == "nsr-b":
+        print(f"--name {name} without --peer: {'its pair is' if delete else 'paired with'} "
+              f"nsr-b, the default peer (--peer NAME chooses another)", flush=True)
     with make_runner(backend, explain, keep=True) as run:
         if delete:
             veth.veth_delete(run, name, peer)

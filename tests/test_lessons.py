@@ -31,7 +31,8 @@ DEADLINE = float(os.environ.get("NSR_LESSON_DEADLINE", "300"))
 PROMPT = "[root@NewNamespace]#"
 HOST = socket.gethostname()
 
-needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is missing: apt-get "
+                                "install tmux (./bootstrap pytest installs it)")
 
 
 # --- a terminal of our own ---------------------------------------------------------------------
