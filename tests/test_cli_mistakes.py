@@ -145,7 +145,8 @@ def test_net_topo_draw_with_the_scope_of_a_lab_that_is_up(tmp_path):
 
 def _interrupt_env_create(name: str, after: str, delay: float) -> tuple[int, str, bool]:
     """env-create NAME, Ctrl-C to its process group ``delay`` s after a line with ``after``
-    appears; returns its exit status, stdout and whether the environment is there."""
+    appears; returns its exit status, stdout and whether the environment is there (or a
+    half-made record of it)."""
     proc = subprocess.Popen([INVOKE, "env-create", name, "--backend", "native"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -163,7 +164,8 @@ def _interrupt_env_create(name: str, after: str, delay: float) -> tuple[int, str
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return proc.returncode, seen + out, os.path.exists(f"/run/nsrecipes/{name}")
+    made = [f for f in os.listdir("/run/nsrecipes") if f == name or f.startswith(f".env-{name}.")]
+    return proc.returncode, seen + out, bool(made)
 
 
 @pytest.mark.parametrize("after,delay", [("== environment", 0.0), ("== environment", 0.05),
