@@ -17,7 +17,8 @@ HOST_NAME_MAX = 64      #: sethostname(2) limit
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: a hostname as hostname(1) takes it (RFC 1123): labels of letters, digits and '-', not
 #: starting or ending with '-', joined by single dots
-_HOST_LABELS = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_LABELS = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 
 
 def check_name(name: str, *, what: str = "name", max_bytes: int = 64) -> str:

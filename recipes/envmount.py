@@ -90,11 +90,12 @@ def check_inside(run: Runner, name: str, holder: process.Holder, path: str, what
                            lambda: "dir" if os.path.isdir(path) else
                            "other" if os.path.lexists(path) else None)
     if kind is None:
+        around = os.path.join(os.path.dirname(path), "*")
         raise NotFound(f"{what} {path} does not exist inside {name}",
-                       hint=f"paths are as seen inside the environment; "
+                       hint="paths are as seen inside the environment; "
                             + (f"make it first: env-exec {name} -- mkdir -p {path}"
                                if what == "mount point" else
-                               f"look: env-exec {name} -- ls -d {os.path.join(os.path.dirname(path), '*')}"))
+                               f"look: env-exec {name} -- ls -d {around}"))
     if directory and kind != "dir":
         raise InvalidInput(f"{what} {path} inside {name} is not a directory",
                            hint="a tmpfs is mounted on a directory")

@@ -55,7 +55,8 @@ def test_setns_refused_to_root_does_not_say_run_as_root(live_env):
                            live_env, "--backend", "native", "--", "true"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     line = one_line_error(proc)
-    assert line.startswith("nsrecipes: setns(") and ": EPERM (hint: root without CAP_SYS_ADMIN" in line
+    assert line.startswith("nsrecipes: setns(")
+    assert ": EPERM (hint: root without CAP_SYS_ADMIN" in line
     assert "run as root" not in line
 
 
