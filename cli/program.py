@@ -15,7 +15,7 @@ from invoke.parser import Parser
 from cli.collection import ns
 
 #: the tasks that run a command given after ``--``
-COMMAND_TASKS = {"env-exec": "NAME", "net-exec": "HOST", "container-run": "[OPTIONS]"}
+COMMAND_TASKS = frozenset({"env-exec", "net-exec", "container-run"})
 
 
 def help_argv(argv: list[str], names: set[str]) -> list[str] | None:
