@@ -3,6 +3,7 @@
 Runner a task runs its recipe in."""
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import os
@@ -75,6 +76,7 @@ def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
         @functools.wraps(fn)
         def body(c, *args: Any, **kw: Any) -> Any:
             interrupted: list[int] = []
+            finished: list[bool] = []   # the run is done: a Ctrl-C now comes too late
             main_pid = os.getpid()
             _LESSON.clear()
             _LESSON.update({k: bool(kw.pop(k, False)) for k in added})
@@ -84,6 +86,8 @@ def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
                     # a fork that has not exec'd yet (sh's or ours): die, never unwind into
                     # the parent's code; the parent sees the signal itself
                     os._exit(128 + signum)
+                if finished:
+                    return    # it succeeded and said so; its exit status says so too
                 interrupted.append(signum)
                 if _undo_goes_on():
                     return    # the undo goes on; the third Ctrl-C during it cuts it short
@@ -101,7 +105,12 @@ def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
                 for sig in (signal.SIGHUP, signal.SIGTERM):
                     signal.signal(sig, on_hangup)
             try:
-                return fn(c, *args, **kw)
+                from nsutil.backend import kept_until_done
+                with kept_until_done():
+                    result = fn(c, *args, **kw)
+                    finished.append(True)
+                    atexit.register(_late_sigint_ignored)
+                return result
             except NsrError as exc:
                 if interrupted:  # Ctrl-C also killed a child we were waiting for
                     raise Exit(INTERRUPTED, code=130) from None
@@ -120,6 +129,28 @@ def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
         kwargs.setdefault("auto_shortflags", False)  # no -h clash with --help
         return task(body, help=merged, **kwargs)
     return decorate
+
+
+def program_name() -> str:
+    """The command a user typed: ``nsr`` (installed) or ``invoke`` (in the checkout)."""
+    return "nsr" if os.path.basename(sys.argv[0]) == "nsr" else "invoke"
+
+
+def command_argv(task_name: str, usage: str, required: bool = True) -> list[str]:
+    """The command given after ``--`` on the command line (``invoke`` and ``nsr`` both leave
+    it in sys.argv); none and ``required``: one line with the usage ``TASK USAGE -- CMD``."""
+    argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+    if not argv and required:
+        from nsutil.errors import InvalidInput
+        raise InvalidInput(f"{task_name}: no command given",
+                           hint=f"{program_name()} {task_name} {usage} -- CMD ARGS...")
+    return argv
+
+
+def _late_sigint_ignored() -> None:
+    """At exit after a task succeeded, ignore Ctrl-C: the interpreter puts SIGINT back to its
+    default as it shuts down, and a late Ctrl-C would end a finished run with status 130."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def current_lesson():

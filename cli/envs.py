@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from invoke import Exit
 
-from cli.common import make_runner, nsr_task
+from cli.common import command_argv, make_runner, nsr_task, program_name
 
-# ==== environments ======================================================================
+# ==== environments ==========================================================================
 
 _ENV_NAME = "environment name; starts with nsr (e.g. nsr-web)"
 
@@ -134,7 +134,9 @@ def env_exec(c, name, cwd=None, backend=None, explain=False, machine=None, file=
     import sys
     from recipes import env
     name = _env_name(name, "env-exec")
-    argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+    argv = command_argv("env-exec", name, required=False)
+    if not argv and not machine:
+        _check_shell_stdin(name)
     if machine:
         from recipes.labs.machines import controller as machines
         s = machines.env_remote(machines.machine_from_file(file, machine),
@@ -146,6 +148,18 @@ def env_exec(c, name, cwd=None, backend=None, explain=False, machine=None, file=
         done = env.exec_in(run, name, argv, capture=False, cwd=cwd)
     if done.returncode:
         raise Exit(code=done.returncode)
+
+
+def _check_shell_stdin(name: str) -> None:
+    """env-exec without a command opens a shell: refuse a stdin nobody types on (/dev/null,
+    a file), where the shell would end at once with status 0 and nothing run."""
+    from nsutil.errors import InvalidInput
+    from nsutil.lesson import stdin_kind
+    kind = stdin_kind()
+    if kind not in ("tty", "pipe"):
+        raise InvalidInput(f"env-exec {name}: no command given, and stdin is {kind}, not a "
+                           "terminal for a shell",
+                           hint=f"{program_name()} env-exec {name} -- CMD ARGS...")
 
 
 _MACHINE_HELP = {"machine": "on this machine of --file's [machines] table (through Fabric)",

@@ -5,7 +5,7 @@ from typing import Any
 
 from invoke import Exit
 
-from cli.common import make_runner, nsr_task
+from cli.common import command_argv, make_runner, nsr_task
 
 
 @nsr_task(help={"shape": "star (hosts on a bridge in a hub namespace), line or ring (inner "
@@ -26,7 +26,7 @@ from cli.common import make_runner, nsr_task
                 "json": "with --show: print JSON",
                 "draw": "also draw the lab into FILE.svg (hosts, bridges, routers, links with "
                         "addresses and impairments; above 100 hosts a summary); with --show, "
-                        "draw the topology of --scope",
+                        "or with the --scope of a lab that is up, draw that one",
                 "etc_hosts": "write /etc/netns/NS/hosts so hosts reach each other by name "
                              "(default on; skipped above 256 hosts)",
                 "ipv6": "keep IPv6 link-local autoconf on the links (default off: on a big "
@@ -49,8 +49,8 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
     if draw:
         from recipes.common import pictures
         pictures.check_path(draw)
-    if status or show:
-        _show_topologies(topo, scope, status, json, draw)
+    if status or show or (draw and scope and not down and _is_up(topo, scope)):
+        _show_topologies(topo, scope, status, json, draw)   # --draw: the lab that is up
         return
     if down:
         if not explain:
@@ -82,6 +82,12 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
                 raise Exit(f"nsrecipes: check: {len(result['failed'])} of {result['pairs']} pairs "
                            "got no packets through or took a longer path (hint: see the list "
                            "above)", code=1)
+
+
+def _is_up(topo: Any, scope: str) -> bool:
+    """A topology with ``scope`` is recorded (on this machine or across machines)."""
+    from recipes.labs.machines import controller as machines
+    return bool(topo.recorded(topo.check_scope(scope)) or machines.recorded(scope))
 
 
 def _net_topo_machines(plan: Any, check: bool, backend: str | None, explain: bool) -> None:
@@ -150,13 +156,9 @@ def net_exec(c, host, scope=None, backend=None, explain=False):
     Like `ip netns exec`: /etc/netns/NAME/hosts is seen as /etc/hosts, so hosts reach each
     other by name. Exits with the command's status.
     """
-    import shlex
-    import sys
     from recipes.labs import build as topo
-    from nsutil.errors import InvalidInput, require_root
-    argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else shlex.split(c.remainder)
-    if not argv:
-        raise InvalidInput("no command given", hint="invoke net-exec HOST -- CMD ARGS...")
+    from nsutil.errors import require_root
+    argv = command_argv("net-exec", "HOST" if scope is None else f"HOST --scope {scope}")
     if not explain:
         require_root("net-exec")
     ns = topo.resolve_host(host, scope) if not explain else host

@@ -1,4 +1,4 @@
-"""Tasks for machines of a lab: machines-install (labs across machines, issue 12)."""
+"""Tasks for machines of a lab: machines-install (labs across machines)."""
 from __future__ import annotations
 
 from cli.common import nsr_task

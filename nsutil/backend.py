@@ -24,8 +24,9 @@ import os
 import shlex
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from .errors import InvalidInput, NsrError, ToolMissing
 from .process import package_for
@@ -74,6 +75,33 @@ def interrupt_undo() -> bool:
         return False
     mine = [u for u in _undoing if u.thread == threading.get_ident()]
     return (mine or _undoing)[-1].interrupt()
+
+
+#: the Runners entered while a command line task runs (:func:`kept_until_done`); None: not
+#: tracked (a library's own use)
+_kept: list["Runner"] | None = None
+
+
+@contextmanager
+def kept_until_done() -> Iterator[None]:
+    """What the Runners entered in the body keep (``keep=True``) is kept only once the body
+    is done: a Ctrl-C (KeyboardInterrupt) before then undoes what is left on their stacks,
+    the last Runner first, and is raised again -- also one that lands as a Runner leaves its
+    ``with`` block. A run that printed "ready" and was interrupted before it ended is an
+    interrupted run all the same: it leaves nothing behind."""
+    global _kept
+    _kept = []
+    try:
+        yield
+        for runner in _kept:
+            runner.undo_stack.clear()
+    except KeyboardInterrupt:
+        for runner in reversed(_kept):
+            if not runner.cut_short:    # the third Ctrl-C during its undo: leave the rest
+                runner.undo()
+        raise
+    finally:
+        _kept = None
 
 
 def resolve_backend(name: str | None = None) -> str:
@@ -152,6 +180,8 @@ class Runner:
     lesson: Lesson | None = None
     #: the namespaces declared so far (:meth:`inside`), where `s` at a step opens a shell
     insides: list[Inside] = field(default_factory=list)
+    #: the third Ctrl-C during an undo cut it short, leaving the rest of the stack
+    cut_short: bool = False
 
     def __post_init__(self) -> None:
         self.backend = resolve_backend(self.backend)
@@ -280,6 +310,7 @@ class Runner:
                     self._undo_step(self.undo_stack.pop(), errors)
                 except KeyboardInterrupt as exc:
                     if record.cut_short or record.interrupt():
+                        self.cut_short = True
                         raise    # the third Ctrl-C (perhaps counted by a handler that raised it)
                     pending = pending or exc
         finally:
@@ -299,6 +330,8 @@ class Runner:
             errors.append(exc)
 
     def __enter__(self) -> "Runner":
+        if _kept is not None:
+            _kept.append(self)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -306,6 +339,6 @@ class Runner:
             errors = self.undo()
             if errors and exc_type is None:
                 raise errors[0]
-        else:
+        elif _kept is None:       # else kept_until_done keeps it once the task is done
             self.undo_stack.clear()
 

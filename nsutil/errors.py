@@ -66,17 +66,39 @@ FILE_CALLS = ("open", "write", "mkdir", "rename", "replace", "mkstemp", "link", 
 FULL_FILESYSTEM = "its filesystem is full (no space or no inode left): see df -h and df -i there"
 
 
+def root_refused_hint() -> str:
+    """Why the kernel says EPERM to uid 0, from /proc/self/status: no CAP_SYS_ADMIN in the
+    effective set, a seccomp filter, or else a namespace of another user namespace."""
+    from .caps import CAP_NAMES, read_caps
+    try:
+        admin = read_caps()["CapEff"] >> CAP_NAMES.index("cap_sys_admin") & 1
+        with open("/proc/self/status") as f:
+            seccomp = next((ln.split()[1] for ln in f if ln.startswith("Seccomp:")), "0")
+    except (OSError, KeyError, IndexError):
+        admin, seccomp = 1, "0"
+    if not admin:
+        return ("root without CAP_SYS_ADMIN is refused (capabilities dropped: a container, "
+                "setpriv or capsh): run it as root with its capabilities")
+    if seccomp != "0":
+        return ("a seccomp filter refuses it even to root (a container's default profile "
+                "does): run it on the host, or in a container allowed to")
+    return ("root is refused too: the namespace belongs to another user namespace (join "
+            "that one first), or a security module forbids it")
+
+
 def eperm_hint() -> str:
-    """"run as root" -- and, for an unprivileged caller on a host whose AppArmor restricts
-    unprivileged user namespaces (Ubuntu 23.10+), say so."""
-    if os.geteuid() != 0:
-        try:
-            with open("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") as f:
-                if f.read().strip() == "1":
-                    return ("run as root: AppArmor restricts unprivileged user namespaces here "
-                            "(kernel.apparmor_restrict_unprivileged_userns=1)")
-        except OSError:
-            pass
+    """"run as root" -- to root, why root is refused (:func:`root_refused_hint`); for an
+    unprivileged caller on a host whose AppArmor restricts unprivileged user namespaces
+    (Ubuntu 23.10+), say so."""
+    if os.geteuid() == 0:
+        return root_refused_hint()
+    try:
+        with open("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") as f:
+            if f.read().strip() == "1":
+                return ("run as root: AppArmor restricts unprivileged user namespaces here "
+                        "(kernel.apparmor_restrict_unprivileged_userns=1)")
+    except OSError:
+        pass
     return HINTS[_errno.EPERM]
 
 
@@ -113,7 +135,7 @@ class CommandError(NsrError):
         if hint is None:
             low = first.lower()
             if "permission denied" in low or "operation not permitted" in low:
-                hint = HINTS[_errno.EPERM]
+                hint = eperm_hint()
             elif "file exists" in low:
                 hint = HINTS[_errno.EEXIST]
             elif "no such file" in low or "cannot find device" in low:
@@ -151,6 +173,13 @@ class Conflict(NsrError):
 
 class NotFound(NsrError):
     """The named object (environment, namespace, link, ...) does not exist."""
+
+
+class CommandNotFound(NotFound):
+    """A command to run (inside namespaces, or in a container's rootfs) is on no PATH;
+    exit status 127, as a shell's."""
+
+    exit_code = 127
 
 
 def require_root(what: str) -> None:

@@ -2,6 +2,7 @@
 before anything is made; :mod:`nsutil.cgroupfs` writes them into cgroup files."""
 from __future__ import annotations
 
+import os
 import re
 import resource
 from dataclasses import dataclass
@@ -106,7 +107,8 @@ def parse_pids(text: str | int, allow_max: bool = False) -> int | None:
 
 
 def parse_cpus(text: str | float) -> float:
-    """A CPU limit in CPUs (``0.5`` = half a CPU): 0.01 .. number of CPUs * 1000."""
+    """A CPU limit in CPUs (``0.5`` = half a CPU): 0.01 up to the CPUs this process may run
+    on (as Docker: a quota of more CPUs than there are would limit nothing)."""
     raw = str(text).strip()
     if not re.fullmatch(r"\d+(\.\d+)?|\.\d+", raw):
         raise InvalidInput(f"cpu limit {raw!r} does not parse",
@@ -115,8 +117,10 @@ def parse_cpus(text: str | float) -> float:
     if value < 0.01:
         raise InvalidInput(f"cpu limit {raw!r} is below 0.01 CPU",
                            hint="write e.g. 0.5 (half a CPU)")
-    if value > 1024:
-        raise InvalidInput(f"cpu limit {raw!r} is too large", hint="write at most 1024")
+    there = len(os.sched_getaffinity(0))
+    if value > there:
+        raise InvalidInput(f"cpu limit {raw} is more than the {there} CPU{'s' * (there > 1)} "
+                           "there are", hint=f"write 0.01 to {there}, e.g. 0.5 (half a CPU)")
     return value
 
 

@@ -15,6 +15,10 @@ PREFIX = "nsr"          #: every object nsrecipes creates carries this prefix
 IFNAMSIZ = 15           #: Linux interface names: 15 bytes + NUL
 HOST_NAME_MAX = 64      #: sethostname(2) limit
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: a hostname as hostname(1) takes it (RFC 1123): labels of letters, digits and '-', not
+#: starting or ending with '-', joined by single dots
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_LABELS = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 
 
 def check_name(name: str, *, what: str = "name", max_bytes: int = 64) -> str:
@@ -40,13 +44,18 @@ def check_ifname(name: str) -> str:
 
 def check_hostname(name: str, what: str = "hostname") -> str:
     """A hostname for sethostname(2) (or, ``what="domainname"``, a NIS domain name for
-    setdomainname(2)): 1..64 bytes, no whitespace or '/'."""
+    setdomainname(2)): 1..64 bytes, no whitespace or '/'; a hostname also as hostname(1)
+    takes it (RFC 1123 labels), so both backends accept the same names."""
     if not name or len(name.encode()) > HOST_NAME_MAX:
         raise InvalidInput(f"{what} {name!r} is {len(name.encode())} bytes, the limit is "
                            f"{HOST_NAME_MAX}", hint="use 1 to 64 bytes")
     if any(c.isspace() or c == "/" for c in name):
         raise InvalidInput(f"{what} {name!r} contains whitespace or '/'",
                            hint="use letters, digits, '-' and '.'")
+    if what == "hostname" and not _HOST_LABELS.fullmatch(name):
+        raise InvalidInput(f"hostname {name!r} is not a valid hostname (hostname(1) refuses it)",
+                           hint="use labels of letters, digits and '-' joined by single dots, "
+                                "e.g. web-1.lab")
     return name
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import signal
 import threading
 import time
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import procfs
 from . import syscalls as sc
-from .errors import CommandError, NsrError, SyscallError, ToolMissing
+from .errors import CommandError, CommandNotFound, NsrError, SyscallError
 from .nstypes import NS_TYPES, NsType, enter, ns_type
 
 
@@ -292,10 +293,25 @@ class Completed:
     stderr: str = ""
 
     def check(self) -> "Completed":
-        """Raise :class:`CommandError` unless the command exited 0."""
+        """Raise :class:`CommandError` unless the command exited 0 (:class:`CommandNotFound`
+        where nsenter or unshare found no command to execute)."""
+        if self.returncode == 127:
+            missing = re.search(r"failed to execute (.+?): No such file or directory",
+                                self.stderr)
+            if missing:
+                raise command_not_found(missing.group(1))
         if self.returncode != 0:
             raise CommandError(self.argv, self.returncode, self.stderr)
         return self
+
+
+def command_not_found(command: str) -> CommandNotFound:
+    """The error for a command run inside namespaces that is on no PATH: the package to
+    install if it is one of the tools nsrecipes knows, else to check its name."""
+    package = PACKAGES.get(os.path.basename(command))
+    return CommandNotFound(f"command {command!r} not found",
+                           hint=f"apt-get install {package}" if package
+                           else "check its name: it is looked up on PATH; or give its full path")
 
 
 def exec_in(pid: int | str | None, types: Iterable[NsType | str], argv: Sequence[str], *,
@@ -323,7 +339,7 @@ def exec_in(pid: int | str | None, types: Iterable[NsType | str], argv: Sequence
         default_sigint()
 
     if shutil.which(argv[0]) is None and not os.path.isabs(argv[0]):
-        raise ToolMissing(argv[0], package_for(argv[0]))
+        raise command_not_found(argv[0])
     # A PID namespace is joined by children only: the preexec setns() makes the exec'd
     # command's *children* land in it, so for "pid" we go through one extra fork of our own.
     if pid is not None and any((ns_type(t) if isinstance(t, str) else t).name == "pid" for t in types):
@@ -338,7 +354,7 @@ def exec_in(pid: int | str | None, types: Iterable[NsType | str], argv: Sequence
         raise NsrError(f"cannot enter the namespaces of {pid} to run {argv[0]}: {exc}",
                        hint="is the process still alive? (see `invoke env-ls`)") from None
     except FileNotFoundError:
-        raise ToolMissing(argv[0], package_for(argv[0])) from None
+        raise command_not_found(argv[0]) from None
     return Completed(argv, proc.returncode, (proc.stdout or b"").decode(errors="replace"),
                      (proc.stderr or b"").decode(errors="replace"))
 

@@ -31,7 +31,7 @@ from nsutil import process
 from nsutil import shell as nshell
 from nsutil.backend import Placeholder, Runner, Step
 from nsutil.cgroupfs import Cgroup, Limits
-from nsutil.errors import CommandError, NsrError
+from nsutil.errors import CommandError, InvalidInput, NsrError
 from nsutil.names import PREFIX, scope_id
 
 from recipes.common.leftover import Leftover
@@ -341,9 +341,21 @@ def demo_memory(run: Runner, limit: str | int = "32M") -> dict:
             "oom_kills": kills, "peak": peak, "events": events, "version": cg.version}
 
 
+def bomb_limit(limit: int | str) -> int:
+    """A pids limit the fork bomb shows something with: at least 2 (the child in the cgroup
+    and the bomb's first process), below 2 + its most forks (else nothing is refused)."""
+    maximum = cgroupfs.parse_pids(limit)
+    most = 2 + 2 ** (FORK_BOMB_DEPTH + 1) - 2
+    if not 2 <= maximum < most:
+        raise InvalidInput(f"pids limit {maximum}: the fork bomb demo needs 2 to {most - 1}",
+                           hint=f"below 2 nothing can fork, from {most} up the bomb never "
+                                f"reaches the limit; e.g. --pids 32")
+    return maximum
+
+
 def demo_pids(run: Runner, limit: int | str = 32) -> dict:
     """A bounded fork bomb stops at the pids limit."""
-    maximum = cgroupfs.parse_pids(limit)
+    maximum = bomb_limit(limit)
     run.heading(f"{SECTION}: pids (at most {maximum} processes)")
     cg = create_cgroup(run, f"{PREFIX}-cg-{scope_id()}-pids", ("pids",))
     set_limits(run, cg, Limits(pids=maximum))
@@ -387,6 +399,7 @@ def demo(run: Runner, memory: str = "32M", pids: int | str = 32, cpus: str | flo
          seconds: float = 1.0) -> dict:
     """All three limits, each in its own cgroup; returns what was observed."""
     Limits.parse(memory, pids, cpus)   # bad input fails before anything is made
+    bomb_limit(pids)
     layout = cgroupfs.detect()
     cgroupfs.require(cgroupfs.CONTROLLERS, layout)   # and so does a controller we cannot use
     run.heading(f"{SECTION}: layout {layout.mode} "

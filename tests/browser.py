@@ -59,8 +59,8 @@ document.body.appendChild(out);
 
 def require_chromium() -> None:
     """Skip the calling test when Chromium is not installed (CI installs it)."""
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    from helpers import require_tool
+    require_tool(CHROMIUM, "chromium")
 
 
 def _inline(svg_text: str) -> str:

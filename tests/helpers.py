@@ -35,3 +35,23 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     assert "hint:" in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
     return lines[0]
+
+
+NSR = os.path.join(os.path.dirname(sys.executable), "nsr")
+
+
+def nsr(*args: str, cwd: str = "/", timeout: float = 120,
+        stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    """Run the installed ``nsr ARGS`` from ``cwd`` (default /, far from the checkout)."""
+    return subprocess.run([NSR, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=stdin)
+
+
+def require_tool(path: str, package: str) -> None:
+    """Skip the calling test when ``path`` (a program the suite needs, not nsrecipes) is
+    missing: which package has it, and that ``./bootstrap pytest`` installs it."""
+    import shutil
+    import pytest
+    if not (os.access(path, os.X_OK) if os.path.isabs(path) else shutil.which(path)):
+        pytest.skip(f"{path} is missing: apt-get install {package} (./bootstrap pytest "
+                    "installs it with the suite's other tools)")

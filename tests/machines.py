@@ -21,6 +21,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from helpers import require_tool
 from nsutil import netlink as nl
 from nsutil.names import scope_id
 from recipes.env import Environment
@@ -224,6 +225,7 @@ def _drop_lab_records(c: Cluster) -> None:
 def cluster(count: int, directory: str) -> Iterator[Cluster]:
     """``count`` machines m1..mN with sshd running (see the module docstring); all removed
     at the end, also on failure."""
+    require_tool(SSHD, "openssh-server")
     c = Cluster(scope=scope_id(), dir=str(directory), names=[f"m{i}" for i in range(1, count + 1)])
     os.makedirs("/etc/netns", exist_ok=True)
     with ExitStack() as stack:

@@ -37,7 +37,8 @@ DEADLINE = float(os.environ.get("NSR_LESSON_DEADLINE", "300"))
 PROMPT = "[root@NewNamespace]#"
 HOST = socket.gethostname()
 
-needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is missing: apt-get "
+                                "install tmux (./bootstrap pytest installs it)")
 
 
 # --- a terminal of our own ---------------------------------------------------------------------
@@ -427,12 +428,12 @@ def test_no_terminal_one_line(option, tmp_path, nothing_left):
 
 @pytest.mark.userspace
 def test_lesson_options_where_meaningful():
-    import tasks
     import copy
+    from cli.collection import ns
     # invoke's get_arguments() pops each help text off the task: ask a copy, or a later test
     # (test_every_task_has_help) finds none
     options = {t.name: {a.name: a.help for a in copy.deepcopy(t).get_arguments()}
-               for t in vars(tasks).values() if isinstance(t, tasks.Task)}
+               for t in ns.tasks.values()}
     for name in ("uts_demo", "ipc_demo", "pid_demo", "mount_demo", "net_demo", "net_veth",
                  "user_demo"):
         assert {"shell", "step"} <= set(options[name]), name

@@ -110,7 +110,7 @@ def _task(task, *args, **kw) -> None:
 
 def test_cli_build_check_show_down(tmp_path, capsys):
     """The CLI, shell backend: net-topo --file --check (a real invoke), --show, --down."""
-    from tasks import net_topo
+    from cli.labs import net_topo
     with cluster(2, tmp_path) as c:
         path = _lab(tmp_path, c)
         try:
@@ -456,7 +456,7 @@ def _underlay_port(name: str) -> str:
 def test_env_create_exec_ls_rm_on_a_machine(tmp_path, capsys):
     """env-* --machine: the environment, its record and its removal are machine m2's own
     (env-exec through a real invoke: its ``--`` is read from the command line)."""
-    from tasks import env_create, env_ls, env_rm
+    from cli.envs import env_create, env_ls, env_rm
     with cluster(2, tmp_path) as c:
         path = _lab(tmp_path, c)
         with c.controller():
@@ -492,7 +492,7 @@ def wheelhouse(tmp_path_factory):
 def test_machines_install_then_version_check(tmp_path, wheelhouse, capsys):
     """machines-install puts this checkout's wheel into a new venv on the machine, with the
     dependencies from a wheelhouse (no index), and the version check then passes there."""
-    from tasks import machines_install
+    from cli.machines import machines_install
     venv = tmp_path / "nsr-venv"
     with cluster(1, tmp_path) as c:
         path = _lab(tmp_path, c, '[hosts.h1]\n', venv={"m1": str(venv)})

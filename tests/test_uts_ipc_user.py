@@ -197,17 +197,14 @@ def test_every_task_has_help():
     names = [ln.split()[0] for ln in listing.stdout.splitlines()[1:] if ln.startswith("  ") and ln.split()]
     assert {"uts-demo", "ipc-demo", "user-demo", "doctor", "tour", "cleanup"} <= set(names)
     import copy
-    import tasks
-    from invoke import Task
-    for name in dir(tasks):
-        obj = getattr(tasks, name)
-        if isinstance(obj, Task):
-            assert obj.__doc__, name
-            # get_arguments() pops each help text off the task: ask a copy, or a later test
-            # (test_lesson_options_where_meaningful) finds none
-            params = [p for p in copy.deepcopy(obj).get_arguments() if p.name not in ("c",)]
-            for arg in params:
-                assert arg.help, f"{name} --{arg.name} has no help"
+    from cli.collection import ns
+    for name, obj in ns.tasks.items():
+        assert obj.__doc__, name
+        # get_arguments() pops each help text off the task: ask a copy, or a later test
+        # (test_lesson_options_where_meaningful) finds none
+        params = [p for p in copy.deepcopy(obj).get_arguments() if p.name not in ("c",)]
+        for arg in params:
+            assert arg.help, f"{name} --{arg.name} has no help"
 
 
 @pytest.mark.userspace

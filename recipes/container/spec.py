@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from nsutil.errors import InvalidInput, NotFound, NsrError
+from nsutil.errors import CommandNotFound, InvalidInput, NotFound, NsrError
 from nsutil.limits import Limits, parse_number, parse_pids, parse_tmpfs_size
 from nsutil.names import (PREFIX, check_domainname, check_hostname, check_id,
                           check_name, scope_id)
@@ -28,12 +28,6 @@ TIMEOUT_RANGE = (0.01, 604800)
 #: container paths that nsrecipes mounts itself: no volume or tmpfs may cover them
 RESERVED = ("/", "/proc", "/dev")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class CommandNotFound(NotFound):
-    """The command does not exist in the container's root filesystem (exit status 127)."""
-
-    exit_code = 127
 
 
 class CommandNotExecutable(NsrError):

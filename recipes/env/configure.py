@@ -64,6 +64,11 @@ def record(run: Runner, name: str, types: Sequence[NsType]) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
                 release_lock(name)
                 raise SyscallError.from_oserror(f"record {env_dir(name)!r}", exc) from None
+            except KeyboardInterrupt:     # a Ctrl-C half-way: no half-made directory left
+                if not os.path.lexists(env_dir(name)):
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    release_lock(name)
+                raise
 
     def undo(_argv: list[str] | None = None) -> None:
         remove(Runner(backend=run.backend, out=run.out), name, missing_ok=True)

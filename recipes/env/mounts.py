@@ -9,12 +9,13 @@ step is the system call on both backends, as for ``container-run --volume SRC:DS
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from nsutil import mountattr, process
 from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
-from nsutil.errors import InvalidInput
+from nsutil.errors import InvalidInput, NotFound
 from nsutil.limits import parse_tmpfs_size
 
 from recipes.common.holder import enter_argv, join_types
@@ -44,6 +45,7 @@ def mount_tmpfs(run: Runner, name: str, target: str, size: str | None = None, *,
     size = parse_tmpfs_size(size) if size is not None else None
     st = load(name, run, need="mnt")
     holder = holder_of(st)
+    check_inside(run, name, holder, target, "mount point", directory=True)
     data = f"size={size}" if size else None
     opts = ",".join((["ro"] if readonly else []) + ([data] if data else []))
     argv = ["mount", "-t", "tmpfs"] + (["-o", opts] if opts else []) + ["tmpfs", target]
@@ -65,6 +67,8 @@ def bind_mount(run: Runner, name: str, source: str, target: str, readonly: bool 
         mountattr.require("a read-only recursive bind (env-mount --recursive --readonly)")
     st = load(name, run, need="mnt")
     holder = holder_of(st)
+    check_inside(run, name, holder, source, "mount source")
+    check_inside(run, name, holder, target, "mount point")
     rec = {"type": "bind", "source": source, "target": target, "readonly": readonly,
            "recursive": recursive}
     if recursive:
@@ -74,6 +78,27 @@ def bind_mount(run: Runner, name: str, source: str, target: str, readonly: bool 
     else:
         steps = [_bind_step(name, holder, source, target, readonly)]
     _mount(run, name, steps, rec)
+
+
+def check_inside(run: Runner, name: str, holder: process.Holder, path: str, what: str, *,
+                 directory: bool = False) -> None:
+    """Refuse, before mounting, a ``path`` that does not exist as seen inside the environment
+    (or, ``directory``, is no directory there): looked up in its mount namespace."""
+    if run.explain:
+        return
+    kind = process.call_in(holder.pid, join_types(holder, "mnt"),
+                           lambda: "dir" if os.path.isdir(path) else
+                           "other" if os.path.lexists(path) else None)
+    if kind is None:
+        around = os.path.join(os.path.dirname(path), "*")
+        raise NotFound(f"{what} {path} does not exist inside {name}",
+                       hint="paths are as seen inside the environment; "
+                            + (f"make it first: env-exec {name} -- mkdir -p {path}"
+                               if what == "mount point" else
+                               f"look: env-exec {name} -- ls -d {around}"))
+    if directory and kind != "dir":
+        raise InvalidInput(f"{what} {path} inside {name} is not a directory",
+                           hint="a tmpfs is mounted on a directory")
 
 
 def _bind_step(name: str, holder: process.Holder, source: str, target: str,

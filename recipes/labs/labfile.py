@@ -157,7 +157,7 @@ def _links_table(data: dict, src: Source, names: list[str]) -> list[dict]:
         except InvalidInput as exc:
             bad = next((k for k in spec if repr(str(spec[k])) in str(exc) or k in str(exc)), None)
             line = src.line_of(bad, "links", n) if bad else None
-            raise src.error(str(exc), exc.hint or FORMAT_HINT, line) from None
+            raise src.error(exc.what, exc.hint or FORMAT_HINT, line) from None
     return links
 
 
@@ -231,7 +231,7 @@ def _given_addresses(src: Source, links: list[dict]) -> dict[str, str]:
                 cb = net.check_addr(str(item["b_addr"]), f"link {n} b_addr")
             except InvalidInput as exc:
                 key = "a_addr" if "a_addr" in str(exc) else "b_addr"
-                raise src.error(str(exc), exc.hint or FORMAT_HINT, src.line_of(key, "links", n)) from None
+                raise src.error(exc.what, exc.hint or FORMAT_HINT, src.line_of(key, "links", n)) from None
             if ipaddress.ip_interface(ca).network != ipaddress.ip_interface(cb).network:
                 raise src.error(f"link {n} ({a}-{b}): {ca} and {cb} are in different subnets",
                                 "put both ends in one subnet", src.line_of("b_addr", "links", n))

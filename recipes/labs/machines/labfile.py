@@ -77,7 +77,7 @@ def _machine(name: str, spec: object, err) -> dict:
     try:
         user, host, port = parse_ssh(spec["ssh"], f"machine {name}")
     except InvalidInput as exc:
-        raise err(str(exc), exc.hint, "ssh") from None
+        raise err(exc.what, exc.hint, "ssh") from None
     try:
         underlay = str(ipaddress.ip_address(str(spec["underlay"])))
     except ValueError:

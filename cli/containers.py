@@ -1,0 +1,68 @@
+"""Container tasks: container-run and rootfs-busybox."""
+from __future__ import annotations
+
+from invoke import Exit
+
+from cli.common import command_argv, make_runner, nsr_task
+
+
+@nsr_task(help={"rootfs": "root filesystem directory (default: a cached busybox rootfs, "
+                          "built on first use)",
+                "memory": "memory limit, e.g. 64M (no limit by default)",
+                "pids": "most processes the container may have, PID 1 and the command "
+                        "included, e.g. 64 (at least 2; max: no limit)",
+                "cpus": "CPU quota in CPUs, e.g. 0.5",
+                "hostname": "hostname inside (default: the container's name)",
+                "domainname": "NIS domain name inside (its own UTS namespace)",
+                "net": "give the container its own network namespace (only lo, up)",
+                "rm": "remove the container's directory and cgroup when it exits "
+                      "(default; --no-rm keeps the directory with what it wrote)",
+                "name": "container name, nsr-c-... (default: random)",
+                "timeout": "kill the container after SECONDS (e.g. 10 or 0.5); exit status 137",
+                "volume": "SRC:DST[:ro] bind the host's SRC, with its submounts, on DST; ro: "
+                          "all of it read-only (Linux 5.12+); repeatable",
+                "tmpfs": "DST[:size=64m,mode=1777,ro] an empty tmpfs on DST; repeatable",
+                "read_only": "mount the rootfs read-only (writes fail with EROFS; volumes, "
+                             "tmpfs, /dev keep their own)",
+                "env": "KEY=VALUE in the command's environment; repeatable",
+                "workdir": "the command's working directory (made if missing)",
+                "user": "UID[:GID] the command runs as (gid: from the rootfs's /etc/passwd, "
+                        "else the uid); no supplementary groups"},
+          iterable=["volume", "tmpfs", "env"])
+def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=None, net=False,
+                  rm=True, name=None, timeout=None, volume=None, tmpfs=None, read_only=False,
+                  domainname=None, env=None, workdir=None, user=None, backend=None,
+                  explain=False):
+    """Run a command in a container: invoke container-run [OPTIONS] -- CMD ARGS...
+
+    New mount, UTS, IPC, PID and cgroup namespaces (and network with --net), a cgroup with
+    the limits, an overlay over the rootfs, pivot_root with the old root detached, /proc and
+    a minimal /dev. PID 1 reaps zombies and forwards signals; the exit status is the
+    command's (128+N for signal N; 127 if it is not in the rootfs; 137 past --timeout).
+    """
+    from recipes import container
+    from nsutil.errors import require_root
+    argv = command_argv("container-run", "[OPTIONS]")
+    if not explain:
+        require_root("container-run")
+    with make_runner(backend, explain) as run:
+        code = container.run_container(
+            run, argv, rootfs=rootfs, memory=memory, pids=pids, cpus=cpus, hostname=hostname,
+            net=net, rm=rm, name=name, timeout=timeout, volumes=volume or (), tmpfs=tmpfs or (),
+            read_only=read_only, domainname=domainname, env=env or (), workdir=workdir,
+            user=user)
+    if code:
+        raise Exit(code=code)
+
+
+@nsr_task(help={"directory": "where to build it (a new or empty directory)"})
+def rootfs_busybox(c, directory, backend=None, explain=False):
+    """Build a busybox root filesystem in DIRECTORY (static busybox + applet links + /etc)."""
+    from recipes.container import rootfs
+    from nsutil.errors import require_root
+    if not explain:
+        require_root("rootfs-busybox")
+    with make_runner(backend, explain, keep=True) as run:
+        path = rootfs.build(run, directory)
+        run.say(f"built {path}: try `invoke container-run --rootfs {path} -- sh`")
+

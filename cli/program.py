@@ -1,0 +1,156 @@
+"""The ``nsr`` command (``nsr TASK [OPTIONS]``, from any directory once installed), and what
+it shares with ``invoke TASK`` in the checkout: the same collection, ``TASK ARG --help`` shown
+as the task's help, a command line invoke cannot parse told in one line with a hint, and a
+reader that stops early (``| head``) ending the output quietly."""
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import sys
+
+from invoke import Collection, Exit, ParseError, Program
+from invoke.parser import Parser
+
+from cli.collection import ns
+
+#: the tasks that run a command given after ``--``
+COMMAND_TASKS = frozenset({"env-exec", "net-exec", "container-run"})
+
+
+def help_argv(argv: list[str], names: set[str]) -> list[str] | None:
+    """``PROG TASK ARG --help`` -> ``PROG --help TASK``; None if there is nothing to route.
+
+    Invoke would take ``--help`` as the value of a task's positional argument (``env-rm
+    --help`` would try to remove an environment called "--help"); route it to the help.
+    """
+    args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    given = [i for i, a in enumerate(args) if a.replace("_", "-") in names]
+    if given and any(a in ("--help", "-h") for a in args[given[0] + 1:]):
+        return [argv[0], *args[:given[0]], "--help", args[given[0]]]
+    return None
+
+
+def parse_mistake(exc: ParseError, argv: list[str], binary: str) -> str:
+    """One line with a hint for what invoke's parser refused (it says only "No idea what
+    'true' is!")."""
+    from nsutil.errors import InvalidInput
+    task = getattr(getattr(exc, "context", None), "name", None)
+    unknown = re.fullmatch(r"No idea what '(.*)' is!", str(exc))
+    words = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    if unknown and task in COMMAND_TASKS and unknown.group(1) in words:
+        at = len(words) - 1 - words[::-1].index(unknown.group(1))
+        fixed = " ".join([binary, *words[:at], "--", *words[at:]])
+        error = InvalidInput(f"{task}: {unknown.group(1)!r} is none of its options",
+                             hint=f"the command goes after --: {fixed}")
+    elif unknown:
+        error = InvalidInput(f"{task + ': ' if task else ''}no idea what "
+                             f"{unknown.group(1)!r} is",
+                             hint=f"{binary} --help {task} lists its options" if task
+                             else f"{binary} --list lists the tasks")
+    else:
+        missing = re.fullmatch(r"'.*' did not receive required positional arguments: (.*)",
+                               str(exc))
+        novalue = re.fullmatch(r"Flag <Argument: ([^ >(]+).*> needed value and was not "
+                               r"given one!", str(exc))
+        what = (f"missing {missing.group(1)}" if missing
+                else f"--{novalue.group(1).replace('_', '-')} needs a value" if novalue
+                else str(exc).rstrip("!"))
+        error = InvalidInput(f"{task + ': ' if task else ''}{what}",
+                             hint=f"{binary} --help {task or ''}".rstrip() + " shows the usage")
+    return f"nsrecipes: {error}"
+
+
+def check_argv(argv: list[str], program: Program, collection: Collection,
+               binary: str) -> None:
+    """Parse ``argv`` in the two passes ``program`` makes (its core options, then the tasks);
+    raise Exit with one line and a hint (exit status 2) if it cannot be parsed."""
+    import copy
+    from nsutil.errors import InvalidInput
+    # a copy: to_contexts() pops each option's help text off its task
+    contexts = copy.deepcopy(collection).to_contexts()
+    try:
+        core = Parser(initial=program.initial_context, ignore_unknown=True).parse_argv(argv[1:])
+        Parser(initial=program.initial_context, contexts=contexts).parse_argv(core.unparsed)
+    except ParseError as exc:
+        raise Exit(parse_mistake(exc, argv, binary), code=InvalidInput.exit_code) from None
+
+
+def _stdout_to_devnull() -> None:
+    """Point fd 1 at /dev/null: what is still buffered for a reader that has gone is dropped."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
+
+
+def quiet_broken_pipe() -> None:
+    """A reader that stops early (``nsr TASK --help | head``) ends the output quietly, as
+    coreutils do: no BrokenPipeError traceback, from a print or from the last flush."""
+    previous = sys.excepthook
+
+    def on_uncaught(kind, exc, tb) -> None:
+        if not issubclass(kind, BrokenPipeError):
+            previous(kind, exc, tb)
+            return
+        _stdout_to_devnull()
+        os._exit(141)           # 128 + SIGPIPE, the status `yes | head` leaves
+
+    def flush_at_exit() -> None:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_to_devnull()
+
+    sys.excepthook = on_uncaught
+    atexit.register(flush_at_exit)
+
+
+def task_names(collection: Collection) -> set[str]:
+    """The names a user types for the tasks of ``collection`` (env-rm, not env_rm)."""
+    return set(collection.task_names)
+
+
+class NsrProgram(Program):
+    """Invoke's Program with nsrecipes' collection bundled: ``nsr TASK [OPTIONS]``."""
+
+    def run(self, argv: list[str] | None = None, exit: bool = True) -> None:
+        """Route ``TASK ARG --help`` to the task's help, then run as Invoke's Program does."""
+        argv = list(sys.argv if argv is None else argv)
+        super().run(help_argv(argv, task_names(self.namespace)) or argv, exit)
+
+    def parse_tasks(self) -> None:
+        """Invoke's parsing, with what it refuses told in one line and a hint."""
+        try:
+            super().parse_tasks()
+        except ParseError as exc:
+            from nsutil.errors import InvalidInput
+            raise Exit(parse_mistake(exc, self.argv, self.binary),
+                       code=InvalidInput.exit_code) from None
+
+    def print_version(self) -> None:
+        """``nsr --version``: nsrecipes and the version installed."""
+        from recipes.labs.machines.wire import version
+        print(f"nsrecipes {version()}")
+
+
+program = NsrProgram(namespace=ns, name="nsrecipes", binary="nsr", binary_names=["nsr"])
+
+
+def main() -> None:
+    """The ``nsr`` console script."""
+    quiet_broken_pipe()
+    program.run()
+
+
+def invoke_in_checkout(argv: list[str]) -> None:
+    """What tasks.py does when ``invoke`` (the checkout's command) loads it: the same help
+    routing, one-line parse mistakes and quiet broken pipe as ``nsr``."""
+    if not argv or not os.path.basename(argv[0]).startswith("inv"):
+        return
+    quiet_broken_pipe()
+    if any(a in ("--complete", "--print-completion-script") for a in argv):
+        return
+    routed = help_argv(argv, task_names(ns))
+    if routed:
+        os.execv(argv[0], routed)
+    check_argv(argv, Program(), ns, "invoke")
