@@ -12,6 +12,8 @@ import os
 import shlex
 from typing import Sequence
 
+from . import layers
+
 #: errno -> what a user should usually do about it.
 HINTS: dict[int, str] = {
     _errno.EPERM: "run as root",
@@ -67,8 +69,10 @@ FULL_FILESYSTEM = "its filesystem is full (no space or no inode left): see df -h
 
 
 def eperm_hint() -> str:
-    """"run as root" -- and, for an unprivileged caller on a host whose AppArmor restricts
-    unprivileged user namespaces (Ubuntu 23.10+), say so."""
+    """What to do about an EPERM. Unprivileged: "run as root" (and, on a host whose AppArmor
+    restricts unprivileged user namespaces (Ubuntu 23.10+), say so). As root: the layer that
+    refuses (:func:`nsutil.layers.diagnose`: a seccomp filter, a missing CAP_SYS_ADMIN, uid 0
+    of a user namespace, an LSM) and its fix; "run as root" only where none is seen."""
     if os.geteuid() != 0:
         try:
             with open("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") as f:
@@ -77,7 +81,11 @@ def eperm_hint() -> str:
                             "(kernel.apparmor_restrict_unprivileged_userns=1)")
         except OSError:
             pass
-    return HINTS[_errno.EPERM]
+        return HINTS[_errno.EPERM]
+    refusal = layers.diagnose()
+    if refusal is not None:
+        return f"{refusal}; {refusal.fix}"
+    return layers.user_namespace_hint() or HINTS[_errno.EPERM]
 
 
 class SyscallError(NsrError):
@@ -113,7 +121,7 @@ class CommandError(NsrError):
         if hint is None:
             low = first.lower()
             if "permission denied" in low or "operation not permitted" in low:
-                hint = HINTS[_errno.EPERM]
+                hint = eperm_hint()
             elif "file exists" in low:
                 hint = HINTS[_errno.EEXIST]
             elif "no such file" in low or "cannot find device" in low:
@@ -153,7 +161,21 @@ class NotFound(NsrError):
     """The named object (environment, namespace, link, ...) does not exist."""
 
 
+class Refused(NsrError):
+    """Root, but a layer between this process and the kernel refuses namespaces: a seccomp
+    filter, a missing CAP_SYS_ADMIN (a container that is not privileged), an LSM."""
+
+    def __init__(self, what: str, refusal: "layers.Refusal"):
+        self.layers = list(refusal.layers)
+        super().__init__(f"{what}: namespaces are {refusal}", hint=refusal.fix)
+
+
 def require_root(what: str) -> None:
-    """Raise :class:`NotRoot` unless the effective uid is 0."""
+    """Raise :class:`NotRoot` unless the effective uid is 0, and :class:`Refused` if a layer
+    refuses this process the namespaces (tried in a child, see :func:`layers.diagnose`)
+    before anything is made."""
     if os.geteuid() != 0:
         raise NotRoot(what)
+    refusal = layers.diagnose()
+    if refusal is not None:
+        raise Refused(what, refusal)

@@ -1,0 +1,152 @@
+"""A container that is not privileged: every task refuses in one line that names the layer.
+
+No mocks: a real seccomp filter (tests/seccomp_exec.py, libseccomp through Debian's
+python3-seccomp, loaded before the CLI is exec'd: Docker's default profile as far as
+namespaces go), a real dropped capability (setpriv takes CAP_SYS_ADMIN out of the bounding
+and inheritable sets, so root's exec gets it in no set) and a real user namespace (unshare
+--user --map-root-user: uid 0 that is not the host's root).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+
+import pytest
+
+import helpers
+import leakcheck
+from nsutil import errors, process
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+#: Docker's default: a filter, and no CAP_SYS_ADMIN
+SECCOMP = [SYSTEM_PYTHON, os.path.join(HERE, "seccomp_exec.py"), "--"]
+SECCOMP_BUT_UNSHARE = [SYSTEM_PYTHON, os.path.join(HERE, "seccomp_exec.py"), "--allow-unshare",
+                       "--"]
+NO_SYS_ADMIN = ["setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin", "--"]
+MAPPED_ROOT = ["unshare", "--user", "--map-root-user", "--"]
+
+#: every task that needs root, with the arguments it needs to get that far
+TASKS = [["pid-demo"], ["uts-demo"], ["ipc-demo"], ["mount-demo"], ["api-demo"], ["net-demo"],
+         ["cgroupns-demo"], ["time-demo"], ["cgroup-demo"], ["cow-demo"], ["tour"],
+         ["net-veth"], ["net-topo"], ["env-create", "nsr-refused"], ["env-ls"],
+         ["env-exec", "nsr-refused", "--", "true"], ["container-run", "--", "true"],
+         ["rootfs-busybox", "/tmp/nsr-refused-rootfs"], ["cleanup", "--dry-run"]]
+
+SECCOMP_FIX = "--security-opt seccomp=unconfined"
+
+
+@pytest.fixture(autouse=True)
+def _root_with_seccomp():
+    if os.geteuid() != 0:
+        pytest.skip("the layers refuse root here; unprivileged users get `run as root`")
+    done = subprocess.run([SYSTEM_PYTHON, "-c", "import seccomp"], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("needs Debian's python3-seccomp for /usr/bin/python3 (apt-get install "
+                    "python3-seccomp)")
+
+
+def _left_since(before: dict[str, set[str]]) -> dict[str, set[str]]:
+    return leakcheck.new_since(before, leakcheck.snapshot())
+
+
+def _refused(args: list[str], prefix: list[str], backend: str) -> str:
+    """Run the task under ``prefix``: it must print nothing, fail with one line on stderr,
+    and that line is returned."""
+    proc = helpers.cli(*args, prefix=prefix, env={"NSR_BACKEND": backend})
+    line = helpers.one_line_error(proc)
+    assert proc.stdout == "", (args, proc.stdout)
+    assert line.startswith("nsrecipes: "), line
+    return line
+
+
+def test_docker_default_refuses_every_task_naming_both_layers(backend):
+    """A filter and no CAP_SYS_ADMIN: both layers and the one fix that opens both."""
+    before = leakcheck.snapshot()
+    for args in TASKS:
+        line = _refused(args, SECCOMP + NO_SYS_ADMIN, backend)
+        assert "are refused by seccomp (Seccomp: 2, a filter answers unshare, setns, mount, " \
+               "umount2, clone with namespace flags: EPERM; clone3: ENOSYS) and capabilities " \
+               "(no CAP_SYS_ADMIN, not even in the bounding set)" in line, line
+        assert line.endswith("(hint: start the container with --privileged, or --cap-add "
+                             "SYS_ADMIN --security-opt seccomp=unconfined)"), line
+    assert not os.path.exists("/tmp/nsr-refused-rootfs")
+    assert _left_since(before) == {}
+
+
+def test_each_layer_alone_is_named_with_its_own_fix(backend):
+    """The filter alone, the filter that lets unshare through (mount still refused), and the
+    capability alone: each names only the layer that refused."""
+    before = leakcheck.snapshot()
+    line = _refused(["pid-demo"], SECCOMP, backend)
+    assert line == ("nsrecipes: pid-demo: namespaces are refused by seccomp (Seccomp: 2, a "
+                    "filter answers unshare, setns, mount, umount2, clone with namespace flags: "
+                    f"EPERM; clone3: ENOSYS) (hint: start the container with {SECCOMP_FIX}, or "
+                    "--privileged)"), line
+    line = _refused(["mount-demo"], SECCOMP_BUT_UNSHARE, backend)
+    assert "refused by seccomp (Seccomp: 2, a filter answers setns, mount, umount2," in line
+    assert "capabilities" not in line and SECCOMP_FIX in line
+    line = _refused(["pid-demo"], NO_SYS_ADMIN, backend)
+    assert line == ("nsrecipes: pid-demo: namespaces are refused by capabilities (no "
+                    "CAP_SYS_ADMIN, not even in the bounding set) (hint: start the container "
+                    "with --cap-add SYS_ADMIN, or --privileged)"), line
+    assert _left_since(before) == {}
+
+
+def _drop_effective(cap: int) -> None:
+    """capset(2): take ``cap`` out of this process's effective set only (permitted and
+    bounding keep it: a process may raise it again)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)            # _LINUX_CAPABILITY_VERSION_3
+    data = (ctypes.c_uint32 * 6)()                           # {effective, permitted, inheritable} x2
+    assert libc.capget(header, data) == 0, ctypes.get_errno()
+    data[0 + 3 * (cap // 32)] &= ~(1 << cap % 32)
+    assert libc.capset(header, data) == 0, ctypes.get_errno()
+
+
+def test_a_dropped_effective_capability_is_told_apart():
+    """CAP_SYS_ADMIN still permitted and in the bounding set, only not effective (what a
+    program that lowers its own privileges does): that, and not a container, is named."""
+    def inside() -> str:
+        _drop_effective(21)                                  # CAP_SYS_ADMIN
+        try:
+            errors.require_root("pid-demo")
+        except errors.Refused as exc:
+            return str(exc)
+        return "not refused"
+
+    text = process.fork_call(inside, "capability test")
+    assert text == ("pid-demo: namespaces are refused by capabilities (CAP_SYS_ADMIN is not "
+                    "effective, though in the bounding set) (hint: run it with CAP_SYS_ADMIN "
+                    "effective: it is still in the bounding set, so this process or its "
+                    "starter dropped it (setpriv, capsh, a program lowering its privileges))"), text
+
+
+def test_root_of_a_user_namespace_is_seen_as_such(backend):
+    """uid 0 mapped from the host's root, as LXD or rootless podman give: pid-demo works
+    (its namespaces are the user namespace's own), net-demo fails at /run/netns, a mount of
+    the host's, and the hint says whose root this is. Nothing is left."""
+    before = leakcheck.snapshot()
+    ok = helpers.cli("pid-demo", prefix=MAPPED_ROOT, env={"NSR_BACKEND": backend})
+    assert ok.returncode == 0, ok.stderr
+    failed = helpers.cli("net-demo", prefix=MAPPED_ROOT, env={"NSR_BACKEND": backend})
+    line = helpers.one_line_error(failed)
+    assert "EPERM" in line or "Operation not permitted" in line, line
+    assert "(hint: uid 0 here is root of a user namespace, not the host's (user:[" in line, line
+    assert "uid_map 0 0 1: uid 0 here is uid 0 one level up)" in line, line
+    assert "run as root" not in line
+    assert _left_since(before) == {}
+
+
+def test_a_syscall_error_under_a_filter_names_it():
+    """The library path, without the CLI: a SyscallError's hint is the diagnosis too."""
+    code = ("from nsutil import syscalls as sc\nfrom nsutil.errors import SyscallError\n"
+            "try:\n    sc.unshare(sc.CLONE_NEWUTS)\n"
+            "except SyscallError as exc:\n    print(exc)\n")
+    proc = subprocess.run(SECCOMP + [f"{helpers.ROOT}/.venv/bin/python", "-c", code],
+                          cwd=helpers.ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.startswith("unshare(CLONE_NEWUTS): EPERM (hint: refused by seccomp "
+                                  "(Seccomp: 2, a filter answers unshare,"), proc.stdout
+    assert proc.stdout.rstrip().endswith(f"{SECCOMP_FIX}, or --privileged)"), proc.stdout
