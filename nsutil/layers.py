@@ -267,6 +267,12 @@ def filtered_calls() -> dict[str, str]:
     return out
 
 
+def blocks_namespaces(refused: dict[str, str]) -> bool:
+    """True if a filter that answers ``refused`` (:func:`filtered_calls`) keeps namespaces
+    from being made: any call but clone3 alone (glibc falls back to clone for it)."""
+    return bool(set(refused) - {"clone3"})
+
+
 def try_unshare(flags: int = ROOT_NAMESPACES) -> int | str:
     """unshare(``flags``) for real, in a child: 0 if the kernel made them, else the errno."""
     return in_child(lambda: _errno_of(_LIBC.unshare(flags)))
@@ -317,11 +323,11 @@ def diagnose(attempt: int | str | None = None) -> Refusal | None:
     if attempt is None:
         attempt = try_unshare()
     refused = filtered_calls()
-    if attempt not in (errno.EPERM, errno.EACCES) and not refused:
+    if attempt not in (errno.EPERM, errno.EACCES) and not blocks_namespaces(refused):
         return None     # made (or refused for another reason, a limit): no layer refuses
     why: dict[str, str] = {}
     fix = []
-    if refused:
+    if blocks_namespaces(refused):
         why["seccomp"] = f"Seccomp: 2, a filter answers {_filter_words(refused)}"
         fix.append(FIX_SECCOMP)
     if not sys_admin:

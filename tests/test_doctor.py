@@ -123,7 +123,7 @@ def test_modules_agree_with_sysfs_and_the_config_and_load_nothing():
     checks = _by_name(doctor.check_modules())
     assert _loaded_modules() == before                   # modprobe -n only: nothing loaded
     for name, symbol, _users in doctor.MODULES:
-        line = checks[f"module {name}"]
+        line = checks["netem" if name == "sch_netem" else f"module {name}"]
         assert line.hint
         config = doctor.kernel_config(symbol)
         if os.path.exists(f"/sys/module/{name}/initstate"):
@@ -144,13 +144,17 @@ def test_cli_prints_the_host_lines_with_hints():
     lines = proc.stdout.splitlines()
     for name in ("root mount propagation", "overlay upper in state dir",
                  "overlay upper in scratch dir", "overlay lower in cache dir", "module veth",
-                 "module bridge", "module overlay", "module sch_netem",
-                 "apparmor_restrict_unprivileged_userns"):
+                 "module bridge", "module overlay", "netem",
+                 "apparmor_restrict_unprivileged_userns", "root", "capabilities", "seccomp",
+                 "LSM", "own PID namespace", "/proc/sys", "mount in a new namespace",
+                 "unprivileged user namespace", "cgroup delegation",
+                 "overlay in a user namespace"):
         assert any(ln.startswith(name + " ") for ln in lines), (name, proc.stdout)
     for i, ln in enumerate(lines[1:], 1):
-        if ln.split() and ln.split()[0] != "hint:" and any(
+        if ln.split() and ln.split()[0] not in ("blocks:", "fix:") and any(
                 s in ln.split()[1:4] for s in ("warn", "MISSING")):
-            assert lines[i + 1].strip().startswith("hint: "), ln
+            assert lines[i + 1].strip().startswith("blocks: "), ln
+            assert lines[i + 2].strip().startswith("fix: "), ln
 
 
 def _path_without(tool: str, directory: str) -> str:
@@ -179,7 +183,7 @@ def test_a_tool_missing_from_path_is_reported_missing_and_fails(tmp_path):
     assert "tool nsenter" not in whole.stderr
     without = helpers.cli("doctor", env={"PATH": _path_without("nsenter", str(tmp_path / "no"))})
     assert _row(without.stdout, "tool nsenter") == ["MISSING", "missing"], without.stdout
-    assert "hint: apt-get install util-linux" in without.stdout
+    assert "fix: apt-get install util-linux" in without.stdout
     assert without.returncode == 1
-    missing = without.stderr.split("missing ", 1)[1].split(" (hint:")[0].split(", ")
+    missing = without.stderr.split("blocked by ", 1)[1].split(" (hint:")[0].split(", ")
     assert "tool nsenter" in missing, without.stderr
