@@ -81,19 +81,23 @@ def check_userns_limits() -> list[Check]:
     """max_user_namespaces, Debian's unprivileged_userns_clone, AppArmor's restriction."""
     out = []
     limit = _read("/proc/sys/user/max_user_namespaces")
+    unprivileged = "user-demo run without root; rootless container tools (root is unaffected)"
     out.append(Check("user.max_user_namespaces", limit not in (None, "0"), f"{limit}",
-                     "sysctl -w user.max_user_namespaces=15000"))
+                     "sysctl -w user.max_user_namespaces=15000", layer="user namespaces",
+                     blocks="every user namespace, root's too: user-demo (the tour), "
+                            "--ns user of envs"))
     clone = _read("/proc/sys/kernel/unprivileged_userns_clone")
     if clone is not None:
         out.append(Check("kernel.unprivileged_userns_clone", clone == "1", clone,
                          "sysctl -w kernel.unprivileged_userns_clone=1 (only unprivileged "
-                         "user-demo needs it)", required=False))
+                         "user-demo needs it)", required=False, layer="user namespaces",
+                         blocks=unprivileged))
     apparmor = _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
     if apparmor is not None:
         out.append(Check("apparmor_restrict_unprivileged_userns", apparmor == "0", apparmor,
                          "unprivileged user namespaces are restricted by AppArmor; root is "
                          "unaffected (sysctl -w kernel.apparmor_restrict_unprivileged_userns=0)",
-                         required=False))
+                         required=False, layer="user namespaces", blocks=unprivileged))
     else:
         enabled = _read("/sys/module/apparmor/parameters/enabled")
         out.append(Check("apparmor_restrict_unprivileged_userns", True,
@@ -101,7 +105,7 @@ def check_userns_limits() -> list[Check]:
                                                  else " (no AppArmor)"),
                          "Ubuntu 23.10+ has it set to 1: unprivileged user-demo then needs "
                          "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0; root is "
-                         "unaffected", required=False))
+                         "unaffected", required=False, layer="user namespaces"))
     return out
 
 
@@ -314,7 +318,6 @@ def run_checks() -> list[Check]:
     mount_problem = probes.mount_in_new_namespace()
     refused = layers.filtered_calls()
     refusal = layers.diagnose()
-    userns_blocks = "user-demo run without root (root is unaffected)"
     return (
         [lc.check_identity(), check_python(), lc.check_capabilities(), lc.check_seccomp(refused),
          lc.check_lsm(mount_problem, refused)]
@@ -322,7 +325,7 @@ def run_checks() -> list[Check]:
         + check_namespaces(refusal)
         + [lc.check_mount(mount_problem, refusal)]
         + _in_layer("mounts", [check_propagation()])
-        + _in_layer("user namespaces", check_userns_limits(), userns_blocks)
+        + check_userns_limits()
         + [lc.check_unprivileged_userns(refusal)]
         + _in_layer("cgroups", check_cgroups(),
                     "cgroup-demo, container-run --memory/--pids/--cpus")
