@@ -278,19 +278,55 @@ def try_unshare(flags: int = ROOT_NAMESPACES) -> int | str:
     return in_child(lambda: _errno_of(_LIBC.unshare(flags)))
 
 
+def try_each(flags: list[int]) -> list[int | str]:
+    """unshare(f) for each of ``flags`` in turn, all in one child (a fork costs much more
+    than an unshare, in an emulated VM a second or so): the errno of each, 0 where the
+    kernel made it. Put CLONE_NEWUSER last: in a user namespace of its own the child would
+    hold every capability over the namespaces it makes next."""
+    r, w = os.pipe()
+
+    def child() -> int:
+        os.close(r)
+        for f in flags:
+            os.write(w, bytes([_errno_of(_LIBC.unshare(f)) & 0xFF]))
+        return 0
+
+    try:
+        status = in_child(child)
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb") as f:
+        got: list[int | str] = list(f.read())
+    return got + [status if isinstance(status, str) else "no answer"] * (len(flags) - len(got))
+
+
 # --- the diagnosis ---------------------------------------------------------------------------
 
 @dataclass
 class Refusal:
-    """The layers that refuse namespaces here (each with why), and what to do about it."""
+    """The layers that refuse namespaces here: why each does, and each one's fix."""
 
     why: dict[str, str]
-    fix: str
+    fixes: dict[str, str]
 
     @property
     def layers(self) -> list[str]:
         """The refusing layers, in the order the kernel asks them."""
         return list(self.why)
+
+    @property
+    def fix(self) -> str:
+        """What to do, in one sentence (one option opens both seccomp and capabilities)."""
+        fixes = list(self.fixes.values())
+        if fixes[:2] == [FIX_SECCOMP, FIX_CAPS]:
+            fixes[:2] = [FIX_BOTH]
+        return "; ".join(fixes)
+
+    def without(self, layer: str) -> "Refusal | None":
+        """The refusal for a call ``layer`` does not judge (capabilities: a user namespace
+        needs none), or None if no other layer refuses."""
+        why = {k: v for k, v in self.why.items() if k != layer}
+        return Refusal(why, {k: v for k, v in self.fixes.items() if k != layer}) if why else None
 
     def __str__(self) -> str:
         return "refused by " + " and ".join(f"{layer} ({why})" for layer, why in self.why.items())
@@ -311,38 +347,38 @@ def _caps_words() -> tuple[str, str]:
     return "no CAP_SYS_ADMIN, not even in the bounding set", FIX_CAPS
 
 
-def diagnose(attempt: int | str | None = None) -> Refusal | None:
+def diagnose(attempt: int | str | None = None,
+             refused: dict[str, str] | None = None) -> Refusal | None:
     """Which layer refuses this process the namespaces a recipe run as root makes; None if
-    none does. ``attempt`` is the errno of an unshare already tried (else it is tried here,
-    in a child). Where every fact is clean (no filter, CAP_SYS_ADMIN effective, the host's
-    user namespace) nothing is forked: nothing of those layers can refuse."""
+    none does. ``attempt`` is the errno of an unshare already tried, ``refused`` what
+    :func:`filtered_calls` found (else each is tried here, in children). Where every fact is
+    clean (no filter, CAP_SYS_ADMIN effective, the host's user namespace) nothing is
+    forked: nothing of those layers can refuse."""
     userns = user_namespace()
     sys_admin = has_cap("cap_sys_admin")
     if seccomp_mode() == 0 and sys_admin and userns.initial:
         return None
     if attempt is None:
         attempt = try_unshare()
-    refused = filtered_calls()
+    if refused is None:
+        refused = filtered_calls()
     if attempt not in (errno.EPERM, errno.EACCES) and not blocks_namespaces(refused):
         return None     # made (or refused for another reason, a limit): no layer refuses
     why: dict[str, str] = {}
-    fix = []
+    fixes: dict[str, str] = {}
     if blocks_namespaces(refused):
         why["seccomp"] = f"Seccomp: 2, a filter answers {_filter_words(refused)}"
-        fix.append(FIX_SECCOMP)
+        fixes["seccomp"] = FIX_SECCOMP
     if not sys_admin:
-        why["capabilities"], caps_fix = _caps_words()
-        fix.append(caps_fix)
+        why["capabilities"], fixes["capabilities"] = _caps_words()
     if not userns.initial:
         why["the user namespace"] = f"uid {os.geteuid()} here is root of {userns.describe()}"
-        fix.append(FIX_USERNS)
+        fixes["the user namespace"] = FIX_USERNS
     if not why:
         why["an LSM"] = (f"unshare: {errno_name(attempt)} with CAP_SYS_ADMIN and no filter; "
                          f"LSMs: {','.join(lsms() or []) or 'unknown'}")
-        fix.append(FIX_LSM)
-    if fix == [FIX_SECCOMP, FIX_CAPS]:
-        fix = [FIX_BOTH]
-    return Refusal(why, "; ".join(fix))
+        fixes["an LSM"] = FIX_LSM
+    return Refusal(why, fixes)
 
 
 def user_namespace_hint() -> str | None:

@@ -44,13 +44,18 @@ NS_CONFIG = {"user": "CONFIG_USER_NS", "cgroup": "CONFIG_CGROUPS", "ipc": "CONFI
 
 
 def check_namespaces(refusal: layers.Refusal | None = None) -> list[Check]:
-    """Each of the eight namespace types: present in /proc/self/ns, and made for real in a
-    child (as root unshare(CLONE_NEW*); unprivileged, together with a user namespace of its
-    own, as the kernel allows). The document's six and cgroup (Linux 4.6, 2016: every kernel
+    """Each of the eight namespace types: present in /proc/self/ns, and made for real, one
+    after another in one child (unprivileged: inside a user namespace it makes first, as the
+    kernel allows). The document's six and cgroup (Linux 4.6, 2016: every kernel
     the recipes meet) are required; time (Linux 5.6, 2020) is optional: only time-demo needs
     it, and it names the running kernel."""
     out = []
-    extra = 0 if os.geteuid() == 0 else syscalls.CLONE_NEWUSER
+    root = os.geteuid() == 0
+    present = [t for t in NS_TYPES.values() if os.path.exists(f"/proc/self/ns/{t.proc}")]
+    # root: the user namespace last (inside one, the child could make all the others);
+    # unprivileged: first, and the others inside it, as the kernel allows
+    order = sorted(present, key=lambda t: (t.name == "user") == root)
+    tried = dict(zip([t.name for t in order], layers.try_each([t.flag for t in order])))
     for t in NS_TYPES.values():
         flag = syscalls.FLAG_NAMES[t.flag]
         detail = f"{flag}: {t.isolates}"
@@ -58,17 +63,17 @@ def check_namespaces(refusal: layers.Refusal | None = None) -> list[Check]:
             detail += f" (Linux {t.since}+, beyond the document)"
         if t.name == "time":
             detail += f"; this kernel: {platform.release()}"
-        present = os.path.exists(f"/proc/self/ns/{t.proc}")
-        made = layers.try_unshare(t.flag | extra) if present else None
+        made = tried.get(t.name)
         hint = (f"Linux {t.since} or newer" if t.since else "a kernel") + \
             f" built with {NS_CONFIG[t.name]}"
         if made is None:
             detail += "; not in /proc/self/ns"
         elif made == 0:
-            detail += "; made in a child"
+            detail += "; made in a child" + ("" if root or t.name == "user" else
+                                             ", inside a user namespace of its own")
         else:
             why, hint = lc.because(f"unshare in a child: {layers.errno_name(made)}", refusal,
-                                   "see the LSM row")
+                                   "see the LSM row", needs_caps=root and t.name != "user")
             detail += f"; {why}"
         out.append(Check(f"namespace {t.name}", made == 0, detail, hint,
                          required=t.name != "time", layer="namespaces",
@@ -317,7 +322,7 @@ def run_checks() -> list[Check]:
     the kernel first (in the order the kernel asks them), then what the recipes use."""
     mount_problem = probes.mount_in_new_namespace()
     refused = layers.filtered_calls()
-    refusal = layers.diagnose()
+    refusal = layers.diagnose(refused=refused)
     return (
         [lc.check_identity(), check_python(), lc.check_capabilities(), lc.check_seccomp(refused),
          lc.check_lsm(mount_problem, refused)]

@@ -48,10 +48,14 @@ CAPS_USED = {
 CAPS_REQUIRED = ("cap_sys_admin", "cap_net_admin")
 
 
-def because(problem: str, refusal: layers.Refusal | None, fix: str) -> tuple[str, str]:
+def because(problem: str, refusal: layers.Refusal | None, fix: str,
+            needs_caps: bool = True) -> tuple[str, str]:
     """(the detail, the fix) of a failed attempt: where a layer above already refuses
     namespaces (:func:`nsutil.layers.diagnose`) and the attempt met EPERM or EACCES, that
-    layer is the cause, and its fix the fix."""
+    layer is the cause, and its fix the fix. Without ``needs_caps`` (a user namespace, an
+    attempt as nobody) missing capabilities are not a cause."""
+    if refusal is not None and not needs_caps:
+        refusal = refusal.without("capabilities")
     if refusal is not None and ("EPERM" in problem or "EACCES" in problem):
         return f"{problem}: refused by {' and '.join(refusal.layers)}", refusal.fix
     return problem, fix
@@ -165,7 +169,7 @@ def check_unprivileged_userns(refusal: layers.Refusal | None) -> Check:
     detail, fix = because(problem or "ok", refusal,
                           "see the sysctl rows above (user.max_user_namespaces, kernel."
                           "unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_"
-                          "userns)")
+                          "userns)", needs_caps=False)
     return Check("unprivileged user namespace", problem is None,
                  f"unshare(CLONE_NEWUSER) {who}, in a child: {detail}", fix,
                  required=False, layer="user namespaces",
@@ -176,7 +180,8 @@ def check_overlay_userns(refusal: layers.Refusal | None) -> Check:
     """overlayfs mounted inside a user namespace (unprivileged overlay, Linux 5.11+)."""
     problem = probes.overlay_in_user_namespace()
     detail, fix = because(problem or "ok", refusal,
-                          "Linux 5.11+ (unprivileged overlayfs), or fuse-overlayfs")
+                          "Linux 5.11+ (unprivileged overlayfs), or fuse-overlayfs",
+                          needs_caps=False)
     return Check("overlay in a user namespace", problem is None,
                  f"a user and mount namespace, a tmpfs and an overlay on it, in a child: {detail}",
                  fix, required=False,

@@ -1,29 +1,32 @@
 """A container that is not privileged: every task refuses in one line that names the layer.
 
-No mocks: a real seccomp filter (tests/seccomp_exec.py, libseccomp through Debian's
-python3-seccomp, loaded before the CLI is exec'd: Docker's default profile as far as
-namespaces go), a real dropped capability (setpriv takes CAP_SYS_ADMIN out of the bounding
-and inheritable sets, so root's exec gets it in no set) and a real user namespace (unshare
---user --map-root-user: uid 0 that is not the host's root).
+No mocks: a real seccomp filter (tests/seccompfilter.py through libseccomp: Docker's default
+profile as far as namespaces go; tests/seccomp_exec.py loads it and execs the CLI), a real
+dropped capability (setpriv takes CAP_SYS_ADMIN out of the bounding and inheritable sets, so
+root's exec gets it in no set; or capset and the bounding set in a forked child) and a real
+user namespace (unshare --user --map-root-user: uid 0 that is not the host's root).
 """
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import os
 import subprocess
+import sys
 
 import pytest
 
 import helpers
 import leakcheck
+import seccompfilter
 from nsutil import errors, process
+from nsutil import syscalls as sc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 #: Docker's default: a filter, and no CAP_SYS_ADMIN
-SECCOMP = [SYSTEM_PYTHON, os.path.join(HERE, "seccomp_exec.py"), "--"]
-SECCOMP_BUT_UNSHARE = [SYSTEM_PYTHON, os.path.join(HERE, "seccomp_exec.py"), "--allow-unshare",
+SECCOMP = [sys.executable, os.path.join(HERE, "seccomp_exec.py"), "--"]
+SECCOMP_BUT_UNSHARE = [sys.executable, os.path.join(HERE, "seccomp_exec.py"), "--allow-unshare",
                        "--"]
 NO_SYS_ADMIN = ["setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin", "--"]
 MAPPED_ROOT = ["unshare", "--user", "--map-root-user", "--"]
@@ -42,10 +45,8 @@ SECCOMP_FIX = "--security-opt seccomp=unconfined"
 def _root_with_seccomp():
     if os.geteuid() != 0:
         pytest.skip("the layers refuse root here; unprivileged users get `run as root`")
-    done = subprocess.run([SYSTEM_PYTHON, "-c", "import seccomp"], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip("needs Debian's python3-seccomp for /usr/bin/python3 (apt-get install "
-                    "python3-seccomp)")
+    if ctypes.util.find_library("seccomp") is None:
+        pytest.skip("needs libseccomp (apt-get install libseccomp2)")
 
 
 #: a sandbox for one task: its /run (the state, /run/netns), /tmp, /etc/netns and cgroup tree
@@ -111,9 +112,11 @@ def test_docker_default_refuses_every_task_naming_both_layers(backend):
                              "SYS_ADMIN --security-opt seccomp=unconfined)"), line
 
 
+@pytest.mark.userspace
 def test_each_layer_alone_is_named_with_its_own_fix(backend):
     """The filter alone, the filter that lets unshare through (mount still refused), and the
-    capability alone: each names only the layer that refused."""
+    capability alone, through the CLI: each names only the layer that refused. Marked
+    userspace: the same refusals are made in a forked child below (the VM runs those)."""
     line = _refused(["pid-demo"], SECCOMP, backend)
     assert line == ("nsrecipes: pid-demo: namespaces are refused by seccomp (Seccomp: 2, a "
                     "filter answers unshare, setns, mount, umount2, clone with namespace flags: "
@@ -172,13 +175,59 @@ def test_root_of_a_user_namespace_is_seen_as_such(backend):
     assert left == [], left
 
 
+def _refusal_after(setup) -> str:
+    """What require_root("pid-demo") raises in a forked child after ``setup``."""
+    def child() -> str:
+        setup()
+        try:
+            errors.require_root("pid-demo")
+        except errors.Refused as exc:
+            return str(exc)
+        return "not refused"
+    return process.fork_call(child, "refusal test")
+
+
+def _drop_sys_admin() -> None:
+    """CAP_SYS_ADMIN out of the bounding set and every set of this process."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(24, 21, 0, 0, 0) == 0, ctypes.get_errno()        # PR_CAPBSET_DROP
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    data = (ctypes.c_uint32 * 6)()
+    assert libc.capget(header, data) == 0
+    for field in range(3):
+        data[field] &= ~(1 << 21)
+    assert libc.capset(header, data) == 0, ctypes.get_errno()
+
+
+def test_each_layer_is_named_in_a_child():
+    """The same refusals as the CLI's, in a forked child: the filter, the filter that lets
+    unshare through, the capability, and both (Docker's default)."""
+    assert _refusal_after(lambda: seccompfilter.load("docker")) == (
+        "pid-demo: namespaces are refused by seccomp (Seccomp: 2, a filter answers unshare, "
+        "setns, mount, umount2, clone with namespace flags: EPERM; clone3: ENOSYS) (hint: "
+        f"start the container with {SECCOMP_FIX}, or --privileged)")
+    text = _refusal_after(lambda: seccompfilter.load("allow-unshare"))
+    assert "refused by seccomp (Seccomp: 2, a filter answers setns, mount, umount2," in text
+    assert _refusal_after(_drop_sys_admin) == (
+        "pid-demo: namespaces are refused by capabilities (no CAP_SYS_ADMIN, not even in the "
+        "bounding set) (hint: start the container with --cap-add SYS_ADMIN, or --privileged)")
+    both = _refusal_after(lambda: (seccompfilter.load("docker"), _drop_sys_admin()))
+    assert "and capabilities (no CAP_SYS_ADMIN" in both and both.endswith(
+        "(hint: start the container with --privileged, or --cap-add SYS_ADMIN --security-opt "
+        "seccomp=unconfined)"), both
+    assert _refusal_after(lambda: seccompfilter.load("only-clone3")) == "not refused"
+
+
 def test_a_syscall_error_under_a_filter_names_it():
     """The library path, without the CLI: a SyscallError's hint is the diagnosis too."""
-    code = ("from nsutil import syscalls as sc\nfrom nsutil.errors import SyscallError\n"
-            "try:\n    sc.unshare(sc.CLONE_NEWUTS)\n"
-            "except SyscallError as exc:\n    print(exc)\n")
-    proc = subprocess.run(SECCOMP + [f"{helpers.ROOT}/.venv/bin/python", "-c", code],
-                          cwd=helpers.ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.stdout.startswith("unshare(CLONE_NEWUTS): EPERM (hint: refused by seccomp "
-                                  "(Seccomp: 2, a filter answers unshare,"), proc.stdout
-    assert proc.stdout.rstrip().endswith(f"{SECCOMP_FIX}, or --privileged)"), proc.stdout
+    def child() -> str:
+        seccompfilter.load("docker")
+        try:
+            sc.unshare(sc.CLONE_NEWUTS)
+        except errors.SyscallError as exc:
+            return str(exc)
+        return "made"
+    text = process.fork_call(child, "syscall error test")
+    assert text.startswith("unshare(CLONE_NEWUTS): EPERM (hint: refused by seccomp "
+                           "(Seccomp: 2, a filter answers unshare,"), text
+    assert text.endswith(f"{SECCOMP_FIX}, or --privileged)"), text
