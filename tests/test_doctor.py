@@ -16,6 +16,10 @@ from nsutil.state import state_dir
 from overlaytmp import run_in_overlay_tmp
 from recipes import cow, doctor, upperfs
 
+#: doctor makes a dozen attempts in children and starts a dozen tools: in the emulated VM,
+#: shared with other runs, one `invoke doctor` has taken 60 to 170 s
+DOCTOR_TIMEOUT = 600
+
 
 @pytest.fixture(autouse=True)
 def _root():
@@ -140,7 +144,7 @@ def test_modules_agree_with_sysfs_and_the_config_and_load_nothing():
 
 
 def test_cli_prints_the_host_lines_with_hints():
-    proc = helpers.cli("doctor")
+    proc = helpers.cli("doctor", timeout=DOCTOR_TIMEOUT)
     lines = proc.stdout.splitlines()
     for name in ("root mount propagation", "overlay upper in state dir",
                  "overlay upper in scratch dir", "overlay lower in cache dir", "module veth",
@@ -178,10 +182,12 @@ def _row(stdout: str, name: str) -> list[str]:
 def test_a_tool_missing_from_path_is_reported_missing_and_fails(tmp_path):
     """The same PATH of symlinks, once with nsenter and once without: only the row and the
     verdict for nsenter change."""
-    whole = helpers.cli("doctor", env={"PATH": _path_without("", str(tmp_path / "all"))})
+    whole = helpers.cli("doctor", timeout=DOCTOR_TIMEOUT,
+                        env={"PATH": _path_without("", str(tmp_path / "all"))})
     assert _row(whole.stdout, "tool nsenter")[0] == "ok", whole.stdout
     assert "tool nsenter" not in whole.stderr
-    without = helpers.cli("doctor", env={"PATH": _path_without("nsenter", str(tmp_path / "no"))})
+    without = helpers.cli("doctor", timeout=DOCTOR_TIMEOUT,
+                          env={"PATH": _path_without("nsenter", str(tmp_path / "no"))})
     assert _row(without.stdout, "tool nsenter") == ["MISSING", "missing"], without.stdout
     assert "fix: apt-get install util-linux" in without.stdout
     assert without.returncode == 1

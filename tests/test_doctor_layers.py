@@ -30,6 +30,9 @@ NO_SYS_ADMIN = ["setpriv", "--bounding-set", "-sys_admin,-net_admin", "--inh-cap
                 "-sys_admin,-net_admin", "--"]
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
 PR_CAPBSET_DROP = 24
+#: doctor makes a dozen attempts in children and starts a dozen tools: in the emulated VM,
+#: shared with other runs, one `invoke doctor` has taken 60 to 170 s
+DOCTOR_TIMEOUT = 600
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +84,7 @@ def test_this_host_every_layer_lets_through():
     """Root on this host (and in the VM guest), through the CLI: who, capabilities, seccomp,
     LSM, mounts and the namespaces all ok, and doctor exits 0 exactly when no required row
     fails; every row of the JSON has its layer, and blocks and fix where it is not ok."""
-    proc = helpers.cli("doctor", "--json")
+    proc = helpers.cli("doctor", "--json", timeout=DOCTOR_TIMEOUT)
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
     for row in rows.values():
         assert set(row) == {"layer", "name", "status", "ok", "required", "detail", "blocks",
@@ -105,7 +108,8 @@ def test_this_host_every_layer_lets_through():
 def test_docker_default_through_the_cli_blocks_and_says_so():
     """The filter and no CAP_SYS_ADMIN/CAP_NET_ADMIN (setpriv), through the CLI: exit 1
     and one line naming the blocking rows, capabilities and seccomp first."""
-    proc = helpers.cli("doctor", "--json", prefix=SECCOMP_EXEC + NO_SYS_ADMIN)
+    proc = helpers.cli("doctor", "--json", prefix=SECCOMP_EXEC + NO_SYS_ADMIN,
+                       timeout=DOCTOR_TIMEOUT)
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
     assert rows["seccomp"]["status"] == rows["capabilities"]["status"] == "MISSING"
     line = helpers.one_line_error(proc)
