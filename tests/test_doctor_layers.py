@@ -66,7 +66,7 @@ def drop_caps(*caps: int) -> None:
     sets (what a container started without them has)."""
     libc = ctypes.CDLL(None, use_errno=True)
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)            # _LINUX_CAPABILITY_VERSION_3
-    data = (ctypes.c_uint32 * 6)()                           # {effective, permitted, inheritable} x2
+    data = (ctypes.c_uint32 * 6)()            # {effective, permitted, inheritable} x 2 words
     assert libc.capget(header, data) == 0, ctypes.get_errno()
     for cap in caps:
         assert libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0, ctypes.get_errno()

@@ -32,8 +32,8 @@ NO_SYS_ADMIN = ["setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_a
 MAPPED_ROOT = ["unshare", "--user", "--map-root-user", "--"]
 
 #: every task that needs root, with the arguments it needs to get that far
-TASKS = [["pid-demo"], ["uts-demo"], ["user-demo"], ["ipc-demo"], ["mount-demo"], ["api-demo"], ["net-demo"],
-         ["cgroupns-demo"], ["time-demo"], ["cgroup-demo"], ["cow-demo"], ["tour"],
+TASKS = [["pid-demo"], ["uts-demo"], ["user-demo"], ["ipc-demo"], ["mount-demo"], ["api-demo"],
+         ["net-demo"], ["cgroupns-demo"], ["time-demo"], ["cgroup-demo"], ["cow-demo"], ["tour"],
          ["net-veth"], ["net-topo"], ["env-create", "nsr-refused"], ["env-ls"],
          ["env-exec", "nsr-refused", "--", "true"], ["container-run", "--", "true"],
          ["rootfs-busybox", "/tmp/nsr-refused-rootfs"], ["cleanup", "--dry-run"]]
@@ -53,8 +53,8 @@ def _root_with_seccomp():
 #: are fresh tmpfs, its links and queues in namespaces of its own; after the task, what is
 #: in them (and any nsr link or message queue) is written to fd $LEFT_FD. Aside: util-linux's
 #: /run/mount (where `mount` keeps its utab) and the /run/netns directory itself, which
-#: `ip netns add` makes and keeps, as nsrecipes does (what is in it is listed). Other runs on this shared host then
-#: cannot be mistaken for what a refused task left, nor hide it.
+#: `ip netns add` makes and keeps, as nsrecipes does (what is in it is listed). Other runs
+#: on this shared host then cannot be mistaken for what a refused task left, nor hide it.
 SANDBOX_SCRIPT = """
 for d in /run /tmp /etc/netns /sys/fs/cgroup; do
     if [ -d "$d" ]; then mount -t tmpfs nsr-sandbox "$d"; fi
@@ -136,7 +136,7 @@ def _drop_effective(cap: int) -> None:
     bounding keep it: a process may raise it again)."""
     libc = ctypes.CDLL(None, use_errno=True)
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)            # _LINUX_CAPABILITY_VERSION_3
-    data = (ctypes.c_uint32 * 6)()                           # {effective, permitted, inheritable} x2
+    data = (ctypes.c_uint32 * 6)()            # {effective, permitted, inheritable} x 2 words
     assert libc.capget(header, data) == 0, ctypes.get_errno()
     data[0 + 3 * (cap // 32)] &= ~(1 << cap % 32)
     assert libc.capset(header, data) == 0, ctypes.get_errno()
