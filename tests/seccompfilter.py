@@ -7,6 +7,9 @@ The filter refuses unshare, setns, mount, umount2 and pivot_root with EPERM, clo
 namespace flag with EPERM, and clone3 with ENOSYS (so that glibc falls back to clone and
 fork still works), as Docker's default profile does for a container without CAP_SYS_ADMIN;
 every other call is allowed. A loaded filter stays for the process and all it starts.
+
+:func:`drop_caps` is the other half of a container started without ``--privileged``: the
+capabilities it lacks, gone from the bounding set and from every set of the process.
 """
 from __future__ import annotations
 
@@ -63,3 +66,24 @@ def load(kind: str = "docker") -> None:
             raise OSError("seccomp_load failed")
     finally:
         lib.seccomp_release(ctx)
+
+
+PR_CAPBSET_DROP = 24
+CAPABILITY_VERSION_3 = 0x20080522
+
+
+def drop_caps(*caps: int) -> None:
+    """Take ``caps`` (numbers: 21 is CAP_SYS_ADMIN) out of this process's bounding,
+    effective, permitted and inheritable sets: for good, as in a container without them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()            # {effective, permitted, inheritable} x 2 words
+    if libc.capget(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    for cap in caps:
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+        for field in range(3):
+            data[field + 3 * (cap // 32)] &= ~(1 << cap % 32)
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")

@@ -29,7 +29,6 @@ SECCOMP_EXEC = [sys.executable, os.path.join(HERE, "seccomp_exec.py"), "--"]
 NO_SYS_ADMIN = ["setpriv", "--bounding-set", "-sys_admin,-net_admin", "--inh-caps",
                 "-sys_admin,-net_admin", "--"]
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
-PR_CAPBSET_DROP = 24
 #: doctor makes a dozen attempts in children and starts a dozen tools: in the emulated VM,
 #: shared with other runs, one `invoke doctor` has taken 60 to 170 s
 DOCTOR_TIMEOUT = 600
@@ -61,23 +60,9 @@ def _checks_after(setup: Callable[[], None]) -> dict[str, doctor.Check]:
     return _rows(process.fork_call(child, "doctor in a child"))
 
 
-def drop_caps(*caps: int) -> None:
-    """Take ``caps`` out of this process's bounding, effective, permitted and inheritable
-    sets (what a container started without them has)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)            # _LINUX_CAPABILITY_VERSION_3
-    data = (ctypes.c_uint32 * 6)()            # {effective, permitted, inheritable} x 2 words
-    assert libc.capget(header, data) == 0, ctypes.get_errno()
-    for cap in caps:
-        assert libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0, ctypes.get_errno()
-        for field in range(3):
-            data[field + 3 * (cap // 32)] &= ~(1 << cap % 32)
-    assert libc.capset(header, data) == 0, ctypes.get_errno()
-
-
 def _docker_default() -> None:
     seccompfilter.load("docker")
-    drop_caps(CAP_SYS_ADMIN, CAP_NET_ADMIN)
+    seccompfilter.drop_caps(CAP_SYS_ADMIN, CAP_NET_ADMIN)
 
 
 def test_this_host_every_layer_lets_through():

@@ -187,18 +187,6 @@ def _refusal_after(setup) -> str:
     return process.fork_call(child, "refusal test")
 
 
-def _drop_sys_admin() -> None:
-    """CAP_SYS_ADMIN out of the bounding set and every set of this process."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.prctl(24, 21, 0, 0, 0) == 0, ctypes.get_errno()        # PR_CAPBSET_DROP
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
-    data = (ctypes.c_uint32 * 6)()
-    assert libc.capget(header, data) == 0
-    for field in range(3):
-        data[field] &= ~(1 << 21)
-    assert libc.capset(header, data) == 0, ctypes.get_errno()
-
-
 def test_each_layer_is_named_in_a_child():
     """The same refusals as the CLI's, in a forked child: the filter, the filter that lets
     unshare through, the capability, and both (Docker's default)."""
@@ -208,10 +196,10 @@ def test_each_layer_is_named_in_a_child():
         f"start the container with {SECCOMP_FIX}, or --privileged)")
     text = _refusal_after(lambda: seccompfilter.load("allow-unshare"))
     assert "refused by seccomp (Seccomp: 2, a filter answers setns, mount, umount2," in text
-    assert _refusal_after(_drop_sys_admin) == (
+    assert _refusal_after(lambda: seccompfilter.drop_caps(21)) == (
         "pid-demo: namespaces are refused by capabilities (no CAP_SYS_ADMIN, not even in the "
         "bounding set) (hint: start the container with --cap-add SYS_ADMIN, or --privileged)")
-    both = _refusal_after(lambda: (seccompfilter.load("docker"), _drop_sys_admin()))
+    both = _refusal_after(lambda: (seccompfilter.load("docker"), seccompfilter.drop_caps(21)))
     assert "and capabilities (no CAP_SYS_ADMIN" in both and both.endswith(
         "(hint: start the container with --privileged, or --cap-add SYS_ADMIN --security-opt "
         "seccomp=unconfined)"), both
