@@ -76,7 +76,7 @@ def _sandboxed(args: list[str], prefix: list[str],
         argv = ["unshare", "--mount", "--net", "--ipc", "--propagation", "private", "--",
                 "sh", "-c", SANDBOX_SCRIPT, "sh", *prefix, helpers.INVOKE, *args]
         proc = subprocess.run(argv, cwd=helpers.ROOT, capture_output=True, text=True,
-                              timeout=120, pass_fds=(w,),
+                              timeout=600, pass_fds=(w,),
                               env={**os.environ, "NSR_BACKEND": backend, "LEFT_FD": str(w)})
     finally:
         os.close(w)
