@@ -43,17 +43,24 @@ def cleanup(c, dry_run=False, all_=False):
         raise Exit(f"nsrecipes: cleanup: {len(failed)} could not be removed (hint: see above)",
                    code=1)
 
-@nsr_task()
-def doctor(c):
-    """Check the kernel and host: namespaces, user-ns limits, cgroups, overlayfs, tools, root.
+@nsr_task(help={"json": "print the table as JSON (a list of rows: layer, name, status, ok, "
+                        "required, detail, blocks, fix)"})
+def doctor(c, json=False):
+    """Which layer lets this process make namespaces, and which blocks: a table of layers.
 
-    Prints an ok/missing table with hints; exits non-zero if something the demos need is missing.
+    Each row is a real attempt in a child process where one can be made: root and its user
+    namespace, capabilities, seccomp, LSMs, a container (own PID namespace, read-only
+    /proc/sys), each namespace type, a mount, unprivileged user namespaces (and their
+    sysctls), cgroups and their delegation, overlayfs (also in a user namespace), modules and
+    netem, tools. A row that is not ok says what it blocks and the fix; exits non-zero if a
+    layer blocks the tour. Leaves nothing behind: every attempt is made in namespaces of the
+    child's own, and the one cgroup it makes (nsr-doctor-PID) is removed at once.
     """
     from recipes.ops import doctor as doc
     checks = doc.run_checks()
-    print(doc.format_table(checks))
-    missing = [ch.name for ch in checks if ch.required and not ch.ok]
-    if missing:
-        raise Exit(f"nsrecipes: doctor: missing {', '.join(missing)} (hint: see the table above)",
-                   code=1)
+    print(doc.as_json(checks) if json else doc.format_table(checks))
+    blocked = doc.blocking(checks)
+    if blocked:
+        raise Exit(f"nsrecipes: doctor: blocked by {', '.join(ch.name for ch in blocked)} "
+                   "(hint: each row above says what it blocks and the fix)", code=1)
 

@@ -12,6 +12,8 @@ import os
 import shlex
 from typing import Sequence
 
+from . import layers
+
 #: errno -> what a user should usually do about it.
 HINTS: dict[int, str] = {
     _errno.EPERM: "run as root",
@@ -66,40 +68,24 @@ FILE_CALLS = ("open", "write", "mkdir", "rename", "replace", "mkstemp", "link", 
 FULL_FILESYSTEM = "its filesystem is full (no space or no inode left): see df -h and df -i there"
 
 
-def root_refused_hint() -> str:
-    """Why the kernel says EPERM to uid 0, from /proc/self/status: no CAP_SYS_ADMIN in the
-    effective set, a seccomp filter, or else a namespace of another user namespace."""
-    from .caps import CAP_NAMES, read_caps
-    try:
-        admin = read_caps()["CapEff"] >> CAP_NAMES.index("cap_sys_admin") & 1
-        with open("/proc/self/status") as f:
-            seccomp = next((ln.split()[1] for ln in f if ln.startswith("Seccomp:")), "0")
-    except (OSError, KeyError, IndexError):
-        admin, seccomp = 1, "0"
-    if not admin:
-        return ("root without CAP_SYS_ADMIN is refused (capabilities dropped: a container, "
-                "setpriv or capsh): run it as root with its capabilities")
-    if seccomp != "0":
-        return ("a seccomp filter refuses it even to root (a container's default profile "
-                "does): run it on the host, or in a container allowed to")
-    return ("root is refused too: the namespace belongs to another user namespace (join "
-            "that one first), or a security module forbids it")
-
-
 def eperm_hint() -> str:
-    """"run as root" -- to root, why root is refused (:func:`root_refused_hint`); for an
-    unprivileged caller on a host whose AppArmor restricts unprivileged user namespaces
-    (Ubuntu 23.10+), say so."""
-    if os.geteuid() == 0:
-        return root_refused_hint()
-    try:
-        with open("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") as f:
-            if f.read().strip() == "1":
-                return ("run as root: AppArmor restricts unprivileged user namespaces here "
-                        "(kernel.apparmor_restrict_unprivileged_userns=1)")
-    except OSError:
-        pass
-    return HINTS[_errno.EPERM]
+    """What to do about an EPERM. Unprivileged: "run as root" (and, on a host whose AppArmor
+    restricts unprivileged user namespaces (Ubuntu 23.10+), say so). As root: the layer that
+    refuses (:func:`nsutil.layers.diagnose`: a seccomp filter, a missing CAP_SYS_ADMIN, uid 0
+    of a user namespace, an LSM) and its fix; "run as root" only where none is seen."""
+    if os.geteuid() != 0:
+        try:
+            with open("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") as f:
+                if f.read().strip() == "1":
+                    return ("run as root: AppArmor restricts unprivileged user namespaces here "
+                            "(kernel.apparmor_restrict_unprivileged_userns=1)")
+        except OSError:
+            pass
+        return HINTS[_errno.EPERM]
+    refusal = layers.diagnose()
+    if refusal is not None:
+        return f"{refusal}; {refusal.fix}"
+    return layers.user_namespace_hint() or HINTS[_errno.EPERM]
 
 
 class SyscallError(NsrError):
@@ -182,7 +168,21 @@ class CommandNotFound(NotFound):
     exit_code = 127
 
 
+class Refused(NsrError):
+    """Root, but a layer between this process and the kernel refuses namespaces: a seccomp
+    filter, a missing CAP_SYS_ADMIN (a container that is not privileged), an LSM."""
+
+    def __init__(self, what: str, refusal: "layers.Refusal"):
+        self.layers = list(refusal.layers)
+        super().__init__(f"{what}: namespaces are {refusal}", hint=refusal.fix)
+
+
 def require_root(what: str) -> None:
-    """Raise :class:`NotRoot` unless the effective uid is 0."""
+    """Raise :class:`NotRoot` unless the effective uid is 0, and :class:`Refused` if a layer
+    refuses this process the namespaces (tried in a child, see :func:`layers.diagnose`)
+    before anything is made."""
     if os.geteuid() != 0:
         raise NotRoot(what)
+    refusal = layers.diagnose()
+    if refusal is not None:
+        raise Refused(what, refusal)

@@ -185,10 +185,10 @@ def test_doctor_fails_when_something_is_missing():
     lines = proc.stdout.splitlines()
     rows = [i for i, ln in enumerate(lines) if ln.split("  ")[0] == "root"]  # not "root mount"
     assert len(rows) == 1, proc.stdout
-    assert lines[rows[0]].split() == ["root", "MISSING", "euid", "65534"]
-    assert lines[rows[0] + 1].split() == ["hint:", "run", "as", "root", "(only", "user-demo",
-                                          "works", "unprivileged)"]
-    assert proc.stderr.startswith("nsrecipes: doctor: missing root"), proc.stderr
+    assert lines[rows[0]].split()[:4] == ["root", "MISSING", "euid", "65534"]
+    assert lines[rows[0] + 1].split() == ["blocks:", "every", "demo", "but", "user-demo"]
+    assert lines[rows[0] + 2].split() == ["fix:", "run", "as", "root", "(sudo)"]
+    assert proc.stderr.startswith("nsrecipes: doctor: blocked by root"), proc.stderr
 
 
 @pytest.mark.userspace

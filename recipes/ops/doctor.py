@@ -1,34 +1,31 @@
-"""Doctor: can this host run the recipes? A kernel and host check in the spirit of
-``lxc-checkconfig``: each namespace type, user-namespace limits (and AppArmor's restriction),
-the cgroup layout and its controllers, the root's mount propagation, whether the state,
-scratch and cache directories can hold overlay layers, the veth, bridge, overlay and
-sch_netem modules (built in, loaded or loadable: never loaded here), the tools and their
-versions, and whether we are root.
+"""Doctor: can this host run the recipes, and if not, which layer blocks them?
+
+A table of layers, each row backed by a real attempt in a child process where one can be
+made (:mod:`recipes.ops.layercheck`: who we are and in which user namespace, capabilities,
+seccomp, LSMs, a container's PID namespace and /proc/sys, mounts, unprivileged user
+namespaces, overlay in a user namespace, cgroup delegation, netem), and the host's rows in
+the spirit of ``lxc-checkconfig``: each namespace type (made for real), the user-namespace
+sysctls, the cgroup layout and its controllers, the root's mount propagation, whether the
+state, scratch and cache directories can hold overlay layers, the veth, bridge, overlay and
+sch_netem modules (built in, loaded or loadable: never loaded here), the tools. Each row that
+is not ok says what it blocks and the fix; a required one blocks the tour.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 
-from nsutil import mountinfo, syscalls
+from nsutil import layers, mountinfo, probes, syscalls
 from nsutil.nstypes import NS_TYPES
 from nsutil.process import package_for
 
-
-@dataclass
-class Check:
-    """One line of the doctor's table."""
-
-    name: str
-    ok: bool
-    detail: str
-    hint: str = ""
-    required: bool = True   # a failed required check makes `doctor` exit non-zero
+from recipes.ops import layercheck as lc
+from recipes.ops.layercheck import Check
 
 
 def _read(path: str) -> str | None:
@@ -46,21 +43,42 @@ NS_CONFIG = {"user": "CONFIG_USER_NS", "cgroup": "CONFIG_CGROUPS", "ipc": "CONFI
              "mnt": "CONFIG_NAMESPACES", "time": "CONFIG_TIME_NS"}
 
 
-def check_namespaces() -> list[Check]:
-    """Each of the eight namespace types is present in /proc/self/ns. The document's six and
-    cgroup (Linux 4.6, 2016: every kernel the recipes meet) are required; time (Linux 5.6,
-    2020) is optional: only time-demo needs it, and it names the running kernel."""
+def check_namespaces(refusal: layers.Refusal | None = None) -> list[Check]:
+    """Each of the eight namespace types: present in /proc/self/ns, and made for real, one
+    after another in one child (unprivileged: inside a user namespace it makes first, as the
+    kernel allows). The document's six and cgroup (Linux 4.6, 2016: every kernel
+    the recipes meet) are required; time (Linux 5.6, 2020) is optional: only time-demo needs
+    it, and it names the running kernel."""
     out = []
+    root = os.geteuid() == 0
+    present = [t for t in NS_TYPES.values() if os.path.exists(f"/proc/self/ns/{t.proc}")]
+    # root: the user namespace last (inside one, the child could make all the others);
+    # unprivileged: first, and the others inside it, as the kernel allows
+    order = sorted(present, key=lambda t: (t.name == "user") == root)
+    tried = dict(zip([t.name for t in order], layers.try_each([t.flag for t in order])))
     for t in NS_TYPES.values():
-        detail = f"{syscalls.FLAG_NAMES[t.flag]}: {t.isolates}"
+        flag = syscalls.FLAG_NAMES[t.flag]
+        detail = f"{flag}: {t.isolates}"
         if not t.in_document:
             detail += f" (Linux {t.since}+, beyond the document)"
         if t.name == "time":
             detail += f"; this kernel: {platform.release()}"
+        made = tried.get(t.name)
         hint = (f"Linux {t.since} or newer" if t.since else "a kernel") + \
             f" built with {NS_CONFIG[t.name]}"
-        out.append(Check(f"namespace {t.name}", os.path.exists(f"/proc/self/ns/{t.proc}"),
-                         detail, hint, required=t.name != "time"))
+        if made is None:
+            detail += "; not in /proc/self/ns"
+        elif made == 0:
+            detail += "; made in a child" + ("" if root or t.name == "user" else
+                                             ", inside a user namespace of its own")
+        else:
+            why, hint = lc.because(f"unshare in a child: {layers.errno_name(made)}", refusal,
+                                   "see the LSM row", needs_caps=root and t.name != "user")
+            detail += f"; {why}"
+        out.append(Check(f"namespace {t.name}", made == 0, detail, hint,
+                         required=t.name != "time", layer="namespaces",
+                         blocks=f"the recipes that make {t.name} namespaces"
+                                + " (the tour)" * t.in_document))
     return out
 
 
@@ -68,19 +86,23 @@ def check_userns_limits() -> list[Check]:
     """max_user_namespaces, Debian's unprivileged_userns_clone, AppArmor's restriction."""
     out = []
     limit = _read("/proc/sys/user/max_user_namespaces")
+    unprivileged = "user-demo run without root; rootless container tools (root is unaffected)"
     out.append(Check("user.max_user_namespaces", limit not in (None, "0"), f"{limit}",
-                     "sysctl -w user.max_user_namespaces=15000"))
+                     "sysctl -w user.max_user_namespaces=15000", layer="user namespaces",
+                     blocks="every user namespace, root's too: user-demo (the tour), "
+                            "--ns user of envs"))
     clone = _read("/proc/sys/kernel/unprivileged_userns_clone")
     if clone is not None:
         out.append(Check("kernel.unprivileged_userns_clone", clone == "1", clone,
                          "sysctl -w kernel.unprivileged_userns_clone=1 (only unprivileged "
-                         "user-demo needs it)", required=False))
+                         "user-demo needs it)", required=False, layer="user namespaces",
+                         blocks=unprivileged))
     apparmor = _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
     if apparmor is not None:
         out.append(Check("apparmor_restrict_unprivileged_userns", apparmor == "0", apparmor,
                          "unprivileged user namespaces are restricted by AppArmor; root is "
                          "unaffected (sysctl -w kernel.apparmor_restrict_unprivileged_userns=0)",
-                         required=False))
+                         required=False, layer="user namespaces", blocks=unprivileged))
     else:
         enabled = _read("/sys/module/apparmor/parameters/enabled")
         out.append(Check("apparmor_restrict_unprivileged_userns", True,
@@ -88,7 +110,7 @@ def check_userns_limits() -> list[Check]:
                                                  else " (no AppArmor)"),
                          "Ubuntu 23.10+ has it set to 1: unprivileged user-demo then needs "
                          "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0; root is "
-                         "unaffected", required=False))
+                         "unaffected", required=False, layer="user namespaces"))
     return out
 
 
@@ -126,6 +148,8 @@ def check_cgroups() -> list[Check]:
         out.append(Check(f"cgroup controller {name}", problem is None,
                          where if problem is None else problem.what,
                          problem.hint or "" if problem else ""))
+    parent = os.path.join(root, cgroupfs.PARENT_NAME) if v2 else os.path.join(top, own.lstrip("/"))
+    out.append(lc.check_cgroup_delegation(parent, make_parent=v2))
     return out
 
 
@@ -230,7 +254,8 @@ def module_state(name: str, symbol: str) -> tuple[bool, str]:
 
 
 def check_modules() -> list[Check]:
-    """The veth, bridge, overlay and sch_netem modules: built in, loaded or loadable."""
+    """The veth, bridge and overlay modules: built in, loaded or loadable; and the netem row:
+    sch_netem's state, and a netem qdisc made for real where it is loaded or built in."""
     out = []
     for name, symbol, users in MODULES:
         ok, how = module_state(name, symbol)
@@ -239,7 +264,11 @@ def check_modules() -> list[Check]:
                 f"load it on the host (`modprobe {name}`): a container cannot" if "missing" in how
                 else f"apt-get install linux-modules-extra-{platform.release()} (Ubuntu) or "
                      f"rebuild with {symbol}=m")
-        out.append(Check(f"module {name}", ok, f"{how}; for {users}", hint, required=False))
+        if name == "sch_netem":                     # its row is the netem layer's
+            out.append(lc.check_netem(ok, how, hint))
+            continue
+        out.append(Check(f"module {name}", ok, f"{how}; for {users}", hint, required=False,
+                         layer="modules", blocks=users))
     return out
 
 
@@ -273,31 +302,72 @@ def check_tools() -> list[Check]:
     return out
 
 
-def check_host() -> list[Check]:
-    """root or not, the Python version and which syscall implementation is in use."""
-    root = os.geteuid() == 0
-    return [
-        Check("root", root, "euid 0" if root else f"euid {os.geteuid()}",
-              "run as root (only user-demo works unprivileged)"),
-        Check("python", sys.version_info >= (3, 11), platform.python_version() +
-              f", syscalls via {syscalls.IMPL.name}", "install Python 3.11 or newer"),
-    ]
+def check_python() -> Check:
+    """The Python version and which syscall implementation is in use."""
+    return Check("python", sys.version_info >= (3, 11), platform.python_version() +
+                 f", syscalls via {syscalls.IMPL.name}", "install Python 3.11 or newer",
+                 layer="who", blocks="everything (nsrecipes needs 3.11+)")
+
+
+def _in_layer(layer: str, checks: list[Check], blocks: str = "") -> list[Check]:
+    """Set the layer of ``checks`` (and what they block, where a row has not said)."""
+    for c in checks:
+        c.layer = c.layer or layer
+        c.blocks = c.blocks or blocks
+    return checks
 
 
 def run_checks() -> list[Check]:
-    """All checks, in the order the table prints them."""
-    return (check_host() + check_namespaces() + check_userns_limits() + check_cgroups()
-            + [check_propagation()] + check_overlay_dirs() + check_modules() + check_tools())
+    """All checks, in the order the table prints them: the layers between this process and
+    the kernel first (in the order the kernel asks them), then what the recipes use."""
+    mount_problem = probes.mount_in_new_namespace()
+    refused = layers.filtered_calls()
+    refusal = layers.diagnose(refused=refused)
+    return (
+        [lc.check_identity(), check_python(), lc.check_capabilities(), lc.check_seccomp(refused),
+         lc.check_lsm(mount_problem, refused)]
+        + lc.check_container(refusal)
+        + check_namespaces(refusal)
+        + [lc.check_mount(mount_problem, refusal)]
+        + _in_layer("mounts", [check_propagation()])
+        + check_userns_limits()
+        + [lc.check_unprivileged_userns(refusal)]
+        + _in_layer("cgroups", check_cgroups(),
+                    "cgroup-demo, container-run --memory/--pids/--cpus")
+        + _in_layer("overlay", check_overlay_dirs(),
+                    "nothing: uppers then go on a tmpfs nsrecipes mounts (in memory)")
+        + [lc.check_overlay_userns(refusal)]
+        + check_modules()
+        + _in_layer("tools", check_tools(), "the shell backend (--backend native needs none)"))
+
+
+def blocking(checks: list[Check]) -> list[Check]:
+    """The rows that block the tour: required and not ok."""
+    return [c for c in checks if c.required and not c.ok]
 
 
 def format_table(checks: list[Check]) -> str:
-    """ok/missing table with hints for what is missing."""
+    """The table: one heading per layer, a row per check (ok / warn / MISSING), and under
+    each row that is not ok what it blocks and the fix."""
     width = max(len(c.name) for c in checks)
+    pad = " " * (width + 11)
     lines = [f"{'check':<{width}}  status   detail"]
+    layer = None
     for c in checks:
-        status = "ok" if c.ok else ("MISSING" if c.required else "warn")
-        line = f"{c.name:<{width}}  {status:<7}  {c.detail}"
+        if c.layer != layer:
+            layer = c.layer
+            lines.append(f"-- {layer}")
+        lines.append(f"{c.name:<{width}}  {c.status:<7}  {c.detail}")
         if not c.ok:
-            line += f"\n{'':<{width}}           hint: {c.hint}"
-        lines.append(line)
+            lines.append(f"{pad}blocks: {c.blocks or '-'}")
+            lines.append(f"{pad}fix: {c.hint or '-'}")
     return "\n".join(lines)
+
+
+def as_json(checks: list[Check]) -> str:
+    """The table as JSON: a list of rows with layer, name, status, ok, required, detail,
+    blocks and fix."""
+    return json.dumps([{"layer": c.layer, "name": c.name, "status": c.status, "ok": c.ok,
+                        "required": c.required, "detail": c.detail,
+                        "blocks": "" if c.ok else c.blocks, "fix": "" if c.ok else c.hint}
+                       for c in checks], indent=2)
