@@ -1,17 +1,6 @@
-"""cgroup filesystem access: v1, v2 and hybrid layouts, detected as runc does.
+"""cgroup filesystem access: where nsrecipes' cgroups go, their files, and v2's rules.
 
-runc decides the layout from the filesystem types (statfs magic) of the cgroup mounts:
-
-* **unified** (v2 only): ``/sys/fs/cgroup`` itself is ``cgroup2``; one tree, controllers are
-  listed in ``cgroup.controllers`` and enabled for children in ``cgroup.subtree_control``;
-* **hybrid**: ``/sys/fs/cgroup`` is a tmpfs holding one ``cgroup`` (v1) mount per controller
-  (``/sys/fs/cgroup/memory``, ``/sys/fs/cgroup/pids``, ...) *and* a ``cgroup2`` mount at
-  ``/sys/fs/cgroup/unified`` -- usually with no controllers (the machines nsrecipes is
-  developed on are like this);
-* **legacy** (v1 only): the per-controller mounts and nothing else.
-
-Here the same answer comes from ``/proc/self/mountinfo`` (the filesystem type and the super
-options, which name the v1 controllers), so a test can hand in a made-up mountinfo.
+The layout (v1, v2 or hybrid) is detected as runc does, in :mod:`nsutil.cgrouplayout`.
 Where the cgroups go depends on the version, as in Docker's cgroupfs driver and nsjail:
 
 * **v1** (legacy, hybrid): ``nsr-...`` *below the caller's own cgroup* in every hierarchy that
@@ -46,112 +35,19 @@ import os
 import re
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from .cgrouplayout import (ROOT, V1_CONTROLLERS, Layout, detect,  # noqa: F401 (re-exported)
+                           host_layout, own_cgroup)
 from .errors import InvalidInput, NsrError, SyscallError
 from .limits import (CPU_PERIOD_US, MIN_MEMORY, Limits, parse_cpus,  # noqa: F401 (re-exported)
                      parse_memory, parse_pids)
 from .names import PREFIX
 
-ROOT = "/sys/fs/cgroup"
 #: controllers nsrecipes uses; cpuacct only on v1 (CPU time), where it may be its own hierarchy
 CONTROLLERS = ("memory", "pids", "cpu")
-V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 #: nsrecipes' own parent cgroup on v2 (below the hierarchy's root)
 PARENT_NAME = f"{PREFIX}ecipes"
-
-
-# --- layout detection ------------------------------------------------------------------------
-
-@dataclass
-class Layout:
-    """Where the cgroup hierarchies are and which one carries each controller."""
-
-    mode: str                                   #: "unified", "hybrid" or "legacy"
-    v1: dict[str, str] = field(default_factory=dict)   #: controller -> v1 mount point
-    v2: str | None = None                        #: the cgroup2 mount point (if any)
-    v2_controllers: tuple[str, ...] = ()          #: controllers available in the v2 root
-
-    def version_for(self, controller: str) -> int:
-        """1 or 2: which hierarchy nsrecipes uses for ``controller`` (v1 wins in hybrid mode,
-        as in runc, because the v2 tree of a hybrid host has no controllers)."""
-        if controller in self.v1:
-            return 1
-        if self.v2 and (controller in self.v2_controllers or controller == "cpuacct"):
-            return 2
-        raise NsrError(f"cgroup controller {controller!r} is not available on this host",
-                       hint="see /proc/cgroups and /proc/self/mountinfo")
-
-
-def _unescape(path: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
-
-
-def detect(mountinfo: str | None = None, root: str = ROOT) -> Layout:
-    """Detect the cgroup layout from ``/proc/self/mountinfo`` (or the text given)."""
-    if mountinfo is None:
-        with open("/proc/self/mountinfo") as f:
-            mountinfo = f.read()
-    v1: dict[str, str] = {}
-    v2: str | None = None
-    root_is_v2 = False
-    for line in mountinfo.splitlines():
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(fields) < 5 or len(rfields) < 3:
-            continue
-        point, fstype, superopts = _unescape(fields[4]), rfields[0], rfields[2]
-        if fstype == "cgroup2":
-            if point == root:
-                root_is_v2, v2 = True, point
-            elif v2 is None or point == os.path.join(root, "unified"):
-                v2 = point
-        elif fstype == "cgroup":
-            for opt in superopts.split(","):
-                if opt in V1_CONTROLLERS and opt not in v1:
-                    v1[opt] = point
-    controllers: tuple[str, ...] = ()
-    if v2 is not None:
-        try:
-            with open(os.path.join(v2, "cgroup.controllers")) as f:
-                controllers = tuple(f.read().split())
-        except OSError:
-            controllers = ()
-    if root_is_v2:
-        return Layout("unified", {}, v2, controllers)
-    if v1 and v2:
-        return Layout("hybrid", v1, v2, controllers)
-    if v1:
-        return Layout("legacy", v1, None, ())
-    if v2:
-        return Layout("unified", {}, v2, controllers)
-    raise NsrError("no cgroup filesystem is mounted", hint="mount cgroup2 on /sys/fs/cgroup")
-
-
-_CACHED: Layout | None = None
-
-
-def host_layout() -> Layout:
-    """The host's layout, detected once per process (it does not change while we run)."""
-    global _CACHED
-    if _CACHED is None:
-        _CACHED = detect()
-    return _CACHED
-
-
-def own_cgroup(controller: str | None, proc_cgroup: str | None = None) -> str:
-    """The caller's cgroup path in the hierarchy of ``controller`` (``None`` = v2 "0::")."""
-    if proc_cgroup is None:
-        with open("/proc/self/cgroup") as f:
-            proc_cgroup = f.read()
-    for line in proc_cgroup.splitlines():
-        num, ctrls, path = line.split(":", 2)
-        names = ctrls.split(",") if ctrls else []
-        if controller is None and num == "0" and not ctrls:
-            return path
-        if controller is not None and controller in names:
-            return path
-    return "/"
 
 
 # --- can nsrecipes use a controller here? ----------------------------------------------------
