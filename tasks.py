@@ -184,7 +184,9 @@ def cgroup_demo(c, memory="32M", pids="32", cpus="0.5", seconds="1.0", backend=N
 
     Three cgroups named nsr-cg-*: a child allocating past the memory limit is killed by the
     OOM killer (memory.oom_control / memory.events count it); a bounded fork bomb stops at
-    pids.max; a busy loop gets about quota/period of a CPU. v1, v2 and hybrid hosts.
+    pids.max; a busy loop gets about quota/period of a CPU. v1, v2 and hybrid hosts. On v2
+    without systemd, a controller the cgroup namespace's root does not enable for its
+    children is enabled there, as runc does (said on stderr; it stays enabled).
     """
     from nsutil.limits import parse_number
     seconds = parse_number(seconds, "--seconds", kind=float, minimum=0.1, maximum=60,
@@ -240,6 +242,9 @@ def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=No
     the limits, an overlay over the rootfs, pivot_root with the old root detached, /proc and
     a minimal /dev. PID 1 reaps zombies and forwards signals; the exit status is the
     command's (128+N for signal N; 127 if it is not in the rootfs; 137 past --timeout).
+    On cgroup v2 without systemd, the controller of a limit that the root of the cgroup
+    namespace does not enable for its children is enabled there, as runc does (one line on
+    stderr; it stays enabled: other cgroups may rely on it).
     """
     import shlex
     from recipes import container
