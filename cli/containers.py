@@ -39,6 +39,9 @@ def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=No
     the limits, an overlay over the rootfs, pivot_root with the old root detached, /proc and
     a minimal /dev. PID 1 reaps zombies and forwards signals; the exit status is the
     command's (128+N for signal N; 127 if it is not in the rootfs; 137 past --timeout).
+    On cgroup v2 without systemd, the controller of a limit that the root of the cgroup
+    namespace does not enable for its children is enabled there, as runc does (one line on
+    stderr; it stays enabled: other cgroups may rely on it).
     """
     from recipes import container
     from nsutil.errors import require_root

@@ -174,7 +174,9 @@ def cgroup_demo(c, memory="32M", pids="32", cpus="0.5", seconds="1.0", backend=N
 
     Three cgroups named nsr-cg-*: a child allocating past the memory limit is killed by the
     OOM killer (memory.oom_control / memory.events count it); a bounded fork bomb stops at
-    pids.max; a busy loop gets about quota/period of a CPU. v1, v2 and hybrid hosts.
+    pids.max; a busy loop gets about quota/period of a CPU. v1, v2 and hybrid hosts. On v2
+    without systemd, a controller the cgroup namespace's root does not enable for its
+    children is enabled there, as runc does (said on stderr; it stays enabled).
     """
     from nsutil.limits import parse_number
     seconds = parse_number(seconds, "--seconds", kind=float, minimum=0.1, maximum=60,

@@ -1,17 +1,6 @@
-"""cgroup filesystem access: v1, v2 and hybrid layouts, detected as runc does.
+"""cgroup filesystem access: where nsrecipes' cgroups go, their files, and v2's rules.
 
-runc decides the layout from the filesystem types (statfs magic) of the cgroup mounts:
-
-* **unified** (v2 only): ``/sys/fs/cgroup`` itself is ``cgroup2``; one tree, controllers are
-  listed in ``cgroup.controllers`` and enabled for children in ``cgroup.subtree_control``;
-* **hybrid**: ``/sys/fs/cgroup`` is a tmpfs holding one ``cgroup`` (v1) mount per controller
-  (``/sys/fs/cgroup/memory``, ``/sys/fs/cgroup/pids``, ...) *and* a ``cgroup2`` mount at
-  ``/sys/fs/cgroup/unified`` -- usually with no controllers (the machines nsrecipes is
-  developed on are like this);
-* **legacy** (v1 only): the per-controller mounts and nothing else.
-
-Here the same answer comes from ``/proc/self/mountinfo`` (the filesystem type and the super
-options, which name the v1 controllers), so a test can hand in a made-up mountinfo.
+The layout (v1, v2 or hybrid) is detected as runc does, in :mod:`nsutil.cgrouplayout`.
 Where the cgroups go depends on the version, as in Docker's cgroupfs driver and nsjail:
 
 * **v1** (legacy, hybrid): ``nsr-...`` *below the caller's own cgroup* in every hierarchy that
@@ -21,9 +10,14 @@ Where the cgroups go depends on the version, as in Docker's cgroupfs driver and 
   (``/sys/fs/cgroup/nsrecipes/nsr-...``), *never* below the caller's: on a systemd host the
   caller is in a scope like ``/user.slice/user-0.slice/session-1.scope`` that holds processes,
   and v2's "no internal processes" rule forbids such a cgroup to enable controllers for
-  children. The root must delegate each controller (list it in its ``cgroup.subtree_control``,
-  as systemd does); nsrecipes enables them only in its own ``nsrecipes`` cgroup, checks that
-  before it makes anything (:func:`require`), and removes ``nsrecipes`` when it is empty.
+  children. nsrecipes enables the controllers in its own ``nsrecipes`` cgroup and removes it
+  when it is empty. Where the root does not enable a controller a limit needs for its
+  children (no systemd: a container, a VM as booted), nsrecipes writes ``+CTRL`` into the
+  ``cgroup.subtree_control`` of each ancestor of ``nsrecipes``, top-down from the root of
+  its cgroup namespace, as runc does (:func:`ancestor_writes`): its one write outside its own
+  cgroups, never undone, since other cgroups may rely on it. What v2 forbids is refused
+  before anything is made (:func:`require`): a controller the root is not given, a read-only
+  cgroup2 mount, and any controller in a namespace root that holds processes.
 
 Limits map to files as runc maps them:
 
@@ -46,102 +40,19 @@ import os
 import re
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from . import mountinfo
+from .cgrouplayout import (ROOT, V1_CONTROLLERS, Layout, detect,  # noqa: F401 (re-exported)
+                           host_layout, own_cgroup)
 from .errors import InvalidInput, NsrError, SyscallError
 from .limits import (CPU_PERIOD_US, MIN_MEMORY, Limits, parse_cpus,  # noqa: F401 (re-exported)
                      parse_memory, parse_pids)
 from .names import PREFIX
 
-ROOT = "/sys/fs/cgroup"
 #: controllers nsrecipes uses; cpuacct only on v1 (CPU time), where it may be its own hierarchy
 CONTROLLERS = ("memory", "pids", "cpu")
-V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 #: nsrecipes' own parent cgroup on v2 (below the hierarchy's root)
 PARENT_NAME = f"{PREFIX}ecipes"
-
-
-# --- layout detection ------------------------------------------------------------------------
-
-@dataclass
-class Layout:
-    """Where the cgroup hierarchies are and which one carries each controller."""
-
-    mode: str                                   #: "unified", "hybrid" or "legacy"
-    v1: dict[str, str] = field(default_factory=dict)   #: controller -> v1 mount point
-    v2: str | None = None                        #: the cgroup2 mount point (if any)
-    v2_controllers: tuple[str, ...] = ()          #: controllers available in the v2 root
-
-    def version_for(self, controller: str) -> int:
-        """1 or 2: which hierarchy nsrecipes uses for ``controller`` (v1 wins in hybrid mode,
-        as in runc, because the v2 tree of a hybrid host has no controllers)."""
-        if controller in self.v1:
-            return 1
-        if self.v2 and (controller in self.v2_controllers or controller == "cpuacct"):
-            return 2
-        raise NsrError(f"cgroup controller {controller!r} is not available on this host",
-                       hint="see /proc/cgroups and /proc/self/mountinfo")
-
-
-def detect(text: str | None = None, root: str = ROOT) -> Layout:
-    """Detect the cgroup layout from ``/proc/self/mountinfo`` (or the mountinfo text given)."""
-    v1: dict[str, str] = {}
-    v2: str | None = None
-    root_is_v2 = False
-    for m in mountinfo.read() if text is None else mountinfo.parse(text):
-        point, fstype, superopts = m.mount_point, m.fstype, m.super_options
-        if fstype == "cgroup2":
-            if point == root:
-                root_is_v2, v2 = True, point
-            elif v2 is None or point == os.path.join(root, "unified"):
-                v2 = point
-        elif fstype == "cgroup":
-            for opt in superopts.split(","):
-                if opt in V1_CONTROLLERS and opt not in v1:
-                    v1[opt] = point
-    controllers: tuple[str, ...] = ()
-    if v2 is not None:
-        try:
-            with open(os.path.join(v2, "cgroup.controllers")) as f:
-                controllers = tuple(f.read().split())
-        except OSError:
-            controllers = ()
-    if root_is_v2:
-        return Layout("unified", {}, v2, controllers)
-    if v1 and v2:
-        return Layout("hybrid", v1, v2, controllers)
-    if v1:
-        return Layout("legacy", v1, None, ())
-    if v2:
-        return Layout("unified", {}, v2, controllers)
-    raise NsrError("no cgroup filesystem is mounted", hint="mount cgroup2 on /sys/fs/cgroup")
-
-
-_CACHED: Layout | None = None
-
-
-def host_layout() -> Layout:
-    """The host's layout, detected once per process (it does not change while we run)."""
-    global _CACHED
-    if _CACHED is None:
-        _CACHED = detect()
-    return _CACHED
-
-
-def own_cgroup(controller: str | None, proc_cgroup: str | None = None) -> str:
-    """The caller's cgroup path in the hierarchy of ``controller`` (``None`` = v2 "0::")."""
-    if proc_cgroup is None:
-        with open("/proc/self/cgroup") as f:
-            proc_cgroup = f.read()
-    for line in proc_cgroup.splitlines():
-        num, ctrls, path = line.split(":", 2)
-        names = ctrls.split(",") if ctrls else []
-        if controller is None and num == "0" and not ctrls:
-            return path
-        if controller is not None and controller in names:
-            return path
-    return "/"
 
 
 # --- can nsrecipes use a controller here? ----------------------------------------------------
@@ -155,8 +66,9 @@ def is_namespace_root(directory: str) -> bool:
 def controller_problem(ctrl: str, layout: Layout | None = None) -> NsrError | None:
     """Why nsrecipes cannot use controller ``ctrl`` here (one line with the fix), or None.
 
-    On v2 the root must list it in ``cgroup.subtree_control``: nsrecipes never writes a cgroup
-    that is not its own, so it does not enable it there itself.
+    On v2 the root as mounted (the root of the cgroup namespace) must be given it (list it in
+    ``cgroup.controllers``); if its ``cgroup.subtree_control`` lacks it, nsrecipes enables it
+    there itself (:func:`ancestor_writes`) unless v2 forbids that write.
     """
     layout = layout or host_layout()
     if layout.mode != "unified":
@@ -176,13 +88,43 @@ def controller_problem(ctrl: str, layout: Layout | None = None) -> NsrError | No
                 "see /proc/cgroups)")
         return NsrError(f"cgroup v2: controller {ctrl} is not available in "
                         f"{base}/cgroup.controllers", hint=hint)
-    hint = f"echo +{ctrl} > {control}"
+    what = f"cgroup v2: controller {ctrl} is not enabled in {control}"
+    if os.statvfs(base).f_flag & os.ST_RDONLY:
+        return NsrError(f"{what}, and cgroup2 is mounted read-only at {base}",
+                        hint=f"echo +{ctrl} > {control} where it is writable, or mount cgroup2 "
+                             "read-write (a container: run it with --privileged)")
     if ns_root and procs_here(base):
-        hint = (f"{base} is a cgroup namespace's root (a container's) and holds processes, so "
-                f"v2 forbids it to enable controllers: move them into a child first (mkdir "
-                f"{base}/init, echo each pid of {base}/cgroup.procs into "
-                f"{base}/init/cgroup.procs), then {hint}")
-    return NsrError(f"cgroup v2: controller {ctrl} is not enabled in {control}", hint=hint)
+        return NsrError(f"{what}, and {base} may not enable it: it holds processes",
+                        hint=f"{base} is a cgroup namespace's root (a container's); "
+                             + internal_processes_hint(base))
+    return None
+
+
+def internal_processes_hint(directory: str) -> str:
+    """v2's "no internal processes" rule, and how a container's entrypoint lives with it."""
+    return (f"cgroup v2 lets only a cgroup without processes enable controllers for children "
+            f"that hold processes (no internal processes: memory is refused, pids and cpu make "
+            f"it a threaded root); move its processes into a child first (mkdir "
+            f"{directory}/init, then echo each pid of {directory}/cgroup.procs into "
+            f"{directory}/init/cgroup.procs), as docker:dind's entrypoint does")
+
+
+def ancestor_writes(parent: str, top: str, controllers: tuple[str, ...]) -> list[tuple[str, str]]:
+    """v2: ``(DIR/cgroup.subtree_control, "+memory ...")`` for each ancestor of nsrecipes'
+    ``parent``, top-down from ``top`` (the hierarchy's root as mounted), whose subtree_control
+    lacks one of ``controllers``: what runc writes before it makes its cgroup. [] when every
+    ancestor enables them already (a systemd host)."""
+    wanted = [c for c in controllers if c in CONTROLLERS]
+    rel = os.path.relpath(os.path.dirname(parent.rstrip("/")), top)
+    parts = [] if rel == "." else rel.split("/")
+    chain = [os.path.join(top, *parts[:i]) for i in range(len(parts) + 1)]
+    writes: list[tuple[str, str]] = []
+    for d in chain:
+        control = os.path.join(d, "cgroup.subtree_control")
+        missing = [c for c in wanted if c not in read_file(control).split()]
+        if missing:
+            writes.append((control, " ".join(f"+{c}" for c in missing)))
+    return writes
 
 
 def require(controllers: tuple[str, ...], layout: Layout | None = None) -> None:
@@ -224,8 +166,7 @@ def write_hint(path: str, err: int) -> str | None:
     d, name = os.path.split(path)
     moving = name in ("cgroup.procs", "tasks")
     if err == errno.EBUSY and name == "cgroup.subtree_control":
-        return (f"{d} holds processes, and cgroup v2 lets only a cgroup without processes enable "
-                "controllers for its children (no internal processes); see `invoke doctor`")
+        return f"{d} holds processes: " + internal_processes_hint(d)
     if err == errno.EBUSY and moving:
         return (f"{d} enables controllers for its children (cgroup.subtree_control), so cgroup "
                 "v2 lets it hold no processes; use a leaf cgroup")
@@ -247,6 +188,8 @@ def write_hint(path: str, err: int) -> str | None:
     if err == errno.EOPNOTSUPP:
         return (f"{d} has cgroup.type {_ctype(d)!r}: domain controllers (memory, io) cannot be "
                 "enabled in a threaded subtree")
+    if err == errno.EROFS:
+        return "cgroup2 is mounted read-only here (a container: run it with --privileged)"
     if err == errno.EINVAL:
         return "the kernel refused the value (too small for what the cgroup uses already?)"
     return None
@@ -287,6 +230,7 @@ class Cgroup:
     version: int                 #: 1 (v1/hybrid) or 2 (unified)
     dirs: dict[str, str]
     parent: str | None = None    #: v2: nsrecipes' own parent cgroup (made, then removed if empty)
+    top: str | None = None       #: v2: the hierarchy's root as mounted (the cgroup namespace's)
 
     # -- paths ------------------------------------------------------------------------------
     def unique_dirs(self) -> list[str]:
@@ -330,10 +274,20 @@ class Cgroup:
         wanted = " ".join(f"+{c}" for c in self.dirs if c in CONTROLLERS)
         return [(os.path.join(parent, "cgroup.subtree_control"), wanted)] if wanted else []
 
+    def ancestor_enable_writes(self) -> list[tuple[str, str]]:
+        """v2: the writes that enable this cgroup's controllers in the ancestors of nsrecipes'
+        parent that lack them now (:func:`ancestor_writes`); [] on v1."""
+        if self.version != 2 or not self.parent or not self.top:
+            return []
+        return ancestor_writes(self.parent, self.top, tuple(self.dirs))
+
     # -- operations ---------------------------------------------------------------------------
     def create(self) -> None:
         """mkdir every directory; on v2 in nsrecipes' parent, whose controllers are enabled
-        once the directory exists (so a concurrent run cannot remove the parent between)."""
+        once the directory exists (so a concurrent run cannot remove the parent between),
+        after the ancestors that lacked them got them (never undone)."""
+        for path, value in self.ancestor_enable_writes():
+            write_file(path, value)
         if self.parent:
             make_parent(self.parent)
         for d in self.unique_dirs():
@@ -511,17 +465,18 @@ def plan(name: str, controllers: tuple[str, ...] = CONTROLLERS, layout: Layout |
     """The cgroup ``name`` (must start with ``nsr``) for ``controllers``: on v1 below the
     caller's own cgroup in each hierarchy carrying one (also cpuacct when cpu is wanted), on v2
     in nsrecipes' own parent (see the module docstring). Raises, before anything is made, if
-    a controller cannot be used (:func:`require`)."""
+    a controller cannot be used (:func:`require`); one nsrecipes can enable is fine."""
     if not name.startswith(PREFIX) or "/" in name:
         raise InvalidInput(f"cgroup name {name!r} must start with {PREFIX!r} and have no '/'",
                            hint=f"use e.g. {PREFIX}-demo")
     layout = layout or host_layout()
     require(controllers, layout)
     if layout.mode == "unified":
-        parent = os.path.join(layout.v2 or ROOT, PARENT_NAME)
+        top = layout.v2 or ROOT
+        parent = os.path.join(top, PARENT_NAME)
         path = os.path.join(parent, name)
         # no controller: a bare v2 cgroup still groups, counts and kills its processes
-        return Cgroup(name, 2, {c: path for c in controllers} or {"cgroup": path}, parent)
+        return Cgroup(name, 2, {c: path for c in controllers} or {"cgroup": path}, parent, top)
     dirs: dict[str, str] = {}
     wanted = list(controllers) + (["cpuacct"] if "cpu" in controllers else [])
     for c in wanted:

@@ -22,6 +22,7 @@ import errno
 import os
 import pickle
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -113,13 +114,34 @@ def parent_step(parent: str) -> Step:
                 native=lambda: cgroupfs.make_parent(parent), undo=prune)
 
 
+def enable_step(path: str, value: str) -> Step:
+    """Step (v2): enable controllers for the children of an ancestor of nsrecipes' cgroups
+    (``echo +memory > DIR/cgroup.subtree_control``), as runc does; said on stderr in one line
+    when it is done. No undo: other cgroups may rely on it from then on."""
+    directory = os.path.dirname(path)
+    names = value.replace("+", "")
+
+    def enable() -> None:
+        cgroupfs.write_file(path, value)
+        print(f"nsrecipes: cgroup v2: enabled {names} for the children of {directory} (echo "
+              f"{value} > {path}), as runc does; it stays enabled", file=sys.stderr, flush=True)
+
+    return Step(f"enable {names} for the children of {directory}, an ancestor of nsrecipes' "
+                "cgroups that lacks it (the one write outside nsrecipes' own cgroups; never "
+                "undone, as with runc: other cgroups may rely on it)",
+                display=f"echo {value} > {path}", native=enable)
+
+
 def create_cgroup(run: Runner, name: str | None = None,
                   controllers: tuple[str, ...] = cgroupfs.CONTROLLERS) -> Cgroup:
     """Step(s): make cgroup ``name`` (``nsr-...``) in each hierarchy carrying ``controllers``
-    (on v2 in nsrecipes' own parent, whose controllers are enabled once it has the child);
-    undo: kill what is in it and remove it. A controller that cannot be used fails here,
-    before anything is made."""
+    (on v2 in nsrecipes' own parent, whose controllers are enabled once it has the child,
+    after the ancestors that lacked them got them: :func:`enable_step`); undo: kill what is
+    in it and remove it. A controller that cannot be used fails here, before anything is
+    made."""
     cg = cgroupfs.plan(name or f"{PREFIX}-cg-{scope_id()}", controllers)
+    for path, value in cg.ancestor_enable_writes():
+        run.run(enable_step(path, value))
     if cg.parent:
         run.run(parent_step(cg.parent))
     for ctrl, d in dirs_with_names(cg):

@@ -3,8 +3,10 @@
 Every test checks the files of the layout it finds: the v1 files on a hybrid or v1 host (this
 machine), the v2 files on a pure v2 host (the VM runner's Debian 6.1 guest), where the
 cgroups go below nsrecipes' own parent, never below the caller's scope. What neither machine
-has is built for real: a systemd-like session scope that holds processes (in a v2 guest) and
-a cgroup namespace whose root does not delegate the controllers (everywhere).
+has is built for real: a systemd-like session scope that holds processes (in a v2 guest),
+a cgroup namespace whose root does not delegate the controllers (everywhere), and one whose
+root is given them but enables none for its children (a v2 guest without systemd: nsrecipes
+enables them there, as runc does). Input parsing is in test_cgroup_parse.py.
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import pytest
 from helpers import INVOKE, cli, one_line_error
 from nsutil import cgroupfs
 from nsutil.backend import Runner
-from nsutil.cgroupfs import Limits
 from nsutil.errors import InvalidInput, NsrError
 from nsutil.names import scope_id
 from recipes import cgroup
@@ -32,68 +33,7 @@ def _root():
         pytest.skip("cgroups need root")
 
 
-# --- input ----------------------------------------------------------------------------------
-
-@pytest.mark.userspace
-@pytest.mark.parametrize("bad", ["64X", "-1", "0", "", "abc", "1.5M", "512K0", "100", "2048k"])
-def test_bad_memory_limits_are_refused(bad):
-    with pytest.raises(InvalidInput) as err:
-        cgroupfs.parse_memory(bad)
-    assert "\n" not in str(err.value) and "hint" in str(err.value)
-
-
-@pytest.mark.userspace
-@pytest.mark.parametrize("bad", ["-1", "0", "x", "1.5", "99999999"])
-def test_bad_pids_limits_are_refused(bad):
-    with pytest.raises(InvalidInput):
-        cgroupfs.parse_pids(bad)
-
-
-@pytest.mark.userspace
-@pytest.mark.parametrize("bad", ["0", "-1", "x", "0.001", "5000"])
-def test_bad_cpu_limits_are_refused(bad):
-    with pytest.raises(InvalidInput):
-        cgroupfs.parse_cpus(bad)
-
-
-@pytest.mark.userspace
-def test_good_limits_parse():
-    lim = Limits.parse("64M", "64", "0.5")
-    assert (lim.memory, lim.pids, lim.cpus) == (64 << 20, 64, 0.5)
-    assert lim.cpu_quota() == (50_000, 100_000)
-    assert cgroupfs.parse_memory("1G") == 1 << 30 and cgroupfs.parse_memory("8192k") == 8 << 20
-
-
-@pytest.mark.userspace
-def test_demo_refuses_bad_input_before_creating_anything():
-    before = set(cgroupfs.find_ours())
-    with Runner(backend="native") as run, pytest.raises(InvalidInput):
-        cgroup.demo(run, memory="64X")
-    assert set(cgroupfs.find_ours()) == before
-
-
 # --- layout ---------------------------------------------------------------------------------
-
-HYBRID = """\
-30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
-31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
-32 30 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
-33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
-34 30 0:30 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
-"""
-UNIFIED = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
-LEGACY = "\n".join(HYBRID.splitlines()[2:]) + "\n"
-
-
-def test_detect_layouts_from_mountinfo():
-    hybrid = cgroupfs.detect(HYBRID)
-    assert hybrid.mode == "hybrid" and hybrid.v2 == "/sys/fs/cgroup/unified"
-    assert hybrid.v1["cpu"] == hybrid.v1["cpuacct"] == "/sys/fs/cgroup/cpu,cpuacct"
-    assert hybrid.version_for("memory") == 1
-    assert cgroupfs.detect(UNIFIED).mode == "unified"
-    legacy = cgroupfs.detect(LEGACY)
-    assert legacy.mode == "legacy" and legacy.v2 is None and "pids" in legacy.v1
-
 
 def test_this_machine_is_detected_like_runc():
     """runc: statfs(/sys/fs/cgroup) == CGROUP2_SUPER_MAGIC -> unified; statfs of
@@ -146,18 +86,46 @@ def v2_box():
         cgroupfs.remove_dir(box)
 
 
-def test_a_v2_root_without_the_controllers_is_refused_before_anything_is_made(v2_box):
-    """The v2 hierarchy as the host has it, with no controller of ours in its
-    subtree_control (here the hybrid host's /sys/fs/cgroup/unified; in a v2 guest a cgroup
-    the test makes): plan() names the controller and the file, in one line."""
+def test_a_v2_root_that_offers_but_does_not_enable_is_planned_with_the_writes_above(v2_box):
+    """The v2 hierarchy as the host has it, seen from a cgroup the test makes as if it were
+    the root (here the hybrid host's /sys/fs/cgroup/unified offers no controller: plan()
+    refuses in one line, naming the controller and the file; in a v2 guest it offers them but
+    enables none: plan() makes nothing and the writes that enable them there are planned)."""
     box = v2_box
     fake = cgroupfs.Layout("unified", {}, box, ())
-    with pytest.raises(NsrError) as err:
-        cgroupfs.plan("nsr-t-x", ("pids", "memory"), fake)
-    text = str(err.value)
-    assert text.startswith(f"cgroup v2: controller pids is not "), text
-    assert f"in {box}/cgroup." in text and "(hint: " in text and "\n" not in text
-    assert os.listdir(box) and not [e for e in os.scandir(box) if e.is_dir()]
+    offered = cgroupfs.read_file(os.path.join(box, "cgroup.controllers")).split()
+    if "pids" not in offered:
+        with pytest.raises(NsrError) as err:
+            cgroupfs.plan("nsr-t-x", ("pids", "memory"), fake)
+        text = str(err.value)
+        assert text.startswith("cgroup v2: controller pids is not available in "), text
+        assert f"in {box}/cgroup.controllers" in text and "(hint: " in text and "\n" not in text
+    else:
+        cg = cgroupfs.plan("nsr-t-x", ("pids", "memory"), fake)
+        assert cg.ancestor_enable_writes() == [(f"{box}/cgroup.subtree_control",
+                                                "+pids +memory")]
+    assert not [e for e in os.scandir(box) if e.is_dir()]
+    assert cgroupfs.read_file(os.path.join(box, "cgroup.subtree_control")).split() == []
+
+
+def test_ancestor_writes_go_top_down_and_name_only_what_is_missing(v2_box):
+    """runc's walk from the root as mounted down to the parent of its cgroup, read from real
+    subtree_control files (on this host's controller-less v2 hierarchy too): each ancestor
+    that lacks a wanted controller gets one write, in order; one that has them all, none."""
+    box = v2_box
+    os.makedirs(os.path.join(box, "a", "b"))
+    parent = os.path.join(box, "a", "b", "nsrecipes")
+    writes = cgroupfs.ancestor_writes(parent, box, ("memory", "pids", "cgroup"))
+    assert writes == [(f"{d}/cgroup.subtree_control", "+memory +pids")
+                      for d in (box, f"{box}/a", f"{box}/a/b")]
+    assert cgroupfs.ancestor_writes(os.path.join(box, "nsrecipes"), box, ("pids",)) == [
+        (f"{box}/cgroup.subtree_control", "+pids")]
+    assert cgroupfs.ancestor_writes(os.path.join(box, "nsrecipes"), box, ()) == []
+    layout = cgroupfs.detect()
+    if layout.mode == "unified" and "memory" in cgroupfs.read_file(
+            os.path.join(layout.v2, "cgroup.subtree_control")).split():
+        top = cgroupfs.plan("nsr-t-x", ("memory",), layout)   # a systemd-like root: nothing
+        assert top.ancestor_enable_writes() == []
 
 
 # --- the limits, for real ---------------------------------------------------------------------
@@ -304,27 +272,139 @@ def _v2_tree() -> str:
     return sorted(r for r, _d, _f in os.walk(layout.v2)) if layout.v2 else []
 
 
-@pytest.mark.parametrize("argv", [["container-run", "--memory", "64M", "--", "true"],
-                                  ["cgroup-demo"]], ids=["container-run", "cgroup-demo"])
-def test_a_container_root_that_delegates_nothing_gives_one_line_first(argv, v2_box):
+def _namespace_root(box: str, leave: bool) -> list[str]:
+    """The argv prefix that runs a command with cgroup ``box`` as the root of a new cgroup
+    namespace, cgroup2 mounted anew on /sys/fs/cgroup in a new private mount namespace (what
+    `docker run --privileged --cgroupns=private` gives). With ``leave`` the command first
+    moves into BOX/init, as docker:dind's entrypoint does, so the root holds no process."""
+    # a tmpfs between: the same superblock right on top of its own mount's root is EBUSY
+    inner = ('mount -t tmpfs nsr-t /sys/fs/cgroup && mount -t cgroup2 nsr-cg2 /sys/fs/cgroup'
+             + (' && mkdir /sys/fs/cgroup/init && echo $$ > /sys/fs/cgroup/init/cgroup.procs'
+                if leave else '') + ' && exec "$@"')
+    return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && shift && exec "$@"', box, "x",
+            "unshare", "--cgroup", "--mount", "--propagation", "private", "sh", "-c",
+            inner, "sh"]
+
+
+@pytest.mark.parametrize("argv, ctrl", [(["container-run", "--pids", "20", "--", "true"], "pids"),
+                                        (["cgroup-demo"], "memory")],
+                         ids=["container-run", "cgroup-demo"])
+def test_a_container_root_that_delegates_nothing_gives_one_line_first(argv, ctrl, v2_box):
     """Like a container whose cgroup namespace root holds processes and has no controller for
     children: a cgroup of the test's own (no controller enabled in it) becomes the root of a
     new cgroup namespace, with cgroup2 mounted on /sys/fs/cgroup in a new mount namespace.
     Real on both machines: the hybrid host's v2 hierarchy offers no memory/pids at all (not
-    available); a v2 guest's offers them but does not enable them (not enabled)."""
+    available); a v2 guest's offers them, but v2 forbids a root holding processes to enable
+    memory (no internal processes), and pids there would make nsrecipes' cgroups 'domain
+    invalid' (a threaded root), so nsrecipes does not try and says how to fix it."""
     box = v2_box
     before = (sorted(os.listdir(box)), set(cgroupfs.find_ours()))
-    # a tmpfs between: the same superblock right on top of its own mount's root is EBUSY
-    inner = ('mount -t tmpfs nsr-t /sys/fs/cgroup && mount -t cgroup2 nsr-cg2 /sys/fs/cgroup'
-             ' && exec "$@"')
-    prefix = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && shift && exec "$@"', box, "x",
-              "unshare", "--cgroup", "--mount", "--propagation", "private", "sh", "-c",
-              inner, "sh"]
-    line = one_line_error(cli(*argv, prefix=prefix, timeout=300))
-    ctrl = "memory"
+    line = one_line_error(cli(*argv, prefix=_namespace_root(box, leave=False), timeout=300))
     assert f"cgroup v2: controller {ctrl} is not " in line, line
     assert "/sys/fs/cgroup/cgroup." in line and "namespace" in line, line
+    if ctrl in cgroupfs.read_file(os.path.join(box, "cgroup.controllers")).split():
+        assert "/sys/fs/cgroup may not enable it: it holds processes" in line, line
+        assert "no internal processes" in line and "mkdir /sys/fs/cgroup/init" in line, line
     assert (sorted(os.listdir(box)), set(cgroupfs.find_ours())) == before
+    assert cgroupfs.read_file(os.path.join(box, "cgroup.subtree_control")).split() == []
+
+
+def _offers(box: str, controllers: tuple[str, ...]) -> None:
+    """Skip unless ``box`` is given ``controllers`` (a pure v2 host, not this hybrid one)."""
+    offered = cgroupfs.read_file(os.path.join(box, "cgroup.controllers")).split()
+    if not set(controllers) <= set(offered):
+        pytest.skip(f"cgroup layout {cgroupfs.detect().mode}: the v2 hierarchy does not give "
+                    f"{' '.join(controllers)} (a root enabling them is tested in the VM)")
+
+
+def _enabled_line(controllers: str, root: str = "/sys/fs/cgroup") -> str:
+    value = " ".join(f"+{c}" for c in controllers.split())
+    return (f"nsrecipes: cgroup v2: enabled {controllers} for the children of {root} (echo "
+            f"{value} > {root}/cgroup.subtree_control), as runc does; it stays enabled")
+
+
+def _enabled(box: str) -> list[str]:
+    return sorted(cgroupfs.read_file(os.path.join(box, "cgroup.subtree_control")).split())
+
+
+#: inside the container: its own cgroup (the root of its cgroup namespace) and its limits
+READ_LIMITS = "mount -t cgroup2 nsr /sys && cat /sys/memory.max /sys/pids.max /proc/self/cgroup"
+
+
+def test_a_namespace_root_that_enables_nothing_gets_the_controllers_like_runc(v2_box):
+    """A v2 host without systemd (a container, the VM as booted): the root of the cgroup
+    namespace is given memory and pids, but its subtree_control starts empty. Built for
+    real (in the VM): a cgroup of the test's own, nothing enabled in it, becomes the root of
+    a new cgroup namespace and its processes move into /init. container-run's limits work:
+    nsrecipes enables what they need at that root itself, says so in one line, leaves it
+    enabled, and leaves nothing else."""
+    box = v2_box
+    _offers(box, ("memory", "pids"))
+    ours = set(cgroupfs.find_ours())
+    done = cli("container-run", "--backend", "native", "--memory", "48M", "--pids", "20", "--",
+               "sh", "-c", READ_LIMITS, prefix=_namespace_root(box, leave=True), timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [_enabled_line("memory pids")], done.stderr
+    assert done.stdout.split() == [str(48 << 20), "20", "0::/"], done.stdout
+    assert _enabled(box) == ["memory", "pids"]     # never undone
+    assert sorted(e.name for e in os.scandir(box) if e.is_dir()) == ["init"]
+    assert set(cgroupfs.find_ours()) == ours
+
+
+@pytest.fixture
+def box_as_root(v2_box, monkeypatch) -> str:
+    """``v2_box`` seen by nsrecipes as the root of the v2 hierarchy (``host_layout`` points
+    there, as a cgroup namespace rooted at it would): a real cgroup with nothing enabled,
+    without the cost of a new interpreter per run that a namespace needs (a minute in TCG)."""
+    _offers(v2_box, ("memory", "pids", "cpu"))
+    fake = cgroupfs.Layout("unified", {}, v2_box, ())
+    monkeypatch.setattr(cgroupfs, "host_layout", lambda: fake)
+    return v2_box
+
+
+def test_container_limits_enable_what_the_root_lacks_on_both_backends(backend, box_as_root,
+                                                                      capsys):
+    """container-run with --memory, --pids and --cpus below a root that enables nothing: the
+    three are enabled there (one line), the limits are what the container sees, nothing of
+    nsrecipes' is left, and the write stays."""
+    from containerkit import run_ct
+    box = box_as_root
+    code, out, err = run_ct(backend, ["sh", "-c", READ_LIMITS + "; cat /sys/cpu.max"],
+                            memory="48M", pids="20", cpus="0.5")
+    assert code == 0, err
+    assert out.split() == [str(48 << 20), "20", "0::/", "50000", "100000"], out
+    assert capsys.readouterr().err.splitlines() == [_enabled_line("memory pids cpu", box)]
+    assert _enabled(box) == ["cpu", "memory", "pids"]
+    assert not [e for e in os.scandir(box) if e.is_dir()]
+
+
+def test_cgroup_demo_enables_each_controller_once_on_both_backends(backend, box_as_root,
+                                                                   capsys):
+    """cgroup-demo's three cgroups below a root that enables nothing: each part enables its
+    controller when it comes (three lines, one each), and the demo's results are as usual."""
+    box = box_as_root
+    with Runner(backend=backend) as run:
+        got = cgroup.demo(run, pids=12, seconds=0.3)
+    assert got["memory"]["oom_kills"] >= 1 and got["pids"]["peak"] == 12, got
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("nsrecipes:")]
+    assert lines == [_enabled_line(c, box) for c in ("memory", "pids", "cpu")]
+    assert _enabled(box) == ["cpu", "memory", "pids"]
+    assert not [e for e in os.scandir(box) if e.is_dir()]
+
+
+def test_explain_shows_the_write_above_and_makes_nothing(box_as_root, capsys):
+    """``--explain`` shows the one write outside nsrecipes' cgroups as its shell form, before
+    nsrecipes' own parent is made, and changes nothing."""
+    from recipes import container
+    box = box_as_root
+    with Runner(backend="native", explain=True) as run:
+        container.run_container(run, ["true"], memory="48M")
+    out = capsys.readouterr().out
+    write = f"$ echo +memory > {box}/cgroup.subtree_control\n"
+    assert write in out, out
+    assert out.index(write) < out.index(f"$ mkdir -p {box}/nsrecipes\n")
+    assert "never undone" in out
+    assert _enabled(box) == [] and not [e for e in os.scandir(box) if e.is_dir()]
 
 
 def _scope_state(scope: str) -> dict[str, str]:
@@ -343,7 +423,8 @@ def _session_scope(layout: cgroupfs.Layout):
     if own != layout.v2.rstrip("/") and cgroupfs.procs_here(own):
         yield own, []
         return
-    missing = [c for c in cgroupfs.CONTROLLERS if cgroupfs.controller_problem(c, layout)]
+    given = cgroupfs.read_file(os.path.join(layout.v2, "cgroup.subtree_control")).split()
+    missing = [c for c in cgroupfs.CONTROLLERS if c not in given]
     if missing:
         pytest.skip(f"the v2 root {layout.v2} does not enable {' '.join(missing)} for children")
     slice_ = os.path.join(layout.v2, f"nsr-t-{scope_id()}.slice")
