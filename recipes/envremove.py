@@ -24,8 +24,8 @@ from nsutil.nstypes import NS_TYPES
 from .common import Leftover
 from .envhold import release_private_base
 from .envstate import (NETNS_DIR, NSFS_DEV, STATE_FILE, TMP_RE, base_dir, check_env_name,
-                       env_dir, env_lock, is_mountpoint, members, mounts_below, open_dir,
-                       quiet_runner, read_state, same_process)
+                       env_dir, env_lock, global_lock, is_mountpoint, members, mounts_below,
+                       open_dir, quiet_runner, read_state, same_process)
 
 
 # --- remove ---------------------------------------------------------------------------------
@@ -273,6 +273,28 @@ def _remove_tmp(entry: str) -> None:
     release_private_base(quiet_runner())
 
 
+def _being_made(path: str, pid: int) -> bool:
+    """True while the creator of the half-made record ``path`` (``.env-NAME.PID.tmp``) runs.
+
+    Its pid alone does not tell: once the creator is dead, another process may get that
+    pid. The creator makes the directory and flocks it under the state directory's lock, and
+    holds that flock until it exits; so, under that lock, a free flock means it is gone."""
+    if not process.pid_alive(pid):
+        return False
+    with global_lock():
+        try:
+            fd = open_dir(path)
+        except NsrError:
+            return False                    # removed meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+    return False
+
+
 def leftovers() -> list[Leftover]:
     """Every environment (alive, dead or half-made) and the private bind of /run/nsrecipes;
     each ``remove()`` removes exactly that one (see :func:`remove`)."""
@@ -283,7 +305,7 @@ def leftovers() -> list[Leftover]:
     for entry in sorted(os.listdir(base)):
         m = TMP_RE.match(entry)
         if m:
-            if not process.pid_alive(int(m.group(2))):
+            if not _being_made(os.path.join(base, entry), int(m.group(2))):
                 found.append(Leftover("env", f"{m.group(1)} (half-made: {entry})",
                                       lambda e=entry: _remove_tmp(e)))
             continue
