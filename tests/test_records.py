@@ -185,7 +185,7 @@ def test_a_reader_never_sees_a_torn_record(state):
         writer.wait(60)
     writes = int(writer.stdout.read())
     print(f"{writes} writes, {reads} reads")
-    assert writes > 100 and reads > 100
+    assert writes > 20 and reads > 100
     assert not missed, f"{len(missed)} of {reads} reads saw no whole record"
     env.remove(_quiet(), name)
 
@@ -339,6 +339,7 @@ def _wait_waiters(path: str, count: int, procs: list[subprocess.Popen]) -> None:
     def ready() -> bool:
         for p in procs:
             assert p.poll() is None, p.communicate()
+        assert os.path.isdir(path), f"{path} was removed: a process did not wait for its lock"
         return _flock_waiters(path) >= count
     process.wait_for(ready, 600, f"{count} processes to wait for the lock on {path}")
 
