@@ -125,7 +125,8 @@ try:
     e.bind_mount(top + "/src", top + "/b")
     inside = [ln.split()[4] for ln in e.exec(["cat", "/proc/self/mountinfo"]).stdout.splitlines()
               if ln.split()[4].startswith(top + "/")]
-    here = [ln.split()[4] for ln in open("/proc/self/mountinfo") if ln.split()[4].startswith(top)]
+    here = [ln.split()[4] for ln in open("/proc/self/mountinfo")
+            if ln.split()[4].startswith(top)]
 finally:
     e.remove(missing_ok=True)
 print(json.dumps({"inside": inside, "here": here}))
@@ -140,8 +141,8 @@ def test_env_mounts_never_reach_the_host_even_on_a_shared_root(backend, tmp_path
         (tmp_path / "top" / d).mkdir(parents=True)
     name = f"nsr-m-{secrets.token_hex(3)}"
     done = subprocess.run(["unshare", "--mount", "--propagation", "shared", "--", PY, "-c",
-                           _PROPAGATION, name, backend, str(tmp_path / "top")], cwd=ROOT, timeout=300,
-                          capture_output=True, text=True,
+                           _PROPAGATION, name, backend, str(tmp_path / "top")], cwd=ROOT,
+                          timeout=300, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": ROOT,
                                "NSR_STATE_DIR": str(tmp_path / "state")})
     assert done.returncode == 0, done.stdout + done.stderr

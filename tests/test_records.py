@@ -18,14 +18,13 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from helpers import ROOT
 from nsutil import process
 from nsutil.backend import Runner
-from recipes import cleanup, containerstate, env, envstate, net
+from recipes import cleanup, env, envstate, net
 from stepkit import Stepped
 
 PY = sys.executable
@@ -129,8 +128,9 @@ def test_a_crash_mid_write_leaves_the_old_record(state, kind, tmp_path):
     else:
         where, path = name, os.path.join(net.ETC_NETNS, name, "hosts")
     try:
-        done = subprocess.run([PY, "-c", _CRASH_WRITE, kind, where], cwd=ROOT, timeout=120,
-                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+        done = subprocess.run([PY, "-c", _CRASH_WRITE, kind, where], cwd=ROOT, timeout=300,
+                              capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": ROOT})
         assert done.stdout == "old written\n", done.stdout + done.stderr
         assert done.returncode == -signal.SIGXFSZ, done.stderr
         with open(path) as f:
@@ -227,10 +227,10 @@ def reuse(pid):
         p.wait()
     raise SystemExit("pid %d could not be had again" % pid)
 
-def sweep():
+def sweep(name):
     plan = cleanup.sweep()
-    return ([i for i in plan.remove if i.kind == "env"],
-            {k.name: k.why for k in plan.kept if k.kind == "env"})
+    return ([i for i in plan.remove if i.kind in ("env", "container") and name in i.name],
+            {k.name: k.why for k in plan.kept if k.kind in ("env", "container")})
 
 what, name, backend = sys.argv[1:4]
 out = {}
@@ -244,8 +244,8 @@ if what == "holder":
             pass
     for key in ("holder", "parent"):
         gone(st[key]["pid"])
-    other = reuse(st["holder"]["pid"])
-    out["start_differs"] = process.start_time(other.pid) != st["holder"]["start"]
+    others = [reuse(st["holder"]["pid"])]
+    out["start_differs"] = process.start_time(others[0].pid) != st["holder"]["start"]
     out["alive"] = e.alive()
     out["state"] = env.describe(name)["state"]
     try:
@@ -253,21 +253,30 @@ if what == "holder":
         out["exec"] = "ran"
     except NsrError as exc:
         out["exec"] = str(exc)
+elif what == "container":   # kept (--rm not given) after it exited; its pids go to others
+    from recipes import containerstate
+    out["code"] = subprocess.run([sys.executable, "-c", sys.argv[4], name, backend]).returncode
+    reap()
+    rec = next(s for s in containerstate.states() if s["name"] == name)
+    for key in ("pid", "pid1"):
+        gone(rec[key])
+    others = [reuse(rec["pid"]), reuse(rec["pid1"])]
 else:   # the creator killed (SIGXFSZ) while its record is half-made: .env-NAME.PID.tmp
     creator = subprocess.Popen([sys.executable, "-c", sys.argv[4], name, backend])
     out["creator_status"] = creator.wait()
     out["half_made"] = [e for e in os.listdir(env.base_dir()) if name in e]
-    other = reuse(creator.pid)
-remove, kept = sweep()
+    others = [reuse(creator.pid)]
+remove, kept = sweep(name)
 out["remove"] = [i.name for i in remove]
 out["kept"] = kept
 removed, failed = cleanup.remove_all(items=remove)
 out["failed"] = [str(exc) for _, exc in failed]
-out["other_alive"] = process.pid_alive(other.pid)
+out["other_alive"] = all(process.pid_alive(p.pid) for p in others)
 base = env.base_dir()
 out["left"] = sorted(os.listdir(base)) if os.path.isdir(base) else []
-other.kill()
-other.wait()
+for p in others:
+    p.kill()
+    p.wait()
 print(json.dumps(out), flush=True)
 """
 
@@ -283,6 +292,18 @@ resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
 with Runner(backend=backend, keep=True, out=open(os.devnull, "w")) as run:
     env.create(run, name, "uts,ipc")
+"""
+
+
+#: the tool of a container kept after it exits (``container-run`` without ``--rm``)
+_CONTAINER_TOOL = r"""
+import os, sys
+from nsutil.backend import Runner
+from recipes import container
+name, backend = sys.argv[1:3]
+with open(os.devnull, "w") as null, Runner(backend=backend) as run:
+    sys.exit(container.run_container(run, ["true"], rm=False, name=name, stdout=null.fileno(),
+                                     stderr=null.fileno()))
 """
 
 
@@ -309,6 +330,18 @@ def test_a_reused_pid_is_not_the_holder(state, backend):
     assert out["remove"] == [name] and out["kept"] == {}, out
     assert out["failed"] == [] and out["left"] == [], out
     assert out["other_alive"], "cleanup killed the process that re-used the holder's pid"
+
+
+def test_a_container_whose_pids_were_reused_is_removed_without_killing_them(state, backend):
+    """A container kept after it exited (no --rm): its outside process and its PID 1 are
+    gone and their pids handed to two other processes. cleanup judges the container
+    orphaned, removes its record, cgroup and directory, and kills neither of the two."""
+    name = f"nsr-c-u{secrets.token_hex(3)}"
+    out = _in_own_pidns(state, "container", name, backend, _CONTAINER_TOOL)
+    assert out["code"] == 0, out
+    assert out["remove"] == [name] and out["kept"] == {}, out
+    assert out["failed"] == [] and out["left"] == [], out
+    assert out["other_alive"], "cleanup killed a process that re-used a container's pid"
 
 
 def test_a_half_made_record_whose_creator_pid_was_reused_is_cleaned_up(state):
