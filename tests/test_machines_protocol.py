@@ -236,3 +236,36 @@ def test_a_machine_failing_its_build_means_no_machine_commits(tmp_path):
             assert c.netns(name) == [] and c.state(name) == [], name
         with c.controller():
             assert machines.recorded(scope) == []
+
+
+def _venv_of_another_version(directory) -> str:
+    """A venv whose installed nsrecipes says it is 0.0.1 (a ``dist-info`` with that version)
+    while its code is this checkout's (a .pth): what a machine not yet upgraded runs."""
+    venv = directory / "nsr-old-venv"
+    subprocess.run([PY, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+                   check=True, timeout=600)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    dist = site / "nsrecipes-0.0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nsrecipes\nVersion: 0.0.1\n")
+    main_site = next(p for p in sys.path if p.endswith("site-packages") and sys.prefix in p)
+    (site / "nsr-main.pth").write_text(ROOT + "\n" + main_site + "\n")
+    return str(venv)
+
+
+def test_a_machine_of_another_version_makes_nothing_for_an_env_command(tmp_path):
+    """``env-create --machine m1`` where m1 runs another nsrecipes version: the controller
+    passes ``--expect`` its own version and the agent there refuses before doing anything --
+    one line naming the machine and both versions, and no environment on m1 (the controller
+    reads the version only once the command has ended: the agent's refusal is what keeps
+    an old agent from acting)."""
+    from machines import cluster
+    with cluster(1, tmp_path) as c:
+        path = tmp_path / "lab.toml"
+        path.write_text(c.toml({"m1": _venv_of_another_version(tmp_path)}) + "[hosts.h1]\n")
+        done = c.invoke("env-create", "nsr-mvenv", "--machine", "m1", "--file", str(path))
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode != 0 and len(lines) == 1, done.stdout + done.stderr
+        assert lines[0].startswith("nsrecipes: machine m1 (root@10.250.0.11): nsrecipes 0.0.1 "
+                                   "is installed there"), lines[0]
+        assert c.state("m1") == [], "the agent of another version made the environment"
