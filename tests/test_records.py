@@ -522,7 +522,9 @@ def test_removal_order_and_a_crash_after_any_step(state):
     finally:
         inside.kill()
         inside.wait()
-    for k in range(1, steps + 1):
+    # under TCG (tests/vm) each round costs a Python start of ~12 s: after the kill, the veth,
+    # the netns name, the first unbind, and the last but one
+    for k in ([1, 2, 3, 4, steps - 1] if os.environ.get("NSR_VM") else range(1, steps + 1)):
         name = _name("o")
         st, inside = _make_with_a_process_and_a_veth(name)
         try:
