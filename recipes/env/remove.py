@@ -26,7 +26,7 @@ from nsutil.netlink import NETNS_RUN_DIR
 from recipes.common.leftover import Leftover
 from recipes.env.holder import ours_on_top, release_private_base
 from recipes.env.state import (NSFS_DEV, STATE_FILE, TMP_RE, base_dir, check_env_name,
-                       env_dir, env_lock, members, open_dir,
+                       env_dir, env_lock, global_lock, members, open_dir,
                        quiet_runner, read_state)
 
 
@@ -275,6 +275,28 @@ def _remove_tmp(entry: str) -> None:
     release_private_base(quiet_runner())
 
 
+def _being_made(path: str, pid: int) -> bool:
+    """True while the creator of the half-made record ``path`` (``.env-NAME.PID.tmp``) runs.
+
+    Its pid alone does not tell: once the creator is dead, another process may get that
+    pid. The creator makes the directory and flocks it under the state directory's lock, and
+    holds that flock until it exits; so, under that lock, a free flock means it is gone."""
+    if not procfs.pid_alive(pid):
+        return False
+    with global_lock():
+        try:
+            fd = open_dir(path)
+        except NsrError:
+            return False                    # removed meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+    return False
+
+
 def leftovers() -> list[Leftover]:
     """Every environment (alive, dead or half-made) and the private bind of /run/nsrecipes;
     each ``remove()`` removes exactly that one (see :func:`remove`)."""
@@ -285,7 +307,7 @@ def leftovers() -> list[Leftover]:
     for entry in sorted(os.listdir(base)):
         m = TMP_RE.match(entry)
         if m:
-            if not procfs.pid_alive(int(m.group(2))):
+            if not _being_made(os.path.join(base, entry), int(m.group(2))):
                 found.append(Leftover("env", f"{m.group(1)} (half-made: {entry})",
                                       lambda e=entry: _remove_tmp(e)))
             continue
