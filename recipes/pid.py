@@ -41,6 +41,11 @@ SECTION = "PID namespace"
 PIDMNT = "pid,mnt"
 #: what the one-shot child runs (constant; no user input ever goes into it)
 ECHO_PS = 'hostname NewNamespace; hostname; echo $$; ps -e -o pid=,comm='
+#: the same without its own /proc: ps is exec'd, so it is PID 1 too. procps looks itself up
+#: as /proc/<its getpid()>, a PID of the new namespace read in the parent namespace's /proc:
+#: a low PID there is some other process or none ("fatal library error, lookup self" in a
+#: container, whose /proc holds few PIDs), and PID 1 is in every /proc.
+ECHO_EXEC_PS = 'hostname NewNamespace; hostname; echo $$; exec ps -e -o pid=,comm='
 
 
 # --- observing ---------------------------------------------------------------------------------
@@ -71,7 +76,8 @@ def parse_ps(text: str) -> list[tuple[int, str]]:
 
 
 def parse_echo_ps(text: str) -> dict:
-    """Output of :data:`ECHO_PS` -> {"hostname": str, "self": int, "ps": [(pid, comm)]}."""
+    """Output of :data:`ECHO_PS` (or :data:`ECHO_EXEC_PS`) ->
+    {"hostname": str, "self": int, "ps": [(pid, comm)]}."""
     name, _, rest = text.partition("\n")
     first, _, rest = rest.partition("\n")
     return {"hostname": name.strip(), "self": int(first.strip()), "ps": parse_ps(rest)}
@@ -187,7 +193,7 @@ def first_process(run: Runner, *, mount_proc: bool) -> dict:
     """
     types = "uts,pid,mnt" if mount_proc else "uts,pid"
     argv = ["unshare", "--uts", "--pid", "--fork"] + (["--mount", "--mount-proc"] if mount_proc else [])
-    argv += ["--", "sh", "-c", ECHO_PS]
+    argv += ["--", "sh", "-c", ECHO_PS if mount_proc else ECHO_EXEC_PS]
     flags = sc.CLONE_NEWUTS | sc.CLONE_NEWPID | (sc.CLONE_NEWNS if mount_proc else 0)
 
     def probe() -> dict:
@@ -335,7 +341,8 @@ def _fmt_ps(rows: list[tuple[int, str]], limit: int = 8) -> str:
 def demo(run: Runner, draw: str | None = None) -> dict:
     """The document's PID demo and its PID-namespace tree. Returns what was observed:
     ``host_pid``, ``without_proc`` and ``with_proc`` (``self`` is ``$$`` in the child,
-    ``ps`` what its ps listed), ``holder`` (``nspid`` as the host sees it, ``ps`` inside)
+    ``ps`` what its ps listed; without /proc, ``visible`` counts the PIDs it listed and
+    ``pids`` are they), ``holder`` (``nspid`` as the host sees it, ``ps`` inside)
     and ``nested`` (three-level ``nspid``, ``outer_ps``, ``inner_ps``). With ``draw`` (a
     path ending in .svg, checked before anything is made) the tree of PID namespaces is
     drawn there (``picture``: the data drawn); under --explain nothing is drawn."""
@@ -397,7 +404,7 @@ def demo(run: Runner, draw: str | None = None) -> dict:
         print(f"(--explain: nothing is drawn; a real run draws {draw})", file=run.out)
     return {"host_pid": me, "picture": tree,
             "without_proc": {"hostname": bare["hostname"], "self": bare["self"],
-                             "visible": len(bare["ps"])},
+                             "visible": len(bare["ps"]), "pids": [p for p, _ in bare["ps"]]},
             "with_proc": own,
             "holder": {"host_pid": outer.pid, "nspid": outer_nspid, "ps": outer_ps},
             "nested": {"host_pid": nested.pid, "nspid": nested_nspid,

@@ -8,7 +8,8 @@ import socket
 import pytest
 
 from helpers import as_nobody, cli, one_line_error
-from nsutil import procfs
+from nsutil import process, procfs
+from nsutil import syscalls as sc
 from nsutil.backend import Runner
 from recipes import pid
 
@@ -24,9 +25,11 @@ def test_demo_pid1_and_tree(runner, backend):
     holder_comm, unshare_comm, ps_comm = COMMS[backend]
     seen = pid.demo(runner)
     assert seen["host_pid"] == os.getpid()
-    # without its own /proc the child is PID 1 but ps still reads the host's /proc
+    # without its own /proc the child is PID 1 but ps still reads the host's /proc: it lists
+    # this test's process under its PID here (not just the few of a new namespace)
     assert seen["without_proc"]["self"] == 1
-    assert seen["without_proc"]["visible"] > 10
+    assert os.getpid() in seen["without_proc"]["pids"]
+    assert seen["without_proc"]["visible"] == len(seen["without_proc"]["pids"]) > 1
     # with /proc mounted in a new mount namespace: echo $$ -> 1, ps lists only its own
     own = seen["with_proc"]
     assert own["self"] == 1
@@ -62,6 +65,26 @@ def test_both_backends_see_the_same_shape():
     assert shapes[0] == shapes[1] == (1, 1, 2, 3, 3, 2, 4)
 
 
+def test_ps_without_its_own_proc_inside_a_container(backend):
+    """Inside a container (a PID namespace with a /proc of its own, where few PIDs exist), the
+    child without its own /proc runs ps too: it lists the container's processes, this
+    container's PID 1 among them. procps looks itself up under its own PID in the /proc it
+    reads: ps as the child's 4th process found no /proc/4 there ("fatal library error,
+    lookup self")."""
+    def in_container() -> dict:
+        sc.make_propagation("/", "private", recursive=True)
+        sc.mount("proc", "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+        for _ in range(16):            # a container that has run a while: its low PIDs are free
+            process.fork_call(lambda: None)
+        with Runner(backend=backend, out=io.StringIO()) as run:
+            return pid.first_process(run, mount_proc=False)
+
+    seen = process.spawn(in_container, sc.CLONE_NEWPID | sc.CLONE_NEWNS)
+    assert seen["self"] == 1 and seen["hostname"] == "NewNamespace"
+    pids = [p for p, _ in seen["ps"]]
+    assert 1 in pids and max(pids) < 80         # the container's own, not this host's
+
+
 @pytest.mark.userspace
 def test_explain_changes_nothing():
     out = io.StringIO()
@@ -70,6 +93,8 @@ def test_explain_changes_nothing():
     text = out.getvalue()
     assert ("$ unshare --uts --pid --fork --mount --mount-proc -- "
             "sh -c 'hostname NewNamespace; hostname; echo $$; ps -e -o pid=,comm='") in text
+    assert ("$ unshare --uts --pid --fork -- "
+            "sh -c 'hostname NewNamespace; hostname; echo $$; exec ps -e -o pid=,comm='") in text
     assert "nsenter -t $PID --pid --mount -- unshare --pid --mount --fork --mount-proc" in text
     assert "grep NSpid /proc/$PID2/status" in text
     assert "[undo] stop the nested holder" in text
