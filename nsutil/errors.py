@@ -85,7 +85,9 @@ def eperm_hint() -> str:
     refusal = layers.diagnose()
     if refusal is not None:
         return f"{refusal}; {refusal.fix}"
-    return layers.user_namespace_hint() or HINTS[_errno.EPERM]
+    return layers.user_namespace_hint() or (
+        "root is refused too: the namespace belongs to another user namespace (join that one "
+        "first), or a security module forbids it")
 
 
 class SyscallError(NsrError):
