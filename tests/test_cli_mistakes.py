@@ -22,12 +22,12 @@ def _env_name() -> str:
 def live_env():
     """A live environment made through the CLI (uts,ipc,pid,mnt,net), removed afterwards."""
     name = _env_name()
-    made = cli("env-create", name, "--backend", "native")
+    made = cli("env-create", name, "--backend", "native", timeout=300)   # an emulated VM
     assert made.returncode == 0, made.stderr
     try:
         yield name
     finally:
-        cli("env-rm", name, "--backend", "native")
+        cli("env-rm", name, "--backend", "native", timeout=300)
 
 
 @pytest.mark.parametrize("backend", ["shell", "native"])
@@ -160,7 +160,7 @@ def _interrupt_env_create(name: str, after: str, delay: float) -> tuple[int, str
             seen += line
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -183,4 +183,4 @@ def test_ctrl_c_during_env_create_leaves_nothing_or_a_ready_env(after, delay):
         if there:
             assert f"environment {name} is ready" in out
     finally:
-        cli("env-rm", name, "--backend", "native")
+        cli("env-rm", name, "--backend", "native", timeout=300)
