@@ -3,7 +3,7 @@ pair or a topology from which one thing was taken -- an address, ``lo`` up, the 
 broken and goes; a whole one beside it stays.
 
 Built through the real CLI (its tool exits, as a user's does) in a state directory of the
-test's own, broken with ``ip``, judged by :func:`recipes.cleanup.sweep`; nothing is mocked.
+test's own, broken with ``ip``, judged by :func:`recipes.ops.cleanup.sweep`; nothing is mocked.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import time
 import pytest
 
 from helpers import ROOT
-from recipes import cleanup, net
+from recipes.ops import cleanup
+from recipes import net
 
 PY = sys.executable
 
