@@ -117,7 +117,8 @@ def check_userns_limits() -> list[Check]:
 def check_cgroups() -> list[Check]:
     """The cgroup layout; the caller's own cgroup and whether it holds processes; where
     nsrecipes puts its cgroups; and for each controller the recipes use whether it is usable
-    there (on v2: enabled in the root's cgroup.subtree_control, which nsrecipes never writes)."""
+    there (on v2: offered by the root, which nsrecipes enables for its children when a limit
+    asks for it and it is not, as runc does)."""
     from nsutil import cgroupfs
     from nsutil.errors import NsrError
     try:
@@ -141,10 +142,15 @@ def check_cgroups() -> list[Check]:
                      "see /proc/self/cgroup"))
     out.append(Check("cgroup placement", True, cgroupfs.placement(layout),
                      "nsrecipes removes them when done; `invoke cleanup` removes leftovers"))
+    parent_dir = os.path.join(root, cgroupfs.PARENT_NAME)
     for name in cgroupfs.CONTROLLERS:
         problem = cgroupfs.controller_problem(name, layout)
-        where = (f"enabled in {root}/cgroup.subtree_control; nsrecipes enables it in its own "
-                 f"{root}/{cgroupfs.PARENT_NAME}" if v2 else f"v1 {layout.v1.get(name)}")
+        enables = v2 and problem is None and cgroupfs.ancestor_writes(parent_dir, root, (name,))
+        where = (f"offered by {root} but not enabled for its children: a limit enables it "
+                 f"there first (echo +{name} > {root}/cgroup.subtree_control), as runc does"
+                 if enables else
+                 f"enabled in {root}/cgroup.subtree_control; nsrecipes enables it in its own "
+                 f"{parent_dir}" if v2 else f"v1 {layout.v1.get(name)}")
         out.append(Check(f"cgroup controller {name}", problem is None,
                          where if problem is None else problem.what,
                          problem.hint or "" if problem else ""))
