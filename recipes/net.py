@@ -283,10 +283,10 @@ HOSTS_MARK = "# written by nsrecipes; removed with its namespace"
 HOSTS_MARK_DIR = HOSTS_MARK + " (and so is this directory)"
 
 
-def _hosts_mark(ns: str) -> str | None:
+def _hosts_mark(ns: str, name: str = "hosts") -> str | None:
     """The mark on /etc/netns/NS/hosts (None: no such file, or not nsrecipes')."""
     try:
-        with open(os.path.join(ETC_NETNS, ns, "hosts")) as f:
+        with open(os.path.join(ETC_NETNS, ns, name)) as f:
             first = f.readline().rstrip("\n")
     except (OSError, UnicodeDecodeError):
         return None
@@ -324,11 +324,15 @@ def write_etc_hosts(ns: str, entries: list[tuple[str, str]]) -> str | None:
 
 def remove_etc_netns(ns: str) -> bool:
     """Remove the hosts file nsrecipes wrote in /etc/netns/NS, and the directory if nsrecipes
-    made it and nothing else is in it; anything else there stays. True if something went."""
-    mark = _hosts_mark(ns)
+    made it and nothing else is in it; anything else there stays. True if something went.
+    (A ``hosts.tmp`` with the mark is a write of ours cut short: it goes too.)"""
+    directory = os.path.join(ETC_NETNS, ns)
+    torn = _hosts_mark(ns, "hosts.tmp")
+    if torn is not None:
+        sc.remove_if_present(os.path.join(directory, "hosts.tmp"))
+    mark = _hosts_mark(ns) or torn
     if mark is None:
         return False
-    directory = os.path.join(ETC_NETNS, ns)
     sc.remove_if_present(os.path.join(directory, "hosts"))
     if mark == HOSTS_MARK_DIR:
         try:

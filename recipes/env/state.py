@@ -75,7 +75,7 @@ def check_path(path: str, what: str = "mount target") -> str:
     if not path or not path.startswith("/") or "\0" in path:
         raise InvalidInput(f"{what} {path!r} is not an absolute path",
                            hint="give a path like /mnt/data (it must exist inside)")
-    norm = os.path.normpath(path)
+    norm = "/" + os.path.normpath(path).lstrip("/")    # normpath keeps a leading "//"
     if norm == "/":
         raise InvalidInput(f"{what} '/' is not allowed", hint="give a directory below /")
     return norm
