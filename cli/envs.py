@@ -7,7 +7,8 @@ from cli.common import command_argv, make_runner, nsr_task, program_name
 
 # ==== environments ==========================================================================
 
-_ENV_NAME = "environment name; starts with nsr (e.g. nsr-web)"
+_ENV_NAME = ("environment name, used as given (e.g. web), as `ip netns add` takes one; "
+             "the names nsrecipes makes up itself start with nsr")
 
 
 def _env_name(name: str, task_name: str) -> str:

@@ -69,12 +69,14 @@ def atomic_write_json(path: str, data: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:       # a Ctrl-C between the write and the rename too
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise SyscallError.from_oserror(f"write({path!r})", exc) from None
+        if isinstance(exc, OSError):
+            raise SyscallError.from_oserror(f"write({path!r})", exc) from None
+        raise
 
 
 def read_json(path: str) -> Any:

@@ -24,8 +24,6 @@ import shutil
 import subprocess
 import tempfile
 
-import pytest
-
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -633,8 +633,8 @@ def _race_on_a_shared_root() -> None:
 # --- bad input ------------------------------------------------------------------------------
 
 @pytest.mark.userspace
-@pytest.mark.parametrize("bad", ["", ".", "..", "nsr/x", "nsr x", "nsr-" + "x" * 70, "web",
-                                 "-nsr", "nsr\n"])
+@pytest.mark.parametrize("bad", ["", ".", "..", "nsr/x", "nsr x", "nsr-" + "x" * 70, "net",
+                                 "nsr-c-x", "-nsr", "nsr\n"])
 def test_bad_names(bad):
     before = set(os.listdir(BASE)) if os.path.isdir(BASE) else set()
     netns_before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
@@ -1004,3 +1004,21 @@ def test_bad_maps_make_nothing(backend, names, opt, spec, words):
     assert "==" not in p.stdout and "environment" not in p.stdout, p.stdout
     _nothing_left(name)
     assert not _members_named(name)
+
+
+def test_a_name_the_user_gives_is_used_as_given():
+    """One rule for names: ``env-create web`` makes environment and netns ``web`` (as ``ip
+    netns add web`` would), env-ls lists it, cleanup keeps it while its holder runs (its
+    record, not a prefix, makes it nsrecipes'), and env-rm removes it and its netns name."""
+    name = f"web{secrets.token_hex(3)}"
+    try:
+        made = cli("env-create", name, "--ns", "uts,net")
+        assert made.returncode == 0, made.stderr
+        assert os.path.exists(f"/run/netns/{name}")
+        assert name in cli("env-ls").stdout
+        kept = cli("cleanup", "--dry-run").stdout
+        assert f"keeping env {name}" in kept, kept
+    finally:
+        gone = cli("env-rm", name)
+    assert gone.returncode == 0, gone.stderr
+    assert not os.path.exists(f"/run/netns/{name}") and env.read_state(name) is None

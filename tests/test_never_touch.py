@@ -177,3 +177,38 @@ def test_mountinfo_paths_with_a_space_and_non_ascii_are_read_as_they_are() -> No
     m = mountinfo.parse_line(line)
     assert (m.mount_point, m.source, m.propagation, m.tag("shared"), m.tag("master")) == \
         ("/tmp/nsr caf\u00e9", "my src", "shared", 7, 3)
+
+
+def test_a_ctrl_c_between_the_bind_and_its_record_leaves_no_bind(tmp_path) -> None:
+    """A Ctrl-C that lands after the state directory was bound on itself but before the bind's
+    record is renamed into place must not leave a bind nobody owns (no later run would ever
+    unmount it: it is in no record). Mocked: only the moment of the Ctrl-C -- a signal cannot
+    be timed from outside to land between the write and the rename, so ``os.replace`` raises
+    the KeyboardInterrupt Python's SIGINT handler would raise there."""
+    base = str(tmp_path / "state")
+
+    def in_a_mount_namespace() -> list:
+
+        from recipes.env import holder, state as envstate
+        sc.unshare(sc.CLONE_NEWNS)
+        sc.make_propagation("/", "private", recursive=True)
+        os.environ["NSR_STATE_DIR"] = base
+        real_replace = os.replace
+
+        def interrupted(src: str, dst: str) -> None:
+            if dst.endswith(holder.BIND_RECORD):
+                raise KeyboardInterrupt
+            real_replace(src, dst)
+        os.replace = interrupted
+        try:
+            with holder.private_base(envstate.quiet_runner()):
+                pass
+            outcome = "no interrupt"
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+        finally:
+            os.replace = real_replace
+        return [outcome, mountinfo.is_mountpoint(base), sorted(os.listdir(base))]
+
+    assert process.fork_call(in_a_mount_namespace) == ["interrupted", False,
+                                                       [".made-by-nsrecipes"]]

@@ -32,7 +32,7 @@ from nsutil import procfs
 from nsutil import shell as nshell
 from nsutil import syscalls as sc
 from nsutil.backend import Placeholder, Runner, Step
-from nsutil.errors import CommandError, NsrError, SyscallError
+from nsutil.errors import CommandError, NsrError
 from nsutil.nstypes import NS_TYPES, NsType, flags_of, mntns_id, needs_fork
 
 from recipes.common.holder import holder_setup
@@ -296,8 +296,8 @@ def _bind_on_top(base: str, bind: Callable[[], None]) -> None:
     records = [top if top is not None and r["mount_id"] == top["mount_id"] else r for r in added]
     try:
         state.atomic_write_json(os.path.join(base, BIND_RECORD), records)
-    except SyscallError:
-        for _ in records:   # unrecorded, it would be nobody's: take it down at once
+    except BaseException:   # a full disk, or a Ctrl-C right here: unrecorded, it would be
+        for _ in records:   # nobody's, and stay for ever: take it down at once
             if any(mountinfo.is_recorded(base, r) for r in records):
                 sc.umount(base, sc.MNT_DETACH)
         raise

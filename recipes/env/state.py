@@ -29,11 +29,13 @@ from nsutil import process, state
 from nsutil import procfs
 from nsutil.backend import Placeholder, Runner
 from nsutil.errors import InvalidInput, NotFound, NsrError, SyscallError, require_root
-from nsutil.names import check_name, is_ours
+from nsutil.names import PREFIX, check_name
 from nsutil.nstypes import NS_TYPES, NsType, flags_of, parse_types
 
 SECTION = "environments (all six namespaces, composed and kept)"
 STATE_FILE = "env.json"
+#: names of the state directory's own entries, which no environment may take
+RESERVED = {"net"}
 KIND = "env"
 #: a record being made: ``.env-NAME.PID.tmp``, renamed to ``NAME`` once complete
 TMP_RE = re.compile(r"^\.env-(.+)\.(\d+)\.tmp$")
@@ -45,12 +47,13 @@ HELD: dict[str, int] = {}
 # --- names, paths, records ------------------------------------------------------------------
 
 def check_env_name(name: str) -> str:
-    """An environment name: a valid file and netns name that carries the ``nsr`` prefix."""
+    """An environment name: a valid file and netns name, used as the user gives it (as ``ip
+    netns add`` does). The names nsrecipes makes up itself carry the ``nsr`` prefix; what is
+    nsrecipes' is decided by its records under the state directory, not by a prefix."""
     check_name(name, what="environment name")
-    if not is_ours(name):
-        raise InvalidInput(f"environment name {name!r} does not start with 'nsr'",
-                           hint=f"call it nsr-{name}: everything nsrecipes makes carries the "
-                                "prefix, so cleanup can tell it from what others made")
+    if name in RESERVED or name.startswith(f"{PREFIX}-c-"):
+        raise InvalidInput(f"environment name {name!r} is taken by nsrecipes' own records",
+                           hint="pick another name (not net, nor nsr-c-*: containers' names)")
     return name
 
 
