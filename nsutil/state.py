@@ -146,10 +146,15 @@ def prune(have_lock: bool = False) -> None:
         os.rmdir(os.path.join(base, "net"))
     except OSError:
         pass  # not empty, or already gone: nothing to do
+    mark = os.path.join(base, MADE_MARK)
     try:
         if set(os.listdir(base)) != {MADE_MARK}:
             return
-        os.unlink(os.path.join(base, MADE_MARK))
+        os.unlink(mark)
         os.rmdir(base)
-    except OSError:
-        pass  # gone, or a mount point now: nothing to do
+    except OSError:     # gone, or a mount point still: if it stays, it stays marked as ours
+        if os.path.isdir(base) and not os.path.exists(mark):
+            try:
+                os.close(os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            except OSError:
+                pass
