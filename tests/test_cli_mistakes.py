@@ -12,6 +12,7 @@ import time
 import pytest
 
 from helpers import INVOKE, ROOT, cli, one_line_error, require_tool
+from recipes import env
 
 
 def _env_name() -> str:
@@ -165,7 +166,9 @@ def _interrupt_env_create(name: str, after: str, delay: float) -> tuple[int, str
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    made = [f for f in os.listdir("/run/nsrecipes") if f == name or f.startswith(f".env-{name}.")]
+    base = env.base_dir()                     # pruned once nothing of nsrecipes' is left
+    made = [f for f in (os.listdir(base) if os.path.isdir(base) else [])
+            if f == name or f.startswith(f".env-{name}.")]
     return proc.returncode, seen + out, bool(made)
 
 
