@@ -27,6 +27,13 @@ def as_nobody(*args: str, env: dict | None = None) -> subprocess.CompletedProces
     return cli(*args, env={"HOME": "/tmp", **(env or {})}, prefix=unprivileged_argv([])[:-1] + ["--"])
 
 
+def checkout_under(*dirs: str) -> str | None:
+    """The first of ``dirs`` (e.g. /tmp, /run) that holds this checkout, or None. The sandboxes
+    that give a test fresh tmpfs there would hide the checkout and its venv from the CLI."""
+    real = os.path.realpath(ROOT) + "/"
+    return next((d for d in dirs if real.startswith(d.rstrip("/") + "/")), None)
+
+
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
     """Assert the command failed with exactly one line on stderr that has a hint; return it."""
     assert proc.returncode != 0, proc.stdout

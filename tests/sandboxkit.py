@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from helpers import ROOT, cli
+from helpers import ROOT, checkout_under, cli
 from nsutil import cgroupfs, process
 from nsutil import syscalls as sc
 from nsutil.names import scope_id
@@ -76,6 +76,10 @@ class Sandbox:
 
 @pytest.fixture
 def sandbox() -> Iterator[Sandbox]:
+    hidden = checkout_under(*(d for d, _ in HIDDEN))
+    if hidden:
+        pytest.fail(f"the checkout is under {hidden}, which this sandbox replaces with a fresh "
+                    "tmpfs: clone the project somewhere else (e.g. /opt or your home)")
     layout = cgroupfs.detect()
     if layout.v2 is None:
         pytest.skip("no cgroup v2 hierarchy: the sandbox's cgroup view needs one")

@@ -71,6 +71,10 @@ def _sandboxed(args: list[str], prefix: list[str],
                backend: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run ``invoke ARGS`` under ``prefix`` in the sandbox: the process, and what it left
     there (processes of this session it left are compared by the caller)."""
+    hidden = helpers.checkout_under("/run", "/tmp", "/etc/netns")
+    if hidden:
+        pytest.fail(f"the checkout is under {hidden}, which the sandbox replaces with a fresh "
+                    "tmpfs: clone the project somewhere else (e.g. /opt or your home)")
     r, w = os.pipe()
     try:
         argv = ["unshare", "--mount", "--net", "--ipc", "--propagation", "private", "--",
