@@ -754,7 +754,7 @@ def test_cli(names):
     assert not os.path.exists(f"/sys/class/net/nsr-h{name[-6:]}")
     assert "does not exist" in one_line_error(cli("env-rm", name))        # twice
     assert "does not exist" in one_line_error(cli("env-exec", name, "--", "true"))
-    assert "nsr" in one_line_error(cli("env-create", "web"))
+    assert "taken by nsrecipes" in one_line_error(cli("env-create", "net"))   # its records
     assert one_line_error(cli("env-create", "nsr-../x")).startswith("nsrecipes:")
     p = cli("env-create", "nsr-x", "--ns", "uts,nope")
     assert p.returncode == 2 and "unknown namespace type" in one_line_error(p)

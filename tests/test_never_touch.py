@@ -212,3 +212,39 @@ def test_a_ctrl_c_between_the_bind_and_its_record_leaves_no_bind(tmp_path) -> No
 
     assert process.fork_call(in_a_mount_namespace) == ["interrupted", False,
                                                        [".made-by-nsrecipes"]]
+
+
+def test_a_ctrl_c_while_mount_binds_leaves_no_bind(tmp_path) -> None:
+    """A Ctrl-C that lands while ``mount --bind`` runs (the shell form: Python is waiting for
+    the child, which finishes the bind) must not leave the bind either. Mocked: only the
+    moment -- the bind is made for real, then the KeyboardInterrupt the SIGINT handler would
+    raise in the wait is raised."""
+    base = str(tmp_path / "state")
+
+    def in_a_mount_namespace() -> list:
+        from nsutil import shell as nshell
+        from nsutil.backend import Runner
+        from recipes.env import holder
+        sc.unshare(sc.CLONE_NEWNS)
+        sc.make_propagation("/", "private", recursive=True)
+        os.environ["NSR_STATE_DIR"] = base
+        real_run = nshell.run
+
+        def bind_then_interrupted(argv: list[str], *a, **kw):
+            result = real_run(argv, *a, **kw)
+            if argv[:2] == ["mount", "--bind"]:
+                raise KeyboardInterrupt
+            return result
+        nshell.run = bind_then_interrupted
+        try:
+            with holder.private_base(Runner(backend="shell", keep=True, out=open(os.devnull, "w"))):
+                pass
+            outcome = "no interrupt"
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+        finally:
+            nshell.run = real_run
+        return [outcome, mountinfo.is_mountpoint(base), sorted(os.listdir(base))]
+
+    assert process.fork_call(in_a_mount_namespace) == ["interrupted", False,
+                                                       [".made-by-nsrecipes"]]

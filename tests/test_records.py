@@ -385,7 +385,7 @@ def test_two_creates_of_one_name_make_one_environment(state):
     """Two ``env-create`` of one name at once, both past the first check for the name
     (they wait for the state directory's lock the test holds meanwhile): exactly one
     makes it, the other says it exists already, and the one made is whole and alive."""
-    name = _name("c")
+    name = _name("two")
     os.makedirs(state, 0o700, exist_ok=True)
     with env.global_lock():
         procs = [subprocess.Popen([os.path.join(os.path.dirname(PY), "invoke"), "env-create",

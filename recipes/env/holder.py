@@ -286,20 +286,27 @@ def ours_on_top(base: str) -> bool:
 
 def _bind_on_top(base: str, bind: Callable[[], None]) -> None:
     """``bind()`` the state directory on itself and record every mount it added on ``base``
-    (a bind made on a shared mount can arrive twice: the bind and its propagated copy)."""
+    (a bind made on a shared mount can arrive twice: the bind and its propagated copy).
+
+    Whatever stops it half-way -- a full disk, a Ctrl-C while ``mount`` runs or between the
+    bind and its record -- takes the new mounts down again: unrecorded, they would be
+    nobody's and stay for ever."""
     before = {m.mount_id for m in mountinfo.read() if m.mount_point == base}
-    bind()
-    top = mountinfo.mount_record(base)
-    added = [{"mount_id": m.mount_id, "parent_id": m.parent_id, "mount_point": m.mount_point,
-              "root": m.root, "unique_id": None}
-             for m in mountinfo.read() if m.mount_point == base and m.mount_id not in before]
-    records = [top if top is not None and r["mount_id"] == top["mount_id"] else r for r in added]
     try:
+        bind()
+        top = mountinfo.mount_record(base)
+        added = [{"mount_id": m.mount_id, "parent_id": m.parent_id,
+                  "mount_point": m.mount_point, "root": m.root, "unique_id": None}
+                 for m in mountinfo.read() if m.mount_point == base and m.mount_id not in before]
+        records = [top if top is not None and r["mount_id"] == top["mount_id"] else r
+                   for r in added]
         state.atomic_write_json(os.path.join(base, BIND_RECORD), records)
-    except BaseException:   # a full disk, or a Ctrl-C right here: unrecorded, it would be
-        for _ in records:   # nobody's, and stay for ever: take it down at once
-            if any(mountinfo.is_recorded(base, r) for r in records):
-                sc.umount(base, sc.MNT_DETACH)
+    except BaseException:
+        for _ in range(4):      # the bind and a propagated copy, at most
+            on_top = mountinfo.covering(base)
+            if on_top is None or on_top.mount_id in before:
+                break
+            sc.umount(base, sc.MNT_DETACH)
         raise
 
 
