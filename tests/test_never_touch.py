@@ -248,3 +248,44 @@ def test_a_ctrl_c_while_mount_binds_leaves_no_bind(tmp_path) -> None:
 
     assert process.fork_call(in_a_mount_namespace) == ["interrupted", False,
                                                        [".made-by-nsrecipes"]]
+
+
+def test_a_bind_whose_maker_was_killed_before_its_record_is_still_ours(tmp_path) -> None:
+    """SIGKILL right after ``mount --bind`` made the state directory's bind, before its full
+    record: the pending record written first lets the next run know the bind as its own --
+    the last removal unmounts it, and nothing is left. Mocked: only the moment of the kill
+    (the maker kills itself right after the real ``mount``)."""
+    base = str(tmp_path / "state")
+
+    def in_a_mount_namespace() -> list:
+        import signal
+        from nsutil import shell as nshell
+        from nsutil.backend import Runner
+        from recipes.env import holder
+        sc.unshare(sc.CLONE_NEWNS)
+        sc.make_propagation("/", "private", recursive=True)
+        os.environ["NSR_STATE_DIR"] = base
+        real_run = nshell.run
+
+        def bind_then_killed(argv: list[str], *a, **kw):
+            result = real_run(argv, *a, **kw)
+            if argv[:2] == ["mount", "--bind"]:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        def maker() -> None:
+            nshell.run = bind_then_killed
+            with holder.private_base(Runner(backend="shell", keep=True, out=open(os.devnull, "w"))):
+                pass
+        pid = os.fork()
+        if pid == 0:
+            try:
+                maker()
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        seen = [os.WIFSIGNALED(status), mountinfo.is_mountpoint(base), holder.ours_on_top(base)]
+        holder.release_private_base(Runner(backend="native", keep=True, out=open(os.devnull, "w")))
+        return seen + [mountinfo.is_mountpoint(base), os.path.exists(base)]
+
+    assert process.fork_call(in_a_mount_namespace) == [True, True, True, False, False]

@@ -272,11 +272,26 @@ BIND_RECORD = ".private-bind.json"
 
 
 def _bind_records(base: str) -> list[dict]:
+    """The recorded binds on ``base``. A pending record (written before the bind, so that a
+    process killed between ``mount`` and its record leaves one) is completed here -- under
+    the state directory's lock, so its maker is gone -- if the mount on ``base`` is that bind:
+    a mount that was not there before, of the very directory that was bound."""
+    path = os.path.join(base, BIND_RECORD)
     try:
-        data = state.read_json(os.path.join(base, BIND_RECORD))
+        data = state.read_json(path)
     except (OSError, ValueError):
         return []
-    return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+    records = [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+    pending = next((r for r in records if r.get("pending")), None)
+    if pending is None:
+        return records
+    top = mountinfo.covering(base)
+    if (top is None or top.mount_id in pending.get("before", [])
+            or [top.dev, top.root] != pending.get("source")):
+        return []
+    done = [mountinfo.mount_record(base)]
+    state.atomic_write_json(path, done)
+    return done
 
 
 def ours_on_top(base: str) -> bool:
@@ -284,14 +299,27 @@ def ours_on_top(base: str) -> bool:
     return any(mountinfo.is_recorded(base, r) for r in _bind_records(base))
 
 
+def _source_of(base: str) -> list[str]:
+    """[dev, root] that a bind of ``base`` on itself will have: those of the mount ``base``
+    shows, with ``base``'s path inside that filesystem."""
+    m = mountinfo.visible(base)
+    if m is None:
+        return ["", ""]
+    return [m.dev, os.path.normpath(os.path.join(m.root, os.path.relpath(base, m.mount_point)))]
+
+
 def _bind_on_top(base: str, bind: Callable[[], None]) -> None:
     """``bind()`` the state directory on itself and record every mount it added on ``base``
     (a bind made on a shared mount can arrive twice: the bind and its propagated copy).
 
-    Whatever stops it half-way -- a full disk, a Ctrl-C while ``mount`` runs or between the
-    bind and its record -- takes the new mounts down again: unrecorded, they would be
-    nobody's and stay for ever."""
-    before = {m.mount_id for m in mountinfo.read() if m.mount_point == base}
+    The record is written first as pending (what was on ``base`` before, and the source), so
+    a SIGKILL between ``mount`` and the full record still leaves a bind the next run knows as
+    ours (:func:`_bind_records`). Whatever else stops it half-way -- a full disk, a Ctrl-C
+    while ``mount`` runs or before the record -- takes the new mounts down again."""
+    before = sorted(m.mount_id for m in mountinfo.read() if m.mount_point == base)
+    path = os.path.join(base, BIND_RECORD)
+    state.atomic_write_json(path, [{"pending": True, "before": before,
+                                    "source": _source_of(base)}])
     try:
         bind()
         top = mountinfo.mount_record(base)
@@ -300,13 +328,14 @@ def _bind_on_top(base: str, bind: Callable[[], None]) -> None:
                  for m in mountinfo.read() if m.mount_point == base and m.mount_id not in before]
         records = [top if top is not None and r["mount_id"] == top["mount_id"] else r
                    for r in added]
-        state.atomic_write_json(os.path.join(base, BIND_RECORD), records)
+        state.atomic_write_json(path, records)
     except BaseException:
         for _ in range(4):      # the bind and a propagated copy, at most
             on_top = mountinfo.covering(base)
             if on_top is None or on_top.mount_id in before:
                 break
             sc.umount(base, sc.MNT_DETACH)
+        sc.remove_if_present(path)
         raise
 
 
