@@ -130,6 +130,23 @@ def locked(shared: bool = False) -> Iterator[int]:
         os.close(fd)
 
 
+def drop_torn_writes(directory: str) -> None:
+    """Remove the temporary files of :func:`atomic_write_json` (``NAME.tmp.PID``) in
+    ``directory`` whose writer is gone: a writer killed (SIGKILL) before its rename leaves
+    one, and nothing else ever would remove it."""
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        head, sep, pid = entry.rpartition(".tmp.")
+        if sep and head and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.unlink(os.path.join(directory, entry))
+            except OSError:
+                pass    # gone meanwhile, or not a file: nothing to do
+
+
 def prune(have_lock: bool = False) -> None:
     """Remove the state directory's empty ``net/`` subdirectory, and the directory itself
     when it is empty and nsrecipes made it (:data:`MADE_MARK`), so a host with nothing of
@@ -142,6 +159,8 @@ def prune(have_lock: bool = False) -> None:
             with locked():
                 prune(have_lock=True)
         return
+    for directory in (os.path.join(base, "net"), base):
+        drop_torn_writes(directory)
     try:
         os.rmdir(os.path.join(base, "net"))
     except OSError:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
+from helpers import ROOT
 from nsutil import mountinfo, process
 from nsutil import syscalls as sc
 from nsutil.names import scope_id
@@ -289,3 +291,27 @@ def test_a_bind_whose_maker_was_killed_before_its_record_is_still_ours(tmp_path)
         return seen + [mountinfo.is_mountpoint(base), os.path.exists(base)]
 
     assert process.fork_call(in_a_mount_namespace) == [True, True, True, False, False]
+
+
+def test_a_write_cut_short_by_sigkill_does_not_keep_the_state_directory(tmp_path,
+                                                                       monkeypatch) -> None:
+    """A writer SIGKILLed between writing ``NAME.tmp.PID`` and renaming it leaves that file;
+    once its writer is gone, prune removes it (and then the directory nsrecipes made), while
+    the temporary file of a writer that still runs stays. Real: the writer is a real process
+    killed with SIGKILL after it wrote its temporary file."""
+    from nsutil import state
+    base = str(tmp_path / "state")
+    monkeypatch.setenv("NSR_STATE_DIR", base)
+    state.state_dir("net")
+    code = ("import os, sys; from nsutil import state; p = sys.argv[1]; "
+            "open(p + '.tmp.%d' % os.getpid(), 'w').write('{'); os.kill(os.getpid(), 9)")
+    for path in (os.path.join(base, ".private-bind.json"), os.path.join(base, "net", "veth-x.json")):
+        subprocess.run([sys.executable, "-c", code, path], cwd=ROOT, env={**os.environ,
+                       "PYTHONPATH": ROOT}, check=False)
+    live = os.path.join(base, f"x.json.tmp.{os.getpid()}")
+    open(live, "w").close()
+    state.prune()
+    assert sorted(os.listdir(base)) == [".made-by-nsrecipes", os.path.basename(live)]
+    os.unlink(live)
+    state.prune()
+    assert not os.path.exists(base)
