@@ -8,9 +8,12 @@ kernel that the host never sees, and ``cleanup --all`` there sees only this test
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+
+from typing import Callable, Iterator
 
 import pytest
 
@@ -192,9 +195,7 @@ def test_a_ctrl_c_between_the_bind_and_its_record_leaves_no_bind(tmp_path) -> No
     def in_a_mount_namespace() -> list:
 
         from recipes.env import holder, state as envstate
-        sc.unshare(sc.CLONE_NEWNS)
-        sc.make_propagation("/", "private", recursive=True)
-        os.environ["NSR_STATE_DIR"] = base
+        _own_mount_namespace(base)
         real_replace = os.replace
 
         def interrupted(src: str, dst: str) -> None:
@@ -216,6 +217,41 @@ def test_a_ctrl_c_between_the_bind_and_its_record_leaves_no_bind(tmp_path) -> No
                                                        [".made-by-nsrecipes"]]
 
 
+def _own_mount_namespace(base: str) -> None:
+    """In a forked child: a private mount namespace of its own, with ``base`` as the state
+    directory, so what the test mounts never reaches the host."""
+    sc.unshare(sc.CLONE_NEWNS)
+    sc.make_propagation("/", "private", recursive=True)
+    os.environ["NSR_STATE_DIR"] = base
+
+
+@contextlib.contextmanager
+def _after_the_bind(then: Callable[[], None]) -> Iterator[None]:
+    """The shell form's ``mount --bind`` runs for real, then ``then()`` (a Ctrl-C, a kill)."""
+    from nsutil import shell as nshell
+    real_run = nshell.run
+
+    def bind_then(argv: list[str], *a, **kw):
+        result = real_run(argv, *a, **kw)
+        if argv[:2] == ["mount", "--bind"]:
+            then()
+        return result
+    nshell.run = bind_then
+    try:
+        yield
+    finally:
+        nshell.run = real_run
+
+
+def _shell_runner():
+    from nsutil.backend import Runner
+    return Runner(backend="shell", keep=True, out=open(os.devnull, "w"))
+
+
+def _interrupt() -> None:
+    raise KeyboardInterrupt
+
+
 def test_a_ctrl_c_while_mount_binds_leaves_no_bind(tmp_path) -> None:
     """A Ctrl-C that lands while ``mount --bind`` runs (the shell form: Python is waiting for
     the child, which finishes the bind) must not leave the bind either. Mocked: only the
@@ -224,28 +260,14 @@ def test_a_ctrl_c_while_mount_binds_leaves_no_bind(tmp_path) -> None:
     base = str(tmp_path / "state")
 
     def in_a_mount_namespace() -> list:
-        from nsutil import shell as nshell
-        from nsutil.backend import Runner
         from recipes.env import holder
-        sc.unshare(sc.CLONE_NEWNS)
-        sc.make_propagation("/", "private", recursive=True)
-        os.environ["NSR_STATE_DIR"] = base
-        real_run = nshell.run
-
-        def bind_then_interrupted(argv: list[str], *a, **kw):
-            result = real_run(argv, *a, **kw)
-            if argv[:2] == ["mount", "--bind"]:
-                raise KeyboardInterrupt
-            return result
-        nshell.run = bind_then_interrupted
+        _own_mount_namespace(base)
         try:
-            with holder.private_base(Runner(backend="shell", keep=True, out=open(os.devnull, "w"))):
+            with _after_the_bind(_interrupt), holder.private_base(_shell_runner()):
                 pass
             outcome = "no interrupt"
         except KeyboardInterrupt:
             outcome = "interrupted"
-        finally:
-            nshell.run = real_run
         return [outcome, mountinfo.is_mountpoint(base), sorted(os.listdir(base))]
 
     assert process.fork_call(in_a_mount_namespace) == ["interrupted", False,
@@ -261,23 +283,13 @@ def test_a_bind_whose_maker_was_killed_before_its_record_is_still_ours(tmp_path)
 
     def in_a_mount_namespace() -> list:
         import signal
-        from nsutil import shell as nshell
         from nsutil.backend import Runner
         from recipes.env import holder
-        sc.unshare(sc.CLONE_NEWNS)
-        sc.make_propagation("/", "private", recursive=True)
-        os.environ["NSR_STATE_DIR"] = base
-        real_run = nshell.run
-
-        def bind_then_killed(argv: list[str], *a, **kw):
-            result = real_run(argv, *a, **kw)
-            if argv[:2] == ["mount", "--bind"]:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return result
+        _own_mount_namespace(base)
 
         def maker() -> None:
-            nshell.run = bind_then_killed
-            with holder.private_base(Runner(backend="shell", keep=True, out=open(os.devnull, "w"))):
+            with _after_the_bind(lambda: os.kill(os.getpid(), signal.SIGKILL)), \
+                    holder.private_base(_shell_runner()):
                 pass
         pid = os.fork()
         if pid == 0:
