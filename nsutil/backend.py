@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from .errors import InvalidInput, NsrError, ToolMissing
 from .process import package_for
-from . import shell
+from . import rootless, shell
 from .lesson import Inside, Lesson, banner, open_native, open_shell
 
 BACKENDS = ("auto", "shell", "native")
@@ -182,9 +182,14 @@ class Runner:
     insides: list[Inside] = field(default_factory=list)
     #: the third Ctrl-C during an undo cut it short, leaving the rest of the stack
     cut_short: bool = False
+    #: without root: every namespace owned by a user namespace made first (None: decided
+    #: once here, by :func:`nsutil.rootless.decide`)
+    rootless: bool | None = None
 
     def __post_init__(self) -> None:
         self.backend = resolve_backend(self.backend)
+        if self.rootless is None:
+            self.rootless = rootless.decide()
         if self.lesson is not None and not self.explain:
             self.lesson.check()  # a stdin the learner cannot type on: refused before anything
 

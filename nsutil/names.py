@@ -106,4 +106,5 @@ def is_ours(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-STATE_DIR = os.environ.get("NSR_STATE_DIR", "/run/nsrecipes")
+#: root's state directory (``$NSR_STATE_DIR`` overrides it, see nsutil.state)
+STATE_DIR = "/run/nsrecipes"

@@ -1,7 +1,9 @@
 """The record of what nsrecipes made: a state directory and atomic JSON files.
 
 ``/run/nsrecipes`` (``$NSR_STATE_DIR`` overrides it) is made mode 0700 and owned by root, so
-another user can neither read nor change it. Files are written to a temporary name and
+another user can neither read nor change it. Without root it is the user's own runtime
+directory (``$XDG_RUNTIME_DIR/nsrecipes``, see :mod:`nsutil.rootless`), so a user's records
+are that user's and root's cleanup never sees them. Files are written to a temporary name and
 renamed into place, so a process killed mid-write never leaves a torn file.
 
 A directory that was there before (``NSR_STATE_DIR`` pointed at a directory or a mount of the
@@ -22,6 +24,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from .errors import SyscallError
+from . import rootless
 from .names import STATE_DIR
 
 
@@ -29,12 +32,24 @@ from .names import STATE_DIR
 MADE_MARK = ".made-by-nsrecipes"
 
 
+def base_dir() -> str:
+    """The state directory: ``$NSR_STATE_DIR``, else ``/run/nsrecipes`` as root, else the
+    user's own runtime directory (:func:`rootless.runtime_dir`, checked to be the user's)."""
+    if "NSR_STATE_DIR" in os.environ:
+        return os.environ["NSR_STATE_DIR"]
+    if not rootless.decide():
+        return STATE_DIR
+    path = rootless.runtime_dir()
+    rootless.check_owned(path)
+    return path
+
+
 def state_dir(*parts: str, create: bool = True) -> str:
     """Path of the state directory (or a subdirectory); created 0700 when ``create``.
 
     A state directory nsrecipes creates gets :data:`MADE_MARK`; one that exists already is
     left as it is (its mode, owner and content are the user's)."""
-    base = os.environ.get("NSR_STATE_DIR", STATE_DIR)
+    base = base_dir()
     path = os.path.join(base, *parts)
     if create:
         try:
