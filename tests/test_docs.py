@@ -58,7 +58,7 @@ def _remove_leftovers(path: str, sandbox) -> list[str]:
     """Remove the environments a page's commands left in its sandbox; name them."""
     root = sandbox.path("/run/nsrecipes")
     names = sorted(n[:-5] for n in (os.listdir(root) if os.path.isdir(root) else [])
-                   if n.endswith(".json"))
+                   if n.endswith(".json") and not n.startswith("."))
     for name in names:
         docscheck.run_in(sandbox, ["invoke", "env-rm", name], None)
     return [f"{os.path.relpath(path, ROOT)}: environment {n}" for n in names]
