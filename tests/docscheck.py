@@ -50,6 +50,10 @@ def pages() -> list[Path]:
 #: what the sandbox of a page hides behind fresh tmpfs (see tests/sandboxkit.py)
 HIDDEN = (("/tmp", "1777"), ("/run", "755"), ("/etc/netns", "755"))
 EXAMPLE_RUN = re.compile(r"^Example run \((\d{4}-\d{2}-\d{2}), ([^)]+)\):\s*$")
+#: a page with this line runs in a sandbox that sees only a cgroup of its own, and ends with
+#: ``cleanup --all`` there (a page that runs cleanup must: on the host's cgroups it could
+#: reach a concurrent run's); the other pages see the host's cgroups (their limits work)
+OWN_CGROUPS = "<!-- docs: own cgroups -->"
 KNOWN = ("console", "python", "toml", "sh", "text")
 TIMEOUT = 120
 
@@ -131,6 +135,7 @@ _RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"(?<=KEY )\d+"), "ID"),
     (re.compile(r"(?<=queue id: )\d+"), "ID"),
     (re.compile(r"(?<=pid )\d+"), "PID"),
+    (re.compile(r"(?<=holder )\d+"), "PID"),
     (re.compile(r"(?<=PID )\d{3,}"), "PID"),
     (re.compile(r"(?<=/proc/)\d+"), "PID"),
     (re.compile(r"(?<=-t )\d+"), "PID"),

@@ -52,6 +52,7 @@ class Sandbox:
 
     holder: process.Holder
     cgroup: str
+    state: str = STATE               # the state directory the CLI is given inside
 
     def enter(self) -> list[str]:
         """The ``nsenter`` prefix that runs a command inside."""
@@ -64,7 +65,7 @@ class Sandbox:
     def cli(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         """``invoke ARGS`` inside, with the sandbox's state directory (``env`` adds to, or
         with ``NSR_STATE_DIR: None`` takes from, the environment it runs with)."""
-        full = {"NSR_STATE_DIR": STATE, "TMPDIR": "/tmp", "NSR_CLEANUP_GRACE": str(GRACE),
+        full = {"NSR_STATE_DIR": self.state, "TMPDIR": "/tmp", "NSR_CLEANUP_GRACE": str(GRACE),
                 **(env or {})}
         return cli(*args, env={k: v for k, v in full.items() if v is not None},
                    prefix=self.enter(), unset=[k for k, v in full.items() if v is None])
@@ -79,12 +80,13 @@ class Sandbox:
 
 
 @contextmanager
-def open_sandbox(hidden: tuple[tuple[str, str], ...] = HIDDEN,
-                 own_cgroups: bool = True) -> Iterator[Sandbox]:
+def open_sandbox(hidden: tuple[tuple[str, str], ...] = HIDDEN, own_cgroups: bool = True,
+                 state: str = STATE) -> Iterator[Sandbox]:
     """A sandbox whose ``hidden`` directories are fresh tmpfs; with ``own_cgroups`` it sees
     only a v2 cgroup of its own and ends with ``cleanup --all`` (which then reaches only
     what the sandbox holds); without, it sees the host's cgroups and the caller undoes
-    what it made (``cleanup --all`` there could reach a concurrent run's cgroups)."""
+    what it made (``cleanup --all`` there could reach a concurrent run's cgroups). ``state``
+    is the state directory its CLI calls are given."""
     shadowed = checkout_under(*(d for d, _ in hidden))
     if shadowed:
         pytest.fail(f"the checkout is under {shadowed}, which this sandbox replaces with a fresh "
@@ -102,7 +104,7 @@ def open_sandbox(hidden: tuple[tuple[str, str], ...] = HIDDEN,
     try:
         holder = process.spawn_holder(sc.CLONE_NEWNS | sc.CLONE_NEWNET, quiet=True,
                                       setup=_private_view(cg, hidden))
-        box = Sandbox(holder, cg or "")
+        box = Sandbox(holder, cg or "", state)
         if cg is not None:
             cgroupfs.write_file(os.path.join(cg, "cgroup.procs"), holder.pid)  # in use meanwhile
         yield box

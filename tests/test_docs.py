@@ -31,13 +31,14 @@ def _id(example) -> str:
 
 @pytest.fixture(scope="module")
 def pages(request: pytest.FixtureRequest):
-    """One sandbox per page, opened by the page's first block that runs something; at the
-    end each page's environments are removed (a page that leaves one fails) and, with
+    """One sandbox per page, opened by the page's first block that runs something (with a
+    cgroup view of its own where the page asks for it: docscheck.OWN_CGROUPS); at the end each page's environments are removed (a page that leaves one fails) and, with
     --update-docs, the new outputs written."""
     stack = ExitStack()
     docscheck.UPDATE["on"] = request.config.getoption("--update-docs")
     docscheck.OPEN_SANDBOX["fn"] = lambda path: stack.enter_context(
-        open_sandbox(hidden=docscheck.HIDDEN, own_cgroups=False))
+        open_sandbox(hidden=docscheck.HIDDEN, state="/run/nsrecipes",
+                     own_cgroups=docscheck.OWN_CGROUPS in Path(path).read_text()))
     left: list[str] = []
     try:
         yield docscheck.STATE
