@@ -131,6 +131,7 @@ _RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"\bnsr-[a-z]+-[A-Za-z0-9_]{6,8}\b(?<!-demo)"), "nsr-RANDOM"),  # mkdtemp
     (re.compile(r"\bnsr-(c|v|cg|cgns|cow|sbx|\d+)-[0-9a-f]{4,}\b"), r"nsr-\1-ID"),
     (re.compile(r"\bnsr-(?:\d+|[0-9a-f]{4})-"), "nsr-ID-"),          # pids, random scopes
+    (re.compile(r"\b[0-9a-f]{32}\b"), "HASH"),                    # a cgroup named by a hash
     (re.compile(r"\b0x[0-9a-f]{8}\b"), "KEY"),                      # SysV IPC keys
     (re.compile(r"(?<=KEY )\d+"), "ID"),
     (re.compile(r"(?<=queue id: )\d+"), "ID"),
