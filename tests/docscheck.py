@@ -143,7 +143,7 @@ _RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"(?<=--task )\d+"), "PID"),
     (re.compile(r"(?<=NSpid: )\d+"), "PID"),
     (re.compile(r"\b\d+(\.\d+)? ?(s|ms|us)\b"), "T s"),
-    (re.compile(r" {2,}"), " "),
+    (re.compile(r"[ \t]*\t[ \t]*| {2,}"), " "),
 ]
 
 
