@@ -8,6 +8,7 @@ what the commands print now over what the pages show.
 """
 from __future__ import annotations
 
+import ast
 import os
 import re
 from contextlib import ExitStack
@@ -105,3 +106,51 @@ def test_the_checker_sees_an_edited_line() -> None:
     assert not docscheck.matches(shown, shown.replace("both", "one"))
     assert docscheck.matches("a\n...\nz\n", "a\nb\nc\nz\n")
     assert not docscheck.matches("a\n...\nz\n", "a\nb\nc\ny\n")
+
+
+def _example_command(text: str, pattern: str) -> str:
+    """The command an example's docstring or comment tells a user to run."""
+    found = re.search(pattern, text, re.M)
+    assert found, f"no run line matching {pattern!r} in the example"
+    return found.group(1).strip()
+
+
+@pytest.mark.parametrize("backend", ["shell", "native"])
+def test_provision_example_runs_as_its_docstring_says(backend: str) -> None:
+    """examples/provision_client_server.py, run with the command its docstring gives (in a
+    page sandbox, so its environments meet no other run's)."""
+    path = Path(ROOT, "examples", "provision_client_server.py")
+    command = _example_command(ast.get_docstring(ast.parse(path.read_text())),
+                               r"^\s+(\.venv/bin/python examples/\S+)")
+    with open_sandbox(hidden=docscheck.HIDDEN, own_cgroups=False,
+                      state="/run/nsrecipes") as box:
+        proc = docscheck.run_in(box, ["bash", "-c", f"{command} --backend {backend}"], None)
+    assert proc.returncode == 0, proc.stdout
+    assert "connected to 10.250.0.1:8080 over TCP and got: 'hello from server'" in proc.stdout
+    assert "[5] both environments removed" in proc.stdout
+
+
+def test_lab_example_runs_as_its_comment_says() -> None:
+    """examples/lab.toml, built with the command its comment gives; on a kernel without netem
+    (this suite's own machine) that command is refused in one line, and the same lab without
+    its delay, jitter and loss is built instead."""
+    path = Path(ROOT, "examples", "lab.toml")
+    command = _example_command(path.read_text(), r"^#\s+(invoke net-topo --file examples/lab\.toml.*)$")
+    drawn = Path(ROOT, "lab.svg")
+    assert not drawn.exists(), "a lab.svg of someone else's is in the checkout"
+    with open_sandbox(hidden=docscheck.HIDDEN, own_cgroups=False,
+                      state="/run/nsrecipes") as box:
+        try:
+            proc = docscheck.run_in(box, ["bash", "-c", command], None)
+            if "no netem qdisc" in proc.stdout:
+                assert proc.returncode != 0 and proc.stdout.count("nsrecipes:") == 1, proc.stdout
+                stripped = ("sed -E '/^(delay|jitter|loss) /d' examples/lab.toml > /tmp/lab.toml && "
+                            + command.replace("examples/lab.toml", "/tmp/lab.toml"))
+                proc = docscheck.run_in(box, ["bash", "-c", stripped], None)
+            assert proc.returncode == 0, proc.stdout
+            assert "check: 10/10 pairs exchanged packets" in proc.stdout, proc.stdout
+            assert drawn.exists()
+        finally:
+            down = docscheck.run_in(box, ["invoke", "net-topo", "--down"], None)
+            drawn.unlink(missing_ok=True)
+    assert down.returncode == 0, down.stdout
