@@ -36,7 +36,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sybil import Document, Example, Region, Sybil
+from sybil import Document, Example, Sybil
 from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
 
 from helpers import ROOT
@@ -225,7 +225,7 @@ def run_in(sandbox, argv: list[str], backend: str | None,
     """``argv`` inside the page's sandbox, from the checkout, stderr merged into stdout."""
     return subprocess.run(sandbox.enter() + argv, cwd=ROOT, env=environment(backend),
                           input=stdin if stdin is not None else "", stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT)
+                          stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT, check=False)
 
 
 # -- the evaluator ------------------------------------------------------------------------------
@@ -271,6 +271,7 @@ def _console(example: Example, block: Block, where: str) -> None:
     stale: dict[tuple[int, int], str] = {}
     for backend in backends:
         for command, shown, start, end in split_console(block.body):
+            # a page shows shell lines (pipes, ``; echo $?``): bash reads them as a user's would
             proc = run_in(state.sandbox, ["bash", "-c", command], backend)
             label = f"{where}: $ {command}" + (f"  (NSR_BACKEND={backend})" if backend else "")
             failed_silently = (proc.returncode != 0 and "echo $?" not in command
@@ -288,14 +289,17 @@ def _console(example: Example, block: Block, where: str) -> None:
 
 
 def _python(example: Example, block: Block, where: str) -> None:
+    """Run a Python block in the page's sandbox (``python test``: through pytest there)."""
     state = _page(example)
     python = f"{ROOT}/.venv/bin/python"
     if "test" in block.options:
-        argv = ["sh", "-c", f"cat > /tmp/test_docblock.py && cd /tmp && "
-                f"{python} -m pytest -q -p no:cacheprovider test_docblock.py"]
+        inside = "/tmp/test_docblock.py"              # on the sandbox's own /tmp
+        Path(state.sandbox.path(inside)).write_text(block.body)
+        argv = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", "/dev/null",
+                "--rootdir", "/tmp", inside]
+        proc = run_in(state.sandbox, argv, None)
     else:
-        argv = [python, "-"]
-    proc = run_in(state.sandbox, argv, None, stdin=block.body)
+        proc = run_in(state.sandbox, [python, "-"], None, stdin=block.body)
     assert proc.returncode == 0, f"{where}: the Python block failed:\n{proc.stdout}"
 
 

@@ -110,7 +110,7 @@ def test_the_checker_sees_an_edited_line() -> None:
 
 def _example_command(text: str, pattern: str) -> str:
     """The command an example's docstring or comment tells a user to run."""
-    found = re.search(pattern, text, re.M)
+    found = re.search(pattern, text, re.MULTILINE)
     assert found, f"no run line matching {pattern!r} in the example"
     return found.group(1).strip()
 
