@@ -21,6 +21,12 @@ import leakcheck  # noqa: E402
 _BEFORE: dict[str, set[str]] = {}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-docs", action="store_true", default=False,
+                     help="docs tests (-m docs): write what the commands print now over the "
+                          "outputs README.md and docs/ show (tests/docscheck.py)")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     leakcheck.mark_session()
     _BEFORE.update(leakcheck.snapshot())
