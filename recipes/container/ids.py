@@ -68,10 +68,10 @@ def resolve(query: str) -> dict:
     """The record of the container that ``query`` names: a whole name or id first, else the
     one container whose name (with or without ``nsr-c-``) or id starts with it."""
     recs = states()
-    for rec in recs:
-        if query in (rec.get("name"), rec.get("id")):
-            return rec
     prefixes = (query, f"{PREFIX}-c-{query}")
+    for rec in recs:
+        if rec.get("name") in prefixes or query == rec.get("id"):
+            return rec
     found = [r for r in recs if query and (str(r.get("name", "")).startswith(prefixes)
                                            or str(r.get("id", "")).startswith(query))]
     if len(found) == 1:

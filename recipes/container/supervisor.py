@@ -1,7 +1,7 @@
 """The supervisor of a detached container (``container-run --detach``), as conmon is podman's.
 
 One small process per detached container. :func:`spawn` starts it as
-``python -m recipes.container.supervisor FD REQUEST``; it forks once more and the first
+``python -m recipes.container.supervisor FD`` (the request, JSON, on its stdin); it forks once more and the first
 process exits, so the supervisor belongs to no terminal and no caller (a double fork: it
 outlives the CLI, whose ``wait`` reaps the first process). It then
 
@@ -25,7 +25,7 @@ import pickle
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import IO, Any
 
 from nsutil import syscalls as sc
 from nsutil.backend import Runner
@@ -52,17 +52,14 @@ def spawn(argv: list[str], rootfs: str | None, backend: str | None, rm: bool,
         [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     try:
         first = subprocess.Popen([sys.executable, "-m", "recipes.container.supervisor",
-                                  str(write_end), json.dumps(request)],
-                                 stdin=subprocess.DEVNULL, pass_fds=(write_end,), env=env)
+                                  str(write_end)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, pass_fds=(write_end,), env=env)
     finally:
         os.close(write_end)
-    try:
-        first.wait()
-        with os.fdopen(read_end, "rb") as f:
-            answer = f.read()
-    except BaseException:
-        os.close(read_end)
-        raise
+    with os.fdopen(read_end, "rb") as f:
+        first.communicate(json.dumps(request).encode())
+        answer = _read_answer(f)
     if answer.startswith(b"ok "):
         return answer[3:].decode()
     if answer.startswith(b"E"):
@@ -71,16 +68,26 @@ def spawn(argv: list[str], rootfs: str | None, backend: str | None, rm: bool,
                    hint="run it in the foreground (without --detach) to see why")
 
 
+def _read_answer(f: IO[bytes]) -> bytes:
+    """One answer: ``ok ID`` or ``E`` + a pickled exception, its length first (the
+    container's processes hold the pipe too, so its end is not waited for)."""
+    head = f.read(8)
+    if len(head) < 8:
+        return b""
+    return f.read(int.from_bytes(head, "little"))
+
+
 def _report(fd: int, data: bytes) -> None:
     try:
-        os.write(fd, data)
+        os.write(fd, len(data).to_bytes(8, "little") + data)
     finally:
         os.close(fd)
 
 
 def _to_log(path: str) -> None:
-    """From now on the supervisor's own stdout and stderr go to the log (the caller's
-    terminal or pipe is let go: the caller does not wait for EOF on it)."""
+    """From now on the supervisor's own stdout and stderr go to the log (until then they
+    are /dev/null: the caller's terminal or pipe is never held, so nobody waits for its
+    EOF)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -144,9 +151,10 @@ def supervise(request: dict, report_fd: int) -> int:
 
 
 def main(args: list[str]) -> int:
-    """``python -m recipes.container.supervisor FD REQUEST``: fork, let the caller go on,
-    and supervise in a session of its own."""
-    report_fd, request = int(args[0]), json.loads(args[1])
+    """``python -m recipes.container.supervisor FD`` (the request on stdin): fork, let the
+    caller go on, and supervise in a session of its own."""
+    report_fd, request = int(args[0]), json.loads(sys.stdin.buffer.read())
+    os.set_inheritable(report_fd, False)   # the container's command never gets it
     if os.fork() != 0:
         os._exit(0)
     os.setsid()
