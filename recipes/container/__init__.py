@@ -214,8 +214,10 @@ def oom_line(ct: Container, spec: Spec, code: int) -> str | None:
         return None
     if not kills:
         return None
+    limit = spec.limits.memory
+    shown = f"{limit >> 20}M" if limit % (1 << 20) == 0 else f"{limit} bytes"
     return (f"container {ct.name} was killed by the kernel's OOM killer (oom_kill {kills} in "
-            f"its cgroup): it needed more than --memory {spec.limits.memory} bytes")
+            f"its cgroup): it needed more than --memory {shown}")
 
 
 def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,

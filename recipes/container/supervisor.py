@@ -126,17 +126,22 @@ def _finish(name: str, record_path: str, rm: bool, code: int, why: str | None) -
 def supervise(request: dict, report_fd: int) -> int:
     """The supervisor's work (see the module docstring); its exit status."""
     from recipes import container
+    from recipes.container.run import ready
     with open(os.devnull, "rb") as null:
         run = Runner(backend=request["backend"], keep=True)
+        spec = None
         try:
             spec, fs = container.prepare(run, request["argv"], request["rootfs"],
                                          **dict(request["options"], rm=False))
             ct = container.launch(run, spec, fs, (null.fileno(), None, None), log_name=LOG,
                                   extra={"detached": True, "rm_on_exit": request["rm"]})
+            if not ready(ct):     # a step inside failed: the caller says so, nothing stays
+                container.wait(run, ct)
         except BaseException as exc:
             run.undo()
             if not isinstance(exc, NsrError):
                 exc = NsrError(f"the supervisor failed: {type(exc).__name__}: {exc}")
+            _remove_dir(spec)
             _report(report_fd, b"E" + pickle.dumps(exc))
             return START_FAILED
     _to_log(ct.extra["log"])
@@ -148,6 +153,19 @@ def supervise(request: dict, report_fd: int) -> int:
         print(f"nsrecipes: {err}", file=sys.stderr, flush=True)
     _finish(ct.name, os.path.join(ct.dir, "state.json"), request["rm"], code, why)
     return 0
+
+
+def _remove_dir(spec: Any) -> None:
+    """A container that never started leaves nothing (its directory is kept only for a
+    detached one that ran)."""
+    from recipes.container.state import remove_container
+    from nsutil.state import state_dir
+    if spec is None:
+        return
+    rec = read_json(state_dir(spec.name, "state.json", create=False))
+    if rec is not None and rec.get("creator", {}).get("pid") == os.getpid():
+        remove_container(rec)
+        prune()
 
 
 def main(args: list[str]) -> int:
