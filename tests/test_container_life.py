@@ -20,6 +20,7 @@ import pytest
 import helpers
 from containerkit import ours, rootfs_dir, run_ct  # noqa: F401 (rootfs_dir: fixture)
 from nsutil.backend import Runner
+from nsutil.errors import NsrError
 from nsutil.names import scope_id
 from recipes.container import ContainerOOM, ids, lifecycle
 from recipes.container.execin import NotRunning
@@ -54,6 +55,16 @@ def _exec(c: Container, argv: list[str], **kw) -> tuple[int, str]:
 
 def _supervisor(name: str) -> int:
     return ids.resolve(name)["creator"]["pid"]
+
+
+def _sweep() -> cleanup.Sweep:
+    """cleanup's verdicts; retried when a concurrent run's object vanished mid-look."""
+    for _ in range(5):
+        try:
+            return cleanup.sweep()
+        except NsrError:
+            time.sleep(0.2)
+    return cleanup.sweep()
 
 
 def _until_dead(name: str, timeout: float = 30) -> None:
@@ -185,7 +196,7 @@ def test_killed_tool_or_supervisor_leaves_a_dead_container_that_goes(backend):
         Container.run(["true"], backend=backend, name=done).wait(60)
         os.kill(_supervisor(dead), signal.SIGKILL)
         _until_dead(dead)
-        plan = cleanup.sweep()
+        plan = _sweep()
         going = {i.name for i in plan.remove if i.kind == "container"}
         kept = {k.name for k in plan.kept if k.kind == "container"}
         assert dead in going and not going & {live, done}, going
