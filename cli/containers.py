@@ -142,8 +142,10 @@ def container_logs(c, name, follow=False, backend=None):
 def container_stop(c, name, time=10.0, backend=None):
     """Stop a running container: SIGTERM to its PID 1, SIGKILL after --time seconds."""
     from recipes.container import ids, lifecycle
+    rec = ids.resolve(name)
     with make_runner(backend, False, keep=True) as run:
-        lifecycle.stop(run, ids.resolve(name), float(time))
+        lifecycle.stop(run, rec, float(time))
+    print(rec.get("name"))
 
 
 @nsr_task(help={"name": _NAME,
@@ -151,8 +153,10 @@ def container_stop(c, name, time=10.0, backend=None):
 def container_kill(c, name, signal="KILL", backend=None):
     """Send a signal to a running container's PID 1 (which passes it on to the command)."""
     from recipes.container import ids, lifecycle
+    rec = ids.resolve(name)
     with make_runner(backend, False, keep=True) as run:
-        lifecycle.kill(run, ids.resolve(name), signal)
+        lifecycle.kill(run, rec, signal)
+    print(rec.get("name"))
 
 
 @nsr_task(help={"name": _NAME,
