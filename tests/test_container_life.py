@@ -13,12 +13,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
 
 import helpers
 from containerkit import ours, rootfs_dir, run_ct  # noqa: F401 (rootfs_dir: fixture)
+from nsutil import procfs
 from nsutil.backend import Runner
 from nsutil.errors import NsrError
 from nsutil.names import scope_id
@@ -28,7 +30,8 @@ from recipes.container.lifecycle import Container
 from recipes.ops import cleanup
 
 #: a container that ignores SIGTERM (so stop has to SIGKILL it) and says it started
-STUBBORN = ["sh", "-c", "trap '' TERM; echo started; while :; do sleep 0.1; done"]
+STUBBORN = ["sh", "-c", "trap '' TERM; echo started; while :; do sleep 0.1; "
+            "[ -e /tmp/say ] && rm /tmp/say && echo late; done"]
 #: a command that needs more memory than any limit a test sets (the OOM killer ends it)
 HOG = ["sh", "-c", "x=aaaaaaaaaaaaaaaa; while :; do x=$x$x; done"]
 TASKS = ("container-run", "container-ls", "container-exec", "container-logs",
@@ -51,6 +54,11 @@ def _exec(c: Container, argv: list[str], **kw) -> tuple[int, str]:
         code = c.exec(argv, fds=(null.fileno(), out.fileno(), out.fileno()), **kw)
         out.seek(0)
         return code, out.read().decode()
+
+
+def _follow(backend: str, name: str, out) -> None:
+    with Runner(backend=backend, keep=True) as run:
+        lifecycle.logs(run, ids.resolve(name), follow=True, out=out)
 
 
 def _supervisor(name: str) -> int:
@@ -90,11 +98,10 @@ def test_detached_container_lives_until_removed(backend):
         assert (code, out) == (3, f"bar qux\n1000\n/tmp\n{name}\n"), out
         code, out = _exec(c, ["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; "
                                           "cat /proc/self/cgroup"])
-        host_cgroups = ids.resolve(name)["cgroup"]
-        pid_in_cgroup = any(open(os.path.join(d, "cgroup.procs")).read() for d in host_cgroups)
         assert code == 0 and "supervisor" in out.splitlines()[0], out   # its PID 1: ours
-        assert out.splitlines()[1].endswith(":/"), out      # its cgroup namespace's root
-        assert pid_in_cgroup
+        hierarchy = "pids" if "/pids/" in ids.resolve(name)["cgroup"][0] else ""
+        line = next(ln for ln in out.splitlines()[1:] if ln.split(":")[1] == hierarchy)
+        assert line.endswith(":/"), out       # in its cgroup: its cgroup namespace's root
         assert _exec(c, ["nosuchcmd"])[0] == 127
         assert c.logs() == "started\n"
         with tempfile.TemporaryFile() as out:  # --tty: a terminal of its own
@@ -105,9 +112,16 @@ def test_detached_container_lives_until_removed(backend):
                  name, backend], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                 cwd=helpers.ROOT, timeout=300)
         assert (tty_out.returncode, tty_out.stdout.strip()) == (5, "TTY"), tty_out.stderr
-        started = time.monotonic()
-        assert c.stop(1) == 137                      # TERM ignored: SIGKILL after 1 s
-        assert time.monotonic() - started >= 1
+        with tempfile.TemporaryFile() as followed:   # logs --follow: until it exits
+            follower = threading.Thread(target=_follow, args=(backend, name, followed))
+            follower.start()
+            assert _exec(c, ["touch", "/tmp/say"])[0] == 0
+            started = time.monotonic()
+            assert c.stop(1) == 137                  # TERM ignored: SIGKILL after 1 s
+            assert time.monotonic() - started >= 1
+            follower.join(60)
+            followed.seek(0)
+            assert not follower.is_alive() and followed.read() == b"started\nlate\n"
         row = next(r for r in lifecycle.rows(all=True) if r["id"] == c.id)
         assert (row["state"], row["exit_code"], row["pid"]) == ("exited", 137, None)
         with pytest.raises(NotRunning, match="not running"):
@@ -193,7 +207,11 @@ def test_killed_tool_or_supervisor_leaves_a_dead_container_that_goes(backend):
         assert run_ct(backend, ["true"], name=tool_name)[0] == 0     # the name is free
         Container.run(["sleep", "60"], backend=backend, name=dead)
         Container.run(["sleep", "60"], backend=backend, name=live)
-        Container.run(["true"], backend=backend, name=done).wait(60)
+        finished = Container.run(["true"], backend=backend, name=done)
+        supervisor = ids.resolve(done)["creator"]
+        assert finished.wait(60) == 0
+        while procfs.same_process(supervisor):   # it exits right after the record
+            time.sleep(0.02)
         os.kill(_supervisor(dead), signal.SIGKILL)
         _until_dead(dead)
         plan = _sweep()
