@@ -9,9 +9,6 @@ from cli.common import command_argv, make_runner, nsr_task
 
 #: container-run's exit status when nsrecipes could not start the container (Docker, podman)
 START_FAILED = 125
-#: the exit statuses of the command's own kind that container-run keeps (not found, not
-#: executable, killed by --timeout or the OOM killer)
-COMMAND_CODES = (126, 127, 137)
 
 
 @nsr_task(help={"rootfs": "root filesystem directory (default: a cached busybox rootfs, "
@@ -52,7 +49,7 @@ def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=No
     a minimal /dev. PID 1 reaps zombies and forwards signals; the exit status is the
     command's (128+N for signal N; 126 not executable; 127 not in the rootfs; 137 past
     --timeout or killed by the OOM killer, with one line saying which; 125 when nsrecipes
-    could not start it). --detach prints the container's id and returns.
+    could not start it; 2 for a bad option). --detach prints the container's id and returns.
     On cgroup v2 without systemd, the controller of a limit that the root of the cgroup
     namespace does not enable for its children is enabled there, as runc does (one line on
     stderr; it stays enabled: other cgroups may rely on it).
@@ -73,7 +70,7 @@ def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=No
         with make_runner(backend, explain) as run:
             code = container.run_container(run, argv, rootfs=rootfs, rm=rm, **options)
     except NsrError as exc:
-        if exc.exit_code not in COMMAND_CODES:
+        if exc.exit_code == 1:    # not a bad option (2), nor the command's own (126, 127, 137)
             exc.exit_code = START_FAILED
         raise
     if code:
