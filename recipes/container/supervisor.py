@@ -1,9 +1,11 @@
 """The supervisor of a detached container (``container-run --detach``), as conmon is podman's.
 
-One small process per detached container. :func:`spawn` starts it as
-``python -m recipes.container.supervisor FD`` (the request, JSON, on its stdin); it forks once more and the first
-process exits, so the supervisor belongs to no terminal and no caller (a double fork: it
-outlives the CLI, whose ``wait`` reaps the first process). It then
+One small process per detached container. :func:`spawn` forks twice (the classic double
+fork of a daemon): the first child starts a session of its own, forks the supervisor and
+exits at once, so the supervisor belongs to no terminal and no caller and outlives the CLI,
+which reaps the first child. The supervisor lets go of everything it inherited (stdin,
+stdout and stderr become /dev/null, every other descriptor is closed, signals are back to
+their defaults), takes the name ``nsr-supervisor`` (``ps``, ``pgrep``), and then
 
 1. makes the container as ``container-run`` does (:func:`recipes.container.prepare` and
    :func:`recipes.container.launch`), the command's stdout and stderr going to the log file
@@ -19,10 +21,9 @@ outlives the CLI, whose ``wait`` reaps the first process). It then
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
-import subprocess
+import signal
 import sys
 import time
 from typing import IO, Any
@@ -47,18 +48,23 @@ def spawn(argv: list[str], rootfs: str | None, backend: str | None, rm: bool,
     request = {"argv": list(argv), "rootfs": rootfs, "backend": backend, "rm": rm,
                "options": options}
     read_end, write_end = os.pipe()
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    try:
-        first = subprocess.Popen([sys.executable, "-m", "recipes.container.supervisor",
-                                  str(write_end)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, pass_fds=(write_end,), env=env)
-    finally:
-        os.close(write_end)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    first = os.fork()
+    if first == 0:  # pragma: no cover - runs in the child
+        code = START_FAILED
+        try:
+            os.close(read_end)
+            os.setsid()
+            if os.fork() == 0:
+                code = _supervisor_main(request, write_end)
+            else:
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
     with os.fdopen(read_end, "rb") as f:
-        first.communicate(json.dumps(request).encode())
+        os.waitpid(first, 0)
         answer = _read_answer(f)
     if answer.startswith(b"ok "):
         return answer[3:].decode()
@@ -66,6 +72,38 @@ def spawn(argv: list[str], rootfs: str | None, backend: str | None, rm: bool,
         raise pickle.loads(answer[1:])
     raise NsrError("the container's supervisor died before it started the container",
                    hint="run it in the foreground (without --detach) to see why")
+
+
+def _let_go(keep_fd: int) -> None:
+    """Drop what the caller's process had: its stdio (now /dev/null), every other
+    descriptor but ``keep_fd`` (a caller's pipe held open would make its reader wait for us),
+    its signal handlers; work from /."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    os.closerange(3, keep_fd)
+    os.closerange(keep_fd + 1, os.sysconf("SC_OPEN_MAX"))
+    sys.stdout = open(1, "w", buffering=1, closefd=False)   # not the caller's (a pytest
+    sys.stderr = open(2, "w", buffering=1, closefd=False)   # capture's file is closed now)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGCHLD, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    os.chdir("/")
+
+
+def _supervisor_main(request: dict, report_fd: int) -> int:
+    """The supervisor process (the second child): let go, take its name, supervise."""
+    _let_go(report_fd)
+    os.set_inheritable(report_fd, False)   # the container's command never gets it
+    sc.LIBC.prctl(15, COMM, 0, 0, 0)       # PR_SET_NAME
+    try:
+        return supervise(request, report_fd)
+    except BaseException:   # noqa: BLE001 -- nobody reads a traceback here; the log does
+        import traceback
+        traceback.print_exc()
+        return START_FAILED
 
 
 def _read_answer(f: IO[bytes]) -> bytes:
@@ -166,19 +204,3 @@ def _remove_dir(spec: Any) -> None:
     if rec is not None and rec.get("creator", {}).get("pid") == os.getpid():
         remove_container(rec)
         prune()
-
-
-def main(args: list[str]) -> int:
-    """``python -m recipes.container.supervisor FD`` (the request on stdin): fork, let the
-    caller go on, and supervise in a session of its own."""
-    report_fd, request = int(args[0]), json.loads(sys.stdin.buffer.read())
-    os.set_inheritable(report_fd, False)   # the container's command never gets it
-    if os.fork() != 0:
-        os._exit(0)
-    os.setsid()
-    sc.LIBC.prctl(15, COMM, 0, 0, 0)    # PR_SET_NAME
-    return supervise(request, report_fd)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
