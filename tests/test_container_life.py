@@ -133,8 +133,11 @@ def test_detached_container_lives_until_removed(backend):
     assert not [x for kind in left.values() for x in kind if name in x], left
 
 
+@pytest.mark.userspace
 def test_cli_verbs_names_and_refusals():
-    """The CLI: --detach prints the id, ls --json lists it, a name in use is refused (125)
+    """(userspace: the CLI's plumbing and messages over the verbs that the tests above run
+    against the kernel on both backends; a dozen CLI starts cost minutes in the emulated VM.)
+    The CLI: --detach prints the id, ls --json lists it, a name in use is refused (125)
     naming the container and the command that removes it, rm of a running one without
     --force and exec into a stopped one are one line with a hint, kill --signal, logs
     --follow returns once it exited, rm by a prefix of the name."""
