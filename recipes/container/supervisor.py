@@ -184,7 +184,10 @@ def supervise(request: dict, report_fd: int) -> int:
             return START_FAILED
     _to_log(ct.extra["log"])
     _report(report_fd, b"ok " + ct.id.encode())
-    code, why = _outcome(run, ct, spec)
+    try:
+        code, why = _outcome(run, ct, spec)
+    except Exception as exc:   # noqa: BLE001 -- recorded as one line, never a silent end
+        code, why = START_FAILED, f"the supervisor failed: {type(exc).__name__}: {exc}"
     if why:
         print(f"nsrecipes: {why}", file=sys.stderr, flush=True)
     for err in run.undo():
