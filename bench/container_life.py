@@ -7,7 +7,8 @@
   and the container's setup;
 * ``container-exec NAME -- true`` against ``nsenter --target PID1 --mount --uts --ipc --pid
   --cgroup -- true`` into the same namespaces (nsenter joins no cgroup and sets no
-  environment; it is the floor of any exec), each with both backends for container-exec.
+  environment; it is the floor of any exec), each with both backends for container-exec,
+  and the Python API's exec in this process (what is left without the CLI's start).
 
 Median of ``--runs`` (default 5) each; the container is removed at the end. Needs root.
 
@@ -57,6 +58,23 @@ def timed(argv: list[str], runs: int) -> float:
     return statistics.median(out)
 
 
+def api_exec(name: str, runs: int) -> float:
+    """Median of ``Container.exec(["true"])`` in this process (native): the exec itself,
+    without the CLI's interpreter start and imports."""
+    sys.path.insert(0, ROOT)
+    from recipes.container.lifecycle import Container
+    c = Container.get(name, backend="native")
+    out = []
+    with open(os.devnull, "w") as null:
+        fds = (null.fileno(), null.fileno(), null.fileno())
+        c.exec(["true"], fds=fds)
+        for _ in range(runs):
+            t = time.perf_counter()
+            c.exec(["true"], fds=fds)
+            out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="timed runs of each (default 5)")
@@ -74,6 +92,7 @@ def main() -> None:
         exec_native = timed([INVOKE, "container-exec", "--backend", "native", names[0], "--",
                              "true"], args.runs)
         bare = timed(ns, args.runs)
+        in_process = api_exec(names[0], args.runs)
     finally:
         for n in names:
             subprocess.run([INVOKE, "container-rm", "--force", n], cwd=ROOT,
@@ -83,6 +102,7 @@ def main() -> None:
     print(f"  container-run --detach -> row in container-ls   {run_row * 1000:8.1f} ms")
     print(f"  container-exec -- true (shell: nsenter)          {exec_shell * 1000:8.1f} ms")
     print(f"  container-exec -- true (native: setns)           {exec_native * 1000:8.1f} ms")
+    print(f"  Container.exec(['true']) in-process (native)     {in_process * 1000:8.1f} ms")
     print(f"  nsenter -t PID1 -m -u -i -p -C -- true           {bare * 1000:8.1f} ms")
     print(f"  container-exec / nsenter                          {exec_native / bare:8.1f}x "
           f"(native), {exec_shell / bare:.1f}x (shell)")
