@@ -6,8 +6,10 @@ looks at: network namespaces, links in the root namespace, mounts, cgroups, stat
 all of them), and processes. A process counts only when it is this test session's (a
 descendant of the test process, or started with the session's mark in its environment:
 :func:`mark_session`) *and* nsrecipes-like: a fork of the test process, named ``nsr-*``
-(holders, their ``unshare`` parents, the native ``ps``/``nsenter``), recorded as a holder
-or container process under the state directory, in an ``nsr*`` cgroup, or in a namespace
+(holders, their ``unshare`` parents, the native ``ps``/``nsenter``, a detached container's
+``nsr-supervisor``), recorded as a holder or container process (a detached container's
+supervisor is its record's ``creator``; its log is in its state entry) under the state
+directory, in an ``nsr*`` cgroup, or in a namespace
 other than the test process's own. Another user's process is never reported, whatever its
 command line says; nor are the state entries, mounts and cgroups of an environment or
 container whose recorded processes run and are all someone else's (a concurrent run's).
@@ -106,6 +108,13 @@ def _in_nsr_cgroup(pid: str) -> bool:
     return False
 
 
+def _start(pid: str) -> int:
+    """Field 22 of /proc/PID/stat: when it started (0 if it is gone)."""
+    raw = _read(f"/proc/{pid}/stat")
+    fields = raw.rsplit(b")", 1)[-1].split()
+    return int(fields[19]) if len(fields) > 19 else 0
+
+
 def _stat(pid: str) -> tuple[bytes, bytes, str] | None:
     """(comm, state, ppid) from /proc/PID/stat."""
     raw = _read(f"/proc/{pid}/stat")
@@ -127,6 +136,8 @@ class Session:
         self.parents = {pid: st[2] for pid, st in self.stats.items()}
         mark = os.environ.get(SESSION_VAR)
         self.mark = f"{SESSION_VAR}={mark}".encode() if mark else None
+        self.my_cmdline = _cmdline(self.me)
+        self.my_start = _start(self.me)
 
     def _descends(self, pid: str) -> bool:
         seen = set()
@@ -141,7 +152,12 @@ class Session:
         """True if ``pid`` is this session's."""
         if self._descends(pid):
             return True
-        return self.mark is not None and self.mark in _read(f"/proc/{pid}/environ").split(b"\0")
+        if self.mark is not None and self.mark in _read(f"/proc/{pid}/environ").split(b"\0"):
+            return True
+        # a fork of the test process that was re-parented (a detached container's
+        # supervisor, double-forked by the Python API): the mark set at run time is not in
+        # its /proc/PID/environ, which shows the environment the test process was exec'd with
+        return _cmdline(pid) == self.my_cmdline and _start(pid) >= self.my_start
 
     def foreign(self, pids: set[str]) -> bool:
         """True if some of ``pids`` run and none of those is this session's: what they

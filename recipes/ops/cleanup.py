@@ -15,7 +15,9 @@ root-owned ``nsr-user-*`` scratch directories).
   whose namespaces all exist with their addresses and ``lo`` up -- or either still being
   built: its creator (``creator`` in the record) runs, or the record is younger than
   :data:`GRACE` seconds;
-* a container whose tool's process runs (no record yet: younger than :data:`GRACE`);
+* a container whose tool's process (or supervisor) runs (no record yet: younger than
+  :data:`GRACE`), and a detached one that exited (its supervisor recorded the exit code:
+  ``container-rm`` removes it); one whose supervisor died goes;
 * a cgroup with processes in it, or younger than :data:`GRACE`, and nsrecipes' v2 parent
   while any cgroup stays in it;
 * a scratch directory younger than :data:`GRACE` (nothing records which process made it);
@@ -272,6 +274,8 @@ def _containers() -> dict[str, dict]:
 
 
 def _container_why(st: dict) -> str | None:
+    if "exit_code" in st:     # a detached one that exited: kept until container-rm
+        return f"exited ({st['exit_code']}); `invoke container-rm {st['name']}` removes it"
     if "creator" not in st and "pid" not in st:   # not recorded yet -- or its tool died first
         return _young_why(st["dir"], "made")
     for pid_key, start_key in (("pid", "starttime"), ("pid1", "pid1_starttime")):
