@@ -30,8 +30,10 @@ def cleanup(c, dry_run=False, all_=False):
     touched, whatever its name.
     """
     from recipes.ops import cleanup as cl
+    from nsutil import rootless
     from nsutil.errors import require_root
-    require_root("cleanup")
+    if not rootless.decide():     # a user cleans up the user's own (their state directory)
+        require_root("cleanup")
     plan = cl.sweep(everything=all_)
     for line in cl.plan_lines(plan, dry_run):
         print(line, flush=True)

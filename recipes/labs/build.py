@@ -394,7 +394,8 @@ def teardown_step(plan: Plan, rootless: bool = False) -> Step:
     (``rootless``, or a plan with a holder): kill the holder, which takes every namespace
     of the lab with it, and drop the record."""
     if plan.holder is not None or rootless:
-        return userlab.teardown_step(record_path(plan.scope), plan, len(plan.all_netns()))
+        return userlab.teardown_step(record_path(plan.scope), plan.scope,
+                                     len(plan.all_netns()), lambda: plan.holder)
     def native() -> None:
         for ns in plan.all_netns():
             nl.delete_netns(ns)

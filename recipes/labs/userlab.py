@@ -28,7 +28,7 @@ whose holder died, or whose creator died before it was ready).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from nsutil import procfs, process, rootless, state
 from nsutil import syscalls as sc
@@ -325,21 +325,24 @@ def stop_step(record: str, entry: dict) -> Step:
                 native=stop, shell=stop)
 
 
-def teardown_step(record: str, plan: Any, count: int) -> Step:
-    """The step that tears a lab down without root: kill its holder (``plan.holder``, read
-    when the step runs: none yet while it is being built), which takes its user namespace
-    and the ``count`` namespaces pinned in it along; remove its hosts file and record."""
+def teardown_step(record: str, what: str, count: int,
+                  holder: Callable[[], dict | None]) -> Step:
+    """The step that tears a lab down without root: kill its holder (``holder()``, asked
+    when the step runs: there is none yet while the lab is being built), which takes its
+    user namespace and the ``count`` namespaces pinned in it along; remove its hosts file
+    and its record."""
     from recipes import net
 
     def native() -> None:
-        if plan.holder is not None:
-            _kill(plan.holder)
+        entry = holder()
+        if entry is not None:
+            _kill(entry)
         sc.remove_if_present(hosts_path(record))
         net.drop_record(record)
 
-    pid = (plan.holder or {}).get("pid", "$PID")
-    return Step(f"tear down {plan.scope}: stop the lab's holder; its user namespace and "
-                f"{count} namespaces go with it", argv=["kill", "-KILL", pid],
+    pid = (holder() or {}).get("pid", "$PID")
+    return Step(f"tear down {what}: stop the lab's holder; its user namespace and {count} "
+                "namespaces go with it", argv=["kill", "-KILL", pid],
                 native=native, shell=lambda _a: native())
 
 
