@@ -136,6 +136,8 @@ def net_veth(c, name="nsr-a", peer="nsr-b", addr="10.200.0.1/24", peer_addr="10.
 
     They stay (ip netns list shows them) until --delete. Idempotent: the same run again
     changes nothing; a name that exists otherwise fails with one line and touches nothing.
+    Without root the pair is a lab of its own: a holder's user namespace owns both
+    namespaces, named inside its mount namespace (net-exec NAME -- CMD goes in).
     """
     from recipes.common import pictures
     from recipes import veth

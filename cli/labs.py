@@ -28,7 +28,8 @@ from cli.common import command_argv, make_runner, nsr_task
                         "addresses and impairments; above 100 hosts a summary); with --show, "
                         "or with the --scope of a lab that is up, draw that one",
                 "etc_hosts": "write /etc/netns/NS/hosts so hosts reach each other by name "
-                             "(default on; skipped above 256 hosts)",
+                             "(default on; skipped above 256 hosts; without root one hosts "
+                             "file for the lab, over /etc/hosts in its mount namespace)",
                 "ipv6": "keep IPv6 link-local autoconf on the links (default off: on a big "
                         "bridge its multicast from every host floods every other)"})
 def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check=False,
@@ -43,6 +44,13 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
     lab.toml: [hosts.r1] router = true; [[links]] a = "web" b = "r1" (a_addr/b_addr, delay,
     jitter, loss, rate, corrupt, duplicate optional; subnet = "10.210.0.0/16" is the pool
     for automatic addresses).
+
+    Without root: a holder process's user namespace (you mapped to root) owns every
+    namespace of the lab; their names are pinned inside the lab's own mount namespace (not
+    /run/netns), its records are in $XDG_RUNTIME_DIR/nsrecipes. net-exec, net-link and
+    --check join it first; enter it yourself with nsenter -t HOLDER -U -m -n
+    --preserve-credentials (the holder's pid: --status). --down kills the holder, and the
+    lab goes with it. Labs across machines ([machines]) need root.
     """
     from recipes.labs import build as topo
     from nsutil.rootless import require_namespaces
@@ -76,6 +84,10 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
                 + ", ".join(f"{h}={plan.hosts[h]}" for h in list(plan.hosts)[:3]))
         run.say(f"try: invoke net-exec {next(iter(plan.hosts))} -- ip addr; "
                 f"tear down: invoke net-topo --down --scope {plan.scope}")
+        if plan.holder is not None and not explain:
+            from recipes.labs import userlab
+            run.say(f"without root the lab is held by pid {plan.holder['pid']}; enter it: "
+                    f"{' '.join(map(str, userlab.join_argv(plan.holder['pid'])))} ip netns list")
         if draw and not explain:
             run.say(f"drew {pictures.topology(topo.show_data(plan), draw)}")
         if check:

@@ -99,7 +99,8 @@ def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
     record_first(run, record_path(name), record, f"{name}<->{peer}")
     entry = None
     if run.rootless:     # a lab of its own: a holder's user namespace owns both namespaces
-        entry = userlab.start_lab(run, record_path(name), [(ip_of(addr), name), (ip_of(peer_addr), peer)],
+        names = [(ip_of(addr), name), (ip_of(peer_addr), peer)]
+        entry = userlab.start_lab(run, record_path(name), names,
                                   f"nsr-lab-{name}"[:15])
     create_netns(run, name)
     create_netns(run, peer)
@@ -120,8 +121,9 @@ def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
             f"{'packets go both ways' if reachable else 'not checked'}")
     if entry is not None:
         userlab.mark_ready(run, record_path(name), entry)
+        enter = " ".join(map(str, userlab.join_argv(entry["pid"])))
         run.say(f"they stay, in a lab of their own (holder pid {entry['pid']}): invoke net-exec "
-                f"{name} -- ip addr; {' '.join(userlab.join_argv(entry['pid']))} ip netns list; "
+                f"{name} -- ip addr; {enter} ip netns list; "
                 f"remove with: invoke net-veth --name {name} --peer {peer} --delete")
     elif not run.wants_shell:
         run.say(f"they stay: ip netns list; ip -n {name} addr; "

@@ -136,3 +136,27 @@ def test_a_users_star_veth_pair_and_cleanup(labs, tag):
     assert list(_records(home)) == [f"veth-{a}.json"]
     out = _ok(as_user(home, "net-veth", "--name", a, "--peer", b, "--delete"))
     assert f"deleted {a} and {b}" in out and not procfs.same_process(pair)
+
+
+def test_a_lab_where_the_host_has_no_run_netns(labs, tag):
+    """A fresh host has no /run/netns (ip makes it at its first netns) and a user may not
+    make one: the lab mounts a tmpfs on /run inside its own mount namespace, with the host's
+    entries bound back. The host here has one, so the test hides /run in a mount namespace
+    of its own (a tmpfs with only lock/ in it); hosts still reach each other by name."""
+    import subprocess
+    from asuser import user_env
+    from conftest import unprivileged_argv
+    from helpers import INVOKE, ROOT
+    home, holders = labs
+    script = (f"{INVOKE} net-topo --hosts 2 --scope {tag} && "
+              f"{INVOKE} net-exec h1 -- sh -c 'ping -c1 -W5 h2 >/dev/null && echo PONG; ls /run' && "
+              f"{INVOKE} net-topo --down --scope {tag}")
+    hide = ("mount --make-rprivate / && mount -t tmpfs -o mode=0755 nsr-no-run /run && "
+            "mkdir /run/lock && exec \"$@\"")
+    proc = subprocess.run(["unshare", "--mount", "sh", "-c", hide, "sh",
+                           *unprivileged_argv(["sh", "-c", script])], cwd=ROOT,
+                          env=user_env(home, NSR_BACKEND="native"), capture_output=True,
+                          text=True, timeout=300)
+    out = _ok(proc)
+    assert "PONG" in out and "\nlock\nnetns\n" in out, out
+    assert not os.path.exists("/run/nsr-no-run") and not _on_host(tag)

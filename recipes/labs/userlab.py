@@ -45,7 +45,8 @@ ETC_NETNS = "/etc/netns"
 #: the namespaces a lab's holder makes, in join order after its user namespace
 LAB_TYPES = ("user", "net", "mnt")
 #: the first line of a lab's hosts file
-HOSTS_MARK = "# written by nsrecipes for a lab without root: bound over /etc/hosts in its mount namespace"
+HOSTS_MARK = ("# written by nsrecipes for a lab without root: bound over /etc/hosts in its "
+              "mount namespace")
 
 
 def hosts_path(record_path: str) -> str:
@@ -61,7 +62,7 @@ def holder_argv() -> list[str]:
 
 def join_argv(pid: Any) -> list[str]:
     """``nsenter -t PID --user --mount --net --preserve-credentials``: into a lab's holder."""
-    return ["nsenter", "-t", str(pid), "--user", "--mount", "--net", "--preserve-credentials"]
+    return ["nsenter", "-t", pid, "--user", "--mount", "--net", "--preserve-credentials"]
 
 
 # --- starting a lab -----------------------------------------------------------------------------
@@ -261,19 +262,17 @@ def _rebuild_run() -> None:
 def pin(run: Runner, hosts_file: str | None) -> None:
     """Steps, inside the lab's mount namespace (after :func:`join`): a tmpfs on /run/netns
     for the lab's names, root's /etc/netns hidden, the lab's hosts file over /etc/hosts."""
-    has_run_netns = os.path.isdir(NETNS_DIR)
-    if has_run_netns or run.explain:
-        run.run(Step("a tmpfs on /run/netns inside the lab's mount namespace: the lab's names "
-                     "go there (the host's stay root's)",
-                     argv=["mount", "-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "nsr-netns",
-                           NETNS_DIR],
-                     native=lambda: _mount_tmpfs(NETNS_DIR, "nsr-netns")))
-    else:
+    if not run.explain and not os.path.isdir(NETNS_DIR):
         run.run(Step("the host has no /run/netns and the user may not make one: a tmpfs on "
                      "/run inside the lab's mount namespace, the host's entries bound back, "
-                     "and /run/netns in it", native=_rebuild_run,
+                     "and /run/netns in it", native=_rebuild_run, shell=lambda _a: _rebuild_run(),
                      display="mount -t tmpfs nsr-run /run; mount --rbind OLD/ENTRY /run/ENTRY "
                              "# each; mkdir /run/netns"))
+    run.run(Step("a tmpfs on /run/netns inside the lab's mount namespace: the lab's names "
+                 "go there (the host's stay root's)",
+                 argv=["mount", "-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "nsr-netns",
+                       NETNS_DIR],
+                 native=lambda: _mount_tmpfs(NETNS_DIR, "nsr-netns")))
     run.run(Step("make /run/netns a shared mount, as ip netns add does",
                  argv=["mount", "--make-shared", NETNS_DIR],
                  native=lambda: sc.make_propagation(NETNS_DIR, "shared")))
