@@ -568,6 +568,8 @@ def topology(shape: str = "star", hosts: int = 3, *, file: str | None = None, ip
     ``impair`` impairs every link, ``links`` the links named (see :func:`impair_links`).
     A file with a ``[machines]`` table (or ``machines=``, which replaces it) is built on
     those machines through Fabric and yields a :class:`recipes.labs.machines.controller.Lab`.
+    Without root the calling process joins the lab's namespaces (:mod:`recipes.labs.userlab`)
+    and cannot leave them: one lab per process (the holder goes when the block ends).
     """
     plan = plan_file(file, scope, ipv6, machines) if file else plan_shape(shape, hosts, scope, ipv6=ipv6,
                                                                           depth=depth, fanout=fanout)
