@@ -33,9 +33,7 @@ from typing import Any, Callable
 from nsutil import procfs, process, rootless, state
 from nsutil import syscalls as sc
 from nsutil.backend import Placeholder, Runner, Step
-from nsutil.errors import NotFound, SyscallError
-
-from nsutil.errors import CommandError, NsrError
+from nsutil.errors import CommandError, NotFound, NsrError, SyscallError
 from nsutil.nstypes import ns_inode
 
 from recipes.common.leftover import Leftover
