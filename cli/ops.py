@@ -27,11 +27,14 @@ def cleanup(c, dry_run=False, all_=False):
     net-veth pairs and topologies, containers whose tool is gone, nsr cgroups with no process,
     nsr-cow-*/nsr-user-* scratch directories. Kept: live environments, complete pairs and
     topologies, running containers. A network namespace no nsrecipes record names is never
-    touched, whatever its name.
+    touched, whatever its name. Without root: only your own (your state directory's labs
+    whose holder died or was never finished, their holders); root's cleanup never sees them.
     """
     from recipes.ops import cleanup as cl
+    from nsutil import rootless
     from nsutil.errors import require_root
-    require_root("cleanup")
+    if not rootless.decide():     # a user cleans up the user's own (their state directory)
+        require_root("cleanup")
     plan = cl.sweep(everything=all_)
     for line in cl.plan_lines(plan, dry_run):
         print(line, flush=True)

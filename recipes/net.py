@@ -480,6 +480,9 @@ def leftovers() -> list[Leftover]:
     the network records; each ``remove()`` removes exactly that one."""
     found: list[Leftover] = []
     recorded = recorded_netns()
+    from nsutil import rootless
+    if rootless.decide():   # a user's namespaces are pinned in the user's labs, not here
+        return found + _state_leftovers()
     for name in nl.list_netns():
         if is_ours(name) or name in recorded:
             found.append(Leftover("netns", name, lambda n=name: _remove_netns(n)))
@@ -491,6 +494,12 @@ def leftovers() -> list[Leftover]:
             if (is_ours(name) or name in recorded) and owns_etc_hosts(name):
                 found.append(Leftover("etc-netns", os.path.join(ETC_NETNS, name),
                                       lambda n=name: _remove_etc(n)))
+    return found + _state_leftovers()
+
+
+def _state_leftovers() -> list[Leftover]:
+    """Every file under the state directory's ``net/`` (records, a lab's hosts file)."""
+    found = []
     base = state.state_dir("net", create=False)
     if os.path.isdir(base):
         entries = sorted(os.listdir(base))

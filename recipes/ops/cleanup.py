@@ -45,11 +45,13 @@ from recipes import cow
 from recipes import env
 from recipes import net
 from recipes.labs import build as topo
+from recipes.labs import userlab
 from recipes import veth
 from recipes.common.leftover import Leftover
 
 #: modules asked for leftovers, in removal order
-PROVIDERS = ["recipes.env", "recipes.container", "recipes.cgroup", "recipes.cow", "recipes.net"]
+PROVIDERS = ["recipes.env", "recipes.container", "recipes.cgroup", "recipes.cow",
+             "recipes.labs.userlab", "recipes.net"]
 #: seconds during which something no record ties to a live process may still be in the making
 #: ($NSR_CLEANUP_GRACE; the tests set it long, since an emulated machine is slow)
 GRACE = float(os.environ.get("NSR_CLEANUP_GRACE", "60"))
@@ -87,8 +89,20 @@ def candidates() -> list[Leftover]:
     for name in PROVIDERS:
         found.extend(importlib.import_module(name).leftovers())
     found.extend(user_scratch())
-    return [item for item in found if _made_by_us(item, recorded)
+    return [item for item in found if _made_by_us(item, recorded) and _users_own(item)
             and not (item.kind == "cgroup" and item.name in containers)]
+
+
+def _users_own(item: Leftover) -> bool:
+    """Without root, a cgroup or directory is the user's to remove only if the user owns it
+    (root's are root's, whatever their name); as root, everything nsrecipes made."""
+    from nsutil import rootless
+    if item.kind not in ("cgroup", "dir") or not rootless.decide():
+        return True
+    try:
+        return os.stat(item.name).st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 def _made_by_us(item: Leftover, recorded_netns: set[str]) -> bool:
@@ -194,10 +208,22 @@ def _pair_complete(rec: dict) -> str | None:
     return "complete"
 
 
+def _lab_of_user(rec: dict) -> bool:
+    """A lab without root (held by a process of the user's; nothing of it on the host)."""
+    from nsutil import rootless
+    return bool(rec.get("holder")) or rootless.decide()
+
+
 def _pairs_in_use() -> list[Kept]:
     kept = []
     for path, rec in _net_records("veth-"):
         if not {"name", "peer", "addr", "peer_addr"} <= set(rec):
+            continue
+        if _lab_of_user(rec):
+            why = userlab.why_kept(rec)
+            if why:
+                kept.append(Kept("net-veth", f"{rec['name']}<->{rec['peer']}", why,
+                                 userlab.claims(path, rec)))
             continue
         why = _pair_complete(rec) or _being_built(path, rec)
         if why:
@@ -229,6 +255,11 @@ def _topologies_in_use() -> list[Kept]:
         try:
             plan = topo.Plan.from_json(rec)
         except (KeyError, TypeError, ValueError):
+            continue
+        if _lab_of_user(rec):
+            why = userlab.why_kept(rec)
+            if why:
+                kept.append(Kept("topology", plan.scope, why, userlab.claims(path, rec)))
             continue
         # a machine's part of a lab across machines (its record names the machine) counts
         # once the controller has committed it
