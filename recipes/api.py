@@ -24,8 +24,9 @@ from typing import Any
 
 from nsutil import process
 from nsutil import syscalls as sc
+from nsutil.rootless import require_namespaces
 from nsutil.backend import Placeholder, Runner, Step, derived
-from nsutil.errors import SyscallError, require_root
+from nsutil.errors import SyscallError
 from nsutil.names import check_hostname
 from nsutil.nstypes import NS_TYPES, available, enter, flags_of, ns_link, parse_types
 
@@ -206,7 +207,7 @@ def demo(run: Runner, hostname: str = "NewNamespace") -> dict:
     ``links``, ``same``, ``different``); ``setns`` (``by_pid``, ``holder_alive``,
     ``kept_inode``, ``by_file``); ``unshare`` (``after``, ``tool_after``)."""
     if not run.explain:
-        require_root("api-demo")
+        require_namespaces("api-demo")
     check_hostname(hostname)
     run.heading(f"{SECTION} -- four ways to use the namespace API")
     me = os.getpid()

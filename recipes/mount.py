@@ -29,8 +29,9 @@ from typing import Any, Callable
 
 from nsutil import mountinfo, process
 from nsutil import syscalls as sc
+from nsutil.rootless import require_namespaces
 from nsutil.backend import Placeholder, Runner, Step, derived
-from nsutil.errors import SyscallError, require_root
+from nsutil.errors import SyscallError
 from nsutil import shell as nshell
 
 from recipes.common.holder import enter_argv, start_holder, stop_holder
@@ -392,7 +393,7 @@ def demo(run: Runner, draw: str | None = None) -> dict:
     if draw:
         pictures.check_path(draw)
     if not run.explain:
-        require_root("mount-demo")
+        require_namespaces("mount-demo")
     run.heading(f"{SECTION} (CLONE_NEWNS): mount points and their propagation")
     scratch = make_scratch(run)
     picture = bool(draw) and not run.explain

@@ -27,8 +27,9 @@ import struct
 from nsutil import process
 from nsutil import procfs
 from nsutil import syscalls as sc
+from nsutil.rootless import require_namespaces
 from nsutil.backend import Placeholder, Runner, Step, derived
-from nsutil.errors import CommandError, NsrError, SyscallError, require_root
+from nsutil.errors import CommandError, NsrError, SyscallError
 from nsutil.nstypes import ns_inode, parse_types
 
 from nsutil.lesson import Inside
@@ -350,7 +351,7 @@ def demo(run: Runner, draw: str | None = None) -> dict:
     if draw:
         pictures.check_path(draw)
     if not run.explain:
-        require_root("pid-demo")
+        require_namespaces("pid-demo")
     run.heading(f"{SECTION} (CLONE_NEWPID): process IDs")
     me = os.getpid()
     host = socket.gethostname()
