@@ -188,13 +188,17 @@ def _run_with_pidns(fn: Callable[[], Any]) -> Any:
 
 
 def spawn(fn: Callable[[], Any], flags: int, *,
-          before: Callable[[int], None] | None = None) -> Any:
+          before: Callable[[int], None] | None = None, userns_first: bool = False) -> Any:
     """The document's clone(): run ``fn`` in a new child in new namespaces; return its result.
 
     ``before(pid)`` runs in the parent after the child has unshared and before ``fn`` runs
-    (this is where a parent writes the child's uid_map/gid_map).
+    (this is where a parent writes the child's uid_map/gid_map). With ``userns_first``
+    (without root) the child first makes a user namespace with this user as its root, which
+    owns the namespaces of ``flags`` (``unshare --user --map-root-user``).
     """
     def child() -> Any:
+        if userns_first:
+            rootless.become_root_in_userns()
         sc.unshare(flags)
         if before is not None:
             write_all(ready_w, b"u")
