@@ -346,7 +346,10 @@ def remove_etc_netns(ns: str) -> bool:
 
 def demo(run: Runner, name: str | None = None) -> dict:
     """The document's network section: a new network namespace has only ``lo``, and it is
-    down; ``ip link set lo up`` brings it up. Returns what was observed."""
+    down; ``ip link set lo up`` brings it up. Returns what was observed. Without root, see
+    :func:`rootless_demo`."""
+    if run.rootless:
+        return rootless_demo(run)
     name = name or prefixed(scope_id(), "demo")
     check_netns_name(name)
     run.heading(f"{SECTION} (CLONE_NEWNET): a new namespace has only lo")
@@ -372,10 +375,72 @@ def demo(run: Runner, name: str | None = None) -> dict:
             "gone": not nl.netns_exists(name)}
 
 
+#: what net-demo leaves out without root (said in one line)
+NET_LEFT_OUT = ("a name under /run/netns (ip netns add: root's directory) and a veth end on the "
+                "host (a user's network namespace reaches the host only through pasta or "
+                "slirp4netns)")
+#: what the tour's veth pair section leaves out without root (said in one line)
+PAIR_LEFT_OUT = ("two named namespaces under /run/netns joined by a veth pair (root's "
+                 "/run/netns; net-veth makes a pair of the user's own, kept by a holder)")
+
+
+def rootless_demo(run: Runner) -> dict:
+    """Without root: a holder in a new network namespace owned by a user namespace of the
+    user's own (no name under /run/netns, root's): only ``lo``, down, then up. Returns what
+    :func:`demo` returns, with the holder's pid for ``netns`` and ``left_out``."""
+    from recipes.common.holder import join_types, start_holder
+    from nsutil import process
+    run.heading(f"{SECTION} (CLONE_NEWNET): a new namespace has only lo")
+    host_links = _root_links()
+    run.say(f"the host's namespace has {len(host_links)} links: {', '.join(host_links[:6])}"
+            f"{' ...' if len(host_links) > 6 else ''}")
+    run.say(f"left out without root: {NET_LEFT_OUT}")
+    holder = start_holder(run, "net")
+    types = join_types(holder, "net")
+
+    def links() -> list[dict]:
+        return run.run(Step("list the links inside", argv=run_inside_argv(holder, types,
+                                                                         ["ip", "-o", "link", "show"]),
+                            parse=_parse_links, placeholder=[],
+                            native=lambda: process.call_in(holder.pid, types, lambda: [
+                                {"name": ln["name"], "up": ln["up"]} for ln in nl.links(None)])))
+
+    before = links()
+    enter = " ".join(map(str, run_inside_argv(holder, types, [])))
+    run.say(f"$ {enter} ip link")
+    for ln in before:
+        run.say(f"  {ln['name']}: {'UP' if ln['up'] else 'DOWN'}")
+    run.run(Step("bring lo up inside", argv=run_inside_argv(holder, types,
+                                                            ["ip", "link", "set", "dev", "lo", "up"]),
+                 native=lambda: process.call_in(holder.pid, types, lambda: _native_up(None, "lo"))))
+    after = links()
+    run.say(f"$ {enter} sh -c 'ip link set lo up; ip link'")
+    for ln in after:
+        run.say(f"  {ln['name']}: {'UP' if ln['up'] else 'DOWN'}")
+    run.learner_shell(hint="ip link (only lo); ping -c1 127.0.0.1; exit")
+    run.undo()
+    return {"netns": holder.pid, "links": [ln["name"] for ln in before],
+            "host_links": host_links, "left_out": NET_LEFT_OUT,
+            "lo_up_before": any(ln["up"] for ln in before if ln["name"] == "lo"),
+            "lo_up_after": any(ln["up"] for ln in after if ln["name"] == "lo"),
+            "gone": not holder.alive() if not run.explain else True}
+
+
+def run_inside_argv(holder, types, argv: Sequence[str]) -> list:
+    """``nsenter -t PID --user --preserve-credentials --net -- ARGV`` for a rootless holder."""
+    from recipes.common.holder import nsenter_argv
+    return nsenter_argv(holder.pid, types, argv)
+
+
 def pair_demo(run: Runner, addr: str = "10.199.0.1/24", peer_addr: str = "10.199.0.2/24") -> dict:
     """The document's veth pair ("类似管道": data in at one end comes out at the other),
     made for the tour and removed again: two new namespaces, a pair between them, real
-    packets both ways. ``net-veth`` makes one that stays. Returns what was observed."""
+    packets both ways. ``net-veth`` makes one that stays. Returns what was observed.
+    Without root the section is left out in one line (:data:`PAIR_LEFT_OUT`)."""
+    if run.rootless:
+        run.heading(f"{SECTION} (CLONE_NEWNET): two namespaces joined by a veth pair")
+        run.say(f"left out without root: {PAIR_LEFT_OUT}")
+        return {"left_out": PAIR_LEFT_OUT}
     scope = scope_id()
     a, b = prefixed(scope, "a"), prefixed(scope, "b")
     run.heading(f"{SECTION} (CLONE_NEWNET): two namespaces joined by a veth pair")
