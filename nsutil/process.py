@@ -446,7 +446,7 @@ def reap_forever(wake_every: float = 60) -> None:
 def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
                  before: Callable[[int], None] | None = None, detach: bool = False,
                  quiet: bool = False, name: str = "nsr-holder",
-                 userns_first: bool = False) -> Holder:
+                 userns_first: bool = False, userns_of: int | None = None) -> Holder:
     """Start a holder in new namespaces (the native ``unshare --fork ... sleep infinity``).
 
     ``before(pid)`` runs in the caller once the holder has unshared (write uid/gid maps
@@ -457,6 +457,8 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
     With ``userns_first`` (without root) the holder first makes a user namespace with this
     user as its root (``unshare --user --map-root-user``), which then owns the namespaces of
     ``flags``; the Holder's flags include CLONE_NEWUSER, so joining it joins that first.
+    With ``userns_of`` (a holder's pid) it joins that process's user namespace instead, so
+    one user namespace owns the namespaces of both (``nsenter -t PID --user -- unshare ...``).
     """
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -480,7 +482,9 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
             os.setsid()
         signal.signal(signal.SIGINT, signal.SIG_IGN if detach else signal.SIG_DFL)
         try:
-            if userns_first:
+            if userns_of is not None:
+                enter_all(userns_of, ["user"])
+            elif userns_first:
                 rootless.become_root_in_userns()
             sc.unshare(flags)
             if flags & sc.CLONE_NEWTIME:
@@ -524,7 +528,8 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
         os.close(ready_r)
         os.close(go_w)
     if tag == b"R":
-        return Holder(pickle.loads(rest), pid, flags | (sc.CLONE_NEWUSER if userns_first else 0))
+        owned = userns_first or userns_of is not None
+        return Holder(pickle.loads(rest), pid, flags | (sc.CLONE_NEWUSER if owned else 0))
     kill_and_reap(pid, pid)
     if tag == b"E":
         raise pickle.loads(rest)

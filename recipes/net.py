@@ -380,8 +380,8 @@ NET_LEFT_OUT = ("a name under /run/netns (ip netns add: root's directory) and a 
                 "host (a user's network namespace reaches the host only through pasta or "
                 "slirp4netns)")
 #: what the tour's veth pair section leaves out without root (said in one line)
-PAIR_LEFT_OUT = ("two named namespaces under /run/netns joined by a veth pair (root's "
-                 "/run/netns; net-veth makes a pair of the user's own, kept by a holder)")
+PAIR_LEFT_OUT = ("names under /run/netns for the two namespaces (root's directory): they are "
+                 "held by two processes, reached by PID")
 
 
 def rootless_demo(run: Runner) -> dict:
@@ -436,11 +436,9 @@ def pair_demo(run: Runner, addr: str = "10.199.0.1/24", peer_addr: str = "10.199
     """The document's veth pair ("类似管道": data in at one end comes out at the other),
     made for the tour and removed again: two new namespaces, a pair between them, real
     packets both ways. ``net-veth`` makes one that stays. Returns what was observed.
-    Without root the section is left out in one line (:data:`PAIR_LEFT_OUT`)."""
+    Without root, see :func:`rootless_pair_demo`."""
     if run.rootless:
-        run.heading(f"{SECTION} (CLONE_NEWNET): two namespaces joined by a veth pair")
-        run.say(f"left out without root: {PAIR_LEFT_OUT}")
-        return {"left_out": PAIR_LEFT_OUT}
+        return rootless_pair_demo(run, addr, peer_addr)
     scope = scope_id()
     a, b = prefixed(scope, "a"), prefixed(scope, "b")
     run.heading(f"{SECTION} (CLONE_NEWNET): two namespaces joined by a veth pair")
@@ -454,6 +452,82 @@ def pair_demo(run: Runner, addr: str = "10.199.0.1/24", peer_addr: str = "10.199
     run.undo()
     run.say(f"removed {a} and {b} (deleting a namespace deletes its end of the pair)")
     return {"ok": ok, "netns": [a, b], "gone": not (nl.netns_exists(a) or nl.netns_exists(b))}
+
+
+def rootless_pair_demo(run: Runner, addr: str, peer_addr: str) -> dict:
+    """Without root: two network namespaces owned by one user namespace of the user's own
+    (held by two processes, no /run/netns names), a veth pair made from the first with its
+    peer put straight into the second (``netns PID``), and real packets (shell: ping;
+    native: a UDP datagram and its reply). Returns ``ok``, the holders' pids, ``gone``."""
+    from recipes.common.holder import join_types, start_holder, start_holder_beside
+    from nsutil import process
+    addr, peer_addr = check_addr(addr), check_addr(peer_addr, "peer address")
+    run.heading(f"{SECTION} (CLONE_NEWNET): two namespaces joined by a veth pair")
+    run.say(f"left out without root: {PAIR_LEFT_OUT}")
+    a = start_holder(run, "net")
+    b = start_holder_beside(run, a, "net")
+    in_a, in_b = join_types(a, "net"), join_types(b, "net")
+    a_name, b_name = "nsr-a", "nsr-b"
+
+    def make_pair() -> None:
+        fd = os.open(f"/proc/{b.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with nl.Rtnl(nl.rtnl_socket(None)) as r:
+                r.new_link(nl.link_body(a_name, kind="veth",
+                                        peer=nl.link_body(b_name, netns_fd=fd)),
+                           f"ip link add {a_name} type veth peer name {b_name} netns {b.pid}")
+                r.flush()
+        finally:
+            os.close(fd)
+
+    run.run(Step(f"create veth pair {a_name} (pid {a.pid}) <-> {b_name} (pid {b.pid}), the "
+                 "peer made in place", argv=run_inside_argv(a, in_a, [
+                     "ip", "link", "add", a_name, "type", "veth", "peer", "name", b_name,
+                     "netns", b.pid]),
+                 native=lambda: process.call_in(a.pid, in_a, make_pair)))
+    for holder, types, name, cidr in ((a, in_a, a_name, addr), (b, in_b, b_name, peer_addr)):
+        def configure(n: str = name, c: str = cidr) -> None:
+            _native_addr(None, n, c)
+            _native_up(None, n)
+        run.run(Step(f"address {cidr} on {name} and bring it up (pid {holder.pid})",
+                     argv=run_inside_argv(holder, types, [
+                         "sh", "-c", 'ip addr add "$1" dev "$2" && ip link set dev "$2" up',
+                         "sh", cidr, name]),
+                     native=lambda h=holder, t=types, f=configure: process.call_in(h.pid, t, f)))
+    ip_b = ip_of(peer_addr)
+
+    def exchange() -> bool:
+        sa = reach.udp_socket(None, addr)          # in a's namespace (joined by call_in)
+        try:
+            fd = os.open(f"/proc/{b.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                sc.setns(fd, sc.CLONE_NEWNET)        # root of the same user namespace may
+            finally:
+                os.close(fd)
+            sb = reach.udp_socket(None, peer_addr)
+            try:
+                return reach.udp_exchange(sa, sb, 5.0)
+            finally:
+                sb.close()
+        finally:
+            sa.close()
+
+    ok = run.run(Step(f"send packets pid {a.pid} -> pid {b.pid} ({ip_b}) and back",
+                      argv=run_inside_argv(a, in_a, ["ping", "-c", "1", "-W", "2", ip_b]),
+                      shell=lambda argv: _quiet_ok(argv),
+                      native=lambda: process.call_in(a.pid, in_a, exchange), placeholder=True))
+    run.say(f"{a_name} (pid {a.pid}, {addr}) <-> {b_name} (pid {b.pid}, {peer_addr}): "
+            f"{'packets go both ways' if ok else 'NO packets got through'}")
+    run.undo()
+    gone = run.explain or not (a.alive() or b.alive())
+    run.say("stopped both holders: their namespaces, and the pair, went with them")
+    return {"ok": ok, "holders": [a.pid, b.pid], "gone": gone}
+
+
+def _quiet_ok(argv: list[str]) -> bool:
+    """Run ``argv``; True if it exits 0 (its output is not shown)."""
+    from nsutil import shell as nshell
+    return nshell.run_full(argv).returncode == 0
 
 
 # --- network records ------------------------------------------------------------------------

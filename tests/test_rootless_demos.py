@@ -43,6 +43,7 @@ def test_tour_rootless(home: str, backend: str) -> None:
         assert seen in out.split(heading, 1)[1], (heading, seen)
     assert "clone()" in out and "uts:[" in out                           # api-demo
     assert out.count("left out without root:") == 5, out                 # api mount net pair cgns
+    assert "packets go both ways" in out                                 # the veth pair
     assert "frozen since the first process entered" in out or "skipped: " in out   # time
     for line in out.splitlines():        # cgroups and copy-on-write: done, or one line why
         if line.startswith("skipped without root:"):

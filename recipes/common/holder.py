@@ -173,6 +173,27 @@ def start_holder(run: Runner, types: str | Iterable[NsType], *, mount_proc: bool
     return holder
 
 
+def start_holder_beside(run: Runner, outer: process.Holder, types: str) -> process.Holder:
+    """Step: start a holder of new namespaces of ``types`` owned by ``outer``'s user
+    namespace (``nsenter -t OUTER --user --preserve-credentials -- unshare --net -- sleep
+    infinity``), so that root there may act on both (a veth pair between them); undo: stop it.
+    Without root, two holders of :func:`start_holder` would have two user namespaces, and
+    neither would be root in the other's network namespace."""
+    ts = parse_types(types)
+    argv = nsenter_argv(outer.pid, parse_types("user"), unshare_argv(ts))
+    holder = run.run(Step(
+        f"start a process in new {'+'.join(t.name.upper() for t in ts)} namespaces owned by "
+        f"the user namespace of pid {outer.pid}",
+        argv=argv, shell=lambda a: shell_holder(a, ts, False, None, True),
+        native=lambda: process.spawn_holder(flags_of(ts), userns_of=outer.pid),
+        placeholder=process.Holder(Placeholder("$PID2"), Placeholder("$PID2"),
+                                   flags_of(ts) | sc.CLONE_NEWUSER)))
+    holder.stop_step = stop_step(holder)  # type: ignore[attr-defined]
+    run.defer(holder.stop_step)  # type: ignore[attr-defined]
+    run.inside(Inside(holder.pid, tuple(t.name for t in join_types(holder, ts))))  # lessons
+    return holder
+
+
 def stop_holder(run: Runner, holder: process.Holder) -> None:
     """Step: stop a holder now ("the child exits"), instead of at the end of the run."""
     run.finish(holder.stop_step)  # type: ignore[attr-defined]
