@@ -139,10 +139,10 @@ def add_veth_pair(run: Runner, ifname: str, peer_ifname: str, *, ns: str | None 
         if cidr:
             run.run(Step(f"address {cidr} on {name} ({where or 'root'})",
                          argv=_ipn(where) + ["addr", "add", cidr, "dev", name],
-                         native=lambda w=where, n=name, c=cidr: _native_addr(w, n, c)))
+                         native=lambda w=where, n=name, c=cidr: native_addr(w, n, c)))
         run.run(Step(f"bring {name} up ({where or 'root'})",
                      argv=_ipn(where) + ["link", "set", "dev", name, "up"],
-                     native=lambda w=where, n=name: _native_up(w, n)))
+                     native=lambda w=where, n=name: native_up(w, n)))
 
 
 def veth_argv(ifname: str, peer_ifname: str, ns: str | None, peer_ns: str | None) -> list[str]:
@@ -187,13 +187,13 @@ def _index(ns: str | None, ifname: str) -> int:
                                             exc, hint="does the link exist?") from None
 
 
-def _native_addr(ns: str | None, ifname: str, cidr: str) -> None:
+def native_addr(ns: str | None, ifname: str, cidr: str) -> None:
     with nl.Rtnl(nl.rtnl_socket(ns)) as r:
         r.new_addr(_index(ns, ifname), cidr, f"ip addr add {cidr} dev {ifname}")
         r.flush()
 
 
-def _native_up(ns: str | None, ifname: str) -> None:
+def native_up(ns: str | None, ifname: str) -> None:
     with nl.Rtnl(nl.rtnl_socket(ns)) as r:
         r.set_link(nl.link_body(ifname, up=True), f"ip link set dev {ifname} up")
         r.flush()
@@ -227,19 +227,19 @@ def _del_link_step(ns: str | None, ifname: str) -> Step:
 def set_lo_up(run: Runner, ns: str) -> None:
     """Step: ``ip -n NS link set lo up``."""
     run.run(Step(f"bring lo up in {ns}", argv=["ip", "-n", ns, "link", "set", "dev", "lo", "up"],
-                 native=lambda: _native_up(ns, "lo")))
+                 native=lambda: native_up(ns, "lo")))
 
 
 def show_links(run: Runner, ns: str) -> list[dict]:
     """Step: ``ip -n NS -o link show``; returns [{name, up, state}] on both backends."""
     return run.run(Step(f"list the links of {ns}", argv=["ip", "-n", ns, "-o", "link", "show"],
-                        parse=_parse_links,
+                        parse=parse_links,
                         native=lambda: [{"name": ln["name"], "up": ln["up"]}
                                         for ln in nl.links(ns)],
                         placeholder=[]))
 
 
-def _parse_links(text: str) -> list[dict]:
+def parse_links(text: str) -> list[dict]:
     out = []
     for line in text.splitlines():
         parts = line.split(":", 2)
@@ -346,14 +346,12 @@ def remove_etc_netns(ns: str) -> bool:
 
 def demo(run: Runner, name: str | None = None) -> dict:
     """The document's network section: a new network namespace has only ``lo``, and it is
-    down; ``ip link set lo up`` brings it up. Returns what was observed. Without root, see
-    :func:`rootless_demo`."""
-    if run.rootless:
-        return rootless_demo(run)
+    down; ``ip link set lo up`` brings it up. Returns what was observed. (Without root:
+    :mod:`recipes.net_rootless`.)"""
     name = name or prefixed(scope_id(), "demo")
     check_netns_name(name)
     run.heading(f"{SECTION} (CLONE_NEWNET): a new namespace has only lo")
-    host_links = _root_links()
+    host_links = root_links()
     run.say(f"the host's namespace has {len(host_links)} links: {', '.join(host_links[:6])}"
             f"{' ...' if len(host_links) > 6 else ''}")
     record_scratch_netns(run, [name])
@@ -375,70 +373,11 @@ def demo(run: Runner, name: str | None = None) -> dict:
             "gone": not nl.netns_exists(name)}
 
 
-#: what net-demo leaves out without root (said in one line)
-NET_LEFT_OUT = ("a name under /run/netns (ip netns add: root's directory) and a veth end on the "
-                "host (a user's network namespace reaches the host only through pasta or "
-                "slirp4netns)")
-#: what the tour's veth pair section leaves out without root (said in one line)
-PAIR_LEFT_OUT = ("names under /run/netns for the two namespaces (root's directory): they are "
-                 "held by two processes, reached by PID")
-
-
-def rootless_demo(run: Runner) -> dict:
-    """Without root: a holder in a new network namespace owned by a user namespace of the
-    user's own (no name under /run/netns, root's): only ``lo``, down, then up. Returns what
-    :func:`demo` returns, with the holder's pid for ``netns`` and ``left_out``."""
-    from recipes.common.holder import join_types, start_holder
-    from nsutil import process
-    run.heading(f"{SECTION} (CLONE_NEWNET): a new namespace has only lo")
-    host_links = _root_links()
-    run.say(f"the host's namespace has {len(host_links)} links: {', '.join(host_links[:6])}"
-            f"{' ...' if len(host_links) > 6 else ''}")
-    run.say(f"left out without root: {NET_LEFT_OUT}")
-    holder = start_holder(run, "net")
-    types = join_types(holder, "net")
-
-    def links() -> list[dict]:
-        return run.run(Step("list the links inside", argv=run_inside_argv(holder, types,
-                                                                         ["ip", "-o", "link", "show"]),
-                            parse=_parse_links, placeholder=[],
-                            native=lambda: process.call_in(holder.pid, types, lambda: [
-                                {"name": ln["name"], "up": ln["up"]} for ln in nl.links(None)])))
-
-    before = links()
-    enter = " ".join(map(str, run_inside_argv(holder, types, [])))
-    run.say(f"$ {enter} ip link")
-    for ln in before:
-        run.say(f"  {ln['name']}: {'UP' if ln['up'] else 'DOWN'}")
-    run.run(Step("bring lo up inside", argv=run_inside_argv(holder, types,
-                                                            ["ip", "link", "set", "dev", "lo", "up"]),
-                 native=lambda: process.call_in(holder.pid, types, lambda: _native_up(None, "lo"))))
-    after = links()
-    run.say(f"$ {enter} sh -c 'ip link set lo up; ip link'")
-    for ln in after:
-        run.say(f"  {ln['name']}: {'UP' if ln['up'] else 'DOWN'}")
-    run.learner_shell(hint="ip link (only lo); ping -c1 127.0.0.1; exit")
-    run.undo()
-    return {"netns": holder.pid, "links": [ln["name"] for ln in before],
-            "host_links": host_links, "left_out": NET_LEFT_OUT,
-            "lo_up_before": any(ln["up"] for ln in before if ln["name"] == "lo"),
-            "lo_up_after": any(ln["up"] for ln in after if ln["name"] == "lo"),
-            "gone": not holder.alive() if not run.explain else True}
-
-
-def run_inside_argv(holder, types, argv: Sequence[str]) -> list:
-    """``nsenter -t PID --user --preserve-credentials --net -- ARGV`` for a rootless holder."""
-    from recipes.common.holder import nsenter_argv
-    return nsenter_argv(holder.pid, types, argv)
-
-
 def pair_demo(run: Runner, addr: str = "10.199.0.1/24", peer_addr: str = "10.199.0.2/24") -> dict:
     """The document's veth pair ("类似管道": data in at one end comes out at the other),
     made for the tour and removed again: two new namespaces, a pair between them, real
     packets both ways. ``net-veth`` makes one that stays. Returns what was observed.
-    Without root, see :func:`rootless_pair_demo`."""
-    if run.rootless:
-        return rootless_pair_demo(run, addr, peer_addr)
+    (Without root: :mod:`recipes.net_rootless`.)"""
     scope = scope_id()
     a, b = prefixed(scope, "a"), prefixed(scope, "b")
     run.heading(f"{SECTION} (CLONE_NEWNET): two namespaces joined by a veth pair")
@@ -452,82 +391,6 @@ def pair_demo(run: Runner, addr: str = "10.199.0.1/24", peer_addr: str = "10.199
     run.undo()
     run.say(f"removed {a} and {b} (deleting a namespace deletes its end of the pair)")
     return {"ok": ok, "netns": [a, b], "gone": not (nl.netns_exists(a) or nl.netns_exists(b))}
-
-
-def rootless_pair_demo(run: Runner, addr: str, peer_addr: str) -> dict:
-    """Without root: two network namespaces owned by one user namespace of the user's own
-    (held by two processes, no /run/netns names), a veth pair made from the first with its
-    peer put straight into the second (``netns PID``), and real packets (shell: ping;
-    native: a UDP datagram and its reply). Returns ``ok``, the holders' pids, ``gone``."""
-    from recipes.common.holder import join_types, start_holder, start_holder_beside
-    from nsutil import process
-    addr, peer_addr = check_addr(addr), check_addr(peer_addr, "peer address")
-    run.heading(f"{SECTION} (CLONE_NEWNET): two namespaces joined by a veth pair")
-    run.say(f"left out without root: {PAIR_LEFT_OUT}")
-    a = start_holder(run, "net")
-    b = start_holder_beside(run, a, "net")
-    in_a, in_b = join_types(a, "net"), join_types(b, "net")
-    a_name, b_name = "nsr-a", "nsr-b"
-
-    def make_pair() -> None:
-        fd = os.open(f"/proc/{b.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with nl.Rtnl(nl.rtnl_socket(None)) as r:
-                r.new_link(nl.link_body(a_name, kind="veth",
-                                        peer=nl.link_body(b_name, netns_fd=fd)),
-                           f"ip link add {a_name} type veth peer name {b_name} netns {b.pid}")
-                r.flush()
-        finally:
-            os.close(fd)
-
-    run.run(Step(f"create veth pair {a_name} (pid {a.pid}) <-> {b_name} (pid {b.pid}), the "
-                 "peer made in place", argv=run_inside_argv(a, in_a, [
-                     "ip", "link", "add", a_name, "type", "veth", "peer", "name", b_name,
-                     "netns", b.pid]),
-                 native=lambda: process.call_in(a.pid, in_a, make_pair)))
-    for holder, types, name, cidr in ((a, in_a, a_name, addr), (b, in_b, b_name, peer_addr)):
-        def configure(n: str = name, c: str = cidr) -> None:
-            _native_addr(None, n, c)
-            _native_up(None, n)
-        run.run(Step(f"address {cidr} on {name} and bring it up (pid {holder.pid})",
-                     argv=run_inside_argv(holder, types, [
-                         "sh", "-c", 'ip addr add "$1" dev "$2" && ip link set dev "$2" up',
-                         "sh", cidr, name]),
-                     native=lambda h=holder, t=types, f=configure: process.call_in(h.pid, t, f)))
-    ip_b = ip_of(peer_addr)
-
-    def exchange() -> bool:
-        sa = reach.udp_socket(None, addr)          # in a's namespace (joined by call_in)
-        try:
-            fd = os.open(f"/proc/{b.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                sc.setns(fd, sc.CLONE_NEWNET)        # root of the same user namespace may
-            finally:
-                os.close(fd)
-            sb = reach.udp_socket(None, peer_addr)
-            try:
-                return reach.udp_exchange(sa, sb, 5.0)
-            finally:
-                sb.close()
-        finally:
-            sa.close()
-
-    ok = run.run(Step(f"send packets pid {a.pid} -> pid {b.pid} ({ip_b}) and back",
-                      argv=run_inside_argv(a, in_a, ["ping", "-c", "1", "-W", "2", ip_b]),
-                      shell=lambda argv: _quiet_ok(argv),
-                      native=lambda: process.call_in(a.pid, in_a, exchange), placeholder=True))
-    run.say(f"{a_name} (pid {a.pid}, {addr}) <-> {b_name} (pid {b.pid}, {peer_addr}): "
-            f"{'packets go both ways' if ok else 'NO packets got through'}")
-    run.undo()
-    gone = run.explain or not (a.alive() or b.alive())
-    run.say("stopped both holders: their namespaces, and the pair, went with them")
-    return {"ok": ok, "holders": [a.pid, b.pid], "gone": gone}
-
-
-def _quiet_ok(argv: list[str]) -> bool:
-    """Run ``argv``; True if it exits 0 (its output is not shown)."""
-    from nsutil import shell as nshell
-    return nshell.run_full(argv).returncode == 0
 
 
 # --- network records ------------------------------------------------------------------------
@@ -582,7 +445,7 @@ def record_scratch_netns(run: Runner, names: list[str]) -> None:
 
 # --- cleanup --------------------------------------------------------------------------------
 
-def _root_links() -> list[str]:
+def root_links() -> list[str]:
     try:
         return sorted(os.listdir("/sys/class/net"))
     except OSError:
@@ -622,7 +485,7 @@ def leftovers() -> list[Leftover]:
     for name in nl.list_netns():
         if is_ours(name) or name in recorded:
             found.append(Leftover("netns", name, lambda n=name: _remove_netns(n)))
-    for name in _root_links():
+    for name in root_links():
         if is_ours(name):
             found.append(Leftover("link", name, lambda n=name: remove_root_link(n)))
     if os.path.isdir(ETC_NETNS):

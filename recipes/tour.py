@@ -33,6 +33,8 @@ SECTIONS = [
     ("recipes.cgroup", "demo", "cgroups实现资源限制 -- cgroups limit"),
     ("recipes.cow", "demo", "写时复制 -- copy-on-write"),
 ]
+#: without root, a section's module is replaced by its rootless form (same function names)
+ROOTLESS_FORMS = {"recipes.net": "recipes.net_rootless"}
 #: sections that may refuse without root (a cgroup needs root or delegation; overlayfs in a
 #: user namespace needs Linux 5.11+): then the tour says why in one line and goes on
 MAY_REFUSE_ROOTLESS = ("recipes.cgroup", "recipes.cow")
@@ -47,7 +49,8 @@ def tour(backend: str | None = None, explain: bool = False, out: TextIO = sys.st
     results = {}
     for number, (module, function, title) in enumerate(SECTIONS, 1):
         print(f"\n{'#' * 78}\n# {number}. {title}\n{'#' * 78}", file=out, flush=True)
-        recipe = importlib.import_module(module)
+        recipe = importlib.import_module(ROOTLESS_FORMS.get(module, module) if rootless.decide()
+                                         else module)
         demo = getattr(recipe, function)
         why = getattr(recipe, "unavailable", lambda: None)()
         if why:  # a section this kernel cannot show (time namespaces before Linux 5.6)
