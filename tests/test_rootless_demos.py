@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -148,6 +149,14 @@ def test_bootstrap_as_user(home: str) -> None:
     assert not os.path.exists(os.path.join(home, ".venv"))
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def test_leak_guard_rootless() -> None:
     """The per-test guard names what a test started as uid 65534 and left running, and the
     records in its runtime directory -- and not a process with another HOME."""
@@ -155,6 +164,10 @@ def test_leak_guard_rootless() -> None:
         procs = [subprocess.Popen(unprivileged_argv(["sleep", "60"]), env=user_env(h))
                  for h in (mine, other)]
         try:
+            for p in procs:      # setpriv has exec'd sleep (same pid) once its cmdline says so
+                deadline = time.monotonic() + 10
+                while not _cmdline(p.pid).startswith(b"sleep") and time.monotonic() < deadline:
+                    time.sleep(0.01)
             base = os.path.join(mine, "run", "nsrecipes")
             os.mkdir(base)
             open(os.path.join(base, "env-x.json"), "w").close()
