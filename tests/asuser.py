@@ -6,6 +6,7 @@ from /usr/bin/python3 (a Python under /root, mode 700, would keep the user out).
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -24,8 +25,10 @@ from helpers import INVOKE, ROOT
 USER_UID = 65534
 
 
+@functools.lru_cache(maxsize=1)
 def venv_reachable() -> str | None:
-    """Why uid 65534 cannot run this checkout's venv (None: it can)."""
+    """Why uid 65534 cannot run this checkout's venv (None: it can). Asked once a session:
+    each answer costs a Python start (12 s in the emulated VM)."""
     python = os.path.join(os.path.dirname(INVOKE), "python")
     real = os.path.realpath(python)
     probe = subprocess.run(unprivileged_argv([python, "-c", "import invoke, nsutil"]),
