@@ -159,9 +159,9 @@ def start_holder(run: Runner, types: str | Iterable[NsType], *, mount_proc: bool
         return process.spawn_holder(flags_of(types), setup=both, before=before, detach=detach,
                                     userns_first=userns_first)
 
-    owned = "user namespace and, owned by it, " if userns_first else ""
+    owned = "a new user namespace and, owned by it, " if userns_first else ""
     holder = run.run(Step(
-        title or f"start a process in a new {owned}"
+        title or f"start a process in {owned}new "
                  f"{'+'.join(t.name.upper() for t in types)} namespaces "
                  f"({sc.flag_names(flags)})",
         argv=argv, native=native, shell=lambda a: shell_holder(a, types, detach, before, userns_first),
