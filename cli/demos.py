@@ -116,8 +116,13 @@ def time_demo(c, boottime="86400", monotonic="3600", backend=None, explain=False
 
 @nsr_task(lesson="shell")
 def net_demo(c, backend=None, explain=False):
-    """Network namespace: a new network namespace has only lo; shown down, then up."""
-    root_demo("net-demo", "net", backend, explain)
+    """Network namespace: a new network namespace has only lo; shown down, then up.
+
+    Without root the namespace is held by a process of a user namespace of your own (no name
+    under /run/netns, root's directory): recipes.net_rootless.
+    """
+    from nsutil.rootless import decide
+    root_demo("net-demo", "net_rootless" if decide() else "net", backend, explain)
 
 
 @nsr_task(help={"name": "name of the first namespace and of its veth end (default nsr-a; "

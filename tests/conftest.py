@@ -5,6 +5,9 @@ The guard takes a snapshot of the host before the first test and after the last 
 a netns, link, mount, cgroup, IPC object, process, state or /tmp entry -- fails the run.
 Processes count only when they are this session's (it marks itself first) and nsrecipes'
 (its ``nsr-*`` names, records, cgroups, or new namespaces): another user's never do.
+Rootless runs (uid 65534, tests/asuser.py) are checked when each test's home goes: the
+processes that test started (this session's mark and its own HOME in their environment)
+and any record left in its runtime directory fail it, and nothing else is ever named.
 """
 from __future__ import annotations
 

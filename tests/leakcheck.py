@@ -13,6 +13,11 @@ directory, in an ``nsr*`` cgroup, or in a namespace
 other than the test process's own. Another user's process is never reported, whatever its
 command line says; nor are the state entries, mounts and cgroups of an environment or
 container whose recorded processes run and are all someone else's (a concurrent run's).
+
+Rootless runs (uid 65534, :mod:`asuser`) are checked per test, when the test's home goes:
+:func:`started_with_home` names the processes the test started (this session's mark *and*
+the test's own HOME in their environment) and :func:`runtime_records` what is left in its
+runtime directory; the session check above still sees their ``/tmp/nsr*`` entries.
 """
 from __future__ import annotations
 
@@ -272,6 +277,41 @@ def snapshot() -> dict[str, set[str]]:
     snap["ipc"] = _ipc()
     snap["processes"] = processes(session)
     return snap
+
+
+def started_with_home(home: str, uid: int) -> set[str]:
+    """Processes of ``uid`` that this session started with ``home`` as their HOME (as
+    :mod:`asuser` starts the CLI: one fresh home per test), as ``pid N CMDLINE``. Both the
+    session's mark and that HOME must be in the environment, so another session's or
+    another test's process is never named, even of the same uid."""
+    session = Session()
+    want = f"HOME={home}".encode()
+    found = set()
+    for pid, (_comm, state, _ppid) in session.stats.items():
+        if state == b"Z":
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+        except OSError:
+            continue
+        env = _read(f"/proc/{pid}/environ").split(b"\0")
+        if want in env and session.mark is not None and session.mark in env:
+            text = _cmdline(pid).replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+            found.add(f"pid {pid} {text}")
+    return found
+
+
+def runtime_records(run_dir: str) -> set[str]:
+    """What is left in a test user's state directory (``RUN_DIR/nsrecipes``): nsrecipes
+    removes it once nothing of its own is left, so every entry is a leak."""
+    base = os.path.join(run_dir, "nsrecipes")
+    if not os.path.isdir(base):
+        return set()
+    found = set()
+    for root, dirs, files in os.walk(base):
+        found.update(os.path.join(root, n) for n in dirs + files)
+    return found or {base}
 
 
 def new_since(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, set[str]]:
