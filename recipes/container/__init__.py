@@ -152,24 +152,45 @@ def _settle_default_rootfs(run: Runner, spec: Spec) -> None:
         settle(spec, path)
 
 
+def _use_image(run: Runner, image_id: str, name: str) -> None:
+    """Step: record in the image store that the container runs from the image (image-rm
+    refuses meanwhile); undo: drop the record."""
+    from recipes import images
+    paths: list[str] = []
+    run.run(Step(f"record in the image store that {name} uses image {images.short(image_id)}",
+                 display=f"echo '{{...}}' > {images.store_dir()}/uses/{name}.json",
+                 native=lambda: paths.append(images.use(image_id, name)),
+                 undo=Step("drop the image-use record", display=f"rm {name}.json",
+                           native=lambda: [images.drop(p) for p in paths])))
+
+
 def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,
                   stdin: int | None = None, stdout: int | None = None,
-                  stderr: int | None = None, **options: Any) -> int:
+                  stderr: int | None = None, image: str | None = None, **options: Any) -> int:
     """``container-run``: run ``argv`` in a new container and return its exit status.
 
     ``options`` are those of :func:`recipes.container.spec.make_spec` (``memory``, ``pids``,
     ``cpus``, ``hostname``, ``domainname``, ``net``, ``rm``, ``name``, ``timeout``,
     ``volumes``, ``tmpfs``, ``read_only``, ``env``, ``workdir``, ``user``).
     ``stdin``/``stdout``/``stderr`` are file descriptors for the command (default: ours).
+    ``image``: run on an image's layers with its config (:mod:`recipes.container.fromimage`).
     Bad input raises before anything is made; with ``rm`` nothing is left afterwards.
     """
+    img = None
+    if image is not None:
+        from recipes.container import fromimage
+        img, argv, options = fromimage.open_image(image, rootfs, argv, options)
     spec = make_spec(argv, rootfs, **options)
+    if img is not None:
+        fromimage.settle_image(spec, img)
     fs = _check_host(run, spec)
     if spec.rootfs is None:
         _settle_default_rootfs(run, spec)
     if run.explain:  # the command's own output is all a real run prints
         run.heading(f"{SECTION}: {' '.join(spec.argv)}")
     try:
+        if img is not None:
+            _use_image(run, img.id, spec.name)
         cdir = make_dirs(run, spec, fs)
         cg = make_cgroup(run, spec)
         ct = Container(spec.name, cdir, cg, spec.rootfs)
