@@ -153,20 +153,30 @@ def mount_overlay(run: Runner, lowers: Sequence[str], upper: str, work: str, mer
                 f"{', '.join(on)}{deep}; the kernel's reason is in `dmesg | tail`")
 
     def native() -> None:
-        if cwd:
-            os.chdir(cwd)
+        back = os.open(".", os.O_PATH | os.O_CLOEXEC) if cwd else -1
         try:
+            if cwd:
+                os.chdir(cwd)
             sc.mount("overlay", merged, "overlay", 0, opts)
         except SyscallError as exc:
             raise SyscallError(exc.call, exc.errno, why()) from None
+        finally:
+            if back >= 0:
+                os.fchdir(back)
+                os.close(back)
 
     def shell(argv: list[str]) -> None:
-        if cwd:
-            os.chdir(cwd)
+        back = os.open(".", os.O_PATH | os.O_CLOEXEC) if cwd else -1
         try:
+            if cwd:
+                os.chdir(cwd)
             nshell.run(argv)
         except CommandError as exc:
             raise CommandError(exc.argv, exc.returncode, exc.stderr, hint=why()) from None
+        finally:
+            if back >= 0:
+                os.fchdir(back)
+                os.close(back)
 
     if not run.explain:
         _check_upper(upper)

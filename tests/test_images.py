@@ -394,3 +394,40 @@ def test_store_dir_defaults(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", "/home/u")
     assert storemod.store_dir() == "/home/u/.local/share/nsrecipes"
+
+
+def test_cow_demo_on_an_image(made, store):
+    """cow-demo --image: layers bottom-up, the mount line, a read from layer 1, a write
+    copied up, a delete as a whiteout the other container does not see; nothing left."""
+    images.import_image(made["layout"], "nsr/test")
+    before = {n for n in os.listdir("/tmp") if n.startswith("nsr-cow-")}
+    out = subprocess.run(INVOKE + ["cow-demo", "--image", "nsr/test"], capture_output=True,
+                         text=True, check=False, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for words in ("3 layer(s) bottom-up", "layer 3: " + store.path("layers"),
+                  "$ mount -t overlay overlay -o lowerdir=" + store.path("layers"),
+                  "/etc/passwd comes from layer 1", "now exists: True; the layer's copy is "
+                  "unchanged: True", "c--------- 0/0 (a whiteout: True); container 2 still has "
+                  "/etc/group: True", "shared by both"):
+        assert words in text, (words, text)
+    assert {n for n in os.listdir("/tmp") if n.startswith("nsr-cow-")} == before
+
+
+def test_store_on_overlayfs_is_one_line(made, tmp_path):
+    """A store on overlayfs (a container's /var, the VM's): the import stops in one line
+    naming NSR_STORE_DIR, and leaves no image behind."""
+    from overlaytmp import run_in_overlay_tmp
+
+    def attempt(tmp: str) -> str:
+        os.environ["NSR_STORE_DIR"] = os.path.join(tmp, "store")
+        try:
+            images.import_image(made["layout"], "nsr/test")
+        except NsrError as exc:
+            return str(exc)
+        return "imported"
+
+    got, left = run_in_overlay_tmp(str(tmp_path), attempt)
+    assert left["fstype"] == "overlay"
+    assert got.startswith("the image store ") and " is on overlay at " in got, got
+    assert "NSR_STORE_DIR" in got and "\n" not in got
