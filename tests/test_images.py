@@ -87,6 +87,11 @@ def test_same_id_every_way_layers_stored_once(made, store):
     assert got["docker25"].kind == "docker save tar (Docker 25, OCI form)"
     assert all(g.new_layers == 0 for k, g in got.items() if k != "layout")
     assert len(os.listdir(store.path("layers"))) == 3
+    # the first import's record and blobs stay (3 layers, config, manifest): the others
+    # only add names, and nothing is unused
+    assert len(os.listdir(store.path("blobs/sha256"))) == 5
+    assert images.inspect("nsr/oci-archive:v1")["Source"] == "OCI image layout"
+    assert images.prune().blobs == []
     rows = images.list_images()
     assert [r.name for r in rows] == ["nsr/docker-archive", "nsr/dockerx5", "nsr/layout",
                                       "nsr/oci-archive"]

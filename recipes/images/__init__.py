@@ -30,7 +30,8 @@ from recipes.common.leftover import Leftover
 from recipes.images import refs as refnames
 from recipes.images import view
 from recipes.images.blobs import BadImage, hex_of, short  # noqa: F401 (public API)
-from recipes.images.importer import Imported, check_not_both, import_image  # noqa: F401
+from recipes.images.importer import (Imported, check_not_both, import_image,  # noqa: F401
+                                     referenced)
 from recipes.images.lowers import Lowers, choose
 from recipes.images.store import Store, drop, read_json, remove_tree, store_dir, write_json  # noqa: F401
 
@@ -166,13 +167,10 @@ def prune(store: Store | None = None) -> Pruned:
     if not os.path.isdir(store.root):
         return out
     with store.locked():
-        used_layers, used_blobs = set(), set()
+        used_layers, used_blob_hex = set(), set()
         for rec in store.images():
-            used_blobs.update({rec["id"], rec.get("manifest") or ""})
-            for layer in rec["layers"]:
-                used_layers.add(hex_of(layer["diff_id"]))
-                used_blobs.add(layer["digest"])
-        used_blob_hex = {hex_of(b) for b in used_blobs if b}
+            used_blob_hex.update(hex_of(d) for d in referenced(rec))
+            used_layers.update(hex_of(layer["diff_id"]) for layer in rec["layers"])
         for entry in sorted(os.listdir(store.path("layers"))):
             if entry not in used_layers:
                 info = read_json(store.path("layers", entry, "layer.json")) or {}

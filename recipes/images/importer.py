@@ -143,13 +143,18 @@ class Importer:
 
     def commit(self, record: dict[str, Any], name: str | None) -> int:
         """Under the store's lock: blobs and layers into place, the record, the name.
-        Returns the number of new layers. What it moved is removed again if it fails."""
+        An image the store has already (same id) keeps its record and blobs: only the
+        name is added. Returns the number of new layers. What it moved is removed again if
+        it fails."""
         moved: list[str] = []
         with self.store.locked():
             try:
+                kept = self.store.image(record["id"])    # the same image, reached before
+                record = kept if kept and "layers" in kept else record
+                wanted = referenced(record)
                 for digest, path in self.blobs.items():
                     final = self.store.blob(digest)
-                    if not os.path.exists(final):
+                    if digest in wanted and not os.path.exists(final):
                         os.rename(path, final)
                         moved.append(final)
                 new = 0
@@ -166,7 +171,8 @@ class Importer:
                     os.symlink(os.path.join("..", "layers", hex_of(diff_id), "diff"), linkpath)
                     moved.append(linkpath)
                     new += 1
-                write_json(self.store.image_file(record["id"]), record)
+                if record is not kept:
+                    write_json(self.store.image_file(record["id"]), record)
                 if name:
                     refs = self.store.refs()
                     refs[name] = record["id"]
@@ -215,6 +221,12 @@ def import_image(path: str, name: str | None = None, store: Store | None = None)
         source.files.close()
     return Imported(record, wanted, source.kind, new, time.monotonic() - began,
                     imp.skipped_devices)
+
+
+def referenced(record: dict[str, Any]) -> set[str]:
+    """The digests of the blobs an image record refers to: config, manifest, layers."""
+    return {record["id"], *([record["manifest"]] if record.get("manifest") else []),
+            *(layer["digest"] for layer in record["layers"])}
 
 
 def make_record(config: dict, manifest_digest: str | None, layers: list[dict],
