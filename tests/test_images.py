@@ -52,11 +52,20 @@ def made(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> storemod.Store:
-    """A store of the test's own."""
+def store(tmp_path, monkeypatch):
+    """A store of the test's own: under tmp_path, or on /dev/shm where tmp_path is on
+    overlayfs (a container's /tmp), which cannot hold layers."""
+    from recipes.common.upperfs import fs_of
     path = str(tmp_path / "store")
+    shm = None
+    if fs_of(str(tmp_path)).fstype == "overlay":
+        import tempfile
+        shm = tempfile.mkdtemp(prefix="nsrtest-store-", dir="/dev/shm")
+        path = os.path.join(shm, "store")
     monkeypatch.setenv("NSR_STORE_DIR", path)
-    return storemod.Store(path)
+    yield storemod.Store(path)
+    if shm:
+        storemod.remove_tree(shm)
 
 
 def store_entries(store: storemod.Store) -> dict[str, list[str]]:
@@ -386,6 +395,7 @@ def test_many_layers_past_the_page(store, tmp_path):
     assert (out.returncode, out.stdout.strip()) == (0, "89"), out.stderr
 
 
+@pytest.mark.userspace
 def test_store_dir_defaults(monkeypatch, tmp_path):
     """root: /var/lib/nsrecipes; NSR_STORE_DIR wins; without root the user's data dir."""
     monkeypatch.delenv("NSR_STORE_DIR", raising=False)
