@@ -276,6 +276,8 @@ def test_hostile_tars_refused(store, tmp_path):
         "absolute": ([("/" + target.lstrip("/") + "/abs", "file", "x")], "absolute name"),
         "symlink": ([("s", "symlink", target), ("s/through", "file", "x")],
                     "goes through the symlink 's'"),
+        "dir replaced by a symlink": ([("d/", "dir", b""), ("d/a", "file", "a"), ("d", "symlink", target),
+                                       ("d/x", "file", "x")], "goes through the symlink 'd'"),
         "hardlink out": ([("h", "hardlink", "../../../../etc/passwd")],
                          "leaves the layer's directory"),
         "hardlink via symlink": ([("s", "symlink", "/etc"), ("h", "hardlink", "s/passwd")],

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from nsutil.errors import InvalidInput
 
 from recipes import images
-from recipes.container.spec import Spec, settle
+from recipes.container.spec import CommandNotExecutable, CommandNotFound, Spec, settle
 
 
 def _lines(path: str | None) -> list[list[str]]:
@@ -84,4 +84,8 @@ def open_image(ref: str, rootfs: str | None, argv: Sequence[str],
 def settle_image(spec: Spec, img: images.RunImage) -> None:
     """The spec's lowers are the image's; the command and user are found in its layers."""
     spec.lowers, spec.lowers_cwd = img.lowers.paths, img.lowers.cwd
-    settle(spec, img.layers[0], img.resolve)
+    try:
+        settle(spec, img.layers[0], img.resolve)
+    except (CommandNotFound, CommandNotExecutable) as exc:
+        raise type(exc)(exc.what.replace(f"the rootfs {img.layers[0]}", f"the image {img.name}"),
+                        hint=exc.hint) from None

@@ -61,12 +61,18 @@ def split_name(name: str, what: str) -> list[str]:
     return parts
 
 
-def ensure_parent(root: str, parts: list[str], name: str, what: str) -> str:
+def ensure_parent(root: str, parts: list[str], name: str, what: str,
+                  known: set[str] | None = None) -> str:
     """The directory the entry goes in (made 0755 where missing, as tar does); refused if a
-    component is a symlink or not a directory."""
+    component is a symlink or not a directory. ``known``: directories checked already (this
+    layer's own: a later entry that replaces one takes it out, see :func:`forget`)."""
     path = root
     for part in parts[:-1]:
         path = os.path.join(path, part)
+        if known is not None and path in known:
+            continue
+        if known is not None:
+            known.add(path)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -81,6 +87,17 @@ def ensure_parent(root: str, parts: list[str], name: str, what: str) -> str:
             raise BadImage(f"{what}: entry {name!r} is below {os.path.relpath(path, root)!r}, "
                            "which is not a directory", hint="the layer is damaged")
     return path
+
+
+def forget(known: set[str], path: str) -> None:
+    """``path`` (and, if it was a directory, everything below it) is no longer a checked
+    directory."""
+    if path not in known:
+        return
+    known.discard(path)
+    below = path + "/"
+    for p in [p for p in known if p.startswith(below)]:
+        known.discard(p)
 
 
 def clear(path: str, keep_dir: bool) -> None:
@@ -135,6 +152,7 @@ class LayerUnpacker:
         self.as_root = os.geteuid() == 0 if as_root is None else as_root
         self.opaque_xattr = opaque_xattr or whiteouts.opaque_xattr()
         self.dirs: list[tuple[str, tarfile.TarInfo]] = []
+        self.known: set[str] = set()
         self.result = Unpacked()
 
     def unpack(self, stream: BinaryIO) -> Unpacked:
@@ -162,12 +180,14 @@ class LayerUnpacker:
             if member.isdir():
                 self.dirs.append((self.root, member))
             return
-        parent = ensure_parent(self.root, parts, member.name, self.what)
+        parent = ensure_parent(self.root, parts, member.name, self.what, self.known)
         base = parts[-1]
         if base.startswith(whiteouts.WHITEOUT_PREFIX):
             self.whiteout(parent, base)
             return
         path = os.path.join(parent, base)
+        if not member.isdir():
+            forget(self.known, path)
         clear(path, keep_dir=member.isdir())
         try:
             self.make(tar, member, path)
@@ -180,6 +200,7 @@ class LayerUnpacker:
             whiteouts.make_opaque(parent, self.opaque_xattr)
         elif not base.startswith(whiteouts.META_PREFIX):
             hidden = os.path.join(parent, base[len(whiteouts.WHITEOUT_PREFIX):])
+            forget(self.known, hidden)
             clear(hidden, keep_dir=False)
             whiteouts.make_whiteout(hidden)
 
