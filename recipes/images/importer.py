@@ -15,6 +15,7 @@ an HTTP response as the stream.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -186,7 +187,6 @@ class Importer:
     def link_name(self, diff_id: str) -> str:
         """A short name for ``l/`` (26 characters, as containers-storage's): the diff_id's
         hex re-spelled in base 32, so it is stable and (at 130 bits) unique."""
-        import base64
         return base64.b32encode(bytes.fromhex(hex_of(diff_id))).decode()[:LINK_LEN]
 
 
@@ -206,7 +206,11 @@ def import_image(path: str, name: str | None = None, store: Store | None = None)
             imp.blobs[config_desc["digest"]] = os.path.join(staging, hex_of(config_desc["digest"]))
             if manifest_digest:
                 imp.blobs[manifest_digest] = os.path.join(staging, hex_of(manifest_digest))
-            config = json.loads(config_raw)
+            try:
+                config = json.loads(config_raw)
+            except ValueError:
+                raise BadImage("the image's config is not JSON", hint="the image is damaged: "
+                               "nothing was imported") from None
             diff_ids = mt.check_config(config, layer_descs, "the image's config")
             for i, (desc, diff_id) in enumerate(zip(layer_descs, diff_ids)):
                 what = f"layer {i + 1} of {len(layer_descs)} ({short(desc['digest'])})"

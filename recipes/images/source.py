@@ -80,7 +80,7 @@ class TarFiles(Files):
 
     def __init__(self, path: str, tar: tarfile.TarFile):
         self.what, self.tar = path, tar
-        self.members = {m.name.lstrip("./") if m.name.startswith("./") else m.name: m
+        self.members = {m.name[2:] if m.name.startswith("./") else m.name: m
                         for m in tar.getmembers()}
 
     def exists(self, name: str) -> bool:
