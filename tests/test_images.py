@@ -366,15 +366,20 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           check=False, env=env, timeout=120)
 
 
-def test_container_run_applies_the_config(made, store, backend):
+def test_container_run_applies_the_config(made, store, backend, tmp_path):
     """Cmd with Env, WorkingDir and User app:wheel (names from the image's files); a
-    command given replaces Cmd; --user NAME too; --image with --rootfs is one line."""
+    command given replaces Cmd; --user NAME too, and the other options still work;
+    --image with --rootfs is one line."""
     images.import_image(made["layout"], "nsr/test")
     out = _run("--backend", backend, "--image", "nsr/test")
     assert (out.returncode, out.stdout) == (0, "hello from /data as 1000:10\n"), out.stderr
+    (tmp_path / "vol").mkdir()
+    (tmp_path / "vol" / "f").write_text("vol\n")
     out = _run("--backend", backend, "--image", "nsr/test", "--user", "root", "--env",
-               "X=1", "--", "sh", "-c", "echo $X $GREETING $(id -u); cat /link; ls /opq")
-    assert (out.returncode, out.stdout) == (0, "1 hello 0\nalpha\np2\n"), out.stderr
+               "X=1", "--read-only", "--volume", f"{tmp_path}/vol:/mnt:ro", "--memory", "64M",
+               "--", "sh", "-c", "echo $X $GREETING $(id -u); cat /link /mnt/f; ls /opq; "
+               "touch /x || echo ro")
+    assert (out.returncode, out.stdout) == (0, "1 hello 0\nalpha\nvol\np2\nro\n"), out.stderr
     out = _run("--image", "nsr/test", "--rootfs", "/tmp", "--", "true")
     assert out.returncode == 2 and out.stderr.strip() == (
         "nsrecipes: --image and --rootfs exclude each other (hint: a container's root "
