@@ -23,6 +23,9 @@ def image_import(c, path, name=None):
           f"{len(rec['layers'])} layer(s), {done.new_layers} new, in {done.seconds:.2f} s")
     if done.skipped_devices:
         print(f"  device nodes skipped without root: {', '.join(done.skipped_devices[:5])}")
+    if done.dropped_xattrs:
+        print(f"  user.* xattrs the store's filesystem does not keep (a tmpfs before Linux "
+              f"6.6?), dropped: {', '.join(done.dropped_xattrs[:5])}")
 
 
 @nsr_task(help={"json": "print JSON (one object per name: name, tag, id, layers, size, shared)"})

@@ -93,6 +93,7 @@ class Imported:
     new_layers: int = 0
     seconds: float = 0.0
     skipped_devices: list[str] = field(default_factory=list)
+    dropped_xattrs: list[str] = field(default_factory=list)
 
 
 class Importer:
@@ -104,6 +105,7 @@ class Importer:
         self.blobs: dict[str, str] = {}          # digest -> staged path
         self.layers: dict[str, dict] = {}        # diff_id -> {"dir", "size"} staged
         self.skipped_devices: list[str] = []
+        self.dropped_xattrs: list[str] = []
         os.mkdir(os.path.join(staging, "layers"), 0o700)
 
     def add_blob(self, stream: BinaryIO, desc: dict, what: str) -> str:
@@ -141,6 +143,7 @@ class Importer:
         if result is not None:
             self.layers[diff_id] = {"dir": target, "size": result.size}
             self.skipped_devices += result.skipped_devices
+            self.dropped_xattrs += result.dropped_xattrs
 
     def commit(self, record: dict[str, Any], name: str | None) -> int:
         """Under the store's lock: blobs and layers into place, the record, the name.
@@ -224,7 +227,7 @@ def import_image(path: str, name: str | None = None, store: Store | None = None)
     finally:
         source.files.close()
     return Imported(record, wanted, source.kind, new, time.monotonic() - began,
-                    imp.skipped_devices)
+                    imp.skipped_devices, imp.dropped_xattrs)
 
 
 def referenced(record: dict[str, Any]) -> set[str]:

@@ -20,6 +20,7 @@ writing leaves no window for a link to appear.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tarfile
@@ -46,6 +47,7 @@ class Unpacked:
     size: int = 0
     entries: int = 0
     skipped_devices: list[str] = field(default_factory=list)
+    dropped_xattrs: list[str] = field(default_factory=list)
 
 
 def split_name(name: str, what: str) -> list[str]:
@@ -127,20 +129,25 @@ def xattrs_of(member: tarfile.TarInfo) -> dict[str, bytes]:
     return out
 
 
-def apply_metadata(path: str, member: tarfile.TarInfo, as_root: bool) -> None:
+def apply_metadata(path: str, member: tarfile.TarInfo, as_root: bool) -> list[str]:
     """Owner (as root), mode, xattrs, mtime, in that order (chown clears setuid bits and
-    file capabilities, so it goes first)."""
-    link = member.issym()
+    file capabilities, so it goes first). Returns the ``user.*`` xattrs the filesystem
+    could not keep (EOPNOTSUPP: e.g. a tmpfs before Linux 6.6)."""
+    dropped = []
     if as_root:
         os.chown(path, member.uid, member.gid, follow_symlinks=False)
-    if not link:
+    if not member.issym():
         os.chmod(path, stat.S_IMODE(member.mode))
         for name, value in xattrs_of(member).items():
             try:
                 os.setxattr(path, name, value, follow_symlinks=False)
             except OSError as exc:
+                if exc.errno == errno.EOPNOTSUPP and name.startswith("user."):
+                    dropped.append(f"{member.name}: {name}")
+                    continue
                 raise SyscallError.from_oserror(f"setxattr({path!r}, {name})", exc) from None
     os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+    return dropped
 
 
 class LayerUnpacker:
@@ -169,7 +176,7 @@ class LayerUnpacker:
             raise BadImage(f"{self.what} ends in the middle of a tar entry",
                            hint="the layer is truncated: nothing was imported") from None
         for path, member in sorted(self.dirs, key=lambda d: -d[0].count("/")):
-            apply_metadata(path, member, self.as_root)
+            self.result.dropped_xattrs += apply_metadata(path, member, self.as_root)
         return self.result
 
     def entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
@@ -229,7 +236,7 @@ class LayerUnpacker:
         else:
             raise BadImage(f"{self.what}: entry {member.name!r} has the unknown tar type "
                            f"{member.type!r}", hint="the layer is damaged")
-        apply_metadata(path, member, self.as_root)
+        self.result.dropped_xattrs += apply_metadata(path, member, self.as_root)
 
     def write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
         """A regular file's data (O_EXCL|O_NOFOLLOW: never through a link)."""
