@@ -174,7 +174,7 @@ class LayerUnpacker:
                            hint="the layer is damaged or truncated: nothing was imported") from None
         except EOFError:
             raise BadImage(f"{self.what} ends in the middle of a tar entry",
-                           hint="the layer is truncated: nothing was imported") from None
+                           hint="the layer was cut short: nothing was imported") from None
         for path, member in sorted(self.dirs, key=lambda d: -d[0].count("/")):
             self.result.dropped_xattrs += apply_metadata(path, member, self.as_root)
         return self.result
