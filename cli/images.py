@@ -1,4 +1,4 @@
-"""Image tasks: image-import, image-ls, image-inspect, image-tag, image-rm, image-prune."""
+"""Image tasks: image-import, image-pull, image-ls, image-inspect, image-tag, image-rm, image-prune."""
 from __future__ import annotations
 
 from cli.common import nsr_task
@@ -75,3 +75,30 @@ def image_prune(c):
     out = images.prune()
     print(f"removed {len(out.layers)} layer(s) and {len(out.blobs)} blob(s), "
           f"{images.describe_size(out.bytes)}")
+
+
+@nsr_task(help={"ref": "[HOST[:PORT]/]NAME[:TAG] or NAME@sha256:HEX; no HOST means Docker "
+                       "Hub (busybox is registry-1.docker.io/library/busybox:latest)",
+                "name": "NAME[:TAG] to keep it as (default: REF as given; none for a pull "
+                        "by digest, then it is listed by id)",
+                "username": "log in as this user (default: ~/.docker/config.json's auths)",
+                "password_stdin": "read the password from standard input (with --username)",
+                "ca_file": "a PEM CA file to trust for the registry's HTTPS certificate",
+                "insecure": "allow plain HTTP and unchecked certificates for this registry "
+                            "(a registry on 127.0.0.0/8 may speak plain HTTP anyway)"})
+def image_pull(c, ref, name=None, username=None, password_stdin=False, ca_file=None,
+               insecure=False):
+    """Pull an image from a registry (HTTP API v2): invoke image-pull REF [--name NAME[:TAG]]
+
+    Bearer-token or Basic login as the registry asks; a manifest list picks this machine's
+    platform; every blob is checked (sha256, size, diff_id) as image-import does, and
+    nothing half-pulled stays.
+    """
+    import sys
+    from recipes.images import pull
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    done = pull.pull_image(ref, name, username=username, password=password,
+                           ca_file=ca_file, insecure=insecure)
+    rec = done.record
+    print(f"pulled {done.name or '<none>'} ({done.kind}): id {rec['id']}, "
+          f"{len(rec['layers'])} layer(s), {done.new_layers} new, in {done.seconds:.2f} s")

@@ -195,10 +195,16 @@ class Importer:
 
 def import_image(path: str, name: str | None = None, store: Store | None = None) -> Imported:
     """``image-import PATH [--name NAME[:TAG]]``: verify, unpack and keep the image."""
+    wanted = refnames.normalize(name) if name else None
+    return import_source(open_source(path), wanted, store)
+
+
+def import_source(source: Source, wanted: str | None = None,
+                  store: Store | None = None) -> Imported:
+    """Verify, unpack and keep the image ``source`` gives (an archive's or a registry's), as
+    ``wanted`` (NAME:TAG, normalized) or the first name it suggests; closes its files."""
     began = time.monotonic()
     store = store or Store()
-    wanted = refnames.normalize(name) if name else None
-    source = open_source(path)
     try:
         store.make_dirs()
         with store.staging() as staging:
