@@ -17,9 +17,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import signal
 import threading
 import time
-import urllib.request
+import urllib.parse
 
 import pytest
 
@@ -148,6 +149,9 @@ class TokenIssuer:
                     return
                 query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
                 issuer.asked.append(query)
+                if issuer.hold:                  # a pull to be killed while it waits here
+                    issuer.waiting.set()
+                    issuer.hold.wait(30)
                 body = json.dumps({"token": sign_token(key, cert, query.get("scope", [""])[0])})
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -158,6 +162,8 @@ class TokenIssuer:
                 pass
 
         self.asked: list[dict] = []
+        self.hold: threading.Event | None = None
+        self.waiting = threading.Event()
         self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/token"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -354,6 +360,35 @@ def test_token_flow(token_registry, store, monkeypatch, tmp_path):
     with pytest.raises(NsrError) as err:
         pull.pull_image(f"{reg.host}/nsr-x:v1")
     assert f"{reg.host} wants credentials for nsr-x" in one_line(err.value)
+    assert_nothing_kept(store)
+
+
+def test_pull_killed_midway_leaves_only_what_cleanup_removes(token_registry, store):
+    """A CLI pull SIGKILLed while it waits for its token (its staging directory made):
+    only tmp/import-PID-* is left, and cleanup's leftovers name and remove it."""
+    reg, issuer = token_registry
+    issuer.hold, issuer.waiting = threading.Event(), threading.Event()
+    proc = subprocess.Popen([*INVOKE, "image-pull", f"{reg.host}/nsr-x:v1", "--username", USER,
+                             "--password-stdin"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.stdin.write(f"{PASSWORD}\n".encode())
+        proc.stdin.close()
+        assert issuer.waiting.wait(60), "the pull never asked for a token"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        issuer.hold.set()
+        issuer.hold = None
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    left = os.listdir(store.path("tmp"))
+    assert [name.split("-")[:2] for name in left] == [["import", str(proc.pid)]]
+    assert os.listdir(store.path("images")) == [] and store.refs() == {}
+    found = images.leftovers()
+    assert [item.name for item in found] == [store.path("tmp", left[0])]
+    found[0].remove()
     assert_nothing_kept(store)
 
 
