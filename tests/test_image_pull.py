@@ -10,14 +10,15 @@ is mocked; Docker Hub is not reachable from here, which is what its test checks.
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-import signal
 import threading
 import time
 import urllib.parse
@@ -202,7 +203,7 @@ def two_platform_layout(work: str) -> str:
         manifests.append(desc)
     index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
                         "manifests": manifests}).encode()
-    digest = imagekit._digest(index)
+    digest = "sha256:" + hashlib.sha256(index).hexdigest()
     with open(os.path.join(out, "blobs", "sha256", digest[7:]), "wb") as f:
         f.write(index)
     with open(os.path.join(out, "oci-layout"), "w") as f:
