@@ -60,7 +60,7 @@ class Reference:
     @property
     def name(self) -> str:
         """NAME:TAG to keep the image as (Docker Hub's shown without docker.io/library/),
-        or None for a pull by digest only."""
+        or "" for a pull by digest only (the image is then listed by id)."""
         if self.tag is None:
             return ""
         repo = self.repo[len("library/"):] if self.hub and self.repo.startswith("library/") \
