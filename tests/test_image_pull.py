@@ -401,6 +401,9 @@ def test_https_with_ca_file_and_refused_without(tls_registry, pushed, store):
     assert "its certificate is not trusted" in one_line(err.value)
     assert "--ca-file" in str(err.value)
     assert_nothing_kept(store)
+    with pytest.raises(NsrError) as err:
+        pull.pull_image(f"{tls_registry.host}/nsr-x:v1", ca_file=pushed["work"] + "/ca.key")
+    assert "ca.key is not a PEM certificate" in one_line(err.value)
     done = pull.pull_image(f"{tls_registry.host}/nsr-x:v1", ca_file=pushed["work"] + "/ca.pem")
     assert done.new_layers == 3
 

@@ -178,7 +178,14 @@ class Client:
                  ca_file: str | None = None, insecure: bool = False):
         self.ref, self.insecure = ref, insecure
         self.credentials = credentials or docker_config_auth(ref.host, ref.hub)
-        self.context = ssl.create_default_context(cafile=ca_file)
+        self.context = ssl.create_default_context()          # the system's CAs
+        if ca_file:
+            try:
+                self.context.load_verify_locations(cafile=ca_file)   # and this one
+            except (OSError, ssl.SSLError) as exc:
+                raise RegistryError(f"--ca-file {ca_file} is not a PEM certificate: {exc}",
+                                    hint="give the CA that signed the registry's "
+                                         "certificate, in PEM") from None
         if insecure:
             self.context.check_hostname = False
             self.context.verify_mode = ssl.CERT_NONE
