@@ -8,6 +8,8 @@ its own. This package is that store, below the container package:
 * :mod:`~recipes.images.importer` -- ``image-import``: OCI layout, oci-archive, docker save
   (its readers: :mod:`~recipes.images.layout`, :mod:`~recipes.images.dockerarchive`,
   :mod:`~recipes.images.source`), every blob verified (:mod:`~recipes.images.blobs`);
+* :mod:`~recipes.images.pull` -- ``image-pull``: a registry's image (HTTP API v2, client in
+  :mod:`~recipes.images.registry`) through the same verified path as an import;
 * :mod:`~recipes.images.store` -- blobs by digest, layers unpacked once, images by id;
 * :mod:`~recipes.images.unpack` and :mod:`~recipes.images.whiteouts` -- a layer's tar into a
   directory, safely, OCI whiteouts as overlayfs whiteouts;
