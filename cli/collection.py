@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from invoke import Collection, Task
 
-from cli import containers, demos, envs, labs, machines, ops
+from cli import containers, demos, envs, images, labs, machines, ops
 
 #: the modules whose tasks make up the command line
-ROOMS = (demos, containers, envs, labs, machines, ops)
+ROOMS = (demos, containers, images, envs, labs, machines, ops)
 
 
 def tasks_of(*modules) -> list[Task]:

@@ -13,6 +13,9 @@ START_FAILED = 125
 
 @nsr_task(help={"rootfs": "root filesystem directory (default: a cached busybox rootfs, "
                           "built on first use)",
+                "image": "NAME[:TAG] of an imported image: its layers are the overlay's "
+                         "lowers, its config applies (Entrypoint+Cmd, Env, WorkingDir, User); "
+                         "a command after -- replaces Cmd",
                 "memory": "memory limit, e.g. 64M (no limit by default)",
                 "pids": "most processes the container may have, PID 1 and the command "
                         "included, e.g. 64 (at least 2; max: no limit)",
@@ -36,12 +39,13 @@ START_FAILED = 125
                 "env": "KEY=VALUE in the command's environment; repeatable",
                 "workdir": "the command's working directory (made if missing)",
                 "user": "UID[:GID] the command runs as (gid: from the rootfs's /etc/passwd, "
-                        "else the uid); no supplementary groups"},
+                        "else the uid); no supplementary groups; with --image also "
+                        "NAME[:GROUP] from the image's /etc/passwd and /etc/group"},
           iterable=["volume", "tmpfs", "env"])
 def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=None, net=False,
                   rm=True, name=None, timeout=None, volume=None, tmpfs=None, read_only=False,
                   domainname=None, env=None, workdir=None, user=None, detach=False,
-                  backend=None, explain=False):
+                  image=None, backend=None, explain=False):
     """Run a command in a container: invoke container-run [OPTIONS] -- CMD ARGS...
 
     New mount, UTS, IPC, PID and cgroup namespaces (and network with --net), a cgroup with
@@ -55,12 +59,13 @@ def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=No
     stderr; it stays enabled: other cgroups may rely on it).
     """
     from nsutil.errors import NsrError, require_root
-    argv = command_argv("container-run", "[OPTIONS]")
+    argv = command_argv("container-run", "[OPTIONS]", required=image is None)
     if not explain:
         require_root("container-run")
     options = dict(memory=memory, pids=pids, cpus=cpus, hostname=hostname, net=net, name=name,
                    timeout=timeout, volumes=volume or (), tmpfs=tmpfs or (), read_only=read_only,
-                   domainname=domainname, env=env or (), workdir=workdir, user=user)
+                   domainname=domainname, env=env or (), workdir=workdir, user=user,
+                   image=image)
     try:
         if detach and not explain:
             from recipes.container import supervisor

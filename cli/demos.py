@@ -193,16 +193,22 @@ def cgroup_demo(c, memory="32M", pids="32", cpus="0.5", seconds="1.0", backend=N
                memory=memory, pids=pids, cpus=cpus, seconds=seconds)
 
 
-@nsr_task(help={"size_mb": "size of the big file in the base layer, MiB (default 8)"},
+@nsr_task(help={"size_mb": "size of the big file in the base layer, MiB (default 8)",
+                "image": "NAME[:TAG] of an imported image: the same story on its layers "
+                         "(see image-import)"},
           lesson="step")
-def cow_demo(c, size_mb="8", backend=None, explain=False):
+def cow_demo(c, size_mb="8", image=None, backend=None, explain=False):
     """Copy-on-write with overlayfs: copy-up, whiteouts, and the disk two containers share.
 
     Two lower layers under /tmp/nsr-cow-*, two overlay mounts over them: a write lands in
     upper and the lower is unchanged, a delete leaves a whiteout (char device 0/0), and the
     disk used by two containers sharing the layers is compared with two full copies.
+    With --image NAME, the same on an imported image's layers (their mount line shown).
     """
     from nsutil.limits import parse_number
+    if image:
+        root_demo("cow-demo", "images.cowdemo", backend, explain, image=image)
+        return
     root_demo("cow-demo", "cow", backend, explain,
                size_mb=parse_number(size_mb, "--size-mb", minimum=1, maximum=1024, example="8"))
 

@@ -133,9 +133,11 @@ def make_dir(run: Runner, path: str, undo: bool = True) -> str:
 
 
 def mount_overlay(run: Runner, lowers: Sequence[str], upper: str, work: str, merged: str,
-                  undo: bool = True) -> None:
+                  undo: bool = True, cwd: str | None = None) -> None:
     """Step: ``mount -t overlay overlay -o lowerdir=L1:L2,upperdir=U,workdir=W MERGED``
-    (``lowers[0]`` is the top layer); undo (when asked): unmount it."""
+    (``lowers[0]`` is the top layer); undo (when asked): unmount it. With ``cwd`` the
+    lowers are relative to it and the mount runs there (``cd CWD && mount ...``: short
+    lowers keep a long list within the options' page)."""
     for p in list(lowers) + [upper, work, merged]:
         check_overlay_path(p)
     if not lowers:
@@ -151,21 +153,36 @@ def mount_overlay(run: Runner, lowers: Sequence[str], upper: str, work: str, mer
                 f"{', '.join(on)}{deep}; the kernel's reason is in `dmesg | tail`")
 
     def native() -> None:
+        back = os.open(".", os.O_PATH | os.O_CLOEXEC) if cwd else -1
         try:
+            if cwd:
+                os.chdir(cwd)
             sc.mount("overlay", merged, "overlay", 0, opts)
         except SyscallError as exc:
             raise SyscallError(exc.call, exc.errno, why()) from None
+        finally:
+            if back >= 0:
+                os.fchdir(back)
+                os.close(back)
 
     def shell(argv: list[str]) -> None:
+        back = os.open(".", os.O_PATH | os.O_CLOEXEC) if cwd else -1
         try:
+            if cwd:
+                os.chdir(cwd)
             nshell.run(argv)
         except CommandError as exc:
             raise CommandError(exc.argv, exc.returncode, exc.stderr, hint=why()) from None
+        finally:
+            if back >= 0:
+                os.fchdir(back)
+                os.close(back)
 
     if not run.explain:
         _check_upper(upper)
+    argv = ["mount", "-t", "overlay", "overlay", "-o", opts, merged]
     run.run(Step(f"mount an overlay on {merged} ({len(lowers)} lower layer(s), writes go to {upper})",
-                 argv=["mount", "-t", "overlay", "overlay", "-o", opts, merged],
+                 argv=argv, display=f"cd {cwd} && {' '.join(argv)}" if cwd else None,
                  native=native, shell=shell, undo=undo_step))
 
 

@@ -163,7 +163,14 @@ def prepare(run: Runner, argv: Sequence[str], rootfs: str | None = None,
     host must offer, the rootfs (the cached busybox one is built first if need be) and the
     name (one in use is refused naming its container; a dead one's leftovers are removed,
     so a name outlives a SIGKILLed run). Returns the spec and the upper's filesystem."""
+    img = None
+    if options.get("image") is not None:
+        from recipes.container import fromimage
+        img, argv, options = fromimage.open_image(options.pop("image"), rootfs, argv, options)
+    options.pop("image", None)
     spec = make_spec(argv, rootfs, **options)
+    if img is not None:
+        fromimage.settle_image(spec, img)
     fs = _check_host(run, spec)
     if spec.rootfs is None:
         _settle_default_rootfs(run, spec)
@@ -179,6 +186,8 @@ def launch(run: Runner, spec: Spec, fs: upperfs.Fs, fds: tuple[int | None, int |
     record gets a new id and ``extra``; with ``log_name`` the command's stdout and stderr
     go to that file in the container's directory (``extra["log"]``). The Runner's undo
     takes them all down."""
+    if spec.image_id is not None:
+        _use_image(run, spec.image_id, spec.name)
     cdir = make_dirs(run, spec, fs)
     log_fd = -1
     if log_name and not run.explain:
@@ -199,8 +208,20 @@ def _launch_in(run: Runner, spec: Spec, cdir: str, fds: tuple[int | None, int | 
     ct = Container(spec.name, cdir, cg, spec.rootfs, id=ids.new_id(),
                    extra={"env": spec.environ(), "workdir": spec.workdir or "/",
                           "user": [spec.user.uid, spec.user.gid] if spec.user else None,
-                          "net": spec.net, **(extra or {})})
+                          "net": spec.net, "image": spec.image_name, **(extra or {})})
     return start(run, spec, ct, fds)
+
+
+def _use_image(run: Runner, image_id: str, name: str) -> None:
+    """Step: record in the image store that the container runs from the image (image-rm
+    refuses meanwhile); undo: drop the record."""
+    from recipes import images
+    paths: list[str] = []
+    run.run(Step(f"record in the image store that {name} uses image {images.short(image_id)}",
+                 display=f"echo '{{...}}' > {images.store_dir()}/uses/{name}.json",
+                 native=lambda: paths.append(images.use(image_id, name)),
+                 undo=Step("drop the image-use record", display=f"rm {name}.json",
+                           native=lambda: [images.drop(p) for p in paths])))
 
 
 def oom_line(ct: Container, spec: Spec, code: int) -> str | None:
@@ -229,6 +250,7 @@ def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,
     ``cpus``, ``hostname``, ``domainname``, ``net``, ``rm``, ``name``, ``timeout``,
     ``volumes``, ``tmpfs``, ``read_only``, ``env``, ``workdir``, ``user``).
     ``stdin``/``stdout``/``stderr`` are file descriptors for the command (default: ours).
+    ``image``: run on an image's layers with its config (:mod:`recipes.container.fromimage`).
     Bad input raises before anything is made; with ``rm`` nothing is left afterwards.
     Killed by the OOM killer, it raises :class:`ContainerOOM` (exit status 137).
     """

@@ -272,7 +272,8 @@ def join_cgroup(run: Runner, cg: Cgroup, fds: list[int]) -> None:
 def inside_steps(run: Runner, spec: Spec, ct: Container) -> None:
     """Everything PID 1 does before the command (see the module docstring)."""
     make_rslave(run)
-    mount_overlay(run, [ct.rootfs], ct.upper, ct.work, ct.merged, undo=False)
+    mount_overlay(run, spec.lowers or [ct.rootfs], ct.upper, ct.work, ct.merged, undo=False,
+                  cwd=spec.lowers_cwd)
     mount_proc(run, ensure_mountpoint(run, ct.merged, ct.rootfs, "/proc", "the mountpoint"))
     mount_dev(run, ensure_mountpoint(run, ct.merged, ct.rootfs, "/dev", "the mountpoint"))
     mount_all(run, spec, ct.merged, ct.rootfs)

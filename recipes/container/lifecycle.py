@@ -39,7 +39,8 @@ def _reread(rec: dict) -> dict:
 def row(rec: dict) -> dict[str, Any]:
     """One container as ``container-ls --json`` gives it."""
     state = ids.status(rec)
-    return {"id": rec.get("id") or "", "name": rec.get("name"), "image": rec.get("rootfs"),
+    return {"id": rec.get("id") or "", "name": rec.get("name"),
+            "image": rec.get("image") or rec.get("rootfs"),
             "command": rec.get("argv") or [], "state": state,
             "pid": rec.get("pid1") if state == "running" else None,
             "created": rec.get("created"), "exit_code": rec.get("exit_code"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from nsutil.errors import CommandNotFound, InvalidInput, NotFound, NsrError
 from nsutil.limits import Limits, parse_number, parse_pids, parse_tmpfs_size
@@ -101,6 +101,13 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)   #: --env, over the defaults
     workdir: str | None = None
     user: User | None = None
+    #: --image: the overlay's lower directories (top first) and the directory the mount runs
+    #: in (relative short links), instead of ``rootfs`` as the one lower
+    lowers: list[str] | None = None
+    lowers_cwd: str | None = None
+    #: --image: the image's id (its config's digest) and the name it was asked by
+    image_id: str | None = None
+    image_name: str | None = None
 
     @property
     def path(self) -> str:
@@ -276,20 +283,24 @@ def make_spec(argv: Sequence[str], rootfs: str | None = None, memory: str | int 
 
 # --- what depends on the rootfs ----------------------------------------------------------------
 
-def settle(spec: Spec, rootfs: str) -> None:
+Resolver = Callable[[str], "str | None"]
+
+
+def settle(spec: Spec, rootfs: str, resolve: Resolver | None = None) -> None:
     """Fill in what depends on the rootfs: the command's path inside it (or raise
-    :class:`CommandNotFound`, exit status 127) and the user's gid and home."""
+    :class:`CommandNotFound`, exit status 127) and the user's gid and home. ``resolve``
+    finds a container path's host file (default: inside ``rootfs``; an image's layers)."""
     spec.rootfs = rootfs
-    spec.command_path = find_command(rootfs, spec.argv[0], spec.path)
+    spec.command_path = find_command(rootfs, spec.argv[0], spec.path, resolve)
     if spec.user is not None:
-        gid, home = passwd_entry(rootfs, spec.user.uid) or (spec.user.uid, "/")
+        gid, home = passwd_entry(rootfs, spec.user.uid, resolve) or (spec.user.uid, "/")
         spec.user.gid = spec.user.gid if spec.user.gid is not None else gid
         spec.user.home = home
 
 
-def passwd_entry(rootfs: str, uid: int) -> tuple[int, str] | None:
+def passwd_entry(rootfs: str, uid: int, resolve: Resolver | None = None) -> tuple[int, str] | None:
     """(gid, home) of ``uid`` in the rootfs's /etc/passwd, None if it is not listed."""
-    path = rootfs_recipe.resolve_in(rootfs, "/etc/passwd")
+    path = (resolve or (lambda p: rootfs_recipe.resolve_in(rootfs, p)))("/etc/passwd")
     if path is None or not os.path.isfile(path):
         return None
     try:
@@ -304,15 +315,17 @@ def passwd_entry(rootfs: str, uid: int) -> tuple[int, str] | None:
     return None
 
 
-def find_command(rootfs: str, command: str, path: str = PATH) -> str:
+def find_command(rootfs: str, command: str, path: str = PATH,
+                 resolve: Resolver | None = None) -> str:
     """The path inside ``rootfs`` that ``command`` resolves to (as execvp would with ``path``),
     else raise :class:`CommandNotFound` (exit status 127)."""
+    resolve = resolve or (lambda p: rootfs_recipe.resolve_in(rootfs, p))
     if "/" in command:
         candidates = [command if command.startswith("/") else "/" + command]
     else:
         candidates = [f"{d}/{command}" for d in path.split(":") if d]
     for c in candidates:
-        host = rootfs_recipe.resolve_in(rootfs, c)
+        host = resolve(c)
         if host is not None and os.path.isfile(host):
             if not os.access(host, os.X_OK):
                 raise CommandNotExecutable(f"{c} in the rootfs {rootfs} is not executable",

@@ -51,7 +51,7 @@ from recipes.common.leftover import Leftover
 
 #: modules asked for leftovers, in removal order
 PROVIDERS = ["recipes.env", "recipes.container", "recipes.cgroup", "recipes.cow",
-             "recipes.labs.userlab", "recipes.net"]
+             "recipes.labs.userlab", "recipes.net", "recipes.images"]
 #: seconds during which something no record ties to a live process may still be in the making
 #: ($NSR_CLEANUP_GRACE; the tests set it long, since an emulated machine is slow)
 GRACE = float(os.environ.get("NSR_CLEANUP_GRACE", "60"))

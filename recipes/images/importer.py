@@ -1,0 +1,259 @@
+"""``image-import``: an image from a layout, an oci-archive or a docker save tar, verified.
+
+1. find what ``PATH`` is (a directory or a tar; an OCI layout or docker save's old form);
+2. copy the manifest and the config into the import's own ``tmp/`` directory, each checked
+   against its descriptor (sha256 and size) before it is read;
+3. per layer, bottom-up: copy the blob (checked the same way), decompress it (tar, gzip,
+   zstd) and unpack it into a new directory, hashing the tar as it streams by: the hash must
+   be the config's diff_id for that layer. A layer the store has already is only hashed;
+4. commit under the store's lock: blobs and new layers renamed into place, the image record
+   written last, then its NAME:TAG. Until then nothing outside ``tmp/`` changed, and any
+   failure removes the import's directory: nothing half-imported stays.
+
+Blobs come in through :meth:`Importer.add_blob` only, which a registry pull can call with
+an HTTP response as the stream.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from nsutil.errors import InvalidInput
+
+from recipes.images import dockerarchive, layout
+from recipes.images import mediatypes as mt
+from recipes.images import refs as refnames
+from recipes.images import whiteouts
+from recipes.images.blobs import BadImage, chunks, copy_verified, hex_of, short
+from recipes.images.source import Files, Source, TarFiles, open_files
+from recipes.images.store import Store, remove_tree, write_json
+from recipes.images.unpack import LayerUnpacker
+
+LINK_LEN = 26
+
+
+class HashingReader:
+    """A read-only stream that hashes (sha256) what is read through it."""
+
+    def __init__(self, stream: BinaryIO):
+        self.stream, self.hash = stream, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        """Read and hash up to ``n`` bytes."""
+        data = self.stream.read(n)
+        self.hash.update(data)
+        return data
+
+    def digest(self) -> str:
+        """``sha256:HEX`` of everything read (the rest of the stream is read first)."""
+        for _ in chunks(self):      # type: ignore[arg-type]
+            pass
+        return "sha256:" + self.hash.hexdigest()
+
+
+def split_path(path: str) -> tuple[str, str | None]:
+    """``DIR:REF`` or ``TAR:NAME:TAG`` -> (path, ref); a path that exists as given wins."""
+    if os.path.exists(path) or ":" not in path:
+        return path, None
+    head, ref = path.split(":", 1)
+    return head, ref or None
+
+
+def open_source(path: str) -> Source:
+    """The :class:`Source` ``path`` names (see :func:`split_path`), or one line why not."""
+    where, ref = split_path(path)
+    files = open_files(where)
+    if layout.is_layout(files):
+        if isinstance(files, TarFiles):
+            kind = ("docker save tar (Docker 25, OCI form)" if files.exists("manifest.json")
+                    else "oci-archive")
+        else:
+            kind = "OCI image layout"
+        return layout.read(files, ref, kind)
+    if isinstance(files, TarFiles) and dockerarchive.is_docker_archive(files):
+        return dockerarchive.read(files, ref)
+    files.close()
+    raise BadImage(f"{where} is not an image: no oci-layout and index.json, no manifest.json",
+                   hint="give an OCI image layout directory (DIR or DIR:REF), an oci-archive "
+                        "or a docker save tar")
+
+
+@dataclass
+class Imported:
+    """The outcome of an import: the image record and what it cost."""
+
+    record: dict[str, Any]
+    name: str | None
+    kind: str
+    new_layers: int = 0
+    seconds: float = 0.0
+    skipped_devices: list[str] = field(default_factory=list)
+    dropped_xattrs: list[str] = field(default_factory=list)
+
+
+class Importer:
+    """One import into ``store``: blobs verified into a staging directory, layers unpacked
+    there, then :meth:`commit`."""
+
+    def __init__(self, store: Store, staging: str):
+        self.store, self.staging = store, staging
+        self.blobs: dict[str, str] = {}          # digest -> staged path
+        self.layers: dict[str, dict] = {}        # diff_id -> {"dir", "size"} staged
+        self.skipped_devices: list[str] = []
+        self.dropped_xattrs: list[str] = []
+        os.mkdir(os.path.join(staging, "layers"), 0o700)
+
+    def add_blob(self, stream: BinaryIO, desc: dict, what: str) -> str:
+        """Copy a blob into the staging directory, verified against ``desc``; its path."""
+        path = os.path.join(self.staging, hex_of(desc["digest"]))
+        if desc["digest"] not in self.blobs:
+            copy_verified(stream, desc["digest"], desc["size"], path, what)
+            self.blobs[desc["digest"]] = path
+        return path
+
+    def add_layer(self, blob: str, desc: dict, diff_id: str, what: str) -> None:
+        """Unpack the staged blob of a layer (only hash it if the store has the layer) and
+        check its diff_id."""
+        compression = mt.layer_compression(desc.get("mediaType", ""), what)
+        have = os.path.isdir(self.store.diff(diff_id)) or diff_id in self.layers
+        target = os.path.join(self.staging, "layers", hex_of(diff_id))
+        with open(blob, "rb") as raw:
+            try:
+                reader = HashingReader(mt.decompressed(raw, compression))
+                result = None
+                if not have:
+                    os.makedirs(os.path.join(target, "diff"), 0o755)
+                    result = LayerUnpacker(os.path.join(target, "diff"), what).unpack(reader)
+                got = reader.digest()
+            except (OSError, EOFError, ValueError) as exc:
+                if isinstance(exc, BadImage):
+                    raise
+                raise BadImage(f"{what} cannot be decompressed ({compression or 'tar'}): {exc}",
+                               hint="the layer is damaged or its media type is wrong: nothing "
+                                    "was imported") from None
+        if got != diff_id:
+            raise BadImage(f"{what}'s content does not match the config's diff_id: "
+                           f"{short(got)} is not {short(diff_id)}",
+                           hint="the image is damaged or was changed: nothing was imported")
+        if result is not None:
+            self.layers[diff_id] = {"dir": target, "size": result.size}
+            self.skipped_devices += result.skipped_devices
+            self.dropped_xattrs += result.dropped_xattrs
+
+    def commit(self, record: dict[str, Any], name: str | None) -> int:
+        """Under the store's lock: blobs and layers into place, the record, the name.
+        An image the store has already (same id) keeps its record and blobs: only the
+        name is added. Returns the number of new layers. What it moved is removed again if
+        it fails."""
+        moved: list[str] = []
+        with self.store.locked():
+            try:
+                kept = self.store.image(record["id"])    # the same image, reached before
+                record = kept if kept and "layers" in kept else record
+                wanted = referenced(record)
+                for digest, path in self.blobs.items():
+                    final = self.store.blob(digest)
+                    if digest in wanted and not os.path.exists(final):
+                        os.rename(path, final)
+                        moved.append(final)
+                new = 0
+                for diff_id, info in self.layers.items():
+                    final = self.store.layer(diff_id)
+                    if os.path.isdir(final):
+                        continue
+                    link = self.link_name(diff_id)
+                    write_json(os.path.join(info["dir"], "layer.json"),
+                               {"diff_id": diff_id, "size": info["size"], "link": link})
+                    os.rename(info["dir"], final)
+                    moved.append(final)
+                    linkpath = self.store.path("l", link)
+                    os.symlink(os.path.join("..", "layers", hex_of(diff_id), "diff"), linkpath)
+                    moved.append(linkpath)
+                    new += 1
+                if record is not kept:
+                    write_json(self.store.image_file(record["id"]), record)
+                if name:
+                    refs = self.store.refs()
+                    refs[name] = record["id"]
+                    self.store.save_refs(refs)
+                return new
+            except BaseException:
+                for path in reversed(moved):
+                    remove_tree(path)
+                raise
+
+    def link_name(self, diff_id: str) -> str:
+        """A short name for ``l/`` (26 characters, as containers-storage's): the diff_id's
+        hex re-spelled in base 32, so it is stable and (at 130 bits) unique."""
+        return base64.b32encode(bytes.fromhex(hex_of(diff_id))).decode()[:LINK_LEN]
+
+
+def import_image(path: str, name: str | None = None, store: Store | None = None) -> Imported:
+    """``image-import PATH [--name NAME[:TAG]]``: verify, unpack and keep the image."""
+    wanted = refnames.normalize(name) if name else None
+    return import_source(open_source(path), wanted, store)
+
+
+def import_source(source: Source, wanted: str | None = None,
+                  store: Store | None = None) -> Imported:
+    """Verify, unpack and keep the image ``source`` gives (an archive's or a registry's), as
+    ``wanted`` (NAME:TAG, normalized) or the first name it suggests; closes its files."""
+    began = time.monotonic()
+    store = store or Store()
+    try:
+        store.make_dirs()
+        with store.staging() as staging:
+            whiteouts.probe(store.root, staging)
+            imp = Importer(store, staging)
+            manifest, manifest_digest, config_raw = source.read_top(staging)
+            config_desc, layer_descs = mt.check_manifest(manifest, "the image's manifest")
+            imp.blobs[config_desc["digest"]] = os.path.join(staging, hex_of(config_desc["digest"]))
+            if manifest_digest:
+                imp.blobs[manifest_digest] = os.path.join(staging, hex_of(manifest_digest))
+            try:
+                config = json.loads(config_raw)
+            except ValueError:
+                raise BadImage("the image's config is not JSON", hint="the image is damaged: "
+                               "nothing was imported") from None
+            diff_ids = mt.check_config(config, layer_descs, "the image's config")
+            for i, (desc, diff_id) in enumerate(zip(layer_descs, diff_ids)):
+                what = f"layer {i + 1} of {len(layer_descs)} ({short(desc['digest'])})"
+                with source.files.open(source.blob_name(desc["digest"])) as stream:
+                    blob = imp.add_blob(stream, desc, what)
+                imp.add_layer(blob, desc, diff_id, what)
+            record = make_record(config_desc, manifest_digest, layer_descs, diff_ids, source.kind)
+            if not wanted and source.names:
+                wanted = refnames.normalize(source.names[0])
+            new = imp.commit(record, wanted)
+    finally:
+        source.files.close()
+    return Imported(record, wanted, source.kind, new, time.monotonic() - began,
+                    imp.skipped_devices, imp.dropped_xattrs)
+
+
+def referenced(record: dict[str, Any]) -> set[str]:
+    """The digests of the blobs an image record refers to: config, manifest, layers."""
+    return {record["id"], *([record["manifest"]] if record.get("manifest") else []),
+            *(layer["digest"] for layer in record["layers"])}
+
+
+def make_record(config: dict, manifest_digest: str | None, layers: list[dict],
+                diff_ids: list[str], kind: str) -> dict[str, Any]:
+    """The image's record: its id (the config's digest), config, manifest, layers bottom-up."""
+    return {"id": config["digest"], "config": config, "manifest": manifest_digest,
+            "layers": [{"digest": d["digest"], "size": d["size"], "mediaType": d.get("mediaType"),
+                        "diff_id": diff_id} for d, diff_id in zip(layers, diff_ids)],
+            "source": kind, "imported": time.time()}
+
+
+def check_not_both(image: str | None, rootfs: str | None) -> None:
+    """``--image`` and ``--rootfs`` exclude each other."""
+    if image and rootfs:
+        raise InvalidInput("--image and --rootfs exclude each other",
+                           hint="a container's root filesystem is either an image's layers "
+                                "or a directory: give one of them")
