@@ -31,7 +31,9 @@ def cleanup(c, dry_run=False, all_=False):
     """
     from recipes.ops import cleanup as cl
     from nsutil.errors import require_root
-    require_root("cleanup")
+    from nsutil.rootless import decide
+    if not decide():    # without root: the user's own records only (their state directory)
+        require_root("cleanup")
     plan = cl.sweep(everything=all_)
     for line in cl.plan_lines(plan, dry_run):
         print(line, flush=True)

@@ -37,6 +37,7 @@ from nsutil import procfs
 from nsutil import netlink as nl
 from nsutil.errors import Conflict, NsrError
 from nsutil.names import PREFIX
+from nsutil.rootless import decide
 
 from recipes.container import state as containerstate
 from recipes import cow
@@ -48,6 +49,9 @@ from recipes.common.leftover import Leftover
 
 #: modules asked for leftovers, in removal order
 PROVIDERS = ["recipes.env", "recipes.container", "recipes.cgroup", "recipes.cow", "recipes.net"]
+#: without root, those whose records live in the user's own state directory (root's are in
+#: /run/nsrecipes, which a user's cleanup never sees, as root's never sees a user's)
+ROOTLESS_PROVIDERS = ["recipes.env"]
 #: seconds during which something no record ties to a live process may still be in the making
 #: ($NSR_CLEANUP_GRACE; the tests set it long, since an emulated machine is slow)
 GRACE = float(os.environ.get("NSR_CLEANUP_GRACE", "60"))
@@ -82,9 +86,11 @@ def candidates() -> list[Leftover]:
     recorded = net.recorded_netns()
     containers = containerstate.recorded_cgroups()
     found: list[Leftover] = []
-    for name in PROVIDERS:
+    rootless = decide()
+    for name in ROOTLESS_PROVIDERS if rootless else PROVIDERS:
         found.extend(importlib.import_module(name).leftovers())
-    found.extend(user_scratch())
+    if not rootless:
+        found.extend(user_scratch())
     return [item for item in found if _made_by_us(item, recorded)
             and not (item.kind == "cgroup" and item.name in containers)]
 
