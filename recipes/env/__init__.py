@@ -83,8 +83,8 @@ def create(run: Runner, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
     if run.rootless:
         run.say(owner_line())
         if added:
-            run.say(f"(added {' and '.join(added)}: without root a user namespace owns the "
-                    "others, and the environment keeps a mount namespace of its own)")
+            run.say(f"({' and '.join(added)} added to --ns: without root a user namespace "
+                    "owns the others, and the environment keeps a mount namespace of its own)")
     record(run, name, types)
     try:
         rec = start_env_holder(run, name, types, map_root=run.rootless and uid_map is None)
