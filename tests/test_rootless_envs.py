@@ -102,11 +102,36 @@ def assert_nothing_left(home: str, holders: list[int]) -> None:
     assert os.listdir(os.path.join(home, "run")) == []
 
 
-def test_env_tasks_as_a_user(backend, home):
+def kill_left(home: str) -> None:
+    """What a failed test left: SIGKILL every process of uid 65534 started with ``home``'s
+    runtime directory (``XDG_RUNTIME_DIR``, which only this test's commands have)."""
+    mark = f"XDG_RUNTIME_DIR={home}/run".encode()
+    for entry in os.listdir("/proc"):
+        try:
+            if not entry.isdigit() or os.stat(f"/proc/{entry}").st_uid != USER_UID:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue      # gone meanwhile
+
+
+@pytest.fixture
+def user(home):
+    """uid 65534's home (:func:`asuser.home`); the environments a failed test left are ended."""
+    try:
+        yield home
+    finally:
+        kill_left(home)
+
+
+def test_env_tasks_as_a_user(backend, user):
     """create (hostname), hostname, mount, mq, exec, ls, rm as uid 65534: a user namespace
     comes first and owns the rest, the user is root inside, the record is the user's, and
     nothing is left; the shell forms show ``unshare --user --map-root-user`` and ``nsenter
     --user --preserve-credentials``."""
+    home = user
     name = f"nsr-rl-{backend[0]}"
     inside = ("id -u; cat /proc/self/uid_map; hostname; grep ' /mnt tmpfs' /proc/mounts; "
               "ipcs -q | grep -c '^0x'; ip -o link show lo; ps -o pid= -p 1")
@@ -142,10 +167,11 @@ def test_env_tasks_as_a_user(backend, home):
     assert_nothing_left(home, [holder])
 
 
-def test_env_idmap_veth_and_rootfs_as_a_user(home):
+def test_env_idmap_veth_and_rootfs_as_a_user(user):
     """Maps left for env-idmap are written with the user's own ids; ids beyond them, and
     veths (to the host, to another environment), are refused in one line each; rootfs-busybox
     builds as the user; nothing is left."""
+    home = user
     name, rootfs = "nsr-rl-map", os.path.join(home, "rootfs")
     done = session(home, ["env-create", name, "--ns", "uts", "--uid-map", "none"],
                    ["env-exec", name, "--", "true"],
@@ -191,6 +217,13 @@ def test_roots_cleanup_leaves_a_users_dead_environment_the_users_removes_it(sand
     for part in ("", "/run"):
         os.mkdir(box.path(home + part), 0o700)
         os.chown(box.path(home + part), USER_UID, USER_UID)
+    try:
+        _dead_env_cleaned(box, home, name)
+    finally:
+        kill_left(home)
+
+
+def _dead_env_cleaned(box: Sandbox, home: str, name: str) -> None:
     ok(_in_box(box, home, ["env-create", name, "--ns", "uts,net"])[f"env-create {name} --ns uts,net"])
     record = box.path(f"{home}/run/nsrecipes/{name}/env.json")
     with open(record) as f:
