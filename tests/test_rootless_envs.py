@@ -185,7 +185,7 @@ def test_env_idmap_veth_and_rootfs_as_a_user(user):
                    ["rootfs-busybox", rootfs])
     assert "(user and mnt added to --ns" in ok(done[f"env-create {name} --ns uts --uid-map none"])
     refused(done[f"env-exec {name} -- true"], "not written")
-    refused(done[f"env-idmap {name} --uid-map 0:100000:65536"], "your own uid 65534")
+    refused(done[f"env-idmap {name} --uid-map 0:100000:65536"], "your own uid 65534", "/etc/subuid")
     ok(done[f"env-idmap {name} --uid-map 0:65534:1"])
     maps = ok(done[f"env-exec {name} -- cat /proc/self/uid_map /proc/self/gid_map"]).split()
     assert maps == ["0", "65534", "1", "0", "65534", "1"], maps
@@ -199,6 +199,42 @@ def test_env_idmap_veth_and_rootfs_as_a_user(user):
     assert st.st_uid == USER_UID and os.readlink(os.path.join(rootfs, "bin", "sh")) == "/bin/busybox"
     subprocess.run(["rm", "-rf", rootfs], check=True)
     assert_nothing_left(home, [row["pid"]])
+
+
+def test_env_wide_idmap_from_subuid_ranges(user, tmp_path):
+    """With an /etc/subuid and /etc/subgid range for the user (bound over them in a private
+    mount namespace of the test's own, never the host's) and newuidmap installed, env-create
+    maps 0 to the user and 1-65536 to the range, written by newuidmap/newgidmap; a range
+    outside is refused in one line. The user keeps a normal bounding set here (setuid
+    helpers need it)."""
+    if not os.path.exists("/usr/bin/newuidmap"):
+        pytest.skip("newuidmap is not installed (apt-get install uidmap)")
+    name, home = "nsr-rl-sub", user
+    ranges = tmp_path / "subid"
+    ranges.write_text(f"{USER_UID}:100000:65536\n")
+    ranges.chmod(0o644)
+    binds = " && ".join(f"mount --bind {ranges} /etc/sub{w}" for w in ("uid", "gid"))
+    argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            binds + ' && exec "$@"', "sh", "setpriv", f"--reuid={USER_UID}",
+            f"--regid={USER_UID}", "--clear-groups", "--inh-caps=-all", "--", _python(),
+            "-c", SESSION]
+    wide = "0:65534:1,1:100000:65536"
+    commands = [["env-create", name, "--ns", "uts,pid", "--uid-map", wide],
+                ["env-exec", name, "--", "sh", "-c",
+                 "cat /proc/self/uid_map /proc/self/gid_map; touch /tmp/x$$; chown 1000 /tmp/x$$"
+                 " && stat -c %u /tmp/x$$; rm -f /tmp/x$$"],
+                ["env-rm", name],
+                ["env-create", name, "--uid-map", "0:200000:10"]]
+    unprivileged_argv([])      # skips when the user cannot reach the checkout
+    done = _results(subprocess.run(argv + [json.dumps(commands)], cwd=ROOT, env=user_env(home),
+                                   capture_output=True, text=True, timeout=300))
+    ok(done[f"env-create {name} --ns uts,pid --uid-map {wide}"])
+    out = ok(done[" ".join(commands[1])]).split()
+    assert out == ["0", "65534", "1", "1", "100000", "65536"] * 2 + ["1000"], out
+    ok(done[f"env-rm {name}"])
+    refused(done[f"env-create {name} --uid-map 0:200000:10"], "outside your own uid 65534",
+            "(100000-165535)")
+    assert_nothing_left(home, [])
 
 
 def _in_box(box: Sandbox, home: str, *commands: list[str]) -> dict[str, dict]:

@@ -40,7 +40,7 @@ from recipes.env.state import (KIND, SECTION, STATE_FILE, anchor_inodes, base_di
                        bound_inodes, check_env_name, devnull, env_dir, global_lock,
                        holder_alive, members, names, ns_file, proc_table, processes,
                        read_state, release_lock, rootless_members, update_state)
-from recipes.env.configure import (add_veth, attach_netns, check_maps, check_own_ids,
+from recipes.env.configure import (add_veth, attach_netns, check_maps, rootless_maps,
                        check_uts_options, loopback_up, make_queue, record, set_hostname,
                        set_idmap, set_uts, write_maps)
 
@@ -74,7 +74,7 @@ def create(run: Runner, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
     if run.rootless:
         added = [t for t in ("user", "mnt") if all(x.name != t for x in types)]
         types = parse_types([t.name for t in types] + added)
-    umaps, gmaps = _maps_for(types, uid_map, gid_map, rootless=run.rootless)
+    umaps, gmaps, helper = _maps_for(types, uid_map, gid_map, rootless=run.rootless)
     if not run.explain:
         require_namespaces("env-create")
         _check_name_free(name, types, rootless=run.rootless)
@@ -92,7 +92,7 @@ def create(run: Runner, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
             update_state(name, lambda d: d.update(rec))
         holder = process.Holder(rec["holder"]["pid"], rec["parent"]["pid"], flags_of(types))
         if umaps:
-            write_maps(run, name, holder, umaps, gmaps or [])
+            write_maps(run, name, holder, umaps, gmaps or [], helper=helper)
         if hostname or domainname:
             set_uts(run, name, holder, hostname=hostname or None, domainname=domainname or None)
         if any(t.name == "net" for t in types):
@@ -107,28 +107,28 @@ def create(run: Runner, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
 
 
 def _maps_for(types: Sequence[NsType], uid_map: str | None, gid_map: str | None, *,
-              rootless: bool = False) -> tuple[list[idmap.IdMap], list[idmap.IdMap]]:
-    """The uid and gid maps to write ([] for none), checked against the kernel's rules;
-    ``rootless``: only this user's own ids, and none by default (the holder's ``unshare
-    --map-root-user`` maps them)."""
+              rootless: bool = False) -> tuple[list[idmap.IdMap], list[idmap.IdMap], bool]:
+    """The uid and gid maps to write ([] for none), checked against the kernel's rules, and
+    whether newuidmap/newgidmap write them; ``rootless``: none by default (the holder's
+    ``unshare --map-root-user`` maps this user), else :func:`rootless_maps`."""
     umaps, gmaps = check_maps(uid_map, "--uid-map"), check_maps(gid_map, "--gid-map")
     if all(t.name != "user" for t in types):
         if umaps or gmaps:
             raise InvalidInput("--uid-map/--gid-map need a user namespace",
                                hint="add user to --ns")
-        return [], []
+        return [], [], False
     if rootless:
         if umaps is None and gmaps is not None:
             raise InvalidInput("--gid-map without --uid-map: without root the holder maps "
                                "your own uid and gid to 0 itself", hint="give both, or neither")
         if not umaps:        # not given (mapped by the holder) or none (left for env-idmap)
-            return [], []
-        return check_own_ids(umaps, gmaps)
+            return [], [], False
+        return rootless_maps(umaps, gmaps)
     if umaps is None:
         umaps = [idmap.IdMap(0, os.geteuid(), 1)]
     if gmaps is None:  # the same ranges as given for uids, else root's own gid
         gmaps = list(umaps) if uid_map else [idmap.IdMap(0, os.getegid(), 1)]
-    return umaps, gmaps
+    return umaps, gmaps, False
 
 
 def _check_name_free(name: str, types: Sequence[NsType], *, rootless: bool = False) -> None:

@@ -25,6 +25,7 @@ from nsutil.nstypes import NsType
 from nsutil.netlink import NETNS_RUN_DIR
 
 from recipes.common.holder import enter_argv, join_types
+from recipes.env import subids
 from recipes.env.remove import remove
 from recipes.env.state import (HELD, KIND, STATE_FILE, base_dir, check_env_name, env_dir,
                        global_lock, holder_of, load, lock_unless_explain, ns_file, open_dir,
@@ -150,35 +151,48 @@ def check_maps(spec: str | None, what: str = "--uid-map") -> list[idmap.IdMap] |
 
 
 def write_maps(run: Runner, name: str, holder: process.Holder, umaps: list[idmap.IdMap],
-               gmaps: list[idmap.IdMap]) -> None:
-    """Steps: write the holder's uid_map (and gid_map); record them."""
+               gmaps: list[idmap.IdMap], *, helper: bool = False) -> None:
+    """Steps: write the holder's uid_map (and gid_map); record them. ``helper``: through
+    newuidmap/newgidmap (ids of the user's /etc/subuid ranges, without root)."""
     from recipes import user
-    user.write_uid_map(run, holder, umaps)
-    if gmaps:
-        user.write_gid_map(run, holder, gmaps)
+    if helper:
+        for which, maps in (("uid", umaps), ("gid", gmaps)):
+            argv = subids.helper_argv(which, holder.pid, maps)
+            run.run(Step(f"write {which}_map with {argv[0]} (setuid root: it checks your "
+                         f"{subids.FILES[which]} ranges; no system call does this for a user, "
+                         "so both backends run it)", argv=argv,
+                         native=lambda a=argv: subids.run_helper(a),
+                         shell=lambda a: subids.run_helper(a)))
+    else:
+        user.write_uid_map(run, holder, umaps)
+        if gmaps:
+            user.write_gid_map(run, holder, gmaps)
     if not run.explain:
         update_state(name, lambda d: d.update(
             uid_map=",".join(m.spec() for m in umaps),
             gid_map=",".join(m.spec() for m in gmaps) or None))
 
 
-def check_own_ids(umaps: list[idmap.IdMap],
-                  gmaps: list[idmap.IdMap] | None) -> tuple[list[idmap.IdMap], list[idmap.IdMap]]:
+def rootless_maps(umaps: list[idmap.IdMap], gmaps: list[idmap.IdMap] | None
+                  ) -> tuple[list[idmap.IdMap], list[idmap.IdMap], bool]:
     """Without root the kernel lets a user write a map of one line with their own id only
-    (user_namespaces(7)): refuse any other in one line; ``gmaps`` defaults to this user's
-    gid at the inside id of the uid map. Returns (uid maps, gid maps)."""
+    (user_namespaces(7)); more ids are written by newuidmap/newgidmap from the user's
+    /etc/subuid and /etc/subgid ranges (:mod:`recipes.env.subids`), or refused in one line
+    naming what is missing. ``gmaps`` defaults to ``umaps`` with the user's own uid replaced
+    by their gid. Returns (uid maps, gid maps, whether the helpers write them)."""
     uid, gid = outside_uid(), outside_gid()
     if gmaps is None:
-        gmaps = [idmap.IdMap(umaps[0].inside, gid, 1)]
-    for maps, own, what in ((umaps, uid, "uid"), (gmaps, gid, "gid")):
-        if len(maps) != 1 or maps[0].outside != own or maps[0].count != 1:
-            spec = ",".join(m.spec() for m in maps)
-            raise NsrError(f"--{what}-map {spec}: without root a user namespace can map only "
-                           f"your own {what} {own}, one id (e.g. 0:{own}:1)",
-                           hint=f"more ids need root (an /etc/sub{what} range with newuidmap "
-                                "is what rootless podman uses; env-idmap does not): run as "
-                                "root, or map your own id only")
-    return umaps, gmaps
+        gmaps = [idmap.IdMap(m.inside, gid, 1) if (m.outside, m.count) == (uid, 1) else m
+                 for m in umaps]
+    pairs = ((umaps, uid, "uid"), (gmaps, gid, "gid"))
+    if all(len(maps) == 1 and (maps[0].outside, maps[0].count) == (own, 1)
+           for maps, own, _ in pairs):
+        return umaps, gmaps, False
+    for maps, own, which in pairs:
+        why = subids.refusal(which, maps, own, uid)
+        if why is not None:
+            raise why
+    return umaps, gmaps, True
 
 
 def check_uts_options(hostname: str | None, domainname: str | None) -> str:
@@ -222,9 +236,10 @@ def set_idmap(run: Runner, name: str, uid_map: str, gid_map: str | None = None) 
     """Steps: write the uid_map (and gid_map, default: the same ranges) of the environment's
     user namespace. Each map can be written once (user_namespaces(7))."""
     umaps = idmap.parse_map(uid_map, "--uid-map")
+    helper = False
     if run.rootless:
-        umaps, gmaps = check_own_ids(umaps, idmap.parse_map(gid_map, "--gid-map")
-                                     if gid_map else None)
+        umaps, gmaps, helper = rootless_maps(umaps, idmap.parse_map(gid_map, "--gid-map")
+                                             if gid_map else None)
     else:
         gmaps = idmap.parse_map(gid_map, "--gid-map") if gid_map else list(umaps)
     st = load(name, run, need="user")
@@ -236,7 +251,7 @@ def set_idmap(run: Runner, name: str, uid_map: str, gid_map: str | None = None) 
                                hint="each map can be written once: create the environment "
                                     "with --uid-map none to set the maps later")
     with lock_unless_explain(run, name):
-        write_maps(run, name, holder_of(st), umaps, gmaps)
+        write_maps(run, name, holder_of(st), umaps, gmaps, helper=helper)
 
 
 # --- veths and message queues ---------------------------------------------------------------
