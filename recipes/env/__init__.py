@@ -14,7 +14,13 @@ and every step under its usual name. The rooms behind it, each read on its own:
 * :mod:`recipes.env.configure` -- the steps that make and change one (record, ``ip netns``
   name, lo, hostname, id maps, veths, queues); :mod:`recipes.env.mounts` -- its mounts;
 * :mod:`recipes.env.enter` -- running a command inside (``env-exec``);
-* :mod:`recipes.env.remove` -- removal (``env-rm``) and leftovers (``cleanup``).
+* :mod:`recipes.env.remove` -- removal (``env-rm``) and leftovers (``cleanup``);
+* :mod:`recipes.env.subids` -- without root, ids of /etc/subuid ranges (newuidmap).
+
+Without root (``Runner.rootless``) the same steps run with a user namespace first that owns
+the others and a holder that alone keeps them; the record is in the user's own state
+directory (``$XDG_RUNTIME_DIR/nsrecipes``), so a user sees, enters and removes only their
+own environments, and root's never (nor root's ``cleanup`` a user's).
 """
 from __future__ import annotations
 
@@ -83,8 +89,10 @@ def create(run: Runner, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
     if run.rootless:
         run.say(owner_line())
         if added:
-            run.say(f"({' and '.join(added)} added to --ns: without root a user namespace "
-                    "owns the others, and the environment keeps a mount namespace of its own)")
+            why = {"user": "a user namespace owns the others",
+                   "mnt": "the holder keeps a mount namespace of its own"}
+            run.say(f"({' and '.join(added)} added to --ns: without root "
+                    f"{', and '.join(why[t] for t in added)})")
     record(run, name, types)
     try:
         rec = start_env_holder(run, name, types, map_root=run.rootless and uid_map is None)
