@@ -40,7 +40,7 @@ from nsutil import syscalls as sc
 from nsutil.backend import Placeholder, Runner, Step
 from nsutil.errors import CommandError, NsrError
 from nsutil.nstypes import NS_TYPES, NsType, flags_of, mntns_id, needs_fork
-from nsutil.rootless import UNSHARE_OPTIONS
+from nsutil.rootless import UNSHARE_OPTIONS, outside_gid, outside_uid
 
 from recipes.common.holder import holder_setup
 from recipes.env.state import (base_dir, bound_inodes, env_dir, env_entries, global_lock,
@@ -205,9 +205,8 @@ def _map_root_from_outside(pid: int) -> None:
     """``--map-root-user`` for process ``pid``, written by its parent (the owner of its user
     namespace): ``0 UID 1`` to uid_map, ``deny`` to setgroups, ``0 GID 1`` to gid_map."""
     from nsutil import idmap
-    uid, gid = os.geteuid(), os.getegid()
-    idmap.write_uid_map(pid, [idmap.IdMap(0, uid, 1)])
-    idmap.write_gid_map(pid, [idmap.IdMap(0, gid, 1)])
+    idmap.write_uid_map(pid, [idmap.IdMap(0, outside_uid(), 1)])
+    idmap.write_gid_map(pid, [idmap.IdMap(0, outside_gid(), 1)])
 
 
 def _bind_all(name: str, pid: int, types: Sequence[NsType]) -> None:

@@ -288,7 +288,7 @@ def holder_inodes(st: dict) -> dict[str, int]:
         link = _ns_link(str(h["pid"]), NS_TYPES[t].proc)
         if link:
             found[t] = int(link[link.index("[") + 1:-1])
-    return found if procfs.same_process(h) else {}
+    return found if procfs.same_process(h) else {}   # not another process's, reusing the pid
 
 
 def anchor_inodes(name: str, st: dict) -> dict[str, int]:
