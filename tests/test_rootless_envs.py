@@ -196,7 +196,8 @@ def test_env_idmap_veth_and_rootfs_as_a_user(user):
     ok(done[f"env-rm {name}"])
     ok(done[f"rootfs-busybox {rootfs}"])
     st = os.lstat(os.path.join(rootfs, "bin", "sh"))
-    assert st.st_uid == USER_UID and os.readlink(os.path.join(rootfs, "bin", "sh")) == "/bin/busybox"
+    assert st.st_uid == USER_UID
+    assert os.readlink(os.path.join(rootfs, "bin", "sh")) == "/bin/busybox"
     subprocess.run(["rm", "-rf", rootfs], check=True)
     assert_nothing_left(home, [row["pid"]])
 
@@ -260,7 +261,8 @@ def test_roots_cleanup_leaves_a_users_dead_environment_the_users_removes_it(sand
 
 
 def _dead_env_cleaned(box: Sandbox, home: str, name: str) -> None:
-    ok(_in_box(box, home, ["env-create", name, "--ns", "uts,net"])[f"env-create {name} --ns uts,net"])
+    made = _in_box(box, home, ["env-create", name, "--ns", "uts,net"])
+    ok(made[f"env-create {name} --ns uts,net"])
     record = box.path(f"{home}/run/nsrecipes/{name}/env.json")
     with open(record) as f:
         holder = json.load(f)["holder"]["pid"]

@@ -144,7 +144,8 @@ def _check_name_free(name: str, types: Sequence[NsType], *, rootless: bool = Fal
     if read_state(name) is not None or os.path.lexists(env_dir(name)):
         raise Conflict(f"environment {name!r} exists already",
                        hint=f"remove it first (invoke env-rm {name}) or pick another name")
-    if not rootless and any(t.name == "net" for t in types) and os.path.lexists(os.path.join(NETNS_RUN_DIR, name)):
+    if (not rootless and any(t.name == "net" for t in types)
+            and os.path.lexists(os.path.join(NETNS_RUN_DIR, name))):
         raise Conflict(f"network namespace {name!r} exists already (ip netns list)",
                        hint="pick another name: the environment's netns takes its name")
 
