@@ -12,12 +12,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from asuser import USER_UID, as_user, home, user_env, user_home  # noqa: F401 (a fixture)
+from asuser import USER_UID, as_user, home, user_env  # noqa: F401 (a fixture)
 from conftest import unprivileged_argv
 from helpers import ROOT
 from nsutil import procfs
