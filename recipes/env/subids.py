@@ -74,7 +74,8 @@ def refusal(which: str, maps: list[idmap.IdMap], own: int, uid: int) -> NsrError
     outside = [m.spec() for m in maps if not _covered(m, own, mine)]
     if outside:
         have = ", ".join(f"{s}-{s + c - 1}" for s, c in mine)
-        return NsrError(f"--{which}-map {spec}: {', '.join(outside)} lies outside your own "
+        which_ones = "it" if len(outside) == len(maps) else ", ".join(outside)
+        return NsrError(f"--{which}-map {spec}: {which_ones} lies outside your own "
                         f"{which} {own} and your {FILES[which]} ranges ({have})",
                         hint="map only ids of those ranges, or run as root")
     if shutil.which(HELPERS[which]) is None:
