@@ -22,11 +22,19 @@ Every build is checked with real UDP packets (a sample of pairs) before it is to
 
     .venv/bin/python bench/net_topo.py --hosts 300
     .venv/bin/python bench/net_topo.py --hosts 1000 --skip-tutorial
+
+``--rootless`` compares, at each size, nsrecipes native as root with nsrecipes native run by
+an unprivileged user (uid 65534 through setpriv, as tests/asuser.py does: a lab owned by a
+user namespace its holder keeps, see recipes.labs.userlab), alternately ``--repeat`` times
+in the same run; the goal is a rootless build and teardown within 1.2x of root's:
+
+    .venv/bin/python bench/net_topo.py --rootless --hosts 1000 --repeat 3
 """
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import shutil
 import subprocess
@@ -241,6 +249,86 @@ def run_iproute2(kind: str, hosts: int, scope: str) -> dict:
             "left": leftovers(f"nsr-{scope}-")}
 
 
+# --- without root ---------------------------------------------------------------------------
+
+USER_UID = 65534   #: the unprivileged user the rootless variant runs as
+
+
+def rootless_child(hosts: int, scope: str) -> int:
+    """In the user's process: build, check and tear down a native star; print the timings
+    as JSON (the parent cannot time a process of another user from outside fairly)."""
+    result = run_nsrecipes("native", hosts, scope)
+    holder = result["plan"].holder or {}
+    print(json.dumps({"build": result["build"], "teardown": result["teardown"],
+                      "check": result["check"], "kib": result["kib"],
+                      "holder": holder.get("pid")}))
+    return 0
+
+
+def run_rootless(hosts: int, scope: str) -> dict:
+    """The same as :func:`run_nsrecipes` native, by uid 65534 in a home of its own; what is
+    left afterwards: the user's state directory, and whether the holder still runs."""
+    import tempfile
+    home = tempfile.mkdtemp(prefix="nsr-bench-home-", dir="/tmp")
+    run_dir = os.path.join(home, "run")
+    os.mkdir(run_dir, 0o700)
+    for path in (home, run_dir):
+        os.chown(path, USER_UID, USER_UID)
+        os.chmod(path, 0o700)
+    env = {k: v for k, v in os.environ.items() if k not in ("NSR_STATE_DIR",)}
+    env.update(HOME=home, XDG_RUNTIME_DIR=run_dir, USER="nobody", LOGNAME="nobody")
+    argv = ["setpriv", f"--reuid={USER_UID}", f"--regid={USER_UID}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--", sys.executable,
+            os.path.abspath(__file__), "--rootless-child", str(hosts), scope]
+    try:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        if proc.returncode:
+            raise RuntimeError(f"rootless run failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        time.sleep(0.2)
+        alive = os.path.exists(f"/proc/{result['holder']}") and \
+            open(f"/proc/{result['holder']}/stat").read().split(")")[-1].split()[0] not in "ZX"
+        left = os.listdir(run_dir)
+        result["left"] = (len(left), int(alive))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return result
+
+
+def main_rootless(sizes: list[int], args: argparse.Namespace) -> int:
+    """Root native against rootless native at every size, alternately ``args.repeat`` times;
+    the best of each (the least disturbed by the other processes of a shared machine)."""
+    ok = True
+    print(f"\n{'hosts':>6} {'variant':<18} {'build s':>8} {'teardown s':>10} {'check':>7} "
+          f"{'left':>5}")
+    for n in sizes:
+        runs: dict[str, list[dict]] = {"root native": [], "rootless native": []}
+        for i in range(args.repeat):
+            for name, fn in (("root native", lambda: run_nsrecipes("native", n, "rr")),
+                             ("rootless native", lambda: run_rootless(n, "ru"))):
+                settle(args.settle)
+                print(f"{n} hosts: {name} ({i + 1}/{args.repeat}) ...", file=sys.stderr, flush=True)
+                runs[name].append(fn())
+        best = {}
+        for name, results in runs.items():
+            build = min(r["build"] for r in results)
+            down = min(r["teardown"] for r in results)
+            left = max(sum(r["left"]) for r in results)
+            best[name] = (build, down)
+            print(f"{n:>6} {name:<18} {build:8.2f} {down:10.3f} {results[-1]['check']:>7} "
+                  f"{left:>5}   (all builds: {' '.join('%.2f' % r['build'] for r in results)})")
+            ok = ok and not left
+        (rb, rd), (ub, ud) = best["root native"], best["rootless native"]
+        ratio = (ub + ud) / (rb + rd)
+        ok = ok and ratio <= 1.2
+        print(f"{n:>6} rootless/root: build {ub / rb:.2f}x, teardown {ud / rd:.2f}x, "
+              f"build+teardown {ratio:.2f}x")
+    print(f"goal: rootless build+teardown within 1.2x of root's, nothing left: "
+          f"{'met' if ok else 'MISSED'}")
+    return 0 if ok else 1
+
+
 # --- main -----------------------------------------------------------------------------------
 
 def run_size(n: int, args: argparse.Namespace) -> dict[str, dict]:
@@ -292,7 +380,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave IPv6 link-local autoconf on in every variant")
     ap.add_argument("--settle", type=float, default=3.0,
                     help="seconds to let the kernel free namespaces between variants")
+    ap.add_argument("--rootless", action="store_true",
+                    help="root native against rootless native (uid 65534) instead")
+    ap.add_argument("--repeat", type=int, default=1, help="with --rootless: runs of each")
+    ap.add_argument("--rootless-child", nargs=2, metavar=("HOSTS", "SCOPE"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.rootless_child:
+        return rootless_child(int(args.rootless_child[0]), args.rootless_child[1])
     if os.geteuid() != 0:
         print("bench/net_topo.py needs root", file=sys.stderr)
         return 2
@@ -303,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         args.tutorial_upto = 0
     sizes = [args.hosts] if args.hosts else [topo.check_hosts(s) for s in args.sizes.split(",")]
     print(f"bench/net_topo.py: {os.cpu_count()} CPUs, kernel {os.uname().release}")
+    if args.rootless:
+        return main_rootless(sizes, args)
     ok, summary = True, []
     for n in sizes:
         results = run_size(n, args)

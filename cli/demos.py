@@ -116,8 +116,13 @@ def time_demo(c, boottime="86400", monotonic="3600", backend=None, explain=False
 
 @nsr_task(lesson="shell")
 def net_demo(c, backend=None, explain=False):
-    """Network namespace: a new network namespace has only lo; shown down, then up."""
-    root_demo("net-demo", "net", backend, explain)
+    """Network namespace: a new network namespace has only lo; shown down, then up.
+
+    Without root the namespace is held by a process of a user namespace of your own (no name
+    under /run/netns, root's directory): recipes.net_rootless.
+    """
+    from nsutil.rootless import decide
+    root_demo("net-demo", "net_rootless" if decide() else "net", backend, explain)
 
 
 @nsr_task(help={"name": "name of the first namespace and of its veth end (default nsr-a; "
@@ -136,17 +141,20 @@ def net_veth(c, name="nsr-a", peer="nsr-b", addr="10.200.0.1/24", peer_addr="10.
 
     They stay (ip netns list shows them) until --delete. Idempotent: the same run again
     changes nothing; a name that exists otherwise fails with one line and touches nothing.
+    Without root the pair is a lab of its own: a holder's user namespace owns both
+    namespaces, named inside its mount namespace (net-exec NAME -- CMD goes in).
     """
     from recipes.common import pictures
     from recipes import veth
-    from nsutil.errors import InvalidInput, require_root
+    from nsutil.errors import InvalidInput
+    from nsutil.rootless import require_namespaces
     if draw:
         if delete:
             raise InvalidInput("--draw with --delete: there is nothing left to draw",
                                hint="draw when making the pair: net-veth --draw FILE.svg")
         pictures.check_path(draw)
     if not explain:
-        require_root("net-veth")
+        require_namespaces("net-veth")
     if name != "nsr-a" and peer == "nsr-b":
         print(f"--name {name} without --peer: {'its pair is' if delete else 'paired with'} "
               f"nsr-b, the default peer (--peer NAME chooses another)", flush=True)

@@ -28,7 +28,8 @@ from cli.common import command_argv, make_runner, nsr_task
                         "addresses and impairments; above 100 hosts a summary); with --show, "
                         "or with the --scope of a lab that is up, draw that one",
                 "etc_hosts": "write /etc/netns/NS/hosts so hosts reach each other by name "
-                             "(default on; skipped above 256 hosts)",
+                             "(default on; skipped above 256 hosts; without root one hosts "
+                             "file for the lab, over /etc/hosts in its mount namespace)",
                 "ipv6": "keep IPv6 link-local autoconf on the links (default off: on a big "
                         "bridge its multicast from every host floods every other)"})
 def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check=False,
@@ -43,9 +44,16 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
     lab.toml: [hosts.r1] router = true; [[links]] a = "web" b = "r1" (a_addr/b_addr, delay,
     jitter, loss, rate, corrupt, duplicate optional; subnet = "10.210.0.0/16" is the pool
     for automatic addresses).
+
+    Without root: a holder process's user namespace (you mapped to root) owns every
+    namespace of the lab; their names are pinned inside the lab's own mount namespace (not
+    /run/netns), its records are in $XDG_RUNTIME_DIR/nsrecipes. net-exec, net-link and
+    --check join it first; enter it yourself with nsenter -t HOLDER -U -m -n
+    --preserve-credentials (the holder's pid: --status). --down kills the holder, and the
+    lab goes with it. Labs across machines ([machines]) need root.
     """
     from recipes.labs import build as topo
-    from nsutil.errors import require_root
+    from nsutil.rootless import require_namespaces
     if draw:
         from recipes.common import pictures
         pictures.check_path(draw)
@@ -54,7 +62,7 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
         return
     if down:
         if not explain:
-            require_root("net-topo --down")
+            require_namespaces("net-topo --down")
         with make_runner(backend, explain, keep=True) as run:
             from recipes.labs.machines import controller as machines
             if not machines.down(run, scope) or not scope:
@@ -62,8 +70,10 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
         return
     plan = topo.plan_file(file, scope, ipv6) if file else topo.plan_shape(
         shape, hosts, scope, ipv6=ipv6, depth=depth, fanout=fanout)
+    if plan.machines:
+        _machines_need_root()
     if not explain:
-        require_root("net-topo")
+        require_namespaces("net-topo")
     if plan.machines:
         _net_topo_machines(plan, check, backend, explain)
         return
@@ -74,6 +84,10 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
                 + ", ".join(f"{h}={plan.hosts[h]}" for h in list(plan.hosts)[:3]))
         run.say(f"try: invoke net-exec {next(iter(plan.hosts))} -- ip addr; "
                 f"tear down: invoke net-topo --down --scope {plan.scope}")
+        if plan.holder is not None and not explain:
+            from recipes.labs import userlab
+            run.say(f"without root the lab is held by pid {plan.holder['pid']}; enter it: "
+                    f"{' '.join(map(str, userlab.join_argv(plan.holder['pid'])))} ip netns list")
         if draw and not explain:
             run.say(f"drew {pictures.topology(topo.show_data(plan), draw)}")
         if check:
@@ -82,6 +96,14 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
                 raise Exit(f"nsrecipes: check: {len(result['failed'])} of {result['pairs']} pairs "
                            "got no packets through or took a longer path (hint: see the list "
                            "above)", code=1)
+
+
+def _machines_need_root() -> None:
+    """Labs across machines stay root's: one line when a user asks for one."""
+    from nsutil import rootless
+    from nsutil.errors import NotRoot
+    if rootless.decide():
+        raise NotRoot("a lab across machines ([machines] in the lab file)")
 
 
 def _is_up(topo: Any, scope: str) -> bool:
@@ -126,7 +148,8 @@ def _show_topologies(topo: Any, scope: str | None, status: bool, as_json: bool,
     if status:
         for plan in plans:
             print(f"{plan.scope}  {plan.shape}  {len(plan.hosts)} hosts  "
-                  f"{' '.join(plan.all_netns()[:4])}{' ...' if len(plan.all_netns()) > 4 else ''}")
+                  f"{' '.join(plan.all_netns()[:4])}{' ...' if len(plan.all_netns()) > 4 else ''}"
+                  + _holder_note(plan))
         return
     if scope and not plans:
         from nsutil.errors import NotFound
@@ -147,6 +170,16 @@ def _show_topologies(topo: Any, scope: str | None, status: bool, as_json: bool,
             print("no topologies are up")
 
 
+def _holder_note(plan: Any) -> str:
+    """Without root: which process holds the lab (or that it is dead)."""
+    if plan.holder is None:
+        return ""
+    from recipes.labs import userlab
+    if userlab.alive(plan.holder):
+        return f"  (holder pid {plan.holder['pid']})"
+    return "  (dead: its holder is gone; `invoke cleanup` removes it)"
+
+
 @nsr_task(help={"host": "a host of a topology (h1, or its namespace nsr-SCOPE-h1) or an "
                         "nsrecipes namespace (nsr-a)",
                 "scope": "which topology, when several have that host"})
@@ -154,15 +187,18 @@ def net_exec(c, host, scope=None, backend=None, explain=False):
     """Run a command in a host's network namespace (invoke net-exec HOST -- CMD ARGS).
 
     Like `ip netns exec`: /etc/netns/NAME/hosts is seen as /etc/hosts, so hosts reach each
-    other by name. Exits with the command's status.
+    other by name. Without root it first joins the lab's user and mount namespaces (those
+    of its holder), where the lab's hosts file is /etc/hosts. Exits with the command's status.
     """
     from recipes.labs import build as topo
-    from nsutil.errors import require_root
+    from recipes.labs import userlab
+    from nsutil.rootless import require_namespaces
     argv = command_argv("net-exec", "HOST" if scope is None else f"HOST --scope {scope}")
     if not explain:
-        require_root("net-exec")
-    ns = topo.resolve_host(host, scope) if not explain else host
+        require_namespaces("net-exec")
     with make_runner(backend, explain, keep=True) as run:
+        ns = topo.resolve_host(host, scope, rootless=run.rootless) if not explain else host
+        userlab.enter_lab_of(run, ns)
         done = topo.exec_in(run, ns, argv, capture=False)
     if not explain and done.returncode:
         raise Exit(code=done.returncode)
@@ -194,7 +230,8 @@ def net_link(c, scope=None, link=None, delay=None, jitter=None, loss=None, rate=
     import json as _json
     from recipes.labs import impair
     from recipes.labs import build as topo
-    from nsutil.errors import InvalidInput, NotFound, require_root
+    from nsutil.errors import InvalidInput, NotFound
+    from nsutil.rootless import require_namespaces
     given = dict(delay=delay, jitter=jitter, loss=loss, rate=rate, corrupt=corrupt,
                  duplicate=duplicate)
     imp = impair.parse({k: v for k, v in given.items() if v is not None}, "net-link")
@@ -212,8 +249,9 @@ def net_link(c, scope=None, link=None, delay=None, jitter=None, loss=None, rate=
     links = [impair.find_link(plan, *ends)] if ends else plan.links
     if not explain:
         impair.require_netem(imp)
-        require_root("net-link")
+        require_namespaces("net-link")
     with make_runner(backend, explain, keep=True) as run:
+        topo.enter_lab(run, plan)
         if show:
             rows = impair.link_status(plan, links, run)
             if not explain:

@@ -8,11 +8,15 @@ from cli.common import current_lesson, nsr_task
 
 @nsr_task(lesson="step")
 def tour(c, backend=None, explain=False):
-    """All demos in the document's order, with headings: the main job. Needs root."""
+    """All demos in the document's order, with headings: the main job.
+
+    As root, or without root in a user namespace of your own (mapped to root inside, owning
+    every other namespace); what a user cannot do is said in one line where it is left out.
+    """
     from recipes import tour as t
-    from nsutil.errors import require_root
+    from nsutil.rootless import require_namespaces
     if not explain:
-        require_root("tour")
+        require_namespaces("tour")
     t.tour(backend=backend, explain=explain, lesson=current_lesson())
 
 
@@ -27,12 +31,13 @@ def cleanup(c, dry_run=False, all_=False):
     net-veth pairs and topologies, containers whose tool is gone, nsr cgroups with no process,
     nsr-cow-*/nsr-user-* scratch directories. Kept: live environments, complete pairs and
     topologies, running containers. A network namespace no nsrecipes record names is never
-    touched, whatever its name.
+    touched, whatever its name. Without root: only your own (your state directory's labs
+    whose holder died or was never finished, their holders); root's cleanup never sees them.
     """
     from recipes.ops import cleanup as cl
+    from nsutil import rootless
     from nsutil.errors import require_root
-    from nsutil.rootless import decide
-    if not decide():    # without root: the user's own records only (their state directory)
+    if not rootless.decide():     # a user cleans up the user's own (their state directory)
         require_root("cleanup")
     plan = cl.sweep(everything=all_)
     for line in cl.plan_lines(plan, dry_run):

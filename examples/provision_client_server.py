@@ -12,7 +12,13 @@ The recipes composed, step by step (each is also an ``invoke env-*`` task):
    environments' network namespaces only;
 5. both are removed when the ``with`` block ends (``env-rm``).
 
-Run it as root: ``python3 examples/provision_client_server.py [--backend shell|native]``.
+Run it as root, from the checkout, with the Python that has nsrecipes' dependencies -- the
+project's ``.venv`` that ``./bootstrap`` makes (the system ``python3`` lacks ``sh`` and
+``pyroute2``)::
+
+    .venv/bin/python examples/provision_client_server.py [--backend shell|native]
+
+or, where nsrecipes is installed with pip, that environment's ``python``.
 """
 from __future__ import annotations
 

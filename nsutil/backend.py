@@ -57,6 +57,8 @@ class _Undo:
 
 
 _undoing: list[_Undo] = []    #: one entry per undo stack running now (any thread)
+#: the rootless owner line was printed in this process (it is said once, not per Runner)
+_owner_said: list[bool] = []
 
 
 def undoing() -> bool:
@@ -194,8 +196,17 @@ class Runner:
             self.lesson.check()  # a stdin the learner cannot type on: refused before anything
 
     # -- output ---------------------------------------------------------------------------
+    def say_owner(self) -> None:
+        """Without root, once per process (in --explain too): which outside uid is "root"
+        in the user namespace that owns everything this run makes
+        (:func:`nsutil.rootless.owner_line`)."""
+        if self.rootless and not _owner_said:
+            _owner_said.append(True)
+            print(rootless.owner_line(), file=self.out, flush=True)
+
     def heading(self, text: str) -> None:
         """Print a section heading (in --explain too)."""
+        self.say_owner()
         print(f"\n== {text} ==", file=self.out, flush=True)
 
     def say(self, text: str = "") -> None:
@@ -221,6 +232,7 @@ class Runner:
     def run(self, step: Step) -> Any:
         """Run one step (or, under --explain, print it) and push its undo step."""
         self.count += 1
+        self.say_owner()
         self._pause(step)
         if self.explain:
             print(f"  [{self.count}] {step.title}\n      $ {step.command_line()}",

@@ -40,8 +40,13 @@ def _private_mount_namespace() -> None:
 
 
 def mount_in_new_namespace() -> str | None:
-    """A new mount namespace, / made private, a tmpfs mounted on /tmp (mount -t tmpfs)."""
+    """A new mount namespace, / made private, a tmpfs mounted on /tmp (mount -t tmpfs).
+    Without root, inside a user namespace of its own first, as every rootless run does."""
+    from . import rootless
+
     def child() -> None:
+        if rootless.decide():
+            rootless.become_root_in_userns()
         _private_mount_namespace()
         sc.mount("nsr-probe", SCRATCH, "tmpfs", 0, "size=64k")
     return attempt(child, "mount probe")

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from . import procfs
+from . import procfs, rootless
 from . import syscalls as sc
 from .errors import CommandError, CommandNotFound, NsrError, SyscallError
 from .nstypes import NS_TYPES, NsType, enter, ns_type
@@ -188,13 +188,17 @@ def _run_with_pidns(fn: Callable[[], Any]) -> Any:
 
 
 def spawn(fn: Callable[[], Any], flags: int, *,
-          before: Callable[[int], None] | None = None) -> Any:
+          before: Callable[[int], None] | None = None, userns_first: bool = False) -> Any:
     """The document's clone(): run ``fn`` in a new child in new namespaces; return its result.
 
     ``before(pid)`` runs in the parent after the child has unshared and before ``fn`` runs
-    (this is where a parent writes the child's uid_map/gid_map).
+    (this is where a parent writes the child's uid_map/gid_map). With ``userns_first``
+    (without root) the child first makes a user namespace with this user as its root, which
+    owns the namespaces of ``flags`` (``unshare --user --map-root-user``).
     """
     def child() -> Any:
+        if userns_first:
+            rootless.become_root_in_userns()
         sc.unshare(flags)
         if before is not None:
             write_all(ready_w, b"u")
@@ -441,7 +445,8 @@ def reap_forever(wake_every: float = 60) -> None:
 
 def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
                  before: Callable[[int], None] | None = None, detach: bool = False,
-                 quiet: bool = False, name: str = "nsr-holder") -> Holder:
+                 quiet: bool = False, name: str = "nsr-holder",
+                 userns_first: bool = False, userns_of: int | None = None) -> Holder:
     """Start a holder in new namespaces (the native ``unshare --fork ... sleep infinity``).
 
     ``before(pid)`` runs in the caller once the holder has unshared (write uid/gid maps
@@ -449,6 +454,11 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
     With ``detach`` the holder starts its own session, so it outlives the caller and ignores
     the terminal's Ctrl-C; with ``quiet`` its stdio goes to /dev/null and it keeps no other
     file of ours open (a daemon's fds). ``name`` is what ``ps`` shows for it.
+    With ``userns_first`` (without root) the holder first makes a user namespace with this
+    user as its root (``unshare --user --map-root-user``), which then owns the namespaces of
+    ``flags``; the Holder's flags include CLONE_NEWUSER, so joining it joins that first.
+    With ``userns_of`` (a holder's pid) it joins that process's user namespace instead, so
+    one user namespace owns the namespaces of both (``nsenter -t PID --user -- unshare ...``).
     """
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -472,6 +482,10 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
             os.setsid()
         signal.signal(signal.SIGINT, signal.SIG_IGN if detach else signal.SIG_DFL)
         try:
+            if userns_of is not None:
+                enter_all(userns_of, ["user"])
+            elif userns_first:
+                rootless.become_root_in_userns()
             sc.unshare(flags)
             if flags & sc.CLONE_NEWTIME:
                 # unshare(CLONE_NEWTIME) made the namespace for our children only; enter it
@@ -514,7 +528,8 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
         os.close(ready_r)
         os.close(go_w)
     if tag == b"R":
-        return Holder(pickle.loads(rest), pid, flags)
+        owned = userns_first or userns_of is not None
+        return Holder(pickle.loads(rest), pid, flags | (sc.CLONE_NEWUSER if owned else 0))
     kill_and_reap(pid, pid)
     if tag == b"E":
         raise pickle.loads(rest)

@@ -22,15 +22,16 @@ import socket
 import tempfile
 from typing import Any
 
-from nsutil import process
+from nsutil import process, rootless
 from nsutil import syscalls as sc
+from nsutil.rootless import require_namespaces
 from nsutil.backend import Placeholder, Runner, Step, derived
-from nsutil.errors import SyscallError, require_root
+from nsutil.errors import SyscallError
 from nsutil.names import check_hostname
 from nsutil.nstypes import NS_TYPES, available, enter, flags_of, ns_link, parse_types
 
 from recipes import uts
-from recipes.common.holder import start_holder, stop_holder
+from recipes.common.holder import join_types, nsenter_argv, start_holder, stop_holder
 
 SECTION = "4种操作namespace API的方式"
 #: user, cgroup, ipc, uts, net, pid, mnt, time: all eight where the kernel has them (time:
@@ -70,13 +71,14 @@ def clone_child(run: Runner, types: str = "uts,ipc") -> dict[str, str]:
     """Step: a new process in new namespaces of ``types``; returns its /proc/self/ns links."""
     ts = parse_types(types)
     flags = flags_of(ts)
-    argv = ["unshare", *[t.option for t in ts], "--fork", "--", "readlink",
+    first = list(rootless.UNSHARE_OPTIONS) if run.rootless else []
+    argv = ["unshare", *first, *[t.option for t in ts], "--fork", "--", "readlink",
             *[f"/proc/self/ns/{NS_TYPES[t].proc}" for t in TYPES]]
     return run.run(Step(f"clone(child_main, stack, {sc.flag_names(flags)}|SIGCHLD, NULL): "
                         "the child reads its /proc/self/ns links",
                         argv=argv,
                         native=lambda: process.spawn(lambda: {t: ns_link("self", t) for t in TYPES},
-                                                     flags),
+                                                     flags, userns_first=bool(run.rootless)),
                         parse=parse_links, placeholder=_links_placeholder()))
 
 
@@ -141,12 +143,14 @@ def file_inode(run: Runner, path: str) -> int:
 
 # --- 3. setns() --------------------------------------------------------------------------------
 
-def join_by_pid(run: Runner, pid: int | str) -> dict[str, str]:
-    """Step: setns() into the UTS namespace of ``pid`` and report hostname and link there."""
+def join_by_pid(run: Runner, holder: process.Holder) -> dict[str, str]:
+    """Step: setns() into the UTS namespace of ``holder`` (its user namespace first, when it
+    has one) and report hostname and link there."""
+    pid, types = holder.pid, join_types(holder, "uts")
     return run.run(Step(f"setns(open('/proc/{pid}/ns/uts'), CLONE_NEWUTS): join it, "
                         "then hostname; readlink /proc/self/ns/uts",
-                        argv=["nsenter", "-t", pid, "--uts", "--", "sh", "-c", NAME_AND_LINK],
-                        native=lambda: process.call_in(pid, ["uts"], _name_and_link),
+                        argv=nsenter_argv(pid, types, ["sh", "-c", NAME_AND_LINK]),
+                        native=lambda: process.call_in(pid, types, _name_and_link),
                         parse=_parse_name_and_link,
                         placeholder={"hostname": Placeholder("$NAME"), "link": Placeholder("$LINK")}))
 
@@ -175,16 +179,24 @@ def unshare_self(run: Runner) -> str:
     """
     def native() -> str:
         def child() -> str:
+            if run.rootless:
+                rootless.become_root_in_userns()
             sc.unshare(sc.CLONE_NEWUTS)
             return ns_link("self", "uts")
         return process.fork_call(child, "unshare(CLONE_NEWUTS)")
+    first = list(rootless.UNSHARE_OPTIONS) if run.rootless else []
     return run.run(Step("unshare(CLONE_NEWUTS) in the calling process, then readlink "
-                        "/proc/self/ns/uts", argv=["unshare", "--uts", "--", "readlink",
+                        "/proc/self/ns/uts", argv=["unshare", *first, "--uts", "--", "readlink",
                                                    "/proc/self/ns/uts"],
                         native=native, parse=str.strip, placeholder=Placeholder("uts:[$INODE]")))
 
 
 # --- the demo ----------------------------------------------------------------------------------
+
+#: what part 2 does as root that a user cannot (said in one line without root)
+KEEP_LEFT_OUT = ("keeping the namespace alive by bind-mounting /proc/PID/ns/uts onto a file, and "
+                 "setns() by that file (a user cannot mount in the host's mount namespace)")
+
 
 def _compare(a: dict[str, str], b: dict[str, str]) -> tuple[list[str], list[str]]:
     same = [t for t in TYPES if a.get(t) == b.get(t)]
@@ -206,7 +218,7 @@ def demo(run: Runner, hostname: str = "NewNamespace") -> dict:
     ``links``, ``same``, ``different``); ``setns`` (``by_pid``, ``holder_alive``,
     ``kept_inode``, ``by_file``); ``unshare`` (``after``, ``tool_after``)."""
     if not run.explain:
-        require_root("api-demo")
+        require_namespaces("api-demo")
     check_hostname(hostname)
     run.heading(f"{SECTION} -- four ways to use the namespace API")
     me = os.getpid()
@@ -232,17 +244,24 @@ def demo(run: Runner, hostname: str = "NewNamespace") -> dict:
         _table(run, host, links, f"pid {holder.pid}")
     result["proc_ns"] = {"holder_pid": holder.pid, "links": links, "same": same,
                          "different": different}
-    where = make_dir(run)
-    target = derived(f"{where}/uts", where)
-    keep_namespace(run, holder.pid, "uts", target)
-    run.say(f"bind-mounted /proc/{holder.pid}/ns/uts onto {target}: it keeps the namespace "
-            "open even without a process (see 3.)")
+    if run.rootless:
+        run.say(f"left out without root: {KEEP_LEFT_OUT}")
+    else:
+        where = make_dir(run)
+        target = derived(f"{where}/uts", where)
+        keep_namespace(run, holder.pid, "uts", target)
+        run.say(f"bind-mounted /proc/{holder.pid}/ns/uts onto {target}: it keeps the namespace "
+                "open even without a process (see 3.)")
 
     run.say("\n-- 3. setns(): join an existing namespace --\nint setns(int fd, int nstype);")
-    by_pid = join_by_pid(run, holder.pid)
-    run.say(f"$ nsenter -t {holder.pid} --uts -- sh -c '{NAME_AND_LINK}'\n"
+    by_pid = join_by_pid(run, holder)
+    joined = " ".join(map(str, nsenter_argv(holder.pid, join_types(holder, "uts"), [])))
+    run.say(f"$ {joined} sh -c '{NAME_AND_LINK}'\n"
             f"{by_pid['hostname']}\n{by_pid['link']}")
     stop_holder(run, holder)
+    if run.rootless:
+        result["setns"] = {"by_pid": by_pid, "left_out": KEEP_LEFT_OUT}
+        return _unshare_part(run, host, result)
     alive = holder.alive() if not run.explain else False
     kept = file_inode(run, target)
     by_file = join_by_file(run, target)
@@ -253,14 +272,20 @@ def demo(run: Runner, hostname: str = "NewNamespace") -> dict:
                 "by the bind mount")
     result["setns"] = {"by_pid": by_pid, "holder_alive": alive, "kept_inode": kept,
                        "by_file": by_file}
+    return _unshare_part(run, host, result)
 
+
+def _unshare_part(run: Runner, host: dict[str, str], result: dict[str, Any]) -> dict:
+    """Part 4 of :func:`demo` (unshare), then everything undone; returns ``result``."""
     run.say("\n-- 4. unshare(): the calling process moves into new namespaces --\n"
             "int unshare(int flags);    (目前docker还未使用此调用: Docker did not use it then)")
     after = unshare_self(run)
     tool_after = ns_link("self", "uts")
     if not run.explain:
         run.say(f"$ readlink /proc/self/ns/uts\n{host['uts']}")
-        run.say(f"$ unshare --uts -- readlink /proc/self/ns/uts\n{after}    <- a new UTS namespace")
+        first = "--user --map-root-user " if run.rootless else ""
+        run.say(f"$ unshare {first}--uts -- readlink /proc/self/ns/uts\n{after}    "
+                "<- a new UTS namespace")
         run.say(f"nsrecipes itself is still in {tool_after} (the unshare ran in a child)")
     result["unshare"] = {"after": after, "tool_after": tool_after}
     run.undo()

@@ -22,7 +22,7 @@ import socket
 from typing import Callable, Sequence
 
 from nsutil import cgroupfs
-from nsutil import process
+from nsutil import process, rootless
 from nsutil import syscalls as sc
 from nsutil.backend import Placeholder, Runner, Step, derived
 from nsutil.cgroupfs import Cgroup
@@ -32,7 +32,7 @@ from nsutil.names import PREFIX, scope_id
 from nsutil.nstypes import NsType, enter, flags_of, parse_types
 
 from recipes import cgroup as cgroup_recipe
-from recipes.common.holder import shell_holder, join_types, run_inside, stop_step
+from recipes.common.holder import join_types, run_inside, shell_holder, start_holder, stop_step
 
 SECTION = "cgroup namespace"
 BEYOND = "Linux 4.6+; beyond the document"
@@ -52,17 +52,23 @@ def start_prepared_holder(run: Runner, types: str, argv: Sequence, prepare: Call
     the native form, run inside the native holder (nsrecipes' ``sleep infinity``) before it
     holds: unshare(), and whatever must come before or right after it. The holder is what
     :func:`recipes.common.holder.start_holder` returns, so ``nsenter -t PID`` reaches it the same way.
+    Without root a user namespace with this user as its root comes first and owns them
+    (``unshare --user --map-root-user ...``; natively before ``prepare``).
     """
     ts: list[NsType] = parse_types(types)
-    flags = flags_of(ts)
+    first = bool(run.rootless)
+    flags = flags_of(ts) | (sc.CLONE_NEWUSER if first else 0)
+    argv = list(argv)
+    if first and argv[:1] == ["unshare"]:
+        argv[1:1] = list(rootless.UNSHARE_OPTIONS)
 
     def native() -> process.Holder:
-        held = process.spawn_holder(0, setup=prepare)
+        held = process.spawn_holder(0, setup=prepare, userns_first=first)
         held.flags = flags
         return held
 
-    holder = run.run(Step(title, argv=list(argv), native=native,
-                          shell=lambda a: shell_holder(a, ts, False),
+    holder = run.run(Step(title, argv=argv, native=native,
+                          shell=lambda a: shell_holder(a, ts, False, None, first),
                           placeholder=process.Holder(Placeholder("$PID"), Placeholder("$PID"),
                                                      flags)))
     holder.stop_step = stop_step(holder)  # type: ignore[attr-defined]
@@ -159,7 +165,9 @@ def demo(run: Runner) -> dict:
     cgroup path, a process inside sees ``/``, one outside that root a path with ``..``.
     Returns the three views (``host``, ``inside``, ``outside``: the 0:: paths; ``*_text``: the
     whole files), the cgroup's ``directory`` (``removed``), the caller's own v2 cgroup
-    (``own``) and the ``holder``'s pid."""
+    (``own``) and the ``holder``'s pid. Without root, see :func:`rootless_demo`."""
+    if run.rootless:
+        return rootless_demo(run)
     cg = plan_cgroup()
     run.heading(f"{SECTION} (CLONE_NEWCGROUP, {BEYOND}): /proc/self/cgroup shows /")
     me, prompt = os.getpid(), f"[root@{socket.gethostname()}]#"
@@ -190,3 +198,39 @@ def demo(run: Runner) -> dict:
     return {"host": v2_path(seen_host), "inside": v2_path(inside), "outside": v2_path(outside),
             "host_text": seen_host, "inside_text": inside, "outside_text": outside,
             "own": v2_path(own), "directory": directory, "removed": gone, "holder": holder.pid}
+
+
+#: what the demo leaves out without root (said in one line)
+CGROUP_LEFT_OUT = ("the scratch cgroup nsr-cgns-* as the namespace's root, and the view from "
+                   "outside that root (making a cgroup needs root or a cgroup delegated to you: "
+                   "systemd-run --user --scope -p Delegate=yes ...)")
+
+
+def rootless_demo(run: Runner) -> dict:
+    """Without root: a holder unshares its cgroup namespace where it is (the user's own
+    cgroup, which a user cannot leave): the host sees its real path, a process that joins
+    the namespace sees ``/``. Making a scratch cgroup is left out, in one line. Returns
+    ``host``, ``inside`` (the 0:: paths), their ``*_text``, ``own``, ``left_out`` and the
+    ``holder``'s pid."""
+    run.heading(f"{SECTION} (CLONE_NEWCGROUP, {BEYOND}): /proc/self/cgroup shows /")
+    me, prompt = os.getpid(), f"[root@{socket.gethostname()}]#"
+    own = read_text("/proc/self/cgroup") if not run.explain else ""
+    run.say(f"{prompt} cat /proc/self/cgroup      (nsrecipes, pid {me}, on the host)\n"
+            f"{own.rstrip()}")
+    run.say(f"left out without root: {CGROUP_LEFT_OUT}")
+    holder = start_holder(run, "cgroup", title="start a holder in a new cgroup namespace, "
+                          "rooted at the cgroup it is in (nsrecipes' own)")
+    seen_host = cat(run, derived(f"/proc/{holder.pid}/cgroup", holder.pid),
+                    "the host's view of the holder's cgroups")
+    run.say(f"{prompt} cat /proc/{holder.pid}/cgroup      (the holder, seen from the host)\n"
+            f"{seen_host.rstrip()}    <- its real place")
+    run.say("在新的cgroup namespace中 (inside the new cgroup namespace):")
+    inside = run_inside(run, holder, "cgroup", ["cat", "/proc/self/cgroup"],
+                        "join the cgroup namespace, then cat /proc/self/cgroup").stdout
+    run.say(f"{prompt} cat /proc/self/cgroup      (joined the holder's namespace)\n"
+            f"{inside.rstrip()}    <- the root: where the holder was when it unshared")
+    run.learner_shell(hint="cat /proc/self/cgroup (0::/); exit")
+    run.undo()
+    return {"host": v2_path(seen_host), "inside": v2_path(inside), "host_text": seen_host,
+            "inside_text": inside, "own": v2_path(own), "left_out": CGROUP_LEFT_OUT,
+            "holder": holder.pid}

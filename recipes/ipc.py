@@ -12,7 +12,7 @@ import socket
 
 from nsutil import process, sysvipc
 from nsutil.backend import Placeholder, Runner, Step
-from nsutil.errors import require_root
+from nsutil.rootless import require_namespaces
 
 from recipes import uts
 from recipes.common.holder import enter_argv, join_types, start_holder, stop_holder
@@ -58,7 +58,8 @@ def list_queues(run: Runner, holder: process.Holder | None = None, where: str = 
 def demo(run: Runner, hostname: str = "NewNamespace") -> dict:
     """The document's IPC demo: a queue made on the host is invisible in a new IPC
     namespace and still there after the child exits. Returns what was observed."""
-    require_root("ipc-demo")
+    if not run.explain:
+        require_namespaces("ipc-demo")
     run.heading(f"{SECTION} (CLONE_NEWIPC): semaphores, message queues, shared memory")
     host = socket.gethostname()
     run.say("1. 先创建一消息队列 (make a message queue on the host)")

@@ -29,11 +29,12 @@ from typing import Any, Callable
 
 from nsutil import mountinfo, process
 from nsutil import syscalls as sc
+from nsutil.rootless import require_namespaces
 from nsutil.backend import Placeholder, Runner, Step, derived
-from nsutil.errors import SyscallError, require_root
+from nsutil.errors import SyscallError
 from nsutil import shell as nshell
 
-from recipes.common.holder import enter_argv, start_holder, stop_holder
+from recipes.common.holder import enter_argv, join_types, start_holder, stop_holder
 
 SECTION = "mount namespace"
 
@@ -49,6 +50,12 @@ COLUMNS = ["origin", "shared", "slave", "shared-slave", "ss-peer", "private", "u
 #: (where a tmpfs is mounted, the mount point's name)
 EVENTS = [("origin", "m1"), ("shared", "m2"), ("slave", "m3"), ("shared-slave", "m4"),
           ("private", "m5")]
+
+
+#: what part 2 needs that a user does not have (said in one line without root)
+RPRIVATE_LEFT_OUT = ("part 2 binds the scratch directory on the host and makes it shared; a user "
+                     "cannot mount in the host's mount namespace (and the host's shared mounts "
+                     "reach a user's mount namespace only as slaves, so nothing propagates out)")
 
 
 def sub(base: str, *parts: str) -> str:
@@ -187,7 +194,7 @@ def _act(run: Runner, holder: process.Holder | None, title: str, argv: list,
     if holder is None:
         return run.run(Step(title, argv=argv, native=fn, undo=undo))
     return run.run(Step(title, argv=enter_argv(holder, "mnt", argv),
-                        native=lambda: process.call_in(holder.pid, ["mnt"], fn), undo=undo))
+                        native=lambda: process.call_in(holder.pid, join_types(holder, "mnt"), fn), undo=undo))
 
 
 def mount_tmpfs(run: Runner, holder: process.Holder | None, target: str,
@@ -207,7 +214,7 @@ def bind(run: Runner, holder: process.Holder | None, source: str, target: str,
                          argv=(["umount", "--lazy", target] if holder is None
                                else enter_argv(holder, "mnt", ["umount", "--lazy", target])),
                          native=lambda: (sc.umount(target, sc.MNT_DETACH) if holder is None else
-                                         process.call_in(holder.pid, ["mnt"],
+                                         process.call_in(holder.pid, join_types(holder, "mnt"),
                                                          lambda: sc.umount(target, sc.MNT_DETACH))))
     _act(run, holder, f"bind {source} onto {target} {where}",
          ["mount", "--bind", source, target],
@@ -248,7 +255,7 @@ def try_bind(run: Runner, holder: process.Holder, source: str, target: str) -> s
             except SyscallError as exc:
                 return str(exc)
             return None
-        return process.call_in(holder.pid, ["mnt"], attempt)
+        return process.call_in(holder.pid, join_types(holder, "mnt"), attempt)
 
     def shell(a: list[str]) -> str | None:
         done = nshell.run_full(a)
@@ -345,6 +352,9 @@ def rprivate_contrast(run: Runner, scratch: str, picture: bool = False) -> dict:
     peer group on both sides, before and after (``picture``: what :func:`recipes.common.pictures.mounts`
     draws as its part 2)."""
     run.say("\n-- 2. mount --make-rprivate / : mounts made inside stay inside --")
+    if run.rootless:
+        run.say(f"  left out without root: {RPRIVATE_LEFT_OUT}")
+        return {"left_out": RPRIVATE_LEFT_OUT}
     probe = sub(scratch, "probe")
     host_mkdir(run, probe)
     bind(run, None, scratch, scratch, "on the host (our scratch directory only)", undo=True)
@@ -392,19 +402,20 @@ def demo(run: Runner, draw: str | None = None) -> dict:
     if draw:
         pictures.check_path(draw)
     if not run.explain:
-        require_root("mount-demo")
+        require_namespaces("mount-demo")
     run.heading(f"{SECTION} (CLONE_NEWNS): mount points and their propagation")
     scratch = make_scratch(run)
     picture = bool(draw) and not run.explain
     part1 = propagation_states(run, scratch, picture=picture)
     part2 = rprivate_contrast(run, scratch, picture=picture)
-    if picture:
+    if picture and "picture" in part2:
         part1["picture"]["rprivate"] = part2.pop("picture")
     run.undo()
     clean = None
     if not run.explain:
         clean = not os.path.exists(scratch) and not _under(read_mountinfo(), scratch)
-        run.say(f"\nundone: holders stopped, host bind unmounted, {scratch} removed "
+        bind_note = "" if run.rootless else ", host bind unmounted"
+        run.say(f"\nundone: holders stopped{bind_note}, {scratch} removed "
                 f"({'nothing left' if clean else 'LEFT BEHIND'})")
     if part1.get("picture"):
         run.say(f"drew the peer groups into {pictures.mounts(part1['picture'], draw)}")

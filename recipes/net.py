@@ -139,10 +139,10 @@ def add_veth_pair(run: Runner, ifname: str, peer_ifname: str, *, ns: str | None 
         if cidr:
             run.run(Step(f"address {cidr} on {name} ({where or 'root'})",
                          argv=_ipn(where) + ["addr", "add", cidr, "dev", name],
-                         native=lambda w=where, n=name, c=cidr: _native_addr(w, n, c)))
+                         native=lambda w=where, n=name, c=cidr: native_addr(w, n, c)))
         run.run(Step(f"bring {name} up ({where or 'root'})",
                      argv=_ipn(where) + ["link", "set", "dev", name, "up"],
-                     native=lambda w=where, n=name: _native_up(w, n)))
+                     native=lambda w=where, n=name: native_up(w, n)))
 
 
 def veth_argv(ifname: str, peer_ifname: str, ns: str | None, peer_ns: str | None) -> list[str]:
@@ -187,13 +187,13 @@ def _index(ns: str | None, ifname: str) -> int:
                                             exc, hint="does the link exist?") from None
 
 
-def _native_addr(ns: str | None, ifname: str, cidr: str) -> None:
+def native_addr(ns: str | None, ifname: str, cidr: str) -> None:
     with nl.Rtnl(nl.rtnl_socket(ns)) as r:
         r.new_addr(_index(ns, ifname), cidr, f"ip addr add {cidr} dev {ifname}")
         r.flush()
 
 
-def _native_up(ns: str | None, ifname: str) -> None:
+def native_up(ns: str | None, ifname: str) -> None:
     with nl.Rtnl(nl.rtnl_socket(ns)) as r:
         r.set_link(nl.link_body(ifname, up=True), f"ip link set dev {ifname} up")
         r.flush()
@@ -227,19 +227,19 @@ def _del_link_step(ns: str | None, ifname: str) -> Step:
 def set_lo_up(run: Runner, ns: str) -> None:
     """Step: ``ip -n NS link set lo up``."""
     run.run(Step(f"bring lo up in {ns}", argv=["ip", "-n", ns, "link", "set", "dev", "lo", "up"],
-                 native=lambda: _native_up(ns, "lo")))
+                 native=lambda: native_up(ns, "lo")))
 
 
 def show_links(run: Runner, ns: str) -> list[dict]:
     """Step: ``ip -n NS -o link show``; returns [{name, up, state}] on both backends."""
     return run.run(Step(f"list the links of {ns}", argv=["ip", "-n", ns, "-o", "link", "show"],
-                        parse=_parse_links,
+                        parse=parse_links,
                         native=lambda: [{"name": ln["name"], "up": ln["up"]}
                                         for ln in nl.links(ns)],
                         placeholder=[]))
 
 
-def _parse_links(text: str) -> list[dict]:
+def parse_links(text: str) -> list[dict]:
     out = []
     for line in text.splitlines():
         parts = line.split(":", 2)
@@ -346,11 +346,12 @@ def remove_etc_netns(ns: str) -> bool:
 
 def demo(run: Runner, name: str | None = None) -> dict:
     """The document's network section: a new network namespace has only ``lo``, and it is
-    down; ``ip link set lo up`` brings it up. Returns what was observed."""
+    down; ``ip link set lo up`` brings it up. Returns what was observed. (Without root:
+    :mod:`recipes.net_rootless`.)"""
     name = name or prefixed(scope_id(), "demo")
     check_netns_name(name)
     run.heading(f"{SECTION} (CLONE_NEWNET): a new namespace has only lo")
-    host_links = _root_links()
+    host_links = root_links()
     run.say(f"the host's namespace has {len(host_links)} links: {', '.join(host_links[:6])}"
             f"{' ...' if len(host_links) > 6 else ''}")
     record_scratch_netns(run, [name])
@@ -375,7 +376,8 @@ def demo(run: Runner, name: str | None = None) -> dict:
 def pair_demo(run: Runner, addr: str = "10.199.0.1/24", peer_addr: str = "10.199.0.2/24") -> dict:
     """The document's veth pair ("类似管道": data in at one end comes out at the other),
     made for the tour and removed again: two new namespaces, a pair between them, real
-    packets both ways. ``net-veth`` makes one that stays. Returns what was observed."""
+    packets both ways. ``net-veth`` makes one that stays. Returns what was observed.
+    (Without root: :mod:`recipes.net_rootless`.)"""
     scope = scope_id()
     a, b = prefixed(scope, "a"), prefixed(scope, "b")
     run.heading(f"{SECTION} (CLONE_NEWNET): two namespaces joined by a veth pair")
@@ -443,7 +445,7 @@ def record_scratch_netns(run: Runner, names: list[str]) -> None:
 
 # --- cleanup --------------------------------------------------------------------------------
 
-def _root_links() -> list[str]:
+def root_links() -> list[str]:
     try:
         return sorted(os.listdir("/sys/class/net"))
     except OSError:
@@ -480,10 +482,13 @@ def leftovers() -> list[Leftover]:
     the network records; each ``remove()`` removes exactly that one."""
     found: list[Leftover] = []
     recorded = recorded_netns()
+    from nsutil import rootless
+    if rootless.decide():   # a user's namespaces are pinned in the user's labs, not here
+        return found + _state_leftovers()
     for name in nl.list_netns():
         if is_ours(name) or name in recorded:
             found.append(Leftover("netns", name, lambda n=name: _remove_netns(n)))
-    for name in _root_links():
+    for name in root_links():
         if is_ours(name):
             found.append(Leftover("link", name, lambda n=name: remove_root_link(n)))
     if os.path.isdir(ETC_NETNS):
@@ -491,6 +496,12 @@ def leftovers() -> list[Leftover]:
             if (is_ours(name) or name in recorded) and owns_etc_hosts(name):
                 found.append(Leftover("etc-netns", os.path.join(ETC_NETNS, name),
                                       lambda n=name: _remove_etc(n)))
+    return found + _state_leftovers()
+
+
+def _state_leftovers() -> list[Leftover]:
+    """Every file under the state directory's ``net/`` (records, a lab's hosts file)."""
+    found = []
     base = state.state_dir("net", create=False)
     if os.path.isdir(base):
         entries = sorted(os.listdir(base))

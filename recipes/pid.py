@@ -27,14 +27,16 @@ import struct
 from nsutil import process
 from nsutil import procfs
 from nsutil import syscalls as sc
+from nsutil import rootless
+from nsutil.rootless import require_namespaces
 from nsutil.backend import Placeholder, Runner, Step, derived
-from nsutil.errors import CommandError, NsrError, SyscallError, require_root
+from nsutil.errors import CommandError, NsrError, SyscallError
 from nsutil.nstypes import ns_inode, parse_types
 
 from nsutil.lesson import Inside
 
 from recipes import uts
-from recipes.common.holder import (nsenter_argv, read_back, spawn_background, start_holder, stop_holder,
+from recipes.common.holder import (join_types, nsenter_argv, read_back, spawn_background, start_holder, stop_holder,
                      unshare_argv)
 
 SECTION = "PID namespace"
@@ -192,7 +194,8 @@ def first_process(run: Runner, *, mount_proc: bool) -> dict:
     with it, a new mount namespace gets its own /proc and ``ps`` shows only the child's.
     """
     types = "uts,pid,mnt" if mount_proc else "uts,pid"
-    argv = ["unshare", "--uts", "--pid", "--fork"] + (["--mount", "--mount-proc"] if mount_proc else [])
+    argv = (["unshare"] + (list(rootless.UNSHARE_OPTIONS) if run.rootless else [])
+            + ["--uts", "--pid", "--fork"] + (["--mount", "--mount-proc"] if mount_proc else []))
     argv += ["--", "sh", "-c", ECHO_PS if mount_proc else ECHO_EXEC_PS]
     flags = sc.CLONE_NEWUTS | sc.CLONE_NEWPID | (sc.CLONE_NEWNS if mount_proc else 0)
 
@@ -206,7 +209,8 @@ def first_process(run: Runner, *, mount_proc: bool) -> dict:
             else "without remounting /proc (new PID namespace only)")
     return run.run(Step(f"clone a child into {types.upper().replace(',', '+')} namespaces "
                         f"({sc.flag_names(flags)}), {what}: hostname; echo $$; ps",
-                        argv=argv, native=lambda: process.spawn(probe, flags),
+                        argv=argv, native=lambda: process.spawn(probe, flags,
+                                                                userns_first=bool(run.rootless)),
                         parse=parse_echo_ps,
                         placeholder={"hostname": "NewNamespace", "self": Placeholder("$$"),
                                      "ps": []}))
@@ -221,13 +225,13 @@ def host_view(run: Runner, pid: int | str, title: str) -> list[int]:
 
 def ps_inside(run: Runner, holder: process.Holder, where: str) -> list[tuple[int, str]]:
     """Step: ``ps -e`` inside the holder's PID+mount namespaces (its own /proc)."""
-    argv = nsenter_argv(holder.pid, parse_types(PIDMNT), ["ps", "-e", "-o", "pid=,comm="])
+    types = join_types(holder, PIDMNT)
+    argv = nsenter_argv(holder.pid, types, ["ps", "-e", "-o", "pid=,comm="])
     # native: join both namespaces, fork once more (only children enter a PID namespace) and
     # read the /proc mounted there -- the reader is listed too, as ps lists itself
     return run.run(Step(f"list the processes {where} (ps -e, reading the /proc mounted there)",
                         argv=argv, parse=parse_ps, placeholder=[],
-                        native=lambda: process.call_in(holder.pid, ["pid", "mnt"],
-                                                       list_processes)))
+                        native=lambda: process.call_in(holder.pid, types, list_processes)))
 
 
 def _shell_nested(argv: list[str], outer: process.Holder) -> process.Holder:
@@ -255,7 +259,8 @@ def _shell_nested(argv: list[str], outer: process.Holder) -> process.Holder:
         raise
     finally:
         os.close(errfile)
-    return process.Holder(pid, parent, sc.CLONE_NEWPID | sc.CLONE_NEWNS)
+    return process.Holder(pid, parent, sc.CLONE_NEWPID | sc.CLONE_NEWNS
+                          | (outer.flags & sc.CLONE_NEWUSER))
 
 
 def _native_nested(outer: process.Holder) -> process.Holder:
@@ -269,7 +274,8 @@ def _native_nested(outer: process.Holder) -> process.Holder:
         os.close(r)
         process.set_comm("nsr-nsenter")  # the native `nsenter -t OUTER --pid --mount`
         try:
-            process.enter_all(outer.pid, ["pid", "mnt"])  # our children land in outer's PID ns
+            # our children land in outer's PID ns (its user namespace first, when it has one)
+            process.enter_all(outer.pid, join_types(outer, PIDMNT))
             held = process.spawn_holder(flags, setup=_private_proc)
             # P is in the host's PID namespace: fork() told it the host PID of its child
             payload: tuple = ("ok", held.parent)
@@ -299,7 +305,7 @@ def _native_nested(outer: process.Holder) -> process.Holder:
         raise
     finally:
         os.close(r)
-    return process.Holder(hold, pid, flags)
+    return process.Holder(hold, pid, flags | (outer.flags & sc.CLONE_NEWUSER))
 
 
 def _read_exact(fd: int, n: int) -> bytes:
@@ -315,17 +321,18 @@ def _read_exact(fd: int, n: int) -> bytes:
 def start_nested(run: Runner, outer: process.Holder) -> process.Holder:
     """Step: start a holder in new PID+mount namespaces nested in ``outer``'s; undo: stop it."""
     types = parse_types(PIDMNT)
-    argv = nsenter_argv(outer.pid, types, unshare_argv(types, mount_proc=True))
+    # without root, outer's user namespace is joined first and owns the nested ones too
+    argv = nsenter_argv(outer.pid, join_types(outer, types), unshare_argv(types, mount_proc=True))
     holder = run.run(Step(
         "inside it, start a process in a nested PID namespace (a grandchild of the host's)",
         argv=argv, native=lambda: _native_nested(outer),
         shell=lambda a: _shell_nested(a, outer),
         placeholder=process.Holder(Placeholder("$PID2"), Placeholder("$PID2"),
-                                   sc.CLONE_NEWPID | sc.CLONE_NEWNS)))
+                                   sc.CLONE_NEWPID | sc.CLONE_NEWNS | outer.flags & sc.CLONE_NEWUSER)))
     stop = Step(f"stop the nested holder (pid {holder.pid})", argv=["kill", "-KILL", holder.pid],
                 native=holder.stop, shell=lambda _a: holder.stop())
     run.defer(stop)
-    run.inside(Inside(holder.pid, ("pid", "mnt")))  # lessons: `s` at a later step enters it
+    run.inside(Inside(holder.pid, tuple(t.name for t in join_types(holder, PIDMNT))))  # lessons: `s` at a later step enters it
     return holder
 
 
@@ -350,13 +357,14 @@ def demo(run: Runner, draw: str | None = None) -> dict:
     if draw:
         pictures.check_path(draw)
     if not run.explain:
-        require_root("pid-demo")
+        require_namespaces("pid-demo")
     run.heading(f"{SECTION} (CLONE_NEWPID): process IDs")
     me = os.getpid()
     host = socket.gethostname()
     run.say(f"root@{host}:~# echo $$\n{me}")
+    first = "--user --map-root-user " if run.rootless else ""
     run.say(f"root@{host}:~# ./test_namespace    "
-            "(here: unshare --uts --pid --fork --mount --mount-proc -- sh)")
+            f"(here: unshare {first}--uts --pid --fork --mount --mount-proc -- sh)")
     own = first_process(run, mount_proc=True)
     if not run.explain:
         run.say(f"root@{own['hostname']}:~# echo $$\n{own['self']}    <- PID 1, as in the document")

@@ -17,7 +17,8 @@ import tempfile
 from nsutil import caps, idmap, process
 from nsutil import shell as nshell
 from nsutil.backend import Runner, Step
-from nsutil.errors import InvalidInput, require_root
+from nsutil.errors import InvalidInput
+from nsutil.rootless import require_namespaces
 from nsutil.names import check_id
 
 from recipes import uts
@@ -130,8 +131,10 @@ def demo(run: Runner, uid: int | str | None = None, gid: int | str | None = None
     # the kernel's rules for the maps, before anything is made (nsutil.idmap.check_maps)
     uid_map = idmap.check_maps([idmap.IdMap(0, outside, 1)], "--uid")
     gid_map = idmap.check_maps([idmap.IdMap(0, outside_gid, 1)], "--gid")
-    if me == 0 and not run.explain:
-        require_root("user-demo")      # a layer that refuses root namespaces: said before anything
+    if not run.explain:
+        # root: a layer that refuses namespaces; without root: a sysctl that refuses user
+        # namespaces -- said before anything is made
+        require_namespaces("user-demo")
     run.heading(f"{SECTION} (CLONE_NEWUSER): user and group IDs")
     run.say("程序开始：")
     holder = start_holder(run, "user,uts")

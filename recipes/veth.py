@@ -25,6 +25,7 @@ from nsutil.errors import Conflict, InvalidInput, NsrError
 from nsutil.lesson import Inside
 from nsutil.names import check_ifname
 
+from recipes.labs import userlab
 from recipes.net import (SECTION, add_veth_pair, check_addr, check_pair, create_netns, delete_netns,
                   drop_record, ip_of, record_first, record_path, records, set_lo_up,
                   write_etc_hosts)
@@ -88,7 +89,7 @@ def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
     :func:`veth_delete`. Returns what was done and observed."""
     addr, peer_addr = _validate_veth(name, peer, addr, peer_addr)
     run.heading(f"{SECTION}: two namespaces joined by a veth pair")
-    status = "absent" if run.explain else veth_status(name, peer, addr, peer_addr)
+    status = "absent" if run.explain else _status(run, name, peer, addr, peer_addr)
     if status == "same":
         run.say(f"nothing to do: {name} ({addr}) <-> {peer} ({peer_addr}) exist as asked")
         reachable = check_pair(run, name, addr, peer, peer_addr) if check else None
@@ -96,12 +97,17 @@ def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
         return {"changed": False, "name": name, "peer": peer, "reachable": reachable}
     record = {"name": name, "peer": peer, "addr": addr, "peer_addr": peer_addr}
     record_first(run, record_path(name), record, f"{name}<->{peer}")
+    entry = None
+    if run.rootless:     # a lab of its own: a holder's user namespace owns both namespaces
+        names = [(ip_of(addr), name), (ip_of(peer_addr), peer)]
+        entry = userlab.start_lab(run, record_path(name), names,
+                                  f"nsr-lab-{name}"[:15])
     create_netns(run, name)
     create_netns(run, peer)
     add_veth_pair(run, name, peer, ns=name, peer_ns=peer, addr=addr, peer_addr=peer_addr)
     set_lo_up(run, name)
     set_lo_up(run, peer)
-    if not run.explain:
+    if not run.explain and not run.rootless:
         for ns, other, entries in ((name, peer, [(ip_of(addr), name), (ip_of(peer_addr), peer)]),
                                    (peer, name, [(ip_of(peer_addr), peer), (ip_of(addr), name)])):
             if write_etc_hosts(ns, entries) is None:
@@ -113,11 +119,33 @@ def veth_create(run: Runner, name: str = "nsr-a", peer: str = "nsr-b",
                        hint="see `ip -n NAME addr`; is a firewall in the namespace?")
     run.say(f"{name} ({addr}) <-> {peer} ({peer_addr}): "
             f"{'packets go both ways' if reachable else 'not checked'}")
-    if not run.wants_shell:
+    if entry is not None:
+        userlab.mark_ready(run, record_path(name), entry)
+        enter = " ".join(map(str, userlab.join_argv(entry["pid"])))
+        run.say(f"they stay, in a lab of their own (holder pid {entry['pid']}): invoke net-exec "
+                f"{name} -- ip addr; {enter} ip netns list; "
+                f"remove with: invoke net-veth --name {name} --peer {peer} --delete")
+    elif not run.wants_shell:
         run.say(f"they stay: ip netns list; ip -n {name} addr; "
                 f"remove with: invoke net-veth --name {name} --peer {peer} --delete")
     _veth_shell(run, name, peer, peer_addr)
     return {"changed": True, "name": name, "peer": peer, "reachable": reachable}
+
+
+def _status(run: Runner, name: str, peer: str, addr: str, peer_addr: str) -> str:
+    """:func:`veth_status`; without root, in the pair's own lab (joined first when its
+    record names a holder that runs; a pair never made is absent, whatever the host has)."""
+    if not run.rootless:
+        return veth_status(name, peer, addr, peer_addr)
+    rec = _find_record(name) or _find_record(peer)
+    if rec is None:
+        return "absent"
+    if not userlab.alive(rec.get("holder")):
+        raise Conflict(f"{rec['name']}<->{rec['peer']} was made by nsrecipes but its lab is dead "
+                       "(its holder is gone)", hint=f"invoke net-veth --name {rec['name']} "
+                       f"--peer {rec['peer']} --delete, then again")
+    userlab.join(run, rec["holder"])
+    return veth_status(name, peer, addr, peer_addr)
 
 
 def _veth_shell(run: Runner, name: str, peer: str, peer_addr: str) -> None:
@@ -154,6 +182,11 @@ def veth_delete(run: Runner, name: str = "nsr-a", peer: str = "nsr-b") -> dict:
     if {rec["name"], rec["peer"]} != {name, peer}:
         raise Conflict(f"{name}<->{peer} is not a pair: nsrecipes made {rec['name']}<->{rec['peer']}",
                        hint=f"invoke net-veth --name {rec['name']} --peer {rec['peer']} --delete")
+    if run.rootless:     # the holder takes both namespaces (and the pair) along
+        run.run(userlab.teardown_step(record_path(rec["name"]), f"{rec['name']}<->{rec['peer']}",
+                                      2, lambda: rec.get("holder")))
+        run.say(f"deleted {rec['name']} and {rec['peer']}")
+        return {"changed": True}
     delete_netns(run, rec["name"])
     delete_netns(run, rec["peer"])
     if not run.explain:

@@ -6,23 +6,29 @@ from /usr/bin/python3 (a Python under /root, mode 700, would keep the user out).
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
 
+import leakcheck
 from conftest import unprivileged_argv
 from helpers import INVOKE, ROOT
 
 USER_UID = 65534
 
 
+@functools.lru_cache(maxsize=1)
 def venv_reachable() -> str | None:
-    """Why uid 65534 cannot run this checkout's venv (None: it can)."""
+    """Why uid 65534 cannot run this checkout's venv (None: it can). Asked once a session:
+    each answer costs a Python start (12 s in the emulated VM)."""
     python = os.path.join(os.path.dirname(INVOKE), "python")
     real = os.path.realpath(python)
     probe = subprocess.run(unprivileged_argv([python, "-c", "import invoke, nsutil"]),
@@ -34,19 +40,55 @@ def venv_reachable() -> str | None:
             "re-make .venv with ./bootstrap (from /usr/bin/python3)")
 
 
+class UserLeak(AssertionError):
+    """What a rootless test left: processes it started that outlived it, or records in its
+    user's runtime directory."""
+
+
+def leftovers(home: str) -> list[str]:
+    """What the test that used ``home`` left behind (see :mod:`leakcheck`), as lines."""
+    procs = leakcheck.started_with_home(home, USER_UID)
+    records = leakcheck.runtime_records(os.path.join(home, "run"))
+    return [f"process of uid {USER_UID}: {p}" for p in sorted(procs)] + \
+           [f"record: {r}" for r in sorted(records)]
+
+
+def _kill_leftovers(home: str) -> None:
+    """SIGKILL the processes this test started as uid 65534 and that are still there (only
+    those: :func:`leakcheck.started_with_home`), so a failed test leaves nothing running."""
+    for line in leakcheck.started_with_home(home, USER_UID):
+        try:
+            os.kill(int(line.split()[1]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @contextmanager
-def user_home() -> Iterator[str]:
+def user_home(check: bool = True) -> Iterator[str]:
     """A fresh home for uid 65534 (mode 0700, owned by it) with ``run/`` for its
-    ``XDG_RUNTIME_DIR``; removed afterwards, also when the test fails."""
+    ``XDG_RUNTIME_DIR``; removed afterwards, also when the test fails. With ``check``, what
+    the test left (processes it started that outlived it, records in ``run/nsrecipes``)
+    fails it -- after it is killed and removed, so nothing stays either way."""
     home = tempfile.mkdtemp(prefix="nsr-home-", dir="/tmp")
+    left: list[str] = []
     try:
         os.mkdir(os.path.join(home, "run"), 0o700)
         for path in (home, os.path.join(home, "run")):
             os.chown(path, USER_UID, USER_UID)
             os.chmod(path, 0o700)
         yield home
+        if check:
+            # a holder that is being killed right now may take a moment to go
+            deadline = time.monotonic() + 5
+            left = leftovers(home)
+            while left and time.monotonic() < deadline:
+                time.sleep(0.1)
+                left = leftovers(home)
     finally:
+        _kill_leftovers(home)
         shutil.rmtree(home, ignore_errors=True)
+    if left:
+        raise UserLeak("left behind by a run as uid 65534:\n  " + "\n  ".join(left))
 
 
 def user_env(home: str, **extra: str) -> dict:

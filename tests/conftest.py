@@ -5,6 +5,9 @@ The guard takes a snapshot of the host before the first test and after the last 
 a netns, link, mount, cgroup, IPC object, process, state or /tmp entry -- fails the run.
 Processes count only when they are this session's (it marks itself first) and nsrecipes'
 (its ``nsr-*`` names, records, cgroups, or new namespaces): another user's never do.
+Rootless runs (uid 65534, tests/asuser.py) are checked when each test's home goes: the
+processes that test started (this session's mark and its own HOME in their environment)
+and any record left in its runtime directory fail it, and nothing else is ever named.
 """
 from __future__ import annotations
 
@@ -19,6 +22,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import leakcheck  # noqa: E402
 
 _BEFORE: dict[str, set[str]] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-docs", action="store_true", default=False,
+                     help="docs tests (-m docs): write what the commands print now over the "
+                          "outputs README.md and docs/ show (tests/docscheck.py)")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

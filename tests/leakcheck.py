@@ -6,11 +6,18 @@ looks at: network namespaces, links in the root namespace, mounts, cgroups, stat
 all of them), and processes. A process counts only when it is this test session's (a
 descendant of the test process, or started with the session's mark in its environment:
 :func:`mark_session`) *and* nsrecipes-like: a fork of the test process, named ``nsr-*``
-(holders, their ``unshare`` parents, the native ``ps``/``nsenter``), recorded as a holder
-or container process under the state directory, in an ``nsr*`` cgroup, or in a namespace
+(holders, their ``unshare`` parents, the native ``ps``/``nsenter``, a detached container's
+``nsr-supervisor``), recorded as a holder or container process (a detached container's
+supervisor is its record's ``creator``; its log is in its state entry) under the state
+directory, in an ``nsr*`` cgroup, or in a namespace
 other than the test process's own. Another user's process is never reported, whatever its
 command line says; nor are the state entries, mounts and cgroups of an environment or
 container whose recorded processes run and are all someone else's (a concurrent run's).
+
+Rootless runs (uid 65534, :mod:`asuser`) are checked per test, when the test's home goes:
+:func:`started_with_home` names the processes the test started (this session's mark *and*
+the test's own HOME in their environment) and :func:`runtime_records` what is left in its
+runtime directory; the session check above still sees their ``/tmp/nsr*`` entries.
 """
 from __future__ import annotations
 
@@ -106,6 +113,13 @@ def _in_nsr_cgroup(pid: str) -> bool:
     return False
 
 
+def _start(pid: str) -> int:
+    """Field 22 of /proc/PID/stat: when it started (0 if it is gone)."""
+    raw = _read(f"/proc/{pid}/stat")
+    fields = raw.rsplit(b")", 1)[-1].split()
+    return int(fields[19]) if len(fields) > 19 else 0
+
+
 def _stat(pid: str) -> tuple[bytes, bytes, str] | None:
     """(comm, state, ppid) from /proc/PID/stat."""
     raw = _read(f"/proc/{pid}/stat")
@@ -127,6 +141,8 @@ class Session:
         self.parents = {pid: st[2] for pid, st in self.stats.items()}
         mark = os.environ.get(SESSION_VAR)
         self.mark = f"{SESSION_VAR}={mark}".encode() if mark else None
+        self.my_cmdline = _cmdline(self.me)
+        self.my_start = _start(self.me)
 
     def _descends(self, pid: str) -> bool:
         seen = set()
@@ -141,7 +157,12 @@ class Session:
         """True if ``pid`` is this session's."""
         if self._descends(pid):
             return True
-        return self.mark is not None and self.mark in _read(f"/proc/{pid}/environ").split(b"\0")
+        if self.mark is not None and self.mark in _read(f"/proc/{pid}/environ").split(b"\0"):
+            return True
+        # a fork of the test process that was re-parented (a detached container's
+        # supervisor, double-forked by the Python API): the mark set at run time is not in
+        # its /proc/PID/environ, which shows the environment the test process was exec'd with
+        return _cmdline(pid) == self.my_cmdline and _start(pid) >= self.my_start
 
     def foreign(self, pids: set[str]) -> bool:
         """True if some of ``pids`` run and none of those is this session's: what they
@@ -256,6 +277,41 @@ def snapshot() -> dict[str, set[str]]:
     snap["ipc"] = _ipc()
     snap["processes"] = processes(session)
     return snap
+
+
+def started_with_home(home: str, uid: int) -> set[str]:
+    """Processes of ``uid`` that this session started with ``home`` as their HOME (as
+    :mod:`asuser` starts the CLI: one fresh home per test), as ``pid N CMDLINE``. Both the
+    session's mark and that HOME must be in the environment, so another session's or
+    another test's process is never named, even of the same uid."""
+    session = Session()
+    want = f"HOME={home}".encode()
+    found = set()
+    for pid, (_comm, state, _ppid) in session.stats.items():
+        if state == b"Z":
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+        except OSError:
+            continue
+        env = _read(f"/proc/{pid}/environ").split(b"\0")
+        if want in env and session.mark is not None and session.mark in env:
+            text = _cmdline(pid).replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+            found.add(f"pid {pid} {text}")
+    return found
+
+
+def runtime_records(run_dir: str) -> set[str]:
+    """What is left in a test user's state directory (``RUN_DIR/nsrecipes``): nsrecipes
+    removes it once nothing of its own is left, so every entry is a leak."""
+    base = os.path.join(run_dir, "nsrecipes")
+    if not os.path.isdir(base):
+        return set()
+    found = set()
+    for root, dirs, files in os.walk(base):
+        found.update(os.path.join(root, n) for n in dirs + files)
+    return found or {base}
 
 
 def new_since(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, set[str]]:

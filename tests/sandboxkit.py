@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -25,14 +26,17 @@ GRACE = 3600
 LONG_AGO = 2 * GRACE                 # older than that grace
 
 
-def _private_view(cgroup_dir: str) -> Callable[[], None]:
+def _private_view(cgroup_dir: str | None,
+                  hidden: tuple[tuple[str, str], ...] = HIDDEN) -> Callable[[], None]:
     """What the sandbox holder does in its new mount namespace: fresh tmpfs over the
-    directories cleanup scans, and ``cgroup_dir`` as the only cgroup hierarchy."""
+    directories in ``hidden``, and ``cgroup_dir`` (if given) as the only cgroup hierarchy."""
     def setup() -> None:
         sc.make_propagation("/", "private", recursive=True)   # nothing below reaches the host
-        for target, mode in HIDDEN:
+        for target, mode in hidden:
             if os.path.isdir(target):
                 sc.mount("nsr-sandbox", target, "tmpfs", 0, f"mode={mode}")
+        if cgroup_dir is None:
+            return
         staging = "/tmp/.nsr-cgroup"                          # on the fresh /tmp
         os.mkdir(staging)
         sc.mount(cgroup_dir, staging, None, sc.MS_BIND)
@@ -48,6 +52,7 @@ class Sandbox:
 
     holder: process.Holder
     cgroup: str
+    state: str = STATE               # the state directory the CLI is given inside
 
     def enter(self) -> list[str]:
         """The ``nsenter`` prefix that runs a command inside."""
@@ -60,7 +65,7 @@ class Sandbox:
     def cli(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         """``invoke ARGS`` inside, with the sandbox's state directory (``env`` adds to, or
         with ``NSR_STATE_DIR: None`` takes from, the environment it runs with)."""
-        full = {"NSR_STATE_DIR": STATE, "TMPDIR": "/tmp", "NSR_CLEANUP_GRACE": str(GRACE),
+        full = {"NSR_STATE_DIR": self.state, "TMPDIR": "/tmp", "NSR_CLEANUP_GRACE": str(GRACE),
                 **(env or {})}
         return cli(*args, env={k: v for k, v in full.items() if v is not None},
                    prefix=self.enter(), unset=[k for k, v in full.items() if v is None])
@@ -74,28 +79,47 @@ class Sandbox:
         return set(os.listdir(self.path("/run/netns")))
 
 
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    hidden = checkout_under(*(d for d, _ in HIDDEN))
-    if hidden:
-        pytest.fail(f"the checkout is under {hidden}, which this sandbox replaces with a fresh "
+@contextmanager
+def open_sandbox(hidden: tuple[tuple[str, str], ...] = HIDDEN, own_cgroups: bool = True,
+                 state: str = STATE) -> Iterator[Sandbox]:
+    """A sandbox whose ``hidden`` directories are fresh tmpfs; with ``own_cgroups`` it sees
+    only a v2 cgroup of its own and ends with ``cleanup --all`` (which then reaches only
+    what the sandbox holds); without, it sees the host's cgroups and the caller undoes
+    what it made (``cleanup --all`` there could reach a concurrent run's cgroups). ``state``
+    is the state directory its CLI calls are given."""
+    shadowed = checkout_under(*(d for d, _ in hidden))
+    if shadowed:
+        pytest.fail(f"the checkout is under {shadowed}, which this sandbox replaces with a fresh "
                     "tmpfs: clone the project somewhere else (e.g. /opt or your home)")
-    layout = cgroupfs.detect()
-    if layout.v2 is None:
-        pytest.skip("no cgroup v2 hierarchy: the sandbox's cgroup view needs one")
+    cg = None
+    if own_cgroups:
+        layout = cgroupfs.detect()
+        if layout.v2 is None:
+            pytest.skip("no cgroup v2 hierarchy: the sandbox's cgroup view needs one")
+        cg = os.path.join(layout.v2, f"nsr-sbx-{scope_id()}")
     os.makedirs("/run/netns", exist_ok=True)    # as `ip netns add` would make it
-    cg = os.path.join(layout.v2, f"nsr-sbx-{scope_id()}")
-    os.mkdir(cg)
+    if cg is not None:
+        os.mkdir(cg)
     holder = None
     try:
         holder = process.spawn_holder(sc.CLONE_NEWNS | sc.CLONE_NEWNET, quiet=True,
-                                      setup=_private_view(cg))
-        cgroupfs.write_file(os.path.join(cg, "cgroup.procs"), holder.pid)  # in use meanwhile
-        box = Sandbox(holder, cg)
+                                      setup=_private_view(cg, hidden))
+        box = Sandbox(holder, cg or "", state)
+        if cg is not None:
+            cgroupfs.write_file(os.path.join(cg, "cgroup.procs"), holder.pid)  # in use meanwhile
         yield box
-        final = box.cli("cleanup", "--all")          # only the sandbox's, whatever failed
-        assert final.returncode == 0, final.stdout + final.stderr
+        if cg is not None:
+            final = box.cli("cleanup", "--all")      # only the sandbox's, whatever failed
+            assert final.returncode == 0, final.stdout + final.stderr
     finally:
         if holder is not None:
             holder.stop()
-        cgroupfs.remove_dir(cg)
+        if cg is not None:
+            cgroupfs.remove_dir(cg)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    """A sandbox with a cgroup of its own (see :func:`open_sandbox`)."""
+    with open_sandbox() as box:
+        yield box

@@ -168,9 +168,11 @@ def test_limits_are_in_force():
     assert seen == LIMITS, seen
     assert result["code"][0] == 0
     # memory: a string doubling to 128 MiB at most (bounded) under a 32M limit is OOM-killed
-    code, _, _ = run_ct("native", ["awk", 'BEGIN { s = "xxxxxxxx"; for (i = 0; i < 24; i++) '
-                                          's = s s; print length(s) }'], memory="32M")
-    assert code == 128 + signal.SIGKILL
+    # (exit status 137, and one line saying it was the OOM killer)
+    with pytest.raises(container.ContainerOOM, match="OOM killer") as oom:
+        run_ct("native", ["awk", 'BEGIN { s = "xxxxxxxx"; for (i = 0; i < 24; i++) '
+                                 's = s s; print length(s) }'], memory="32M")
+    assert oom.value.exit_code == 128 + signal.SIGKILL
 
 
 def test_pids_limit_stops_a_fork_bomb_inside():

@@ -528,10 +528,11 @@ def test_backend_choice():
 
 def test_shell_holder_failure_quotes_unshare_stderr():
     """recipes.common.holder.spawn_background keeps unshare's stderr off the terminal, but a failed
-    start still quotes it (run as an unprivileged user, where unshare is refused)."""
+    start still quotes it (run as an unprivileged user, where unshare is refused: the Runner
+    is told the run is not rootless, so no user namespace comes first)."""
     code = ("import io\nfrom nsutil.backend import Runner\nfrom nsutil.errors import NsrError\n"
             "from recipes.common.holder import start_holder\n"
-            "try:\n    with Runner(backend='shell', out=io.StringIO()) as run:\n"
+            "try:\n    with Runner(backend='shell', out=io.StringIO(), rootless=False) as run:\n"
             "        start_holder(run, 'uts')\n"
             "except NsrError as exc:\n    print(exc)\n")
     proc = _run_python_unprivileged(code)

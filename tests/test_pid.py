@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from helpers import as_nobody, cli, one_line_error
+from helpers import cli, one_line_error
 from nsutil import process, procfs
 from nsutil import syscalls as sc
 from nsutil.backend import Runner
@@ -119,4 +119,3 @@ def test_cli_explain_and_bad_backend():
     assert "$ unshare --pid" in proc.stdout and "[undo]" in proc.stdout
     line = one_line_error(cli("pid-demo", "--backend", "bogus"))
     assert "bogus" in line
-    assert "pid-demo needs root" in one_line_error(as_nobody("pid-demo"))

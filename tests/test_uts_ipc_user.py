@@ -109,12 +109,6 @@ def test_user_demo_unprivileged_cannot_map_other_uid():
     assert "only your own ids" in line
 
 
-@pytest.mark.parametrize("task", ["uts-demo", "ipc-demo", "tour"])
-def test_root_needed_one_line(task):
-    line = one_line_error(as_nobody(task))
-    assert "needs root" in line
-
-
 @pytest.mark.userspace
 @pytest.mark.parametrize("args, words", [
     (["uts-demo", "--hostname", "x" * 65], "limit is 64"),
@@ -179,16 +173,20 @@ def test_doctor_table():
     assert "hybrid" in proc.stdout or "v2" in proc.stdout or "v1" in proc.stdout
 
 
-def test_doctor_fails_when_something_is_missing():
+def test_doctor_without_root():
+    """As a user, not being root is a warning (the tasks run in user namespaces of the
+    user's own), naming what needs the host's root; the user namespace row is the one that
+    counts (tests/test_rootless_demos.py sees it refused)."""
     proc = as_nobody("doctor")
-    assert proc.returncode == 1
     lines = proc.stdout.splitlines()
     rows = [i for i, ln in enumerate(lines) if ln.split("  ")[0] == "root"]  # not "root mount"
     assert len(rows) == 1, proc.stdout
-    assert lines[rows[0]].split()[:4] == ["root", "MISSING", "euid", "65534"]
-    assert lines[rows[0] + 1].split() == ["blocks:", "every", "demo", "but", "user-demo"]
-    assert lines[rows[0] + 2].split() == ["fix:", "run", "as", "root", "(sudo)"]
-    assert proc.stderr.startswith("nsrecipes: doctor: blocked by root"), proc.stderr
+    assert lines[rows[0]].split()[:4] == ["root", "warn", "euid", "65534"]
+    assert lines[rows[0] + 1].split()[:5] == ["blocks:", "what", "needs", "the", "host's"]
+    assert lines[rows[0] + 2].split()[:5] == ["fix:", "run", "as", "root", "(sudo)"]
+    userns = [ln for ln in lines if ln.startswith("unprivileged user namespace ")]
+    assert len(userns) == 1 and userns[0].split()[3] == "ok", userns
+    assert "blocked by root" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.userspace

@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Sequence
 
 from nsutil import process
 from nsutil import procfs
+from nsutil import rootless
 from nsutil.backend import Placeholder, Runner, Step
 from nsutil.errors import CommandError, InvalidInput, NsrError
 from nsutil.lesson import Inside
@@ -21,13 +22,16 @@ from nsutil import syscalls as sc
 
 
 def unshare_argv(types: Sequence[NsType], *, mount_proc: bool = False,
-                 propagation: str = "private") -> list[str]:
+                 propagation: str = "private", userns_first: bool = False) -> list[str]:
     """``unshare --uts --pid --fork [--mount-proc] -- sleep infinity`` for ``types``.
 
     ``propagation`` (mount namespaces only): ``private`` is unshare's default (``--mount``
     makes ``/`` rprivate); ``unchanged``/``shared``/``slave`` add ``--propagation``.
+    ``userns_first`` (without root): ``--user --map-root-user`` come first, so a user
+    namespace with this user as its root owns every other namespace.
     """
-    argv = ["unshare"] + [t.option for t in types]
+    argv = ["unshare"] + (list(rootless.UNSHARE_OPTIONS) if userns_first else [])
+    argv += [t.option for t in types]
     if propagation != "private" and any(t.name == "mnt" for t in types):
         argv.append(f"--propagation={propagation}")
     if needs_fork(types):
@@ -54,8 +58,10 @@ def holder_setup(types: Sequence[NsType], mount_proc: bool,
 
 
 def shell_holder(argv: list[str], types: Sequence[NsType], detach: bool,
-                  before=None) -> process.Holder:
-    """Start ``unshare ... sleep infinity`` in the background; find the process holding."""
+                  before=None, userns_first: bool = False) -> process.Holder:
+    """Start ``unshare ... sleep infinity`` in the background; find the process holding.
+    ``userns_first``: the argv begins with ``--user --map-root-user`` (its user namespace
+    is the holder's too)."""
     parent, errfile = spawn_background(argv, detach=detach)
     probe = types[0]
     mine = ns_inode("self", probe)
@@ -82,7 +88,8 @@ def shell_holder(argv: list[str], types: Sequence[NsType], detach: bool,
         raise
     finally:
         os.close(errfile)
-    return process.Holder(pid, parent, flags_of(types))
+    return process.Holder(pid, parent,
+                          flags_of(types) | (sc.CLONE_NEWUSER if userns_first else 0))
 
 
 def spawn_background(argv: Sequence[str], *, detach: bool = False) -> tuple[int, int]:
@@ -128,30 +135,62 @@ def start_holder(run: Runner, types: str | Iterable[NsType], *, mount_proc: bool
     ``setup()`` runs inside the native holder (the shell form does that through nsenter).
     ``propagation`` of a new mount namespace's ``/``: ``private`` (unshare's default) or
     ``unchanged`` (keep the host's peer groups; see :mod:`recipes.mount`), ``shared``, ``slave``.
+
+    Without root (``run.rootless``) and no user namespace among ``types``, a user namespace
+    with this user as its root comes first and owns the others (``unshare --user
+    --map-root-user ...``; native: :func:`nsutil.rootless.become_root_in_userns`); joining
+    the holder later joins that user namespace first (:func:`join_types`).
     """
     if propagation not in ("private", "unchanged", "shared", "slave"):
         raise InvalidInput(f"unknown propagation {propagation!r}",
                            hint="choose private, unchanged, shared or slave")
     types = parse_types(types) if isinstance(types, str) else list(types)
-    argv = unshare_argv(types, mount_proc=mount_proc, propagation=propagation)
+    userns_first = bool(run.rootless) and not any(t.name == "user" for t in types)
+    argv = unshare_argv(types, mount_proc=mount_proc, propagation=propagation,
+                        userns_first=userns_first)
     native_setup = holder_setup(types, mount_proc, propagation)
+    flags = flags_of(types) | (sc.CLONE_NEWUSER if userns_first else 0)
 
     def native() -> process.Holder:
         def both() -> None:
             native_setup()
             if setup is not None:
                 setup()
-        return process.spawn_holder(flags_of(types), setup=both, before=before, detach=detach)
+        return process.spawn_holder(flags_of(types), setup=both, before=before, detach=detach,
+                                    userns_first=userns_first)
 
+    owned = "a new user namespace and, owned by it, " if userns_first else ""
     holder = run.run(Step(
-        title or f"start a process in new {'+'.join(t.name.upper() for t in types)} namespaces "
-                 f"({sc.flag_names(flags_of(types))})",
-        argv=argv, native=native, shell=lambda a: shell_holder(a, types, detach, before),
-        placeholder=process.Holder(Placeholder("$PID"), Placeholder("$PID"), flags_of(types)),
+        title or f"start a process in {owned}new "
+                 f"{'+'.join(t.name.upper() for t in types)} namespaces "
+                 f"({sc.flag_names(flags)})",
+        argv=argv, native=native, shell=lambda a: shell_holder(a, types, detach, before, userns_first),
+        placeholder=process.Holder(Placeholder("$PID"), Placeholder("$PID"), flags),
     ))
     holder.stop_step = stop_step(holder)  # type: ignore[attr-defined]
     run.defer(holder.stop_step)  # type: ignore[attr-defined]
     run.inside(Inside(holder.pid, tuple(t.name for t in join_types(holder, types))))  # lessons
+    return holder
+
+
+def start_holder_beside(run: Runner, outer: process.Holder, types: str) -> process.Holder:
+    """Step: start a holder of new namespaces of ``types`` owned by ``outer``'s user
+    namespace (``nsenter -t OUTER --user --preserve-credentials -- unshare --net -- sleep
+    infinity``), so that root there may act on both (a veth pair between them); undo: stop it.
+    Without root, two holders of :func:`start_holder` would have two user namespaces, and
+    neither would be root in the other's network namespace."""
+    ts = parse_types(types)
+    argv = nsenter_argv(outer.pid, parse_types("user"), unshare_argv(ts))
+    holder = run.run(Step(
+        f"start a process in new {'+'.join(t.name.upper() for t in ts)} namespaces owned by "
+        f"the user namespace of pid {outer.pid}",
+        argv=argv, shell=lambda a: shell_holder(a, ts, False, None, True),
+        native=lambda: process.spawn_holder(flags_of(ts), userns_of=outer.pid),
+        placeholder=process.Holder(Placeholder("$PID2"), Placeholder("$PID2"),
+                                   flags_of(ts) | sc.CLONE_NEWUSER)))
+    holder.stop_step = stop_step(holder)  # type: ignore[attr-defined]
+    run.defer(holder.stop_step)  # type: ignore[attr-defined]
+    run.inside(Inside(holder.pid, tuple(t.name for t in join_types(holder, ts))))  # lessons
     return holder
 
 
@@ -185,10 +224,10 @@ def enter_argv(holder: process.Holder, types: str | Iterable[NsType], argv: Sequ
 def nsenter_argv(pid: int | str, types: Sequence[NsType], argv: Sequence[str]) -> list[str]:
     """``nsenter -t PID --uts ... -- argv``."""
     opts = [t.option for t in types]
-    if "--user" in opts and os.geteuid() != 0:
+    if "--user" in opts and rootless.decide():
         # unprivileged: our own uid is the one mapped to 0 inside; nsenter's default
         # setgroups()+setuid(0) fails where setgroups is denied
-        opts.append("--preserve-credentials")
+        opts = list(rootless.NSENTER_OPTIONS) + [o for o in opts if o != "--user"]
     return ["nsenter", "-t", pid] + opts + ["--"] + list(argv)
 
 

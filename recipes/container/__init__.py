@@ -50,8 +50,9 @@ from recipes import cgroup as cgroup_recipe
 from recipes.container import rootfs as rootfs_recipe
 from recipes.common import upperfs
 from recipes.container.run import SETUP_FAILED, start, wait  # noqa: F401 (public API)
+from recipes.container import ids
 from recipes.container.spec import (PATH, CommandNotExecutable, CommandNotFound,  # noqa: F401
-                            ContainerTimeout, Spec, find_command, make_spec, settle)
+                            ContainerOOM, ContainerTimeout, Spec, find_command, make_spec, settle)
 from recipes.container.state import Container, leftovers, recorded_cgroups  # noqa: F401
 from recipes.cow import remove_tree
 
@@ -89,8 +90,12 @@ def make_dirs(run: Runner, spec: Spec, fs: upperfs.Fs | None = None) -> str:
             try:
                 os.mkdir(d, 0o700 if d == cdir else 0o755)
             except FileExistsError:
-                raise NsrError(f"container directory {d} exists", errno_name="EEXIST",
-                               hint="another container has that name; run `invoke cleanup`") from None
+                raise ids.name_in_use(spec.name) from None
+
+    def mkdir_shell(argv: list[str]) -> None:
+        if os.path.lexists(cdir):   # mkdir would say only "File exists"
+            raise ids.name_in_use(spec.name)
+        nshell.run(argv)
 
     def held(make: Callable[[], object]) -> None:
         with locked(shared=True):    # a concurrent prune() cannot remove the state dir now
@@ -99,7 +104,7 @@ def make_dirs(run: Runner, spec: Spec, fs: upperfs.Fs | None = None) -> str:
     run.run(Step(f"make the container directory {cdir}" + ("" if on_tmpfs else
                  " (overlay upper, work, merged)"), argv=["mkdir"] + first,
                  native=lambda: held(lambda: mkdirs(first)),
-                 shell=lambda argv: held(lambda: nshell.run(argv)),
+                 shell=lambda argv: held(lambda: mkdir_shell(argv)),
                  undo=_rmtree_step(cdir) if spec.rm else None))
     if on_tmpfs:
         upperfs.mount_upper_tmpfs(run, cdir, fs, undo=spec.rm, mode="0700")
@@ -152,6 +157,69 @@ def _settle_default_rootfs(run: Runner, spec: Spec) -> None:
         settle(spec, path)
 
 
+def prepare(run: Runner, argv: Sequence[str], rootfs: str | None = None,
+            **options: Any) -> tuple[Spec, upperfs.Fs]:
+    """Check everything before anything is made: the options (:func:`make_spec`), what the
+    host must offer, the rootfs (the cached busybox one is built first if need be) and the
+    name (one in use is refused naming its container; a dead one's leftovers are removed,
+    so a name outlives a SIGKILLed run). Returns the spec and the upper's filesystem."""
+    spec = make_spec(argv, rootfs, **options)
+    fs = _check_host(run, spec)
+    if spec.rootfs is None:
+        _settle_default_rootfs(run, spec)
+    if not run.explain:
+        ids.claim_name(spec.name)
+    return spec, fs
+
+
+def launch(run: Runner, spec: Spec, fs: upperfs.Fs, fds: tuple[int | None, int | None,
+           int | None] = (None, None, None), extra: dict | None = None,
+           log_name: str | None = None) -> Container:
+    """Steps: the container's directory, its cgroup, its processes (:func:`start`); the
+    record gets a new id and ``extra``; with ``log_name`` the command's stdout and stderr
+    go to that file in the container's directory (``extra["log"]``). The Runner's undo
+    takes them all down."""
+    cdir = make_dirs(run, spec, fs)
+    log_fd = -1
+    if log_name and not run.explain:
+        extra = dict(extra or {}, log=os.path.join(cdir, log_name))
+        log_fd = os.open(extra["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                         0o640)
+        fds = (fds[0], log_fd, log_fd)
+    try:
+        return _launch_in(run, spec, cdir, fds, extra)
+    finally:
+        if log_fd >= 0:
+            os.close(log_fd)
+
+
+def _launch_in(run: Runner, spec: Spec, cdir: str, fds: tuple[int | None, int | None,
+               int | None], extra: dict | None) -> Container:
+    cg = make_cgroup(run, spec)
+    ct = Container(spec.name, cdir, cg, spec.rootfs, id=ids.new_id(),
+                   extra={"env": spec.environ(), "workdir": spec.workdir or "/",
+                          "user": [spec.user.uid, spec.user.gid] if spec.user else None,
+                          "net": spec.net, **(extra or {})})
+    return start(run, spec, ct, fds)
+
+
+def oom_line(ct: Container, spec: Spec, code: int) -> str | None:
+    """Why a container that ended with 137 was killed, when it was the kernel's OOM killer
+    (v2 ``memory.events``, v1 ``memory.oom_control``: ``oom_kill N``), else None."""
+    if code != 128 + 9 or spec.limits.memory is None:
+        return None
+    try:
+        kills = ct.cgroup.oom_kills()
+    except NsrError:
+        return None
+    if not kills:
+        return None
+    limit = spec.limits.memory
+    shown = f"{limit >> 20}M" if limit % (1 << 20) == 0 else f"{limit} bytes"
+    return (f"container {ct.name} was killed by the kernel's OOM killer (oom_kill {kills} in "
+            f"its cgroup): it needed more than --memory {shown}")
+
+
 def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,
                   stdin: int | None = None, stdout: int | None = None,
                   stderr: int | None = None, **options: Any) -> int:
@@ -162,19 +230,18 @@ def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,
     ``volumes``, ``tmpfs``, ``read_only``, ``env``, ``workdir``, ``user``).
     ``stdin``/``stdout``/``stderr`` are file descriptors for the command (default: ours).
     Bad input raises before anything is made; with ``rm`` nothing is left afterwards.
+    Killed by the OOM killer, it raises :class:`ContainerOOM` (exit status 137).
     """
-    spec = make_spec(argv, rootfs, **options)
-    fs = _check_host(run, spec)
-    if spec.rootfs is None:
-        _settle_default_rootfs(run, spec)
+    spec, fs = prepare(run, argv, rootfs, **options)
     if run.explain:  # the command's own output is all a real run prints
         run.heading(f"{SECTION}: {' '.join(spec.argv)}")
     try:
-        cdir = make_dirs(run, spec, fs)
-        cg = make_cgroup(run, spec)
-        ct = Container(spec.name, cdir, cg, spec.rootfs)
-        start(run, spec, ct, (stdin, stdout, stderr))
+        ct = launch(run, spec, fs, (stdin, stdout, stderr))
         code = wait(run, ct, spec.timeout)
+        why = None if run.explain else oom_line(ct, spec, code)
+        if why:
+            raise ContainerOOM(why, hint="give it more with --memory, e.g. "
+                               f"--memory {2 * (spec.limits.memory or 0) >> 20}M")
     except BaseException:
         run.undo()
         raise

@@ -378,6 +378,17 @@ def _wait_status(ct: Container, timeout: float | None) -> tuple[int, bool]:
     return status, timed_out
 
 
+def ready(ct: Container) -> bool:
+    """Block until the container's command was exec'd (every copy of the error pipe's write
+    end is closed by then: PID 1's after the fork, the command's by close-on-exec) or a
+    failure was reported; True if it started. The report is left for :func:`wait`."""
+    import fcntl
+    import termios
+    select.select([ct.report_r], [], [])
+    pending = fcntl.ioctl(ct.report_r, termios.FIONREAD, b"\0\0\0\0")
+    return int.from_bytes(pending, sys.byteorder) == 0
+
+
 def _read_report(ct: Container) -> bytes:
     try:
         return process.read_all(ct.report_r)

@@ -42,6 +42,12 @@ class ContainerTimeout(NsrError):
     exit_code = 137
 
 
+class ContainerOOM(NsrError):
+    """The kernel's OOM killer killed the container's command (exit status 137, as Docker)."""
+
+    exit_code = 137
+
+
 @dataclass
 class Volume:
     """``--volume SRC:DST[:ro]``: a recursive bind of a host path (read-only: every submount)."""

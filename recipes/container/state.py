@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nsutil import cgroupfs
@@ -38,6 +38,8 @@ class Container:
     report_r: int = -1      #: read end of the error pipe
     reaped: bool = False    #: True once ``pid`` has been waited for (never signal it again)
     pid1: int = 0           #: PID 1 of the container, as the host sees it
+    id: str = ""            #: 64 hex digits, as Docker's (:mod:`recipes.container.ids`)
+    extra: dict = field(default_factory=dict)   #: more for the record (env, log, detached)
 
     @property
     def upper(self) -> str:
@@ -63,13 +65,15 @@ def record(run: Runner, path: str, data: dict[str, Any]) -> None:
 
 def container_record(ct: Container, argv: list[str], rm: bool) -> dict[str, Any]:
     """What is recorded of a started container ``ct``: the tool that runs it (``creator``,
-    as environments record theirs) and its PIDs with their start times (a reused PID is
-    never killed), cgroup and directory."""
+    as environments record theirs; a detached container's is its supervisor) and its PIDs
+    with their start times (a reused PID is never killed), cgroup, directory, id and
+    ``ct.extra`` (the command's environment, user and working directory for
+    ``container-exec``; the log file of a detached one)."""
     return {"name": ct.name, "dir": ct.dir, "rootfs": ct.rootfs, "argv": argv,
             "creator": procfs.identity(),
             "pid": ct.pid, "starttime": procfs.start_time(ct.pid) if ct.pid else None,
             "pid1": ct.pid1, "pid1_starttime": procfs.start_time(ct.pid1) if ct.pid1 else None,
-            "cgroup": ct.cgroup.unique_dirs(), "rm": rm}
+            "cgroup": ct.cgroup.unique_dirs(), "rm": rm, "id": ct.id, **ct.extra}
 
 
 def write_json(path: str, data: dict) -> None:

@@ -52,6 +52,7 @@ from nsutil.names import check_name
 
 from recipes import net
 from recipes.labs import routes as toporoute
+from recipes.labs import userlab
 # the plans (re-exported: topo.plan_shape, topo.Plan, topo.MAX_HOSTS ... as before)
 from recipes.net import exec_argv  # noqa: F401
 from recipes.labs.labfile import plan_file  # noqa: F401
@@ -92,12 +93,14 @@ def build(run: Runner, plan: Plan, *, etc_hosts: bool = True) -> Plan:
     run.heading(f"{SECTION}: build {plan.shape} {plan.scope} "
                 f"({len(plan.hosts)} hosts, {len(plan.links)} links)")
     for ns in plan.all_netns():
-        if not run.explain and nl.netns_exists(ns):
+        if not run.explain and not run.rootless and nl.netns_exists(ns):
             raise Conflict(f"network namespace {ns} exists already",
                            hint=f"tear it down first: invoke net-topo --down --scope {plan.scope}")
     if not run.explain:
         save_record(plan)
-    run.defer(teardown_step(plan))
+    run.defer(teardown_step(plan, rootless=run.rootless))
+    if run.rootless:
+        start_lab(run, plan, etc_hosts=etc_hosts)
     if uses_native(run) and not run.explain:
         run.run(Step(f"build {len(plan.all_netns())} namespaces and {len(plan.links)} veth pairs "
                      "over netlink (one process, in-place peers, one buffer per namespace)",
@@ -110,9 +113,34 @@ def build(run: Runner, plan: Plan, *, etc_hosts: bool = True) -> Plan:
         from recipes.labs import impair
         for ln in impaired:
             impair.apply_link(run, ln, ln.impair)
-    if etc_hosts and not run.explain:
+    if etc_hosts and not run.explain and not run.rootless:
         write_hosts_files(run, plan)
+    if plan.holder is not None:
+        userlab.mark_ready(run, record_path(plan.scope), plan.holder)
     return plan
+
+
+def start_lab(run: Runner, plan: Plan, *, etc_hosts: bool = True) -> None:
+    """Steps without root (:func:`recipes.labs.userlab.start_lab`): the lab's hosts file
+    (up to ETC_HOSTS_MAX hosts), its holder, this process joined to it, names pinned."""
+    if etc_hosts and len(plan.hosts) > ETC_HOSTS_MAX:
+        run.say(f"(no hosts file above {ETC_HOSTS_MAX} hosts)")
+    entries = lab_hosts(plan) if etc_hosts and len(plan.hosts) <= ETC_HOSTS_MAX else None
+    plan.holder = userlab.start_lab(run, record_path(plan.scope), entries, f"nsr-lab-{plan.scope}")
+
+
+def lab_hosts(plan: Plan) -> list[tuple[str, str]]:
+    """Every address of every host with its names (short and netns), for one hosts file for
+    the whole lab (root writes one per host, naming the hosts on its segments)."""
+    return [(str(ipaddress.ip_interface(c).ip), f"{h} {plan.hosts[h]}")
+            for seg in plan.segments for h, c in seg]
+
+
+def enter_lab(run: Runner, plan: Plan) -> None:
+    """Without root: join the lab of ``plan`` (its holder's namespaces) before anything in
+    it is run or looked at; as root, nothing to do."""
+    if run.rootless:
+        userlab.enter(run, plan.holder, f"topology {plan.scope}")
 
 
 def _batch_lines(plan: Plan) -> list[str]:
@@ -360,9 +388,14 @@ def write_hosts_files(run: Runner, plan: Plan, segments: list | None = None,
                          "printf 'ADDR HOST\\n...' > /etc/netns/NS/hosts  # for each host"))
 
 
-def teardown_step(plan: Plan) -> Step:
+def teardown_step(plan: Plan, rootless: bool = False) -> Step:
     """The step that deletes every namespace of ``plan`` (their veths go with them), their
-    /etc/netns entries and the record; what is already gone is skipped."""
+    /etc/netns entries and the record; what is already gone is skipped. Without root
+    (``rootless``, or a plan with a holder): kill the holder, which takes every namespace
+    of the lab with it, and drop the record."""
+    if plan.holder is not None or rootless:
+        return userlab.teardown_step(record_path(plan.scope), plan.scope,
+                                     len(plan.all_netns()), lambda: plan.holder)
     def native() -> None:
         for ns in plan.all_netns():
             nl.delete_netns(ns)
@@ -397,9 +430,10 @@ def down(run: Runner, scope: str | None = None) -> list[str]:
 
 # --- checking and running -------------------------------------------------------------------
 
-def resolve_host(host: str, scope: str | None = None) -> str:
+def resolve_host(host: str, scope: str | None = None, rootless: bool = False) -> str:
     """The netns for ``host``: a netns name made by nsrecipes, or a host short name of a
-    recorded topology (``--scope`` picks one when several have it)."""
+    recorded topology (``--scope`` picks one when several have it). ``rootless``: the
+    user's labs are not on the host, their records say which names they have."""
     check_name(host, what="host", max_bytes=64)
     plans = recorded(check_scope(scope) if scope else None)
     matches = sorted({p.hosts[host] for p in plans if host in p.hosts})
@@ -408,6 +442,8 @@ def resolve_host(host: str, scope: str | None = None) -> str:
     if len(matches) > 1:
         raise InvalidInput(f"host {host!r} is in several topologies: {', '.join(matches)}",
                            hint="give --scope, or the namespace name")
+    if rootless and host in net.recorded_netns():
+        return host     # a net-veth end, pinned in its own lab (enter_lab_of joins it)
     if nl.netns_exists(host) and (host.startswith("nsr") or host in net.recorded_netns()):
         return host
     raise NotFound(f"no host or nsrecipes namespace called {host!r}",
@@ -426,8 +462,12 @@ def _enter_like_ip_netns_exec(ns: str) -> None:
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount("", "/", "none", sc.MS_SLAVE | sc.MS_REC)
     try:
-        sc.umount("/sys", sc.MNT_DETACH)
-        sc.mount(ns, "/sys", "sysfs")
+        try:
+            sc.umount("/sys", sc.MNT_DETACH)
+            flags = 0
+        except SyscallError:   # as ip: one we may not unmount (a lab without root's) is covered
+            flags = sc.MS_RDONLY if os.statvfs("/sys").f_flag & os.ST_RDONLY else 0
+        sc.mount(ns, "/sys", "sysfs", flags)
     except SyscallError:
         pass  # as ip: keep the old /sys if sysfs cannot be mounted
     etc = os.path.join(net.ETC_NETNS, ns)
@@ -528,6 +568,8 @@ def topology(shape: str = "star", hosts: int = 3, *, file: str | None = None, ip
     ``impair`` impairs every link, ``links`` the links named (see :func:`impair_links`).
     A file with a ``[machines]`` table (or ``machines=``, which replaces it) is built on
     those machines through Fabric and yields a :class:`recipes.labs.machines.controller.Lab`.
+    Without root the calling process joins the lab's namespaces (:mod:`recipes.labs.userlab`)
+    and cannot leave them: one lab per process (the holder goes when the block ends).
     """
     plan = plan_file(file, scope, ipv6, machines) if file else plan_shape(shape, hosts, scope, ipv6=ipv6,
                                                                           depth=depth, fanout=fanout)

@@ -112,6 +112,9 @@ class Plan:
     machines: dict[str, dict] = field(default_factory=dict)
     #: host -> the machine it is built on (every host, when ``machines`` is given)
     placement: dict[str, str] = field(default_factory=dict)
+    #: without root: the process that holds the lab's user namespace, ``{"pid", "start",
+    #: "ready"}`` (:mod:`recipes.labs.userlab`); None for root's labs
+    holder: dict | None = None
 
     def all_netns(self) -> list[str]:
         """Every namespace of the plan (hub and switches first)."""
@@ -190,7 +193,8 @@ class Plan:
                 "links": [ln.to_json() for ln in self.links], "routers": self.routers,
                 "switches": self.switches, "bridges": self.bridges, "routes": self.routes,
                 "bridge_addrs": self.bridge_addrs, "lan": self.lan,
-                **({"machines": self.machines, "placement": self.placement} if self.machines else {})}
+                **({"machines": self.machines, "placement": self.placement} if self.machines else {}),
+                **({"holder": self.holder} if self.holder else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
@@ -201,7 +205,8 @@ class Plan:
                    routers=list(data.get("routers", [])), switches=dict(data.get("switches", {})),
                    bridges=dict(data.get("bridges", {})), routes=dict(data.get("routes", {})),
                    bridge_addrs=dict(data.get("bridge_addrs", {})), lan=dict(data.get("lan", {})),
-                   machines=dict(data.get("machines", {})), placement=dict(data.get("placement", {})))
+                   machines=dict(data.get("machines", {})), placement=dict(data.get("placement", {})),
+                   holder=data.get("holder") or None)
 
 
 # --- planning -------------------------------------------------------------------------------

@@ -137,7 +137,11 @@ def show_data(plan: Plan) -> dict:
     """The lab as data (``net-topo --show --json``, and what ``--draw`` draws): every node
     (host, router or bridge namespace) with its interfaces, addresses and routes, every link
     with its impairment, and whether each namespace really exists now."""
-    present = set(nl.list_netns())
+    if plan.holder is not None:    # without root: what the lab's holder has pinned
+        from recipes.labs import userlab
+        present = userlab.netns_present(plan.holder)
+    else:
+        present = set(nl.list_netns())
     nodes: dict[str, dict] = {}
 
     def node(name: str, ns: str) -> dict:

@@ -15,7 +15,9 @@ root-owned ``nsr-user-*`` scratch directories).
   whose namespaces all exist with their addresses and ``lo`` up -- or either still being
   built: its creator (``creator`` in the record) runs, or the record is younger than
   :data:`GRACE` seconds;
-* a container whose tool's process runs (no record yet: younger than :data:`GRACE`);
+* a container whose tool's process (or supervisor) runs (no record yet: younger than
+  :data:`GRACE`), and a detached one that exited (its supervisor recorded the exit code:
+  ``container-rm`` removes it); one whose supervisor died goes;
 * a cgroup with processes in it, or younger than :data:`GRACE`, and nsrecipes' v2 parent
   while any cgroup stays in it;
 * a scratch directory younger than :data:`GRACE` (nothing records which process made it);
@@ -37,21 +39,19 @@ from nsutil import procfs
 from nsutil import netlink as nl
 from nsutil.errors import Conflict, NsrError
 from nsutil.names import PREFIX
-from nsutil.rootless import decide
 
 from recipes.container import state as containerstate
 from recipes import cow
 from recipes import env
 from recipes import net
 from recipes.labs import build as topo
+from recipes.labs import userlab
 from recipes import veth
 from recipes.common.leftover import Leftover
 
 #: modules asked for leftovers, in removal order
-PROVIDERS = ["recipes.env", "recipes.container", "recipes.cgroup", "recipes.cow", "recipes.net"]
-#: without root, those whose records live in the user's own state directory (root's are in
-#: /run/nsrecipes, which a user's cleanup never sees, as root's never sees a user's)
-ROOTLESS_PROVIDERS = ["recipes.env"]
+PROVIDERS = ["recipes.env", "recipes.container", "recipes.cgroup", "recipes.cow",
+             "recipes.labs.userlab", "recipes.net"]
 #: seconds during which something no record ties to a live process may still be in the making
 #: ($NSR_CLEANUP_GRACE; the tests set it long, since an emulated machine is slow)
 GRACE = float(os.environ.get("NSR_CLEANUP_GRACE", "60"))
@@ -86,13 +86,23 @@ def candidates() -> list[Leftover]:
     recorded = net.recorded_netns()
     containers = containerstate.recorded_cgroups()
     found: list[Leftover] = []
-    rootless = decide()
-    for name in ROOTLESS_PROVIDERS if rootless else PROVIDERS:
+    for name in PROVIDERS:
         found.extend(importlib.import_module(name).leftovers())
-    if not rootless:
-        found.extend(user_scratch())
-    return [item for item in found if _made_by_us(item, recorded)
+    found.extend(user_scratch())
+    return [item for item in found if _made_by_us(item, recorded) and _users_own(item)
             and not (item.kind == "cgroup" and item.name in containers)]
+
+
+def _users_own(item: Leftover) -> bool:
+    """Without root, a cgroup or directory is the user's to remove only if the user owns it
+    (root's are root's, whatever their name); as root, everything nsrecipes made."""
+    from nsutil import rootless
+    if item.kind not in ("cgroup", "dir") or not rootless.decide():
+        return True
+    try:
+        return os.stat(item.name).st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 def _made_by_us(item: Leftover, recorded_netns: set[str]) -> bool:
@@ -198,10 +208,22 @@ def _pair_complete(rec: dict) -> str | None:
     return "complete"
 
 
+def _lab_of_user(rec: dict) -> bool:
+    """A lab without root (held by a process of the user's; nothing of it on the host)."""
+    from nsutil import rootless
+    return bool(rec.get("holder")) or rootless.decide()
+
+
 def _pairs_in_use() -> list[Kept]:
     kept = []
     for path, rec in _net_records("veth-"):
         if not {"name", "peer", "addr", "peer_addr"} <= set(rec):
+            continue
+        if _lab_of_user(rec):
+            why = userlab.why_kept(rec)
+            if why:
+                kept.append(Kept("net-veth", f"{rec['name']}<->{rec['peer']}", why,
+                                 userlab.claims(path, rec)))
             continue
         why = _pair_complete(rec) or _being_built(path, rec)
         if why:
@@ -233,6 +255,11 @@ def _topologies_in_use() -> list[Kept]:
         try:
             plan = topo.Plan.from_json(rec)
         except (KeyError, TypeError, ValueError):
+            continue
+        if _lab_of_user(rec):
+            why = userlab.why_kept(rec)
+            if why:
+                kept.append(Kept("topology", plan.scope, why, userlab.claims(path, rec)))
             continue
         # a machine's part of a lab across machines (its record names the machine) counts
         # once the controller has committed it
@@ -278,6 +305,8 @@ def _containers() -> dict[str, dict]:
 
 
 def _container_why(st: dict) -> str | None:
+    if "exit_code" in st:     # a detached one that exited: kept until container-rm
+        return f"exited ({st['exit_code']}); `invoke container-rm {st['name']}` removes it"
     if "creator" not in st and "pid" not in st:   # not recorded yet -- or its tool died first
         return _young_why(st["dir"], "made")
     for pid_key, start_key in (("pid", "starttime"), ("pid1", "pid1_starttime")):

@@ -67,14 +67,21 @@ def check_identity() -> Check:
     userns = layers.user_namespace()
     where = userns.describe()
     if euid != 0:
-        return Check("root", False, f"euid {euid} in {where}", "run as root (sudo)",
-                     layer="who", blocks="every demo but user-demo")
+        return Check("root", False, f"euid {euid} in {where}: without root, every demo makes a "
+                     f"user namespace first (uid {euid} is root there)",
+                     "run as root (sudo) for what needs the host's root", required=False,
+                     layer="who", blocks=ROOT_ONLY)
     if userns.initial:
         return Check("root", True, f"euid 0 in {where}", layer="who")
     return Check("root", False, f"euid 0 in {where}: an LXD or rootless-podman container's root",
                  layers.FIX_USERNS, required=False, layer="who",
                  blocks="what needs the host's root: the network labs' /run/netns mount, "
                         "cgroups not delegated to it, sysctls and modules of the host")
+
+
+#: what a rootless run leaves out, as the doctor's root row says it
+ROOT_ONLY = ("what needs the host's root: names under /run/netns, a veth end on the host, a "
+             "shared bind on the host, cgroups not delegated to you")
 
 
 def check_capabilities() -> Check:
@@ -89,8 +96,11 @@ def check_capabilities() -> Check:
         "; all in the bounding set (dropped by this process or its starter)")
     fix = (f"start the container with {' '.join('--cap-add ' + c[4:].upper() for c in gone)}"
            ", or --privileged" if gone else layers.FIX_DROPPED)
+    if os.geteuid() != 0:   # without root they come from a user namespace of one's own
+        detail += " (without root: a user namespace of your own gives them there)"
     return Check("capabilities", False, detail, fix,
-                 required=any(c in missing for c in CAPS_REQUIRED), layer="capabilities",
+                 required=any(c in missing for c in CAPS_REQUIRED) and os.geteuid() == 0,
+                 layer="capabilities",
                  blocks="; ".join(CAPS_USED[c] for c in missing))
 
 
@@ -163,7 +173,19 @@ def check_container(refusal: layers.Refusal | None) -> list[Check]:
 
 
 def check_unprivileged_userns(refusal: layers.Refusal | None) -> Check:
-    """A user namespace made by an unprivileged user, for real (as root: as nobody)."""
+    """A user namespace made by an unprivileged user, for real (as root: as nobody).
+    Without root it is what every task needs: the row says what the tasks say when the
+    kernel refuses (:func:`nsutil.rootless.userns_refusal`: the setting and its fix), and
+    it blocks the tour."""
+    from nsutil import rootless
+    if rootless.decide():
+        refused = rootless.userns_refusal("every task without root")
+        return Check("unprivileged user namespace", refused is None,
+                     f"unshare(CLONE_NEWUSER) as this user, in a child: "
+                     + ("ok" if refused is None else refused.what),
+                     refused.hint if refused else "", layer="user namespaces",
+                     blocks="every demo, the tour, environments, labs and containers "
+                            "without root")
     problem = probes.unprivileged_user_namespace()
     who = "as nobody (uid 65534, no capabilities)" if os.geteuid() == 0 else "as this user"
     detail, fix = because(problem or "ok", refusal,
