@@ -41,6 +41,12 @@ def env_create(c, name, ns="uts,ipc,pid,mnt,net", hostname=None, domainname=None
     A holder keeps them alive (PID 1 of its PID namespace, reaping orphans); each is bound on
     /run/nsrecipes/NAME/TYPE as `unshare --TYPE=FILE` does, and the net namespace is
     visible to `ip netns` as NAME, with lo up.
+
+    Without root: a user namespace comes first (`unshare --user --map-root-user ...`, you
+    are root inside) and owns the others, user and mnt are always among them, the holder
+    alone keeps them (nothing is bound on the host, no `ip netns` name), and the record is
+    in $XDG_RUNTIME_DIR/nsrecipes. --uid-map beyond your own id needs an /etc/subuid range
+    and newuidmap (package uidmap).
     """
     from recipes import env
     name = _env_name(name, "env-create")
@@ -75,7 +81,11 @@ def env_hostname(c, name, hostname=None, domainname=None, backend=None, explain=
                 "peer_addr": "address with prefix for the other end"})
 def env_veth(c, name, peer="host", ifname=None, peer_ifname=None, addr=None, peer_addr=None,
              backend=None, explain=False):
-    """Add a veth pair from an environment to the host or to another environment."""
+    """Add a veth pair from an environment to the host or to another environment.
+
+    Root only: without root the host's end needs CAP_NET_ADMIN there, and each environment
+    has a user namespace of its own (a lab made with net-topo or net-veth shares one).
+    """
     from recipes import env
     name = _env_name(name, "env-veth")
     with make_runner(backend, explain, keep=True) as run:
@@ -114,7 +124,11 @@ def env_mq(c, name, backend=None, explain=False):
                 "uid_map": "uid_map ranges inside:outside:count, comma-separated",
                 "gid_map": "gid_map ranges (default: the same as --uid-map)"})
 def env_idmap(c, name, uid_map, gid_map=None, backend=None, explain=False):
-    """Write the uid/gid maps of an environment's user namespace (once, as the kernel allows)."""
+    """Write the uid/gid maps of an environment's user namespace (once, as the kernel allows).
+
+    Without root: your own id as one line, or ids of your /etc/subuid and /etc/subgid ranges
+    through newuidmap/newgidmap (package uidmap).
+    """
     from recipes import env
     name = _env_name(name, "env-idmap")
     with make_runner(backend, explain, keep=True) as run:
@@ -178,6 +192,8 @@ def _on_machine(machine: str, file: str | None, args: list[str], passthrough=Non
                 **_MACHINE_HELP})
 def env_ls(c, json=False, machine=None, file=None):
     """List environments like lsns: holder pid, state, processes, namespaces with inodes.
+
+    Root lists root's environments; a user lists their own (the state directory is theirs).
 
     Columns: name, holder pid and whether it is alive, process count, when it was created,
     and each namespace with its inode number (as `lsns` and `readlink /proc/PID/ns/*` show).

@@ -781,9 +781,11 @@ def test_interactive_shell_gets_a_terminal(backend, names):
 def test_other_user_cannot_enter_or_remove(names):
     name = names()
     e = env.Environment.create(name, "uts,net", backend="native")
-    for args in (("env-exec", name, "--", "true"), ("env-rm", name), ("env-ls",)):
+    for args in (("env-exec", name, "--", "true"), ("env-rm", name)):
         p = as_nobody(*args)
         one_line_error(p)
+    listed = as_nobody("env-ls")     # a user's own environments only: none
+    assert listed.returncode == 0 and name not in listed.stdout, listed
     from conftest import unprivileged_argv
     p = _run(unprivileged_argv(["ls", f"{BASE}/{name}"]))
     assert p.returncode != 0 and "Permission denied" in p.stderr

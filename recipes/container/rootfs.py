@@ -21,6 +21,7 @@ import subprocess
 
 from nsutil.backend import Runner, Step
 from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, ToolMissing
+from nsutil.rootless import UNSHARE_OPTIONS
 
 DEFAULT_CACHE_DIR = "/var/cache/nsrecipes"
 
@@ -127,8 +128,13 @@ def build(run: Runner, dest: str, busybox: str | None = None, check: bool = True
     target = os.path.join(dest, "bin", "busybox")
     run.run(Step(f"copy the static busybox ({busybox}) in",
                  argv=["cp", busybox, target], native=lambda: shutil.copy2(busybox, target) and None))
-    run.run(Step("link every applet to /bin/busybox (sh, ls, ps, mount, ...)",
-                 argv=["chroot", dest, "/bin/busybox", "--install", "-s", "/bin"],
+    # chroot needs CAP_SYS_CHROOT: without root, that of root in a user namespace of our own
+    userns = list(UNSHARE_OPTIONS) if run.rootless else []
+    run.run(Step("link every applet to /bin/busybox (sh, ls, ps, mount, ...)" +
+                 (" (chroot as root of a user namespace: the files stay yours)"
+                  if userns else ""),
+                 argv=(["unshare", *userns] if userns else []) +
+                      ["chroot", dest, "/bin/busybox", "--install", "-s", "/bin"],
                  native=lambda: _install_links(dest, busybox)))
     run.run(Step("write /etc/passwd, /etc/group, /etc/hostname, /etc/hosts",
                  display=f"printf 'root:x:0:0:root:/root:/bin/sh\\n...' > {dest}/etc/passwd ...",

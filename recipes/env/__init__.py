@@ -14,7 +14,13 @@ and every step under its usual name. The rooms behind it, each read on its own:
 * :mod:`recipes.env.configure` -- the steps that make and change one (record, ``ip netns``
   name, lo, hostname, id maps, veths, queues); :mod:`recipes.env.mounts` -- its mounts;
 * :mod:`recipes.env.enter` -- running a command inside (``env-exec``);
-* :mod:`recipes.env.remove` -- removal (``env-rm``) and leftovers (``cleanup``).
+* :mod:`recipes.env.remove` -- removal (``env-rm``) and leftovers (``cleanup``);
+* :mod:`recipes.env.subids` -- without root, ids of /etc/subuid ranges (newuidmap).
+
+Without root (``Runner.rootless``) the same steps run with a user namespace first that owns
+the others and a holder that alone keeps them; the record is in the user's own state
+directory (``$XDG_RUNTIME_DIR/nsrecipes``), so a user sees, enters and removes only their
+own environments, and root's never (nor root's ``cleanup`` a user's).
 """
 from __future__ import annotations
 
@@ -25,7 +31,9 @@ from typing import Any, Callable, Sequence
 
 from nsutil import idmap, process, procfs
 from nsutil.backend import Runner
-from nsutil.errors import Conflict, InvalidInput, NotFound, require_root
+from nsutil.errors import Conflict, InvalidInput, NotFound
+from nsutil.rootless import decide, owner_line, require_namespaces
+from nsutil.errors import require_root
 from nsutil.nstypes import NS_TYPES, NsType, flags_of, parse_types
 from nsutil.netlink import NETNS_RUN_DIR
 
@@ -34,12 +42,13 @@ from recipes.env.holder import (REAPER, bind_argvs, binds_by_unshare, bound_late
                       start_env_holder, env_unshare_argv)
 from recipes.env.mounts import add_mount, bind_mount, mount_tmpfs
 from recipes.env.remove import leftovers, remove, stat_is_empty_file
-from recipes.env.state import (KIND, SECTION, STATE_FILE, base_dir,
+from recipes.env.state import (KIND, SECTION, STATE_FILE, anchor_inodes, base_dir,
                        bound_inodes, check_env_name, devnull, env_dir, global_lock,
                        holder_alive, members, names, ns_file, proc_table, processes,
-                       read_state, release_lock, update_state)
-from recipes.env.configure import (add_veth, attach_netns, check_maps, check_uts_options, loopback_up,
-                       make_queue, record, set_hostname, set_idmap, set_uts, write_maps)
+                       read_state, release_lock, rootless_members, update_state)
+from recipes.env.configure import (add_veth, attach_netns, check_maps, rootless_maps,
+                       check_uts_options, loopback_up, make_queue, record, set_hostname,
+                       set_idmap, set_uts, write_maps)
 
 DEFAULT_TYPES = "uts,ipc,pid,mnt,net"
 
@@ -57,26 +66,41 @@ def create(run: Runner, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
     ``"none"`` leaves the maps unwritten for a later :func:`set_idmap`. Everything is
     checked before anything is made; a failure half-way removes what was made.
     Returns the record (``env-ls`` shows it).
+
+    Without root (``run.rootless``) a user and a mount namespace are always among the types:
+    the user namespace owns the others (this user mapped to 0, unless ``uid_map`` says
+    otherwise) and the holder keeps them all; the record lives in the user's state directory.
     """
     check_env_name(name)
     types = parse_types(ns)
     uts_options = check_uts_options(hostname, domainname)
     if uts_options and all(t.name != "uts" for t in types):
         raise InvalidInput(f"{uts_options} needs a UTS namespace", hint="add uts to --ns")
-    umaps, gmaps = _maps_for(types, uid_map, gid_map)
+    added = []
+    if run.rootless:
+        added = [t for t in ("user", "mnt") if all(x.name != t for x in types)]
+        types = parse_types([t.name for t in types] + added)
+    umaps, gmaps, helper = _maps_for(types, uid_map, gid_map, rootless=run.rootless)
     if not run.explain:
-        require_root("env-create")
-        _check_name_free(name, types)
+        require_namespaces("env-create")
+        _check_name_free(name, types, rootless=run.rootless)
 
     run.heading(f"environment {name}: new {'+'.join(t.name.upper() for t in types)} namespaces")
+    if run.rootless:
+        run.say(owner_line())
+        if added:
+            why = {"user": "a user namespace owns the others",
+                   "mnt": "the holder keeps a mount namespace of its own"}
+            run.say(f"({' and '.join(added)} added to --ns: without root "
+                    f"{', and '.join(why[t] for t in added)})")
     record(run, name, types)
     try:
-        rec = start_env_holder(run, name, types)
+        rec = start_env_holder(run, name, types, map_root=run.rootless and uid_map is None)
         if not run.explain:
             update_state(name, lambda d: d.update(rec))
         holder = process.Holder(rec["holder"]["pid"], rec["parent"]["pid"], flags_of(types))
         if umaps:
-            write_maps(run, name, holder, umaps, gmaps or [])
+            write_maps(run, name, holder, umaps, gmaps or [], helper=helper)
         if hostname or domainname:
             set_uts(run, name, holder, hostname=hostname or None, domainname=domainname or None)
         if any(t.name == "net" for t in types):
@@ -90,34 +114,49 @@ def create(run: Runner, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
         release_lock(name)
 
 
-def _maps_for(types: Sequence[NsType], uid_map: str | None,
-              gid_map: str | None) -> tuple[list[idmap.IdMap], list[idmap.IdMap]]:
-    """The uid and gid maps to write ([] for none), checked against the kernel's rules."""
+def _maps_for(types: Sequence[NsType], uid_map: str | None, gid_map: str | None, *,
+              rootless: bool = False) -> tuple[list[idmap.IdMap], list[idmap.IdMap], bool]:
+    """The uid and gid maps to write ([] for none), checked against the kernel's rules, and
+    whether newuidmap/newgidmap write them; ``rootless``: none by default (the holder's
+    ``unshare --map-root-user`` maps this user), else :func:`rootless_maps`."""
     umaps, gmaps = check_maps(uid_map, "--uid-map"), check_maps(gid_map, "--gid-map")
     if all(t.name != "user" for t in types):
         if umaps or gmaps:
             raise InvalidInput("--uid-map/--gid-map need a user namespace",
                                hint="add user to --ns")
-        return [], []
+        return [], [], False
+    if rootless:
+        if umaps is None and gmaps is not None:
+            raise InvalidInput("--gid-map without --uid-map: without root the holder maps "
+                               "your own uid and gid to 0 itself", hint="give both, or neither")
+        if not umaps:        # not given (mapped by the holder) or none (left for env-idmap)
+            return [], [], False
+        return rootless_maps(umaps, gmaps)
     if umaps is None:
         umaps = [idmap.IdMap(0, os.geteuid(), 1)]
     if gmaps is None:  # the same ranges as given for uids, else root's own gid
         gmaps = list(umaps) if uid_map else [idmap.IdMap(0, os.getegid(), 1)]
-    return umaps, gmaps
+    return umaps, gmaps, False
 
 
-def _check_name_free(name: str, types: Sequence[NsType]) -> None:
-    """No environment of that name, and no foreign ``ip netns`` name it would take."""
+def _check_name_free(name: str, types: Sequence[NsType], *, rootless: bool = False) -> None:
+    """No environment of that name, and (as root) no foreign ``ip netns`` name it would take."""
     if read_state(name) is not None or os.path.lexists(env_dir(name)):
         raise Conflict(f"environment {name!r} exists already",
                        hint=f"remove it first (invoke env-rm {name}) or pick another name")
-    if any(t.name == "net" for t in types) and os.path.lexists(os.path.join(NETNS_RUN_DIR, name)):
+    if (not rootless and any(t.name == "net" for t in types)
+            and os.path.lexists(os.path.join(NETNS_RUN_DIR, name))):
         raise Conflict(f"network namespace {name!r} exists already (ip netns list)",
                        hint="pick another name: the environment's netns takes its name")
 
 
 def _net_steps(run: Runner, name: str, holder: process.Holder) -> None:
-    """Steps: the netns gets the environment's name in ``ip netns``, and lo is brought up."""
+    """Steps: the netns gets the environment's name in ``ip netns``, and lo is brought up.
+    Without root there is no ``ip netns`` name (/run/netns is root's): lo is brought up by
+    joining the holder's namespaces."""
+    if run.rootless:
+        loopback_up(run, name, holder)
+        return
     if not run.explain:
         update_state(name, lambda d: d.update(netns=name))
     attach_netns(run, name, holder.pid)
@@ -129,9 +168,9 @@ def _net_steps(run: Runner, name: str, holder: process.Holder) -> None:
 def describe(name: str, table: dict[int, dict[str, int]] | None = None) -> dict:
     """What ``env-ls`` shows for one environment."""
     st = read_state(name) or {"name": name, "types": [], "status": "broken"}
-    bound = bound_inodes(name)
+    bound = anchor_inodes(name, st)
     alive = holder_alive(st)
-    pids = members(bound, table)
+    pids = rootless_members(st, table) if st.get("rootless") else members(bound, table)
     if st.get("status") == "creating":
         creator = st.get("creator")
         status = "creating" if procfs.same_process(creator) or alive else "broken"
@@ -147,12 +186,15 @@ def describe(name: str, table: dict[int, dict[str, int]] | None = None) -> dict:
         "veths": st.get("veths", []), "mounts": st.get("mounts", []),
         "queues": st.get("queues", []), "uid_map": st.get("uid_map"),
         "gid_map": st.get("gid_map"), "backend": st.get("backend"),
+        "rootless": bool(st.get("rootless")),
     }
 
 
 def list_envs() -> list[dict]:
-    """Every environment, as :func:`describe` shows it (one pass over /proc for all)."""
-    require_root("env-ls")
+    """Every environment, as :func:`describe` shows it (one pass over /proc for all): as
+    root, root's; without root, the user's own (the state directory is theirs)."""
+    if not decide():
+        require_root("env-ls")
     found = names()
     table = proc_table() if found else {}
     return [describe(n, table) for n in found]

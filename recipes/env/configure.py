@@ -18,11 +18,14 @@ from nsutil import procfs
 from nsutil import shell as nshell
 from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
-from nsutil.errors import Conflict, InvalidInput, SyscallError
+from nsutil.errors import Conflict, InvalidInput, NsrError, SyscallError
+from nsutil.rootless import outside_gid, outside_uid
 from nsutil.names import check_domainname, check_hostname, check_ifname, is_ours, prefixed, scope_id
 from nsutil.nstypes import NsType
 from nsutil.netlink import NETNS_RUN_DIR
 
+from recipes.common.holder import enter_argv, join_types
+from recipes.env import subids
 from recipes.env.remove import remove
 from recipes.env.state import (HELD, KIND, STATE_FILE, base_dir, check_env_name, env_dir,
                        global_lock, holder_of, load, lock_unless_explain, ns_file, open_dir,
@@ -32,9 +35,10 @@ from recipes.env.state import (HELD, KIND, STATE_FILE, base_dir, check_env_name,
 # --- making one -----------------------------------------------------------------------------
 
 def record(run: Runner, name: str, types: Sequence[NsType]) -> None:
-    """Step: the record directory with one empty file per namespace to bind on; undo: remove."""
+    """Step: the record directory with one empty file per namespace to bind on (without
+    root, nothing is bound: the record only); undo: remove."""
     base = base_dir()
-    files = [ns_file(name, t) for t in types]
+    files = [] if run.rootless else [ns_file(name, t) for t in types]
 
     def make(_argv: list[str] | None = None) -> None:
         state.state_dir()
@@ -48,8 +52,8 @@ def record(run: Runner, name: str, types: Sequence[NsType]) -> None:
                 fd = open_dir(tmp)
                 fcntl.flock(fd, fcntl.LOCK_EX)   # the lock moves with the directory
                 HELD[name] = fd
-                for t in types:
-                    os.close(os.open(os.path.join(tmp, t.name),
+                for f in files:
+                    os.close(os.open(os.path.join(tmp, os.path.basename(f)),
                                      os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o400))
                 me = procfs.identity()
                 state.atomic_write_json(os.path.join(tmp, STATE_FILE), {
@@ -58,7 +62,7 @@ def record(run: Runner, name: str, types: Sequence[NsType]) -> None:
                     "created": time.time(), "creator": me, "holder": None, "parent": None,
                     "ns": {}, "netns": None, "hostname": None, "domainname": None,
                     "uid_map": None, "gid_map": None, "veths": [], "links": [], "mounts": [],
-                    "queues": []})
+                    "queues": [], "rootless": run.rootless})
                 os.rename(tmp, env_dir(name))
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -73,9 +77,11 @@ def record(run: Runner, name: str, types: Sequence[NsType]) -> None:
     def undo(_argv: list[str] | None = None) -> None:
         remove(Runner(backend=run.backend, out=run.out), name, missing_ok=True)
 
-    run.run(Step(f"record it in {env_dir(name)} (0700), with a file per namespace to bind on",
+    run.run(Step(f"record it in {env_dir(name)} (0700)" +
+                 (", with a file per namespace to bind on" if files else ""),
                  argv=["mkdir", "-m", "0700", env_dir(name)], native=make, shell=make,
-                 display=f"mkdir -m 0700 {env_dir(name)} && touch {' '.join(files)}",
+                 display=f"mkdir -m 0700 {env_dir(name)}" +
+                         (f" && touch {' '.join(files)}" if files else ""),
                  undo=Step(f"remove environment {name}", display=f"invoke env-rm {name}",
                            native=undo, shell=undo)))
 
@@ -111,11 +117,27 @@ def attach_netns(run: Runner, name: str, pid: int | str) -> None:
                  argv=["ip", "netns", "attach", name, pid], native=native, shell=shell))
 
 
-def loopback_up(run: Runner, name: str) -> None:
+def loopback_up(run: Runner, name: str, holder: process.Holder | None = None) -> None:
     """Step: bring lo up in the environment's new network namespace, as container-run --net,
-    bwrap and crun do: a new one has lo down, and nothing inside reaches 127.0.0.1."""
-    from recipes import net
-    net.set_lo_up(run, name)
+    bwrap and crun do: a new one has lo down, and nothing inside reaches 127.0.0.1.
+
+    With ``holder`` (without root: no ``ip netns`` name) by joining its user namespace and
+    its network namespace: ``nsenter -t PID --user --preserve-credentials --net ip link set
+    dev lo up``; natively the same link change over rtnetlink from in there."""
+    if holder is None:
+        from recipes import net
+        net.set_lo_up(run, name)
+        return
+    from nsutil import netlink as nl
+
+    def up() -> None:
+        with nl.Rtnl(nl.rtnl_socket(None)) as r:
+            r.set_link(nl.link_body("lo", up=True), "ip link set dev lo up")
+            r.flush()
+    run.run(Step(f"bring lo up in {name}'s network namespace (joined through its user "
+                 "namespace)",
+                 argv=enter_argv(holder, "net", ["ip", "link", "set", "dev", "lo", "up"]),
+                 native=lambda: process.call_in(holder.pid, join_types(holder, "net"), up)))
 
 
 def check_maps(spec: str | None, what: str = "--uid-map") -> list[idmap.IdMap] | None:
@@ -129,16 +151,48 @@ def check_maps(spec: str | None, what: str = "--uid-map") -> list[idmap.IdMap] |
 
 
 def write_maps(run: Runner, name: str, holder: process.Holder, umaps: list[idmap.IdMap],
-               gmaps: list[idmap.IdMap]) -> None:
-    """Steps: write the holder's uid_map (and gid_map); record them."""
+               gmaps: list[idmap.IdMap], *, helper: bool = False) -> None:
+    """Steps: write the holder's uid_map (and gid_map); record them. ``helper``: through
+    newuidmap/newgidmap (ids of the user's /etc/subuid ranges, without root)."""
     from recipes import user
-    user.write_uid_map(run, holder, umaps)
-    if gmaps:
-        user.write_gid_map(run, holder, gmaps)
+    if helper:
+        for which, maps in (("uid", umaps), ("gid", gmaps)):
+            argv = subids.helper_argv(which, holder.pid, maps)
+            run.run(Step(f"write {which}_map with {argv[0]} (setuid root: it checks your "
+                         f"{subids.FILES[which]} ranges; no system call does this for a user, "
+                         "so both backends run it)", argv=argv,
+                         native=lambda a=argv: subids.run_helper(a),
+                         shell=lambda a: subids.run_helper(a)))
+    else:
+        user.write_uid_map(run, holder, umaps)
+        if gmaps:
+            user.write_gid_map(run, holder, gmaps)
     if not run.explain:
         update_state(name, lambda d: d.update(
             uid_map=",".join(m.spec() for m in umaps),
             gid_map=",".join(m.spec() for m in gmaps) or None))
+
+
+def rootless_maps(umaps: list[idmap.IdMap], gmaps: list[idmap.IdMap] | None
+                  ) -> tuple[list[idmap.IdMap], list[idmap.IdMap], bool]:
+    """Without root the kernel lets a user write a map of one line with their own id only
+    (user_namespaces(7)); more ids are written by newuidmap/newgidmap from the user's
+    /etc/subuid and /etc/subgid ranges (:mod:`recipes.env.subids`), or refused in one line
+    naming what is missing. ``gmaps`` defaults to ``umaps`` with the user's own uid replaced
+    by their gid. Returns (uid maps, gid maps, whether the helpers write them)."""
+    uid, gid = outside_uid(), outside_gid()
+    if gmaps is None:
+        gmaps = [idmap.IdMap(m.inside, gid, 1) if (m.outside, m.count) == (uid, 1) else m
+                 for m in umaps]
+    pairs = ((umaps, uid, "uid"), (gmaps, gid, "gid"))
+    if all(len(maps) == 1 and (maps[0].outside, maps[0].count) == (own, 1)
+           for maps, own, _ in pairs):
+        return umaps, gmaps, False
+    for maps, own, which in pairs:
+        why = subids.refusal(which, maps, own, uid)
+        if why is not None:
+            raise why
+    return umaps, gmaps, True
 
 
 def check_uts_options(hostname: str | None, domainname: str | None) -> str:
@@ -182,7 +236,12 @@ def set_idmap(run: Runner, name: str, uid_map: str, gid_map: str | None = None) 
     """Steps: write the uid_map (and gid_map, default: the same ranges) of the environment's
     user namespace. Each map can be written once (user_namespaces(7))."""
     umaps = idmap.parse_map(uid_map, "--uid-map")
-    gmaps = idmap.parse_map(gid_map, "--gid-map") if gid_map else list(umaps)
+    helper = False
+    if run.rootless:
+        umaps, gmaps, helper = rootless_maps(umaps, idmap.parse_map(gid_map, "--gid-map")
+                                             if gid_map else None)
+    else:
+        gmaps = idmap.parse_map(gid_map, "--gid-map") if gid_map else list(umaps)
     st = load(name, run, need="user")
     if not run.explain:
         pid = st["holder"]["pid"]
@@ -192,7 +251,7 @@ def set_idmap(run: Runner, name: str, uid_map: str, gid_map: str | None = None) 
                                hint="each map can be written once: create the environment "
                                     "with --uid-map none to set the maps later")
     with lock_unless_explain(run, name):
-        write_maps(run, name, holder_of(st), umaps, gmaps)
+        write_maps(run, name, holder_of(st), umaps, gmaps, helper=helper)
 
 
 # --- veths and message queues ---------------------------------------------------------------
@@ -236,6 +295,8 @@ def add_veth(run: Runner, name: str, peer: str | None = None, *, ifname: str | N
     for value, what in ((addr, "address"), (peer_addr, "peer address")):
         if value:
             net.check_addr(value, what)
+    if run.rootless:
+        raise rootless_veth_refusal(name, peer)
     load(name, run, need="net")
     if peer:
         load(peer, run, need="net")
@@ -277,6 +338,21 @@ def add_veth(run: Runner, name: str, peer: str | None = None, *, ifname: str | N
                     {"ifname": ifname, "peer": name, "peer_ifname": peer_ifname, "addr": addr,
                      "peer_addr": peer_addr, "here": False}))
     return made
+
+
+def rootless_veth_refusal(name: str, peer: str | None) -> NsrError:
+    """Without root no veth can link an environment: one to the host needs CAP_NET_ADMIN in
+    the host's network namespace, and each environment has a user namespace of its own, and
+    the kernel moves a veth end only into a network namespace whose owner grants it that."""
+    if peer is None:
+        return NsrError(f"env-veth {name}: a veth end in the host's network namespace needs "
+                        "root (CAP_NET_ADMIN there)",
+                        hint="run it as root, or build the hosts and links as a lab without "
+                             "root: invoke net-topo / net-veth")
+    return NsrError(f"env-veth {name} --peer {peer}: without root each environment has a user "
+                    "namespace of its own, and neither grants CAP_NET_ADMIN in the other's "
+                    "network namespace", hint="run it as root, or build linked hosts as one "
+                                              "lab without root: invoke net-topo / net-veth")
 
 
 def make_queue(run: Runner, name: str) -> int:

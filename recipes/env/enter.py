@@ -52,9 +52,15 @@ def _check_maps_written(name: str, pid: int) -> None:
 # --- running commands inside ----------------------------------------------------------------
 
 def env_nsenter_argv(st: dict, argv: Sequence[str], cwd: str | None = None) -> list[str]:
-    """``nsenter -t PID --user ... --mount --root --wd -- argv`` (all the environment's types)."""
-    types = parse_types(st["types"])
-    return (["nsenter", "-t", st["holder"]["pid"]] + [t.option for t in types] +
+    """``nsenter -t PID --user ... --mount --root --wd -- argv`` (all the environment's types).
+
+    An environment made without root adds ``--preserve-credentials`` to ``--user``: this
+    user is already the one mapped to 0 inside, and nsenter's own setgroups() would fail
+    where the holder's map denies it."""
+    opts = [t.option for t in parse_types(st["types"])]
+    if st.get("rootless"):
+        opts = ["--user", "--preserve-credentials"] + [o for o in opts if o != "--user"]
+    return (["nsenter", "-t", st["holder"]["pid"]] + opts +
             ["--root", f"--wd={cwd}" if cwd else "--wd", "--"] + list(argv))
 
 

@@ -15,6 +15,12 @@ How an environment is kept, the way util-linux does it:
   is bound by us once the holder runs, after checking that (a holder on the wrong CPU is
   made again on another one: :func:`_start_in_bindable_order`).
 
+Without root the holder owns a user namespace first (``unshare --user --map-root-user``,
+natively the forked holder unshares them all and its parent writes its maps), which owns
+every other namespace; nothing is bound on the host (a user cannot mount there), so the
+holder alone keeps them (see :mod:`recipes.env.state`), and the state directory is the
+user's own (``$XDG_RUNTIME_DIR/nsrecipes``), never made a mount.
+
 The holder is started by a helper process (:func:`nsutil.process.fork_call`) that inherits
 the environment's lock, so a removal running after this tool was SIGKILLed waits for it.
 """
@@ -34,6 +40,7 @@ from nsutil import syscalls as sc
 from nsutil.backend import Placeholder, Runner, Step
 from nsutil.errors import CommandError, NsrError
 from nsutil.nstypes import NS_TYPES, NsType, flags_of, mntns_id, needs_fork
+from nsutil.rootless import UNSHARE_OPTIONS, outside_gid, outside_uid
 
 from recipes.common.holder import holder_setup
 from recipes.env.state import (base_dir, bound_inodes, env_dir, env_entries, global_lock,
@@ -65,13 +72,21 @@ def bound_later(types: Sequence[NsType]) -> list[NsType]:
     return [t for t in types if t.name == "mnt"]
 
 
-def env_unshare_argv(name: str, types: Sequence[NsType]) -> list[str]:
+def env_unshare_argv(name: str, types: Sequence[NsType], *, rootless: bool = False,
+                     map_root: bool = True) -> list[str]:
     """``unshare --uts=/run/nsrecipes/NAME/uts ... --mount [--fork --kill-child --mount-proc]
-    -- ...`` (the files of :func:`bound_later` are bound afterwards)."""
+    -- ...`` (the files of :func:`bound_later` are bound afterwards).
+
+    ``rootless``: ``unshare --user [--map-root-user] --uts ...`` with nothing bound (the user
+    namespace first; ``map_root``: the user mapped to 0, else the maps are left unwritten)."""
     names_ = {t.name for t in types}
-    later = bound_later(types)
-    argv = ["unshare"] + [t.option if t in later else f"{t.option}={ns_file(name, t)}"
-                          for t in types]
+    if rootless:
+        first = list(UNSHARE_OPTIONS if map_root else UNSHARE_OPTIONS[:1])
+        argv = ["unshare"] + first + [t.option for t in types if t.name != "user"]
+    else:
+        later = bound_later(types)
+        argv = ["unshare"] + [t.option if t in later else f"{t.option}={ns_file(name, t)}"
+                              for t in types]
     if "pid" in names_:
         argv += ["--fork", "--kill-child"] + (["--mount-proc"] if "mnt" in names_ else [])
         return argv + ["--", "sh", "-c", REAPER]
@@ -87,10 +102,16 @@ def bind_argvs(name: str, pid: int | str, types: Sequence[NsType]) -> list[list[
 
 # --- starting it ----------------------------------------------------------------------------
 
-def start_env_holder(run: Runner, name: str, types: Sequence[NsType]) -> dict:
+def start_env_holder(run: Runner, name: str, types: Sequence[NsType], *,
+                     map_root: bool = True) -> dict:
     """Step: start the holder in new namespaces of ``types``, each bound on
     /run/nsrecipes/NAME/TYPE (on a private bind of /run/nsrecipes); returns the record's
-    ``holder``, ``parent`` and ``ns`` (pid, start time, namespace inodes)."""
+    ``holder``, ``parent`` and ``ns`` (pid, start time, namespace inodes).
+
+    Without root (``run.rootless``) the holder's user namespace comes first and nothing is
+    bound: the holder keeps them all (``map_root``: this user mapped to 0 inside)."""
+    if run.rootless:
+        return _start_rootless(run, name, types, map_root)
     argv = env_unshare_argv(name, types)
     later = bound_later(types)
     reaps = any(t.name == "pid" for t in types)
@@ -102,8 +123,27 @@ def start_env_holder(run: Runner, name: str, types: Sequence[NsType]) -> dict:
             display=None if not later else shlex.join(argv) + " &  " + "; ".join(
                 " ".join(b) for b in bind_argvs(name, "$!", later)),
             shell=lambda a: start_shell(name, a, types),
-            placeholder={"holder": {"pid": Placeholder("$PID"), "start": 0},
-                         "parent": {"pid": Placeholder("$PID"), "start": 0}, "ns": {}}))
+            placeholder=_PLACEHOLDER))
+
+
+_PLACEHOLDER = {"holder": {"pid": Placeholder("$PID"), "start": 0},
+                "parent": {"pid": Placeholder("$PID"), "start": 0}, "ns": {}}
+
+
+def _start_rootless(run: Runner, name: str, types: Sequence[NsType], map_root: bool) -> dict:
+    """The rootless holder: ``unshare --user --map-root-user --uts ... --fork`` in a session of
+    its own; natively fork and unshare them all at once, and this user is mapped to 0 in
+    the new user namespace from outside before the holder goes on."""
+    argv = env_unshare_argv(name, types, rootless=True, map_root=map_root)
+    reaps = any(t.name == "pid" for t in types)
+    others = [t for t in types if t.name != "user"]
+    return run.run(Step(
+        f"start the holder in a new user namespace (you are root in it) owning new "
+        f"{sc.flag_names(flags_of(others))} namespaces; it alone keeps them"
+        + ("; PID 1 there reaps orphans" if reaps else ""),
+        argv=argv, native=lambda: start_native(name, types, rootless=True, map_root=map_root),
+        shell=lambda a: start_shell(name, a, types, rootless=True),
+        placeholder=_PLACEHOLDER))
 
 
 def _bindable(pid: int) -> bool:
@@ -149,12 +189,24 @@ def _start_in_bindable_order(types: Sequence[NsType], start: Callable[[], tuple[
                         "run from the host's first mount namespace, or retry")
 
 
-def _native_holder(name: str, types: Sequence[NsType]) -> tuple[int, int]:
+def _native_holder(name: str, types: Sequence[NsType], *,
+                   map_root: bool = False) -> tuple[int, int]:
     """fork, setsid, unshare (and fork again for a PID namespace), make / private and mount
-    /proc as ``unshare --mount --mount-proc`` does: (holder pid, parent pid)."""
+    /proc as ``unshare --mount --mount-proc`` does: (holder pid, parent pid). ``map_root``
+    maps this user to 0 in the new user namespace from outside (``--map-root-user``), as
+    soon as the holder has unshared and before it mounts /proc."""
+    before = _map_root_from_outside if map_root else None
     holder = process.spawn_holder(flags_of(types), setup=holder_setup(types, mount_proc=True),
-                                  detach=True, quiet=True, name=name)
+                                  before=before, detach=True, quiet=True, name=name)
     return holder.pid, holder.parent
+
+
+def _map_root_from_outside(pid: int) -> None:
+    """``--map-root-user`` for process ``pid``, written by its parent (the owner of its user
+    namespace): ``0 UID 1`` to uid_map, ``deny`` to setgroups, ``0 GID 1`` to gid_map."""
+    from nsutil import idmap
+    idmap.write_uid_map(pid, [idmap.IdMap(0, outside_uid(), 1)])
+    idmap.write_gid_map(pid, [idmap.IdMap(0, outside_gid(), 1)])
 
 
 def _bind_all(name: str, pid: int, types: Sequence[NsType]) -> None:
@@ -182,7 +234,13 @@ def _kill_holder(pid: int, parent: int) -> None:
     process.kill_and_reap(parent, parent)
 
 
-def start_native(name: str, types: Sequence[NsType]) -> dict:
+def start_native(name: str, types: Sequence[NsType], *, rootless: bool = False,
+                 map_root: bool = False) -> dict:
+    """The native form of :func:`start_env_holder` (``rootless``: nothing bound)."""
+    def rootless_helper() -> dict:
+        pid, parent = _native_holder(name, types, map_root=map_root)
+        return _holder_record(pid, parent, types)
+
     def inside_helper() -> dict:
         pid, parent = _start_in_bindable_order(types, lambda: _native_holder(name, types),
                                                _kill_holder)
@@ -192,14 +250,18 @@ def start_native(name: str, types: Sequence[NsType]) -> dict:
         except BaseException:
             _kill_holder(pid, parent)
             raise
-    return process.fork_call(inside_helper, f"start the holder of {name}", detached=True)
+    return process.fork_call(rootless_helper if rootless else inside_helper,
+                             f"start the holder of {name}", detached=True)
 
 
-def _spawn_unshare(argv: list[str], types: Sequence[NsType], name: str) -> tuple[int, int]:
+def _spawn_unshare(argv: list[str], types: Sequence[NsType], name: str,
+                   by_unshare: int | None = None) -> tuple[int, int]:
     """Run ``unshare ...`` in its own session; wait until its holder runs in the new
-    namespaces with unshare's own binds made: (holder pid, unshare's pid)."""
+    namespaces with unshare's own binds made (``by_unshare`` of them; default: all but
+    :func:`bound_later`'s): (holder pid, unshare's pid)."""
     forks = needs_fork(types)
-    by_unshare = len(types) - len(bound_later(types))
+    if by_unshare is None:
+        by_unshare = len(types) - len(bound_later(types))
     probe = types[0].proc
     null = os.open(os.devnull, os.O_RDWR)
     err = os.memfd_create("nsr-unshare-stderr", os.MFD_CLOEXEC)
@@ -237,7 +299,14 @@ def _spawn_unshare(argv: list[str], types: Sequence[NsType], name: str) -> tuple
         os.close(err)
 
 
-def start_shell(name: str, argv: list[str], types: Sequence[NsType]) -> dict:
+def start_shell(name: str, argv: list[str], types: Sequence[NsType], *,
+                rootless: bool = False) -> dict:
+    """The shell form of :func:`start_env_holder`: run ``argv`` (unshare) and bind what it
+    did not (``rootless``: nothing is bound)."""
+    def rootless_helper() -> dict:
+        pid, parent = _spawn_unshare(argv, types, name, by_unshare=0)
+        return _holder_record(pid, parent, types)
+
     def stop(_pid: int, parent: int) -> None:
         process.kill_and_reap(parent, parent)  # --kill-child: its holder goes with it
         _unbind_files(name)
@@ -255,7 +324,8 @@ def start_shell(name: str, argv: list[str], types: Sequence[NsType]) -> dict:
         except BaseException:
             process.kill_and_reap(parent, parent)
             raise
-    return process.fork_call(inside_helper, f"start the holder of {name}", detached=True)
+    return process.fork_call(rootless_helper if rootless else inside_helper,
+                             f"start the holder of {name}", detached=True)
 
 
 # --- the private mount under /run/nsrecipes -------------------------------------------------

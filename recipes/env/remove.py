@@ -4,6 +4,8 @@ Removal works from what the kernel still holds, not from what the record says: t
 processes in the bound namespaces are killed, the environment's veth ends deleted, its
 ``ip netns`` name and namespace files unbound, its record removed; so it also works after
 the holder or the tool itself was killed with SIGKILL (the bound files are the anchor).
+Without root nothing is bound and there is no host link nor ``ip netns`` name: the holder
+and the processes left in its user namespace are killed, and the record removed.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from recipes.common.leftover import Leftover
 from recipes.env.holder import ours_on_top, release_private_base
 from recipes.env.state import (NSFS_DEV, STATE_FILE, TMP_RE, base_dir, check_env_name,
                        env_dir, env_lock, global_lock, members, open_dir,
-                       quiet_runner, read_state)
+                       quiet_runner, read_state, rootless_members)
 
 
 # --- remove ---------------------------------------------------------------------------------
@@ -44,7 +46,8 @@ def remove(run: Runner, name: str, *, missing_ok: bool = False) -> dict:
     if run.explain:
         _remove_steps_explain(run, name)
         return {}
-    require_root("env-rm")
+    if not run.rootless:
+        require_root("env-rm")
     try:
         with env_lock(name):
             st = read_state(name)
@@ -62,6 +65,11 @@ def remove(run: Runner, name: str, *, missing_ok: bool = False) -> dict:
 
 def _remove_steps_explain(run: Runner, name: str) -> None:
     pids, link, t = Placeholder("$PIDS"), Placeholder("$IF"), Placeholder("$TYPE")
+    if run.rootless:      # nothing bound, no host link, no `ip netns` name
+        run.run(Step(f"kill the holder and every process in {name}'s user namespace",
+                     argv=["kill", "-KILL", pids]))
+        run.run(Step("remove its record", argv=["rm", "-r", env_dir(name)]))
+        return
     run.run(Step(f"kill every process in {name}'s namespaces", argv=["kill", "-KILL", pids]))
     run.run(Step("delete its ends of its veths (their peers go with them)",
                  argv=["ip", "-n", name, "link", "del", "dev", link]))
@@ -73,6 +81,10 @@ def _remove_steps_explain(run: Runner, name: str) -> None:
 
 
 def _remove_locked(run: Runner, name: str, path: str, st: dict) -> dict:
+    if st.get("rootless"):
+        _kill_members(run, name, st, {})
+        _remove_record(run, path)
+        return {"name": name, "links": [], "netns": None, "ns": {}}
     bound = {}
     for t in NS_TYPES:
         try:
@@ -91,10 +103,15 @@ def _remove_locked(run: Runner, name: str, path: str, st: dict) -> dict:
 
 
 def _kill_members(run: Runner, name: str, st: dict, bound: dict[str, int]) -> None:
+    """Step: SIGKILL the holder and every process in the environment's namespaces (without
+    root: in its user namespace, :func:`rootless_members`), and wait until they are gone."""
     pids = {int(st[k]["pid"]) for k in ("holder", "parent") if procfs.same_process(st.get(k))}
-    if not pids or "pid" not in bound:
+
+    def inside() -> list[int]:
+        return rootless_members(st) if st.get("rootless") else members(bound)
+    if not pids or "pid" not in (st.get("types") if st.get("rootless") else bound):
         # with a live PID 1 everything in its PID namespace dies with it; else look
-        pids |= set(members(bound))
+        pids |= set(inside())
     if not pids:
         return
 
@@ -116,7 +133,7 @@ def _kill_members(run: Runner, name: str, st: dict, bound: dict[str, int]) -> No
     def gone() -> bool:
         left = [p for p in victims if procfs.pid_alive(p)]
         if not left:  # and nothing new was forked into the namespaces meanwhile
-            left = [p for p in members(bound) if procfs.pid_alive(p)]
+            left = [p for p in inside() if procfs.pid_alive(p)]
             victims.update(left)
         for p in left:
             try:

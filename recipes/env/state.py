@@ -9,6 +9,12 @@ Which processes belong to an environment is decided by the kernel's own identity
 namespaces: every process whose ``/proc/PID/ns/TYPE`` has the inode of one of the bound
 namespace files (:func:`members`).
 
+Without root (the record says ``"rootless": true``) nothing is bound: a user cannot mount in
+the host's mount namespace, so the holder itself is the anchor. Its user namespace owns every
+other one, and the environment's processes are those in that user namespace
+(:func:`rootless_members`); once the holder is gone its namespaces go with their last
+process, and removal kills what is left (:func:`anchor_inodes`).
+
 Concurrency: a short exclusive flock on ``/run/nsrecipes`` covers naming, the private mount
 and pruning the directory (a lock is only taken on the directory that is there when it is
 granted: :func:`nsutil.state.locked`); a create holds it shared from making the mount
@@ -28,7 +34,8 @@ from typing import Callable, Iterator, TextIO
 from nsutil import process, state
 from nsutil import procfs
 from nsutil.backend import Placeholder, Runner
-from nsutil.errors import InvalidInput, NotFound, NsrError, SyscallError, require_root
+from nsutil.errors import InvalidInput, NotFound, NsrError, SyscallError
+from nsutil.rootless import require_namespaces
 from nsutil.names import PREFIX, check_name
 from nsutil.nstypes import NS_TYPES, NsType, flags_of, parse_types
 
@@ -265,7 +272,48 @@ def members(inodes: dict[str, int], table: dict[int, dict[str, int]] | None = No
 
 def processes(name: str) -> list[int]:
     """Host pids of the processes in environment ``name`` (holder included)."""
+    st = read_state(name) or {}
+    if st.get("rootless"):
+        return rootless_members(st)
     return members(bound_inodes(name))
+
+
+def holder_inodes(st: dict) -> dict[str, int]:
+    """{type: inode} of the namespaces the environment's holder is in ({} once it is gone)."""
+    h = st.get("holder") or {}
+    found: dict[str, int] = {}
+    if not procfs.same_process(h):
+        return found
+    for t in st.get("types", []):
+        link = _ns_link(str(h["pid"]), NS_TYPES[t].proc)
+        if link:
+            found[t] = int(link[link.index("[") + 1:-1])
+    return found if procfs.same_process(h) else {}   # not another process's, reusing the pid
+
+
+def anchor_inodes(name: str, st: dict) -> dict[str, int]:
+    """{type: inode} of what keeps the environment: its bound files as root; without root,
+    the live holder's namespaces ({} when it is gone: nothing else keeps them)."""
+    return holder_inodes(st) if st.get("rootless") else bound_inodes(name)
+
+
+def rootless_members(st: dict, table: dict[int, dict[str, int]] | None = None) -> list[int]:
+    """Processes of a rootless environment: those in its user namespace (every command that
+    joins it joins that first). While the holder runs, its user namespace is the identity;
+    once it is gone, the recorded inodes are matched, the user namespace's and one more
+    (an inode of a freed namespace can be given to a new one: two at once, not)."""
+    live = holder_inodes(st)
+    ns = live or {t: i for t, i in (st.get("ns") or {}).items() if i}
+    user = ns.get("user")
+    if user is None:
+        return []
+    others = {t: i for t, i in ns.items() if t != "user"}
+    if table is None:
+        table = proc_table()
+    me = os.getpid()
+    return sorted(pid for pid, inodes in table.items()
+                  if pid != me and inodes.get("user") == user
+                  and (live or any(inodes.get(t) == i for t, i in others.items())))
 
 
 def holder_of(st: dict) -> process.Holder:
@@ -288,8 +336,9 @@ def load(name: str, run: Runner | None = None, *, need: str | None = None,
         except OSError:
             types = list(NS_TYPES)
         return {"name": name, "types": types, "holder": {"pid": Placeholder("$PID")},
-                "parent": {"pid": Placeholder("$PID")}, "ns": {}, "veths": [], "links": []}
-    require_root(f"environment {name}")
+                "parent": {"pid": Placeholder("$PID")}, "ns": {}, "veths": [], "links": [],
+                "rootless": run.rootless}
+    require_namespaces(f"environment {name}")
     st = read_state(name)
     if st is None:
         raise NotFound(f"environment {name!r} does not exist",
