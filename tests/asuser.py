@@ -64,12 +64,12 @@ def _kill_leftovers(home: str) -> None:
 
 
 @contextmanager
-def user_home(check: bool = True) -> Iterator[str]:
-    """A fresh home for uid 65534 (mode 0700, owned by it) with ``run/`` for its
-    ``XDG_RUNTIME_DIR``; removed afterwards, also when the test fails. With ``check``, what
-    the test left (processes it started that outlived it, records in ``run/nsrecipes``)
+def user_home(check: bool = True, parent: str = "/tmp") -> Iterator[str]:
+    """A fresh home for uid 65534 (mode 0700, owned by it) in ``parent``, with ``run/`` for
+    its ``XDG_RUNTIME_DIR``; removed afterwards, also when the test fails. With ``check``,
+    what the test left (processes it started that outlived it, records in ``run/nsrecipes``)
     fails it -- after it is killed and removed, so nothing stays either way."""
-    home = tempfile.mkdtemp(prefix="nsr-home-", dir="/tmp")
+    home = tempfile.mkdtemp(prefix="nsr-home-", dir=parent)
     left: list[str] = []
     try:
         os.mkdir(os.path.join(home, "run"), 0o700)

@@ -10,8 +10,12 @@ parsed with Sybil (its Markdown lexer) and judged by what it is.
                shown once both are normalised (:func:`normalise`); a line ``...`` stands for
                any lines, ``...`` inside a line for any text. ``console both`` runs every
                command once per backend (``NSR_BACKEND=shell``, then ``native``): both
-               must print what is shown. A command that exits non-zero must say so
-               (``; echo $?``) or print nsrecipes' one-line error.
+               must print what is shown. ``console user`` runs every command as a real
+               unprivileged user instead (uid 65534 through ``setpriv``, no capabilities,
+               in the same sandbox), with a home and an ``XDG_RUNTIME_DIR`` of the page's
+               own (:func:`asuser.user_home`): what that user's commands leave behind fails
+               the page. A command that exits non-zero must say so (``; echo $?``) or print
+               nsrecipes' one-line error.
 ``python``     run with the project's Python inside the page's sandbox; it must exit 0.
                ``python test`` is a test module: pytest runs it there (the nsrecipes
                plugin's fixtures included), and it must pass.
@@ -39,6 +43,8 @@ from pathlib import Path
 from sybil import Document, Example, Sybil
 from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
 
+from asuser import user_env, user_home, venv_reachable
+from conftest import unprivileged_argv
 from helpers import ROOT
 
 #: the pages checked: the README and every page under docs/
@@ -56,6 +62,8 @@ EXAMPLE_RUN = re.compile(r"^Example run \((\d{4}-\d{2}-\d{2}), ([^)]+)\):\s*$")
 OWN_CGROUPS = "<!-- docs: own cgroups -->"
 KNOWN = ("console", "python", "toml", "sh", "text")
 TIMEOUT = 120
+#: where a page's unprivileged user gets its home: a directory the sandbox does not hide
+USER_HOMES = "/var/tmp"
 
 
 @dataclass
@@ -84,6 +92,7 @@ class PageState:
     """What the blocks of one page share: its sandbox and the updates to write."""
 
     sandbox: object = None
+    home: str | None = None    # the home of the page's unprivileged user (``console user``)
     updates: list[Update] = field(default_factory=list)
 
 
@@ -220,10 +229,27 @@ def environment(backend: str | None) -> dict[str, str]:
     return env
 
 
-def run_in(sandbox, argv: list[str], backend: str | None,
-           stdin: str | None = None) -> subprocess.CompletedProcess:
-    """``argv`` inside the page's sandbox, from the checkout, stderr merged into stdout."""
-    return subprocess.run(sandbox.enter() + argv, cwd=ROOT, env=environment(backend),
+def user_environment(backend: str | None, home: str) -> dict[str, str]:
+    """:func:`environment` as the unprivileged user's login has it: its own HOME and
+    ``XDG_RUNTIME_DIR`` (``HOME/run``), USER nobody (:func:`asuser.user_env`)."""
+    root = environment(backend)
+    env = user_env(home, **{k: root[k] for k in ("PATH", "TMPDIR", "LC_ALL", "TERM")})
+    for name in ("NSR_BACKEND", "NSR_CACHE_DIR", "COLUMNS"):
+        env.pop(name, None)
+    if backend:
+        env["NSR_BACKEND"] = backend
+    return env
+
+
+def run_in(sandbox, argv: list[str], backend: str | None, stdin: str | None = None,
+           home: str | None = None) -> subprocess.CompletedProcess:
+    """``argv`` inside the page's sandbox, from the checkout, stderr merged into stdout;
+    with ``home``, as uid 65534 (setpriv, no capabilities) with that home."""
+    env = environment(backend)
+    if home is not None:
+        argv = unprivileged_argv(argv)
+        env = user_environment(backend, home)
+    return subprocess.run(sandbox.enter() + argv, cwd=ROOT, env=env,
                           input=stdin if stdin is not None else "", stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT, check=False)
 
@@ -234,6 +260,8 @@ def run_in(sandbox, argv: list[str], backend: str | None,
 STATE: dict[str, PageState] = {}
 UPDATE = {"on": False}
 OPEN_SANDBOX = {"fn": None}
+#: set by the test module: opens a home for the page's unprivileged user (closed with the page)
+OPEN_HOME = {"fn": None}
 
 
 def _page(example: Example) -> PageState:
@@ -241,6 +269,15 @@ def _page(example: Example) -> PageState:
     if state.sandbox is None:
         state.sandbox = OPEN_SANDBOX["fn"](example.path)
     return state
+
+
+def _home(state: PageState) -> str:
+    """The page's unprivileged user's home, made by its first ``console user`` block."""
+    if state.home is None:
+        why = venv_reachable()
+        assert why is None, why
+        state.home = OPEN_HOME["fn"]()
+    return state.home
 
 
 def evaluate(example: Example) -> str | None:
@@ -268,12 +305,14 @@ def _console(example: Example, block: Block, where: str) -> None:
     """Run the block's commands in order (the whole block once per backend with ``both``)."""
     state = _page(example)
     backends = ["shell", "native"] if "both" in block.options else [None]
+    home = _home(state) if "user" in block.options else None
     stale: dict[tuple[int, int], str] = {}
     for backend in backends:
         for command, shown, start, end in split_console(block.body):
             # a page shows shell lines (pipes, ``; echo $?``): bash reads them as a user's would
-            proc = run_in(state.sandbox, ["bash", "-c", command], backend)
-            label = f"{where}: $ {command}" + (f"  (NSR_BACKEND={backend})" if backend else "")
+            proc = run_in(state.sandbox, ["bash", "-c", command], backend, home=home)
+            label = (f"{where}: $ {command}" + (f"  (NSR_BACKEND={backend})" if backend else "")
+                     + ("  (as uid 65534)" if home else ""))
             failed_silently = (proc.returncode != 0 and "echo $?" not in command
                                and "nsrecipes:" not in proc.stdout)
             assert not failed_silently, f"{label}\nexit {proc.returncode}:\n{proc.stdout}"

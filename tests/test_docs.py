@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import docscheck
+from asuser import user_home
 from helpers import ROOT
 from sandboxkit import open_sandbox
 
@@ -33,13 +34,19 @@ def _id(example) -> str:
 @pytest.fixture(scope="module")
 def pages(request: pytest.FixtureRequest):
     """One sandbox per page, opened by the page's first block that runs something (with a
-    cgroup view of its own where the page asks for it: docscheck.OWN_CGROUPS); at the end each page's environments are removed (a page that leaves one fails) and, with
-    --update-docs, the new outputs written."""
+    cgroup view of its own where the page asks for it: docscheck.OWN_CGROUPS), and a home for
+    its unprivileged user if it has ``console user`` blocks; at the end each page's
+    environments are removed (a page that leaves one fails; the user's are checked when its
+    home goes) and, with --update-docs, the new outputs written."""
     stack = ExitStack()
     docscheck.UPDATE["on"] = request.config.getoption("--update-docs")
     docscheck.OPEN_SANDBOX["fn"] = lambda path: stack.enter_context(
         open_sandbox(hidden=docscheck.HIDDEN, state="/run/nsrecipes",
                      own_cgroups=docscheck.OWN_CGROUPS in Path(path).read_text()))
+    # a user's home goes before the sandbox it was used in (the stack closes last in, first
+    # out), and what the user's commands left fails the run (asuser.UserLeak)
+    docscheck.OPEN_HOME["fn"] = lambda: stack.enter_context(
+        user_home(parent=docscheck.USER_HOMES))
     left: list[str] = []
     try:
         yield docscheck.STATE
