@@ -140,7 +140,11 @@ _RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"\bnsr-[a-z]+-[A-Za-z0-9_]{6,8}\b(?<!-demo)"), "nsr-RANDOM"),  # mkdtemp
     (re.compile(r"\bnsr-(c|v|cg|cgns|cow|sbx|\d+)-[0-9a-f]{4,}\b"), r"nsr-\1-ID"),
     (re.compile(r"\bnsr-(?:\d+|[0-9a-f]{4})-"), "nsr-ID-"),          # pids, random scopes
+    (re.compile(r"\b[0-9a-f]{64}\b"), "CONTAINER-ID"),            # a container's id
+    (re.compile(r"\b[0-9a-f]{12}\b"), "SHORT-ID"),                # its first 12 digits
     (re.compile(r"\b[0-9a-f]{32}\b"), "HASH"),                    # a cgroup named by a hash
+    (re.compile(r"\b\d+ seconds? ago\b"), "N seconds ago"),       # container-ls CREATED
+    (re.compile(r"(?<=running)(\s+)\d+"), r"\1PID"),              # container-ls PID
     (re.compile(r"\b0x[0-9a-f]{8}\b"), "KEY"),                      # SysV IPC keys
     (re.compile(r"(?<=KEY )\d+"), "ID"),
     (re.compile(r"(?<=queue id: )\d+"), "ID"),
@@ -158,7 +162,7 @@ _RULES: list[tuple[re.Pattern, str]] = [
 
 def normalise(text: str) -> str:
     """The output with what varies replaced: namespace inodes, dates, scratch and scope
-    names, IPC keys and ids, pids, durations, the machine's hostname (shown as ``vm``) and
+    names, IPC keys and ids, container ids, pids, durations, ages, the machine's hostname (shown as ``vm``) and
     the column alignment (runs of spaces); trailing blanks and blank lines at either end go."""
     host = socket.gethostname()
     if host and host != "vm":
