@@ -145,6 +145,7 @@ _RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"\b[0-9a-f]{32}\b"), "HASH"),                    # a cgroup named by a hash
     (re.compile(r"\b\d+ seconds? ago\b"), "N seconds ago"),       # container-ls CREATED
     (re.compile(r"(?<=running)(\s+)\d+"), r"\1PID"),              # container-ls PID
+    (re.compile(r"(?m)^(\S+\s+)\d+(?=\s+(?:alive|dead)\b)"), r"\1PID"),   # env-ls PID
     (re.compile(r"\b0x[0-9a-f]{8}\b"), "KEY"),                      # SysV IPC keys
     (re.compile(r"(?<=KEY )\d+"), "ID"),
     (re.compile(r"(?<=queue id: )\d+"), "ID"),
