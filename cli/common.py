@@ -172,9 +172,9 @@ def root_demo(task_name: str, module: str, backend: str | None, explain: bool,
     """Run ``recipes.MODULE.demo(run, **kwargs)`` for a demo that needs root (unless it only
     explains): import the recipe, check root (naming ``task_name``), run it in a Runner."""
     import importlib
-    from nsutil.errors import require_root
+    from nsutil.rootless import require_namespaces
     recipe = importlib.import_module(f"recipes.{module}")
     if not explain:
-        require_root(task_name)
+        require_namespaces(task_name)
     with make_runner(backend, explain) as run:
         recipe.demo(run, **kwargs)
