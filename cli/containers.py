@@ -14,7 +14,9 @@ from cli.common import command_argv, make_runner, nsr_task
                 "cpus": "CPU quota in CPUs, e.g. 0.5",
                 "hostname": "hostname inside (default: the container's name)",
                 "domainname": "NIS domain name inside (its own UTS namespace)",
-                "net": "give the container its own network namespace (only lo, up)",
+                "net": "give the container its own network namespace (only lo, up): "
+                       "isolated; without root, reaching outside needs pasta or slirp4netns, "
+                       "which nsrecipes does not set up",
                 "rm": "remove the container's directory and cgroup when it exits "
                       "(default; --no-rm keeps the directory with what it wrote)",
                 "name": "container name, nsr-c-... (default: random)",
@@ -27,7 +29,9 @@ from cli.common import command_argv, make_runner, nsr_task
                 "env": "KEY=VALUE in the command's environment; repeatable",
                 "workdir": "the command's working directory (made if missing)",
                 "user": "UID[:GID] the command runs as (gid: from the rootfs's /etc/passwd, "
-                        "else the uid); no supplementary groups"},
+                        "else the uid); no supplementary groups; without root, an id other "
+                        "than 0 needs an /etc/subuid and /etc/subgid range and newuidmap/"
+                        "newgidmap (package uidmap)"},
           iterable=["volume", "tmpfs", "env"])
 def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=None, net=False,
                   rm=True, name=None, timeout=None, volume=None, tmpfs=None, read_only=False,
@@ -42,12 +46,18 @@ def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=No
     On cgroup v2 without systemd, the controller of a limit that the root of the cgroup
     namespace does not enable for its children is enabled there, as runc does (one line on
     stderr; it stays enabled: other cgroups may rely on it).
+
+    Without root, as podman and bubblewrap: a user namespace first (you are root inside;
+    uids 0-65535 with an /etc/subuid range and newuidmap), overlayfs with userxattr (Linux
+    5.11+), /dev by bind mounts, and --memory/--pids/--cpus only in a cgroup delegated to you
+    (systemd-run --user --scope -p Delegate=yes invoke container-run ...). --net is isolated:
+    outside connectivity (pasta, slirp4netns) is out of scope.
     """
     from recipes import container
-    from nsutil.errors import require_root
+    from nsutil.rootless import require_namespaces
     argv = command_argv("container-run", "[OPTIONS]")
     if not explain:
-        require_root("container-run")
+        require_namespaces("container-run")
     with make_runner(backend, explain) as run:
         code = container.run_container(
             run, argv, rootfs=rootfs, memory=memory, pids=pids, cpus=cpus, hostname=hostname,

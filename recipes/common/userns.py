@@ -18,6 +18,7 @@ namespace first (the demo's mounts then live and die with that process).
 from __future__ import annotations
 
 import os
+import pickle
 import pwd
 import shutil
 import sys
@@ -183,6 +184,7 @@ def enter(plan: IdPlan, shake: Handshake | None) -> None:
     if not plan.helpers or shake is None:
         rootless.become_root_in_userns()
         return
+    shake.close("ready_r", "go_w")
     sc.unshare(sc.CLONE_NEWUSER)
     os.write(shake.ready_w, b"R")
     shake.close("ready_w")
@@ -193,10 +195,11 @@ def enter(plan: IdPlan, shake: Handshake | None) -> None:
     process.become_root_inside()
 
 
-def map_child(run: Runner, plan: IdPlan, pid: int, shake: Handshake) -> None:
+def map_child(run: Runner | None, plan: IdPlan, pid: int, shake: Handshake) -> None:
     """Steps (the parent): once the child made its user namespace, write its maps with
     newuidmap and newgidmap (setuid root; they check /etc/subuid and /etc/subgid), then let it
-    go on. A command on both backends: only root can write such a map itself."""
+    go on. A command on both backends: only root can write such a map itself. With ``run``
+    None the helpers just run (inside another step)."""
     shake.close("ready_w", "go_r")
     try:
         if process.read_all(shake.ready_r) != b"R":
@@ -204,12 +207,58 @@ def map_child(run: Runner, plan: IdPlan, pid: int, shake: Handshake) -> None:
                            "was mapped", hint="see the error below it, or the kernel log")
         for tool, maps in (("newuidmap", plan.uid_maps), ("newgidmap", plan.gid_maps)):
             argv = helper_argv(tool, pid, maps)
+            if run is None:
+                nshell.run(argv)
+                continue
             run.run(Step(f"map the user namespace of pid {pid}: {tool} (setuid root, checks "
                          f"{SUBUID if tool == 'newuidmap' else SUBGID})", argv=argv,
                          native=lambda argv=argv: nshell.run(argv)))
         os.write(shake.go_w, b"G")
     finally:
         shake.close("ready_r", "go_w")
+
+
+def call_mapped(plan: IdPlan, fn: Callable[[], Any], what: str) -> Any:
+    """Run ``fn`` in a forked process inside a new user namespace with ``plan``'s maps, as
+    root there (``podman unshare``): e.g. to remove what a container's ids own."""
+    shake = Handshake.open() if plan.helpers else None
+    result: dict[str, Any] = {}
+
+    def body(w: int) -> int:
+        try:
+            enter(plan, shake)
+            outcome: tuple = ("ok", fn())
+        except NsrError as exc:
+            outcome = ("err", exc)
+        except Exception as exc:   # noqa: BLE001 -- reported to the parent as one line
+            outcome = ("err", NsrError(f"{what}: {type(exc).__name__}: {exc}"))
+        process.write_all(w, pickle.dumps(outcome))
+        return 0
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    r, w = os.pipe()
+    pid = process.fork()
+    if pid == 0:
+        os.close(r)
+        process.in_child(lambda: body(w))
+    os.close(w)
+    try:
+        if shake is not None:
+            map_child(None, plan, pid, shake)
+        result["data"] = process.read_all(r)
+    finally:
+        os.close(r)
+        if shake is not None:
+            shake.close("ready_r", "ready_w", "go_r", "go_w")
+        process.wait_child(pid)
+    if not result.get("data"):
+        raise NsrError(f"{what}: the process in the user namespace died before reporting",
+                       hint="see the error above it")
+    kind, value = pickle.loads(result["data"])
+    if kind == "err":
+        raise value
+    return value
 
 
 # --- a whole demo inside a user and a mount namespace of its own ------------------------------

@@ -18,6 +18,7 @@ from nsutil.limits import Limits, parse_number, parse_pids, parse_tmpfs_size
 from nsutil.names import (PREFIX, check_domainname, check_hostname, check_id,
                           check_name, scope_id)
 
+from recipes.common.userns import IdPlan
 from recipes.container import rootfs as rootfs_recipe
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -95,6 +96,8 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)   #: --env, over the defaults
     workdir: str | None = None
     user: User | None = None
+    #: without root: the maps of the container's user namespace (None: as root, no userns)
+    ids: IdPlan | None = None
 
     @property
     def path(self) -> str:

@@ -32,7 +32,7 @@ class Container:
 
     name: str
     dir: str
-    cgroup: Cgroup
+    cgroup: Cgroup | None   #: None: without root and no delegated cgroup
     rootfs: str
     pid: int = 0            #: the forked process outside (parent of PID 1)
     report_r: int = -1      #: read end of the error pipe
@@ -69,7 +69,7 @@ def container_record(ct: Container, argv: list[str], rm: bool) -> dict[str, Any]
             "creator": procfs.identity(),
             "pid": ct.pid, "starttime": procfs.start_time(ct.pid) if ct.pid else None,
             "pid1": ct.pid1, "pid1_starttime": procfs.start_time(ct.pid1) if ct.pid1 else None,
-            "cgroup": ct.cgroup.unique_dirs(), "rm": rm}
+            "cgroup": ct.cgroup.unique_dirs() if ct.cgroup else [], "rm": rm}
 
 
 def write_json(path: str, data: dict) -> None:
