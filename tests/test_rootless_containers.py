@@ -57,17 +57,17 @@ def test_container_and_cow_as_user(backend: str, home: str) -> None:
     assert _cow_dirs() <= before
 
 
-def test_refusals_as_user(backend: str, home: str) -> None:
+def test_refusals_as_user(home: str) -> None:
     """Without an /etc/subuid range, ``--user 1000`` is one line naming what is missing; with
     no delegated cgroup, a limit and cgroup-demo are one line with the systemd-run hint.
-    Non-zero exit, nothing left."""
-    env = {"NSR_BACKEND": backend}
+    Non-zero exit, nothing left. (Refused before any step runs: the backend plays no part.)"""
+    env: dict = {}
     user = as_user(home, "container-run", "--user", "1000", "--", "id", env=env)
     assert user.returncode == 1
     assert user.stderr.count("\n") == 1, user.stderr
     assert "--user 1000" in user.stderr and "/etc/subuid" in user.stderr
-    for args in (("container-run", "--memory", "64M", "--", "true"),
-                 ("container-run", "--pids", "8", "--", "true"), ("cgroup-demo",)):
+    for args in (("container-run", "--memory", "64M", "--pids", "8", "--", "true"),
+                 ("cgroup-demo",)):
         done = as_user(home, *args, env=env)
         assert done.returncode == 1, (args, done.stdout, done.stderr)
         assert done.stderr.count("\n") == 1, done.stderr
@@ -146,12 +146,13 @@ def test_limits_in_delegated_cgroup(backend: str, home: str, delegated: str) -> 
             f.write("0")
 
     run = lambda *args: _as_user_full_bounding(home, list(args), env, into)  # noqa: E731
-    limited = run("container-run", "--pids", "2", "--", "sh", "-c", "true & wait")
+    limited = run("container-run", "--pids", "2", "--", "sh", "-c",
+                  "cat /proc/self/cgroup; true & wait")
     assert limited.returncode != 0 and "fork" in (limited.stdout + limited.stderr).lower(), limited
-    free = run("container-run", "--pids", "3", "--", "sh", "-c", "true & wait; echo forked")
-    assert free.returncode == 0 and "forked" in free.stdout, free.stderr
+    assert limited.stdout.startswith("0::/\n"), limited.stdout   # its own cgroup namespace
     demo = run("cgroup-demo", "--seconds", "0.3")
     assert demo.returncode == 0, demo.stderr
+    print(demo.stdout)   # for the docs: -rA shows it
     assert "oom_kill = 1" in demo.stdout and "refused with EAGAIN: 0" not in demo.stdout
     assert [e.name for e in os.scandir(delegated) if e.is_dir()] == []
     assert cgroupfs.read_file(os.path.join(delegated, "cgroup.subtree_control")).split() == []
