@@ -202,7 +202,7 @@ def enable_delegated(run: Runner, delegated: str, controllers: tuple[str, ...]) 
     run.run(Step(f"enable {' '.join(missing)} for the children of the delegated {delegated}",
                  display=f"echo {value} > {control}",
                  native=lambda: cgroupfs.write_file(control, value),
-                 undo=Step(f"disable them again (unless another run's cgroup is there)",
+                 undo=Step("disable them again (unless another run's cgroup is there)",
                            display=f"echo {value.replace('+', '-')} > {control}", native=disable)))
 
 

@@ -85,7 +85,8 @@ def _bind_subids(path: str) -> None:
         sc.mount(path, target, None, sc.MS_BIND)
 
 
-def _as_user_full_bounding(home: str, args: list[str], env: dict, preexec) -> subprocess.CompletedProcess:
+def _as_user_full_bounding(home: str, args: list[str], env: dict,
+                           preexec) -> subprocess.CompletedProcess:
     """uid 65534 with the full capability bounding set a login has: newuidmap, setuid root,
     gets CAP_SETUID only from it (tests/conftest's setpriv clears it)."""
     argv = ["setpriv", f"--reuid={USER_UID}", f"--regid={USER_UID}", "--clear-groups",
@@ -104,7 +105,8 @@ def test_user_1000_with_subuid_range(backend: str, home: str) -> None:
         os.write(fd, b"nobody:200000:65536\n")
         os.close(fd)
         os.chmod(path, 0o644)
-        script = "id -u; id -g; cat /proc/self/uid_map; mkdir /tmp/d && touch /tmp/d/x && chmod 700 /tmp/d"
+        script = ("id -u; id -g; cat /proc/self/uid_map; "
+                  "mkdir /tmp/d && touch /tmp/d/x && chmod 700 /tmp/d")
         done = _as_user_full_bounding(home, ["container-run", "--user", "1000", "--", "sh", "-c",
                                              script], {"NSR_BACKEND": backend},
                                       lambda: _bind_subids(path))
