@@ -117,6 +117,12 @@ def with_range() -> IdPlan:
                   (idmap.IdMap(0, gid, 1), idmap.IdMap(1, gstart, count)))
 
 
+def widest() -> IdPlan:
+    """The widest maps this user can have: the subordinate range where it is usable, else
+    only the user (for removing what any container of this user left)."""
+    return root_only() if missing_for_range() else with_range()
+
+
 def plan_for(what: str, ids: list[int]) -> IdPlan:
     """The maps a rootless container needs to hold ``ids`` (uids and gids it will take):
     only the user as root when that is all, else the subordinate range -- or one line naming

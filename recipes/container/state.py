@@ -16,12 +16,14 @@ from typing import Any
 
 from nsutil import cgroupfs
 from nsutil import procfs
+from nsutil import rootless
 from nsutil.backend import Runner, Step
 from nsutil.cgroupfs import Cgroup
 from nsutil.errors import SyscallError
 from nsutil.names import PREFIX
 from nsutil.state import prune, read_json, state_dir
 
+from recipes.common import userns
 from recipes.common.leftover import Leftover
 from recipes.cow import remove_tree
 
@@ -118,7 +120,11 @@ def remove_container(state: dict) -> None:
         real = os.path.realpath(d)
         if real.startswith(cgroupfs.ROOT + "/") and os.path.basename(real).startswith(PREFIX):
             cgroupfs.remove_dir(real)
-    remove_tree(state["dir"])
+    if rootless.decide():   # what the container's ids own is root's only in a user namespace
+        userns.call_mapped(userns.widest(), lambda: remove_tree(state["dir"]),
+                           f"remove {state['dir']}")
+    else:
+        remove_tree(state["dir"])
     prune()
 
 
