@@ -158,15 +158,29 @@ def create_cgroup(run: Runner, name: str | None = None,
 
 # --- without root: below the cgroup delegated to the user ---------------------------------------
 
+def _others_below(delegated: str) -> list[str]:
+    """nsrecipes cgroups below the delegated one other than the tools' own leaves."""
+    return [e.name for e in os.scandir(delegated) if e.is_dir() and e.name.startswith(PREFIX)
+            and not e.name.startswith(cgroupdeleg.SELF_LEAF)]
+
+
 def leave_delegated(run: Runner, delegated: str) -> None:
     """Steps (once per run): move this process out of the delegated cgroup into a leaf of its
     own, so the delegated one holds no process and may enable controllers for its children
-    (v2's rule); undo: move back, remove the leaf."""
+    (v2's rule); undo: disable those controllers again (a cgroup with processes had none
+    enabled, so every one is ours), move back, remove the leaf -- unless another run's
+    cgroups are still there."""
     leaf, pid = cgroupdeleg.self_leaf(delegated), os.getpid()
     if cgroupfs.own_cgroup(None).rstrip("/").endswith("/" + os.path.basename(leaf)):
         return
+    control = os.path.join(delegated, "cgroup.subtree_control")
 
     def back() -> None:
+        if _others_below(delegated):
+            return     # another run's cgroups still need the controllers: it moves back last
+        enabled = cgroupfs.read_file(control).split()
+        if enabled:
+            cgroupfs.write_file(control, " ".join(f"-{c}" for c in enabled))
         cgroupfs.write_file(os.path.join(delegated, "cgroup.procs"), pid)
         cgroupfs.remove_dir(leaf)
 
@@ -176,34 +190,24 @@ def leave_delegated(run: Runner, delegated: str) -> None:
                  "children only while it holds no process", display=f"echo {pid} > "
                  f"{leaf}/cgroup.procs", native=lambda: cgroupfs.write_file(
                      os.path.join(leaf, "cgroup.procs"), pid),
-                 undo=Step(f"move this process back into {delegated}, remove {leaf}",
-                           display=f"echo {pid} > {delegated}/cgroup.procs; rmdir {leaf}",
-                           native=back)))
+                 undo=Step(f"disable the controllers of {delegated} again, move this process "
+                           f"back into it, remove {leaf}",
+                           display=f"echo -memory -pids -cpu > {control}; echo {pid} > "
+                                   f"{delegated}/cgroup.procs; rmdir {leaf}", native=back)))
 
 
 def enable_delegated(run: Runner, delegated: str, controllers: tuple[str, ...]) -> None:
-    """Step: enable ``controllers`` for the children of the delegated cgroup; undo: disable
-    those this step enabled, unless another run's cgroup is still there."""
+    """Step: enable ``controllers`` for the children of the delegated cgroup (disabled again
+    when this process moves back: :func:`leave_delegated`)."""
     control = os.path.join(delegated, "cgroup.subtree_control")
-    missing = [] if run.explain else [c for c in controllers
-                                      if c not in cgroupfs.read_file(control).split()]
-    if run.explain:
-        missing = list(controllers)
+    missing = list(controllers) if run.explain else [
+        c for c in controllers if c not in cgroupfs.read_file(control).split()]
     if not missing:
         return
-
-    def disable() -> None:
-        others = [e.name for e in os.scandir(delegated) if e.is_dir()
-                  and e.name.startswith(PREFIX) and not e.name.startswith(cgroupdeleg.SELF_LEAF)]
-        if not others:
-            cgroupfs.write_file(control, " ".join(f"-{c}" for c in missing))
-
     value = " ".join(f"+{c}" for c in missing)
     run.run(Step(f"enable {' '.join(missing)} for the children of the delegated {delegated}",
                  display=f"echo {value} > {control}",
-                 native=lambda: cgroupfs.write_file(control, value),
-                 undo=Step("disable them again (unless another run's cgroup is there)",
-                           display=f"echo {value.replace('+', '-')} > {control}", native=disable)))
+                 native=lambda: cgroupfs.write_file(control, value)))
 
 
 def create_delegated(run: Runner, name: str, controllers: tuple[str, ...]) -> Cgroup:
