@@ -168,13 +168,15 @@ def make_runner(backend: str | None, explain: bool, keep: bool = False):
 
 
 def root_demo(task_name: str, module: str, backend: str | None, explain: bool,
-               **kwargs: Any) -> None:
+               rootless_ok: bool = False, **kwargs: Any) -> None:
     """Run ``recipes.MODULE.demo(run, **kwargs)`` for a demo that needs root (unless it only
-    explains): import the recipe, check root (naming ``task_name``), run it in a Runner."""
+    explains): import the recipe, check root (naming ``task_name``), run it in a Runner.
+    With ``rootless_ok`` the demo also runs without root (a user namespace first)."""
     import importlib
+    from nsutil.errors import require_root
     from nsutil.rootless import require_namespaces
     recipe = importlib.import_module(f"recipes.{module}")
     if not explain:
-        require_namespaces(task_name)
+        (require_namespaces if rootless_ok else require_root)(task_name)
     with make_runner(backend, explain) as run:
         recipe.demo(run, **kwargs)

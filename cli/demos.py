@@ -181,7 +181,7 @@ def cgroup_demo(c, memory="32M", pids="32", cpus="0.5", seconds="1.0", backend=N
     from nsutil.limits import parse_number
     seconds = parse_number(seconds, "--seconds", kind=float, minimum=0.1, maximum=60,
                            example="1.0")
-    root_demo("cgroup-demo", "cgroup", backend, explain,
+    root_demo("cgroup-demo", "cgroup", backend, explain, rootless_ok=True,
                memory=memory, pids=pids, cpus=cpus, seconds=seconds)
 
 
@@ -195,6 +195,6 @@ def cow_demo(c, size_mb="8", backend=None, explain=False):
     disk used by two containers sharing the layers is compared with two full copies.
     """
     from nsutil.limits import parse_number
-    root_demo("cow-demo", "cow", backend, explain,
+    root_demo("cow-demo", "cow", backend, explain, rootless_ok=True,
                size_mb=parse_number(size_mb, "--size-mb", minimum=1, maximum=1024, example="8"))
 
