@@ -138,9 +138,9 @@ def delegated() -> str:
 
 
 def test_limits_in_delegated_cgroup(backend: str, home: str, delegated: str) -> None:
-    """In a delegated cgroup: ``--pids 2`` stops the command's fork, a container without
-    limits runs, cgroup-demo sees the OOM kill, the fork bomb stopped and the CPU quota; the
-    delegated cgroup is left as it was (no child, no controller enabled)."""
+    """In a delegated cgroup: ``--pids 2`` stops the command's fork (the container is in a
+    cgroup namespace of its own), cgroup-demo sees the OOM kill, the fork bomb stopped and the
+    CPU quota; the delegated cgroup is left as it was (no child, no controller enabled)."""
     env = {"NSR_BACKEND": backend}
 
     def into() -> None:
@@ -148,8 +148,8 @@ def test_limits_in_delegated_cgroup(backend: str, home: str, delegated: str) -> 
             f.write("0")
 
     run = lambda *args: _as_user_full_bounding(home, list(args), env, into)  # noqa: E731
-    limited = run("container-run", "--pids", "2", "--", "sh", "-c",
-                  "cat /proc/self/cgroup; true & wait")
+    limited = run("container-run", "--pids", "2", "--", "sh", "-c",   # read: no fork
+                  "read c < /proc/self/cgroup; echo $c; true & wait")
     assert limited.returncode != 0 and "fork" in (limited.stdout + limited.stderr).lower(), limited
     assert limited.stdout.startswith("0::/\n"), limited.stdout   # its own cgroup namespace
     demo = run("cgroup-demo", "--seconds", "0.3")
