@@ -22,7 +22,9 @@ START_FAILED = 125
                 "cpus": "CPU quota in CPUs, e.g. 0.5",
                 "hostname": "hostname inside (default: the container's name)",
                 "domainname": "NIS domain name inside (its own UTS namespace)",
-                "net": "give the container its own network namespace (only lo, up)",
+                "net": "give the container its own network namespace (only lo, up): "
+                       "isolated; without root, reaching outside needs pasta or slirp4netns, "
+                       "which nsrecipes does not set up",
                 "rm": "remove the container's directory and cgroup when it exits "
                       "(default in the foreground; --no-rm keeps the directory with what it "
                       "wrote); with --detach, only if --rm is given (as docker run -d --rm)",
@@ -40,7 +42,9 @@ START_FAILED = 125
                 "workdir": "the command's working directory (made if missing)",
                 "user": "UID[:GID] the command runs as (gid: from the rootfs's /etc/passwd, "
                         "else the uid); no supplementary groups; with --image also "
-                        "NAME[:GROUP] from the image's /etc/passwd and /etc/group"},
+                        "NAME[:GROUP] from the image's /etc/passwd and /etc/group; without "
+                        "root, an id other than 0 needs an /etc/subuid and /etc/subgid range "
+                        "and newuidmap/newgidmap (package uidmap)"},
           iterable=["volume", "tmpfs", "env"])
 def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=None, net=False,
                   rm=True, name=None, timeout=None, volume=None, tmpfs=None, read_only=False,
@@ -57,11 +61,18 @@ def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=No
     On cgroup v2 without systemd, the controller of a limit that the root of the cgroup
     namespace does not enable for its children is enabled there, as runc does (one line on
     stderr; it stays enabled: other cgroups may rely on it).
+
+    Without root, as podman and bubblewrap: a user namespace first (you are root inside;
+    uids 0-65535 with an /etc/subuid range and newuidmap), overlayfs with userxattr (Linux
+    5.11+), /dev by bind mounts, and --memory/--pids/--cpus only in a cgroup delegated to you
+    (systemd-run --user --scope -p Delegate=yes invoke container-run ...). --net is isolated:
+    outside connectivity (pasta, slirp4netns) is out of scope.
     """
-    from nsutil.errors import NsrError, require_root
+    from nsutil.errors import NsrError
+    from nsutil.rootless import require_namespaces
     argv = command_argv("container-run", "[OPTIONS]", required=image is None)
     if not explain:
-        require_root("container-run")
+        require_namespaces("container-run")
     options = dict(memory=memory, pids=pids, cpus=cpus, hostname=hostname, net=net, name=name,
                    timeout=timeout, volumes=volume or (), tmpfs=tmpfs or (), read_only=read_only,
                    domainname=domainname, env=env or (), workdir=workdir, user=user,
