@@ -83,7 +83,7 @@ def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=No
             print(supervisor.spawn(argv, rootfs, backend, _rm_given(), options))
             return
         from recipes import container
-        with make_runner(backend, explain) as run:
+        with make_runner(backend, explain, announce_owner=explain) as run:
             code = container.run_container(run, argv, rootfs=rootfs, rm=rm, **options)
     except NsrError as exc:
         if exc.exit_code == 1:    # not a bad option (2), nor the command's own (126, 127, 137)
@@ -134,7 +134,7 @@ def container_exec(c, name, user=None, env=None, workdir=None, tty=False, backen
     from recipes.container import ids
     from recipes.container.execin import exec_in
     argv = command_argv("container-exec", "NAME [OPTIONS]")
-    with make_runner(backend, False, keep=True) as run:
+    with make_runner(backend, False, keep=True, announce_owner=False) as run:
         code = exec_in(run, ids.resolve(name), argv, user=user, env=env or (),
                        workdir=workdir, tty=tty)
     if code:
@@ -146,7 +146,7 @@ def container_exec(c, name, user=None, env=None, workdir=None, tty=False, backen
 def container_logs(c, name, follow=False, backend=None):
     """Print what a detached container wrote (stdout and stderr), from its start."""
     from recipes.container import ids, lifecycle
-    with make_runner(backend, False, keep=True) as run:
+    with make_runner(backend, False, keep=True, announce_owner=False) as run:
         lifecycle.logs(run, ids.resolve(name), follow=follow)
 
 
@@ -156,7 +156,7 @@ def container_stop(c, name, time=10.0, backend=None):
     """Stop a running container: SIGTERM to its PID 1, SIGKILL after --time seconds."""
     from recipes.container import ids, lifecycle
     rec = ids.resolve(name)
-    with make_runner(backend, False, keep=True) as run:
+    with make_runner(backend, False, keep=True, announce_owner=False) as run:
         lifecycle.stop(run, rec, float(time))
     print(rec.get("name"))
 
@@ -167,7 +167,7 @@ def container_kill(c, name, signal="KILL", backend=None):
     """Send a signal to a running container's PID 1 (which passes it on to the command)."""
     from recipes.container import ids, lifecycle
     rec = ids.resolve(name)
-    with make_runner(backend, False, keep=True) as run:
+    with make_runner(backend, False, keep=True, announce_owner=False) as run:
         lifecycle.kill(run, rec, signal)
     print(rec.get("name"))
 
@@ -178,7 +178,7 @@ def container_rm(c, name, force=False, backend=None):
     """Remove a container: its processes, cgroup, directory (what it wrote) and log."""
     from recipes.container import ids, lifecycle
     rec = ids.resolve(name)
-    with make_runner(backend, False, keep=True) as run:
+    with make_runner(backend, False, keep=True, announce_owner=False) as run:
         lifecycle.remove(run, rec, force=force)
     print(rec.get("name"))
 

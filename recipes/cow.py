@@ -26,7 +26,6 @@ import stat
 from typing import Sequence
 
 from nsutil import mountinfo
-from nsutil import rootless
 from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
 from nsutil import shell as nshell
@@ -305,7 +304,7 @@ def demo(run: Runner, size_mb: int = 8) -> dict:
         raise InvalidInput(f"layer size {size_mb!r} MiB is out of range", hint="use 1 to 1024")
     if run.rootless:
         require_userxattr("cow-demo without root")
-        run.say(rootless.owner_line())
+        run.say_owner()        # here, before the fork: the child's steps would say it again
     return userns.in_user_and_mount_ns(run, lambda: _demo(run, size_mb), "cow-demo")
 
 

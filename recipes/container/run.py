@@ -332,7 +332,7 @@ def start(run: Runner, spec: Spec, ct: Container, fds: Fds = (None, None, None))
     pipes["pid_r"], pipes["pid_w"] = os.pipe()
     pipes["report_r"], pipes["report_w"] = os.pipe()
     inner = Runner(backend=run.backend, explain=False, keep=True, out=run.out,
-                   rootless=run.rootless)
+                   rootless=run.rootless, announce_owner=run.announce_owner)
     shake = userns.Handshake.open() if spec.ids is not None and spec.ids.helpers else None
     sys.stdout.flush()
     sys.stderr.flush()
