@@ -161,10 +161,13 @@ def current_lesson():
     return Lesson(**_LESSON)
 
 
-def make_runner(backend: str | None, explain: bool, keep: bool = False):
-    """The Runner of a task: its backend, --explain, keep what it made or not, its lesson."""
+def make_runner(backend: str | None, explain: bool, keep: bool = False,
+                announce_owner: bool = True):
+    """The Runner of a task: its backend, --explain, keep what it made or not, its lesson;
+    ``announce_owner=False`` where what is printed is a command's own (container-run)."""
     from nsutil.backend import Runner
-    return Runner(backend=backend, explain=explain, keep=keep, lesson=current_lesson())
+    return Runner(backend=backend, explain=explain, keep=keep, lesson=current_lesson(),
+                  announce_owner=announce_owner)
 
 
 def root_demo(task_name: str, module: str, backend: str | None, explain: bool,

@@ -22,7 +22,9 @@ START_FAILED = 125
                 "cpus": "CPU quota in CPUs, e.g. 0.5",
                 "hostname": "hostname inside (default: the container's name)",
                 "domainname": "NIS domain name inside (its own UTS namespace)",
-                "net": "give the container its own network namespace (only lo, up)",
+                "net": "give the container its own network namespace (only lo, up): "
+                       "isolated; without root, reaching outside needs pasta or slirp4netns, "
+                       "which nsrecipes does not set up",
                 "rm": "remove the container's directory and cgroup when it exits "
                       "(default in the foreground; --no-rm keeps the directory with what it "
                       "wrote); with --detach, only if --rm is given (as docker run -d --rm)",
@@ -40,7 +42,9 @@ START_FAILED = 125
                 "workdir": "the command's working directory (made if missing)",
                 "user": "UID[:GID] the command runs as (gid: from the rootfs's /etc/passwd, "
                         "else the uid); no supplementary groups; with --image also "
-                        "NAME[:GROUP] from the image's /etc/passwd and /etc/group"},
+                        "NAME[:GROUP] from the image's /etc/passwd and /etc/group; without "
+                        "root, an id other than 0 needs an /etc/subuid and /etc/subgid range "
+                        "and newuidmap/newgidmap (package uidmap)"},
           iterable=["volume", "tmpfs", "env"])
 def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=None, net=False,
                   rm=True, name=None, timeout=None, volume=None, tmpfs=None, read_only=False,
@@ -57,11 +61,18 @@ def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=No
     On cgroup v2 without systemd, the controller of a limit that the root of the cgroup
     namespace does not enable for its children is enabled there, as runc does (one line on
     stderr; it stays enabled: other cgroups may rely on it).
+
+    Without root, as podman and bubblewrap: a user namespace first (you are root inside;
+    uids 0-65535 with an /etc/subuid range and newuidmap), overlayfs with userxattr (Linux
+    5.11+), /dev by bind mounts, and --memory/--pids/--cpus only in a cgroup delegated to you
+    (systemd-run --user --scope -p Delegate=yes invoke container-run ...). --net is isolated:
+    outside connectivity (pasta, slirp4netns) is out of scope.
     """
-    from nsutil.errors import NsrError, require_root
+    from nsutil.errors import NsrError
+    from nsutil.rootless import require_namespaces
     argv = command_argv("container-run", "[OPTIONS]", required=image is None)
     if not explain:
-        require_root("container-run")
+        require_namespaces("container-run")
     options = dict(memory=memory, pids=pids, cpus=cpus, hostname=hostname, net=net, name=name,
                    timeout=timeout, volumes=volume or (), tmpfs=tmpfs or (), read_only=read_only,
                    domainname=domainname, env=env or (), workdir=workdir, user=user,
@@ -72,7 +83,7 @@ def container_run(c, rootfs=None, memory=None, pids=None, cpus=None, hostname=No
             print(supervisor.spawn(argv, rootfs, backend, _rm_given(), options))
             return
         from recipes import container
-        with make_runner(backend, explain) as run:
+        with make_runner(backend, explain, announce_owner=explain) as run:
             code = container.run_container(run, argv, rootfs=rootfs, rm=rm, **options)
     except NsrError as exc:
         if exc.exit_code == 1:    # not a bad option (2), nor the command's own (126, 127, 137)
@@ -123,7 +134,7 @@ def container_exec(c, name, user=None, env=None, workdir=None, tty=False, backen
     from recipes.container import ids
     from recipes.container.execin import exec_in
     argv = command_argv("container-exec", "NAME [OPTIONS]")
-    with make_runner(backend, False, keep=True) as run:
+    with make_runner(backend, False, keep=True, announce_owner=False) as run:
         code = exec_in(run, ids.resolve(name), argv, user=user, env=env or (),
                        workdir=workdir, tty=tty)
     if code:
@@ -135,7 +146,7 @@ def container_exec(c, name, user=None, env=None, workdir=None, tty=False, backen
 def container_logs(c, name, follow=False, backend=None):
     """Print what a detached container wrote (stdout and stderr), from its start."""
     from recipes.container import ids, lifecycle
-    with make_runner(backend, False, keep=True) as run:
+    with make_runner(backend, False, keep=True, announce_owner=False) as run:
         lifecycle.logs(run, ids.resolve(name), follow=follow)
 
 
@@ -145,7 +156,7 @@ def container_stop(c, name, time=10.0, backend=None):
     """Stop a running container: SIGTERM to its PID 1, SIGKILL after --time seconds."""
     from recipes.container import ids, lifecycle
     rec = ids.resolve(name)
-    with make_runner(backend, False, keep=True) as run:
+    with make_runner(backend, False, keep=True, announce_owner=False) as run:
         lifecycle.stop(run, rec, float(time))
     print(rec.get("name"))
 
@@ -156,7 +167,7 @@ def container_kill(c, name, signal="KILL", backend=None):
     """Send a signal to a running container's PID 1 (which passes it on to the command)."""
     from recipes.container import ids, lifecycle
     rec = ids.resolve(name)
-    with make_runner(backend, False, keep=True) as run:
+    with make_runner(backend, False, keep=True, announce_owner=False) as run:
         lifecycle.kill(run, rec, signal)
     print(rec.get("name"))
 
@@ -167,7 +178,7 @@ def container_rm(c, name, force=False, backend=None):
     """Remove a container: its processes, cgroup, directory (what it wrote) and log."""
     from recipes.container import ids, lifecycle
     rec = ids.resolve(name)
-    with make_runner(backend, False, keep=True) as run:
+    with make_runner(backend, False, keep=True, announce_owner=False) as run:
         lifecycle.remove(run, rec, force=force)
     print(rec.get("name"))
 

@@ -187,6 +187,9 @@ class Runner:
     #: without root: every namespace owned by a user namespace made first (None: decided
     #: once here, by :func:`nsutil.rootless.decide`)
     rootless: bool | None = None
+    #: print :func:`nsutil.rootless.owner_line` once without root (False where the output is
+    #: a command's own, as container-run's)
+    announce_owner: bool = True
 
     def __post_init__(self) -> None:
         self.backend = resolve_backend(self.backend)
@@ -200,7 +203,7 @@ class Runner:
         """Without root, once per process (in --explain too): which outside uid is "root"
         in the user namespace that owns everything this run makes
         (:func:`nsutil.rootless.owner_line`)."""
-        if self.rootless and not _owner_said:
+        if self.rootless and self.announce_owner and not _owner_said:
             _owner_said.append(True)
             print(rootless.owner_line(), file=self.out, flush=True)
 

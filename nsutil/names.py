@@ -5,7 +5,6 @@ Every check raises :class:`InvalidInput` with one line naming the limit.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import secrets
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from nsutil import cgroupdeleg
 from nsutil import cgroupfs
 from nsutil import process
 from nsutil import shell as nshell
@@ -138,7 +139,9 @@ def create_cgroup(run: Runner, name: str | None = None,
     (on v2 in nsrecipes' own parent, whose controllers are enabled once it has the child,
     after the ancestors that lacked them got them: :func:`enable_step`); undo: kill what is
     in it and remove it. A controller that cannot be used fails here, before anything is
-    made."""
+    made. Without root, in the cgroup delegated to the user (:func:`create_delegated`)."""
+    if run.rootless:
+        return create_delegated(run, name or f"{PREFIX}-cg-{scope_id()}", controllers)
     cg = cgroupfs.plan(name or f"{PREFIX}-cg-{scope_id()}", controllers)
     for path, value in cg.ancestor_enable_writes():
         run.run(enable_step(path, value))
@@ -150,6 +153,78 @@ def create_cgroup(run: Runner, name: str | None = None,
                      native=lambda d=d: cgroupfs.make_dir(d, cg.parent), undo=rmdir_step(d)))
     for path, value in cg.enable_writes():
         run.run(write_step(path, value, "enable the controllers for nsrecipes' cgroups (v2)"))
+    return cg
+
+
+# --- without root: below the cgroup delegated to the user ---------------------------------------
+
+def _others_below(delegated: str) -> list[str]:
+    """nsrecipes cgroups below the delegated one other than the tools' own leaves."""
+    return [e.name for e in os.scandir(delegated) if e.is_dir() and e.name.startswith(PREFIX)
+            and not e.name.startswith(cgroupdeleg.SELF_LEAF)]
+
+
+def leave_delegated(run: Runner, delegated: str) -> None:
+    """Steps (once per run): move this process out of the delegated cgroup into a leaf of its
+    own, so the delegated one holds no process and may enable controllers for its children
+    (v2's rule); undo: disable those controllers again (a cgroup with processes had none
+    enabled, so every one is ours), move back, remove the leaf -- unless another run's
+    cgroups are still there."""
+    leaf, pid = cgroupdeleg.self_leaf(delegated), os.getpid()
+    if cgroupfs.own_cgroup(None).rstrip("/").endswith("/" + os.path.basename(leaf)):
+        return
+    control = os.path.join(delegated, "cgroup.subtree_control")
+
+    def back() -> None:
+        if _others_below(delegated):
+            return     # another run's cgroups still need the controllers: it moves back last
+        enabled = cgroupfs.read_file(control).split()
+        if enabled:
+            cgroupfs.write_file(control, " ".join(f"-{c}" for c in enabled))
+        cgroupfs.write_file(os.path.join(delegated, "cgroup.procs"), pid)
+        cgroupfs.remove_dir(leaf)
+
+    run.run(Step(f"make {leaf}: a leaf for this process (pid {pid})", argv=["mkdir", leaf],
+                 native=lambda: cgroupfs.make_dir(leaf)))
+    run.run(Step(f"move this process into it: {delegated} may enable controllers for its "
+                 "children only while it holds no process", display=f"echo {pid} > "
+                 f"{leaf}/cgroup.procs", native=lambda: cgroupfs.write_file(
+                     os.path.join(leaf, "cgroup.procs"), pid),
+                 undo=Step(f"disable the controllers of {delegated} again, move this process "
+                           f"back into it, remove {leaf}",
+                           display=f"echo -memory -pids -cpu > {control}; echo {pid} > "
+                                   f"{delegated}/cgroup.procs; rmdir {leaf}", native=back)))
+
+
+def enable_delegated(run: Runner, delegated: str, controllers: tuple[str, ...]) -> None:
+    """Step: enable ``controllers`` for the children of the delegated cgroup (disabled again
+    when this process moves back: :func:`leave_delegated`)."""
+    control = os.path.join(delegated, "cgroup.subtree_control")
+    missing = list(controllers) if run.explain else [
+        c for c in controllers if c not in cgroupfs.read_file(control).split()]
+    if not missing:
+        return
+    value = " ".join(f"+{c}" for c in missing)
+    run.run(Step(f"enable {' '.join(missing)} for the children of the delegated {delegated}",
+                 display=f"echo {value} > {control}",
+                 native=lambda: cgroupfs.write_file(control, value)))
+
+
+def create_delegated(run: Runner, name: str, controllers: tuple[str, ...]) -> Cgroup:
+    """Steps (without root): cgroup ``name`` right below the cgroup delegated to this user
+    (one line with the systemd-run hint where there is none); with controllers, this process
+    leaves the delegated cgroup first (:func:`leave_delegated`); undo: kill what is in it and
+    remove it."""
+    wanted = tuple(c for c in controllers if c in cgroupfs.CONTROLLERS)
+    delegated = cgroupdeleg.require(f"a cgroup with {' '.join(wanted) or 'no controller'}",
+                                    wanted)
+    path = os.path.join(delegated, name)
+    cg = Cgroup(name, 2, {c: path for c in wanted} or {"cgroup": path})
+    if wanted:
+        leave_delegated(run, delegated)
+        enable_delegated(run, delegated, wanted)
+    run.run(Step(f"create cgroup {name} below the delegated {delegated}", argv=["mkdir", path],
+                 native=lambda: cgroupfs.make_dir(path), undo=rmdir_step(path)))
     return cg
 
 
@@ -423,7 +498,10 @@ def demo(run: Runner, memory: str = "32M", pids: int | str = 32, cpus: str | flo
     Limits.parse(memory, pids, cpus)   # bad input fails before anything is made
     bomb_limit(pids)
     layout = cgroupfs.detect()
-    cgroupfs.require(cgroupfs.CONTROLLERS, layout)   # and so does a controller we cannot use
+    if run.rootless:   # only in a cgroup delegated to this user
+        cgroupdeleg.require("cgroup-demo", cgroupfs.CONTROLLERS, layout)
+    else:
+        cgroupfs.require(cgroupfs.CONTROLLERS, layout)   # and so does a controller we cannot use
     run.heading(f"{SECTION}: layout {layout.mode} "
                 f"(v1: {', '.join(sorted(layout.v1)) or '-'}; v2: {layout.v2 or '-'} "
                 f"with {', '.join(layout.v2_controllers) or 'no'} controllers)")

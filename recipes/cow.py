@@ -33,6 +33,7 @@ from nsutil.errors import CommandError, InvalidInput, NsrError, SyscallError
 from nsutil.names import PREFIX, scope_id
 
 from recipes.common import upperfs
+from recipes.common import userns
 from recipes.common.leftover import Leftover
 
 SECTION = "写时复制 (copy-on-write): overlayfs"
@@ -143,6 +144,9 @@ def mount_overlay(run: Runner, lowers: Sequence[str], upper: str, work: str, mer
     if not lowers:
         raise InvalidInput("an overlay needs at least one lower directory", hint="give the image layer")
     opts = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
+    if run.rootless:
+        require_userxattr("an overlay without root")
+        opts += ",userxattr"
     undo_step = unmount_step(merged) if undo else None
 
     def why() -> str:
@@ -184,6 +188,22 @@ def mount_overlay(run: Runner, lowers: Sequence[str], upper: str, work: str, mer
     run.run(Step(f"mount an overlay on {merged} ({len(lowers)} lower layer(s), writes go to {upper})",
                  argv=argv, display=f"cd {cwd} && {' '.join(argv)}" if cwd else None,
                  native=native, shell=shell, undo=undo_step))
+
+
+#: the first kernel whose overlayfs mounts in a user namespace (``userxattr``: its own
+#: metadata in ``user.overlay.*`` xattrs, since ``trusted.*`` needs CAP_SYS_ADMIN on the host)
+USERXATTR_KERNEL = (5, 11)
+
+
+def require_userxattr(what: str, release: str | None = None) -> None:
+    """Without root: refuse, in one line, a kernel older than 5.11, whose overlayfs cannot be
+    mounted in a user namespace."""
+    release = release or os.uname().release
+    numbers = [int(x) for x in release.split("-")[0].split(".")[:2] if x.isdigit()]
+    if len(numbers) == 2 and tuple(numbers) < USERXATTR_KERNEL:
+        raise NsrError(f"{what}: overlayfs mounts in a user namespace (option userxattr) from "
+                       f"Linux 5.11 on; this kernel is {release}",
+                       hint="run it as root (sudo), or on a Linux 5.11+ kernel")
 
 
 def _check_upper(upper: str) -> None:
@@ -277,9 +297,18 @@ def make_image(run: Runner, base: str, lower: str, app: str, size_mb: int) -> No
 # --- the demo ---------------------------------------------------------------------------------
 
 def demo(run: Runner, size_mb: int = 8) -> dict:
-    """Overlay semantics and the disk saved by sharing lower layers; returns what was seen."""
+    """Overlay semantics and the disk saved by sharing lower layers; returns what was seen.
+    Without root, all of it runs in a process that made a user namespace and a mount
+    namespace first, and the overlays are mounted with ``userxattr`` (Linux 5.11+)."""
     if not isinstance(size_mb, int) or not 1 <= size_mb <= 1024:
         raise InvalidInput(f"layer size {size_mb!r} MiB is out of range", hint="use 1 to 1024")
+    if run.rootless:
+        require_userxattr("cow-demo without root")
+        run.say_owner()        # here, before the fork: the child's steps would say it again
+    return userns.in_user_and_mount_ns(run, lambda: _demo(run, size_mb), "cow-demo")
+
+
+def _demo(run: Runner, size_mb: int) -> dict:
     scratch = scratch_dir()
     base = check_overlay_path(os.path.join(scratch, f"{PREFIX}-cow-{scope_id()}"))
     fs = upperfs.plan_upper(scratch)          # nothing is made if it cannot be done

@@ -265,7 +265,7 @@ def test_explain_shows_the_new_options_in_order(tmp_path):
                        "--env", "A=1", "--workdir", "/srv", "--user", "1000:1001",
                        "--timeout", "5", "--", "sh", timeout=300)
     assert done.returncode == 0, done.stderr
-    order = [f"mkdir -p /run", f"mount --rbind {tmp_path} ", "mount --make-rprivate ",
+    order = ["mkdir -p /run", f"mount --rbind {tmp_path} ", "mount --make-rprivate ",
              "mount_setattr(AT_FDCWD, ", "AT_RECURSIVE, {attr_set=MOUNT_ATTR_RDONLY}",
              "mount -t tmpfs -o nosuid,nodev,mode=1777,size=8m tmpfs ", "/merged/srv\n",
              "mount -o remount,bind,ro ", "domainname nsr.dom", "pivot_root . .",

@@ -48,6 +48,7 @@ from nsutil.state import locked, prune, state_dir
 
 from recipes import cgroup as cgroup_recipe
 from recipes.container import rootfs as rootfs_recipe
+from recipes.container import rootless as rootless_recipe
 from recipes.common import upperfs
 from recipes.container.run import SETUP_FAILED, start, wait  # noqa: F401 (public API)
 from recipes.container import ids
@@ -105,7 +106,8 @@ def make_dirs(run: Runner, spec: Spec, fs: upperfs.Fs | None = None) -> str:
                  " (overlay upper, work, merged)"), argv=["mkdir"] + first,
                  native=lambda: held(lambda: mkdirs(first)),
                  shell=lambda argv: held(lambda: mkdir_shell(argv)),
-                 undo=_rmtree_step(cdir) if spec.rm else None))
+                 undo=(_rmtree_step(cdir) if spec.ids is None else
+                       rootless_recipe.remove_step(cdir, spec.ids)) if spec.rm else None))
     if on_tmpfs:
         upperfs.mount_upper_tmpfs(run, cdir, fs, undo=spec.rm, mode="0700")
         run.run(Step("make the overlay's upper, work and merged in it", argv=["mkdir"] + subdirs,
@@ -117,15 +119,19 @@ def cgroup_controllers(spec: Spec) -> tuple[str, ...]:
     """The controllers of the container's cgroup: those of the limits asked for, and on v1
     pids always (a v1 cgroup exists only in a controller's hierarchy; a bare v2 cgroup groups
     and kills its processes by itself, so v2 needs no controller delegated for that)."""
+    if spec.ids is not None:   # without root: only what the limits need (delegated v2)
+        return rootless_recipe.controllers(spec)
     v1 = cgroupfs.host_layout().mode != "unified"
     return tuple(c for c, on in (("memory", spec.limits.memory is not None),
                                  ("pids", v1 or spec.limits.pids is not None),
                                  ("cpu", spec.limits.cpus is not None)) if on)
 
 
-def make_cgroup(run: Runner, spec: Spec) -> Cgroup:
+def make_cgroup(run: Runner, spec: Spec) -> Cgroup | None:
     """Steps: the container's cgroup (:func:`cgroup_controllers`) and its limits; undo: kill
-    what is left, remove it."""
+    what is left, remove it. None without root where no cgroup is delegated to the user."""
+    if spec.ids is not None and not rootless_recipe.wants_cgroup(spec):
+        return None
     cg = cgroup_recipe.create_cgroup(run, spec.name, cgroup_controllers(spec))
     cgroup_recipe.set_limits(run, cg, spec.limits)
     return cg
@@ -136,7 +142,10 @@ def _check_host(run: Runner, spec: Spec) -> upperfs.Fs:
     a lower the rootfs can be, the cgroup controllers, mount_setattr for ``:ro`` volumes."""
     fs = upperfs.plan_upper(state_dir(create=False))
     upperfs.check_lower(spec.rootfs or rootfs_recipe.cache_dir(), "the rootfs")
-    cgroupfs.require(cgroup_controllers(spec))
+    if run.rootless:
+        rootless_recipe.check(spec, fs)
+    else:
+        cgroupfs.require(cgroup_controllers(spec))
     if not run.explain and any(v.readonly for v in spec.volumes):
         mountattr.require("--volume ...:ro")
     return fs

@@ -34,6 +34,7 @@ from nsutil.errors import SyscallError
 
 from recipes import cgroup as cgroup_recipe
 from recipes.container import rootfs as rootfs_recipe
+from recipes.container import rootless as rootless_recipe
 from recipes.container.spec import Spec, Tmpfs, Volume
 from recipes.container.state import Container
 from recipes.cow import mount_overlay
@@ -264,6 +265,11 @@ def join_cgroup(run: Runner, cg: Cgroup, fds: list[int]) -> None:
     run.run(Step(f"PID 1 moves itself into {cg.name}, now that the setup's helper processes and "
                  "threads are gone (--pids counts only the container's own)", display=shown,
                  native=native))
+    unshare_cgroupns(run)
+
+
+def unshare_cgroupns(run: Runner) -> None:
+    """Step: unshare a cgroup namespace rooted at the cgroup this process is in."""
     run.run(Step("unshare a cgroup namespace: the container's cgroup is its /",
                  argv=None, display="unshare --cgroup",
                  native=lambda: sc.unshare(sc.CLONE_NEWCGROUP)))
@@ -275,7 +281,11 @@ def inside_steps(run: Runner, spec: Spec, ct: Container) -> None:
     mount_overlay(run, spec.lowers or [ct.rootfs], ct.upper, ct.work, ct.merged, undo=False,
                   cwd=spec.lowers_cwd)
     mount_proc(run, ensure_mountpoint(run, ct.merged, ct.rootfs, "/proc", "the mountpoint"))
-    mount_dev(run, ensure_mountpoint(run, ct.merged, ct.rootfs, "/dev", "the mountpoint"))
+    dev = ensure_mountpoint(run, ct.merged, ct.rootfs, "/dev", "the mountpoint")
+    if spec.ids is not None:    # without root: no mknod, the host's nodes bound instead
+        rootless_recipe.mount_dev_binds(run, dev)
+    else:
+        mount_dev(run, dev)
     mount_all(run, spec, ct.merged, ct.rootfs)
     if spec.workdir:
         ensure_mountpoint(run, ct.merged, ct.rootfs, spec.workdir, "the working directory")
@@ -286,6 +296,10 @@ def inside_steps(run: Runner, spec: Spec, ct: Container) -> None:
         set_domainname(run, spec.domainname)
     if spec.net:
         loopback_up(run)
+    if ct.cgroup is None:       # without root and no delegated cgroup: none of its own
+        pivot_into(run, ct.merged)
+        unshare_cgroupns(run)
+        return
     fds = open_cgroup(run, ct.cgroup)
     pivot_into(run, ct.merged)
     join_cgroup(run, ct.cgroup, fds)

@@ -250,7 +250,7 @@ class Container:
 
     def exec(self, argv: Sequence[str], **kw: Any) -> int:
         """Run ``argv`` in it (:func:`recipes.container.execin.exec_in` options); exit status."""
-        with Runner(backend=self.backend, keep=True) as r:
+        with Runner(backend=self.backend, keep=True, announce_owner=False) as r:
             return exec_in(r, self.record(), argv, **kw)
 
     def logs(self) -> str:
@@ -261,12 +261,12 @@ class Container:
 
     def kill(self, sig: str | int = "KILL") -> None:
         """Send it a signal (default SIGKILL)."""
-        with Runner(backend=self.backend, keep=True) as r:
+        with Runner(backend=self.backend, keep=True, announce_owner=False) as r:
             kill(r, self.record(), sig)
 
     def stop(self, seconds: float = 10.0) -> int | None:
         """SIGTERM, SIGKILL after ``seconds``; its exit code."""
-        with Runner(backend=self.backend, keep=True) as r:
+        with Runner(backend=self.backend, keep=True, announce_owner=False) as r:
             return stop(r, self.record(), seconds)
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -275,7 +275,7 @@ class Container:
 
     def rm(self, force: bool = False) -> None:
         """Remove it (``force``: kill it first if it runs)."""
-        with Runner(backend=self.backend, keep=True) as r:
+        with Runner(backend=self.backend, keep=True, announce_owner=False) as r:
             remove(r, self.record(), force)
 
     def __enter__(self) -> "Container":

@@ -19,17 +19,23 @@ import shutil
 import struct
 import subprocess
 
+from nsutil import rootless
 from nsutil.backend import Runner, Step
 from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, ToolMissing
-from nsutil.rootless import UNSHARE_OPTIONS
 
 DEFAULT_CACHE_DIR = "/var/cache/nsrecipes"
 
 
 def cache_dir() -> str:
-    """Where the cached rootfs lives: ``$NSR_CACHE_DIR``, else /var/cache/nsrecipes (read at
-    each call, so a script or test may point it elsewhere)."""
-    return os.environ.get("NSR_CACHE_DIR") or DEFAULT_CACHE_DIR
+    """Where the cached rootfs lives: ``$NSR_CACHE_DIR``, else /var/cache/nsrecipes -- without
+    root ``$XDG_CACHE_HOME/nsrecipes`` (default ~/.cache/nsrecipes). Read at each call, so a
+    script or test may point it elsewhere."""
+    if os.environ.get("NSR_CACHE_DIR"):
+        return os.environ["NSR_CACHE_DIR"]
+    if not rootless.decide():
+        return DEFAULT_CACHE_DIR
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "nsrecipes")
 DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "dev", "sys", "tmp", "etc", "root", "run",
         "var/tmp")
 ETC = {
@@ -128,13 +134,9 @@ def build(run: Runner, dest: str, busybox: str | None = None, check: bool = True
     target = os.path.join(dest, "bin", "busybox")
     run.run(Step(f"copy the static busybox ({busybox}) in",
                  argv=["cp", busybox, target], native=lambda: shutil.copy2(busybox, target) and None))
-    # chroot needs CAP_SYS_CHROOT: without root, that of root in a user namespace of our own
-    userns = list(UNSHARE_OPTIONS) if run.rootless else []
-    run.run(Step("link every applet to /bin/busybox (sh, ls, ps, mount, ...)" +
-                 (" (chroot as root of a user namespace: the files stay yours)"
-                  if userns else ""),
-                 argv=(["unshare", *userns] if userns else []) +
-                      ["chroot", dest, "/bin/busybox", "--install", "-s", "/bin"],
+    run.run(Step("link every applet to /bin/busybox (sh, ls, ps, mount, ...)",
+                 argv=(["unshare", *rootless.UNSHARE_OPTIONS, "--root", dest] if run.rootless
+                       else ["chroot", dest]) + ["/bin/busybox", "--install", "-s", "/bin"],
                  native=lambda: _install_links(dest, busybox)))
     run.run(Step("write /etc/passwd, /etc/group, /etc/hostname, /etc/hosts",
                  display=f"printf 'root:x:0:0:root:/root:/bin/sh\\n...' > {dest}/etc/passwd ...",

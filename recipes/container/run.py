@@ -24,6 +24,8 @@ from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
 from nsutil.errors import NsrError, SyscallError
 
+from recipes.common import userns
+from recipes.container import rootless as rootless_recipe
 from recipes.container.inside import inside_steps
 from recipes.container.spec import (MIN_PIDS, CommandNotExecutable, CommandNotFound, ContainerTimeout,
                             Spec, User)
@@ -43,8 +45,11 @@ def flags_for(spec: Spec) -> int:
 
 
 def unshare_display(spec: Spec) -> str:
-    """The util-linux command line that makes the same namespaces."""
-    opts = "--mount --uts --ipc --pid --cgroup" + (" --net" if spec.net else "")
+    """The util-linux command line that makes the same namespaces (without root, a user
+    namespace first)."""
+    user = rootless_recipe.unshare_words(spec)
+    opts = (user + " " if user else "") + "--mount --uts --ipc --pid --cgroup" + (
+        " --net" if spec.net else "")
     return f"unshare {opts} --fork --kill-child --propagation slave -- (PID 1: the steps below)"
 
 
@@ -92,11 +97,25 @@ def _become(user: User | None) -> None:
         return
     gid = user.gid if user.gid is not None else user.uid
     try:
-        os.setgroups([])
+        try:
+            os.setgroups([])
+        except PermissionError:
+            if not _setgroups_denied():
+                raise
         os.setgid(gid)
         os.setuid(user.uid)
     except OSError as exc:
         raise SyscallError.from_oserror(f"setuid({user.uid})/setgid({gid})", exc) from None
+
+
+def _setgroups_denied() -> bool:
+    """True in a user namespace whose setgroups is ``deny`` (mapped by the user alone): there
+    are no supplementary groups to drop then."""
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() == "deny"
+    except OSError:
+        return False
 
 
 def _enter_workdir(workdir: str | None) -> None:
@@ -262,11 +281,13 @@ def _start_pid1(spec: Spec, ct: Container, run: Runner, pipes: dict[str, int], f
 
 
 def _outside(spec: Spec, ct: Container, run: Runner, pipes: dict[str, int], fds: Fds,
-             parent: int) -> int:
-    """The forked process outside: unshare, fork PID 1 and tell the tool its PID, then
-    forward signals to it and pass its exit status up."""
+             parent: int, shake: userns.Handshake | None = None) -> int:
+    """The forked process outside: unshare (without root, a user namespace first), fork
+    PID 1 and tell the tool its PID, then forward signals to it and pass its exit status up."""
     _set_pdeathsig(parent)
     try:
+        if spec.ids is not None:
+            userns.enter(spec.ids, shake)
         sc.unshare(flags_for(spec) & ~sc.CLONE_NEWCGROUP)
     except NsrError as exc:
         _send(pipes["report_w"], b"E", exc)
@@ -286,6 +307,7 @@ def _explain_start(run: Runner, spec: Spec, ct: Container) -> None:
     names = sc.flag_names(flags_for(spec) & ~sc.CLONE_NEWCGROUP)
     run.run(Step(f"fork, unshare the namespaces ({names}) and fork PID 1",
                  display=unshare_display(spec), native=lambda: None))
+    rootless_recipe.explain_maps(run, spec)
     record(run, os.path.join(ct.dir, "state.json"), {})
     inside_steps(run, spec, ct)
     who = (f" as uid {spec.user.uid} (setgroups, setgid, setuid: PID 1's child does it on both "
@@ -309,7 +331,9 @@ def start(run: Runner, spec: Spec, ct: Container, fds: Fds = (None, None, None))
     pipes: dict[str, int] = {}
     pipes["pid_r"], pipes["pid_w"] = os.pipe()
     pipes["report_r"], pipes["report_w"] = os.pipe()
-    inner = Runner(backend=run.backend, explain=False, keep=True, out=run.out)
+    inner = Runner(backend=run.backend, explain=False, keep=True, out=run.out,
+                   rootless=run.rootless, announce_owner=run.announce_owner)
+    shake = userns.Handshake.open() if spec.ids is not None and spec.ids.helpers else None
     sys.stdout.flush()
     sys.stderr.flush()
     me = os.getpid()
@@ -319,7 +343,9 @@ def start(run: Runner, spec: Spec, ct: Container, fds: Fds = (None, None, None))
         try:
             for name in ("pid_r", "report_r"):
                 os.close(pipes[name])
-            code = _outside(spec, ct, inner, pipes, fds, me)
+            if shake is not None:
+                shake.close("ready_r", "go_w")
+            code = _outside(spec, ct, inner, pipes, fds, me, shake)
         except Exception as exc:   # noqa: BLE001 -- reported, never a silent 125
             _send(pipes["report_w"], b"E", _unexpected(exc))
         finally:
@@ -330,6 +356,8 @@ def start(run: Runner, spec: Spec, ct: Container, fds: Fds = (None, None, None))
     try:
         run.defer(Step(f"stop the container's processes (pid {pid})", argv=["kill", "-KILL", pid],
                        native=lambda: _kill_reap(ct), shell=lambda _a: _kill_reap(ct)))
+        if shake is not None:
+            userns.map_child(run, spec.ids, pid, shake)
         raw = process.read_all(pipes["pid_r"])
         if len(raw) != 8:
             wait(run, ct)    # raises what went wrong (e.g. unshare refused)

@@ -18,6 +18,7 @@ from nsutil.limits import Limits, parse_number, parse_pids, parse_tmpfs_size
 from nsutil.names import (PREFIX, check_domainname, check_hostname, check_id,
                           check_name, scope_id)
 
+from recipes.common.userns import IdPlan
 from recipes.container import rootfs as rootfs_recipe
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -108,6 +109,8 @@ class Spec:
     #: --image: the image's id (its config's digest) and the name it was asked by
     image_id: str | None = None
     image_name: str | None = None
+    #: without root: the maps of the container's user namespace (None: as root, no userns)
+    ids: IdPlan | None = None
 
     @property
     def path(self) -> str:

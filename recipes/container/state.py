@@ -16,12 +16,14 @@ from typing import Any
 
 from nsutil import cgroupfs
 from nsutil import procfs
+from nsutil import rootless
 from nsutil.backend import Runner, Step
 from nsutil.cgroupfs import Cgroup
 from nsutil.errors import SyscallError
 from nsutil.names import PREFIX
 from nsutil.state import prune, read_json, state_dir
 
+from recipes.common import userns
 from recipes.common.leftover import Leftover
 from recipes.cow import remove_tree
 
@@ -32,7 +34,7 @@ class Container:
 
     name: str
     dir: str
-    cgroup: Cgroup
+    cgroup: Cgroup | None   #: None: without root and no delegated cgroup
     rootfs: str
     pid: int = 0            #: the forked process outside (parent of PID 1)
     report_r: int = -1      #: read end of the error pipe
@@ -73,7 +75,8 @@ def container_record(ct: Container, argv: list[str], rm: bool) -> dict[str, Any]
             "creator": procfs.identity(),
             "pid": ct.pid, "starttime": procfs.start_time(ct.pid) if ct.pid else None,
             "pid1": ct.pid1, "pid1_starttime": procfs.start_time(ct.pid1) if ct.pid1 else None,
-            "cgroup": ct.cgroup.unique_dirs(), "rm": rm, "id": ct.id, **ct.extra}
+            "cgroup": ct.cgroup.unique_dirs() if ct.cgroup else [], "rm": rm, "id": ct.id,
+            **ct.extra}
 
 
 def write_json(path: str, data: dict) -> None:
@@ -122,7 +125,11 @@ def remove_container(state: dict) -> None:
         real = os.path.realpath(d)
         if real.startswith(cgroupfs.ROOT + "/") and os.path.basename(real).startswith(PREFIX):
             cgroupfs.remove_dir(real)
-    remove_tree(state["dir"])
+    if rootless.decide():   # what the container's ids own is root's only in a user namespace
+        userns.call_mapped(userns.widest(), lambda: remove_tree(state["dir"]),
+                           f"remove {state['dir']}")
+    else:
+        remove_tree(state["dir"])
     prune()
 
 

@@ -166,7 +166,7 @@ def supervise(request: dict, report_fd: int) -> int:
     from recipes import container
     from recipes.container.run import ready
     with open(os.devnull, "rb") as null:
-        run = Runner(backend=request["backend"], keep=True)
+        run = Runner(backend=request["backend"], keep=True, announce_owner=False)
         spec = None
         try:
             spec, fs = container.prepare(run, request["argv"], request["rootfs"],

@@ -30,7 +30,7 @@ from recipes.images import mediatypes as mt
 from recipes.images import refs as refnames
 from recipes.images import whiteouts
 from recipes.images.blobs import BadImage, chunks, copy_verified, hex_of, short
-from recipes.images.source import Files, Source, TarFiles, open_files
+from recipes.images.source import Source, TarFiles, open_files
 from recipes.images.store import Store, remove_tree, write_json
 from recipes.images.unpack import LayerUnpacker
 

@@ -181,7 +181,7 @@ def check_unprivileged_userns(refusal: layers.Refusal | None) -> Check:
     if rootless.decide():
         refused = rootless.userns_refusal("every task without root")
         return Check("unprivileged user namespace", refused is None,
-                     f"unshare(CLONE_NEWUSER) as this user, in a child: "
+                     "unshare(CLONE_NEWUSER) as this user, in a child: "
                      + ("ok" if refused is None else refused.what),
                      refused.hint if refused else "", layer="user namespaces",
                      blocks="every demo, the tour, environments, labs and containers "

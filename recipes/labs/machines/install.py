@@ -6,8 +6,8 @@ checkout's wheel once (``pip wheel --no-deps``), then on every machine at once, 
 Fabric: makes the machine's ``venv`` (``python3 -m venv``), puts the wheel there
 (``Connection.put``, SFTP) and ``pip install``\\s it. The dependencies come from PyPI where
 the machine reaches it, else from a wheelhouse put there too (``--wheelhouse DIR``: a
-directory of wheels, e.g. ``pip download -d DIR invoke sh pyroute2 graphviz`` where PyPI is
-reachable; then pip installs with ``--no-index``). Last, each machine's version is checked
+directory of wheels, e.g. ``pip download -d DIR invoke sh pyroute2 graphviz zstandard`` where
+PyPI is reachable; then pip installs with ``--no-index``). Last, each machine's version is checked
 the way a build checks it (``recipes.ops.agent version --expect V``).
 """
 from __future__ import annotations
@@ -70,8 +70,9 @@ def wheelhouse_files(wheelhouse: str | None) -> list[str]:
     found = sorted(os.path.join(wheelhouse, f) for f in os.listdir(wheelhouse)
                    if f.endswith(".whl")) if os.path.isdir(wheelhouse) else []
     if not found:
-        raise InvalidInput(f"wheelhouse {wheelhouse} has no wheels", hint="make one where PyPI "
-                           "is reachable: pip download -d DIR invoke sh pyroute2 graphviz")
+        raise InvalidInput(f"wheelhouse {wheelhouse} has no wheels",
+                           hint="make one where PyPI is reachable: "
+                                "pip download -d DIR invoke sh pyroute2 graphviz zstandard")
     return found
 
 
