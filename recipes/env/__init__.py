@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 from nsutil import idmap, process, procfs
 from nsutil.backend import Runner
 from nsutil.errors import Conflict, InvalidInput, NotFound
-from nsutil.rootless import decide, owner_line, require_namespaces
+from nsutil.rootless import decide, require_namespaces
 from nsutil.errors import require_root
 from nsutil.nstypes import NS_TYPES, NsType, flags_of, parse_types
 from nsutil.netlink import NETNS_RUN_DIR
@@ -86,8 +86,7 @@ def create(run: Runner, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
         _check_name_free(name, types, rootless=run.rootless)
 
     run.heading(f"environment {name}: new {'+'.join(t.name.upper() for t in types)} namespaces")
-    if run.rootless:
-        run.say(owner_line())
+    if run.rootless:              # the heading said the owner line (once per process)
         if added:
             why = {"user": "a user namespace owns the others",
                    "mnt": "the holder keeps a mount namespace of its own"}
