@@ -2,14 +2,15 @@
 
 The process joins the container's cgroup (it counts toward ``--pids`` and ``--memory``) and
 every namespace PID 1 has that the caller does not share (mount, UTS, IPC, PID, cgroup, and
-network with ``--net``). Joining a PID namespace takes effect for children only, so the
-joining process forks once more, as ``nsenter`` does. Joining the mount namespace puts it at
+network with ``--net``; without root, the container's user namespace first). Joining a PID
+namespace takes effect for children only, so the joining process forks once more, as
+``nsenter`` does. Joining the mount namespace puts it at
 the container's root (``pivot_root`` made that the namespace's root). Then it becomes
 ``--user``, enters ``--workdir`` and execs with the container's environment plus ``--env``.
 
 * shell form: ``echo 0 > CGROUP/cgroup.procs`` (Python's write in the forked child), then
-  ``nsenter --target PID1 --mount --uts --ipc --pid --cgroup [--net] --wdns DIR
-  [--setuid U --setgid G] -- CMD`` with the container's environment;
+  ``nsenter --target PID1 [--user --preserve-credentials] --mount --uts --ipc --pid --cgroup
+  [--net] --wdns DIR [--setuid U --setgid G] -- CMD`` with the container's environment;
 * native form: the same with ``setns(2)`` on ``/proc/PID1/ns/*`` and ``fork``.
 
 ``--tty`` gives the command a new pseudo-terminal as its controlling terminal (``docker exec
@@ -26,6 +27,7 @@ import signal
 import sys
 from typing import Sequence
 
+from nsutil import rootless
 from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
 from nsutil.errors import NsrError, SyscallError
@@ -33,9 +35,12 @@ from nsutil.errors import NsrError, SyscallError
 from recipes.container.run import exit_code as exit_code_of
 from recipes.container.spec import parse_env, parse_user, parse_workdir, passwd_entry
 
-#: (nsenter option, /proc/PID/ns name, clone flag), in the order they are joined: the mount
-#: namespace last (after it, /proc/PID1/ns is the container's /proc's)
-NAMESPACES = (("--cgroup", "cgroup", sc.CLONE_NEWCGROUP), ("--ipc", "ipc", sc.CLONE_NEWIPC),
+#: (nsenter option, /proc/PID/ns name, clone flag), in the order they are joined: the user
+#: namespace first (a container made without root has one, which owns all the others: joining
+#: it gives the capabilities the other setns calls need), the mount namespace last (after it,
+#: /proc/PID1/ns is the container's /proc's)
+NAMESPACES = (("--user", "user", sc.CLONE_NEWUSER),
+              ("--cgroup", "cgroup", sc.CLONE_NEWCGROUP), ("--ipc", "ipc", sc.CLONE_NEWIPC),
               ("--uts", "uts", sc.CLONE_NEWUTS), ("--net", "net", sc.CLONE_NEWNET),
               ("--pid", "pid", sc.CLONE_NEWPID), ("--mount", "mnt", sc.CLONE_NEWNS))
 Fds = tuple[int | None, int | None, int | None]
@@ -81,8 +86,13 @@ def _plan(rec: dict, argv: Sequence[str], user: str | int | None, env: Sequence[
 
 def nsenter_argv(pid1: int, joined: list[tuple[str, str, int]], argv: list[str], wd: str,
                  who: tuple[int, int] | None) -> list[str]:
-    """The ``nsenter`` command line of the shell form."""
-    out = ["nsenter", f"--target={pid1}", *[o for o, _n, _f in joined], f"--wdns={wd}"]
+    """The ``nsenter`` command line of the shell form. A user namespace is joined with
+    ``--preserve-credentials``: this user is the one its map makes root inside already, and
+    nsenter's own setgroups()+setuid(0) would fail where the map denies setgroups."""
+    opts = [o for o, _n, _f in joined]
+    if "--user" in opts:
+        opts = list(rootless.NSENTER_OPTIONS) + [o for o in opts if o != "--user"]
+    out = ["nsenter", f"--target={pid1}", *opts, f"--wdns={wd}"]
     if who:
         out += [f"--setuid={who[0]}", f"--setgid={who[1]}"]
     return out + ["--", *argv]
