@@ -27,10 +27,11 @@ import signal
 import sys
 from typing import Sequence
 
+from nsutil import idmap
 from nsutil import rootless
 from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
-from nsutil.errors import NsrError, SyscallError
+from nsutil.errors import InvalidInput, NsrError, SyscallError
 
 from recipes.container.run import exit_code as exit_code_of
 from recipes.container.spec import parse_env, parse_user, parse_workdir, passwd_entry
@@ -141,7 +142,8 @@ def _exec_native(fds: list[int], argv: list[str], environ: dict[str, str], wd: s
         code = 126
         try:
             if who:
-                os.setgroups([])
+                if _setgroups_allowed():
+                    os.setgroups([])
                 os.setgid(who[1])
                 os.setuid(who[0])
             os.chdir(wd)
@@ -156,6 +158,32 @@ def _exec_native(fds: list[int], argv: list[str], environ: dict[str, str], wd: s
         finally:
             os._exit(code)
     return _wait_child(child)
+
+
+def _setgroups_allowed() -> bool:
+    """False in a user namespace whose maps were written with setgroups denied (a rootless
+    container without a subordinate range): there setgroups(2) fails, and nsenter skips it."""
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() != "deny"
+    except OSError:
+        return True
+
+
+def _check_mapped(rec: dict, who: tuple[int, int] | None) -> None:
+    """Refuse in one line a ``--user`` that the container's user namespace does not map (a
+    container made without root maps only the ids it was started for)."""
+    if who is None:
+        return
+    for which, wanted in (("uid", who[0]), ("gid", who[1])):
+        maps = idmap.read_map(rec["pid1"], which)
+        if not any(m.inside <= wanted < m.inside + m.count for m in maps):
+            shown = ", ".join(m.line() for m in maps)
+            raise InvalidInput(
+                f"container-exec --user: {which} {wanted} is not mapped in the user namespace "
+                f"of container {rec.get('name')} ({which}_map {shown})",
+                hint="without root a container maps only the ids it was started for: start "
+                     "it with container-run --user ID (an /etc/subuid range), or exec as 0")
 
 
 def _wait_child(pid: int) -> int:
@@ -220,6 +248,8 @@ def exec_in(run: Runner, rec: dict, argv: Sequence[str], user: str | int | None 
                        hint=f"invoke container-exec {name} -- CMD ARGS...")
     pid1, files = rec["pid1"], _cgroup_files(rec)
     joined = _joined(pid1)
+    if any(name == "user" for _o, name, _f in joined):
+        _check_mapped(rec, who)
     shown = nsenter_argv(pid1, joined, args, wd, who)
     step = Step(f"run {shlex.join(args)} in container {name}: join its cgroup and namespaces "
                 f"({', '.join(n for _o, n, _f in joined)}), fork into its PID namespace",
