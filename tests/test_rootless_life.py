@@ -64,5 +64,7 @@ def test_detached_life_as_user(backend: str, home: str) -> None:
         assert (rm.returncode, rm.stdout) == (0, f"{name}\n"), rm.stderr
         assert not os.path.exists(os.path.join(home, "run", "nsrecipes", name))
     finally:
+        if os.path.isdir(os.path.join(home, "run", "nsrecipes", name)):   # the test failed
+            as_user(home, "container-rm", "--force", name, env=env)
         with Runner(backend="native", keep=True) as run:
             lifecycle.remove(run, ids.resolve(roots), force=True)
