@@ -38,7 +38,7 @@ def test_detached_life_as_user(backend: str, home: str) -> None:
     assert run_ct(backend, ["true"], rm=False, name=roots)[0] == 0   # root's, kept (exited)
     try:
         run = as_user(home, "container-run", "--detach", "--name", name, "--",
-                      "sh", "-c", "echo up; sleep 30", env=env)
+                      "sh", "-c", "echo up; sleep 600", env=env)
         assert run.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}\n", run.stdout), run.stderr
         assert os.path.isdir(os.path.join(home, "run", "nsrecipes", name))
         ls = as_user(home, "container-ls", "--all", "--json", env=env)
