@@ -26,8 +26,9 @@ START_FAILED = 125
                        "isolated; without root, reaching outside needs pasta or slirp4netns, "
                        "which nsrecipes does not set up",
                 "rm": "remove the container's directory and cgroup when it exits "
-                      "(default in the foreground; --no-rm keeps the directory with what it "
-                      "wrote); with --detach, only if --rm is given (as docker run -d --rm)",
+                      "(default in the foreground; --no-rm keeps it, exited, with what it "
+                      "wrote, until container-rm); with --detach, only if --rm is given (as "
+                      "docker run -d --rm)",
                 "detach": "run it in the background: print its id and return; a supervisor "
                           "process keeps it, its exit code and its log (container-ls, "
                           "container-logs, container-stop, container-rm)",

@@ -28,12 +28,14 @@ def cleanup(c, dry_run=False, all_=False):
     """Remove what nsrecipes left broken or orphaned; keep what is in use (--all: everything).
 
     Removed: environments whose holder died or whose creator died half-way, half-built
-    net-veth pairs and topologies, containers whose tool is gone, nsr cgroups with no process,
-    nsr-cow-*/nsr-user-* scratch directories, half-imported images (the image store's
-    tmp/import-* of an import that died; never a complete image). Kept: live environments,
-    complete pairs and topologies, running containers. A network namespace no nsrecipes record names is never
-    touched, whatever its name. Without root: only your own (your state directory's labs
-    whose holder died or was never finished, their holders); root's cleanup never sees them.
+    net-veth pairs and topologies, dead containers (their tool or supervisor was killed), nsr
+    cgroups with no process, nsr-cow-*/nsr-user-* scratch directories, half-imported images
+    (the image store's tmp/import-* of an import that died; never a complete image). Kept:
+    live environments, complete pairs and topologies, running and exited containers (detached,
+    or --no-rm: container-rm removes them). A network namespace no nsrecipes record names is
+    never touched, whatever its name. Without root: only your own (your state directory's
+    labs and containers whose holder or supervisor died or was never finished, their
+    holders); root's cleanup never sees them.
     """
     from recipes.ops import cleanup as cl
     from nsutil import rootless

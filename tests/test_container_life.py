@@ -243,3 +243,27 @@ def test_every_verb_has_help_for_every_option():
         options = [ln for ln in out.stdout.splitlines() if ln.strip().startswith("--")]
         assert options, out.stdout
         assert all(len(ln.split(None, 1)) == 2 for ln in options), out.stdout
+
+
+def test_a_kept_foreground_container_is_exited_and_cleanup_keeps_it():
+    """container-run --no-rm in the foreground: once it ends its exit code is recorded, so
+    container-ls --all shows it exited (3), a plain cleanup keeps it (and no cgroup of it
+    is left), and container-rm removes it. (Native only: the record is the same Python on
+    both backends; a foreground run SIGKILLed stays dead and goes: the test above and
+    test_records.)"""
+    name = _name("nrm")
+    try:
+        assert run_ct("native", ["sh", "-c", "exit 3"], rm=False, name=name)[0] == 3
+        row = next(r for r in lifecycle.rows(all=True) if r["name"] == name)
+        assert (row["state"], row["exit_code"], row["pid"]) == ("exited", 3, None), row
+        assert name not in {r["name"] for r in lifecycle.rows()}     # not running
+        plan = _sweep()
+        assert name not in {i.name for i in plan.remove if i.kind == "container"}
+        assert any(k.name == name and "exited (3)" in k.why for k in plan.kept), plan.kept
+        assert not [i.name for i in plan.remove + plan.kept if i.kind == "cgroup"
+                    and name in i.name]
+        with Runner(backend="native", keep=True) as run:
+            lifecycle.remove(run, ids.resolve(name))
+        assert name not in {r["name"] for r in lifecycle.rows(all=True)}
+    finally:
+        _gone(name)

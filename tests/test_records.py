@@ -257,9 +257,14 @@ if what == "holder":
         out["exec"] = "ran"
     except NsrError as exc:
         out["exec"] = str(exc)
-elif what == "container":   # kept (--rm not given) after it exited; its pids go to others
+elif what == "container":   # its tool SIGKILLed: a dead container; its pids go to others
     from recipes.container import state as containerstate
-    out["code"] = subprocess.run([sys.executable, "-c", sys.argv[4], name, backend]).returncode
+    tool = subprocess.Popen([sys.executable, "-c", sys.argv[4], name, backend])
+    def recorded():
+        return [s for s in containerstate.states() if s["name"] == name and s.get("pid1")]
+    process.wait_for(lambda: recorded() or tool.poll() is not None, 120, "the container")
+    tool.kill()
+    out["code"] = tool.wait()
     reap()
     rec = next(s for s in containerstate.states() if s["name"] == name)
     for key in ("pid", "pid1"):
@@ -299,15 +304,16 @@ with Runner(backend=backend, keep=True, out=open(os.devnull, "w")) as run:
 """
 
 
-#: the tool of a container kept after it exits (``container-run`` without ``--rm``)
+#: the tool of a container kept after it exits (``container-run --no-rm``), which the test
+#: SIGKILLs while the container runs (one that exited in the tool's hands is kept: exited)
 _CONTAINER_TOOL = r"""
 import os, sys
 from nsutil.backend import Runner
 from recipes import container
 name, backend = sys.argv[1:3]
 with open(os.devnull, "w") as null, Runner(backend=backend) as run:
-    sys.exit(container.run_container(run, ["true"], rm=False, name=name, stdout=null.fileno(),
-                                     stderr=null.fileno()))
+    sys.exit(container.run_container(run, ["sleep", "600"], rm=False, name=name,
+                                     stdout=null.fileno(), stderr=null.fileno()))
 """
 
 
@@ -337,12 +343,13 @@ def test_a_reused_pid_is_not_the_holder(state, backend):
 
 
 def test_a_container_whose_pids_were_reused_is_removed_without_killing_them(state, backend):
-    """A container kept after it exited (no --rm): its outside process and its PID 1 are
-    gone and their pids handed to two other processes. cleanup judges the container
-    orphaned, removes its record, cgroup and directory, and kills neither of the two."""
+    """A container run with --no-rm whose tool is SIGKILLed (a dead one: no exit code was
+    recorded): its outside process and its PID 1 are gone and their pids handed to two
+    other processes. cleanup judges the container orphaned, removes its record, cgroup and
+    directory, and kills neither of the two."""
     name = f"nsr-c-u{secrets.token_hex(3)}"
     out = _in_own_pidns(state, "container", name, backend, _CONTAINER_TOOL)
-    assert out["code"] == 0, out
+    assert out["code"] == -signal.SIGKILL, out
     assert out["remove"] == [name] and out["kept"] == {}, out
     assert out["failed"] == [] and out["left"] == [], out
     assert out["other_alive"], "cleanup killed a process that re-used a container's pid"

@@ -24,8 +24,10 @@ The document's three principles composed the way ``docker run`` / runc compose t
    SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2, SIGWINCH to the command (the tool and the
    process outside forward them too);
 9. the exit status comes back (128+N for a signal; 137 past ``--timeout``); with ``rm`` (the
-   default) the cgroup and the container's directory are removed. If the tool dies,
-   everything inside dies with it (PR_SET_PDEATHSIG) and ``cleanup`` finds the records.
+   default) the cgroup and the container's directory are removed; without it the cgroup
+   goes and the exit code is recorded: the container is ``exited``, kept until
+   ``container-rm`` (``cleanup`` keeps it too). If the tool dies, everything inside dies
+   with it (PR_SET_PDEATHSIG): a ``dead`` container, which ``cleanup`` removes.
 
 Every step is a recipe call, so ``--explain`` prints the whole sequence, and a script can
 compose the same steps differently. The steps of 5 to 7 run inside the new namespaces
@@ -54,7 +56,8 @@ from recipes.container.run import SETUP_FAILED, start, wait  # noqa: F401 (publi
 from recipes.container import ids
 from recipes.container.spec import (PATH, CommandNotExecutable, CommandNotFound,  # noqa: F401
                             ContainerOOM, ContainerTimeout, Spec, find_command, make_spec, settle)
-from recipes.container.state import Container, leftovers, recorded_cgroups  # noqa: F401
+from recipes.container.state import (Container, leftovers, record_exit,  # noqa: F401
+                                     recorded_cgroups)
 from recipes.cow import remove_tree
 
 SECTION = "the whole container (namespaces + cgroups + copy-on-write)"
@@ -266,6 +269,7 @@ def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,
     spec, fs = prepare(run, argv, rootfs, **options)
     if run.explain:  # the command's own output is all a real run prints
         run.heading(f"{SECTION}: {' '.join(spec.argv)}")
+    ct = None
     try:
         ct = launch(run, spec, fs, (stdin, stdout, stderr))
         code = wait(run, ct, spec.timeout)
@@ -273,10 +277,23 @@ def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,
         if why:
             raise ContainerOOM(why, hint="give it more with --memory, e.g. "
                                f"--memory {2 * (spec.limits.memory or 0) >> 20}M")
-    except BaseException:
+    except BaseException as exc:
         run.undo()
+        if isinstance(exc, NsrError) and exc.exit_code in (126, 127, 137):
+            _keep_exit(run, spec, ct, exc.exit_code, str(exc))
         raise
     errors = run.undo()
+    _keep_exit(run, spec, ct, code, None)
     if errors:
         raise errors[0]
     return code
+
+
+def _keep_exit(run: Runner, spec: Spec, ct: Container | None, code: int,
+               why: str | None) -> None:
+    """With ``--no-rm``: the container's exit code in its record, once it ended (and its
+    cgroup is gone), so ``container-ls --all`` shows it exited and ``cleanup`` keeps it
+    until ``container-rm``. A run killed before this point leaves a dead container."""
+    if spec.rm or ct is None or run.explain:
+        return
+    record_exit(os.path.join(ct.dir, "state.json"), code, why)

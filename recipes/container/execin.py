@@ -2,14 +2,15 @@
 
 The process joins the container's cgroup (it counts toward ``--pids`` and ``--memory``) and
 every namespace PID 1 has that the caller does not share (mount, UTS, IPC, PID, cgroup, and
-network with ``--net``). Joining a PID namespace takes effect for children only, so the
-joining process forks once more, as ``nsenter`` does. Joining the mount namespace puts it at
+network with ``--net``; without root, the container's user namespace first). Joining a PID
+namespace takes effect for children only, so the joining process forks once more, as
+``nsenter`` does. Joining the mount namespace puts it at
 the container's root (``pivot_root`` made that the namespace's root). Then it becomes
 ``--user``, enters ``--workdir`` and execs with the container's environment plus ``--env``.
 
 * shell form: ``echo 0 > CGROUP/cgroup.procs`` (Python's write in the forked child), then
-  ``nsenter --target PID1 --mount --uts --ipc --pid --cgroup [--net] --wdns DIR
-  [--setuid U --setgid G] -- CMD`` with the container's environment;
+  ``nsenter --target PID1 [--user --preserve-credentials] --mount --uts --ipc --pid --cgroup
+  [--net] --wdns DIR [--setuid U --setgid G] -- CMD`` with the container's environment;
 * native form: the same with ``setns(2)`` on ``/proc/PID1/ns/*`` and ``fork``.
 
 ``--tty`` gives the command a new pseudo-terminal as its controlling terminal (``docker exec
@@ -26,16 +27,21 @@ import signal
 import sys
 from typing import Sequence
 
+from nsutil import idmap
+from nsutil import rootless
 from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
-from nsutil.errors import NsrError, SyscallError
+from nsutil.errors import InvalidInput, NsrError, SyscallError
 
 from recipes.container.run import exit_code as exit_code_of
 from recipes.container.spec import parse_env, parse_user, parse_workdir, passwd_entry
 
-#: (nsenter option, /proc/PID/ns name, clone flag), in the order they are joined: the mount
-#: namespace last (after it, /proc/PID1/ns is the container's /proc's)
-NAMESPACES = (("--cgroup", "cgroup", sc.CLONE_NEWCGROUP), ("--ipc", "ipc", sc.CLONE_NEWIPC),
+#: (nsenter option, /proc/PID/ns name, clone flag), in the order they are joined: the user
+#: namespace first (a container made without root has one, which owns all the others: joining
+#: it gives the capabilities the other setns calls need), the mount namespace last (after it,
+#: /proc/PID1/ns is the container's /proc's)
+NAMESPACES = (("--user", "user", sc.CLONE_NEWUSER),
+              ("--cgroup", "cgroup", sc.CLONE_NEWCGROUP), ("--ipc", "ipc", sc.CLONE_NEWIPC),
               ("--uts", "uts", sc.CLONE_NEWUTS), ("--net", "net", sc.CLONE_NEWNET),
               ("--pid", "pid", sc.CLONE_NEWPID), ("--mount", "mnt", sc.CLONE_NEWNS))
 Fds = tuple[int | None, int | None, int | None]
@@ -81,8 +87,13 @@ def _plan(rec: dict, argv: Sequence[str], user: str | int | None, env: Sequence[
 
 def nsenter_argv(pid1: int, joined: list[tuple[str, str, int]], argv: list[str], wd: str,
                  who: tuple[int, int] | None) -> list[str]:
-    """The ``nsenter`` command line of the shell form."""
-    out = ["nsenter", f"--target={pid1}", *[o for o, _n, _f in joined], f"--wdns={wd}"]
+    """The ``nsenter`` command line of the shell form. A user namespace is joined with
+    ``--preserve-credentials``: this user is the one its map makes root inside already, and
+    nsenter's own setgroups()+setuid(0) would fail where the map denies setgroups."""
+    opts = [o for o, _n, _f in joined]
+    if "--user" in opts:
+        opts = list(rootless.NSENTER_OPTIONS) + [o for o in opts if o != "--user"]
+    out = ["nsenter", f"--target={pid1}", *opts, f"--wdns={wd}"]
     if who:
         out += [f"--setuid={who[0]}", f"--setgid={who[1]}"]
     return out + ["--", *argv]
@@ -131,7 +142,8 @@ def _exec_native(fds: list[int], argv: list[str], environ: dict[str, str], wd: s
         code = 126
         try:
             if who:
-                os.setgroups([])
+                if _setgroups_allowed():
+                    os.setgroups([])
                 os.setgid(who[1])
                 os.setuid(who[0])
             os.chdir(wd)
@@ -146,6 +158,32 @@ def _exec_native(fds: list[int], argv: list[str], environ: dict[str, str], wd: s
         finally:
             os._exit(code)
     return _wait_child(child)
+
+
+def _setgroups_allowed() -> bool:
+    """False in a user namespace whose maps were written with setgroups denied (a rootless
+    container without a subordinate range): there setgroups(2) fails, and nsenter skips it."""
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() != "deny"
+    except OSError:
+        return True
+
+
+def _check_mapped(rec: dict, who: tuple[int, int] | None) -> None:
+    """Refuse in one line a ``--user`` that the container's user namespace does not map (a
+    container made without root maps only the ids it was started for)."""
+    if who is None:
+        return
+    for which, wanted in (("uid", who[0]), ("gid", who[1])):
+        maps = idmap.read_map(rec["pid1"], which)
+        if not any(m.inside <= wanted < m.inside + m.count for m in maps):
+            shown = ", ".join(m.line() for m in maps)
+            raise InvalidInput(
+                f"container-exec --user: {which} {wanted} is not mapped in the user namespace "
+                f"of container {rec.get('name')} ({which}_map {shown})",
+                hint="without root a container maps only the ids it was started for: start "
+                     "it with container-run --user ID (an /etc/subuid range), or exec as 0")
 
 
 def _wait_child(pid: int) -> int:
@@ -210,6 +248,8 @@ def exec_in(run: Runner, rec: dict, argv: Sequence[str], user: str | int | None 
                        hint=f"invoke container-exec {name} -- CMD ARGS...")
     pid1, files = rec["pid1"], _cgroup_files(rec)
     joined = _joined(pid1)
+    if any(name == "user" for _o, name, _f in joined):
+        _check_mapped(rec, who)
     shown = nsenter_argv(pid1, joined, args, wd, who)
     step = Step(f"run {shlex.join(args)} in container {name}: join its cgroup and namespaces "
                 f"({', '.join(n for _o, n, _f in joined)}), fork into its PID namespace",

@@ -6,8 +6,8 @@ only one container has (``nsr-c-`` may be left out of a name). The state is told
 record and the processes it names, never from the name alone:
 
 * ``running``: PID 1 runs (or the tool or supervisor that runs it is still finishing);
-* ``exited``: its supervisor recorded the exit code (a detached container, kept until
-  ``container-rm``);
+* ``exited``: its exit code was recorded (by the supervisor of a detached container, or by
+  ``container-run --no-rm`` in the foreground), kept until ``container-rm``;
 * ``dead``: none of its processes runs and no exit code was recorded (its tool or
   supervisor was killed); ``cleanup`` removes it, and its name can be used again;
 * ``created``: the record is being written.

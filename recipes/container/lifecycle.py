@@ -130,8 +130,8 @@ def _gone(rec: dict, timeout: float) -> bool:
 
 
 def wait(rec: dict, timeout: float | None = None) -> int | None:
-    """Wait for the container to end; its exit code (None: it ended without one recorded,
-    e.g. a foreground container, or its supervisor died)."""
+    """Wait for the container to end; its exit code (None: it ended without one recorded:
+    a foreground container without ``--no-rm``, or its tool or supervisor died)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         now = _reread(rec)
@@ -181,7 +181,7 @@ def logs(run: Runner, rec: dict, follow: bool = False, out: IO[bytes] | None = N
     ``follow``: go on until it exits (``tail -f --pid=SUPERVISOR``)."""
     path = rec.get("log")
     if not path:
-        raise NsrError(f"container {rec.get('name')} has no log: it runs in the foreground, "
+        raise NsrError(f"container {rec.get('name')} has no log: it was run in the foreground, "
                        "where its output goes to the terminal",
                        hint="start it with `invoke container-run --detach` to keep a log")
     out = out or sys.stdout.buffer

@@ -21,7 +21,7 @@ from nsutil.backend import Runner, Step
 from nsutil.cgroupfs import Cgroup
 from nsutil.errors import SyscallError
 from nsutil.names import PREFIX
-from nsutil.state import prune, read_json, state_dir
+from nsutil.state import atomic_write_json, prune, read_json, state_dir
 
 from recipes.common import userns
 from recipes.common.leftover import Leftover
@@ -89,6 +89,19 @@ def write_json(path: str, data: dict) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise SyscallError.from_oserror(f"write({path!r})", exc) from None
+
+
+def record_exit(path: str, code: int, why: str | None) -> bool:
+    """Write a container's exit code (and the one line saying why, when nsrecipes knows it)
+    into its record at ``path`` with an atomic rename: from then on it is ``exited``, kept
+    (by ``cleanup`` too) until ``container-rm``. False if the record is gone (removed
+    meanwhile: ``cleanup --all``, ``container-rm --force``)."""
+    rec = read_json(path)
+    if rec is None:
+        return False
+    rec.update(exit_code=code, finished=time.time(), why=why)
+    atomic_write_json(path, rec)
+    return True
 
 
 def states() -> list[dict]:

@@ -25,13 +25,12 @@ import os
 import pickle
 import signal
 import sys
-import time
 from typing import IO, Any
 
 from nsutil import syscalls as sc
 from nsutil.backend import Runner
 from nsutil.errors import NsrError
-from nsutil.state import atomic_write_json, prune, read_json
+from nsutil.state import prune, read_json
 
 #: the log file of a detached container, in its directory
 LOG = "container.log"
@@ -147,18 +146,17 @@ def _outcome(run: Runner, ct: Any, spec: Any) -> tuple[int, str | None]:
     return code, container.oom_line(ct, spec, code)
 
 
-def _finish(name: str, record_path: str, rm: bool, code: int, why: str | None) -> None:
-    """Record the exit code (an atomic rename), or with ``--rm`` remove the container."""
-    from recipes.container.state import remove_container
-    rec = read_json(record_path)
-    if rec is None:   # removed meanwhile (cleanup --all, container-rm --force)
+def _finish(record_path: str, rm: bool, code: int, why: str | None) -> None:
+    """Record the exit code (:func:`recipes.container.state.record_exit`), or with ``--rm``
+    remove the container."""
+    from recipes.container.state import record_exit, remove_container
+    if not rm:
+        record_exit(record_path, code, why)
         return
-    if rm:
+    rec = read_json(record_path)
+    if rec is not None:   # else removed meanwhile (cleanup --all, container-rm --force)
         remove_container(rec)
         prune()
-        return
-    rec.update(exit_code=code, finished=time.time(), why=why)
-    atomic_write_json(record_path, rec)
 
 
 def supervise(request: dict, report_fd: int) -> int:
@@ -192,7 +190,7 @@ def supervise(request: dict, report_fd: int) -> int:
         print(f"nsrecipes: {why}", file=sys.stderr, flush=True)
     for err in run.undo():
         print(f"nsrecipes: {err}", file=sys.stderr, flush=True)
-    _finish(ct.name, os.path.join(ct.dir, "state.json"), request["rm"], code, why)
+    _finish(os.path.join(ct.dir, "state.json"), request["rm"], code, why)
     return 0
 
 

@@ -16,8 +16,9 @@ root-owned ``nsr-user-*`` scratch directories).
   built: its creator (``creator`` in the record) runs, or the record is younger than
   :data:`GRACE` seconds;
 * a container whose tool's process (or supervisor) runs (no record yet: younger than
-  :data:`GRACE`), and a detached one that exited (its supervisor recorded the exit code:
-  ``container-rm`` removes it); one whose supervisor died goes;
+  :data:`GRACE`), and one that exited (its supervisor, or ``container-run --no-rm``,
+  recorded the exit code: ``container-rm`` removes it); one whose tool or supervisor died
+  goes;
 * a cgroup with processes in it, or younger than :data:`GRACE`, and nsrecipes' v2 parent
   while any cgroup stays in it;
 * a scratch directory younger than :data:`GRACE` (nothing records which process made it);
@@ -305,7 +306,7 @@ def _containers() -> dict[str, dict]:
 
 
 def _container_why(st: dict) -> str | None:
-    if "exit_code" in st:     # a detached one that exited: kept until container-rm
+    if "exit_code" in st:     # exited (detached, or --no-rm): kept until container-rm
         return f"exited ({st['exit_code']}); `invoke container-rm {st['name']}` removes it"
     if "creator" not in st and "pid" not in st:   # not recorded yet -- or its tool died first
         return _young_why(st["dir"], "made")
