@@ -242,7 +242,7 @@ def bench_disk(store: images.Store, layout: str) -> tuple[bool, bool]:
     then ``other`` imported. Prints the figures; returns whether each goal is met."""
     layers = [store.diff(d["diff_id"]) for d in images.find("nsr-bench/three", store)["layers"]]
     store_before, layers_bytes = du(store.root), du(*layers)
-    names = [f"nsr-bench-d{i}" for i in range(CONTAINERS)]
+    names = [f"nsr-c-bench-d{i}" for i in range(CONTAINERS)]
     dirs = []
     try:
         for name in names:
