@@ -93,8 +93,9 @@ def tar_bytes(entries: Iterable[tuple[str, str, bytes | str]]) -> bytes:
     return buf.getvalue()
 
 
-def umoci_image(work: str) -> str:
-    """The three-layer layout (see the module doc) in WORK/oci; ``WORK/oci:v1``."""
+def umoci_image(work: str, opaque: bool = True) -> str:
+    """The three-layer layout (see the module doc) in WORK/oci; ``WORK/oci:v1``. Without
+    ``opaque``, two layers: the third, with the opaque directory, is left out."""
     layout, bundle = os.path.join(work, "oci"), os.path.join(work, "bundle")
     sh("umoci", "init", "--layout", layout)
     sh("umoci", "new", "--image", f"{layout}:v1")
@@ -106,11 +107,12 @@ def umoci_image(work: str) -> str:
     _second_layer(os.path.join(bundle, "rootfs"))
     sh("umoci", "repack", "--image", f"{layout}:v1", bundle)
     shutil.rmtree(bundle)
-    third = os.path.join(work, "opaque.tar")
-    with open(third, "wb") as f:
-        f.write(tar_bytes([("opq/", "dir", b""), ("opq/.wh..wh..opq", "file", b""),
-                           ("opq/p2", "file", "p2\n")]))
-    sh("umoci", "raw", "add-layer", "--image", f"{layout}:v1", third)
+    if opaque:
+        third = os.path.join(work, "opaque.tar")
+        with open(third, "wb") as f:
+            f.write(tar_bytes([("opq/", "dir", b""), ("opq/.wh..wh..opq", "file", b""),
+                               ("opq/p2", "file", "p2\n")]))
+        sh("umoci", "raw", "add-layer", "--image", f"{layout}:v1", third)
     sh("umoci", "config", "--image", f"{layout}:v1", "--config.cmd", "sh",
        "--config.cmd", "-c", "--config.cmd", "echo $GREETING from $(pwd) as $(id -u):$(id -g)",
        "--config.env", "GREETING=hello", "--config.workingdir", "/data",
