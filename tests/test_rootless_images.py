@@ -119,7 +119,8 @@ def test_image_import_run_cow_rm_as_user(layouts: Callable[[bool], str], backend
     run = as_user(home, "container-run", "--image", IMAGE, "--user", "0", "--",
                   "sh", "-c", SCRIPT, env=env)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["0", "gone-hidden", "z", "p2" if opaque else "p1", "w", "1"], run.stdout
+    assert run.stdout.split() == (["0", "gone-hidden", "z", "p2", "w", "1"] if opaque else
+                                 ["0", "gone-hidden", "x", "y", "p1", "w", "1"]), run.stdout
     cow = as_user(home, "cow-demo", "--image", IMAGE, env=env)
     assert cow.returncode == 0, cow.stderr
     assert "(a whiteout: True)" in cow.stdout and ",userxattr " in cow.stdout, cow.stdout
