@@ -23,6 +23,9 @@ def image_import(c, path, name=None):
           f"{len(rec['layers'])} layer(s), {done.new_layers} new, in {done.seconds:.2f} s")
     if done.skipped_devices:
         print(f"  device nodes skipped without root: {', '.join(done.skipped_devices[:5])}")
+    if done.dropped_caps:
+        print(f"  file capabilities dropped without root (setting one needs CAP_SETFCAP): "
+              f"{', '.join(done.dropped_caps[:5])}")
     if done.dropped_xattrs:
         print(f"  user.* xattrs the store's filesystem does not keep (a tmpfs before Linux "
               f"6.6?), dropped: {', '.join(done.dropped_xattrs[:5])}")

@@ -63,8 +63,10 @@ def _base_rootfs(root: str) -> None:
     os.utime(os.path.join(root, "data/a"), (MTIME, MTIME))
 
 
-def _second_layer(root: str) -> None:
+def _second_layer(root: str, replace_dir: bool = True) -> None:
     os.unlink(os.path.join(root, "gone"))
+    if not replace_dir:
+        return
     shutil.rmtree(os.path.join(root, "old"))
     os.mkdir(os.path.join(root, "old"))
     with open(os.path.join(root, "old", "z"), "w") as f:
@@ -93,8 +95,10 @@ def tar_bytes(entries: Iterable[tuple[str, str, bytes | str]]) -> bytes:
     return buf.getvalue()
 
 
-def umoci_image(work: str) -> str:
-    """The three-layer layout (see the module doc) in WORK/oci; ``WORK/oci:v1``."""
+def umoci_image(work: str, opaque: bool = True) -> str:
+    """The three-layer layout (see the module doc) in WORK/oci; ``WORK/oci:v1``. Without
+    ``opaque``, no opaque directory at all: two layers, the second only deletes a file (a
+    replaced directory is an opaque one in umoci's layer), the third is left out."""
     layout, bundle = os.path.join(work, "oci"), os.path.join(work, "bundle")
     sh("umoci", "init", "--layout", layout)
     sh("umoci", "new", "--image", f"{layout}:v1")
@@ -103,14 +107,15 @@ def umoci_image(work: str) -> str:
     sh("umoci", "repack", "--image", f"{layout}:v1", bundle)
     shutil.rmtree(bundle)
     sh("umoci", "unpack", "--image", f"{layout}:v1", bundle)
-    _second_layer(os.path.join(bundle, "rootfs"))
+    _second_layer(os.path.join(bundle, "rootfs"), replace_dir=opaque)
     sh("umoci", "repack", "--image", f"{layout}:v1", bundle)
     shutil.rmtree(bundle)
-    third = os.path.join(work, "opaque.tar")
-    with open(third, "wb") as f:
-        f.write(tar_bytes([("opq/", "dir", b""), ("opq/.wh..wh..opq", "file", b""),
-                           ("opq/p2", "file", "p2\n")]))
-    sh("umoci", "raw", "add-layer", "--image", f"{layout}:v1", third)
+    if opaque:
+        third = os.path.join(work, "opaque.tar")
+        with open(third, "wb") as f:
+            f.write(tar_bytes([("opq/", "dir", b""), ("opq/.wh..wh..opq", "file", b""),
+                               ("opq/p2", "file", "p2\n")]))
+        sh("umoci", "raw", "add-layer", "--image", f"{layout}:v1", third)
     sh("umoci", "config", "--image", f"{layout}:v1", "--config.cmd", "sh",
        "--config.cmd", "-c", "--config.cmd", "echo $GREETING from $(pwd) as $(id -u):$(id -g)",
        "--config.env", "GREETING=hello", "--config.workingdir", "/data",

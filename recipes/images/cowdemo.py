@@ -18,6 +18,7 @@ from nsutil.names import PREFIX, scope_id
 from recipes import cow
 from recipes import images
 from recipes.common import upperfs
+from recipes.common import userns
 
 SECTION = "写时复制 (copy-on-write) on an image: its layers are the lowers"
 #: files a read and a delete are shown on, first found wins
@@ -59,14 +60,25 @@ def _read(path: str) -> str | None:
 
 
 def demo(run: Runner, image: str) -> dict:
-    """Copy-on-write on the image ``image`` (see the module doc); returns what was seen."""
-    img = images.for_container(image)
+    """Copy-on-write on the image ``image`` (see the module doc); returns what was seen.
+    Without root, as :func:`recipes.cow.demo`: the overlays are mounted in a process that
+    made a user namespace and a mount namespace first, with ``userxattr``. The image and
+    its store are looked up before (inside, this user is root: the store is still its own)."""
+    store = images.Store()
+    img = images.for_container(image, store)
+    if run.rootless:
+        cow.require_userxattr("cow-demo --image without root")
+        run.say_owner()        # here, before the fork: the child's steps would say it again
+    return userns.in_user_and_mount_ns(run, lambda: _demo(run, image, img, store),
+                                       "cow-demo --image")
+
+
+def _demo(run: Runner, image: str, img: images.RunImage, store: images.Store) -> dict:
     scratch = cow.scratch_dir()
     base = cow.check_overlay_path(os.path.join(scratch, f"{PREFIX}-cow-{scope_id()}"))
     fs = upperfs.plan_upper(scratch)
     files = _files_of_lowers(img.layers)
     run.heading(f"{SECTION}: {image} ({images.short(img.id)}), {len(img.layers)} layer(s) bottom-up")
-    store = images.Store()
     for i, layer in enumerate(reversed(img.layers), 1):
         info = store.layer_info("sha256:" + os.path.basename(os.path.dirname(layer)))
         run.say(f"   layer {i}: {layer} ({images.describe_size(int(info.get('size', 0)))})")
@@ -81,7 +93,8 @@ def demo(run: Runner, image: str) -> dict:
                           f"{base}/{c}/merged", cwd=img.lowers.cwd)
         merged[c], uppers[c] = f"{base}/{c}/merged", f"{base}/{c}/upper"
     line = (f"{'cd ' + img.lowers.cwd + ' && ' if img.lowers.cwd else ''}mount -t overlay overlay "
-            f"-o {img.lowers.option()},upperdir={uppers['c1']},workdir={base}/c1/work {merged['c1']}")
+            f"-o {img.lowers.option()},upperdir={uppers['c1']},workdir={base}/c1/work"
+            f"{',userxattr' if run.rootless else ''} {merged['c1']}")
     run.say(f"   the mount, as the kernel gets it (lowerdir: top layer first):\n   $ {line}")
     seen: dict = {"layers": len(img.layers), "mount": line}
     if len(files) < 2 or run.explain:

@@ -94,6 +94,7 @@ class Imported:
     seconds: float = 0.0
     skipped_devices: list[str] = field(default_factory=list)
     dropped_xattrs: list[str] = field(default_factory=list)
+    dropped_caps: list[str] = field(default_factory=list)
 
 
 class Importer:
@@ -106,6 +107,7 @@ class Importer:
         self.layers: dict[str, dict] = {}        # diff_id -> {"dir", "size"} staged
         self.skipped_devices: list[str] = []
         self.dropped_xattrs: list[str] = []
+        self.dropped_caps: list[str] = []
         os.mkdir(os.path.join(staging, "layers"), 0o700)
 
     def add_blob(self, stream: BinaryIO, desc: dict, what: str) -> str:
@@ -144,6 +146,7 @@ class Importer:
             self.layers[diff_id] = {"dir": target, "size": result.size}
             self.skipped_devices += result.skipped_devices
             self.dropped_xattrs += result.dropped_xattrs
+            self.dropped_caps += result.dropped_caps
 
     def commit(self, record: dict[str, Any], name: str | None) -> int:
         """Under the store's lock: blobs and layers into place, the record, the name.
@@ -233,7 +236,7 @@ def import_source(source: Source, wanted: str | None = None,
     finally:
         source.files.close()
     return Imported(record, wanted, source.kind, new, time.monotonic() - began,
-                    imp.skipped_devices, imp.dropped_xattrs)
+                    imp.skipped_devices, imp.dropped_xattrs, imp.dropped_caps)
 
 
 def referenced(record: dict[str, Any]) -> set[str]:

@@ -8,6 +8,8 @@ directory it is unpacked in. Every entry is checked before it is written:
   since writing there would follow the link out of the layer;
 * a hardlink whose target leaves the layer, or goes through a symlink: refused;
 * device nodes: made only as root (skipped without root, as rootless podman does);
+* file capabilities (``security.capability``): kept as root; without root they are dropped
+  (setting one needs CAP_SETFCAP: EPERM), and the import says which files lost theirs;
 * ``trusted.*`` and ``security.*`` xattrs other than ``security.capability``: dropped (an
   image must not forge overlayfs's own ``trusted.overlay.*`` metadata).
 
@@ -48,6 +50,7 @@ class Unpacked:
     entries: int = 0
     skipped_devices: list[str] = field(default_factory=list)
     dropped_xattrs: list[str] = field(default_factory=list)
+    dropped_caps: list[str] = field(default_factory=list)
 
 
 def split_name(name: str, what: str) -> list[str]:
@@ -129,16 +132,21 @@ def xattrs_of(member: tarfile.TarInfo) -> dict[str, bytes]:
     return out
 
 
-def apply_metadata(path: str, member: tarfile.TarInfo, as_root: bool) -> list[str]:
+def apply_metadata(path: str, member: tarfile.TarInfo, as_root: bool,
+                   result: Unpacked) -> None:
     """Owner (as root), mode, xattrs, mtime, in that order (chown clears setuid bits and
-    file capabilities, so it goes first). Returns the ``user.*`` xattrs the filesystem
-    could not keep (EOPNOTSUPP: e.g. a tmpfs before Linux 6.6)."""
-    dropped = []
+    file capabilities, so it goes first). Notes in ``result`` the ``user.*`` xattrs the
+    filesystem could not keep (EOPNOTSUPP: e.g. a tmpfs before Linux 6.6) and, without
+    root, the file capabilities left out."""
+    dropped = result.dropped_xattrs
     if as_root:
         os.chown(path, member.uid, member.gid, follow_symlinks=False)
     if not member.issym():
         os.chmod(path, stat.S_IMODE(member.mode))
         for name, value in xattrs_of(member).items():
+            if name == KEPT_XATTRS[1] and not as_root:
+                result.dropped_caps.append(member.name)
+                continue
             try:
                 os.setxattr(path, name, value, follow_symlinks=False)
             except OSError as exc:
@@ -147,7 +155,6 @@ def apply_metadata(path: str, member: tarfile.TarInfo, as_root: bool) -> list[st
                     continue
                 raise SyscallError.from_oserror(f"setxattr({path!r}, {name})", exc) from None
     os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
-    return dropped
 
 
 class LayerUnpacker:
@@ -176,7 +183,7 @@ class LayerUnpacker:
             raise BadImage(f"{self.what} ends in the middle of a tar entry",
                            hint="the layer was cut short: nothing was imported") from None
         for path, member in sorted(self.dirs, key=lambda d: -d[0].count("/")):
-            self.result.dropped_xattrs += apply_metadata(path, member, self.as_root)
+            apply_metadata(path, member, self.as_root, self.result)
         return self.result
 
     def entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
@@ -236,7 +243,7 @@ class LayerUnpacker:
         else:
             raise BadImage(f"{self.what}: entry {member.name!r} has the unknown tar type "
                            f"{member.type!r}", hint="the layer is damaged")
-        self.result.dropped_xattrs += apply_metadata(path, member, self.as_root)
+        apply_metadata(path, member, self.as_root, self.result)
 
     def write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
         """A regular file's data (O_EXCL|O_NOFOLLOW: never through a link)."""

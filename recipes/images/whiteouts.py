@@ -44,12 +44,27 @@ def make_whiteout(path: str) -> None:
         raise SyscallError.from_oserror(f"mknod({path!r}, c 0 0) for a whiteout", exc) from None
 
 
+class OpaqueRefused(NsrError):
+    """A layer has an opaque directory and the store's filesystem cannot mark one."""
+
+
 def make_opaque(directory: str, xattr: str | None = None) -> None:
-    """Make ``directory`` opaque (``setfattr -n trusted.overlay.opaque -v y DIR``)."""
+    """Make ``directory`` opaque (``setfattr -n trusted.overlay.opaque -v y DIR``). Where
+    the filesystem has no ``user.*`` xattrs (without root on a tmpfs before Linux 6.6):
+    :class:`OpaqueRefused`, one line with the fix."""
     name = xattr or opaque_xattr()
     try:
         os.setxattr(directory, name, b"y", follow_symlinks=False)
     except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP and name.startswith("user."):
+            fs = upperfs.fs_of(directory)
+            raise OpaqueRefused(
+                f"the image has an opaque directory (.wh..wh..opq), and the image store on "
+                f"{fs.describe()} cannot mark it: setxattr {name}",
+                errno_name="EOPNOTSUPP",
+                hint="without root the mark is a user.* xattr, which a tmpfs keeps only since "
+                     "Linux 6.6: set NSR_STORE_DIR (or XDG_DATA_HOME) to a directory on ext4, "
+                     "xfs or btrfs; nothing was imported") from None
         raise SyscallError.from_oserror(f"setxattr({directory!r}, {name})", exc) from None
 
 
@@ -96,11 +111,15 @@ def probe(store_root: str, tmp: str) -> None:
                        errno_name=errno.errorcode[errno.ENOENT], hint=fix)
     try:
         make_opaque(test)
+    except OpaqueRefused:
+        pass     # no user.* xattrs (a tmpfs before Linux 6.6): images without an opaque
+        #          directory still work; one with it is refused when a layer has one
     except SyscallError as exc:
         raise NsrError(f"{where}, which refuses the xattr {opaque_xattr()}",
                        errno_name=exc.errno_name, hint=fix) from None
-    if not is_opaque(test):
-        raise NsrError(f"{where}: the xattr {opaque_xattr()} does not read back there",
-                       hint=fix)
+    else:
+        if not is_opaque(test):
+            raise NsrError(f"{where}: the xattr {opaque_xattr()} does not read back there",
+                           hint=fix)
     with open(os.path.join(store_root, PROBE_MARK), "w") as f:
         f.write(f"{fs.describe()}\n")
