@@ -192,13 +192,13 @@ def test_env_veth_between_two_environments_of_a_user(backend, user):
                    ["env-veth", own, "--peer", a], ["env-veth", a, "--peer", own],
                    ["env-veth", a], ["env-ls", "--json"],
                    ["env-rm", a], ["env-rm", own], ["env-rm", b], backend=backend)
+    assert ok(done[" ".join(veth)]).strip().endswith(f"{a}:eth0 <-> {b}:eth0")
+    assert "1 received" in ok(done[f"env-exec {a} -- ping -c1 -W5 10.231.0.2"])
+    assert "1 received" in ok(done[f"env-exec {b} -- ping -c1 -W5 10.231.0.1"])
     assert "share one user namespace, kept by pid" in ok(done[f"env-create {a} --ns net"])
     assert "share the user namespace kept by pid" in ok(done[f"env-create {b} --ns net,pid"])
     holder = json.loads(ok(done[f"env-exec {a} -- cat {record}"]))
     assert holder["kind"] == "userns" and holder["start"], holder
-    assert ok(done[" ".join(veth)]).strip().endswith(f"{a}:eth0 <-> {b}:eth0")
-    assert "1 received" in ok(done[f"env-exec {a} -- ping -c1 -W5 10.231.0.2"])
-    assert "1 received" in ok(done[f"env-exec {b} -- ping -c1 -W5 10.231.0.1"])
     refused(done[f"env-veth {own} --peer {a}"], f"{own} has a user namespace of its own")
     refused(done[f"env-veth {a} --peer {own}"], f"{own} has a user namespace of its own")
     refused(done[f"env-veth {a}"], "host's network namespace needs root")
@@ -292,10 +292,11 @@ def _in_box(box: Sandbox, home: str, *commands: list[str]) -> dict[str, dict]:
 
 
 def test_roots_cleanup_leaves_a_users_dead_environment_the_users_removes_it(sandbox):
-    """A user's environment whose holder was SIGKILLed: root's ``cleanup --all`` (which
-    removes all of root's, dead or alive: so plain ``cleanup`` too) leaves it, it is the
-    user's, in the user's state directory; the user's env-ls shows it dead and the user's
-    ``cleanup`` removes it."""
+    """A user's environment whose holder was SIGKILLed, as the holder of the user namespace
+    the user's environments share: root's ``cleanup --all`` (which removes all of root's,
+    dead or alive: so plain ``cleanup`` too) leaves both, they are the user's, in the user's
+    state directory; the user's env-ls shows it dead and the user's ``cleanup`` removes it
+    and the stale per-user holder's record."""
     box, name = sandbox, "nsr-rl-dead"
     home = "/tmp/nsr-rl-home"                 # inside the sandbox: its /tmp is its own
     for part in ("", "/run"):
@@ -311,14 +312,18 @@ def _dead_env_cleaned(box: Sandbox, home: str, name: str) -> None:
     made = _in_box(box, home, ["env-create", name, "--ns", "uts,net"])
     ok(made[f"env-create {name} --ns uts,net"])
     record = box.path(f"{home}/run/nsrecipes/{name}/env.json")
-    with open(record) as f:
-        holder = json.load(f)["holder"]["pid"]
-    os.kill(holder, signal.SIGKILL)
+    userns = box.path(f"{home}/run/nsrecipes/userns.json")
+    with open(record) as f, open(userns) as g:
+        holder, user_holder = json.load(f)["holder"]["pid"], json.load(g)["pid"]
+    for pid in (holder, user_holder):       # the per-user holder's record is stale now
+        os.kill(pid, signal.SIGKILL)
     done = box.cli("cleanup", "--all")      # removes all root's, in use or not: not the user's
     assert done.returncode == 0 and name not in done.stdout + done.stderr, done
-    assert os.path.exists(record)
+    assert "userns" not in done.stdout + done.stderr, done
+    assert os.path.exists(record) and os.path.exists(userns)
     after = _in_box(box, home, ["env-ls"], ["cleanup"], ["env-ls", "--json"])
     assert f"{name} " in ok(after["env-ls"]) and " dead " in after["env-ls"]["out"]
     assert f"removing env {name}" in ok(after["cleanup"])
+    assert "removing userns holder of your user namespace" in after["cleanup"]["out"]
     assert json.loads(ok(after["env-ls --json"])) == {"environments": []}
     assert os.listdir(box.path(f"{home}/run")) == []
