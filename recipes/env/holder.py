@@ -15,11 +15,13 @@ How an environment is kept, the way util-linux does it:
   is bound by us once the holder runs, after checking that (a holder on the wrong CPU is
   made again on another one: :func:`_start_in_bindable_order`).
 
-Without root the holder owns a user namespace first (``unshare --user --map-root-user``,
-natively the forked holder unshares them all and its parent writes its maps), which owns
-every other namespace; nothing is bound on the host (a user cannot mount there), so the
-holder alone keeps them (see :mod:`recipes.env.state`), and the state directory is the
-user's own (``$XDG_RUNTIME_DIR/nsrecipes``), never made a mount.
+Without root a user namespace owns every other namespace of the environment: the one all of
+the user's environments share (``nsenter -t USERNS --user --preserve-credentials -- unshare
+...``, natively setns to it and unshare the rest; :mod:`recipes.env.userns`), or, with id
+maps of its own, a new one (``unshare --user ...``; natively the forked holder unshares them
+all and its parent writes its maps). Nothing is bound on the host (a user cannot mount
+there), so the holder alone keeps them (see :mod:`recipes.env.state`), and the state
+directory is the user's own (``$XDG_RUNTIME_DIR/nsrecipes``), never made a mount.
 
 The holder is started by a helper process (:func:`nsutil.process.fork_call`) that inherits
 the environment's lock, so a removal running after this tool was SIGKILLed waits for it.

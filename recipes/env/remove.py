@@ -71,7 +71,7 @@ def remove(run: Runner, name: str, *, missing_ok: bool = False) -> dict:
 def _remove_steps_explain(run: Runner, name: str) -> None:
     pids, link, t = Placeholder("$PIDS"), Placeholder("$IF"), Placeholder("$TYPE")
     if run.rootless:      # nothing bound, no host link, no `ip netns` name
-        run.run(Step(f"kill the holder and every process in {name}'s user namespace",
+        run.run(Step(f"kill the holder and every process in {name}'s namespaces",
                      argv=["kill", "-KILL", pids]))
         run.run(Step("remove its record", argv=["rm", "-r", env_dir(name)]))
         release_user_holder(run)
