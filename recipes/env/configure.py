@@ -297,7 +297,7 @@ def add_veth(run: Runner, name: str, peer: str | None = None, *, ifname: str | N
             net.check_addr(value, what)
     if run.rootless:
         if peer is None:
-            raise rootless_veth_refusal(name, peer)
+            raise rootless_veth_refusal(name)
         return _add_rootless_veth(run, name, peer, ifname, peer_ifname, addr, peer_addr)
     load(name, run, need="net")
     if peer:
@@ -330,16 +330,22 @@ def add_veth(run: Runner, name: str, peer: str | None = None, *, ifname: str | N
         made = {"ifname": ifname, "peer": peer or "host", "peer_ifname": peer_ifname,
                 "addr": addr, "peer_addr": peer_addr}
         if not run.explain:
-            def mine(d: dict) -> None:
-                d.setdefault("veths", []).append(dict(made, here=True))
-                if peer is None:
-                    d.setdefault("links", []).append(peer_ifname)
-            update_state(name, mine)
-            if peer:
-                update_state(peer, lambda d: d.setdefault("veths", []).append(
-                    {"ifname": ifname, "peer": name, "peer_ifname": peer_ifname, "addr": addr,
-                     "peer_addr": peer_addr, "here": False}))
+            _record_veth(name, peer, made)
     return made
+
+
+def _record_veth(name: str, peer: str | None, made: dict) -> None:
+    """Note the veth in the record of ``name`` (and of ``peer``, its other end; a host end
+    also among ``links``, which env-rm deletes). Locks held."""
+    def mine(d: dict) -> None:
+        d.setdefault("veths", []).append(dict(made, here=True))
+        if peer is None:
+            d.setdefault("links", []).append(made["peer_ifname"])
+    update_state(name, mine)
+    if peer:
+        update_state(peer, lambda d: d.setdefault("veths", []).append(
+            {"ifname": made["ifname"], "peer": name, "peer_ifname": made["peer_ifname"],
+             "addr": made["addr"], "peer_addr": made["peer_addr"], "here": False}))
 
 
 def _add_rootless_veth(run: Runner, name: str, peer: str, ifname: str | None,
@@ -370,14 +376,11 @@ def _add_rootless_veth(run: Runner, name: str, peer: str, ifname: str | None,
         made = {"ifname": ifname, "peer": peer, "peer_ifname": peer_ifname, "addr": addr,
                 "peer_addr": peer_addr}
         if not run.explain:
-            update_state(name, lambda d: d.setdefault("veths", []).append(dict(made, here=True)))
-            update_state(peer, lambda d: d.setdefault("veths", []).append(
-                {"ifname": ifname, "peer": name, "peer_ifname": peer_ifname, "addr": addr,
-                 "peer_addr": peer_addr, "here": False}))
+            _record_veth(name, peer, made)
     return made
 
 
-def rootless_veth_refusal(name: str, peer: str | None) -> NsrError:
+def rootless_veth_refusal(name: str) -> NsrError:
     """Without root no veth can link an environment to the host: its end there needs
     CAP_NET_ADMIN in the host's network namespace (a veth between two environments:
     :func:`recipes.env.userns.check_shared`)."""
