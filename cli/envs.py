@@ -42,11 +42,15 @@ def env_create(c, name, ns="uts,ipc,pid,mnt,net", hostname=None, domainname=None
     /run/nsrecipes/NAME/TYPE as `unshare --TYPE=FILE` does, and the net namespace is
     visible to `ip netns` as NAME, with lo up.
 
-    Without root: a user namespace comes first (`unshare --user --map-root-user ...`, you
-    are root inside) and owns the others, user and mnt are always among them, the holder
-    alone keeps them (nothing is bound on the host, no `ip netns` name), and the record is
-    in $XDG_RUNTIME_DIR/nsrecipes. --uid-map beyond your own id needs an /etc/subuid range
-    and newuidmap (package uidmap).
+    Without root: a user namespace owns the others (you are root inside), user and mnt are
+    always among them, the holder alone keeps them (nothing is bound on the host, no `ip
+    netns` name), and the record is in $XDG_RUNTIME_DIR/nsrecipes. All your environments
+    share ONE user namespace (you mapped to 0), kept by a small holder of yours (`unshare
+    --user --map-root-user -- sleep infinity`, recorded in userns.json; it goes with your
+    last environment), so env-veth can link them; each new holder joins it (`nsenter -t
+    USERNS --user --preserve-credentials -- unshare --uts ...`). With --uid-map an
+    environment has a user namespace of its own; a map beyond your own id needs an
+    /etc/subuid range and newuidmap (package uidmap).
     """
     from recipes import env
     name = _env_name(name, "env-create")
@@ -83,8 +87,11 @@ def env_veth(c, name, peer="host", ifname=None, peer_ifname=None, addr=None, pee
              backend=None, explain=False):
     """Add a veth pair from an environment to the host or to another environment.
 
-    Root only: without root the host's end needs CAP_NET_ADMIN there, and each environment
-    has a user namespace of its own (a lab made with net-topo or net-veth shares one).
+    Without root, between two environments only: your environments share one user
+    namespace, and as root there the pair is made from inside NAME's network namespace
+    (`nsenter -t PID --user --preserve-credentials --net -- ip link add ... peer ... netns
+    /proc/PEER/ns/net`). An end on the host needs root (CAP_NET_ADMIN there), and an
+    environment made with --uid-map has a user namespace of its own: both are refused.
     """
     from recipes import env
     name = _env_name(name, "env-veth")

@@ -96,18 +96,29 @@ def assert_nothing_left(home: str, holders: list[int]) -> None:
     assert os.listdir(os.path.join(home, "run")) == []
 
 
-def kill_left(home: str) -> None:
-    """What a failed test left: SIGKILL every process of uid 65534 started with ``home``'s
-    runtime directory (``XDG_RUNTIME_DIR``, which only this test's commands have)."""
+def processes_of(home: str) -> list[int]:
+    """The processes of uid 65534 started with ``home``'s runtime directory
+    (``XDG_RUNTIME_DIR``, which only this test's commands have)."""
     mark = f"XDG_RUNTIME_DIR={home}/run".encode()
+    found = []
     for entry in os.listdir("/proc"):
         try:
             if not entry.isdigit() or os.stat(f"/proc/{entry}").st_uid != USER_UID:
                 continue
             with open(f"/proc/{entry}/environ", "rb") as f:
                 if mark in f.read().split(b"\0"):
-                    os.kill(int(entry), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
+                    found.append(int(entry))
+        except OSError:
+            continue      # gone meanwhile
+    return found
+
+
+def kill_left(home: str) -> None:
+    """What a failed test left: SIGKILL every process of :func:`processes_of`."""
+    for pid in processes_of(home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             continue      # gone meanwhile
 
 
@@ -149,7 +160,9 @@ def test_env_tasks_as_a_user(backend, user):
     assert "UP" in lines[5] and lines[6].strip() == "1", lines
     record = json.loads("\n".join(lines[7:]))      # in the user's XDG_RUNTIME_DIR
     assert record["rootless"] and record["backend"] == backend and record["netns"] is None
-    assert "unshare --user --map-root-user --ipc" in ok(done["env-create --explain nsr-rl-x"])
+    explained = ok(done["env-create --explain nsr-rl-x"])
+    assert "unshare --user --map-root-user -- sleep infinity &" in explained
+    assert "nsenter -t $USERNS --user --preserve-credentials -- unshare --ipc" in explained
     assert "--user --preserve-credentials" in ok(done[f"env-exec --explain {name} -- true"])
     [row] = json.loads(ok(done["env-ls --json"]))["environments"]
     assert row["name"] == name and row["state"] == "alive" and row["rootless"]
@@ -159,6 +172,45 @@ def test_env_tasks_as_a_user(backend, user):
     assert name not in ok(done["env-ls"])
     assert not os.path.exists(f"/run/nsrecipes/{name}") and not os.path.exists(f"/run/netns/{name}")
     assert_nothing_left(home, [row["pid"], record["parent"]["pid"]])
+
+
+def test_env_veth_between_two_environments_of_a_user(backend, user):
+    """A user's environments share one user namespace, kept by a per-user holder recorded
+    in userns.json, so env-veth links two of them as root there: they ping each other both
+    ways. One made with --uid-map has a user namespace of its own: a veth to it is one line,
+    as one to the host. After env-rm of all, no process of the user is left and the
+    per-user holder and its record are gone."""
+    home = user
+    a, b, own = (f"nsr-rl-{backend[0]}{x}" for x in "abo")
+    record = os.path.join(home, "run", "nsrecipes", "userns.json")
+    veth = ["env-veth", a, "--peer", b, "--addr", "10.231.0.1/24", "--peer-addr", "10.231.0.2/24"]
+    done = session(home, ["env-create", a, "--ns", "net"], ["env-create", b, "--ns", "net,pid"],
+                   ["env-create", own, "--ns", "net", "--uid-map", "0:65534:1"],
+                   ["env-exec", a, "--", "cat", record], veth,
+                   ["env-exec", a, "--", "ping", "-c1", "-W5", "10.231.0.2"],
+                   ["env-exec", b, "--", "ping", "-c1", "-W5", "10.231.0.1"],
+                   ["env-veth", own, "--peer", a], ["env-veth", a, "--peer", own],
+                   ["env-veth", a], ["env-ls", "--json"],
+                   ["env-rm", a], ["env-rm", own], ["env-rm", b], backend=backend)
+    assert ok(done[" ".join(veth)]).strip().endswith(f"{a}:eth0 <-> {b}:eth0")
+    assert "1 received" in ok(done[f"env-exec {a} -- ping -c1 -W5 10.231.0.2"])
+    assert "1 received" in ok(done[f"env-exec {b} -- ping -c1 -W5 10.231.0.1"])
+    assert "share one user namespace, kept by pid" in ok(done[f"env-create {a} --ns net"])
+    assert "share the user namespace kept by pid" in ok(done[f"env-create {b} --ns net,pid"])
+    holder = json.loads(ok(done[f"env-exec {a} -- cat {record}"]))
+    assert holder["kind"] == "userns" and holder["start"], holder
+    refused(done[f"env-veth {own} --peer {a}"], f"{own} has a user namespace of its own")
+    refused(done[f"env-veth {a} --peer {own}"], f"{own} has a user namespace of its own")
+    refused(done[f"env-veth {a}"], "host's network namespace needs root")
+    rows = {r["name"]: r for r in json.loads(ok(done["env-ls --json"]))["environments"]}
+    assert rows[a]["ns"]["user"] == rows[b]["ns"]["user"] == holder["userns"]
+    assert rows[own]["ns"]["user"] != holder["userns"]
+    assert rows[a]["pids"] == [rows[a]["pid"]], rows      # not b's, nor the per-user holder
+    assert holder["pid"] not in rows[b]["pids"] + rows[own]["pids"], rows
+    for n in (a, own, b):
+        ok(done[f"env-rm {n}"])
+    assert_nothing_left(home, [holder["pid"]] + [r["pid"] for r in rows.values()])
+    assert processes_of(home) == []
 
 
 def test_env_idmap_veth_and_rootfs_as_a_user(user):
@@ -184,7 +236,7 @@ def test_env_idmap_veth_and_rootfs_as_a_user(user):
     maps = ok(done[f"env-exec {name} -- cat /proc/self/uid_map /proc/self/gid_map"]).split()
     assert maps == ["0", "65534", "1", "0", "65534", "1"], maps
     refused(done[f"env-veth {name}"], "host's network namespace needs root")
-    refused(done[f"env-veth {name} --peer nsr-rl-other"], "user namespace of its own")
+    refused(done[f"env-veth {name} --peer nsr-rl-other"], "has no net namespace")
     [row] = json.loads(ok(done["env-ls --json"]))["environments"]
     assert set(row["ns"]) == {"user", "uts", "mnt"}
     ok(done[f"env-rm {name}"])
@@ -240,10 +292,11 @@ def _in_box(box: Sandbox, home: str, *commands: list[str]) -> dict[str, dict]:
 
 
 def test_roots_cleanup_leaves_a_users_dead_environment_the_users_removes_it(sandbox):
-    """A user's environment whose holder was SIGKILLed: root's ``cleanup --all`` (which
-    removes all of root's, dead or alive: so plain ``cleanup`` too) leaves it, it is the
-    user's, in the user's state directory; the user's env-ls shows it dead and the user's
-    ``cleanup`` removes it."""
+    """A user's environment whose holder was SIGKILLed, as the holder of the user namespace
+    the user's environments share: root's ``cleanup --all`` (which removes all of root's,
+    dead or alive: so plain ``cleanup`` too) leaves both, they are the user's, in the user's
+    state directory; the user's env-ls shows it dead and the user's ``cleanup`` removes it
+    and the stale per-user holder's record."""
     box, name = sandbox, "nsr-rl-dead"
     home = "/tmp/nsr-rl-home"                 # inside the sandbox: its /tmp is its own
     for part in ("", "/run"):
@@ -259,14 +312,18 @@ def _dead_env_cleaned(box: Sandbox, home: str, name: str) -> None:
     made = _in_box(box, home, ["env-create", name, "--ns", "uts,net"])
     ok(made[f"env-create {name} --ns uts,net"])
     record = box.path(f"{home}/run/nsrecipes/{name}/env.json")
-    with open(record) as f:
-        holder = json.load(f)["holder"]["pid"]
-    os.kill(holder, signal.SIGKILL)
+    userns = box.path(f"{home}/run/nsrecipes/userns.json")
+    with open(record) as f, open(userns) as g:
+        holder, user_holder = json.load(f)["holder"]["pid"], json.load(g)["pid"]
+    for pid in (holder, user_holder):       # the per-user holder's record is stale now
+        os.kill(pid, signal.SIGKILL)
     done = box.cli("cleanup", "--all")      # removes all root's, in use or not: not the user's
     assert done.returncode == 0 and name not in done.stdout + done.stderr, done
-    assert os.path.exists(record)
+    assert "userns" not in done.stdout + done.stderr, done
+    assert os.path.exists(record) and os.path.exists(userns)
     after = _in_box(box, home, ["env-ls"], ["cleanup"], ["env-ls", "--json"])
     assert f"{name} " in ok(after["env-ls"]) and " dead " in after["env-ls"]["out"]
     assert f"removing env {name}" in ok(after["cleanup"])
+    assert "removing userns holder of your user namespace" in after["cleanup"]["out"]
     assert json.loads(ok(after["env-ls --json"])) == {"environments": []}
     assert os.listdir(box.path(f"{home}/run")) == []

@@ -15,7 +15,9 @@ and every step under its usual name. The rooms behind it, each read on its own:
   name, lo, hostname, id maps, veths, queues); :mod:`recipes.env.mounts` -- its mounts;
 * :mod:`recipes.env.enter` -- running a command inside (``env-exec``);
 * :mod:`recipes.env.remove` -- removal (``env-rm``) and leftovers (``cleanup``);
-* :mod:`recipes.env.subids` -- without root, ids of /etc/subuid ranges (newuidmap).
+* :mod:`recipes.env.subids` -- without root, ids of /etc/subuid ranges (newuidmap);
+* :mod:`recipes.env.userns` -- without root, the user namespace a user's environments share
+  (a per-user holder), and veths between them.
 
 Without root (``Runner.rootless``) the same steps run with a user namespace first that owns
 the others and a holder that alone keeps them; the record is in the user's own state
@@ -68,8 +70,9 @@ def create(run: Runner, name: str, ns: str | Sequence[str] = DEFAULT_TYPES, *,
     Returns the record (``env-ls`` shows it).
 
     Without root (``run.rootless``) a user and a mount namespace are always among the types:
-    the user namespace owns the others (this user mapped to 0, unless ``uid_map`` says
-    otherwise) and the holder keeps them all; the record lives in the user's state directory.
+    the user namespace owns the others -- the one all of this user's environments share
+    (this user mapped to 0), or with ``uid_map`` one of its own -- and the holder keeps them
+    all; the record lives in the user's state directory.
     """
     check_env_name(name)
     types = parse_types(ns)

@@ -25,11 +25,11 @@ from nsutil.nstypes import NsType
 from nsutil.netlink import NETNS_RUN_DIR
 
 from recipes.common.holder import enter_argv, join_types
-from recipes.env import subids
+from recipes.env import subids, userns
 from recipes.env.remove import remove
 from recipes.env.state import (HELD, KIND, STATE_FILE, base_dir, check_env_name, env_dir,
                        global_lock, holder_of, load, lock_unless_explain, ns_file, open_dir,
-                       release_lock, update_state)
+                       read_state, release_lock, update_state)
 
 
 # --- making one -----------------------------------------------------------------------------
@@ -296,7 +296,9 @@ def add_veth(run: Runner, name: str, peer: str | None = None, *, ifname: str | N
         if value:
             net.check_addr(value, what)
     if run.rootless:
-        raise rootless_veth_refusal(name, peer)
+        if peer is None:
+            raise rootless_veth_refusal(name)
+        return _add_rootless_veth(run, name, peer, ifname, peer_ifname, addr, peer_addr)
     load(name, run, need="net")
     if peer:
         load(peer, run, need="net")
@@ -328,31 +330,64 @@ def add_veth(run: Runner, name: str, peer: str | None = None, *, ifname: str | N
         made = {"ifname": ifname, "peer": peer or "host", "peer_ifname": peer_ifname,
                 "addr": addr, "peer_addr": peer_addr}
         if not run.explain:
-            def mine(d: dict) -> None:
-                d.setdefault("veths", []).append(dict(made, here=True))
-                if peer is None:
-                    d.setdefault("links", []).append(peer_ifname)
-            update_state(name, mine)
-            if peer:
-                update_state(peer, lambda d: d.setdefault("veths", []).append(
-                    {"ifname": ifname, "peer": name, "peer_ifname": peer_ifname, "addr": addr,
-                     "peer_addr": peer_addr, "here": False}))
+            _record_veth(name, peer, made)
     return made
 
 
-def rootless_veth_refusal(name: str, peer: str | None) -> NsrError:
-    """Without root no veth can link an environment: one to the host needs CAP_NET_ADMIN in
-    the host's network namespace, and each environment has a user namespace of its own, and
-    the kernel moves a veth end only into a network namespace whose owner grants it that."""
-    if peer is None:
-        return NsrError(f"env-veth {name}: a veth end in the host's network namespace needs "
-                        "root (CAP_NET_ADMIN there)",
-                        hint="run it as root, or build the hosts and links as a lab without "
-                             "root: invoke net-topo / net-veth")
-    return NsrError(f"env-veth {name} --peer {peer}: without root each environment has a user "
-                    "namespace of its own, and neither grants CAP_NET_ADMIN in the other's "
-                    "network namespace", hint="run it as root, or build linked hosts as one "
-                                              "lab without root: invoke net-topo / net-veth")
+def _record_veth(name: str, peer: str | None, made: dict) -> None:
+    """Note the veth in the record of ``name`` (and of ``peer``, its other end; a host end
+    also among ``links``, which env-rm deletes). Locks held."""
+    def mine(d: dict) -> None:
+        d.setdefault("veths", []).append(dict(made, here=True))
+        if peer is None:
+            d.setdefault("links", []).append(made["peer_ifname"])
+    update_state(name, mine)
+    if peer:
+        update_state(peer, lambda d: d.setdefault("veths", []).append(
+            {"ifname": made["ifname"], "peer": name, "peer_ifname": made["peer_ifname"],
+             "addr": made["addr"], "peer_addr": made["peer_addr"], "here": False}))
+
+
+def _add_rootless_veth(run: Runner, name: str, peer: str, ifname: str | None,
+                       peer_ifname: str | None, addr: str | None,
+                       peer_addr: str | None) -> dict:
+    """Without root: a veth between two environments of the user namespace all of this
+    user's environments share (:mod:`recipes.env.userns`), made as root there; one with a
+    user namespace of its own is refused in one line."""
+    st = load(name, run, need="net")
+    if run.explain:
+        peer_st = load(peer, run, need="net")
+        here = there = set()
+    else:
+        userns.check_shared(name, st, peer, read_state(peer))
+        peer_st = load(peer, run, need="net")
+        userns.check_shared(name, st, peer, peer_st)
+        here, there = userns.links_of(st), userns.links_of(peer_st)
+    st, peer_st = dict(st, name=name), dict(peer_st, name=peer)
+    ifname = ifname or _default_ifname(here)
+    peer_ifname = peer_ifname or _default_ifname(there)
+    for link, links, env in ((ifname, here, name), (peer_ifname, there, peer)):
+        if link in links:
+            raise Conflict(f"environment {env!r} has a link {link!r} already",
+                           hint="give another --ifname" if env == name
+                           else "give another --peer-ifname")
+    with lock_unless_explain(run, name, peer):
+        userns.veth_pair(run, st, peer_st, ifname, peer_ifname, addr, peer_addr)
+        made = {"ifname": ifname, "peer": peer, "peer_ifname": peer_ifname, "addr": addr,
+                "peer_addr": peer_addr}
+        if not run.explain:
+            _record_veth(name, peer, made)
+    return made
+
+
+def rootless_veth_refusal(name: str) -> NsrError:
+    """Without root no veth can link an environment to the host: its end there needs
+    CAP_NET_ADMIN in the host's network namespace (a veth between two environments:
+    :func:`recipes.env.userns.check_shared`)."""
+    return NsrError(f"env-veth {name}: a veth end in the host's network namespace needs "
+                    "root (CAP_NET_ADMIN there)",
+                    hint="run it as root, or link two environments instead: invoke env-veth "
+                         f"{name} --peer OTHER")
 
 
 def make_queue(run: Runner, name: str) -> int:

@@ -15,11 +15,13 @@ How an environment is kept, the way util-linux does it:
   is bound by us once the holder runs, after checking that (a holder on the wrong CPU is
   made again on another one: :func:`_start_in_bindable_order`).
 
-Without root the holder owns a user namespace first (``unshare --user --map-root-user``,
-natively the forked holder unshares them all and its parent writes its maps), which owns
-every other namespace; nothing is bound on the host (a user cannot mount there), so the
-holder alone keeps them (see :mod:`recipes.env.state`), and the state directory is the
-user's own (``$XDG_RUNTIME_DIR/nsrecipes``), never made a mount.
+Without root a user namespace owns every other namespace of the environment: the one all of
+the user's environments share (``nsenter -t USERNS --user --preserve-credentials -- unshare
+...``, natively setns to it and unshare the rest; :mod:`recipes.env.userns`), or, with id
+maps of its own, a new one (``unshare --user ...``; natively the forked holder unshares them
+all and its parent writes its maps). Nothing is bound on the host (a user cannot mount
+there), so the holder alone keeps them (see :mod:`recipes.env.state`), and the state
+directory is the user's own (``$XDG_RUNTIME_DIR/nsrecipes``), never made a mount.
 
 The holder is started by a helper process (:func:`nsutil.process.fork_call`) that inherits
 the environment's lock, so a removal running after this tool was SIGKILLed waits for it.
@@ -45,6 +47,7 @@ from nsutil.rootless import UNSHARE_OPTIONS, outside_gid, outside_uid
 from recipes.common.holder import holder_setup
 from recipes.env.state import (base_dir, bound_inodes, env_dir, env_entries, global_lock,
                        ns_file)
+from recipes.env.userns import user_holder, userns_prefix
 
 #: PID 1 of the shell form: `wait` reaps every child, also orphans re-parented to it
 REAPER = "while :; do sleep infinity & wait; done"
@@ -73,15 +76,20 @@ def bound_later(types: Sequence[NsType]) -> list[NsType]:
 
 
 def env_unshare_argv(name: str, types: Sequence[NsType], *, rootless: bool = False,
-                     map_root: bool = True) -> list[str]:
+                     map_root: bool = True, userns_pid: int | Placeholder | None = None
+                     ) -> list[str]:
     """``unshare --uts=/run/nsrecipes/NAME/uts ... --mount [--fork --kill-child --mount-proc]
     -- ...`` (the files of :func:`bound_later` are bound afterwards).
 
     ``rootless``: ``unshare --user [--map-root-user] --uts ...`` with nothing bound (the user
-    namespace first; ``map_root``: the user mapped to 0, else the maps are left unwritten)."""
+    namespace first; ``map_root``: the user mapped to 0, else the maps are left unwritten);
+    with ``userns_pid`` (the per-user holder) ``nsenter -t PID --user --preserve-credentials
+    -- unshare --uts ...``: the new namespaces are owned by the user namespace all of this
+    user's environments share."""
     names_ = {t.name for t in types}
     if rootless:
-        first = list(UNSHARE_OPTIONS if map_root else UNSHARE_OPTIONS[:1])
+        first = [] if userns_pid is not None else \
+            list(UNSHARE_OPTIONS if map_root else UNSHARE_OPTIONS[:1])
         argv = ["unshare"] + first + [t.option for t in types if t.name != "user"]
     else:
         later = bound_later(types)
@@ -89,10 +97,12 @@ def env_unshare_argv(name: str, types: Sequence[NsType], *, rootless: bool = Fal
                               for t in types]
     if "pid" in names_:
         argv += ["--fork", "--kill-child"] + (["--mount-proc"] if "mnt" in names_ else [])
-        return argv + ["--", "sh", "-c", REAPER]
-    if needs_fork(types):                  # a time namespace: for unshare's child only
-        argv += ["--fork", "--kill-child"]
-    return argv + ["--", "sleep", "infinity"]
+        argv += ["--", "sh", "-c", REAPER]
+    else:
+        if needs_fork(types):              # a time namespace: for unshare's child only
+            argv += ["--fork", "--kill-child"]
+        argv += ["--", "sleep", "infinity"]
+    return argv if userns_pid is None else userns_prefix(userns_pid, argv)
 
 
 def bind_argvs(name: str, pid: int | str, types: Sequence[NsType]) -> list[list[str]]:
@@ -133,7 +143,14 @@ _PLACEHOLDER = {"holder": {"pid": Placeholder("$PID"), "start": 0},
 def _start_rootless(run: Runner, name: str, types: Sequence[NsType], map_root: bool) -> dict:
     """The rootless holder: ``unshare --user --map-root-user --uts ... --fork`` in a session of
     its own; natively fork and unshare them all at once, and this user is mapped to 0 in
-    the new user namespace from outside before the holder goes on."""
+    the new user namespace from outside before the holder goes on.
+
+    With ``map_root`` (no id maps of its own) the user namespace is not new but the one all
+    of this user's environments share (:mod:`recipes.env.userns`): ``nsenter -t USERNS
+    --user --preserve-credentials -- unshare --uts ... --fork``; natively setns to it, then
+    unshare the rest."""
+    if map_root:
+        return _start_in_shared_userns(run, name, types)
     argv = env_unshare_argv(name, types, rootless=True, map_root=map_root)
     reaps = any(t.name == "pid" for t in types)
     others = [t for t in types if t.name != "user"]
@@ -142,6 +159,20 @@ def _start_rootless(run: Runner, name: str, types: Sequence[NsType], map_root: b
         f"{sc.flag_names(flags_of(others))} namespaces; it alone keeps them"
         + ("; PID 1 there reaps orphans" if reaps else ""),
         argv=argv, native=lambda: start_native(name, types, rootless=True, map_root=map_root),
+        shell=lambda a: start_shell(name, a, types, rootless=True),
+        placeholder=_PLACEHOLDER))
+
+
+def _start_in_shared_userns(run: Runner, name: str, types: Sequence[NsType]) -> dict:
+    upid = user_holder(run)
+    argv = env_unshare_argv(name, types, rootless=True, userns_pid=upid)
+    reaps = any(t.name == "pid" for t in types)
+    others = [t for t in types if t.name != "user"]
+    return run.run(Step(
+        f"start the holder in new {sc.flag_names(flags_of(others))} namespaces owned by your "
+        f"user namespace (pid {upid}: you are root in it); it alone keeps them"
+        + ("; PID 1 there reaps orphans" if reaps else ""),
+        argv=argv, native=lambda: start_native(name, types, rootless=True, userns_of=upid),
         shell=lambda a: start_shell(name, a, types, rootless=True),
         placeholder=_PLACEHOLDER))
 
@@ -189,15 +220,18 @@ def _start_in_bindable_order(types: Sequence[NsType], start: Callable[[], tuple[
                         "run from the host's first mount namespace, or retry")
 
 
-def _native_holder(name: str, types: Sequence[NsType], *,
-                   map_root: bool = False) -> tuple[int, int]:
+def _native_holder(name: str, types: Sequence[NsType], *, map_root: bool = False,
+                   userns_of: int | None = None) -> tuple[int, int]:
     """fork, setsid, unshare (and fork again for a PID namespace), make / private and mount
     /proc as ``unshare --mount --mount-proc`` does: (holder pid, parent pid). ``map_root``
     maps this user to 0 in the new user namespace from outside (``--map-root-user``), as
-    soon as the holder has unshared and before it mounts /proc."""
+    soon as the holder has unshared and before it mounts /proc. ``userns_of``: setns to that
+    process's user namespace first and unshare the others in it."""
     before = _map_root_from_outside if map_root else None
-    holder = process.spawn_holder(flags_of(types), setup=holder_setup(types, mount_proc=True),
-                                  before=before, detach=True, quiet=True, name=name)
+    flags = flags_of([t for t in types if t.name != "user"] if userns_of else types)
+    holder = process.spawn_holder(flags, setup=holder_setup(types, mount_proc=True),
+                                  before=before, detach=True, quiet=True, name=name,
+                                  userns_of=userns_of)
     return holder.pid, holder.parent
 
 
@@ -235,10 +269,11 @@ def _kill_holder(pid: int, parent: int) -> None:
 
 
 def start_native(name: str, types: Sequence[NsType], *, rootless: bool = False,
-                 map_root: bool = False) -> dict:
-    """The native form of :func:`start_env_holder` (``rootless``: nothing bound)."""
+                 map_root: bool = False, userns_of: int | None = None) -> dict:
+    """The native form of :func:`start_env_holder` (``rootless``: nothing bound;
+    ``userns_of``: in that process's user namespace)."""
     def rootless_helper() -> dict:
-        pid, parent = _native_holder(name, types, map_root=map_root)
+        pid, parent = _native_holder(name, types, map_root=map_root, userns_of=userns_of)
         return _holder_record(pid, parent, types)
 
     def inside_helper() -> dict:

@@ -5,7 +5,8 @@ processes in the bound namespaces are killed, the environment's veth ends delete
 ``ip netns`` name and namespace files unbound, its record removed; so it also works after
 the holder or the tool itself was killed with SIGKILL (the bound files are the anchor).
 Without root nothing is bound and there is no host link nor ``ip netns`` name: the holder
-and the processes left in its user namespace are killed, and the record removed.
+and the processes left in its namespaces are killed, and the record removed; the last
+removal also stops the holder of the user namespace the user's environments share.
 """
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ from nsutil.backend import Placeholder, Runner, Step
 from nsutil.errors import NotFound, NsrError, SyscallError, require_root
 from nsutil.names import is_ours
 from nsutil.nstypes import NS_TYPES
+from nsutil.rootless import decide
 from nsutil.netlink import NETNS_RUN_DIR
 
 from recipes.common.leftover import Leftover
 from recipes.env.holder import ours_on_top, release_private_base
+from recipes.env.userns import leftovers as userns_leftovers, release_user_holder
 from recipes.env.state import (NSFS_DEV, STATE_FILE, TMP_RE, base_dir, check_env_name,
                        env_dir, env_lock, global_lock, members, open_dir,
                        quiet_runner, read_state, rootless_members)
@@ -59,6 +62,8 @@ def remove(run: Runner, name: str, *, missing_ok: bool = False) -> dict:
         if missing_ok:
             return {}
         raise
+    if run.rootless:
+        release_user_holder(run)
     release_private_base(run)
     return done
 
@@ -66,9 +71,10 @@ def remove(run: Runner, name: str, *, missing_ok: bool = False) -> dict:
 def _remove_steps_explain(run: Runner, name: str) -> None:
     pids, link, t = Placeholder("$PIDS"), Placeholder("$IF"), Placeholder("$TYPE")
     if run.rootless:      # nothing bound, no host link, no `ip netns` name
-        run.run(Step(f"kill the holder and every process in {name}'s user namespace",
+        run.run(Step(f"kill the holder and every process in {name}'s namespaces",
                      argv=["kill", "-KILL", pids]))
         run.run(Step("remove its record", argv=["rm", "-r", env_dir(name)]))
+        release_user_holder(run)
         return
     run.run(Step(f"kill every process in {name}'s namespaces", argv=["kill", "-KILL", pids]))
     run.run(Step("delete its ends of its veths (their peers go with them)",
@@ -331,6 +337,8 @@ def leftovers() -> list[Leftover]:
         if entry.startswith(".") or read_state(entry) is None:
             continue
         found.append(Leftover("env", entry, lambda n=entry: _remove_quietly(n)))
+    if decide():
+        found += userns_leftovers(quiet_runner())
     if not found and ours_on_top(base) and not mountinfo.below(base):
         found.append(Leftover("mount", f"{base} (private bind)",
                               lambda: release_private_base(quiet_runner())))

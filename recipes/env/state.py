@@ -42,7 +42,7 @@ from nsutil.nstypes import NS_TYPES, NsType, flags_of, parse_types
 SECTION = "environments (all six namespaces, composed and kept)"
 STATE_FILE = "env.json"
 #: names of the state directory's own entries, which no environment may take
-RESERVED = {"net"}
+RESERVED = {"net", "userns.json"}
 KIND = "env"
 #: a record being made: ``.env-NAME.PID.tmp``, renamed to ``NAME`` once complete
 TMP_RE = re.compile(r"^\.env-(.+)\.(\d+)\.tmp$")
@@ -60,7 +60,8 @@ def check_env_name(name: str) -> str:
     check_name(name, what="environment name")
     if name in RESERVED or name.startswith(f"{PREFIX}-c-"):
         raise InvalidInput(f"environment name {name!r} is taken by nsrecipes' own records",
-                           hint="pick another name (not net, nor nsr-c-*: containers' names)")
+                           hint="pick another name (not net, userns.json, nor nsr-c-*: "
+                                "containers' names)")
     return name
 
 
@@ -299,9 +300,10 @@ def anchor_inodes(name: str, st: dict) -> dict[str, int]:
 
 def rootless_members(st: dict, table: dict[int, dict[str, int]] | None = None) -> list[int]:
     """Processes of a rootless environment: those in its user namespace (every command that
-    joins it joins that first). While the holder runs, its user namespace is the identity;
-    once it is gone, the recorded inodes are matched, the user namespace's and one more
-    (an inode of a freed namespace can be given to a new one: two at once, not)."""
+    joins it joins that first) and in one of its other namespaces -- the user namespace can
+    be the one all of the user's environments share (:mod:`recipes.env.userns`). While the
+    holder runs, its namespaces are the identity; once it is gone, the recorded inodes are
+    matched (an inode of a freed namespace can be given to a new one: two at once, not)."""
     live = holder_inodes(st)
     ns = live or {t: i for t, i in (st.get("ns") or {}).items() if i}
     user = ns.get("user")
@@ -313,7 +315,7 @@ def rootless_members(st: dict, table: dict[int, dict[str, int]] | None = None) -
     me = os.getpid()
     return sorted(pid for pid, inodes in table.items()
                   if pid != me and inodes.get("user") == user
-                  and (live or any(inodes.get(t) == i for t, i in others.items())))
+                  and any(inodes.get(t) == i for t, i in others.items()))
 
 
 def holder_of(st: dict) -> process.Holder:
