@@ -166,7 +166,7 @@ def env_exec(c, name, cwd=None, backend=None, explain=False, machine=None, file=
         if s.result.exited:
             raise Exit(code=s.result.exited)
         return
-    with make_runner(backend, explain, keep=True) as run:
+    with make_runner(backend, explain, keep=True, announce_owner=explain) as run:
         done = env.exec_in(run, name, argv, capture=False, cwd=cwd)
     if done.returncode:
         raise Exit(code=done.returncode)

@@ -196,7 +196,7 @@ def net_exec(c, host, scope=None, backend=None, explain=False):
     argv = command_argv("net-exec", "HOST" if scope is None else f"HOST --scope {scope}")
     if not explain:
         require_namespaces("net-exec")
-    with make_runner(backend, explain, keep=True) as run:
+    with make_runner(backend, explain, keep=True, announce_owner=explain) as run:
         ns = topo.resolve_host(host, scope, rootless=run.rootless) if not explain else host
         userlab.enter_lab_of(run, ns)
         done = topo.exec_in(run, ns, argv, capture=False)
