@@ -197,7 +197,7 @@ def test_a_reader_never_sees_a_torn_record(state):
 
 #: runs as PID 1 of a PID namespace of the test's own (unshare --pid --fork --mount-proc)
 _REUSE = r"""
-import json, os, resource, signal, subprocess, sys
+import json, os, resource, signal, subprocess, sys, time
 from nsutil import process, procfs
 from nsutil.errors import NsrError
 from recipes.ops import cleanup
@@ -221,6 +221,9 @@ def gone(pid):
 
 def reuse(pid):
     "A new process with the pid a dead one had: ns_last_pid of this namespace (ours)."
+    # a clock tick (1/100 s, /proc/PID/stat's start time) first: an idle machine can create,
+    # kill and reuse within one tick, and the two would not differ even in start time
+    time.sleep(0.03)
     for _ in range(5):
         with open("/proc/sys/kernel/ns_last_pid", "w") as f:
             f.write(str(pid - 1))
