@@ -63,13 +63,23 @@ def _kill_leftovers(home: str) -> None:
             pass
 
 
+def home_parent() -> str:
+    """Where a test user's home goes: /tmp, or /dev/shm (a tmpfs) where /tmp is on overlayfs
+    (a container's, tests/containerlike): a user's XDG_RUNTIME_DIR is a tmpfs (/run/user/UID),
+    and overlayfs refuses an upper on overlayfs, which a user cannot cover with a tmpfs."""
+    from nsutil.mountinfo import visible
+    tmp = visible("/tmp")
+    return "/dev/shm" if tmp is not None and tmp.fstype == "overlay" else "/tmp"
+
+
 @contextmanager
-def user_home(check: bool = True, parent: str = "/tmp") -> Iterator[str]:
-    """A fresh home for uid 65534 (mode 0700, owned by it) in ``parent``, with ``run/`` for
-    its ``XDG_RUNTIME_DIR``; removed afterwards, also when the test fails. With ``check``,
-    what the test left (processes it started that outlived it, records in ``run/nsrecipes``)
-    fails it -- after it is killed and removed, so nothing stays either way."""
-    home = tempfile.mkdtemp(prefix="nsr-home-", dir=parent)
+def user_home(check: bool = True, parent: str | None = None) -> Iterator[str]:
+    """A fresh home for uid 65534 (mode 0700, owned by it) in ``parent`` (default:
+    :func:`home_parent`), with ``run/`` for its ``XDG_RUNTIME_DIR``; removed afterwards, also
+    when the test fails. With ``check``, what the test left (processes it started that
+    outlived it, records in ``run/nsrecipes``) fails it -- after it is killed and removed, so
+    nothing stays either way."""
+    home = tempfile.mkdtemp(prefix="nsr-home-", dir=parent or home_parent())
     left: list[str] = []
     try:
         os.mkdir(os.path.join(home, "run"), 0o700)
