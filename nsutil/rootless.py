@@ -101,7 +101,8 @@ def check_owned(path: str) -> None:
                        hint="set XDG_RUNTIME_DIR to a directory of your own, or NSR_STATE_DIR")
 
 
-def _read(path: str) -> str | None:
+def read_setting(path: str) -> str | None:
+    """A /proc/sys (or other one-line) file's value, stripped; None where it cannot be read."""
     try:
         with open(path) as f:
             return f.read().strip()
@@ -113,7 +114,7 @@ def refusing_sysctl() -> tuple[str, str] | None:
     """The sysctl that refuses unprivileged user namespaces here, as (``name=value``, fix);
     None when none of them does."""
     for name, path, refuses, fix in SYSCTLS:
-        if _read(path) == refuses:
+        if read_setting(path) == refuses:
             return f"{name}={refuses}", fix
     return None
 

@@ -88,10 +88,10 @@ def test_refusal_lines(setting: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from nsutil import errors, rootless
     from recipes.ops import layercheck
     entry = next(e for e in rootless.SYSCTLS if e[0] == setting)
-    real_read = rootless._read
+    real_read = rootless.read_setting
     monkeypatch.setattr(rootless, "userns_allowed", lambda: False)
     monkeypatch.setattr(rootless, "decide", lambda: True)
-    monkeypatch.setattr(rootless, "_read", lambda p: entry[2] if p == entry[1] else
+    monkeypatch.setattr(rootless, "read_setting", lambda p: entry[2] if p == entry[1] else
                         ("1" if "max_user" in p else real_read(p)))
     with pytest.raises(rootless.UsernsRefused) as caught:
         rootless.require_namespaces("uts-demo")

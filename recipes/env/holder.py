@@ -152,28 +152,31 @@ def _start_rootless(run: Runner, name: str, types: Sequence[NsType], map_root: b
     if map_root:
         return _start_in_shared_userns(run, name, types)
     argv = env_unshare_argv(name, types, rootless=True, map_root=map_root)
-    reaps = any(t.name == "pid" for t in types)
-    others = [t for t in types if t.name != "user"]
-    return run.run(Step(
-        f"start the holder in a new user namespace (you are root in it) owning new "
-        f"{sc.flag_names(flags_of(others))} namespaces; it alone keeps them"
-        + ("; PID 1 there reaps orphans" if reaps else ""),
-        argv=argv, native=lambda: start_native(name, types, rootless=True, map_root=map_root),
-        shell=lambda a: start_shell(name, a, types, rootless=True),
-        placeholder=_PLACEHOLDER))
+    return _rootless_holder_step(
+        run, name, types, argv, "start the holder in a new user namespace (you are root in it) "
+        "owning new {ns} namespaces", lambda: start_native(name, types, rootless=True,
+                                                          map_root=map_root))
 
 
 def _start_in_shared_userns(run: Runner, name: str, types: Sequence[NsType]) -> dict:
     upid = user_holder(run)
     argv = env_unshare_argv(name, types, rootless=True, userns_pid=upid)
+    return _rootless_holder_step(
+        run, name, types, argv, "start the holder in new {ns} namespaces owned by your user "
+        f"namespace (pid {upid}: you are root in it)",
+        lambda: start_native(name, types, rootless=True, userns_of=upid))
+
+
+def _rootless_holder_step(run: Runner, name: str, types: Sequence[NsType], argv: list[str],
+                          title: str, native: Callable[[], dict]) -> dict:
+    """The step that starts a rootless holder: ``title`` with ``{ns}`` for the namespaces
+    other than user; the shell form runs ``argv``."""
     reaps = any(t.name == "pid" for t in types)
     others = [t for t in types if t.name != "user"]
     return run.run(Step(
-        f"start the holder in new {sc.flag_names(flags_of(others))} namespaces owned by your "
-        f"user namespace (pid {upid}: you are root in it); it alone keeps them"
+        title.format(ns=sc.flag_names(flags_of(others))) + "; it alone keeps them"
         + ("; PID 1 there reaps orphans" if reaps else ""),
-        argv=argv, native=lambda: start_native(name, types, rootless=True, userns_of=upid),
-        shell=lambda a: start_shell(name, a, types, rootless=True),
+        argv=argv, native=native, shell=lambda a: start_shell(name, a, types, rootless=True),
         placeholder=_PLACEHOLDER))
 
 

@@ -25,15 +25,11 @@ from nsutil.nstypes import NS_TYPES
 from nsutil.process import package_for
 
 from recipes.ops import layercheck as lc
+from nsutil.rootless import read_setting
 from recipes.ops.layercheck import Check
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
+_read = read_setting
 
 
 #: the kernel option behind each namespace type (mount namespaces have none of their own;
