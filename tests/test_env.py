@@ -25,6 +25,7 @@ from nsutil.backend import Runner
 from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, SyscallError
 from recipes.common import reach
 from recipes import env
+from recipes.env import holder, state as envstate
 
 PY = sys.executable
 BASE = env.base_dir()
@@ -105,6 +106,23 @@ def _nothing_left(name: str, pids: set[int] | None = None) -> None:
     assert not [e for e in os.listdir(BASE) if name in e] if os.path.isdir(BASE) else True
 
 
+def _private_bind_undone() -> None:
+    """Once no environment is left -- not even a half-made one (``.env-NAME.PID.tmp``) -- no
+    mount is on the state directory: the private bind was undone. The message shows what the
+    directory holds, the mounts on it and the bind record, so a failure says whose it is."""
+    if env.names() or envstate.env_entries():
+        return
+    with open("/proc/self/mountinfo") as f:
+        on_base = [ln.strip() for ln in f if ln.split()[4] == BASE]
+    try:
+        with open(os.path.join(BASE, holder.BIND_RECORD)) as f:
+            record = f.read()
+    except OSError as exc:
+        record = f"no record ({exc.strerror})"
+    held = sorted(os.listdir(BASE)) if os.path.isdir(BASE) else None
+    assert not on_base, f"the private bind was not undone: {on_base}; {BASE} holds {held}; {record}"
+
+
 # --- the life cycle, both backends ----------------------------------------------------------
 
 def test_life_cycle(backend, names):
@@ -150,9 +168,7 @@ def test_life_cycle(backend, names):
     assert not procfs.pid_alive(pid)
     with pytest.raises(NotFound):
         e.remove()
-    if not env.names():
-        with open("/proc/self/mountinfo") as f:
-            assert not any(ln.split()[4] == BASE for ln in f), "the private bind was not undone"
+    _private_bind_undone()
 
 
 def test_context_manager_removes(backend, names):
@@ -419,9 +435,7 @@ def test_twenty_in_parallel(names):
     assert not errors
     for n in todo:
         _nothing_left(n, pids)
-    if not env.names():
-        with open("/proc/self/mountinfo") as f:
-            assert not any(ln.split()[4] == BASE for ln in f)
+    _private_bind_undone()
     print(f"20 environments in parallel: created in {made:.2f}s, removed in {removed:.2f}s")
 
 
