@@ -101,12 +101,18 @@ def user_home(check: bool = True, parent: str | None = None) -> Iterator[str]:
         raise UserLeak("left behind by a run as uid 65534:\n  " + "\n  ".join(left))
 
 
+#: a user's PATH on Debian and Ubuntu (/etc/profile, /etc/login.defs): no sbin directory, so
+#: /usr/sbin/ip, /usr/sbin/tc and /usr/sbin/runc are not on it
+USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"
+
+
 def user_env(home: str, **extra: str) -> dict:
-    """The environment of a login of uid 65534 with ``home``: HOME, XDG_RUNTIME_DIR, PATH."""
+    """The environment of a login of uid 65534 with ``home``: HOME, XDG_RUNTIME_DIR, and a
+    user's PATH (:data:`USER_PATH`, not root's)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("NSR_STATE_DIR", "XDG_RUNTIME_DIR", "HOME", "USER", "LOGNAME")}
     env.update(HOME=home, XDG_RUNTIME_DIR=os.path.join(home, "run"), USER="nobody",
-               LOGNAME="nobody")
+               LOGNAME="nobody", PATH=USER_PATH)
     env.update(extra)
     return env
 

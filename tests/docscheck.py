@@ -43,7 +43,7 @@ from pathlib import Path
 from sybil import Document, Example, Sybil
 from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
 
-from asuser import user_env, user_home, venv_reachable
+from asuser import USER_PATH, user_env, user_home, venv_reachable
 from conftest import unprivileged_argv
 from helpers import ROOT
 
@@ -238,7 +238,8 @@ def user_environment(backend: str | None, home: str) -> dict[str, str]:
     """:func:`environment` as the unprivileged user's login has it: its own HOME and
     ``XDG_RUNTIME_DIR`` (``HOME/run``), USER nobody (:func:`asuser.user_env`)."""
     root = environment(backend)
-    env = user_env(home, **{k: root[k] for k in ("PATH", "TMPDIR", "LC_ALL", "TERM")})
+    env = user_env(home, PATH=f"{ROOT}/.venv/bin:{USER_PATH}",
+                   **{k: root[k] for k in ("TMPDIR", "LC_ALL", "TERM")})
     for name in ("NSR_BACKEND", "NSR_CACHE_DIR", "COLUMNS"):
         env.pop(name, None)
     if backend:
