@@ -10,9 +10,10 @@ from __future__ import annotations
 import errno as _errno
 import os
 import shlex
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from . import layers
+if TYPE_CHECKING:     # imported where a refusal is explained: it loads ctypes
+    from . import layers
 
 #: errno -> what a user should usually do about it.
 HINTS: dict[int, str] = {
@@ -82,6 +83,7 @@ def eperm_hint() -> str:
         except OSError:
             pass
         return HINTS[_errno.EPERM]
+    from . import layers    # ctypes and probes in a child: only to explain a refusal
     refusal = layers.diagnose()
     if refusal is not None:
         return f"{refusal}; {refusal.fix}"
@@ -185,6 +187,7 @@ def require_root(what: str) -> None:
     before anything is made."""
     if os.geteuid() != 0:
         raise NotRoot(what)
+    from . import layers    # ctypes and probes in a child: only where namespaces are needed
     refusal = layers.diagnose()
     if refusal is not None:
         raise Refused(what, refusal)

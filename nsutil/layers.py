@@ -26,7 +26,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import signal
 from dataclasses import dataclass
 from typing import Callable
@@ -225,7 +224,7 @@ def _errno_of(ret: int) -> int:
 
 
 def _clone_with_namespace_flags() -> int:
-    ret = _LIBC.syscall(_SYS_CLONE[platform.machine()], ctypes.c_ulong(ALL_NAMESPACES | CLONE_FS),
+    ret = _LIBC.syscall(_SYS_CLONE[os.uname().machine], ctypes.c_ulong(ALL_NAMESPACES | CLONE_FS),
                         None, None, None, None)
     if ret == 0:                 # cannot happen (CLONE_NEWNS with CLONE_FS is EINVAL): leave
         os._exit(0)
@@ -259,7 +258,7 @@ def filtered_calls() -> dict[str, str]:
         return {}
     out = {}
     for name, (call, kernels) in PROBE_CALLS.items():
-        if name == "clone" and platform.machine() not in _SYS_CLONE:
+        if name == "clone" and os.uname().machine not in _SYS_CLONE:
             continue
         answer = in_child(call)
         if answer != kernels:

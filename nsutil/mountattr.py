@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 
 from .errors import SyscallError
 from .syscalls import LIBC
@@ -36,7 +35,7 @@ class MountAttr(ctypes.Structure):
 def missing_hint() -> str:
     """What to say where the kernel lacks the call."""
     return (f"read-only bind mounts that cover their submounts need mount_setattr(2), "
-            f"Linux 5.12 or later; this kernel is {platform.release()}")
+            f"Linux 5.12 or later; this kernel is {os.uname().release}")
 
 
 def _error(call: str, err: int) -> SyscallError:

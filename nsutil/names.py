@@ -5,8 +5,8 @@ Every check raises :class:`InvalidInput` with one line naming the limit.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
-import secrets
 
 from .errors import InvalidInput
 
@@ -88,7 +88,7 @@ def ip_of(cidr: str) -> str:
 
 def scope_id() -> str:
     """A short random per-run scope (4 hex digits) so that concurrent runs never collide."""
-    return secrets.token_hex(2)
+    return os.urandom(2).hex()   # what secrets.token_hex does, without loading hashlib
 
 
 def prefixed(*parts: str, limit: int = IFNAMSIZ) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import socket
 from typing import Any, Callable
 
@@ -195,10 +194,10 @@ def make_propagation(target: str, kind: str, recursive: bool = False) -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     """``pivot_root(2)`` (glibc has no wrapper, so it goes through ``syscall``)."""
-    nr = _SYS_PIVOT_ROOT.get(platform.machine())
+    nr = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if nr is None:
         raise SyscallError(f"pivot_root({new_root!r}, {put_old!r})", 38,
-                           hint=f"unknown syscall number on {platform.machine()}")
+                           hint=f"unknown syscall number on {os.uname().machine}")
     _check(LIBC.syscall(nr, _b(new_root), _b(put_old)), f"pivot_root({new_root!r}, {put_old!r})")
 
 

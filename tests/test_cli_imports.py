@@ -1,0 +1,63 @@
+"""The command line starts quickly: what every run pays for is only the collection of tasks
+(invoke, cli/ and nsrecipes' error types); a task imports its recipes, and their heavy
+dependencies, when it runs. And the recipes' bytecode is cached as for any package, although
+invoke turns the cache off before it loads tasks.py (bench/cli_start.py measures both)."""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import INVOKE, ROOT
+
+#: what loading the collection must not import: each is needed by some tasks only
+HEAVY = ("pyroute2", "sh", "zstandard", "graphviz", "fabric", "http.client", "tomllib",
+         "ctypes", "platform", "hashlib", "recipes", "nsutil.backend", "nsutil.layers",
+         "nsutil.netlink")
+
+
+def modules_after(code: str) -> set[str]:
+    """The modules a new interpreter has imported after running ``code`` in the checkout."""
+    done = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(*sys.modules)"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+@pytest.mark.userspace
+@pytest.mark.parametrize("code", ["import tasks", "from cli.program import program"])
+def test_the_collection_imports_no_task_s_dependencies(code):
+    """``invoke`` loads tasks.py, ``nsr`` cli.program: neither imports a recipe, netlink,
+    the sh package, the image store's compression or HTTP, nor ctypes (a package's
+    submodules count: ``recipes.cow`` is ``recipes``)."""
+    loaded = modules_after(code)
+    eager = sorted(m for m in loaded if m in HEAVY or m.split(".")[0] in HEAVY)
+    assert eager == [], f"{code!r} imports {eager}: import them inside the task that needs them"
+
+
+def _pyc_of(prefix: str, module_path: str) -> list[str]:
+    """The cached bytecode of ``module_path`` (relative to the checkout) under ``prefix``."""
+    stem = os.path.splitext(os.path.basename(module_path))[0]
+    where = os.path.join(prefix, ROOT.lstrip("/"), os.path.dirname(module_path))
+    return glob.glob(os.path.join(where, f"{stem}.*.pyc"))
+
+
+@pytest.mark.userspace
+def test_a_task_s_recipes_have_their_bytecode_cached(tmp_path):
+    """After ``invoke uts-demo --explain`` the recipe it imported (recipes/uts.py) has a .pyc,
+    as it has after ``import recipes.uts``; with PYTHONDONTWRITEBYTECODE it has none."""
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(tmp_path / "cached"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    done = subprocess.run([INVOKE, "uts-demo", "--explain"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert _pyc_of(str(tmp_path / "cached"), "recipes/uts.py"), "recipes/uts.py was not cached"
+
+    env.update(PYTHONPYCACHEPREFIX=str(tmp_path / "off"), PYTHONDONTWRITEBYTECODE="1")
+    done = subprocess.run([INVOKE, "uts-demo", "--explain"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not os.path.exists(tmp_path / "off"), "PYTHONDONTWRITEBYTECODE=1 was not respected"
