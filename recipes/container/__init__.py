@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 
 from nsutil import cgroupfs
 from nsutil import mountattr
+from nsutil import timeline
 from nsutil import shell as nshell
 from nsutil.backend import Runner, Step
 from nsutil.cgroupfs import Cgroup
@@ -266,7 +267,9 @@ def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,
     Bad input raises before anything is made; with ``rm`` nothing is left afterwards.
     Killed by the OOM killer, it raises :class:`ContainerOOM` (exit status 137).
     """
+    timeline.mark("run_container")
     spec, fs = prepare(run, argv, rootfs, **options)
+    timeline.mark("prepared")
     if run.explain:  # the command's own output is all a real run prints
         run.heading(f"{SECTION}: {' '.join(spec.argv)}")
     ct = None
@@ -282,7 +285,9 @@ def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,
         if isinstance(exc, NsrError) and exc.exit_code in (126, 127, 137):
             _keep_exit(run, spec, ct, exc.exit_code, str(exc))
         raise
+    timeline.mark("undo")
     errors = run.undo()
+    timeline.mark("undone")
     _keep_exit(run, spec, ct, code, None)
     if errors:
         raise errors[0]

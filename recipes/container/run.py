@@ -21,6 +21,7 @@ import threading
 
 from nsutil import process
 from nsutil import syscalls as sc
+from nsutil import timeline
 from nsutil.backend import Runner, Step
 from nsutil.errors import NsrError, SyscallError
 
@@ -33,6 +34,9 @@ from recipes.container.state import Container, container_record, record
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH)
+#: signals the command starts with at their default action (Python ignores SIGPIPE; PID 1
+#: catches SIGCHLD)
+RESET = (signal.SIGCHLD, signal.SIGPIPE)
 #: exit status of PID 1 when a setup step inside failed (docker uses 125 for its own errors)
 SETUP_FAILED = 125
 Fds = tuple[int | None, int | None, int | None]
@@ -131,6 +135,7 @@ def _exec(spec: Spec, report_w: int) -> int:
     """execve the command (one call where it was resolved already); returns the exit status
     to use (127/126) after reporting why it could not be run."""
     argv, env, path = spec.argv, spec.environ(), spec.command_path
+    timeline.mark("execve the command")
     try:
         if path:
             try:
@@ -157,8 +162,9 @@ def _exec(spec: Spec, report_w: int) -> int:
 def _child_exec(spec: Spec, report_w: int, fds: Fds) -> None:
     """The command's process: default signals, stdio, user, working directory, exec."""
     code = SETUP_FAILED
+    timeline.mark("the command's process: forked")
     try:
-        for sig in FORWARDED + (signal.SIGCHLD, signal.SIGPIPE):
+        for sig in FORWARDED + RESET:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         for target, fd in enumerate(fds):
@@ -189,15 +195,40 @@ def _setup(run: Runner, spec: Spec, ct: Container, report_w: int) -> bool:
     return False
 
 
+def _start_failed(call: str, exc: OSError) -> SyscallError:
+    """The command's process could not be made; EAGAIN here is the pids limit, said so."""
+    hint = (f"the pids limit is reached: the container itself needs {MIN_PIDS} processes "
+            "(PID 1 and the command); raise --pids" if exc.errno == errno.EAGAIN else None)
+    return SyscallError.from_oserror(f"{call} of the command in the container", exc, hint)
+
+
+def _spawn_command(spec: Spec, fds: Fds) -> int | None:
+    """The command by ``posix_spawn`` (a vfork and an exec: PID 1's memory is not copied, no
+    Python runs in between), where nothing has to happen between fork and exec but what
+    posix_spawn does itself: stdio, default signals, an empty signal mask. None where it
+    cannot (a ``--user`` to become, a command not resolved in the rootfs, an exec that
+    failed): then :func:`_fork_command` starts it, and says why it could not run."""
+    if spec.user is not None or not spec.command_path:
+        return None
+    try:
+        if spec.workdir:     # PID 1 is root, as the command will be: the same permissions
+            os.chdir(spec.workdir)
+        return os.posix_spawn(spec.command_path, spec.argv, spec.environ(),
+                              file_actions=[(os.POSIX_SPAWN_DUP2, fd, target)
+                                            for target, fd in enumerate(fds) if fd is not None],
+                              setsigmask=(), setsigdef=FORWARDED + RESET)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            raise _start_failed("posix_spawn()", exc) from None
+        return None
+
+
 def _fork_command(spec: Spec, report_w: int, fds: Fds) -> int:
-    """Fork the command's process; EAGAIN here is the pids limit, said so."""
+    """Fork the command's process (it becomes the user, enters the working directory, execs)."""
     try:
         child = process.fork()
     except OSError as exc:
-        hint = (f"the pids limit is reached: the container itself needs {MIN_PIDS} processes "
-                "(PID 1 and the command); raise --pids" if exc.errno == errno.EAGAIN else None)
-        raise SyscallError.from_oserror("fork() of the command in the container", exc,
-                                        hint) from None
+        raise _start_failed("fork()", exc) from None
     if child == 0:
         _child_exec(spec, report_w, fds)
     return child
@@ -214,13 +245,18 @@ def _pid1(run: Runner, spec: Spec, ct: Container, report_w: int, fds: Fds) -> in
     for sig in waited:
         signal.signal(sig, handler)
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    timeline.mark("PID 1: fork the command")
     try:
-        child = _fork_command(spec, report_w, fds)
+        child = _spawn_command(spec, fds)
+        if child is None:
+            child = _fork_command(spec, report_w, fds)
     except NsrError as exc:
         _send(report_w, b"E", exc)
         return SETUP_FAILED
     os.close(report_w)
-    return _reap_until(child, waited)
+    code = _reap_until(child, waited)
+    timeline.mark("PID 1: the command was reaped")
+    return code
 
 
 def _reap_until(child: int, waited: set[int]) -> int:
@@ -228,6 +264,7 @@ def _reap_until(child: int, waited: set[int]) -> int:
     return ``child``'s exit status once it ends (128+N for signal N)."""
     while True:
         info = signal.sigwaitinfo(waited)
+        timeline.mark(f"signal {info.si_signo}")
         if info.si_signo != signal.SIGCHLD:
             try:
                 os.kill(child, info.si_signo)
@@ -257,9 +294,11 @@ def exit_code(status: int) -> int:
 def _start_pid1(spec: Spec, ct: Container, run: Runner, pipes: dict[str, int], fds: Fds) -> int:
     """Fork PID 1 (it dies with this process, even if this one died before it could ask)."""
     life_r, life_w = os.pipe()   # EOF on life_r: this process is gone
+    timeline.mark("outside: fork PID 1")
     pid1 = process.fork()
     if pid1 == 0:
         code = SETUP_FAILED
+        timeline.mark("PID 1: forked")
         try:
             os.close(pipes["pid_w"])
             os.close(life_w)
@@ -284,11 +323,14 @@ def _outside(spec: Spec, ct: Container, run: Runner, pipes: dict[str, int], fds:
              parent: int, shake: userns.Handshake | None = None) -> int:
     """The forked process outside: unshare (without root, a user namespace first), fork
     PID 1 and tell the tool its PID, then forward signals to it and pass its exit status up."""
+    timeline.mark("outside: forked")
     _set_pdeathsig(parent)
     try:
         if spec.ids is not None:
             userns.enter(spec.ids, shake)
+        timeline.mark("outside: unshare")
         sc.unshare(flags_for(spec) & ~sc.CLONE_NEWCGROUP)
+        timeline.mark("outside: unshared")
     except NsrError as exc:
         _send(pipes["report_w"], b"E", exc)
         return SETUP_FAILED
@@ -300,7 +342,9 @@ def _outside(spec: Spec, ct: Container, run: Runner, pipes: dict[str, int], fds:
         os.close(pipes[name])
     for sig in FORWARDED:
         signal.signal(sig, lambda *_: None)
-    return _reap_until(pid1, waited)
+    code = _reap_until(pid1, waited)
+    timeline.mark("outside: PID 1 was reaped")
+    return code
 
 
 def _explain_start(run: Runner, spec: Spec, ct: Container) -> None:
@@ -337,6 +381,7 @@ def start(run: Runner, spec: Spec, ct: Container, fds: Fds = (None, None, None))
     sys.stdout.flush()
     sys.stderr.flush()
     me = os.getpid()
+    timeline.mark("fork the process outside")
     pid = process.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = SETUP_FAILED
@@ -350,6 +395,7 @@ def start(run: Runner, spec: Spec, ct: Container, fds: Fds = (None, None, None))
             _send(pipes["report_w"], b"E", _unexpected(exc))
         finally:
             os._exit(code)
+    timeline.mark("forked the process outside")
     for name in ("pid_w", "report_w"):
         os.close(pipes.pop(name))
     ct.pid, ct.report_r = pid, pipes.pop("report_r")
@@ -364,6 +410,7 @@ def start(run: Runner, spec: Spec, ct: Container, fds: Fds = (None, None, None))
             raise NsrError("the container's first process died while starting",
                            hint="see the kernel log (dmesg)")
         ct.pid1 = int.from_bytes(raw, "little")
+        timeline.mark("got PID 1's pid")
         record(run, os.path.join(ct.dir, "state.json"), container_record(ct, spec.argv, spec.rm))
     finally:
         os.close(pipes.pop("pid_r"))
@@ -438,8 +485,10 @@ def wait(run: Runner, ct: Container, timeout: float | None = None) -> int:
     if forwarding:  # the tool passes SIGTERM, SIGINT, ... on, as PID 1 does
         for sig in FORWARDED:
             saved[sig] = signal.signal(sig, lambda signo, _f: _forward(ct, signo))
+    timeline.mark("waitpid() for the process outside")
     try:
         status, timed_out = _wait_status(ct, timeout)
+        timeline.mark("the process outside was reaped")
     finally:
         ct.reaped = True
         for sig, old in saved.items():
