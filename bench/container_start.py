@@ -46,24 +46,32 @@ from recipes.container import rootfs  # noqa: E402
 
 USER_UID = 65534
 GOAL = 1.5
-#: (what, first mark, last mark): the stretches between the marks of run.py; every Runner
-#: step ("> TITLE" .. "< TITLE") is a row of its own
+#: (what, first mark, last mark, which start: "root" where the tool forks PID 1 itself,
+#: "user" where a process outside makes the user namespace first): the stretches between
+#: the marks of recipes/container/run.py; every Runner step ("> TITLE" .. "< TITLE") is a
+#: row of its own
 SPANS = (
-    ("prepare: options, host, rootfs, name", "run_container", "prepared"),
+    ("prepare: options, host, rootfs, name", "run_container", "prepared", None),
+    ("fork PID 1 (the tool's side)", "fork PID 1", "forked PID 1", "root"),
+    ("fork PID 1: until it runs", "fork PID 1", "PID 1: forked", "root"),
+    ("PID 1 unshares mount, UTS, IPC (, net)", "PID 1: forked", "PID 1: unshared", "root"),
     ("fork the process outside (the tool's side)", "fork the process outside",
-     "forked the process outside"),
-    ("fork: until the process outside runs", "fork the process outside", "outside: forked"),
-    ("unshare the namespaces", "outside: unshare", "outside: unshared"),
-    ("fork PID 1: until it runs", "outside: fork PID 1", "PID 1: forked"),
-    ("the tool gets PID 1's pid", "forked the process outside", "got PID 1's pid"),
+     "forked the process outside", "user"),
+    ("fork: until the process outside runs", "fork the process outside", "outside: forked",
+     "user"),
+    ("user namespace, maps, unshare the others", "outside: forked", "outside: unshared", "user"),
+    ("fork PID 1: until it runs", "outside: fork PID 1", "PID 1: forked", "user"),
+    ("the tool gets PID 1's pid", "forked the process outside", "got PID 1's pid", "user"),
     ("start the command (spawn+exec), it runs, PID 1 reaps it", "PID 1: fork the command",
-     "PID 1: the command was reaped"),
+     "PID 1: the command was reaped", None),
+    ("PID 1 exits (its namespaces go), the tool reaps it", "PID 1: the command was reaped",
+     "the tool reaped its child", "root"),
     ("PID 1 exits (its PID namespace goes), reaped", "PID 1: the command was reaped",
-     "outside: PID 1 was reaped"),
+     "outside: PID 1 was reaped", "user"),
     ("the process outside exits (mount ns...), reaped", "outside: PID 1 was reaped",
-     "the process outside was reaped"),
-    ("undo: everything made, removed", "undo", "undone"),
-    ("total (traced)", "start", "end"),
+     "the tool reaped its child", "user"),
+    ("undo: everything made, removed", "undo", "undone", None),
+    ("total (traced)", "start", "end", None),
 )
 
 
@@ -122,8 +130,9 @@ def phases(marks: list[timeline.Mark]) -> dict[str, float]:
         elif m.label.startswith("< ") and (m.pid, m.label[2:]) in opened:
             key = "step: " + label_of(m.label)
             out[key] = out.get(key, 0.0) + (m.ns - opened.pop((m.pid, m.label[2:]))) / 1e6
-    for what, a, b in SPANS:
-        if a in first and b in first:
+    kind = "user" if "outside: forked" in first else "root"
+    for what, a, b, only in SPANS:
+        if a in first and b in first and only in (None, kind):
             out[what] = (first[b] - first[a]) / 1e6
     return out
 

@@ -319,6 +319,52 @@ def _start_pid1(spec: Spec, ct: Container, run: Runner, pipes: dict[str, int], f
     return pid1
 
 
+def _fork_pid1_here(spec: Spec, ct: Container, run: Runner, report_w: int, fds: Fds) -> int:
+    """As root: the tool forks PID 1 itself, into a PID namespace made for it
+    (``unshare(CLONE_NEWPID)`` applies to the caller's next child only, and ``setns`` to the
+    tool's own PID namespace right after the fork undoes even that): a fork and an exit
+    fewer than with a process outside. PID 1 unshares the other namespaces itself."""
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    tool = os.pidfd_open(os.getpid())   # readable once the tool is gone
+    try:
+        timeline.mark("unshare a PID namespace for PID 1")
+        sc.unshare(sc.CLONE_NEWPID)
+        try:
+            timeline.mark("fork PID 1")
+            pid1 = process.fork()
+        finally:
+            if os.getpid() != 1:    # the tool (or a failed fork): its next child is its own again
+                sc.setns(own, sc.CLONE_NEWPID)
+        if pid1 == 0:  # pragma: no cover - runs in the child
+            _pid1_here(spec, ct, run, report_w, fds, tool)
+        timeline.mark("forked PID 1")
+        return pid1
+    finally:
+        os.close(own)
+        os.close(tool)
+
+
+def _pid1_here(spec: Spec, ct: Container, run: Runner, report_w: int, fds: Fds,
+               tool: int) -> None:
+    """PID 1 forked by the tool: die with it, unshare the other namespaces, run as PID 1."""
+    code = SETUP_FAILED
+    timeline.mark("PID 1: forked")
+    try:
+        _set_pdeathsig(None)
+        if select.select([tool], [], [], 0)[0]:    # died before PR_SET_PDEATHSIG took effect
+            os._exit(137)
+        os.close(tool)
+        sc.unshare(flags_for(spec) & ~(sc.CLONE_NEWCGROUP | sc.CLONE_NEWPID))
+        timeline.mark("PID 1: unshared")
+        code = _pid1(run, spec, ct, report_w, fds)
+    except NsrError as exc:
+        _send(report_w, b"E", exc)
+    except Exception as exc:   # noqa: BLE001 -- reported, never a silent 125
+        _send(report_w, b"E", _unexpected(exc))
+    finally:
+        os._exit(code)
+
+
 def _outside(spec: Spec, ct: Container, run: Runner, pipes: dict[str, int], fds: Fds,
              parent: int, shake: userns.Handshake | None = None) -> int:
     """The forked process outside: unshare (without root, a user namespace first), fork
@@ -372,6 +418,8 @@ def start(run: Runner, spec: Spec, ct: Container, fds: Fds = (None, None, None))
     if run.explain:
         _explain_start(run, spec, ct)
         return ct
+    if spec.ids is None:
+        return _start_as_root(run, spec, ct, fds)
     pipes: dict[str, int] = {}
     pipes["pid_r"], pipes["pid_w"] = os.pipe()
     pipes["report_r"], pipes["report_w"] = os.pipe()
@@ -414,6 +462,29 @@ def start(run: Runner, spec: Spec, ct: Container, fds: Fds = (None, None, None))
         record(run, os.path.join(ct.dir, "state.json"), container_record(ct, spec.argv, spec.rm))
     finally:
         os.close(pipes.pop("pid_r"))
+    return ct
+
+
+def _start_as_root(run: Runner, spec: Spec, ct: Container, fds: Fds) -> Container:
+    """:func:`start` as root: PID 1 is the tool's own child (:func:`_fork_pid1_here`), so
+    ``pid`` and ``pid1`` are the same process."""
+    report_r, report_w = os.pipe()
+    inner = Runner(backend=run.backend, explain=False, keep=True, out=run.out,
+                   rootless=run.rootless, announce_owner=run.announce_owner)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid1 = _fork_pid1_here(spec, ct, inner, report_w, fds)
+    except BaseException:
+        os.close(report_r)
+        raise
+    finally:
+        os.close(report_w)
+    ct.pid = ct.pid1 = pid1
+    ct.report_r = report_r
+    run.defer(Step(f"stop the container's processes (pid {pid1})", argv=["kill", "-KILL", pid1],
+                   native=lambda: _kill_reap(ct), shell=lambda _a: _kill_reap(ct)))
+    record(run, os.path.join(ct.dir, "state.json"), container_record(ct, spec.argv, spec.rm))
     return ct
 
 
@@ -485,10 +556,10 @@ def wait(run: Runner, ct: Container, timeout: float | None = None) -> int:
     if forwarding:  # the tool passes SIGTERM, SIGINT, ... on, as PID 1 does
         for sig in FORWARDED:
             saved[sig] = signal.signal(sig, lambda signo, _f: _forward(ct, signo))
-    timeline.mark("waitpid() for the process outside")
+    timeline.mark("waitpid() for the tool's child")
     try:
         status, timed_out = _wait_status(ct, timeout)
-        timeline.mark("the process outside was reaped")
+        timeline.mark("the tool reaped its child")
     finally:
         ct.reaped = True
         for sig, old in saved.items():
