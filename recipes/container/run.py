@@ -1,12 +1,17 @@
 """The processes of a container: the one outside, PID 1, the command; and waiting for them.
 
-The tool forks a process that unshares the namespaces and forks PID 1 of the new PID
-namespace; PID 1 runs the inside steps (:mod:`recipes.container.inside`), then forks the
-command, which becomes ``--user`` (setgroups, setgid, setuid), enters ``--workdir`` and
-execs with ``--env``. PID 1 stays, reaps every zombie and forwards signals. Failures inside
+As root the tool unshares a PID namespace for its next child only, forks PID 1 into it
+(and ``setns`` back to its own at once), and PID 1 unshares the other namespaces. Without
+root the tool forks a process outside that makes the user namespace first (it must own the
+others), unshares the rest and forks PID 1. PID 1 runs the inside steps
+(:mod:`recipes.container.inside`), then starts the command: by ``posix_spawn`` (a vfork and
+an exec, nothing of PID 1 copied) where nothing has to run in between, else by a fork whose
+child becomes ``--user`` (setgroups, setgid, setuid), enters ``--workdir`` and execs with
+``--env``. PID 1 stays, reaps every zombie and forwards signals. Failures inside
 come back through a pipe as the exception itself (one line on the CLI, never a silent 125).
-``--timeout``: the tool waits on a pidfd and, past the deadline, SIGKILLs the process outside;
-PID 1 dies with it (PR_SET_PDEATHSIG) and the PID namespace with PID 1 (exit status 137).
+``--timeout``: the tool waits on a pidfd and, past the deadline, SIGKILLs its child (PID 1,
+or the process outside, with which PID 1 dies: PR_SET_PDEATHSIG); the PID namespace goes
+with PID 1 (exit status 137). :mod:`nsutil.timeline` marks each stage of a start when on.
 """
 from __future__ import annotations
 
@@ -34,9 +39,10 @@ from recipes.container.state import Container, container_record, record
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH)
-#: signals the command starts with at their default action (Python ignores SIGPIPE; PID 1
+#: signals the command starts with at their default action (Python ignores SIGPIPE and
+#: SIGXFSZ, as subprocess restores them; PID 1
 #: catches SIGCHLD)
-RESET = (signal.SIGCHLD, signal.SIGPIPE)
+RESET = (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ)
 #: exit status of PID 1 when a setup step inside failed (docker uses 125 for its own errors)
 SETUP_FAILED = 125
 Fds = tuple[int | None, int | None, int | None]
