@@ -88,6 +88,7 @@ def interleaved(variants: dict[str, Callable[[], None]], runs: int) -> dict[str,
 
 
 def check(argv: list[str], **kw) -> None:
+    """Run a tool; the bench stops with its stderr when it fails."""
     done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
     if done.returncode != 0:
         raise SystemExit(f"bench: {' '.join(argv)} exited {done.returncode}: {done.stderr[-300:]!r}")
@@ -105,6 +106,7 @@ def api(rf: str, null: int, net: bool = False) -> Callable[[], None]:
 
 
 def bwrap_argv(rf: str, user: bool) -> list[str]:
+    """bubblewrap's command line for `true` on ``rf`` (as a user: its own user namespace)."""
     return (["bwrap"] + (["--unshare-user"] if user else []) +
             ["--unshare-pid", "--unshare-uts", "--unshare-ipc", "--unshare-net",
              "--ro-bind", rf, "/", "--proc", "/proc", "--dev", "/dev", "--die-with-parent",
@@ -159,6 +161,7 @@ def traced(fn: Callable[[], None], runs: int) -> dict[str, float]:
 
 
 def load() -> str:
+    """The load averages (1, 5, 15 min)."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
@@ -197,6 +200,7 @@ def as_user(rf: str, runs: int) -> dict:
 
 
 def print_times(title: str, results: dict[str, list[float]]) -> None:
+    """Median and quartiles of each variant, and its ratios to runc and to bwrap."""
     runc = statistics.median(results["runc run"]) if "runc run" in results else None
     bwrap = statistics.median(results["bwrap"])
     print(title)
@@ -210,6 +214,7 @@ def print_times(title: str, results: dict[str, list[float]]) -> None:
 
 
 def print_steps(columns: dict[str, dict[str, float]]) -> None:
+    """One row per stretch and per step, one column per kind of start."""
     names = list(columns)
     print("where the API's time goes (median ms over the traced runs; the process outside, "
           "PID 1 and the tool overlap on 2 CPUs):")
