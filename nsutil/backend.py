@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from .errors import InvalidInput, NsrError, ToolMissing
 from .process import package_for
-from . import rootless, shell
+from . import rootless, shell, timeline
 from .lesson import Inside, Lesson, banner, open_native, open_shell
 
 BACKENDS = ("auto", "shell", "native")
@@ -249,6 +249,15 @@ class Runner:
         return value
 
     def _execute(self, step: Step) -> Any:
+        if timeline.on():
+            timeline.mark(f"> {step.title}")
+            try:
+                return self._execute_step(step)
+            finally:
+                timeline.mark(f"< {step.title}")
+        return self._execute_step(step)
+
+    def _execute_step(self, step: Step) -> Any:
         if self.form_for(step) == "native":
             return step.native()  # type: ignore[misc]
         argv = [str(a) for a in step.argv] if step.argv is not None else []

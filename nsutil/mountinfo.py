@@ -96,14 +96,44 @@ def parse(text: bytes | str) -> list[Mount]:
     return [parse_line(ln) for ln in raw.splitlines() if ln.strip()]
 
 
-def read(pid: int | str = "self") -> list[Mount]:
-    """The mounts of ``/proc/PID/mountinfo`` (the mount namespace ``pid`` is in)."""
+def read_raw(pid: int | str = "self") -> bytes:
+    """The text of ``/proc/PID/mountinfo``, unparsed."""
     path = f"/proc/{pid}/mountinfo"
     try:
         with open(path, "rb") as f:
-            return parse(f.read())
+            return f.read()
     except OSError as exc:
         raise SyscallError.from_oserror(f"open({path!r})", exc) from None
+
+
+def read(pid: int | str = "self") -> list[Mount]:
+    """The mounts of ``/proc/PID/mountinfo`` (the mount namespace ``pid`` is in)."""
+    return parse(read_raw(pid))
+
+
+def escape(path: str) -> bytes:
+    """``path`` as mountinfo writes it (space, tab, newline and backslash as octal)."""
+    return re.sub(rb"[ \t\n\\]", lambda m: b"\\%03o" % m.group()[0], os.fsencode(path))
+
+
+def mentions(path: str, pid: int | str = "self") -> bool:
+    """False if no mount point (nor source or root) of ``pid``'s mount namespace has
+    ``path`` in it: a quick test that spares parsing the whole table where nothing is
+    mounted at or below ``path`` (True says only: parse it)."""
+    return escape(path) in read_raw(pid)
+
+
+def of_path(path: str) -> Mount | None:
+    """The mount ``path`` (which exists) is on here, by its mount ID (:func:`mount_id_of`):
+    one line of the table parsed. None if it cannot be told."""
+    mid = mount_id_of(path)
+    if mid is None:
+        return None
+    head = b"%d " % mid
+    for line in read_raw().splitlines():
+        if line.startswith(head):
+            return parse_line(line)
+    return None
 
 
 def mount_id_of(path: str) -> int | None:

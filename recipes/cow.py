@@ -51,6 +51,8 @@ def scratch_dir() -> str:
 def mounts_at_or_below(path: str, fstype: str | None = None) -> list[str]:
     """Mount points (in our mount namespace) at or below ``path`` (of ``fstype`` if given)."""
     path = path.rstrip("/")
+    if not mountinfo.mentions(path):     # the usual case, without parsing the table
+        return []
     return [m.mount_point for m in mountinfo.read()
             if (fstype is None or m.fstype == fstype)
             and (m.mount_point == path or m.mount_point.startswith(path + "/"))]

@@ -82,6 +82,10 @@ def fs_of(path: str) -> Fs:
     existing = path
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
+    mount = mountinfo.of_path(existing)       # one line of the table, by the mount's ID
+    if mount is not None:
+        readonly = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        return Fs(path, mount.mount_point, mount.fstype, readonly)
     real = os.path.realpath(existing)
     best, fstype = "/", "unknown"
     for m in mountinfo.read():

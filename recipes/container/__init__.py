@@ -8,9 +8,11 @@ The document's three principles composed the way ``docker run`` / runc compose t
    directory's filesystem cannot hold an upper, e.g. an overlayfs, on a tmpfs mounted on
    it, as bubblewrap's ``--tmp-overlay`` does: :mod:`recipes.common.upperfs`);
 3. make a cgroup ``nsr-c-ID`` and write the limits (:mod:`recipes.cgroup`);
-4. fork a process, unshare mount, UTS, IPC, PID (and with ``--net`` network) namespaces and
-   fork PID 1 of the new PID namespace; the tool records both PIDs for ``cleanup``
-   (:mod:`recipes.container.run`, :mod:`recipes.container.state`). PID 1
+4. as root, unshare a PID namespace for the tool's next child and fork PID 1 into it, which
+   unshares mount, UTS, IPC (and with ``--net`` network) namespaces; without root, fork a
+   process outside that makes the user namespace first, unshares the others and forks
+   PID 1. The tool records the PIDs for ``cleanup`` (:mod:`recipes.container.run`,
+   :mod:`recipes.container.state`). PID 1
 5. makes ``/`` rslave, mounts the overlay (rootfs as lowerdir) on ``merged``, ``/proc``, a
    tmpfs ``/dev`` with null, zero, full, random, urandom, tty, the ``--volume`` binds and
    ``--tmpfs`` mounts, remounts the overlay read-only (``--read-only``), sets the hostname
@@ -19,9 +21,10 @@ The document's three principles composed the way ``docker run`` / runc compose t
 7. moves itself into the cgroup (``echo 0 > tasks`` through a file opened before the
    pivot) and unshares a cgroup namespace -- last, once the setup's helper processes and
    threads are gone, so ``--pids 2`` is enough for PID 1 and the command;
-8. forks the command, which becomes ``--user``, enters ``--workdir`` and execs with
+8. starts the command (``posix_spawn`` where nothing runs between fork and exec, else a
+   fork), which becomes ``--user``, enters ``--workdir`` and execs with
    ``--env``; PID 1 stays, reaps every zombie (orphans are reparented to it) and forwards
-   SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2, SIGWINCH to the command (the tool and the
+   SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2, SIGWINCH to the command (the tool and a
    process outside forward them too);
 9. the exit status comes back (128+N for a signal; 137 past ``--timeout``); with ``rm`` (the
    default) the cgroup and the container's directory are removed; without it the cgroup
@@ -42,6 +45,7 @@ from typing import Any, Callable, Sequence
 
 from nsutil import cgroupfs
 from nsutil import mountattr
+from nsutil import timeline
 from nsutil import shell as nshell
 from nsutil.backend import Runner, Step
 from nsutil.cgroupfs import Cgroup
@@ -266,7 +270,9 @@ def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,
     Bad input raises before anything is made; with ``rm`` nothing is left afterwards.
     Killed by the OOM killer, it raises :class:`ContainerOOM` (exit status 137).
     """
+    timeline.mark("run_container")
     spec, fs = prepare(run, argv, rootfs, **options)
+    timeline.mark("prepared")
     if run.explain:  # the command's own output is all a real run prints
         run.heading(f"{SECTION}: {' '.join(spec.argv)}")
     ct = None
@@ -282,7 +288,9 @@ def run_container(run: Runner, argv: Sequence[str], rootfs: str | None = None,
         if isinstance(exc, NsrError) and exc.exit_code in (126, 127, 137):
             _keep_exit(run, spec, ct, exc.exit_code, str(exc))
         raise
+    timeline.mark("undo")
     errors = run.undo()
+    timeline.mark("undone")
     _keep_exit(run, spec, ct, code, None)
     if errors:
         raise errors[0]

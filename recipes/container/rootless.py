@@ -126,6 +126,21 @@ def mount_dev_binds(run: Runner, dev: str) -> None:
                      native=lambda host=host, path=path: sc.mount(host, path, None, sc.MS_BIND)))
 
 
+def _remove_own(path: str) -> bool:
+    """Where the user's own id is the only one mapped, every file of the container is the
+    user's outside too: remove them here, without the fork of a user namespace, once the
+    overlay's ``work/work`` (mode 000, the user's) is opened. False where something refuses
+    (e.g. a directory the container made unreadable): the user namespace removes it then."""
+    inner = os.path.join(path, "work", "work")
+    try:
+        if os.path.isdir(inner) and not os.path.islink(inner):
+            os.chmod(inner, 0o700)
+        remove_tree(path)
+        return True
+    except (NsrError, OSError):
+        return False
+
+
 def remove_step(path: str, ids: userns.IdPlan) -> Step:
     """Step: remove the container's directory from inside a user namespace with the
     container's maps, as ``podman unshare rm -rf`` does: the overlay's ``work/work`` (mode 000)
@@ -135,7 +150,8 @@ def remove_step(path: str, ids: userns.IdPlan) -> Step:
     argv = ["rm", "-rf", "--one-file-system", path]
 
     def native() -> None:
-        userns.call_mapped(ids, lambda: remove_tree(path), f"remove {path}")
+        if ids.helpers or not _remove_own(path):
+            userns.call_mapped(ids, lambda: remove_tree(path), f"remove {path}")
         prune()
 
     def shell(_argv: list[str]) -> None:

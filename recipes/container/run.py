@@ -1,12 +1,17 @@
 """The processes of a container: the one outside, PID 1, the command; and waiting for them.
 
-The tool forks a process that unshares the namespaces and forks PID 1 of the new PID
-namespace; PID 1 runs the inside steps (:mod:`recipes.container.inside`), then forks the
-command, which becomes ``--user`` (setgroups, setgid, setuid), enters ``--workdir`` and
-execs with ``--env``. PID 1 stays, reaps every zombie and forwards signals. Failures inside
+As root the tool unshares a PID namespace for its next child only, forks PID 1 into it
+(and ``setns`` back to its own at once), and PID 1 unshares the other namespaces. Without
+root the tool forks a process outside that makes the user namespace first (it must own the
+others), unshares the rest and forks PID 1. PID 1 runs the inside steps
+(:mod:`recipes.container.inside`), then starts the command: by ``posix_spawn`` (a vfork and
+an exec, nothing of PID 1 copied) where nothing has to run in between, else by a fork whose
+child becomes ``--user`` (setgroups, setgid, setuid), enters ``--workdir`` and execs with
+``--env``. PID 1 stays, reaps every zombie and forwards signals. Failures inside
 come back through a pipe as the exception itself (one line on the CLI, never a silent 125).
-``--timeout``: the tool waits on a pidfd and, past the deadline, SIGKILLs the process outside;
-PID 1 dies with it (PR_SET_PDEATHSIG) and the PID namespace with PID 1 (exit status 137).
+``--timeout``: the tool waits on a pidfd and, past the deadline, SIGKILLs its child (PID 1,
+or the process outside, with which PID 1 dies: PR_SET_PDEATHSIG); the PID namespace goes
+with PID 1 (exit status 137). :mod:`nsutil.timeline` marks each stage of a start when on.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import threading
 
 from nsutil import process
 from nsutil import syscalls as sc
+from nsutil import timeline
 from nsutil.backend import Runner, Step
 from nsutil.errors import NsrError, SyscallError
 
@@ -33,6 +39,10 @@ from recipes.container.state import Container, container_record, record
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH)
+#: signals the command starts with at their default action (Python ignores SIGPIPE and
+#: SIGXFSZ, as subprocess restores them; PID 1
+#: catches SIGCHLD)
+RESET = (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ)
 #: exit status of PID 1 when a setup step inside failed (docker uses 125 for its own errors)
 SETUP_FAILED = 125
 Fds = tuple[int | None, int | None, int | None]
@@ -131,6 +141,7 @@ def _exec(spec: Spec, report_w: int) -> int:
     """execve the command (one call where it was resolved already); returns the exit status
     to use (127/126) after reporting why it could not be run."""
     argv, env, path = spec.argv, spec.environ(), spec.command_path
+    timeline.mark("execve the command")
     try:
         if path:
             try:
@@ -157,8 +168,9 @@ def _exec(spec: Spec, report_w: int) -> int:
 def _child_exec(spec: Spec, report_w: int, fds: Fds) -> None:
     """The command's process: default signals, stdio, user, working directory, exec."""
     code = SETUP_FAILED
+    timeline.mark("the command's process: forked")
     try:
-        for sig in FORWARDED + (signal.SIGCHLD, signal.SIGPIPE):
+        for sig in FORWARDED + RESET:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         for target, fd in enumerate(fds):
@@ -189,15 +201,40 @@ def _setup(run: Runner, spec: Spec, ct: Container, report_w: int) -> bool:
     return False
 
 
+def _start_failed(call: str, exc: OSError) -> SyscallError:
+    """The command's process could not be made; EAGAIN here is the pids limit, said so."""
+    hint = (f"the pids limit is reached: the container itself needs {MIN_PIDS} processes "
+            "(PID 1 and the command); raise --pids" if exc.errno == errno.EAGAIN else None)
+    return SyscallError.from_oserror(f"{call} of the command in the container", exc, hint)
+
+
+def _spawn_command(spec: Spec, fds: Fds) -> int | None:
+    """The command by ``posix_spawn`` (a vfork and an exec: PID 1's memory is not copied, no
+    Python runs in between), where nothing has to happen between fork and exec but what
+    posix_spawn does itself: stdio, default signals, an empty signal mask. None where it
+    cannot (a ``--user`` to become, a command not resolved in the rootfs, an exec that
+    failed): then :func:`_fork_command` starts it, and says why it could not run."""
+    if spec.user is not None or not spec.command_path:
+        return None
+    try:
+        if spec.workdir:     # PID 1 is root, as the command will be: the same permissions
+            os.chdir(spec.workdir)
+        return os.posix_spawn(spec.command_path, spec.argv, spec.environ(),
+                              file_actions=[(os.POSIX_SPAWN_DUP2, fd, target)
+                                            for target, fd in enumerate(fds) if fd is not None],
+                              setsigmask=(), setsigdef=FORWARDED + RESET)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            raise _start_failed("posix_spawn()", exc) from None
+        return None
+
+
 def _fork_command(spec: Spec, report_w: int, fds: Fds) -> int:
-    """Fork the command's process; EAGAIN here is the pids limit, said so."""
+    """Fork the command's process (it becomes the user, enters the working directory, execs)."""
     try:
         child = process.fork()
     except OSError as exc:
-        hint = (f"the pids limit is reached: the container itself needs {MIN_PIDS} processes "
-                "(PID 1 and the command); raise --pids" if exc.errno == errno.EAGAIN else None)
-        raise SyscallError.from_oserror("fork() of the command in the container", exc,
-                                        hint) from None
+        raise _start_failed("fork()", exc) from None
     if child == 0:
         _child_exec(spec, report_w, fds)
     return child
@@ -214,13 +251,18 @@ def _pid1(run: Runner, spec: Spec, ct: Container, report_w: int, fds: Fds) -> in
     for sig in waited:
         signal.signal(sig, handler)
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    timeline.mark("PID 1: fork the command")
     try:
-        child = _fork_command(spec, report_w, fds)
+        child = _spawn_command(spec, fds)
+        if child is None:
+            child = _fork_command(spec, report_w, fds)
     except NsrError as exc:
         _send(report_w, b"E", exc)
         return SETUP_FAILED
     os.close(report_w)
-    return _reap_until(child, waited)
+    code = _reap_until(child, waited)
+    timeline.mark("PID 1: the command was reaped")
+    return code
 
 
 def _reap_until(child: int, waited: set[int]) -> int:
@@ -228,6 +270,7 @@ def _reap_until(child: int, waited: set[int]) -> int:
     return ``child``'s exit status once it ends (128+N for signal N)."""
     while True:
         info = signal.sigwaitinfo(waited)
+        timeline.mark(f"signal {info.si_signo}")
         if info.si_signo != signal.SIGCHLD:
             try:
                 os.kill(child, info.si_signo)
@@ -257,9 +300,11 @@ def exit_code(status: int) -> int:
 def _start_pid1(spec: Spec, ct: Container, run: Runner, pipes: dict[str, int], fds: Fds) -> int:
     """Fork PID 1 (it dies with this process, even if this one died before it could ask)."""
     life_r, life_w = os.pipe()   # EOF on life_r: this process is gone
+    timeline.mark("outside: fork PID 1")
     pid1 = process.fork()
     if pid1 == 0:
         code = SETUP_FAILED
+        timeline.mark("PID 1: forked")
         try:
             os.close(pipes["pid_w"])
             os.close(life_w)
@@ -280,15 +325,64 @@ def _start_pid1(spec: Spec, ct: Container, run: Runner, pipes: dict[str, int], f
     return pid1
 
 
+def _fork_pid1_here(spec: Spec, ct: Container, run: Runner, report_w: int, fds: Fds) -> int:
+    """As root: the tool forks PID 1 itself, into a PID namespace made for it
+    (``unshare(CLONE_NEWPID)`` applies to the caller's next child only, and ``setns`` to the
+    tool's own PID namespace right after the fork undoes even that): a fork and an exit
+    fewer than with a process outside. PID 1 unshares the other namespaces itself."""
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    tool = os.pidfd_open(os.getpid())   # readable once the tool is gone
+    try:
+        timeline.mark("unshare a PID namespace for PID 1")
+        sc.unshare(sc.CLONE_NEWPID)
+        try:
+            timeline.mark("fork PID 1")
+            pid1 = process.fork()
+        finally:
+            if os.getpid() != 1:    # the tool (or a failed fork): its next child is its own again
+                sc.setns(own, sc.CLONE_NEWPID)
+        if pid1 == 0:  # pragma: no cover - runs in the child
+            _pid1_here(spec, ct, run, report_w, fds, tool)
+        timeline.mark("forked PID 1")
+        return pid1
+    finally:
+        os.close(own)
+        os.close(tool)
+
+
+def _pid1_here(spec: Spec, ct: Container, run: Runner, report_w: int, fds: Fds,
+               tool: int) -> None:
+    """PID 1 forked by the tool: die with it, unshare the other namespaces, run as PID 1."""
+    code = SETUP_FAILED
+    timeline.mark("PID 1: forked")
+    try:
+        _set_pdeathsig(None)
+        if select.select([tool], [], [], 0)[0]:    # died before PR_SET_PDEATHSIG took effect
+            os._exit(137)
+        os.close(tool)
+        sc.unshare(flags_for(spec) & ~(sc.CLONE_NEWCGROUP | sc.CLONE_NEWPID))
+        timeline.mark("PID 1: unshared")
+        code = _pid1(run, spec, ct, report_w, fds)
+    except NsrError as exc:
+        _send(report_w, b"E", exc)
+    except Exception as exc:   # noqa: BLE001 -- reported, never a silent 125
+        _send(report_w, b"E", _unexpected(exc))
+    finally:
+        os._exit(code)
+
+
 def _outside(spec: Spec, ct: Container, run: Runner, pipes: dict[str, int], fds: Fds,
              parent: int, shake: userns.Handshake | None = None) -> int:
     """The forked process outside: unshare (without root, a user namespace first), fork
     PID 1 and tell the tool its PID, then forward signals to it and pass its exit status up."""
+    timeline.mark("outside: forked")
     _set_pdeathsig(parent)
     try:
         if spec.ids is not None:
             userns.enter(spec.ids, shake)
+        timeline.mark("outside: unshare")
         sc.unshare(flags_for(spec) & ~sc.CLONE_NEWCGROUP)
+        timeline.mark("outside: unshared")
     except NsrError as exc:
         _send(pipes["report_w"], b"E", exc)
         return SETUP_FAILED
@@ -300,7 +394,9 @@ def _outside(spec: Spec, ct: Container, run: Runner, pipes: dict[str, int], fds:
         os.close(pipes[name])
     for sig in FORWARDED:
         signal.signal(sig, lambda *_: None)
-    return _reap_until(pid1, waited)
+    code = _reap_until(pid1, waited)
+    timeline.mark("outside: PID 1 was reaped")
+    return code
 
 
 def _explain_start(run: Runner, spec: Spec, ct: Container) -> None:
@@ -328,6 +424,8 @@ def start(run: Runner, spec: Spec, ct: Container, fds: Fds = (None, None, None))
     if run.explain:
         _explain_start(run, spec, ct)
         return ct
+    if spec.ids is None:
+        return _start_as_root(run, spec, ct, fds)
     pipes: dict[str, int] = {}
     pipes["pid_r"], pipes["pid_w"] = os.pipe()
     pipes["report_r"], pipes["report_w"] = os.pipe()
@@ -337,6 +435,7 @@ def start(run: Runner, spec: Spec, ct: Container, fds: Fds = (None, None, None))
     sys.stdout.flush()
     sys.stderr.flush()
     me = os.getpid()
+    timeline.mark("fork the process outside")
     pid = process.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = SETUP_FAILED
@@ -350,6 +449,7 @@ def start(run: Runner, spec: Spec, ct: Container, fds: Fds = (None, None, None))
             _send(pipes["report_w"], b"E", _unexpected(exc))
         finally:
             os._exit(code)
+    timeline.mark("forked the process outside")
     for name in ("pid_w", "report_w"):
         os.close(pipes.pop(name))
     ct.pid, ct.report_r = pid, pipes.pop("report_r")
@@ -364,9 +464,33 @@ def start(run: Runner, spec: Spec, ct: Container, fds: Fds = (None, None, None))
             raise NsrError("the container's first process died while starting",
                            hint="see the kernel log (dmesg)")
         ct.pid1 = int.from_bytes(raw, "little")
+        timeline.mark("got PID 1's pid")
         record(run, os.path.join(ct.dir, "state.json"), container_record(ct, spec.argv, spec.rm))
     finally:
         os.close(pipes.pop("pid_r"))
+    return ct
+
+
+def _start_as_root(run: Runner, spec: Spec, ct: Container, fds: Fds) -> Container:
+    """:func:`start` as root: PID 1 is the tool's own child (:func:`_fork_pid1_here`), so
+    ``pid`` and ``pid1`` are the same process."""
+    report_r, report_w = os.pipe()
+    inner = Runner(backend=run.backend, explain=False, keep=True, out=run.out,
+                   rootless=run.rootless, announce_owner=run.announce_owner)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid1 = _fork_pid1_here(spec, ct, inner, report_w, fds)
+    except BaseException:
+        os.close(report_r)
+        raise
+    finally:
+        os.close(report_w)
+    ct.pid = ct.pid1 = pid1
+    ct.report_r = report_r
+    run.defer(Step(f"stop the container's processes (pid {pid1})", argv=["kill", "-KILL", pid1],
+                   native=lambda: _kill_reap(ct), shell=lambda _a: _kill_reap(ct)))
+    record(run, os.path.join(ct.dir, "state.json"), container_record(ct, spec.argv, spec.rm))
     return ct
 
 
@@ -438,8 +562,10 @@ def wait(run: Runner, ct: Container, timeout: float | None = None) -> int:
     if forwarding:  # the tool passes SIGTERM, SIGINT, ... on, as PID 1 does
         for sig in FORWARDED:
             saved[sig] = signal.signal(sig, lambda signo, _f: _forward(ct, signo))
+    timeline.mark("waitpid() for the tool's child")
     try:
         status, timed_out = _wait_status(ct, timeout)
+        timeline.mark("the tool reaped its child")
     finally:
         ct.reaped = True
         for sig, old in saved.items():

@@ -36,7 +36,7 @@ class Container:
     dir: str
     cgroup: Cgroup | None   #: None: without root and no delegated cgroup
     rootfs: str
-    pid: int = 0            #: the forked process outside (parent of PID 1)
+    pid: int = 0            #: the tool's child: PID 1 as root, else the process outside
     report_r: int = -1      #: read end of the error pipe
     reaped: bool = False    #: True once ``pid`` has been waited for (never signal it again)
     pid1: int = 0           #: PID 1 of the container, as the host sees it
