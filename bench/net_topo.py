@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nsutil import netlink as nl  # noqa: E402
 from nsutil.backend import Runner  # noqa: E402
+from recipes.labs import batches  # noqa: E402
 from recipes.labs import build as topo  # noqa: E402
 
 IP = shutil.which("ip") or "ip"
@@ -200,7 +201,7 @@ def best_lines(plan: "topo.Plan") -> tuple[list[str], dict[str, list[str]], list
         root += [f"link add name {br} netns {ns} type bridge" for br in bridges]
     root += [f"link add name {ln.a_if} netns {ln.a_ns} type veth peer name {ln.b_if} netns {ln.b_ns}"
              for ln in plan.links]
-    return root, topo._ns_lines(plan), topo._sysctl_lines(plan)
+    return root, batches.ns_lines(plan), batches.sysctl_lines(plan)
 
 
 ROOT_CHUNK = 4000   #: ip keeps an fd open per ``netns NAME`` it has read: 2 a veth line
