@@ -4,7 +4,7 @@ they may run in.
 Document section "Network namespace" (topologies). A lab is built by
 
 1. one ``ip -batch`` of ``netns add`` for every namespace (:func:`root_lines`);
-2. one ``ip -n NS -batch`` per namespace: the links made from inside it (a bridge, the veths
+2. one ``ip -batch`` inside each namespace (:func:`enter_argv`): the links made from inside it (a bridge, the veths
    whose a end is there, each peer made in place in its own namespace, :func:`create_lines`),
    then its addresses, links up and routes (:func:`ns_lines`);
 3. one ``ip -batch`` of ``netns exec NS sysctl`` where a namespace forwards or needs a
@@ -18,6 +18,9 @@ go round in a circle (a ring, some lab files) no order works: every namespace fi
 its links (one round), then sets up its devices (a second).
 """
 from __future__ import annotations
+
+from nsutil import netlink as nl
+from nsutil import shell
 
 from recipes.labs import routes as toporoute
 from recipes.labs.plan import Plan
@@ -124,11 +127,26 @@ def rounds(plan: Plan) -> list[list[Batch]]:
     return out
 
 
+def enter_argv(ns: str) -> list[str]:
+    """The command that runs a batch inside ``ns``: ``nsenter --net=/run/netns/NS ip -batch -``
+    (``ip -n NS -batch -`` where util-linux's nsenter is missing).
+
+    Both enter the namespace; ``ip -n`` also makes a mount namespace of its own (to mount
+    that namespace's /sys), and the kernel copies every mount there is into it -- each
+    named network namespace is one. Measured on a 2-core machine, one batch of one line:
+    ``ip -n`` 1.7 ms with 10 namespaces, 8.1 ms with 1000, 14.8 ms with 3000; nsenter
+    2.2, 4.5 and 3.7 ms. A batch of links, addresses and routes needs no /sys."""
+    if shell.have("nsenter"):
+        return ["nsenter", f"--net={nl.netns_path(ns)}", "ip", "-batch", "-"]
+    return ["ip", "-n", ns, "-batch", "-"]
+
+
 def display(lines: list[str], ns: str | None = None) -> str:
-    """``ip [-n NS] -batch - <<EOF`` with ``lines`` (the first 8 and the last of many)."""
+    """``ip -batch - <<EOF`` (inside ``ns``: :func:`enter_argv`) with ``lines`` (the first 8
+    and the last of many)."""
     shown = lines if len(lines) <= 12 else lines[:8] + [f"... ({len(lines) - 9} more)", lines[-1]]
-    return (f"ip -n {ns} -batch - <<EOF\n        " if ns else "ip -batch - <<EOF\n        ") \
-        + "\n        ".join(shown) + "\n        EOF"
+    head = " ".join(enter_argv(ns)) if ns else "ip -batch -"
+    return f"{head} <<EOF\n        " + "\n        ".join(shown) + "\n        EOF"
 
 
 def native_display(plan: Plan, most: int = 3) -> str:

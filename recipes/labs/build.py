@@ -25,7 +25,7 @@ in X that leads to Y is named after Y's namespace. ``SCOPE`` is 4 random hex dig
 so two topologies built at once never collide; every name fits 15 bytes.
 
 Building: the shell backend runs one ``ip -batch`` for the namespaces and one
-``ip -n NS -batch`` per namespace for its links (veth peers made in place), addresses and
+``ip -batch`` inside each namespace (``nsenter --net``) for its links (veth peers made in place), addresses and
 routes, those independent of each other side by side (:mod:`recipes.labs.batches`); the native backend
 does it all from this process over netlink (:mod:`nsutil.netlink`): each namespace is made
 with an rtnetlink socket opened inside it, every veth is created in place in both namespaces
@@ -147,7 +147,7 @@ def enter_lab(run: Runner, plan: Plan) -> None:
 
 def _build_shell(run: Runner, plan: Plan) -> None:
     """Steps: the shell form of a build (:mod:`recipes.labs.batches`): the namespaces in one
-    ``ip -batch``, then one ``ip -n NS -batch`` per namespace, round after round, those of a
+    ``ip -batch``, then one ``ip -batch`` inside each namespace, round after round, those of a
     round side by side up to one per CPU; then the sysctls."""
     lines = batches.root_lines(plan)
     def shell(argv: list[str]) -> None:
@@ -162,7 +162,7 @@ def _build_shell(run: Runner, plan: Plan) -> None:
                  argv=["ip", "-batch", "-"], input="\n".join(lines) + "\n", shell=shell,
                  display=batches.display(lines), native=lambda: build_native(plan)))
     for together in batches.rounds(plan):
-        steps = [Step(title, argv=["ip", "-n", ns, "-batch", "-"], input="\n".join(cmds) + "\n",
+        steps = [Step(title, argv=batches.enter_argv(ns), input="\n".join(cmds) + "\n",
                       display=batches.display(cmds, ns), native=lambda: None)
                  for ns, cmds, title in together]
         if len(steps) > 1:
