@@ -9,7 +9,8 @@ process's memory, no Python in the child), its stdin, stdout and stderr in memor
 there is nothing to pump while it runs and many can run at once (:func:`run_many`). Measured
 on a 2-core machine, one ``ip -n NS -batch -`` with one line: 16.4 ms through the ``sh``
 package (threads and pipes it starts for each command), 6.2 ms with ``subprocess.run``,
-4.0 ms with ``posix_spawn``; a lab's shell build runs one per namespace.
+4.0 ms with ``posix_spawn`` (bench/shell_commands.py); a lab's shell build runs one per
+namespace.
 """
 from __future__ import annotations
 
@@ -106,10 +107,10 @@ def run(argv: Sequence[str], *, input: str | bytes | None = None, ok: Sequence[i
 
 def run_many(commands: Sequence[tuple[Sequence[str], str | bytes | None]],
              width: int | None = None) -> list[str]:
-    """Run ``(argv, input)`` commands, up to ``width`` at once (default: one per CPU), as
-    ``xargs -P $(nproc)`` would; their stdouts, in order. After a failure no new command
+    """Run ``(argv, input)`` commands, up to ``width`` at once (default: one per CPU this
+    process may run on, as ``nproc`` counts), as ``xargs -P $(nproc)`` would; their stdouts, in order. After a failure no new command
     starts; those running are waited for, then the first failure is raised."""
-    width = max(1, width or os.cpu_count() or 1)
+    width = max(1, width or len(os.sched_getaffinity(0)))
     results: list[str] = [""] * len(commands)
     running: dict[int, tuple[int, Started]] = {}     # pidfd -> (index, command)
     failure: CommandError | None = None
