@@ -66,7 +66,7 @@ def measure(ns: str, runs: int) -> dict[str, tuple[float, float]]:
             after = os.times()
             cpu[name] += (after.children_user + after.children_system
                           - before.children_user - before.children_system)
-    return {k: (1000 * sorted(v)[len(v) // 2], 1000 * cpu[k] / runs) for k, v in walls.items()}
+    return {k: (1000 * sorted(v)[len(v) // 2], max(0.0, 1000 * cpu[k] / runs)) for k, v in walls.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
