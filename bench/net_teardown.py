@@ -82,9 +82,10 @@ def bare(names: list[str]) -> dict:
     return timed_teardown(lambda: _ip("-batch", "-", input="".join(f"netns del {ns}\n" for ns in names)))
 
 
-def lab(plan: topo.Plan) -> dict:
+def lab(plan: topo.Plan, settled: bool = True) -> dict:
     """``plan`` built natively (timed apart), then torn down by ``topo.down``, each delete
-    call timed by kind (with a bridge: hub and switches; the hosts)."""
+    call timed by kind (with a bridge: hub and switches; the hosts). ``settled``: once the
+    kernel's memory has stopped moving after the build (else right after it)."""
     out = open(os.devnull, "w")
     start = time.perf_counter()
     run = Runner(backend="native", keep=True, out=out)
@@ -94,7 +95,8 @@ def lab(plan: topo.Plan) -> dict:
         run.undo()
         raise
     build = time.perf_counter() - start
-    cleanup_seconds()
+    if settled:
+        cleanup_seconds()
     bridged, calls = set(plan.bridges), {"bridged": 0.0, "hosts": 0.0}
     delete = nl.delete_netns
 
@@ -119,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     """Star and tree teardowns against bare namespaces; exit 1 if a goal is missed."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hosts", type=int, default=10000, help="hosts in each lab (default 10000)")
+    ap.add_argument("--shapes", default="star,tree", help="star, tree or both (default)")
+    ap.add_argument("--right-after-build", action="store_true",
+                    help="also tear each lab down right after its build, without letting the "
+                         "kernel settle first (what is left of the build's work then counts)")
     ap.add_argument("--runs", type=int, default=1,
                     help="rounds, alternately (default 1: a 10,000-host round takes minutes)")
     args = ap.parse_args(argv)
@@ -128,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     fanout = round(math.sqrt(args.hosts))
     shapes = {"star": lambda: topo.plan_shape("star", args.hosts, "ts"),
               "tree": lambda: topo.plan_shape("tree", scope="tt", depth=2, fanout=fanout)}
-    results: dict[str, dict[str, list[dict]]] = {s: {"bare": [], "lab": []} for s in shapes}
+    shapes = {k: v for k, v in shapes.items() if k in args.shapes.split(",")}
+    results: dict[str, dict[str, list[dict]]] = {s: {"bare": [], "lab": [], "unsettled": []}
+                                                 for s in shapes}
     counts = {}
     for i in range(args.runs):
         for shape, make in shapes.items():
@@ -138,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             results[shape]["bare"].append(bare([f"nsr-tb-{k}" for k in range(len(plan.all_netns()))]))
             print(f"{shape}: lab ({i + 1}/{args.runs}) ...", file=sys.stderr, flush=True)
             results[shape]["lab"].append(lab(plan))
+            if args.right_after_build:
+                print(f"{shape}: lab, right after its build ({i + 1}/{args.runs}) ...",
+                      file=sys.stderr, flush=True)
+                results[shape]["unsettled"].append(lab(make(), settled=False))
     print(f"bench/net_teardown.py: {os.cpu_count()} CPUs, kernel {os.uname().release}; "
           f"{args.runs} run(s) of each{' (fewer than 5: a round takes minutes)' if args.runs < 5 else ''}, "
           "medians")
@@ -150,18 +162,23 @@ def main(argv: list[str] | None = None) -> int:
         down = median([r["down"] for r in res["lab"]])
         left = any(sum(r["left"]) for r in res["lab"])
         for name, rs, what in (("bare", res["bare"], f"{namespaces} bare namespaces, ip -batch"),
-                               ("lab", res["lab"], f"{shape} of {hosts}, native")):
+                               ("lab", res["lab"], f"{shape} of {hosts}, native"),
+                               ("unsettled", res["unsettled"], f"{shape}, right after build")):
+            if not rs:
+                continue
             print(f"{what:<34} {median([r['down'] for r in rs]):6.2f} "
                   f"{median([r['down'] for r in rs]) / base:6.2f} "
                   f"{median([r['kernel_cpu'] for r in rs]):12.2f} "
                   f"{median([r['cleanup'] for r in rs]):15.1f} "
                   f"{min(r['load'] for r in rs):5.1f}")
         calls = res["lab"][-1]["calls"]
+        rest = res["lab"][-1]["down"] - calls["bridged"] - calls["hosts"]
         print(f"  {shape}: build {median([r['build'] for r in res['lab']]):.1f} s (not timed above); "
               f"delete calls: {calls['bridged']:.2f} s for {bridged} namespace(s) with a bridge, "
               f"{calls['hosts']:.2f} s for {namespaces - bridged} others "
-              f"({1000 * calls['hosts'] / max(1, namespaces - bridged):.3f} ms each); "
-              f"left: {'yes' if left else '0'}")
+              f"({1000 * calls['hosts'] / max(1, namespaces - bridged):.3f} ms each; the bare "
+              f"ones' ip: {1000 * base / namespaces:.3f} ms each); the rest (/etc/netns, "
+              f"the record, Python) {rest:.2f} s; left: {'yes' if left else '0'}")
         met = down / base <= GOAL and not left
         ok = ok and met
         print(f"  goal: {shape} teardown <= {GOAL}x the bare namespaces': {down / base:.2f}x, "
