@@ -79,7 +79,9 @@ def bare(names: list[str]) -> dict:
     for start in range(0, len(names), 4000):
         _ip("-batch", "-", input="".join(f"netns add {ns}\n" for ns in names[start:start + 4000]))
     cleanup_seconds()
-    return timed_teardown(lambda: _ip("-batch", "-", input="".join(f"netns del {ns}\n" for ns in names)))
+    # -force: on past one that is gone (a cleanup run beside this one may take nsr- names)
+    return timed_teardown(lambda: _ip("-force", "-batch", "-",
+                                      input="".join(f"netns del {ns}\n" for ns in names)))
 
 
 def lab(plan: topo.Plan, settled: bool = True) -> dict:
