@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from net_topo import _ip, leftovers, median, used_kib  # noqa: E402
+from net_topo import IP, _ip, leftovers, median, used_kib  # noqa: E402
 from nsutil import netlink as nl  # noqa: E402
 from nsutil.backend import Runner  # noqa: E402
 from recipes.labs import build as topo  # noqa: E402
@@ -79,9 +80,13 @@ def bare(names: list[str]) -> dict:
     for start in range(0, len(names), 4000):
         _ip("-batch", "-", input="".join(f"netns add {ns}\n" for ns in names[start:start + 4000]))
     cleanup_seconds()
-    # -force: on past one that is gone (a cleanup run beside this one may take nsr- names)
-    return timed_teardown(lambda: _ip("-force", "-batch", "-",
-                                      input="".join(f"netns del {ns}\n" for ns in names)))
+    # -force, status not checked: on past one that is gone (a cleanup run beside this one
+    # may take nsr- names); what is left is counted
+    result = timed_teardown(lambda: subprocess.run([IP, "-force", "-batch", "-"], text=True,
+                                                   input="".join(f"netns del {ns}\n" for ns in names),
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    result["left"] = leftovers("nsr-tb-")
+    return result
 
 
 def lab(plan: topo.Plan, settled: bool = True) -> dict:
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         hosts, namespaces, bridged = counts[shape]
         base = median([r["down"] for r in res["bare"]])
         down = median([r["down"] for r in res["lab"]])
-        left = any(sum(r["left"]) for r in res["lab"])
+        left = any(sum(r["left"]) for r in res["lab"] + res["bare"] + res["unsettled"])
         for name, rs, what in (("bare", res["bare"], f"{namespaces} bare namespaces, ip -batch"),
                                ("lab", res["lab"], f"{shape} of {hosts}, native"),
                                ("unsettled", res["unsettled"], f"{shape}, right after build")):
