@@ -260,7 +260,8 @@ class Runner:
             return [self.run(s) for s in steps]
         self.say_owner()
         self.count += len(steps)
-        texts = shell.run_many([([str(a) for a in s.argv], s.input) for s in steps], width)  # type: ignore[union-attr]
+        commands = [([str(a) for a in s.argv or ()], s.input) for s in steps]
+        texts = shell.run_many(commands, width)
         self.undo_stack += [s.undo for s in steps if s.undo is not None]
         return [s.parse(t) if s.parse else t for s, t in zip(steps, texts)]
 

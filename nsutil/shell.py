@@ -77,11 +77,13 @@ def start(argv: Sequence[str], *, input: str | bytes | None = None) -> Started:
     if path is None:
         raise ToolMissing(argv[0], package_for(argv[0]))
     data = input.encode() if isinstance(input, str) else (input or b"")
-    fds = [_memfile("nsr-stdin", data) if input is not None else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC),
-           _memfile("nsr-stdout"), _memfile("nsr-stderr")]
+    stdin = _memfile("nsr-stdin", data) if input is not None \
+        else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    fds = [stdin, _memfile("nsr-stdout"), _memfile("nsr-stderr")]
     try:
         pid = os.posix_spawn(path, argv, os.environ,
-                             file_actions=[(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(fds)],
+                             file_actions=[(os.POSIX_SPAWN_DUP2, fd, i)
+                                           for i, fd in enumerate(fds)],
                              setsigdef=(signal.SIGINT,), setsigmask=())
     except OSError as exc:
         for fd in fds:
@@ -108,28 +110,27 @@ def run(argv: Sequence[str], *, input: str | bytes | None = None, ok: Sequence[i
 def run_many(commands: Sequence[tuple[Sequence[str], str | bytes | None]],
              width: int | None = None) -> list[str]:
     """Run ``(argv, input)`` commands, up to ``width`` at once (default: one per CPU this
-    process may run on, as ``nproc`` counts), as ``xargs -P $(nproc)`` would; their stdouts, in order. After a failure no new command
-    starts; those running are waited for, then the first failure is raised."""
+    process may run on, as ``nproc`` counts), as ``xargs -P $(nproc)`` would; their
+    stdouts, in order. After a failure no new command starts; those running are waited for,
+    then the first failure is raised."""
     width = max(1, width or len(os.sched_getaffinity(0)))
     results: list[str] = [""] * len(commands)
     running: dict[int, tuple[int, Started]] = {}     # pidfd -> (index, command)
     failure: CommandError | None = None
-    following = iter(enumerate(commands))
+    waiting = list(enumerate(commands))[::-1]        # the next one last
     with deferred_sigint():
         try:
             while True:
-                while failure is None and len(running) < width:
-                    i, (argv, input) = next(following, (-1, ((), None)))
-                    if i < 0:
-                        break
+                while failure is None and waiting and len(running) < width:
+                    i, (argv, input) = waiting.pop()
                     started = start(argv, input=input)
                     running[started.pidfd] = (i, started)
                 if not running:
                     break
-                waiting = select.poll()
+                ended = select.poll()
                 for fd in running:
-                    waiting.register(fd, select.POLLIN)
-                for fd, _event in waiting.poll():
+                    ended.register(fd, select.POLLIN)
+                for fd, _event in ended.poll():
                     i, started = running.pop(fd)
                     done = started.wait()
                     results[i] = done.stdout

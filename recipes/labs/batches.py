@@ -4,8 +4,9 @@ they may run in.
 Document section "Network namespace" (topologies). A lab is built by
 
 1. one ``ip -batch`` of ``netns add`` for every namespace (:func:`root_lines`);
-2. one ``ip -batch`` inside each namespace (:func:`enter_argv`): the links made from inside it (a bridge, the veths
-   whose a end is there, each peer made in place in its own namespace, :func:`create_lines`),
+2. one ``ip -batch`` inside each namespace (:func:`enter_argv`): the links made from inside
+   it (a bridge, the veths whose a end is there, each peer made in place in its own
+   namespace, :func:`create_lines`),
    then its addresses, links up and routes (:func:`ns_lines`);
 3. one ``ip -batch`` of ``netns exec NS sysctl`` where a namespace forwards or needs a
    longer TTL (:func:`sysctl_lines`).
@@ -84,7 +85,8 @@ def sysctl_lines(plan: Plan) -> list[str]:
     for host, ns in plan.nodes().items():
         values = toporoute.sysctls(plan, host)
         if values:
-            out.append(f"netns exec {ns} sysctl -q -w " + " ".join(f"{k}={v}" for k, v in values.items()))
+            settings = " ".join(f"{k}={v}" for k, v in values.items())
+            out.append(f"netns exec {ns} sysctl -q -w {settings}")
     return out
 
 

@@ -24,12 +24,13 @@ Names: netns ``nsr-SCOPE-HOST``, hub ``nsr-SCOPE-hub``, bridge ``nsr-SCOPE-br``;
 in X that leads to Y is named after Y's namespace. ``SCOPE`` is 4 random hex digits per run,
 so two topologies built at once never collide; every name fits 15 bytes.
 
-Building: the shell backend runs one ``ip -batch`` for the namespaces and one
-``ip -batch`` inside each namespace (``nsenter --net``) for its links (veth peers made in place), addresses and
-routes, those independent of each other side by side (:mod:`recipes.labs.batches`); the native backend
-does it all from this process over netlink (:mod:`nsutil.netlink`): each namespace is made
-with an rtnetlink socket opened inside it, every veth is created in place in both namespaces
-(already enslaved and up on the hub side), and each namespace's requests go in one buffer.
+Building: the shell backend runs one ``ip -batch`` for the namespaces and one ``ip -batch``
+inside each namespace (``nsenter --net``) for its links (veth peers made in place), addresses
+and routes, those independent of each other side by side (:mod:`recipes.labs.batches`); the
+native backend does it all from this process over netlink (:mod:`nsutil.netlink`): each
+namespace is made with an rtnetlink socket opened inside it, every veth is created in place
+in both namespaces (already enslaved and up on the hub side), and each namespace's requests
+go in one buffer.
 Lab links carry IPv4 only unless asked (``ipv6=True``): see :data:`IPV6_NOTE`.
 Teardown deletes the namespaces (their veths go with them). ``/etc/netns/NAME/hosts`` lets
 ``ip netns exec`` (and :func:`exec_in`) reach the other hosts by name.
