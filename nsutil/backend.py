@@ -3,7 +3,7 @@
 A recipe is a sequence of :class:`Step` objects. Each step has
 
 * a shell form -- ``argv``, the command line a learner would type (``unshare --uts ...``),
-  run through the ``sh`` package by the shell backend and printed by ``--explain``;
+  run by the shell backend (:mod:`nsutil.shell`) and printed by ``--explain``;
 * a native form -- ``native``, a callable doing the same with syscalls or netlink;
 * optionally ``parse``, which turns the shell form's stdout into the value ``native`` returns,
   so both backends give the same observable result;
@@ -247,6 +247,23 @@ class Runner:
         if step.undo is not None:
             self.undo_stack.append(step.undo)
         return value
+
+    def run_together(self, steps: Sequence[Step], width: int | None = None) -> list[Any]:
+        """Run ``steps``, which do not depend on each other, as :meth:`run` would one by one,
+        but their commands up to ``width`` at once (default: one per CPU) where every step
+        is a plain command on the shell backend (``argv`` and ``input``, no ``shell``
+        callable) and no ``--step`` lesson pauses; otherwise one after the other. Under
+        ``--explain`` each is printed as :meth:`run` prints it. Their values, in order."""
+        plain = all(s.shell is None and s.argv is not None and self.form_for(s) == "shell"
+                    for s in steps)
+        if self.explain or not plain or len(steps) < 2 or (self.lesson and self.lesson.step):
+            return [self.run(s) for s in steps]
+        self.say_owner()
+        self.count += len(steps)
+        commands = [([str(a) for a in s.argv or ()], s.input) for s in steps]
+        texts = shell.run_many(commands, width)
+        self.undo_stack += [s.undo for s in steps if s.undo is not None]
+        return [s.parse(t) if s.parse else t for s, t in zip(steps, texts)]
 
     def _execute(self, step: Step) -> Any:
         if timeline.on():

@@ -229,7 +229,7 @@ def test_shell_build_uses_ip_batch_and_explain_changes_nothing():
     assert proc.returncode == 0, proc.stderr
     assert "ip -batch -" in proc.stdout and "netns add nsr-ex-h1" in proc.stdout
     # every veth is made from inside its a end's namespace (the hub), the peer in place
-    assert "ip -n nsr-ex-hub -batch" in proc.stdout
+    assert "nsenter --net=/run/netns/nsr-ex-hub ip -batch" in proc.stdout
     assert "link add name nsr-ex-h1 type veth peer name nsr-ex-hub netns nsr-ex-h1" in proc.stdout
-    assert "ip -n nsr-ex-h2 -batch" in proc.stdout
+    assert "nsenter --net=/run/netns/nsr-ex-h2 ip -batch" in proc.stdout
     assert not [n for n in nl.list_netns() if n.startswith("nsr-ex-")]

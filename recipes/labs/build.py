@@ -24,11 +24,13 @@ Names: netns ``nsr-SCOPE-HOST``, hub ``nsr-SCOPE-hub``, bridge ``nsr-SCOPE-br``;
 in X that leads to Y is named after Y's namespace. ``SCOPE`` is 4 random hex digits per run,
 so two topologies built at once never collide; every name fits 15 bytes.
 
-Building: the shell backend runs one ``ip -batch`` for the namespaces and the in-place veths
-and one ``ip -n NS -batch`` per namespace for its addresses and links; the native backend
-does it all from this process over netlink (:mod:`nsutil.netlink`): each namespace is made
-with an rtnetlink socket opened inside it, every veth is created in place in both namespaces
-(already enslaved and up on the hub side), and each namespace's requests go in one buffer.
+Building: the shell backend runs one ``ip -batch`` for the namespaces and one ``ip -batch``
+inside each namespace (``nsenter --net``) for its links (veth peers made in place), addresses
+and routes, those independent of each other side by side (:mod:`recipes.labs.batches`); the
+native backend does it all from this process over netlink (:mod:`nsutil.netlink`): each
+namespace is made with an rtnetlink socket opened inside it, every veth is created in place
+in both namespaces (already enslaved and up on the hub side), and each namespace's requests
+go in one buffer.
 Lab links carry IPv4 only unless asked (``ipv6=True``): see :data:`IPV6_NOTE`.
 Teardown deletes the namespaces (their veths go with them). ``/etc/netns/NAME/hosts`` lets
 ``ip netns exec`` (and :func:`exec_in`) reach the other hosts by name.
@@ -51,6 +53,7 @@ from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, SyscallErr
 from nsutil.names import check_name
 
 from recipes import net
+from recipes.labs import batches
 from recipes.labs import routes as toporoute
 from recipes.labs import userlab
 # the plans (re-exported: topo.plan_shape, topo.Plan, topo.MAX_HOSTS ... as before)
@@ -105,7 +108,7 @@ def build(run: Runner, plan: Plan, *, etc_hosts: bool = True) -> Plan:
         run.run(Step(f"build {len(plan.all_netns())} namespaces and {len(plan.links)} veth pairs "
                      "over netlink (one process, in-place peers, one buffer per namespace)",
                      native=lambda: build_native(plan), argv=["ip", "-batch", "-"],
-                     display=_native_display(plan)))
+                     display=batches.native_display(plan)))
     else:
         _build_shell(run, plan)
     impaired = [ln for ln in plan.links if ln.impair]
@@ -143,88 +146,11 @@ def enter_lab(run: Runner, plan: Plan) -> None:
         userlab.enter(run, plan.holder, f"topology {plan.scope}")
 
 
-def _batch_lines(plan: Plan) -> list[str]:
-    """The root namespace's batch: one ``netns add`` per namespace."""
-    return [f"netns add {ns}" for ns in plan.all_netns()]
-
-
-def _create_lines(plan: Plan) -> dict[str, list[str]]:
-    """Per namespace, the links made *from inside it*: the bridge in the hub, and every veth
-    from the namespace of its a end, the b end placed in its own namespace in place.
-
-    Kernels before 6.14 (Debian 12's 6.1, Ubuntu 24.04's 6.8) look an existing device up
-    by ifindex, else by name, in the *sender's* namespace, even when the new one goes
-    elsewhere (``netns X``): ``ip link add name A netns X ...`` run in the root namespace
-    fails with EEXIST if the root has a link A. Sent from inside X, the lookup is in the
-    namespace the device really goes to, on every kernel.
-    """
-    per: dict[str, list[str]] = {}
-    for ns, bridges in plan.bridges.items():
-        per[ns] = [f"link add name {br} type bridge" for br in bridges]
-    for ln in plan.links:
-        per.setdefault(ln.a_ns, []).append(
-            f"link add name {ln.a_if} type veth peer name {ln.b_if} netns {ln.b_ns}")
-    return per
-
-
-def _batch_display(plan: Plan, lines: list[str] | None = None) -> str:
-    lines = lines if lines is not None else _batch_lines(plan)
-    shown = lines if len(lines) <= 12 else lines[:8] + [f"... ({len(lines) - 9} more)", lines[-1]]
-    return "ip -batch - <<EOF\n        " + "\n        ".join(shown) + "\n        EOF"
-
-
-def _native_display(plan: Plan, most: int = 3) -> str:
-    """The shell commands the one native step stands for (the first ``most`` link batches)."""
-    creates = list(_create_lines(plan).items())
-    parts = [_batch_display(plan)] + [_batch_display(plan, cmds).replace(
-        "ip -batch", f"ip -n {ns} -batch") for ns, cmds in creates[:most]]
-    if len(creates) > most:
-        parts.append(f"... ({len(creates) - most} more namespaces with links)")
-    return "\n      ".join(parts)
-
-
-def _ns_lines(plan: Plan) -> dict[str, list[str]]:
-    per: dict[str, list[str]] = {ns: ["link set lo up"] for ns in plan.all_netns()}
-    quiet = (lambda ns, dev: per[ns].append(f"link set dev {dev} addrgenmode none")) if not plan.ipv6 \
-        else (lambda ns, dev: None)
-    for ns, bridges in plan.bridges.items():
-        for br in bridges:
-            quiet(ns, br)
-            per[ns].append(f"link set dev {br} up")
-            if plan.bridge_addrs.get(ns, {}).get(br):
-                per[ns].append(f"addr add {plan.bridge_addrs[ns][br]} dev {br}")
-    for ln in plan.links:
-        for ns, dev, master, addr in ((ln.a_ns, ln.a_if, ln.a_master, ln.a_addr),
-                                      (ln.b_ns, ln.b_if, ln.b_master, ln.b_addr)):
-            quiet(ns, dev)
-            per[ns].append(f"link set dev {dev}{f' master {master}' if master else ''} up")
-            if addr:
-                per[ns].append(f"addr add {addr} dev {dev}")
-    nodes = plan.nodes()
-    for name, routes in plan.routes.items():          # hosts', and a routed tree's switches'
-        per[nodes[name]] += [f"route add {dst} via {via}" for dst, via in routes]
-    return per
-
-
-def _sysctl_lines(plan: Plan) -> list[str]:
-    """The root namespace's batch of ``netns exec NS sysctl -w ...`` (forwarding, TTL)."""
-    out = []
-    for host, ns in plan.nodes().items():
-        values = toporoute.sysctls(plan, host)
-        if values:
-            out.append(f"netns exec {ns} sysctl -q -w " + " ".join(f"{k}={v}" for k, v in values.items()))
-    return out
-
-
-def _ns_batch_step(plan: Plan, ns: str, cmds: list[str], title: str) -> Step:
-    """Step: ``ip -n NS -batch -`` with ``cmds``."""
-    return Step(title, argv=["ip", "-n", ns, "-batch", "-"], input="\n".join(cmds) + "\n",
-                display=_batch_display(plan, cmds).replace("ip -batch", f"ip -n {ns} -batch"),
-                native=lambda: None)
-
-
 def _build_shell(run: Runner, plan: Plan) -> None:
-    lines = _batch_lines(plan)
+    """Steps: the shell form of a build (:mod:`recipes.labs.batches`): the namespaces in one
+    ``ip -batch``, then one ``ip -batch`` inside each namespace, round after round, those of a
+    round side by side up to one per CPU; then the sysctls."""
+    lines = batches.root_lines(plan)
     def shell(argv: list[str]) -> None:
         if not nl.ip_would_reshare_run_dir():
             from nsutil import shell as nshell
@@ -235,17 +161,20 @@ def _build_shell(run: Runner, plan: Plan) -> None:
 
     run.run(Step(f"create {len(plan.all_netns())} namespaces (one ip -batch)",
                  argv=["ip", "-batch", "-"], input="\n".join(lines) + "\n", shell=shell,
-                 display=_batch_display(plan, lines), native=lambda: build_native(plan)))
-    for ns, cmds in _create_lines(plan).items():
-        run.run(_ns_batch_step(plan, ns, cmds, f"create {len(cmds)} link(s) from inside {ns}, "
-                                               "veth peers made in place in their namespaces"))
-    for ns, cmds in _ns_lines(plan).items():
-        run.run(_ns_batch_step(plan, ns, cmds, f"addresses, links up and routes in {ns}"))
-    sysctls = _sysctl_lines(plan)
+                 display=batches.display(lines), native=lambda: build_native(plan)))
+    for together in batches.rounds(plan):
+        steps = [Step(title, argv=batches.enter_argv(ns), input="\n".join(cmds) + "\n",
+                      display=batches.display(cmds, ns), native=lambda: None)
+                 for ns, cmds, title in together]
+        if len(steps) > 1:
+            steps[0].title += (f" -- it and the next {len(steps) - 1} run side by side, "
+                               "up to one per CPU (as xargs -P $(nproc))")
+        run.run_together(steps)
+    sysctls = batches.sysctl_lines(plan)
     if sysctls:
         run.run(Step(f"forward IPv4 in {len(plan.routers)} routers, TTL 255 in the lab "
                      "(sysctls inside each namespace only)", argv=["ip", "-batch", "-"],
-                     input="\n".join(sysctls) + "\n", display=_batch_display(plan, sysctls),
+                     input="\n".join(sysctls) + "\n", display=batches.display(sysctls),
                      native=lambda: None))
 
 
@@ -257,7 +186,7 @@ def build_native(plan: Plan) -> None:
        end in place (enslaved to the bridge and up, with its address), the b end placed in
        its namespace with ``IFLA_NET_NS_FD`` -- never the other way round: kernels before
        6.14 look the new device's ifindex up in the *sender's* namespace and answer EEXIST
-       when some other link there has it (see :func:`_create_lines`);
+       when some other link there has it (see :func:`recipes.labs.batches.create_lines`);
     3. per namespace, one buffer with the b-side "up" and addresses and ``lo up``.
     The kernel has done each buffer when send() returns; acks are read after all sends.
     (Making the namespaces in a second thread while wiring up the first ones was measured
@@ -414,7 +343,7 @@ def teardown_step(plan: Plan, rootless: bool = False) -> Step:
     lines = [f"netns del {ns}" for ns in plan.all_netns()]
     return Step(f"tear down {plan.scope}: delete {len(lines)} namespaces (their veths go with "
                 "them) and /etc/netns entries", argv=["ip", "-batch", "-"], native=native,
-                shell=shell, display=_batch_display(plan, lines))
+                shell=shell, display=batches.display(lines))
 
 
 def down(run: Runner, scope: str | None = None) -> list[str]:
