@@ -6,7 +6,7 @@ checkout's wheel once (``pip wheel --no-deps``), then on every machine at once, 
 Fabric: makes the machine's ``venv`` (``python3 -m venv``), puts the wheel there
 (``Connection.put``, SFTP) and ``pip install``\\s it. The dependencies come from PyPI where
 the machine reaches it, else from a wheelhouse put there too (``--wheelhouse DIR``: a
-directory of wheels, e.g. ``pip download -d DIR invoke sh pyroute2 graphviz zstandard`` where
+directory of wheels, e.g. ``pip download -d DIR invoke pyroute2 graphviz zstandard`` where
 PyPI is reachable; then pip installs with ``--no-index``). Last, each machine's version is checked
 the way a build checks it (``recipes.ops.agent version --expect V``).
 """
@@ -72,7 +72,7 @@ def wheelhouse_files(wheelhouse: str | None) -> list[str]:
     if not found:
         raise InvalidInput(f"wheelhouse {wheelhouse} has no wheels",
                            hint="make one where PyPI is reachable: "
-                                "pip download -d DIR invoke sh pyroute2 graphviz zstandard")
+                                "pip download -d DIR invoke pyroute2 graphviz zstandard")
     return found
 
 
