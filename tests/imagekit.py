@@ -136,6 +136,11 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def layer_digest(data: bytes) -> str:
+    """``sha256:HEX`` of a layer's tar (its diff_id)."""
+    return _digest(data)
+
+
 def docker25(docker_archive: str, dest: str) -> str:
     """Docker 25's ``docker save`` tar, by the format: an OCI layout (index.json,
     oci-layout, blobs/sha256/*) with the layers uncompressed, and the old manifest.json

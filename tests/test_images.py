@@ -82,12 +82,13 @@ def assert_empty(store: storemod.Store) -> None:
 
 # --- the same image, four ways -------------------------------------------------------------
 
-def test_same_id_every_way_layers_stored_once(made, store):
+def test_same_id_every_way_layers_stored_once(made, store, backend):
     """OCI layout, oci-archive, docker save (old form, skopeo) and Docker 25's form give one
-    id; the layers are unpacked once."""
+    id; the layers are unpacked once (gzip -dc on the shell backend, zlib on the native)."""
     got = {}
     for kind in ("layout", "oci-archive", "docker-archive", "docker25"):
-        got[kind] = images.import_image(made[kind], f"nsr/{kind.replace('2', 'x')}:v1")
+        got[kind] = images.import_image(made[kind], f"nsr/{kind.replace('2', 'x')}:v1",
+                                        backend=backend)
     ids = {g.record["id"] for g in got.values()}
     assert len(ids) == 1, {k: g.record["id"] for k, g in got.items()}
     assert got["layout"].kind == "OCI image layout" and got["layout"].new_layers == 3
@@ -115,7 +116,7 @@ def test_import_cli_names_and_zstd(made, store, tmp_path):
     assert out.stdout.startswith("imported nsr/test:v1 (docker save tar): id sha256:")
     zst = imagekit.write_layout(str(tmp_path / "zst"), [imagekit.tar_bytes(
         [("z/", "dir", b""), ("z/file", "file", "zstd\n")])], compress="zstd")
-    done = images.import_image(zst, "nsr/zstd")
+    done = images.import_image(zst, "nsr/zstd", backend="native")
     assert done.name == "nsr/zstd:latest"
     with open(os.path.join(store.diff(done.record["layers"][0]["diff_id"]), "z", "file")) as f:
         assert f.read() == "zstd\n"
@@ -123,6 +124,63 @@ def test_import_cli_names_and_zstd(made, store, tmp_path):
                                    text=True, check=True).stdout)
     assert {(r["name"], r["tag"], r["layers"]) for r in js} == {("nsr/test", "v1", 3),
                                                                ("nsr/zstd", "latest", 1)}
+
+
+def _shim(tmp_path, tool: str) -> str:
+    """A directory with a ``tool`` that notes its arguments in ``calls`` and runs the real one
+    (to see that the shell backend ran it)."""
+    shims = tmp_path / "shims"
+    shims.mkdir(exist_ok=True)
+    (shims / tool).write_text(f"#!/bin/sh\necho {tool} \"$@\" >> {shims}/calls\n"
+                              f"exec {shutil.which(tool)} \"$@\"\n")
+    (shims / tool).chmod(0o755)
+    return str(shims)
+
+
+def test_zstd_layers_on_both_backends(store, tmp_path, backend, monkeypatch):
+    """tar+zstd layers: the shell backend runs `zstd -dc`, the native one the zstandard
+    package; a damaged one is one line either way, naming the tool on the shell backend;
+    both give the same layer."""
+    if backend == "shell" and shutil.which("zstd") is None:
+        pytest.skip("zstd is not installed (./bootstrap pytest installs it)")
+    shims = _shim(tmp_path, "zstd") if shutil.which("zstd") else str(tmp_path)
+    monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
+    body = imagekit.tar_bytes([("z/", "dir", b""), ("z/file", "file", "zstd\n"),
+                               ("z/big", "file", os.urandom(3 << 20))])
+    zst = imagekit.write_layout(str(tmp_path / "zst"), [body], compress="zstd")
+    done = images.import_image(zst, "nsr/zstd", backend=backend)
+    with open(os.path.join(store.diff(done.record["layers"][0]["diff_id"]), "z", "file")) as f:
+        assert f.read() == "zstd\n"
+    called = (tmp_path / "shims" / "calls")
+    assert (called.exists() and called.read_text() == "zstd -dc\n") == (backend == "shell")
+    images.remove("nsr/zstd")
+    blob = imagekit.layer_blobs(zst)[0]
+    data = bytearray(open(blob, "rb").read())
+    data[0] ^= 0xFF                  # its magic number: not a zstd frame
+    # the damaged zstd bytes as a layer whose digest is right (only its content is bad)
+    damaged = imagekit.write_layout(str(tmp_path / "damaged"), [bytes(data)], compress="",
+                                    diff_ids=[imagekit.layer_digest(body)],
+                                    media_type="application/vnd.oci.image.layer.v1.tar+zstd")
+    with pytest.raises(InvalidInput) as err:
+        images.import_image(damaged, "nsr/damaged", backend=backend)
+    text = str(err.value)
+    assert "\n" not in text and "cannot be decompressed" in text, text
+    assert ("(zstd -dc): " in text) == (backend == "shell"), text
+    assert_empty_but_probe(store)
+
+
+def test_zstd_tool_missing_is_one_line(store, tmp_path, monkeypatch):
+    """The shell backend without `zstd` on PATH: one line naming the package, nothing kept;
+    auto then falls back to the zstandard package."""
+    zst = imagekit.write_layout(str(tmp_path / "zst"), [imagekit.tar_bytes(
+        [("f", "file", "x\n")])], compress="zstd")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    with pytest.raises(NsrError) as err:
+        images.import_image(zst, "nsr/zstd", backend="shell")
+    assert str(err.value) == ("`zstd` is not installed (hint: apt-get install zstd, or use "
+                              "--backend native)")
+    assert_empty_but_probe(store)
+    assert images.import_image(zst, "nsr/zstd", backend="auto").new_layers == 1
 
 
 # --- the assembled rootfs equals umoci's ------------------------------------------------------
@@ -253,7 +311,7 @@ def _bad_layouts(tmp_path, made) -> dict[str, tuple[str, str]]:
     return cases
 
 
-def test_bad_inputs_one_line_nothing_left(made, store, tmp_path):
+def test_bad_inputs_one_line_nothing_left(made, store, tmp_path, backend):
     """Each bad input is one line with a hint (the CLI prints it as such: checked once, a
     Python start costs 12 s in the emulated VM) and leaves nothing in the store."""
     out = subprocess.run(INVOKE + ["image-import", str(tmp_path)], capture_output=True,
@@ -264,7 +322,7 @@ def test_bad_inputs_one_line_nothing_left(made, store, tmp_path):
                           "DIR:REF), an oci-archive or a docker save tar)\n")
     for name, (path, words) in _bad_layouts(tmp_path, made).items():
         with pytest.raises(NsrError) as err:
-            images.import_image(path)
+            images.import_image(path, backend=backend)
         text = str(err.value)
         assert "\n" not in text and words in text and "(hint: " in text, (name, text)
         got = store_entries(store)
@@ -272,7 +330,7 @@ def test_bad_inputs_one_line_nothing_left(made, store, tmp_path):
         assert got["blobs/sha256"] == [], (name, got)
 
 
-def test_hostile_tars_refused(store, tmp_path):
+def test_hostile_tars_refused(store, tmp_path, backend):
     """No entry may write outside the layer: .., absolute names, through a symlink made
     earlier, hardlinks to outside or through a symlink. Nothing outside is touched."""
     outside = tmp_path / "outside"
@@ -294,7 +352,7 @@ def test_hostile_tars_refused(store, tmp_path):
         path = imagekit.write_layout(str(tmp_path / name.replace(" ", "-")),
                                      [imagekit.tar_bytes(entries)])
         with pytest.raises(InvalidInput) as err:
-            images.import_image(path, "nsr/hostile")
+            images.import_image(path, "nsr/hostile", backend=backend)
         assert words in str(err.value), (name, str(err.value))
         assert os.listdir(target) == [], name
         assert_empty_but_probe(store)

@@ -1,0 +1,136 @@
+"""A layer blob's bytes as its tar stream: gzip, zstd or none, in this process or by a tool.
+
+The native backend decompresses in this process: gzip with :mod:`zlib` (a
+``decompressobj`` that reads the gzip header and checks its CRC and length itself, fed
+1 MiB at a time), zstd with the ``zstandard`` package. The shell backend runs the tools a
+learner would: ``gzip -dc < BLOB`` and ``zstd -dc < BLOB``, whose stdout is the tar
+stream (the decompression then runs on another core beside the unpacking). ``auto``
+takes the tool where it is installed.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import BinaryIO
+
+from nsutil import shell
+from nsutil.errors import ToolMissing
+
+from recipes.images.blobs import CHUNK, BadImage
+
+#: compression -> the tool that decompresses it to stdout
+TOOLS = {"gzip": ["gzip", "-dc"], "zstd": ["zstd", "-dc"]}
+
+
+class DamagedBlob(ValueError):
+    """The compressed bytes are not what their media type says, or are damaged."""
+
+
+class GzipReader:
+    """The decompressed bytes of a gzip stream (one or more members), read(n) at a time."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.inflate = zlib.decompressobj(wbits=31)    # 16 + 15: gzip header and trailer
+        self.pending = b""                             # input not yet given to inflate
+        self.started = False
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all that is left with ``n < 0``); b"" at the end."""
+        limit = n if n > 0 else 0
+        while True:
+            if self.inflate.unconsumed_tail:
+                data = self.inflate.unconsumed_tail
+            elif self.pending:
+                data, self.pending = self.pending, b""
+            else:
+                data = self.raw.read(CHUNK)
+                if not data:
+                    if self.started and not self.inflate.eof:
+                        raise EOFError("the gzip stream ends before its end marker")
+                    return b""
+            self.started = True
+            try:
+                out = self.inflate.decompress(data, limit)
+            except zlib.error as exc:    # tarfile would call it "not a valid tar"
+                raise DamagedBlob(str(exc)) from None
+            if self.inflate.eof:                       # a member ended: maybe another follows
+                self.pending = self.inflate.unused_data
+                if self.pending.strip(b"\0"):
+                    self.inflate = zlib.decompressobj(wbits=31)
+                    self.started = False
+                else:
+                    self.pending = b""
+            if out:
+                return out
+
+
+class ToolReader:
+    """The stdout of ``TOOL -dc`` reading the blob: the tar stream, from another process."""
+
+    def __init__(self, argv: list[str], raw: BinaryIO, what: str):
+        self.argv, self.what = argv, what
+        self.proc = shell.stream(argv, raw.fileno())
+        assert self.proc.stdout is not None
+        self.out = self.proc.stdout
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes of the tool's output."""
+        return self.out.read(n)
+
+    def finish(self) -> BadImage | None:
+        """Read what is left of the tool's output (tar padding, or all of it when the
+        unpacking stopped early) and wait for it: None if it succeeded, else its failure (a
+        damaged blob) as one line with its words."""
+        while self.out.read(CHUNK):
+            pass
+        err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+        code = self.proc.wait()
+        if code == 0:
+            return None
+        said = err.strip().splitlines()[-1] if err.strip() else f"exit status {code}"
+        return BadImage(f"{self.what} cannot be decompressed ({' '.join(self.argv)}): {said}",
+                        hint="the layer is damaged or its media type is wrong: nothing was "
+                             "imported")
+
+    def kill(self) -> None:
+        """Stop the tool if it still runs (the import was interrupted) and close its pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f:
+                f.close()
+
+
+def errors() -> tuple[type[BaseException], ...]:
+    """What a damaged blob raises while it is decompressed here (zlib's and zstandard's
+    errors, EOFError for one cut short)."""
+    import zstandard
+    return (OSError, EOFError, ValueError, zlib.error, zstandard.ZstdError)
+
+
+def uses_tool(compression: str, backend: str) -> bool:
+    """True if ``backend`` (shell, native or auto) decompresses ``compression`` with its
+    tool; the shell backend without the tool: :class:`ToolMissing` (one line, the package)."""
+    if not compression or backend == "native":
+        return False
+    tool = TOOLS[compression][0]
+    if shell.have(tool):
+        return True
+    if backend == "shell":
+        raise ToolMissing(tool, tool)
+    return False
+
+
+def open_layer(raw: BinaryIO, compression: str, backend: str, what: str) -> BinaryIO:
+    """The tar stream of the layer blob ``raw`` (see the module doc). A :class:`ToolReader`
+    must be finished (and killed) by the caller."""
+    if uses_tool(compression, backend):
+        return ToolReader(TOOLS[compression], raw, what)     # type: ignore[return-value]
+    if compression == "gzip":
+        return GzipReader(raw)                               # type: ignore[return-value]
+    if compression == "zstd":
+        import zstandard
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    return raw
+
