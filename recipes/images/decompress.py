@@ -9,6 +9,9 @@ takes the tool where it is installed.
 """
 from __future__ import annotations
 
+import hashlib
+import queue
+import threading
 import zlib
 from typing import BinaryIO
 
@@ -134,3 +137,75 @@ def open_layer(raw: BinaryIO, compression: str, backend: str, what: str) -> Bina
         return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
     return raw
 
+
+
+class Prefetch:
+    """Reads ``stream`` (a decompressing reader) in another thread, 1 MiB ahead, hashing
+    what it reads (sha256: the layer's diff_id): zlib, zstandard and hashlib let go of the
+    GIL, so the decompression runs on one core while the tar is unpacked on another. The
+    importing thread reads it as a stream; :meth:`digest` reads the rest first."""
+
+    AHEAD = 8
+
+    def __init__(self, stream: BinaryIO):
+        self.stream, self.hash = stream, hashlib.sha256()
+        self.chunks: queue.Queue = queue.Queue(self.AHEAD)
+        self.buf, self.pos, self.done = b"", 0, False
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._fill, name="nsr-inflate", daemon=True)
+        self.thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while not self.stop.is_set():
+                data = self.stream.read(CHUNK)
+                if not data:
+                    break
+                self.hash.update(data)
+                self.chunks.put(data)
+            self.chunks.put(b"")
+        except BaseException as exc:      # noqa: BLE001 -- handed to the reading thread
+            self.chunks.put(exc)
+
+    def _next(self) -> bool:
+        item = self.chunks.get()
+        if isinstance(item, BaseException):
+            self.done = True
+            raise item
+        if not item:
+            self.done = True
+            return False
+        self.buf, self.pos = item, 0
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (``n < 0``: the rest)."""
+        if n is None or n < 0:
+            parts = [self.buf[self.pos:]]
+            self.buf, self.pos = b"", 0
+            while not self.done and self._next():
+                parts.append(self.buf)
+                self.buf, self.pos = b"", 0
+            return b"".join(parts)
+        if self.pos >= len(self.buf) and (self.done or not self._next()):
+            return b""
+        out = self.buf[self.pos:self.pos + n] if (self.pos or n < len(self.buf)) else self.buf
+        self.pos += len(out)
+        return out
+
+    def digest(self) -> str:
+        """``sha256:HEX`` of the whole stream (what is left is read first)."""
+        while not self.done and self._next():
+            pass
+        self.thread.join()
+        return "sha256:" + self.hash.hexdigest()
+
+    def close(self) -> None:
+        """Stop reading ahead (the unpacking failed) and wait for the thread."""
+        self.stop.set()
+        while self.thread.is_alive():
+            try:
+                self.chunks.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self.thread.join()

@@ -143,8 +143,8 @@ class Importer:
         with open(blob, "rb", buffering=0) as raw:
             stream = decompress.open_layer(raw, compression, self.backend, what)
             tool = stream if isinstance(stream, decompress.ToolReader) else None
+            reader = decompress.Prefetch(stream)
             try:
-                reader = HashingReader(stream)
                 result = None
                 if target is not None:
                     os.makedirs(os.path.join(target, "diff"), 0o755)
@@ -164,6 +164,7 @@ class Importer:
                 if failed:
                     raise failed
             finally:
+                reader.close()
                 if tool:
                     tool.kill()
         if got != diff_id:
