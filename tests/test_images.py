@@ -359,6 +359,25 @@ def test_hostile_tars_refused(store, tmp_path, backend):
     assert not os.path.exists("/escaped")
 
 
+def test_layers_unpacked_together_report_the_lowest_failure(store, tmp_path, backend):
+    """Layers unpack in threads beside the copying of the next blobs: when several fail,
+    the error is the lowest layer's, as a serial import would report it, and nothing stays.
+    (Layer 1 writes outside; layer 2 writes outside too, or its blob is cut short.)"""
+    bad = imagekit.tar_bytes([("../escaped", "file", "x")])
+    big = imagekit.tar_bytes([(f"f{i:03d}", "file", os.urandom(64 << 10)) for i in range(64)])
+    both = imagekit.write_layout(str(tmp_path / "both"), [big, bad, bad + b"\0" * 512])
+    cut = imagekit.write_layout(str(tmp_path / "cut"), [big, bad, big + b"\0" * 512])
+    blob = imagekit.layer_blobs(cut)[2]
+    os.truncate(blob, os.path.getsize(blob) // 2)
+    for path in (both, cut):
+        with pytest.raises(InvalidInput) as err:
+            images.import_image(path, "nsr/bad", backend=backend)
+        assert str(err.value).startswith("layer 2 of 3 (") and "leaves the layer's directory" \
+            in str(err.value), str(err.value)
+        assert_empty_but_probe(store)
+    assert not os.path.exists(str(tmp_path / "escaped"))
+
+
 def assert_empty_but_probe(store: storemod.Store) -> None:
     got = store_entries(store)
     assert got["layers"] == got["images"] == got["tmp"] == got["blobs/sha256"] == [], got
