@@ -126,6 +126,37 @@ def test_import_cli_names_and_zstd(made, store, tmp_path):
                                                                ("nsr/zstd", "latest", 1)}
 
 
+def test_gzip_through_isal_and_zlib_one_member_or_two(made, store, tmp_path, monkeypatch):
+    """The native backend inflates with the isal package's decompressobj, or zlib's where it
+    is missing: both give the umoci image the same id, and both read a layer written as
+    two gzip members (as a parallel gzip writes them)."""
+    import zlib
+    from recipes.images import decompress
+    libs = [zlib]
+    try:
+        from isal import isal_zlib
+        libs.append(isal_zlib)
+    except ImportError:
+        pass
+    body = imagekit.tar_bytes([("a/", "dir", b""), *[(f"a/{i}", "file", os.urandom(40000))
+                                                     for i in range(20)]])
+    two = imagekit.write_layout(str(tmp_path / "two"), [body], compress="gzip2")
+    ids = set()
+    for lib in libs:
+        monkeypatch.setattr(decompress, "inflate_lib", lib)
+        done = images.import_image(made["layout"], "nsr/gz", backend="native")
+        assert done.new_layers == 3
+        ids.add(done.record["id"])
+        done = images.import_image(two, "nsr/two", backend="native")
+        assert done.new_layers == 1
+        assert sorted(os.listdir(os.path.join(store.diff(done.record["layers"][0]["diff_id"]),
+                                              "a"))) == sorted(str(i) for i in range(20))
+        images.remove("nsr/gz")
+        images.remove("nsr/two")
+    assert len(ids) == 1
+    assert_empty_but_probe(store)
+
+
 def _shim(tmp_path, tool: str) -> str:
     """A directory with a ``tool`` that notes its arguments in ``calls`` and runs the real one
     (to see that the shell backend ran it)."""
