@@ -4,7 +4,7 @@ from __future__ import annotations
 from cli.common import nsr_task
 
 BACKEND_HELP = ("auto | shell | native: decompress the layers with `gzip -dc` / `zstd -dc` or "
-                "in Python (zlib, zstandard) (default: $NSR_BACKEND, else auto = the tool where "
+                "in Python (isal or zlib, zstandard) (default: $NSR_BACKEND, else auto = the tool where "
                 "installed); the tar is unpacked and checked in Python either way")
 
 
