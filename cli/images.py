@@ -4,8 +4,8 @@ from __future__ import annotations
 from cli.common import nsr_task
 
 BACKEND_HELP = ("auto | shell | native: decompress the layers with `gzip -dc` / `zstd -dc` or "
-                "in Python (isal or zlib, zstandard) (default: $NSR_BACKEND, else auto = the tool where "
-                "installed); the tar is unpacked and checked in Python either way")
+                "in Python (isal or zlib, zstandard) (default: $NSR_BACKEND, else auto = the "
+                "tool where installed); the tar is unpacked and checked in Python either way")
 
 
 @nsr_task(help={"path": "an OCI image layout directory (DIR, or DIR:REF for one of its "
