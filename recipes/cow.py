@@ -192,7 +192,7 @@ def mount_overlay(run: Runner, lowers: Sequence[str], upper: str, work: str, mer
     how = (", as short links: their paths would not fit mount(2)'s one-page options"
            if via == "short links" else "")
     argv = ["mount", "-t", "overlay", "overlay", "-o", opts, merged]
-    run.run(Step(f"mount an overlay on {merged} ({len(lowers)} lower layer(s){how}; writes go "
+    run.run(Step(f"mount an overlay on {merged} ({len(lowers)} lower layer(s){how}, writes go "
                  f"to {upper})", argv=argv, display=f"cd {cwd} && {' '.join(argv)}" if cwd else None,
                  native=native, shell=shell, undo=undo_step))
 
@@ -216,7 +216,7 @@ def _mount_overlay_fsconfig(run: Runner, lowers: Sequence[str], upper: str, work
                          "fsconfig create", f"fsmount; move_mount {merged}"])
     run.run(Step(f"mount an overlay on {merged} ({len(lowers)} lower layer(s) appended one by "
                  f"one with fsconfig lowerdir+: their paths would not fit mount(2)'s one-page "
-                 f"options; writes go to {upper})", display=display, native=native,
+                 f"options, writes go to {upper})", display=display, native=native,
                  undo=undo_step))
 
 

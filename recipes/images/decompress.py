@@ -2,8 +2,9 @@
 
 The native backend decompresses in this process: gzip with a ``decompressobj`` that
 reads the gzip header and checks its CRC and length itself, fed 1 MiB at a time -- the
-``isal`` package's (Intel's ISA-L inflate, about 2.5 times zlib's speed here) where it is
-installed, else :mod:`zlib`'s, the same interface -- and zstd with the ``zstandard``
+``isal`` package's (Intel's ISA-L inflate, about 2.5 times zlib's speed here; the extra
+``nsrecipes[fast]``; ./bootstrap installs it with the test extras) where it is installed, else :mod:`zlib`'s,
+the same interface -- and zstd with the ``zstandard``
 package. The shell backend runs the tools a
 learner would: ``gzip -dc < BLOB`` and ``zstd -dc < BLOB``, whose stdout is the tar
 stream (the decompression then runs on another core beside the unpacking). ``auto``
