@@ -10,8 +10,9 @@ of this machine's Python standard library (about 30 MB, split in ten parts):
 
 Measured, each variant's runs interleaved with the others' (median of ``--runs``):
 
-1. import and unpack ``three`` into an empty store (``recipes.images.import_image``) against
-   ``umoci unpack`` of the same layout (goal: <= 0.5x);
+1. import and unpack ``three`` into an empty store (``recipes.images.import_image``, native
+   backend: zlib; shell backend: ``gzip -dc``) against ``umoci unpack`` of the same layout
+   (goal: <= 0.5x);
 2. start-to-exit of ``true`` from ``three`` with the warm Python API
    (``recipes.container.run_container(image=...)``, native backend) against ``runc run`` on
    the bundle ``umoci unpack`` made of it (root read-only), beside ``bwrap`` on the same
@@ -26,6 +27,11 @@ removed afterwards, the containers too. The machine's load average is printed be
 after. Needs root, umoci and runc (bwrap is optional).
 
     .venv/bin/python bench/images.py --runs 7
+
+``--big`` measures only what a 300 MB image costs: one made with umoci from parts of this
+machine's /usr (BIG_LAYERS, busybox in the first layer), imported with each backend against
+``umoci unpack`` (wall and CPU, children's included), imported again (layers known), and
+the start of ``true`` from it with the warm API.
 """
 from __future__ import annotations
 
@@ -48,6 +54,10 @@ from recipes import container  # noqa: E402
 from recipes import images  # noqa: E402
 from recipes.container import ids, lifecycle  # noqa: E402
 from recipes.container.rootfs import find_busybox  # noqa: E402
+from recipes.images import decompress  # noqa: E402
+
+#: the native backend's inflate: the isal package's, else zlib's
+INFLATE = decompress.inflate_lib.__name__.split(".")[-1].replace("isal_zlib", "isal")
 
 SOURCE = os.path.dirname(os.__file__)       # this Python's standard library
 SOURCE_BYTES = 30 << 20
@@ -171,12 +181,14 @@ def goal(ok: bool) -> str:
     return "goal met" if ok else "goal NOT met"
 
 
-def bench_import(layout: str, work: str, runs: int) -> tuple[float, float]:
-    """Medians (s) of import+unpack of ``three`` into an empty store, and of umoci unpack."""
+def bench_import(layout: str, work: str, runs: int) -> dict[str, float]:
+    """Medians (s) of import+unpack of ``three`` into an empty store (native and shell
+    backends), and of umoci unpack."""
     store_dir, bundle = os.path.join(work, "s-import"), os.path.join(work, "b-import")
 
-    def ours() -> None:
-        images.import_image(f"{layout}:three", "nsr-bench/three", images.Store(store_dir))
+    def ours(backend: str) -> Callable[[], None]:
+        return lambda: images.import_image(f"{layout}:three", "nsr-bench/three",
+                                           images.Store(store_dir), backend=backend)
 
     def umoci() -> None:
         check(["umoci", "unpack", "--image", f"{layout}:three", bundle])
@@ -186,8 +198,9 @@ def bench_import(layout: str, work: str, runs: int) -> tuple[float, float]:
             if os.path.lexists(path):
                 images.remove_tree(path)
 
-    t = interleaved({"ours": ours, "umoci": umoci}, runs, after=clean)
-    return statistics.median(t["ours"]), statistics.median(t["umoci"])
+    t = interleaved({"native": ours("native"), "shell": ours("shell"), "umoci": umoci}, runs,
+                    after=clean)
+    return {k: statistics.median(v) for k, v in t.items()}
 
 
 def runc_bundle(layout: str, work: str) -> str:
@@ -276,6 +289,105 @@ def bench_disk(store: images.Store, layout: str) -> tuple[bool, bool]:
     return one_ok, two_ok
 
 
+# --- --big: a 300 MB image made from parts of this machine's /usr ---------------------------
+
+#: the big image's layers: (directories of /usr, relative to /); busybox goes in the first
+BIG_LAYERS = [["usr/libexec", "usr/lib/python3"], ["usr/share/doc"],
+              ["usr/share/vim", "usr/share/icons"]]
+
+
+def make_big(work: str) -> str:
+    """The layout ``big`` in WORK/big-oci: three gzip layers of /usr's parts (BIG_LAYERS),
+    busybox in /bin of the first, added with ``umoci raw add-layer`` (GNU tar)."""
+    layout, tree = os.path.join(work, "big-oci"), os.path.join(work, "big-tree")
+    p0 = os.path.join(tree, "p0")
+    os.makedirs(os.path.join(p0, "bin"))
+    shutil.copy2(find_busybox(), os.path.join(p0, "bin", "busybox"))
+    for applet in ("sh", "true"):
+        os.symlink("busybox", os.path.join(p0, "bin", applet))
+    check(["umoci", "init", "--layout", layout])
+    check(["umoci", "new", "--image", f"{layout}:big"])
+    check(["umoci", "config", "--image", f"{layout}:big", "--config.env", "PATH=/bin"])
+    for i, dirs in enumerate(BIG_LAYERS):
+        tar = os.path.join(work, "layer.tar")
+        argv = ["tar", "--numeric-owner", "--ignore-failed-read", "-cf", tar]
+        argv += (["-C", p0, "."] if i == 0 else []) + ["-C", "/", *[d for d in dirs
+                                                                     if os.path.isdir("/" + d)]]
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if done.returncode not in (0, 1):        # 1: a file changed as it was read
+            raise SystemExit(f"bench: {' '.join(argv)} exited {done.returncode}: {done.stderr[-300:]!r}")
+        check(["umoci", "raw", "add-layer", "--image", f"{layout}:big", tar])
+        os.unlink(tar)
+    return layout
+
+
+def cpu_of(fn: Callable[[], None]) -> float:
+    """User + system CPU seconds of ``fn``, its children's included."""
+    before = os.times()
+    fn()
+    after = os.times()
+    return sum(after[:4]) - sum(before[:4])
+
+
+def bench_big(work: str, runs: int) -> None:
+    """What the 300 MB image costs: import (native and shell backends) against ``umoci
+    unpack``, interleaved, wall and CPU; then the start of ``true`` from it (warm API)
+    against the small ``three``."""
+    layout = make_big(work)
+    blobs = du(os.path.join(layout, "blobs"))
+    store_dir, bundle = os.path.join(work, "s-big"), os.path.join(work, "b-big")
+    cpu: dict[str, list[float]] = {"native": [], "shell": [], "umoci": []}
+
+    def ours(backend: str) -> Callable[[], None]:
+        return lambda: cpu[backend].append(cpu_of(lambda: images.import_image(
+            f"{layout}:big", "nsr-bench/big", images.Store(store_dir), backend=backend)))
+
+    def umoci() -> None:
+        cpu["umoci"].append(cpu_of(lambda: check(["umoci", "unpack", "--image",
+                                                  f"{layout}:big", bundle])))
+
+    def clean() -> None:
+        for path in (store_dir, bundle):
+            if os.path.lexists(path):
+                images.remove_tree(path)
+
+    t = interleaved({"native": ours("native"), "shell": ours("shell"), "umoci": umoci}, runs,
+                    after=clean)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    cpus = {k: statistics.median(v[1:]) for k, v in cpu.items()}
+    print(f"big image (3 layers of /usr: {', '.join('+'.join(d) for d in BIG_LAYERS)}; "
+          f"{blobs / 1e6:.0f} MB of gzip blobs), load average {load()}:")
+    for k in ("native", "shell", "umoci"):
+        label = {"native": f"image-import, native ({INFLATE})", "shell": "image-import, shell (gzip -dc)",
+                 "umoci": "umoci unpack"}[k]
+        print(f"  {label:32} {med[k]:6.2f} s wall, {cpus[k]:6.2f} s CPU "
+              f"({med[k] / med['umoci']:.2f}x umoci's wall)")
+    store = images.Store(store_dir)
+    images.import_image(f"{layout}:big", "nsr-bench/big", store, backend="native")
+    t0 = time.perf_counter()
+    images.import_image(f"{layout}:big", "nsr-bench/big2", store, backend="native")
+    again = time.perf_counter() - t0
+    print(f"  the store then holds {du(store.path('layers')) / 1e6:.0f} MB of layers, "
+          f"{du(store.path('blobs')) / 1e6:.0f} MB of blobs; a second import of it (layers "
+          f"known: only verified) {again:.2f} s")
+    os.environ["NSR_STORE_DIR"] = store_dir       # run_container's store
+    null = os.open(os.devnull, os.O_RDWR)
+
+    def api() -> None:
+        with Runner(backend="native") as run:
+            code = container.run_container(run, ["true"], image="nsr-bench/big",
+                                           stdin=null, stdout=null, stderr=null)
+        if code != 0:
+            raise SystemExit(f"bench: a container of big exited {code}")
+    try:
+        starts = interleaved({"big": api}, runs)["big"]
+    finally:
+        os.close(null)
+    q = statistics.quantiles(starts, n=4)
+    print(f"  start-to-exit of `true` from it (warm API, native): {median_ms(starts):.1f} ms "
+          f"median ({q[0] * 1000:.1f}-{q[2] * 1000:.1f}); load average {load()}")
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -283,6 +395,9 @@ def load() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7, help="timed runs of each variant (>= 5; default 7)")
+    ap.add_argument("--big", action="store_true",
+                    help="only the 300 MB image made from parts of this machine's /usr: its "
+                         "import (both backends) against umoci unpack, and its start")
     args = ap.parse_args()
     if args.runs < 5:
         raise SystemExit("bench: --runs must be at least 5")
@@ -297,11 +412,16 @@ def main() -> None:
     print(f"images bench: {args.runs} runs each, interleaved; {os.cpu_count()} CPUs; "
           f"load average {load()} at the start")
     try:
+        if args.big:
+            bench_big(work, args.runs)
+            return
         layout = make_images(work)
-        t_ours, t_umoci = bench_import(layout, work, args.runs)
-        ratio = t_ours / t_umoci
-        print(f"import+unpack of three (3 layers): {t_ours * 1000:.0f} ms; umoci unpack "
-              f"{t_umoci * 1000:.0f} ms: {ratio:.2f}x (<= 0.5x: {goal(ratio <= 0.5)})")
+        t = bench_import(layout, work, args.runs)
+        ratio = t["native"] / t["umoci"]
+        print(f"import+unpack of three (3 layers): {t['native'] * 1000:.0f} ms (native, {INFLATE}), "
+              f"{t['shell'] * 1000:.0f} ms (shell: gzip -dc); umoci unpack {t['umoci'] * 1000:.0f} "
+              f"ms: {ratio:.2f}x, {t['shell'] / t['umoci']:.2f}x (<= 0.5x: {goal(ratio <= 0.5)}); "
+              f"load average {load()}")
         store = images.Store(store_dir)
         for tag in ("three", "one", "ten"):
             images.import_image(f"{layout}:{tag}", f"nsr-bench/{tag}", store)

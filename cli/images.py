@@ -3,21 +3,27 @@ from __future__ import annotations
 
 from cli.common import nsr_task
 
+BACKEND_HELP = ("auto | shell | native: decompress the layers with `gzip -dc` / `zstd -dc` or "
+                "in Python (isal or zlib, zstandard) (default: $NSR_BACKEND, else auto = the "
+                "tool where installed); the tar is unpacked and checked in Python either way")
+
 
 @nsr_task(help={"path": "an OCI image layout directory (DIR, or DIR:REF for one of its "
                         "ref names), an oci-archive tar, or a docker save tar",
                 "name": "NAME[:TAG] to give the image (default: the name the archive "
-                        "carries, e.g. docker save's RepoTags; else it is listed by id)"})
-def image_import(c, path, name=None):
+                        "carries, e.g. docker save's RepoTags; else it is listed by id)",
+                "backend": BACKEND_HELP})
+def image_import(c, path, name=None, backend=None):
     """Import an image into the store: invoke image-import PATH [--name NAME[:TAG]]
 
     Every blob's sha256 and size is checked against its descriptor, and each layer's
     content against the config's diff_id, before anything is kept; each layer is unpacked
     once (whiteouts as overlayfs's) and shared by every image and container that uses it.
     The store: $NSR_STORE_DIR, else /var/lib/nsrecipes (root) or the user's data directory.
+    Layers are decompressed by `gzip -dc`/`zstd -dc` (shell backend) or in Python (native).
     """
     from recipes import images
-    done = images.import_image(path, name)
+    done = images.import_image(path, name, backend=backend)
     rec = done.record
     print(f"imported {done.name or '<none>'} ({done.kind}): id {rec['id']}, "
           f"{len(rec['layers'])} layer(s), {done.new_layers} new, in {done.seconds:.2f} s")
@@ -88,9 +94,10 @@ def image_prune(c):
                 "password_stdin": "read the password from standard input (with --username)",
                 "ca_file": "a PEM CA file to trust for the registry's HTTPS certificate",
                 "insecure": "allow plain HTTP and unchecked certificates for this registry "
-                            "(a registry on 127.0.0.0/8 may speak plain HTTP anyway)"})
+                            "(a registry on 127.0.0.0/8 may speak plain HTTP anyway)",
+                "backend": BACKEND_HELP})
 def image_pull(c, ref, name=None, username=None, password_stdin=False, ca_file=None,
-               insecure=False):
+               insecure=False, backend=None):
     """Pull an image from a registry (HTTP API v2): invoke image-pull REF [--name NAME[:TAG]]
 
     Bearer-token or Basic login as the registry asks; a manifest list picks this machine's
@@ -101,7 +108,7 @@ def image_pull(c, ref, name=None, username=None, password_stdin=False, ca_file=N
     from recipes.images import pull
     password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
     done = pull.pull_image(ref, name, username=username, password=password,
-                           ca_file=ca_file, insecure=insecure)
+                           ca_file=ca_file, insecure=insecure, backend=backend)
     rec = done.record
     print(f"pulled {done.name or '<none>'} ({done.kind}): id {rec['id']}, "
           f"{len(rec['layers'])} layer(s), {done.new_layers} new, in {done.seconds:.2f} s")

@@ -142,3 +142,19 @@ def run_many(commands: Sequence[tuple[Sequence[str], str | bytes | None]],
     if failure is not None:
         raise failure
     return results
+
+
+def stream(argv: Sequence[str], stdin: int):
+    """Start ``argv`` reading the file descriptor ``stdin``, its stdout a pipe to read as
+    a stream (a decompressor at the head of a pipeline: ``zstd -dc < BLOB | ...``); the
+    ``subprocess.Popen``. The caller waits for it and reads its stderr on failure."""
+    import subprocess
+
+    argv = [str(a) for a in argv]
+    path = shutil.which(argv[0])
+    if path is None:
+        raise ToolMissing(argv[0], package_for(argv[0]))
+    # no preexec_fn (it is unsafe where threads run): exec itself puts the caught SIGINT
+    # back to its default, and no Python code runs in the child before it
+    return subprocess.Popen([path, *argv[1:]], stdin=stdin, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)

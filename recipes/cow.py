@@ -23,9 +23,9 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from typing import Sequence
+from typing import Callable, Sequence
 
-from nsutil import mountinfo
+from nsutil import fsmount, mountinfo
 from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
 from nsutil import shell as nshell
@@ -136,11 +136,13 @@ def make_dir(run: Runner, path: str, undo: bool = True) -> str:
 
 
 def mount_overlay(run: Runner, lowers: Sequence[str], upper: str, work: str, merged: str,
-                  undo: bool = True, cwd: str | None = None) -> None:
+                  undo: bool = True, cwd: str | None = None, via: str = "paths") -> None:
     """Step: ``mount -t overlay overlay -o lowerdir=L1:L2,upperdir=U,workdir=W MERGED``
     (``lowers[0]`` is the top layer); undo (when asked): unmount it. With ``cwd`` the
     lowers are relative to it and the mount runs there (``cd CWD && mount ...``: short
-    lowers keep a long list within the options' page)."""
+    lowers keep a long list within the options' page). ``via`` says how the lowers reach
+    the kernel (:mod:`recipes.images.lowers`): ``paths``, ``short links``, or ``fsconfig
+    lowerdir+`` (native only: one ``fsconfig`` call per lower, :mod:`nsutil.fsmount`)."""
     for p in list(lowers) + [upper, work, merged]:
         check_overlay_path(p)
     if not lowers:
@@ -186,10 +188,38 @@ def mount_overlay(run: Runner, lowers: Sequence[str], upper: str, work: str, mer
 
     if not run.explain:
         _check_upper(upper)
+    if via == fsmount.VIA:
+        _mount_overlay_fsconfig(run, lowers, upper, work, merged, undo_step, why)
+        return
+    how = (", as short links: their paths would not fit mount(2)'s one-page options"
+           if via == "short links" else "")
     argv = ["mount", "-t", "overlay", "overlay", "-o", opts, merged]
-    run.run(Step(f"mount an overlay on {merged} ({len(lowers)} lower layer(s), writes go to {upper})",
-                 argv=argv, display=f"cd {cwd} && {' '.join(argv)}" if cwd else None,
+    run.run(Step(f"mount an overlay on {merged} ({len(lowers)} lower layer(s){how}, writes go "
+                 f"to {upper})", argv=argv, display=f"cd {cwd} && {' '.join(argv)}" if cwd else None,
                  native=native, shell=shell, undo=undo_step))
+
+
+def _mount_overlay_fsconfig(run: Runner, lowers: Sequence[str], upper: str, work: str,
+                            merged: str, undo_step: Step | None, why: Callable[[], str]) -> None:
+    """Step (native only): the same overlay through the new mount API, each lower appended
+    with ``fsconfig(fd, FSCONFIG_SET_STRING, "lowerdir+", PATH)`` (Linux 6.8+)."""
+    def native() -> None:
+        try:
+            fsmount.mount_overlay(lowers, upper, work, merged, userxattr=bool(run.rootless))
+        except SyscallError as exc:
+            raise SyscallError(exc.call, exc.errno, f"{exc.hint}; {why()}" if exc.hint
+                               else why()) from None
+
+    shown = [f"fsconfig lowerdir+={p}" for p in lowers]
+    if len(shown) > 3:
+        shown = shown[:2] + [f"... ({len(lowers) - 3} more)", shown[-1]]
+    display = "; ".join(["fsopen overlay", *shown, f"fsconfig upperdir={upper}",
+                         f"fsconfig workdir={work}", *(["fsconfig userxattr"] if run.rootless else []),
+                         "fsconfig create", f"fsmount; move_mount {merged}"])
+    run.run(Step(f"mount an overlay on {merged} ({len(lowers)} lower layer(s) appended one by "
+                 f"one with fsconfig lowerdir+: their paths would not fit mount(2)'s one-page "
+                 f"options, writes go to {upper})", display=display, native=native,
+                 undo=undo_step))
 
 
 #: the first kernel whose overlayfs mounts in a user namespace (``userxattr``: its own

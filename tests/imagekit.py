@@ -136,6 +136,11 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def layer_digest(data: bytes) -> str:
+    """``sha256:HEX`` of a layer's tar (its diff_id)."""
+    return _digest(data)
+
+
 def docker25(docker_archive: str, dest: str) -> str:
     """Docker 25's ``docker save`` tar, by the format: an OCI layout (index.json,
     oci-layout, blobs/sha256/*) with the layers uncompressed, and the old manifest.json
@@ -172,13 +177,18 @@ def docker25(docker_archive: str, dest: str) -> str:
 def write_layout(dest: str, layers: list[bytes], *, compress: str = "gzip",
                  config: dict | None = None, diff_ids: list[str] | None = None,
                  media_type: str | None = None) -> str:
-    """An OCI layout in ``dest`` with the given layer tars (gzip, zstd or "" none); the
+    """An OCI layout in ``dest`` with the given layer tars (gzip, gzip2: two members, zstd
+    or "" none); the
     config's diff_ids and the layers' media type may be overridden (damaged images)."""
     blobs: dict[str, bytes] = {}
     descs = []
     for raw in layers:
         if compress == "gzip":
             blob, kind = gzip.compress(raw, mtime=0), "tar+gzip"
+        elif compress == "gzip2":        # two gzip members, as a parallel gzip may write
+            half = len(raw) // 2
+            blob = gzip.compress(raw[:half], mtime=0) + gzip.compress(raw[half:], mtime=0)
+            kind = "tar+gzip"
         elif compress == "zstd":
             import zstandard
             blob, kind = zstandard.ZstdCompressor().compress(raw), "tar+zstd"

@@ -182,7 +182,8 @@ def prepare(run: Runner, argv: Sequence[str], rootfs: str | None = None,
     img = None
     if options.get("image") is not None:
         from recipes.container import fromimage
-        img, argv, options = fromimage.open_image(options.pop("image"), rootfs, argv, options)
+        img, argv, options = fromimage.open_image(options.pop("image"), rootfs, argv, options,
+                                                 backend=str(run.backend))
     options.pop("image", None)
     spec = make_spec(argv, rootfs, **options)
     if img is not None:

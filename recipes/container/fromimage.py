@@ -71,19 +71,20 @@ def apply_config(img: images.RunImage, argv: Sequence[str],
     return command, options
 
 
-def open_image(ref: str, rootfs: str | None, argv: Sequence[str],
-               options: dict[str, Any]) -> tuple[images.RunImage, list[str], dict[str, Any]]:
+def open_image(ref: str, rootfs: str | None, argv: Sequence[str], options: dict[str, Any],
+               backend: str = "native") -> tuple[images.RunImage, list[str], dict[str, Any]]:
     """The image ``ref`` for a container (``--rootfs`` refused beside it), and the command
-    and options with its config applied."""
+    and options with its config applied; ``backend`` decides how a long list of layers
+    is mounted (:func:`recipes.images.for_container`)."""
     images.check_not_both(ref, rootfs)
-    img = images.for_container(ref)
+    img = images.for_container(ref, backend=backend)
     command, options = apply_config(img, argv, options)
     return img, command, options
 
 
 def settle_image(spec: Spec, img: images.RunImage) -> None:
     """The spec's lowers are the image's; the command and user are found in its layers."""
-    spec.lowers, spec.lowers_cwd = img.lowers.paths, img.lowers.cwd
+    spec.lowers, spec.lowers_cwd, spec.lowers_via = img.lowers.paths, img.lowers.cwd, img.lowers.via
     spec.image_id, spec.image_name = img.id, img.name
     try:
         settle(spec, img.layers[0], img.resolve)

@@ -279,7 +279,7 @@ def inside_steps(run: Runner, spec: Spec, ct: Container) -> None:
     """Everything PID 1 does before the command (see the module docstring)."""
     make_rslave(run)
     mount_overlay(run, spec.lowers or [ct.rootfs], ct.upper, ct.work, ct.merged, undo=False,
-                  cwd=spec.lowers_cwd)
+                  cwd=spec.lowers_cwd, via=spec.lowers_via)
     mount_proc(run, ensure_mountpoint(run, ct.merged, ct.rootfs, "/proc", "the mountpoint"))
     dev = ensure_mountpoint(run, ct.merged, ct.rootfs, "/dev", "the mountpoint")
     if spec.ids is not None:    # without root: no mknod, the host's nodes bound instead

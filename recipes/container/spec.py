@@ -106,6 +106,8 @@ class Spec:
     #: in (relative short links), instead of ``rootfs`` as the one lower
     lowers: list[str] | None = None
     lowers_cwd: str | None = None
+    #: how the lowers reach the kernel: "paths", "short links" or "fsconfig lowerdir+"
+    lowers_via: str = "paths"
     #: --image: the image's id (its config's digest) and the name it was asked by
     image_id: str | None = None
     image_name: str | None = None

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from nsutil import procfs
+from nsutil import fsmount, procfs
 from nsutil.errors import Conflict, NsrError
 
 from recipes.common.leftover import Leftover
@@ -34,7 +34,7 @@ from recipes.images import view
 from recipes.images.blobs import BadImage, hex_of, short  # noqa: F401 (public API)
 from recipes.images.importer import (Imported, check_not_both, import_image,  # noqa: F401
                                      referenced)
-from recipes.images.lowers import Lowers, choose
+from recipes.images.lowers import Lowers, choose, fits
 from recipes.images.store import Store, drop, read_json, remove_tree, store_dir, write_json  # noqa: F401
 
 SECTION = "images: read-only layers shared on disk (copy-on-write)"
@@ -216,15 +216,18 @@ class RunImage:
         return view.resolve(self.layers, path)
 
 
-def for_container(ref: str, store: Store | None = None) -> RunImage:
-    """The image ``ref`` as a container mounts it: lowers bottom layer last, and its config."""
+def for_container(ref: str, store: Store | None = None, backend: str = "native") -> RunImage:
+    """The image ``ref`` as a container mounts it: lowers bottom layer last, and its config.
+    Past the options' page, the native (or auto) backend appends the lowers with fsconfig
+    where the kernel can (probed: Linux 6.8+); the shell backend uses short links."""
     store = store or Store()
     rec = find(ref, store)
     config = read_json(store.blob(rec["id"])) or {}
     diff_ids = [layer["diff_id"] for layer in reversed(rec["layers"])]
     diffs = [store.diff(d) for d in diff_ids]
     links = [str(store.layer_info(d).get("link", "")) for d in diff_ids]
-    return RunImage(rec["id"], ref, diffs, choose(store.root, diffs, links),
+    plus = backend != "shell" and not fits(diffs) and fsmount.lowerdir_plus()
+    return RunImage(rec["id"], ref, diffs, choose(store.root, diffs, links, plus),
                     config.get("config") or {})
 
 

@@ -65,7 +65,7 @@ def demo(run: Runner, image: str) -> dict:
     made a user namespace and a mount namespace first, with ``userxattr``. The image and
     its store are looked up before (inside, this user is root: the store is still its own)."""
     store = images.Store()
-    img = images.for_container(image, store)
+    img = images.for_container(image, store, backend=str(run.backend))
     if run.rootless:
         cow.require_userxattr("cow-demo --image without root")
         run.say_owner()        # here, before the fork: the child's steps would say it again
@@ -90,7 +90,7 @@ def _demo(run: Runner, image: str, img: images.RunImage, store: images.Store) ->
         for sub in ("upper", "work", "merged"):
             cow.make_dir(run, f"{base}/{c}/{sub}", undo=False)
         cow.mount_overlay(run, img.lowers.paths, f"{base}/{c}/upper", f"{base}/{c}/work",
-                          f"{base}/{c}/merged", cwd=img.lowers.cwd)
+                          f"{base}/{c}/merged", cwd=img.lowers.cwd, via=img.lowers.via)
         merged[c], uppers[c] = f"{base}/{c}/merged", f"{base}/{c}/upper"
     line = (f"{'cd ' + img.lowers.cwd + ' && ' if img.lowers.cwd else ''}mount -t overlay overlay "
             f"-o {img.lowers.option()},upperdir={uppers['c1']},workdir={base}/c1/work"

@@ -19,20 +19,23 @@ import base64
 import hashlib
 import json
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
+from nsutil.backend import resolve_backend
 from nsutil.errors import InvalidInput
 
-from recipes.images import dockerarchive, layout
+from recipes.images import decompress, dockerarchive, layout
 from recipes.images import mediatypes as mt
 from recipes.images import refs as refnames
 from recipes.images import whiteouts
 from recipes.images.blobs import BadImage, chunks, copy_verified, hex_of, short
 from recipes.images.source import Source, TarFiles, open_files
 from recipes.images.store import Store, remove_tree, write_json
-from recipes.images.unpack import LayerUnpacker
+from recipes.images.unpack import LayerUnpacker, Unpacked
 
 LINK_LEN = 26
 
@@ -101,10 +104,13 @@ class Importer:
     """One import into ``store``: blobs verified into a staging directory, layers unpacked
     there, then :meth:`commit`."""
 
-    def __init__(self, store: Store, staging: str):
-        self.store, self.staging = store, staging
+    def __init__(self, store: Store, staging: str, backend: str = "auto"):
+        self.store, self.staging, self.backend = store, staging, backend
         self.blobs: dict[str, str] = {}          # digest -> staged path
         self.layers: dict[str, dict] = {}        # diff_id -> {"dir", "size"} staged
+        self.claimed: set[str] = set()           # diff_ids unpacked (or being) by this import
+        self.results: dict[str, Unpacked] = {}   # layer -> what its unpacking made
+        self.lock = threading.Lock()
         self.skipped_devices: list[str] = []
         self.dropped_xattrs: list[str] = []
         self.dropped_caps: list[str] = []
@@ -118,35 +124,66 @@ class Importer:
             self.blobs[desc["digest"]] = path
         return path
 
-    def add_layer(self, blob: str, desc: dict, diff_id: str, what: str) -> None:
-        """Unpack the staged blob of a layer (only hash it if the store has the layer) and
-        check its diff_id."""
+    def add_layer(self, blob: str, desc: dict, diff_id: str, what: str) -> Callable[[], None]:
+        """Claim a layer (in the importing thread) and return its work: unpack the staged
+        blob (only hash it if the store has the layer, or an earlier layer of this image is
+        the same) and check its diff_id. The work may run in any thread (:class:`Unpacks`)."""
         compression = mt.layer_compression(desc.get("mediaType", ""), what)
-        have = os.path.isdir(self.store.diff(diff_id)) or diff_id in self.layers
+        have = os.path.isdir(self.store.diff(diff_id)) or diff_id in self.claimed
+        self.claimed.add(diff_id)
         target = os.path.join(self.staging, "layers", hex_of(diff_id))
-        with open(blob, "rb") as raw:
+        return lambda: self.unpack_layer(blob, compression, None if have else target,
+                                         diff_id, what)
+
+    def unpack_layer(self, blob: str, compression: str, target: str | None, diff_id: str,
+                     what: str) -> None:
+        """Decompress the blob, hash its tar and (with ``target``) unpack it there; the hash
+        must be ``diff_id``. A tool that failed (shell backend) is the reason given, also
+        when the unpacking stopped first (on the tool's short output)."""
+        with open(blob, "rb", buffering=0) as raw:
+            stream = decompress.open_layer(raw, compression, self.backend, what)
+            tool = stream if isinstance(stream, decompress.ToolReader) else None
+            reader = decompress.Prefetch(stream)
             try:
-                reader = HashingReader(mt.decompressed(raw, compression))
                 result = None
-                if not have:
+                if target is not None:
                     os.makedirs(os.path.join(target, "diff"), 0o755)
                     result = LayerUnpacker(os.path.join(target, "diff"), what).unpack(reader)
                 got = reader.digest()
-            except (OSError, EOFError, ValueError) as exc:
+            except decompress.errors() as exc:
+                failed = tool.finish() if tool else None    # the tool's words, if it failed
+                if failed:
+                    raise failed from None
                 if isinstance(exc, BadImage):
                     raise
                 raise BadImage(f"{what} cannot be decompressed ({compression or 'tar'}): {exc}",
                                hint="the layer is damaged or its media type is wrong: nothing "
                                     "was imported") from None
+            else:
+                failed = tool.finish() if tool else None
+                if failed:
+                    raise failed
+            finally:
+                reader.close()
+                if tool:
+                    tool.kill()
         if got != diff_id:
             raise BadImage(f"{what}'s content does not match the config's diff_id: "
                            f"{short(got)} is not {short(diff_id)}",
                            hint="the image is damaged or was changed: nothing was imported")
         if result is not None:
-            self.layers[diff_id] = {"dir": target, "size": result.size}
-            self.skipped_devices += result.skipped_devices
-            self.dropped_xattrs += result.dropped_xattrs
-            self.dropped_caps += result.dropped_caps
+            with self.lock:
+                self.layers[diff_id] = {"dir": target, "size": result.size}
+                self.results[what] = result
+
+    def notes(self, order: list[str]) -> None:
+        """The layers' notes (devices skipped, xattrs and capabilities dropped), bottom-up."""
+        for what in order:
+            result = self.results.get(what)
+            if result is not None:
+                self.skipped_devices += result.skipped_devices
+                self.dropped_xattrs += result.dropped_xattrs
+                self.dropped_caps += result.dropped_caps
 
     def commit(self, record: dict[str, Any], name: str | None) -> int:
         """Under the store's lock: blobs and layers into place, the record, the name.
@@ -196,23 +233,56 @@ class Importer:
         return base64.b32encode(bytes.fromhex(hex_of(diff_id))).decode()[:LINK_LEN]
 
 
-def import_image(path: str, name: str | None = None, store: Store | None = None) -> Imported:
-    """``image-import PATH [--name NAME[:TAG]]``: verify, unpack and keep the image."""
+class Unpacks:
+    """The layers' unpacking, run beside the copying of the next blobs: in threads (one per
+    CPU, at most one per layer), since zlib, hashlib and the file system calls let go of the
+    GIL. Blobs come in one at a time (a stream may be an archive's member or an HTTP
+    response); each layer unpacks from its own staged blob into its own directory. Leaving
+    the ``with`` block waits for every unpacking (none writes into a staging directory that
+    is being removed) and raises the error of the lowest layer that failed, as a serial
+    import would have."""
+
+    def __init__(self, layers: int):
+        workers = max(1, min(layers, os.cpu_count() or 1))
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="nsr-unpack")
+        self.futures: list[Future] = []
+
+    def start(self, work: Callable[[], None]) -> None:
+        """Run ``work`` (an :meth:`Importer.add_layer`'s) in the pool."""
+        self.futures.append(self.pool.submit(work))
+
+    def __enter__(self) -> "Unpacks":
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=kind is not None)
+        if kind is not None and not issubclass(kind, Exception):
+            return                            # Ctrl-C: raised as it is
+        for future in self.futures:
+            if not future.cancelled() and future.exception() is not None:
+                raise future.exception()     # type: ignore[misc]
+
+
+def import_image(path: str, name: str | None = None, store: Store | None = None,
+                 backend: str | None = None) -> Imported:
+    """``image-import PATH [--name NAME[:TAG]]``: verify, unpack and keep the image.
+    ``backend``: who decompresses (:mod:`recipes.images.decompress`)."""
     wanted = refnames.normalize(name) if name else None
-    return import_source(open_source(path), wanted, store)
+    return import_source(open_source(path), wanted, store, backend)
 
 
-def import_source(source: Source, wanted: str | None = None,
-                  store: Store | None = None) -> Imported:
+def import_source(source: Source, wanted: str | None = None, store: Store | None = None,
+                  backend: str | None = None) -> Imported:
     """Verify, unpack and keep the image ``source`` gives (an archive's or a registry's), as
     ``wanted`` (NAME:TAG, normalized) or the first name it suggests; closes its files."""
     began = time.monotonic()
     store = store or Store()
+    backend = resolve_backend(backend)
     try:
         store.make_dirs()
         with store.staging() as staging:
             whiteouts.probe(store.root, staging)
-            imp = Importer(store, staging)
+            imp = Importer(store, staging, backend)
             manifest, manifest_digest, config_raw = source.read_top(staging)
             config_desc, layer_descs = mt.check_manifest(manifest, "the image's manifest")
             imp.blobs[config_desc["digest"]] = os.path.join(staging, hex_of(config_desc["digest"]))
@@ -224,11 +294,14 @@ def import_source(source: Source, wanted: str | None = None,
                 raise BadImage("the image's config is not JSON", hint="the image is damaged: "
                                "nothing was imported") from None
             diff_ids = mt.check_config(config, layer_descs, "the image's config")
-            for i, (desc, diff_id) in enumerate(zip(layer_descs, diff_ids)):
-                what = f"layer {i + 1} of {len(layer_descs)} ({short(desc['digest'])})"
-                with source.files.open(source.blob_name(desc["digest"])) as stream:
-                    blob = imp.add_blob(stream, desc, what)
-                imp.add_layer(blob, desc, diff_id, what)
+            order = [f"layer {i + 1} of {len(layer_descs)} ({short(d['digest'])})"
+                     for i, d in enumerate(layer_descs)]
+            with Unpacks(len(layer_descs)) as unpacks:
+                for what, desc, diff_id in zip(order, layer_descs, diff_ids):
+                    with source.files.open(source.blob_name(desc["digest"])) as stream:
+                        blob = imp.add_blob(stream, desc, what)
+                    unpacks.start(imp.add_layer(blob, desc, diff_id, what))
+            imp.notes(order)
             record = make_record(config_desc, manifest_digest, layer_descs, diff_ids, source.kind)
             if not wanted and source.names:
                 wanted = refnames.normalize(source.names[0])

@@ -95,7 +95,8 @@ def registry_source(client: Client) -> Source:
 
 def pull_image(ref: str, name: str | None = None, *, username: str | None = None,
                password: str | None = None, ca_file: str | None = None,
-               insecure: bool = False, store: Store | None = None) -> Imported:
+               insecure: bool = False, store: Store | None = None,
+               backend: str | None = None) -> Imported:
     """``image-pull REF [--name NAME[:TAG]]``: fetch, verify, unpack and keep the image.
 
     ``username``/``password`` log in (else ``~/.docker/config.json``'s ``auths``);
@@ -110,4 +111,4 @@ def pull_image(ref: str, name: str | None = None, *, username: str | None = None
         raise RegistryError(f"--ca-file {ca_file} is not a file", hint="give a PEM file of "
                             "the CA that signed the registry's certificate")
     client = Client(parsed, (username, password) if username else None, ca_file, insecure)
-    return import_source(registry_source(client), wanted, store)
+    return import_source(registry_source(client), wanted, store, backend)

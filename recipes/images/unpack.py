@@ -36,6 +36,8 @@ from recipes.images.blobs import BadImage, chunks
 
 XATTR_PREFIX = "SCHILY.xattr."
 KEPT_XATTRS = ("user.", "security.capability")
+#: tarfile's read size on the stream (its default, 10 KiB, costs a call per 10 KiB)
+BUFSIZE = 64 << 10
 
 
 class HostileLayer(BadImage):
@@ -133,13 +135,14 @@ def xattrs_of(member: tarfile.TarInfo) -> dict[str, bytes]:
 
 
 def apply_metadata(path: str, member: tarfile.TarInfo, as_root: bool,
-                   result: Unpacked) -> None:
+                   result: Unpacked, owned_by_root: bool = False) -> None:
     """Owner (as root), mode, xattrs, mtime, in that order (chown clears setuid bits and
     file capabilities, so it goes first). Notes in ``result`` the ``user.*`` xattrs the
     filesystem could not keep (EOPNOTSUPP: e.g. a tmpfs before Linux 6.6) and, without
-    root, the file capabilities left out."""
+    root, the file capabilities left out. ``owned_by_root``: the entry was just made by
+    uid 0 and gid 0, so an owner of 0:0 needs no chown."""
     dropped = result.dropped_xattrs
-    if as_root:
+    if as_root and not (owned_by_root and member.uid == 0 and member.gid == 0):
         os.chown(path, member.uid, member.gid, follow_symlinks=False)
     if not member.issym():
         os.chmod(path, stat.S_IMODE(member.mode))
@@ -167,13 +170,18 @@ class LayerUnpacker:
         self.opaque_xattr = opaque_xattr or whiteouts.opaque_xattr()
         self.dirs: list[tuple[str, tarfile.TarInfo]] = []
         self.known: set[str] = set()
+        #: every path this layer's entries made: anything else cannot exist yet (the
+        #: directory started empty and only this process writes it), so needs no lstat
+        self.made: set[str] = set()
+        #: a file made now is 0:0 (no setgid directory above it while unpacking)
+        self.owned_by_root = self.as_root and os.geteuid() == 0 and os.getegid() == 0
         self.result = Unpacked()
 
     def unpack(self, stream: BinaryIO) -> Unpacked:
         """Every entry of the tar ``stream`` (read once, front to back), then the directories'
         metadata."""
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            with tarfile.open(fileobj=stream, mode="r|", bufsize=BUFSIZE) as tar:
                 for member in tar:
                     self.entry(tar, member)
         except tarfile.TarError as exc:
@@ -200,11 +208,14 @@ class LayerUnpacker:
             self.whiteout(parent, base)
             return
         path = os.path.join(parent, base)
-        if not member.isdir():
-            forget(self.known, path)
-        clear(path, keep_dir=member.isdir())
+        there = path in self.made or path in self.known
+        if there:
+            if not member.isdir():
+                forget(self.known, path)
+            clear(path, keep_dir=member.isdir())
+        self.made.add(path)
         try:
-            self.make(tar, member, path)
+            self.make(tar, member, path, there)
         except OSError as exc:
             raise SyscallError.from_oserror(f"unpack {member.name!r} of {self.what}", exc) from None
 
@@ -214,14 +225,18 @@ class LayerUnpacker:
             whiteouts.make_opaque(parent, self.opaque_xattr)
         elif not base.startswith(whiteouts.META_PREFIX):
             hidden = os.path.join(parent, base[len(whiteouts.WHITEOUT_PREFIX):])
-            forget(self.known, hidden)
-            clear(hidden, keep_dir=False)
+            if hidden in self.made or hidden in self.known:
+                forget(self.known, hidden)
+                clear(hidden, keep_dir=False)
+            self.made.add(hidden)
             whiteouts.make_whiteout(hidden)
 
-    def make(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
-        """Create the entry at ``path`` and give it its metadata (directories: later)."""
+    def make(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str,
+             there: bool = True) -> None:
+        """Create the entry at ``path`` and give it its metadata (directories: later).
+        ``there``: a directory may be there already (an earlier entry made it)."""
         if member.isdir():
-            if not os.path.isdir(path):
+            if not there or not os.path.isdir(path):
                 os.mkdir(path, 0o700)
             self.dirs.append((path, member))
             return
@@ -243,7 +258,7 @@ class LayerUnpacker:
         else:
             raise BadImage(f"{self.what}: entry {member.name!r} has the unknown tar type "
                            f"{member.type!r}", hint="the layer is damaged")
-        apply_metadata(path, member, self.as_root, self.result)
+        apply_metadata(path, member, self.as_root, self.result, self.owned_by_root)
 
     def write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
         """A regular file's data (O_EXCL|O_NOFOLLOW: never through a link)."""
