@@ -238,6 +238,17 @@ def mount_record(path: str) -> dict | None:
             "root": m.root, "unique_id": unique_id(path)}
 
 
+def still_mounted(record: dict | None, mounts: list[Mount] | None = None) -> bool:
+    """True if the mount ``record`` (from :func:`mount_record`) names is still in this mount
+    namespace, on top or covered by later mounts: same mount ID, parent ID, mount point and
+    root (a mount ID is reused only once its mount is gone, so these four tell it)."""
+    if not isinstance(record, dict):
+        return False
+    return any([m.mount_id, m.parent_id, m.mount_point, m.root]
+               == [record.get("mount_id"), record.get("parent_id"), record.get("mount_point"),
+                   record.get("root")] for m in (mounts if mounts is not None else read()))
+
+
 def is_recorded(path: str, record: dict | None) -> bool:
     """True if the topmost mount on ``path`` is the one ``record`` (from :func:`mount_record`)
     names: same mount ID, parent ID, mount point and root, and the same unique ID where the

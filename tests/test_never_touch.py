@@ -252,6 +252,39 @@ def _interrupt() -> None:
     raise KeyboardInterrupt
 
 
+def test_a_bind_of_ours_keeps_its_record_while_it_is_mounted(tmp_path) -> None:
+    """A bind of nsrecipes' on the state directory keeps its record for as long as it is
+    mounted: when someone else's bind of the directory lands on top of ours, the next
+    private bind goes above theirs and both of ours are recorded; the last removal then
+    unmounts the top one and must keep the record of the one under theirs (it cannot reach
+    it), and once theirs is gone the next removal unmounts that one too. Nothing is left
+    that no record names, and their bind is never touched."""
+    base = str(tmp_path / "state")
+
+    def in_a_mount_namespace() -> list:
+        from recipes.env import holder, state as envstate
+        _own_mount_namespace(base)
+        run = envstate.quiet_runner()
+
+        def on_base() -> int:
+            return sum(1 for m in mountinfo.read() if m.mount_point == base)
+        with holder.private_base(run):
+            pass
+        sc.mount(base, base, None, sc.MS_BIND)           # theirs, on top of ours
+        theirs = mountinfo.mount_record(base)
+        with holder.private_base(run):
+            pass
+        seen = [on_base()]                               # ours, theirs, ours
+        holder.release_private_base(run)
+        seen += [on_base(), mountinfo.is_recorded(base, theirs)]
+        sc.umount(base)                                  # they take theirs away
+        holder.release_private_base(run)
+        seen += [on_base(), sorted(os.listdir(base)) if os.path.isdir(base) else None]
+        return seen
+
+    assert process.fork_call(in_a_mount_namespace) == [3, 2, True, 0, None]
+
+
 def test_a_ctrl_c_while_mount_binds_leaves_no_bind(tmp_path) -> None:
     """A Ctrl-C that lands while ``mount --bind`` runs (the shell form: Python is waiting for
     the child, which finishes the bind) must not leave the bind either. Mocked: only the

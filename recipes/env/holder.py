@@ -393,11 +393,12 @@ def _bind_records(base: str) -> list[dict]:
     pending = next((r for r in records if r.get("pending")), None)
     if pending is None:
         return records
+    earlier = [r for r in records if not r.get("pending")]
     top = mountinfo.covering(base)
     if (top is None or top.mount_id in pending.get("before", [])
             or [top.dev, top.root] != pending.get("source")):
-        return []
-    done = [mountinfo.mount_record(base)]
+        return earlier
+    done = earlier + [mountinfo.mount_record(base)]
     state.atomic_write_json(path, done)
     return done
 
@@ -423,11 +424,16 @@ def _bind_on_top(base: str, bind: Callable[[], None]) -> None:
     The record is written first as pending (what was on ``base`` before, and the source), so
     a SIGKILL between ``mount`` and the full record still leaves a bind the next run knows as
     ours (:func:`_bind_records`). Whatever else stops it half-way -- a full disk, a Ctrl-C
-    while ``mount`` runs or before the record -- takes the new mounts down again."""
-    before = sorted(m.mount_id for m in mountinfo.read() if m.mount_point == base)
+    while ``mount`` runs or before the record -- takes the new mounts down again. The
+    records of earlier binds of ours that are still mounted (covered by another mount) are
+    kept beside the new one: a record is dropped only with its mount, so no bind of ours is
+    ever left that no record names."""
+    mounts = mountinfo.read()
+    before = sorted(m.mount_id for m in mounts if m.mount_point == base)
     path = os.path.join(base, BIND_RECORD)
-    state.atomic_write_json(path, [{"pending": True, "before": before,
-                                    "source": _source_of(base)}])
+    earlier = [r for r in _bind_records(base) if mountinfo.still_mounted(r, mounts)]
+    state.atomic_write_json(path, earlier + [{"pending": True, "before": before,
+                                              "source": _source_of(base)}])
     try:
         bind()
         top = mountinfo.mount_record(base)
@@ -436,15 +442,23 @@ def _bind_on_top(base: str, bind: Callable[[], None]) -> None:
                  for m in mountinfo.read() if m.mount_point == base and m.mount_id not in before]
         records = [top if top is not None and r["mount_id"] == top["mount_id"] else r
                    for r in added]
-        state.atomic_write_json(path, records)
+        state.atomic_write_json(path, earlier + records)
     except BaseException:
         for _ in range(4):      # the bind and a propagated copy, at most
             on_top = mountinfo.covering(base)
             if on_top is None or on_top.mount_id in before:
                 break
             sc.umount(base, sc.MNT_DETACH)
-        sc.remove_if_present(path)
+        _keep_records(path, earlier)
         raise
+
+
+def _keep_records(path: str, records: list[dict]) -> None:
+    """Write ``records`` as the bind record, or remove it when there are none."""
+    if records:
+        state.atomic_write_json(path, records)
+    else:
+        sc.remove_if_present(path)
 
 
 @contextmanager
@@ -520,5 +534,8 @@ def release_private_base(run: Runner) -> None:
             run.run(Step(f"no environment is left: unmount our private bind of {base}",
                          argv=["umount", "-l", base],
                          native=lambda: sc.umount(base, sc.MNT_DETACH)))
-        sc.remove_if_present(os.path.join(base, BIND_RECORD))
+        # a bind of ours still mounted (under a mount of someone else's) keeps its record
+        mounts = mountinfo.read()
+        _keep_records(os.path.join(base, BIND_RECORD),
+                      [r for r in records if mountinfo.still_mounted(r, mounts)])
         state.prune(have_lock=True)
