@@ -65,6 +65,13 @@ PARTS = 10
 CONTAINERS = 20
 
 
+def remove_trees(*paths: str) -> None:
+    """Remove each of ``paths`` that exists (a store, an unpacked bundle)."""
+    for path in paths:
+        if os.path.lexists(path):
+            images.remove_tree(path)
+
+
 def check(argv: list[str], **kw) -> str:
     """Run a tool; its stdout (the bench stops with its stderr when it fails)."""
     done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
@@ -194,9 +201,7 @@ def bench_import(layout: str, work: str, runs: int) -> dict[str, float]:
         check(["umoci", "unpack", "--image", f"{layout}:three", bundle])
 
     def clean() -> None:
-        for path in (store_dir, bundle):
-            if os.path.lexists(path):
-                images.remove_tree(path)
+        remove_trees(store_dir, bundle)
 
     t = interleaved({"native": ours("native"), "shell": ours("shell"), "umoci": umoci}, runs,
                     after=clean)
@@ -347,9 +352,7 @@ def bench_big(work: str, runs: int) -> None:
                                                   f"{layout}:big", bundle])))
 
     def clean() -> None:
-        for path in (store_dir, bundle):
-            if os.path.lexists(path):
-                images.remove_tree(path)
+        remove_trees(store_dir, bundle)
 
     t = interleaved({"native": ours("native"), "shell": ours("shell"), "umoci": umoci}, runs,
                     after=clean)

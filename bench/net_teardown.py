@@ -33,7 +33,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from net_topo import IP, _ip, leftovers, median, used_kib  # noqa: E402
+from net_topo import IP, build_lab, ip_run, leftovers, median, used_kib  # noqa: E402
 from nsutil import netlink as nl  # noqa: E402
 from nsutil.backend import Runner  # noqa: E402
 from recipes.labs import build as topo  # noqa: E402
@@ -78,7 +78,7 @@ def timed_teardown(work) -> dict:
 def bare(names: list[str]) -> dict:
     """As many bare namespaces made (not timed) and deleted by one ``ip -batch``."""
     for start in range(0, len(names), 4000):
-        _ip("-batch", "-", input="".join(f"netns add {ns}\n" for ns in names[start:start + 4000]))
+        ip_run("-batch", "-", input="".join(f"netns add {ns}\n" for ns in names[start:start + 4000]))
     cleanup_seconds()
     # -force, status not checked: on past one that is gone (a cleanup run beside this one
     # may take nsr- names); what is left is counted
@@ -94,14 +94,8 @@ def lab(plan: topo.Plan, settled: bool = True) -> dict:
     call timed by kind (with a bridge: hub and switches; the hosts). ``settled``: once the
     kernel's memory has stopped moving after the build (else right after it)."""
     out = open(os.devnull, "w")
-    start = time.perf_counter()
     run = Runner(backend="native", keep=True, out=out)
-    try:
-        topo.build(run, plan, etc_hosts=False)
-    except BaseException:
-        run.undo()
-        raise
-    build = time.perf_counter() - start
+    build = build_lab(run, plan)
     if settled:
         cleanup_seconds()
     bridged, calls = set(plan.bridges), {"bridged": 0.0, "hosts": 0.0}

@@ -109,6 +109,17 @@ def plan_for(hosts: int, scope: str) -> "topo.Plan":
     return topo.plan_shape(SHAPE, hosts, scope, ipv6=IPV6)
 
 
+def build_lab(run: Runner, plan: "topo.Plan") -> float:
+    """Build ``plan`` with recipes.labs.build (undone if it fails half-way); its seconds."""
+    start = time.perf_counter()
+    try:
+        topo.build(run, plan, etc_hosts=False)
+    except BaseException:
+        run.undo()
+        raise
+    return time.perf_counter() - start
+
+
 def used_kib() -> int:
     """Kernel memory in use, KiB: Slab + Percpu + KernelStack + PageTables of /proc/meminfo
     (a namespace and its devices live there; the page cache, which other processes move,
@@ -127,13 +138,7 @@ def run_nsrecipes(backend: str, hosts: int, scope: str) -> dict:
     out = open(os.devnull, "w")
     run = Runner(backend=backend, keep=True, out=out)
     before = used_kib()
-    start = time.perf_counter()
-    try:
-        topo.build(run, plan, etc_hosts=False)
-    except BaseException:
-        run.undo()
-        raise
-    build = time.perf_counter() - start
+    build = build_lab(run, plan)
     memory = (used_kib() - before) / len(plan.hosts)
     checked = sample_check(plan)
     run = Runner(backend=backend, keep=True, out=out)
@@ -161,7 +166,7 @@ def _quiet(dev: str) -> list[str]:
     return [] if IPV6 else [f"link set {dev} addrgenmode none"]
 
 
-def _ip(*args: str, input: str | None = None) -> None:
+def ip_run(*args: str, input: str | None = None) -> None:
     proc = subprocess.run([IP, *args], input=input, text=True, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE)
     if proc.returncode:
@@ -171,34 +176,34 @@ def _ip(*args: str, input: str | None = None) -> None:
 def tutorial_build(hosts: int, scope: str) -> None:
     """One ip command a step; each veth made in the root namespace, then both ends moved."""
     hub, br, names = _names(hosts, scope)
-    _ip("netns", "add", hub)
-    _ip("-n", hub, "link", "add", br, "type", "bridge")
+    ip_run("netns", "add", hub)
+    ip_run("-n", hub, "link", "add", br, "type", "bridge")
     for line in _quiet(br):
-        _ip("-n", hub, *line.split())
-    _ip("-n", hub, "link", "set", br, "up")
-    _ip("-n", hub, "link", "set", "lo", "up")
+        ip_run("-n", hub, *line.split())
+    ip_run("-n", hub, "link", "set", br, "up")
+    ip_run("-n", hub, "link", "set", "lo", "up")
     for i, ns in enumerate(names, 1):
         host_if, hub_if = f"nsr-{scope}-e{i}", f"nsr-{scope}-p{i}"
-        _ip("netns", "add", ns)
-        _ip("link", "add", host_if, "type", "veth", "peer", "name", hub_if)
-        _ip("link", "set", host_if, "netns", ns)
-        _ip("link", "set", hub_if, "netns", hub)
-        _ip("-n", ns, "addr", "add", _addr(i), "dev", host_if)
+        ip_run("netns", "add", ns)
+        ip_run("link", "add", host_if, "type", "veth", "peer", "name", hub_if)
+        ip_run("link", "set", host_if, "netns", ns)
+        ip_run("link", "set", hub_if, "netns", hub)
+        ip_run("-n", ns, "addr", "add", _addr(i), "dev", host_if)
         for line in _quiet(host_if):
-            _ip("-n", ns, *line.split())
-        _ip("-n", ns, "link", "set", host_if, "up")
-        _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("-n", hub, "link", "set", hub_if, "master", br)
+            ip_run("-n", ns, *line.split())
+        ip_run("-n", ns, "link", "set", host_if, "up")
+        ip_run("-n", ns, "link", "set", "lo", "up")
+        ip_run("-n", hub, "link", "set", hub_if, "master", br)
         for line in _quiet(hub_if):
-            _ip("-n", hub, *line.split())
-        _ip("-n", hub, "link", "set", hub_if, "up")
+            ip_run("-n", hub, *line.split())
+        ip_run("-n", hub, "link", "set", hub_if, "up")
 
 
 def tutorial_teardown(hosts: int, scope: str) -> None:
     """One ``ip netns del`` a namespace."""
     hub, _br, names = _names(hosts, scope)
     for ns in names + [hub]:
-        _ip("netns", "del", ns)
+        ip_run("netns", "del", ns)
 
 
 def best_lines(plan: "topo.Plan") -> tuple[list[str], dict[str, list[str]], list[str]]:
@@ -222,11 +227,11 @@ def best_build(plan: "topo.Plan") -> None:
     lines runs out of file descriptors, "Invalid netns value", at the 20,000 limit here)."""
     root, per_ns, sysctls = best_lines(plan)
     for start in range(0, len(root), ROOT_CHUNK):
-        _ip("-batch", "-", input="\n".join(root[start:start + ROOT_CHUNK]) + "\n")
+        ip_run("-batch", "-", input="\n".join(root[start:start + ROOT_CHUNK]) + "\n")
     for ns, lines in per_ns.items():
-        _ip("-n", ns, "-batch", "-", input="\n".join(lines) + "\n")
+        ip_run("-n", ns, "-batch", "-", input="\n".join(lines) + "\n")
     if sysctls:
-        _ip("-batch", "-", input="\n".join(sysctls) + "\n")
+        ip_run("-batch", "-", input="\n".join(sysctls) + "\n")
 
 
 def xargs_build(plan: "topo.Plan") -> None:
@@ -236,7 +241,7 @@ def xargs_build(plan: "topo.Plan") -> None:
     import tempfile
     root, per_ns, sysctls = best_lines(plan)
     for start in range(0, len(root), ROOT_CHUNK):
-        _ip("-batch", "-", input="\n".join(root[start:start + ROOT_CHUNK]) + "\n")
+        ip_run("-batch", "-", input="\n".join(root[start:start + ROOT_CHUNK]) + "\n")
     with tempfile.TemporaryDirectory(prefix="nsr-bench-") as tmp:
         for ns, lines in per_ns.items():
             with open(os.path.join(tmp, ns), "w") as f:
@@ -247,12 +252,12 @@ def xargs_build(plan: "topo.Plan") -> None:
         if proc.returncode:
             raise RuntimeError(f"xargs ip -n NS -batch failed: {proc.stderr.strip()[:300]}")
     if sysctls:
-        _ip("-batch", "-", input="\n".join(sysctls) + "\n")
+        ip_run("-batch", "-", input="\n".join(sysctls) + "\n")
 
 
 def best_teardown(plan: "topo.Plan") -> None:
     """One ip -batch of ``netns del``."""
-    _ip("-batch", "-", input="".join(f"netns del {ns}\n" for ns in plan.all_netns()))
+    ip_run("-batch", "-", input="".join(f"netns del {ns}\n" for ns in plan.all_netns()))
 
 
 def run_iproute2(kind: str, hosts: int, scope: str) -> dict:
