@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -33,6 +34,29 @@ def test_children_of_the_tool_stay_in_its_pid_namespace_after_a_start(backend):
     with pytest.raises(container.ContainerTimeout):
         run_ct(backend, ["sleep", "5"], timeout=0.3)
     assert _child_pid_ns() == own
+
+
+def test_a_tool_that_is_pid_1_itself_starts_one_container_after_another():
+    """The tool may be PID 1 of a container of its own (`docker run IMAGE nsr ...` without
+    --init): after each start its next child is in its own PID namespace again, so a second
+    start and a plain fork work (a check on getpid() != 1 once took the tool for PID 1 of
+    the new namespace and left unshare(CLONE_NEWPID) in force: EINVAL on the next start)."""
+    script = ("import os\n"
+              "from nsutil.backend import Runner\n"
+              "from recipes.container import run_container\n"
+              "assert os.getpid() == 1\n"
+              "for _ in range(3):\n"
+              "    with Runner(backend='native', out=open(os.devnull, 'w')) as run:\n"
+              "        assert run_container(run, ['true']) == 0\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n"
+              "    os._exit(0)\n"
+              "os.waitpid(pid, 0)\n"
+              "print('ok', pid)\n")
+    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
+                           script], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0 and done.stdout.startswith("ok "), done.stderr[-800:]
 
 
 def test_pid1_is_the_tools_child_and_the_pid_namespace_is_new(backend):

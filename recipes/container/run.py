@@ -338,11 +338,13 @@ def _fork_pid1_here(spec: Spec, ct: Container, run: Runner, report_w: int, fds: 
         try:
             timeline.mark("fork PID 1")
             pid1 = process.fork()
-        finally:
-            if os.getpid() != 1:    # the tool (or a failed fork): its next child is its own again
-                sc.setns(own, sc.CLONE_NEWPID)
+        except BaseException:
+            sc.setns(own, sc.CLONE_NEWPID)      # the fork failed: its next child is its own
+            raise
         if pid1 == 0:  # pragma: no cover - runs in the child
             _pid1_here(spec, ct, run, report_w, fds, tool)
+        # the tool (which may itself be PID 1 of a container): its next child is its own again
+        sc.setns(own, sc.CLONE_NEWPID)
         timeline.mark("forked PID 1")
         return pid1
     finally:
