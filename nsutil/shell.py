@@ -30,6 +30,16 @@ def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
+def found(argv: Sequence[str]) -> tuple[str, list[str]]:
+    """``argv`` as strings, and the path of its program on PATH; :class:`ToolMissing`
+    (naming the Debian package) when there is none."""
+    argv = [str(a) for a in argv]
+    path = shutil.which(argv[0])
+    if path is None:
+        raise ToolMissing(argv[0], package_for(argv[0]))
+    return path, argv
+
+
 def _memfile(name: str, data: bytes = b"") -> int:
     """A memory file (``memfd_create``) holding ``data``, read from its start."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
@@ -72,10 +82,7 @@ def start(argv: Sequence[str], *, input: str | bytes | None = None) -> Started:
     """Start ``argv`` (looked up on PATH) with ``input`` on its stdin (else /dev/null) and
     its stdout and stderr kept in memory; SIGINT at its default in it (a Ctrl-C ends it),
     in our process group (the terminal's Ctrl-C reaches it)."""
-    argv = [str(a) for a in argv]
-    path = shutil.which(argv[0])
-    if path is None:
-        raise ToolMissing(argv[0], package_for(argv[0]))
+    path, argv = found(argv)
     data = input.encode() if isinstance(input, str) else (input or b"")
     stdin = _memfile("nsr-stdin", data) if input is not None \
         else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -150,10 +157,7 @@ def stream(argv: Sequence[str], stdin: int):
     ``subprocess.Popen``. The caller waits for it and reads its stderr on failure."""
     import subprocess
 
-    argv = [str(a) for a in argv]
-    path = shutil.which(argv[0])
-    if path is None:
-        raise ToolMissing(argv[0], package_for(argv[0]))
+    path, argv = found(argv)
     # no preexec_fn (it is unsafe where threads run): exec itself puts the caught SIGINT
     # back to its default, and no Python code runs in the child before it
     return subprocess.Popen([path, *argv[1:]], stdin=stdin, stdout=subprocess.PIPE,
