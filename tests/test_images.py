@@ -390,10 +390,16 @@ def test_hostile_tars_refused(store, tmp_path, backend):
     assert not os.path.exists("/escaped")
 
 
-def test_layers_unpacked_together_report_the_lowest_failure(store, tmp_path, backend):
+@pytest.mark.parametrize("cpus", [1, None], ids=["one-cpu", "all-cpus"])
+def test_layers_unpacked_together_report_the_lowest_failure(store, tmp_path, backend, cpus,
+                                                           monkeypatch):
     """Layers unpack in threads beside the copying of the next blobs: when several fail,
     the error is the lowest layer's, as a serial import would report it, and nothing stays.
-    (Layer 1 writes outside; layer 2 writes outside too, or its blob is cut short.)"""
+    (Layer 2 writes outside; layer 3 writes outside too, or its blob is cut short.) With one
+    CPU, one thread unpacks: layer 2 still waits behind layer 1 when layer 3's blob fails, and
+    must still run. (``os.cpu_count`` is mocked to 1 there: this machine has more.)"""
+    if cpus:
+        monkeypatch.setattr(os, "cpu_count", lambda: cpus)
     bad = imagekit.tar_bytes([("../escaped", "file", "x")])
     big = imagekit.tar_bytes([(f"f{i:03d}", "file", os.urandom(64 << 10)) for i in range(64)])
     both = imagekit.write_layout(str(tmp_path / "both"), [big, bad, bad + b"\0" * 512])

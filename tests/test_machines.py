@@ -252,14 +252,22 @@ def _kept_record(scope: str) -> list:
     return [k for k in kept if k.kind == "machine-lab" and k.name == scope]
 
 
+def _signal_builders(sig: str) -> str:
+    """A sh line that sends ``sig`` to the process groups of the machine's builders: each
+    with the commands it runs (one caught between its spawn and its exec still shows the
+    builder's command line; one past it, as `ip`, would be missed by a match of the command
+    line and stay stopped). ``[p]ython`` so pgrep does not match this sh."""
+    return (f"for g in $(pgrep -f '[p]ython -m recipes.ops.agent build' | xargs -r ps -o pgid= "
+            f"-p | sort -u); do kill -{sig} -$g; done")
+
+
 def _stop_builder_once_recorded(c, name: str, scope: str) -> subprocess.Popen:
     """Inside machine ``name``, from before the build: once its builder has begun (its
-    record is written first), SIGSTOP it. Plain nsenter: an env-exec would hold the state
-    lock the controller's record needs; ``[p]ython`` so pgrep does not match this sh."""
+    record is written first), SIGSTOP it with its commands. Plain nsenter: an env-exec would
+    hold the state lock the controller's record needs."""
     return subprocess.Popen(["nsenter", "-t", str(c.envs[name].pid), "--mount", "--pid", "--",
                              "sh", "-c", f"until [ -e /run/nsrecipes/net/topo-{scope}.json ]; do "
-                             "sleep 0.01; done; for p in $(pgrep -f '[p]ython -m recipes.ops.agent "
-                             "build'); do kill -STOP $p; done"])
+                             f"sleep 0.01; done; {_signal_builders('STOP')}"])
 
 
 def _controller(c, path: str, scope: str, **kw) -> subprocess.Popen:
@@ -356,7 +364,7 @@ def _at_commit(c, path: str, scope: str, act) -> tuple[int, str]:
         freeze.wait(600)
         _until(lambda: _waits_for_commit(c, "m1", scope))
         os.kill(proc.pid, signal.SIGSTOP)
-        c.exec("m2", ["pkill", "-CONT", "-f", "[p]ython -m recipes.ops.agent build"])
+        c.exec("m2", ["sh", "-c", _signal_builders("CONT")])
         _until(lambda: _waits_for_commit(c, "m2", scope))
         act()
         os.kill(proc.pid, signal.SIGCONT)
@@ -429,7 +437,7 @@ def test_a_machine_cut_off_mid_build_is_given_up_then_undoes_its_part(tmp_path, 
             _until(lambda: freeze.poll() is not None or not controller.is_alive())
             assert controller.is_alive(), f"the build ended before m2 recorded it: {errors}"
             subprocess.run(["ip", "-n", c.ul, "link", "set", port, "down"], check=True)
-            c.exec("m2", ["pkill", "-CONT", "-f", "[p]ython -m recipes.ops.agent build"])
+            c.exec("m2", ["sh", "-c", _signal_builders("CONT")])
             controller.join(600)
         finally:
             subprocess.run(["ip", "-n", c.ul, "link", "set", port, "up"], check=True)

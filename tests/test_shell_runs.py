@@ -56,14 +56,14 @@ def test_runner_run_together(tmp_path):
     steps = [Step(f"step {i}", argv=argv, native=lambda: "native", parse=str.strip)
              for i, (argv, _input) in enumerate(pair)]
     with Runner(backend="shell", keep=True, out=io.StringIO()) as run:
-        assert run.run_together(steps) == ["met", ""]
+        assert run.run_together(steps, width=2) == ["met", ""]    # (the default: one per CPU)
         assert run.count == 2
     out = io.StringIO()
     with Runner(backend="shell", explain=True, out=out) as run:
         run.run_together(steps)
     assert "[1] step 0\n      $ timeout 3 cat" in out.getvalue() and "[2] step 1" in out.getvalue()
     with Runner(backend="native", keep=True, out=io.StringIO()) as run:
-        assert run.run_together(steps) == ["native", "native"]
+        assert run.run_together(steps, width=2) == ["native", "native"]
 
 
 def test_lab_batches_in_rounds():

@@ -255,8 +255,11 @@ class Unpacks:
         return self
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=kind is not None)
-        if kind is not None and not issubclass(kind, Exception):
+        interrupted = kind is not None and not issubclass(kind, Exception)
+        # an error here (a blob that fails its check) comes from a layer above every one
+        # started: those still run to the end, so a lower layer's error wins, as serially
+        self.pool.shutdown(wait=True, cancel_futures=interrupted)
+        if interrupted:
             return                            # Ctrl-C: raised as it is
         for future in self.futures:
             if not future.cancelled() and future.exception() is not None:
