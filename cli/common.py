@@ -7,6 +7,7 @@ import atexit
 import functools
 import inspect
 import os
+import re
 import signal
 import sys
 from typing import Any, Callable
@@ -100,6 +101,8 @@ def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
                 if not _undoing():                # else the undo already runs: let it finish
                     os.kill(main_pid, signal.SIGINT)  # undone as Ctrl-C is (held back in forks)
 
+            previous = {sig: signal.getsignal(sig)
+                        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
             signal.signal(signal.SIGINT, on_sigint)
             if any(_LESSON.values()):
                 for sig in (signal.SIGHUP, signal.SIGTERM):
@@ -109,17 +112,23 @@ def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
                 with kept_until_done():
                     result = fn(c, *args, **kw)
                     finished.append(True)
-                    atexit.register(_late_sigint_ignored)
+                    if _run_as_program():
+                        atexit.register(_late_sigint_ignored)
                 return result
             except NsrError as exc:
                 if interrupted:  # Ctrl-C also killed a child we were waiting for
                     raise Exit(INTERRUPTED, code=130) from None
-                raise Exit(f"nsrecipes: {exc}", code=exc.exit_code) from None
+                raise Exit(as_typed(f"nsrecipes: {exc}"), code=exc.exit_code) from None
             except BrokenPipeError:  # `invoke tour | head`: stop quietly, like coreutils
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 raise Exit(code=141) from None
             except KeyboardInterrupt:
                 raise Exit(INTERRUPTED, code=130) from None
+            finally:
+                if not _run_as_program():  # called from Python: the caller's handlers back
+                    for sig, handler in previous.items():
+                        if handler is not None:
+                            signal.signal(sig, handler)
 
         if added:  # invoke reads the options from the signature
             sig = inspect.signature(fn)
@@ -136,6 +145,17 @@ def program_name() -> str:
     return "nsr" if os.path.basename(sys.argv[0]) == "nsr" else "invoke"
 
 
+#: a task's command line in a message: ``invoke`` then a task name or ``--help``
+_TASK_LINE = re.compile(r"\binvoke (?=--help\b|[a-z][a-z0-9-]*\b)")
+
+
+def as_typed(text: str) -> str:
+    """``text`` (an error's line, a hint) with each ``invoke TASK`` as the user would type
+    it: ``nsr TASK`` when they typed ``nsr``. The recipes name the checkout's command, since
+    they cannot know which one ran them."""
+    return _TASK_LINE.sub("nsr ", text) if program_name() == "nsr" else text
+
+
 def command_argv(task_name: str, usage: str, required: bool = True) -> list[str]:
     """The command given after ``--`` on the command line (``invoke`` and ``nsr`` both leave
     it in sys.argv); none and ``required``: one line with the usage ``TASK USAGE -- CMD``."""
@@ -145,6 +165,12 @@ def command_argv(task_name: str, usage: str, required: bool = True) -> list[str]
         raise InvalidInput(f"{task_name}: no command given",
                            hint=f"{program_name()} {task_name} {usage} -- CMD ARGS...")
     return argv
+
+
+def _run_as_program() -> bool:
+    """This process is the command line (``invoke`` or ``nsr``), not a script or a test
+    that calls a task as a function: its task's signal handlers stay until it exits."""
+    return os.path.basename(sys.argv[0]) in ("invoke", "inv", "nsr")
 
 
 def _late_sigint_ignored() -> None:

@@ -17,7 +17,7 @@ def _env_name(name: str, task_name: str) -> str:
         from nsutil.errors import InvalidInput
         raise InvalidInput(f"{task_name} needs an environment name before {name}",
                            hint=f"usage: invoke {task_name} NAME [options]; help: "
-                                f"invoke --help {task_name}")
+                                f"{program_name()} --help {task_name}")
     return name
 
 

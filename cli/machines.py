@@ -8,7 +8,7 @@ from cli.common import nsr_task
                         "its venv = \"/path\")",
                 "wheelhouse": "a directory of dependency wheels to put there too and install "
                               "from with --no-index (for machines without PyPI; make it with "
-                              "pip download -d DIR invoke sh pyroute2 graphviz zstandard)",
+                              "pip download -d DIR invoke pyroute2 graphviz zstandard)",
                 "python": "the Python 3.11+ on the machines that makes the venv (default python3)"})
 def machines_install(c, file, wheelhouse=None, python="python3"):
     """Install this checkout's nsrecipes into every machine's venv, on all at once.

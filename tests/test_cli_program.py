@@ -141,3 +141,16 @@ def test_a_command_without_dashes_is_shown_with_them(run):
 ])
 def test_what_invoke_cannot_parse_is_one_line(args, says):
     assert says in one_line_error(cli(*args))
+
+
+@pytest.mark.userspace
+@pytest.mark.parametrize("run", [cli, nsr], ids=["invoke", "nsr"])
+def test_a_recipes_hint_names_the_command_the_user_typed(run):
+    """The recipes' hints name a task as ``invoke TASK``; through ``nsr`` the line says
+    ``nsr TASK`` (and ``pip install invoke`` in a hint would stay as it is)."""
+    name = "invoke" if run is cli else "nsr"
+    assert one_line_error(run("env-exec", "nsr-nosuch", "--", "true")) == (
+        "nsrecipes: environment 'nsr-nosuch' does not exist (hint: see "
+        f"`{name} env-ls` for the environments there are)")
+    assert f"(hint: `{name} container-ls --all` lists them" in one_line_error(
+        run("container-exec", "nsr-nosuch", "--", "true"))

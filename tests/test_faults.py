@@ -50,6 +50,31 @@ def default_sigint():
     signal.signal(signal.SIGINT, old)
 
 
+@pytest.mark.userspace   # signal handlers of this process: no kernel object
+@pytest.mark.parametrize("fails", [False, True], ids=["succeeds", "fails"])
+def test_a_task_called_from_python_gives_the_signal_handlers_back(default_sigint, fails):
+    """A task called as a function (a user's script, a test) puts back the caller's SIGINT,
+    SIGHUP and SIGTERM handlers when it returns or fails: a finished task's handler would
+    swallow every later Ctrl-C of the caller."""
+    from invoke import Context, Exit
+
+    from cli.common import nsr_task
+
+    @nsr_task(lesson="shell")
+    def demo(c, backend=None, explain=False):
+        if fails:
+            raise NsrError("a failure", hint="none")
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)]
+    try:
+        demo(Context(), shell=True)
+    except Exit:
+        assert fails
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)] == before
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+
 @pytest.mark.userspace   # the Runner's undo loop and Python's SIGINT handler: no kernel object
 def test_ctrl_c_during_the_undo_lets_it_finish_then_raises(default_sigint):
     """A library user's Runner (no CLI wrapper): Ctrl-C in the middle undo step does not

@@ -6,6 +6,7 @@ the controller runs in a namespace of its own, so no packet crosses the host's.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -354,26 +355,44 @@ def test_sigkill_of_the_controller_then_cleanup(tmp_path):
         net.drop_record(across.record_path("mk1"))    # what cleanup then does with it
 
 
-def _at_commit(c, path: str, scope: str, act) -> tuple[int, str]:
-    """Build lab ``path`` through the CLI; when both builders wait for "commit" (m2 held back
-    until m1 does, the controller stopped meanwhile, so it reads both "built" first), do
+def _gated_venv(tmp_path, gate) -> str:
+    """A venv for m2 whose ``bin/python`` runs this checkout's with a PATH where ``ip`` waits
+    while the file ``gate`` is there: its builder starts, writes its record and keeps saying
+    "alive", but builds nothing (so cannot say "built") until the gate is removed. A gate,
+    not a SIGSTOP once the record is there: a loaded machine's stop can come after "built"."""
+    bin_dir = tmp_path / "gated" / "bin"
+    bin_dir.mkdir(parents=True)
+    gated = {"ip": f'while [ -e {gate} ]; do sleep 0.01; done\nexec {shutil.which("ip")} "$@"\n',
+             "python": f'PATH={bin_dir}:$PATH exec {sys.executable} "$@"\n'}
+    for name, body in gated.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    return str(bin_dir.parent)
+
+
+def _at_commit(c, tmp_path, scope: str, act) -> tuple[int, str]:
+    """Build a lab through the CLI; when both builders wait for "commit" (m2 held back at a
+    gate until m1 does, the controller stopped meanwhile, so it reads both "built" first), do
     ``act()`` to m2, then let the controller go on. Its exit status and its one stderr line."""
-    freeze = _stop_builder_once_recorded(c, "m2", scope)
+    gate = tmp_path / "gate"
+    gate.touch()
+    path = _lab(tmp_path, c, venv={"m2": _gated_venv(tmp_path, gate)})
     proc = _controller(c, path, scope, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        freeze.wait(600)
         _until(lambda: _waits_for_commit(c, "m1", scope))
+        assert f"/run/nsrecipes/net/topo-{scope}.json" in c.state("m2"), "m2 began"
         os.kill(proc.pid, signal.SIGSTOP)
-        c.exec("m2", ["sh", "-c", _signal_builders("CONT")])
+        gate.unlink()
         _until(lambda: _waits_for_commit(c, "m2", scope))
         act()
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=600)
     finally:
-        for p in (proc, freeze):
-            if p.poll() is None:
-                p.kill()
-            p.wait(60)
+        if gate.exists():
+            gate.unlink()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(60)
     lines = err.strip().splitlines()
     assert len(lines) == 1, out + err
     return proc.returncode, lines[0]
@@ -384,7 +403,7 @@ def test_a_machine_lost_at_commit_takes_the_committed_parts_down(tmp_path):
     closed session cannot undo m1's committed part, so the controller takes every machine's
     part down itself: one line naming m2, no record, nothing left on either machine."""
     with cluster(2, tmp_path) as c:
-        code, line = _at_commit(c, _lab(tmp_path, c), "mc1", lambda: _kill_builders(c, "m2"))
+        code, line = _at_commit(c, tmp_path, "mc1", lambda: _kill_builders(c, "m2"))
         assert code == 1
         assert line.startswith("nsrecipes: machine m2 (root@10.250.0.12): its nsrecipes ended "
                                "half-way") and "committed parts were taken down" in line, line
@@ -401,7 +420,7 @@ def test_a_machine_that_cannot_record_its_commit_undoes_its_part(tmp_path):
         used = c.exec("m2", ["df", "--output=iused", "/run"]).stdout.split()[-1]
         c.exec("m2", ["mount", "-o", f"remount,nr_inodes={used}", "/run"])
     with cluster(2, tmp_path) as c:
-        code, line = _at_commit(c, _lab(tmp_path, c), "mc2", fill_run)
+        code, line = _at_commit(c, tmp_path, "mc2", fill_run)
         assert code == 1
         assert line.startswith("nsrecipes: machine m2 (root@10.250.0.12): write("), line
         assert "ENOSPC (hint: its filesystem is full" in line, line
