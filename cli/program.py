@@ -5,15 +5,14 @@ reader that stops early (``| head``) ending the output quietly."""
 from __future__ import annotations
 
 import atexit
-import copy
 import os
 import re
 import sys
 
 from invoke import Collection, Exit, ParseError, Program
-from invoke.parser import Parser, ParserContext
+from invoke.parser import Parser
 
-from cli.collection import ns
+from cli.collection import ns, parser_contexts
 
 #: the tasks that run a command given after ``--``
 COMMAND_TASKS = frozenset({"env-exec", "net-exec", "container-run"})
@@ -60,24 +59,6 @@ def parse_mistake(exc: ParseError, argv: list[str], binary: str) -> str:
         error = InvalidInput(f"{task + ': ' if task else ''}{what}",
                              hint=f"{binary} --help {task or ''}".rstrip() + " shows the usage")
     return f"nsrecipes: {error}"
-
-
-def parser_contexts(collection: Collection, words: list[str]) -> list[ParserContext]:
-    """A parser context per task of ``collection``: with its options for the tasks named in
-    ``words`` (the command line), with its name and aliases only for the others -- all the
-    parser needs to tell a task from a mistake, without building (and the parser copying)
-    the options of every task, on every run. The tasks' own help text stays where it is
-    (get_arguments() pops it off the task it reads: it reads a copy)."""
-    named = {w.replace("_", "-") for w in words} | set(words)
-    contexts = []
-    for name, aliases in collection.task_names.items():
-        args = []
-        if named & {name, *aliases}:
-            task = copy.copy(collection[name])
-            task.help = dict(task.help)
-            args = task.get_arguments()
-        contexts.append(ParserContext(name=name, aliases=aliases, args=args))
-    return contexts
 
 
 def check_argv(argv: list[str], program: Program, collection: Collection,
@@ -142,7 +123,9 @@ class NsrProgram(Program):
     def run(self, argv: list[str] | None = None, exit: bool = True) -> None:
         """Route ``TASK ARG --help`` to the task's help, then run as Invoke's Program does."""
         argv = list(sys.argv if argv is None else argv)
-        super().run(help_argv(argv, task_names(self.namespace)) or argv, exit)
+        argv = help_argv(argv, task_names(self.namespace)) or argv
+        self.namespace.named = argv[1:]
+        super().run(argv, exit)
 
     def parse_core(self, argv: list[str] | None) -> None:
         """Invoke's core options, then the bytecode cache on again (:func:`cache_bytecode`)."""
@@ -185,4 +168,5 @@ def invoke_in_checkout(argv: list[str]) -> None:
     routed = help_argv(argv, task_names(ns))
     if routed:
         os.execv(argv[0], routed)
+    ns.named = argv[1:]
     check_argv(argv, Program(), ns, "invoke")

@@ -61,3 +61,24 @@ def test_a_task_s_recipes_have_their_bytecode_cached(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert not os.path.exists(tmp_path / "off"), "PYTHONDONTWRITEBYTECODE=1 was not respected"
+
+
+@pytest.mark.userspace
+def test_the_parser_builds_the_options_of_the_named_tasks_only():
+    """Invoke asks the collection for every task's parser context on each run; once the
+    command line is known, only the tasks it names get their options (the rest their names,
+    so a mistyped task is still told from a task), and that command line parses as before."""
+    from invoke import Program
+    from invoke.parser import Parser
+
+    from cli.collection import ROOMS, Tasks, tasks_of
+    tasks = Tasks(*tasks_of(*ROOMS))
+    full = {c.name: c for c in tasks.to_contexts()}
+    tasks.named = ["uts-demo", "--hostname", "box", "--explain"]
+    some = {c.name: c for c in tasks.to_contexts()}
+    assert set(some) == set(full) and len(full) > 40
+    assert [n for n, c in some.items() if c.flags] == ["uts-demo"]
+    assert set(some["uts-demo"].flags) == set(full["uts-demo"].flags)
+    parsed = Parser(initial=Program().initial_context,
+                    contexts=list(some.values())).parse_argv(tasks.named)
+    assert parsed[1].args["hostname"].value == "box" and parsed[1].args["explain"].value
