@@ -51,7 +51,9 @@ def state_dir(*parts: str, create: bool = True) -> str:
     left as it is (its mode, owner and content are the user's)."""
     base = base_dir()
     path = os.path.join(base, *parts)
-    if create:
+    if not create:
+        return path
+    for _ in range(100):
         try:
             os.makedirs(os.path.dirname(base.rstrip("/")) or "/", mode=0o755, exist_ok=True)
             try:
@@ -62,11 +64,23 @@ def state_dir(*parts: str, create: bool = True) -> str:
                 os.chmod(base, 0o700)     # whatever the umask said
                 os.close(os.open(os.path.join(base, MADE_MARK),
                                  os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            if parts:
-                os.makedirs(path, mode=0o700, exist_ok=True)
+            # one level at a time, never makedirs: if a prune removed the directory since
+            # the mkdir above, makedirs would make it again without its mark, and an
+            # unmarked directory is the user's: never pruned, left for ever
+            below = base
+            for part in parts:
+                below = os.path.join(below, part)
+                try:
+                    os.mkdir(below, 0o700)
+                except FileExistsError:
+                    pass
+            return path
+        except FileNotFoundError:
+            continue                      # pruned half-way: make it again, with its mark
         except OSError as exc:
             raise SyscallError.from_oserror(f"mkdir({path!r})", exc) from None
-    return path
+    raise SyscallError(f"mkdir({path!r})", _errno.ENOENT,
+                       hint="another process keeps removing the state directory")
 
 
 def atomic_write_json(path: str, data: Any) -> None:

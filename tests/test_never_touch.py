@@ -360,3 +360,34 @@ def test_a_write_cut_short_by_sigkill_does_not_keep_the_state_directory(tmp_path
     os.unlink(live)
     state.prune()
     assert not os.path.exists(base)
+
+
+def test_a_prune_between_the_steps_of_a_make_leaves_no_unmarked_directory(tmp_path,
+                                                                          monkeypatch) -> None:
+    """A process makes ``net/`` in the state directory just as another prunes the directory
+    (empty but for its mark): the directory is made again with its mark, so the next prune
+    removes it. Made without its mark, it would count as the user's and stay for ever (the
+    suite's guard once found such an empty /run/nsrecipes). The interleaving is forced: the
+    other process's prune runs inside this one's mkdir, between the two steps (os.mkdir
+    wrapped; a race this narrow does not happen on demand)."""
+    from nsutil import state
+    base = str(tmp_path / "state")
+    monkeypatch.setenv("NSR_STATE_DIR", base)
+    state.state_dir()
+    real_mkdir = os.mkdir
+    pruned: list[bool] = []
+
+    def mkdir_then_pruned(path, mode=0o777, **kw):
+        try:
+            return real_mkdir(path, mode, **kw)
+        except FileExistsError:
+            if path == base and not pruned:
+                pruned.append(True)
+                state.prune()              # the other process: empty, marked, so removed
+            raise
+    monkeypatch.setattr(os, "mkdir", mkdir_then_pruned)
+    state.state_dir("net")
+    monkeypatch.setattr(os, "mkdir", real_mkdir)
+    assert pruned and sorted(os.listdir(base)) == [state.MADE_MARK, "net"]
+    state.prune()
+    assert not os.path.exists(base)
