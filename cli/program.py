@@ -13,6 +13,7 @@ from invoke import Collection, Exit, ParseError, Program
 from invoke.parser import Parser
 
 from cli.collection import ns, parser_contexts
+from cli.common import end_without_teardown, forget_exit_status, record_exit_status
 
 #: the tasks that run a command given after ``--``
 COMMAND_TASKS = frozenset({"env-exec", "net-exec", "container-run"})
@@ -96,6 +97,7 @@ def quiet_broken_pipe() -> None:
     previous = sys.excepthook
 
     def on_uncaught(kind, exc, tb) -> None:
+        forget_exit_status()    # Python ends as it always does after a traceback
         if not issubclass(kind, BrokenPipeError):
             previous(kind, exc, tb)
             return
@@ -152,15 +154,18 @@ program = NsrProgram(namespace=ns, name="nsrecipes", binary="nsr", binary_names=
 
 def main() -> None:
     """The ``nsr`` console script."""
+    end_without_teardown()
     quiet_broken_pipe()
     program.run()
+    record_exit_status(0)
 
 
 def invoke_in_checkout(argv: list[str]) -> None:
     """What tasks.py does when ``invoke`` (the checkout's command) loads it: the same help
-    routing, one-line parse mistakes and quiet broken pipe as ``nsr``."""
+    routing, one-line parse mistakes, quiet broken pipe and quick end as ``nsr``."""
     if not argv or not os.path.basename(argv[0]).startswith("inv"):
         return
+    end_without_teardown()
     quiet_broken_pipe()
     cache_bytecode()
     if any(a in ("--complete", "--print-completion-script") for a in argv):

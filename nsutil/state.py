@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 from .errors import SyscallError
 from . import rootless
+from .process import deferred_sigint
 from .names import STATE_DIR
 
 
@@ -44,6 +45,21 @@ def base_dir() -> str:
     return path
 
 
+def _make_marked(base: str) -> None:
+    """mkdir ``base`` and put :data:`MADE_MARK` in it, unless it is there already. A Ctrl-C
+    is held back in between: one that landed after the mkdir and before the mark (a test
+    that interrupts env-create did) left an empty directory without its mark, which then
+    counted as the user's and stayed for ever."""
+    with deferred_sigint():
+        try:
+            os.mkdir(base, 0o700)
+        except FileExistsError:
+            return
+        os.chmod(base, 0o700)             # whatever the umask said
+        os.close(os.open(os.path.join(base, MADE_MARK),
+                         os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+
 def state_dir(*parts: str, create: bool = True) -> str:
     """Path of the state directory (or a subdirectory); created 0700 when ``create``.
 
@@ -56,14 +72,7 @@ def state_dir(*parts: str, create: bool = True) -> str:
     for _ in range(100):
         try:
             os.makedirs(os.path.dirname(base.rstrip("/")) or "/", mode=0o755, exist_ok=True)
-            try:
-                os.mkdir(base, 0o700)
-            except FileExistsError:
-                pass
-            else:
-                os.chmod(base, 0o700)     # whatever the umask said
-                os.close(os.open(os.path.join(base, MADE_MARK),
-                                 os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            _make_marked(base)
             # one level at a time, never makedirs: if a prune removed the directory since
             # the mkdir above, makedirs would make it again without its mark, and an
             # unmarked directory is the user's: never pruned, left for ever

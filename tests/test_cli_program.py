@@ -154,3 +154,28 @@ def test_a_recipes_hint_names_the_command_the_user_typed(run):
         f"`{name} env-ls` for the environments there are)")
     assert f"(hint: `{name} container-ls --all` lists them" in one_line_error(
         run("container-exec", "nsr-nosuch", "--", "true"))
+
+
+@pytest.mark.userspace
+@pytest.mark.parametrize("how,status", [("sys.exit(3)", 3), ("sys.exit('bad')", 1),
+                                        ("pass", 0), ("raise RuntimeError('x')", 1)])
+def test_the_command_line_ends_without_the_interpreter_s_teardown(how, status):
+    """``nsr`` and ``invoke`` in the checkout end once every exit hook has run, with the
+    status sys.exit was given, and skip the teardown of the modules (an object's __del__ at
+    teardown does not run); stdout is flushed. After a traceback Python ends as usual."""
+    code = ("import atexit, sys\n"
+            "from cli.common import end_without_teardown\n"
+            "from cli.program import quiet_broken_pipe\n"
+            "end_without_teardown(); quiet_broken_pipe()\n"
+            "atexit.register(lambda: print('hook ran'))\n"
+            "class Late:\n"
+            "    def __del__(self): print('teardown ran')\n"
+            "late = Late()\n"
+            "print('buffered', end='')\n"
+            f"{how}\n"
+            "sys.exit()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == status, done.stderr
+    teardown = how.startswith("raise")
+    assert done.stdout == "buffered" + "hook ran\n" + ("teardown ran\n" if teardown else "")

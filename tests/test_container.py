@@ -131,7 +131,10 @@ def test_tmp_state_and_cache_on_overlayfs(rootfs_dir, tmp_path):
     assert code == 0 and out == "hi\n", err
     assert got["kept"] == (0, "", "tmpfs", "kept\n"), got["kept"]
     entries, cache = got["after"]
-    assert entries == ["cache"] and len(cache) == 1 and cache[0].startswith("rootfs-busybox-")
+    rootfs_dir_name = [n for n in cache if not n.endswith(".source")]
+    assert entries == ["cache"] and len(rootfs_dir_name) == 1, cache
+    assert sorted(cache) == sorted([rootfs_dir_name[0], rootfs_dir_name[0] + ".source"]), cache
+    assert rootfs_dir_name[0].startswith("rootfs-busybox-")
     assert left["mounts"] == []
 
 
@@ -421,3 +424,32 @@ def test_rootfs_busybox_cli(tmp_path):
     again = subprocess.run([INVOKE, "rootfs-busybox", str(dest)], cwd=ROOT, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode != 0 and again.stderr.count("\n") == 1
+
+
+def test_the_default_rootfs_path_remembers_the_busybox_digest(tmp_path, monkeypatch):
+    """The cached rootfs is named by the busybox binary's sha256. The digest is remembered
+    beside it (``rootfs-busybox-DIGEST.source``: the binary's path, device, inode, size and
+    times) and read from there while the binary is unchanged; a changed binary is hashed
+    again. (A memo that claims another digest proves the binary was not hashed.)"""
+    import shutil
+
+    from recipes.container import rootfs
+    monkeypatch.setenv("NSR_CACHE_DIR", str(tmp_path / "cache"))
+    busybox = str(tmp_path / "busybox")
+    shutil.copy2(rootfs.find_busybox(), busybox)
+    first = rootfs.default_path(busybox)               # no cache directory yet: nothing kept
+    assert not os.path.exists(tmp_path / "cache")
+    os.mkdir(tmp_path / "cache")
+    assert rootfs.default_path(busybox) == first
+    memo = f"{first}.source"
+    with open(memo) as f:
+        identity = f.read()
+    assert identity.startswith(busybox + " ")
+    os.rename(memo, str(tmp_path / "cache" / "rootfs-busybox-0123456789ab.source"))
+    assert rootfs.default_path(busybox).endswith("rootfs-busybox-0123456789ab")
+    with open(busybox, "ab") as f:
+        f.write(b"\0")                                  # another binary: hashed again
+    again = rootfs.default_path(busybox)
+    assert again != first and again.startswith(str(tmp_path / "cache" / "rootfs-busybox-"))
+    assert sorted(os.listdir(tmp_path / "cache")) == sorted(
+        ["rootfs-busybox-0123456789ab.source", os.path.basename(again) + ".source"])
