@@ -56,8 +56,13 @@ def _make_marked(base: str) -> None:
         except FileExistsError:
             return
         os.chmod(base, 0o700)             # whatever the umask said
-        os.close(os.open(os.path.join(base, MADE_MARK),
-                         os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        _put_mark(base)
+
+
+def _put_mark(base: str) -> None:
+    """Create :data:`MADE_MARK` in ``base``: nsrecipes made this directory."""
+    os.close(os.open(os.path.join(base, MADE_MARK), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+                     0o600))
 
 
 def state_dir(*parts: str, create: bool = True) -> str:
@@ -212,6 +217,6 @@ def prune(have_lock: bool = False) -> None:
     except OSError:     # gone, or a mount point still: if it stays, it stays marked as ours
         if os.path.isdir(base) and not os.path.exists(mark):
             try:
-                os.close(os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                _put_mark(base)
             except OSError:
                 pass

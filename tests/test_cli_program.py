@@ -179,3 +179,23 @@ def test_the_command_line_ends_without_the_interpreter_s_teardown(how, status):
     assert done.returncode == status, done.stderr
     teardown = how.startswith("raise")
     assert done.stdout == "buffered" + "hook ran\n" + ("teardown ran\n" if teardown else "")
+
+
+@pytest.mark.userspace
+@pytest.mark.parametrize("args,status", [(["--version"], 0), (["uts-demo", "--explain"], 0),
+                                         (["env-exec", "nsr-nosuch", "--", "true"], 1)])
+def test_nsr_s_main_ends_without_the_teardown(args, status):
+    """``nsr``'s own entry point (cli.main) ends through end_without_teardown: an object
+    whose __del__ would speak at the interpreter's teardown stays silent, and the status is
+    the command's (the console script's ``sys.exit(main())`` included)."""
+    code = ("import sys\n"
+            "class Late:\n"
+            "    def __del__(self): print('teardown ran')\n"
+            "late = Late()\n"
+            f"sys.argv = ['nsr', *{args!r}]\n"
+            "from cli import main\n"
+            "sys.exit(main())\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == status, done.stderr
+    assert "teardown ran" not in done.stdout

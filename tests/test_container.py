@@ -7,6 +7,7 @@ every bad input refused before anything exists, and a SIGKILLed tool cleaned up 
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -443,8 +444,8 @@ def test_the_default_rootfs_path_remembers_the_busybox_digest(tmp_path, monkeypa
     assert rootfs.default_path(busybox) == first
     memo = f"{first}.source"
     with open(memo) as f:
-        identity = f.read()
-    assert identity.startswith(busybox + " ")
+        identity = json.load(f)
+    assert identity["path"] == busybox and identity["size"] == os.path.getsize(busybox)
     os.rename(memo, str(tmp_path / "cache" / "rootfs-busybox-0123456789ab.source"))
     assert rootfs.default_path(busybox).endswith("rootfs-busybox-0123456789ab")
     with open(busybox, "ab") as f:

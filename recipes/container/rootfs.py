@@ -18,10 +18,11 @@ import os
 import shutil
 import struct
 import subprocess
+from typing import Any
 
-from nsutil import rootless
+from nsutil import rootless, state
 from nsutil.backend import Runner, Step
-from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, ToolMissing
+from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, SyscallError, ToolMissing
 
 DEFAULT_CACHE_DIR = "/var/cache/nsrecipes"
 
@@ -93,16 +94,16 @@ def _digest(path: str) -> str:
     return h.hexdigest()[:12]
 
 
-def _identity(path: str) -> str:
+def _identity(path: str) -> dict[str, Any]:
     """What changes when the file at ``path`` is replaced or rewritten: its device, inode,
     size and change times (as make and git judge a file unchanged)."""
     st = os.stat(path)
-    return f"{os.path.realpath(path)} {st.st_dev} {st.st_ino} {st.st_size} " \
-           f"{st.st_mtime_ns} {st.st_ctime_ns}\n"
+    return {"path": os.path.realpath(path), "dev": st.st_dev, "ino": st.st_ino,
+            "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
 
 
-def _remembered_digest(cache: str, identity: str) -> str | None:
-    """The digest a ``rootfs-busybox-DIGEST.source`` file in ``cache`` gives for a busybox
+def _remembered_digest(cache: str, identity: dict[str, Any]) -> str | None:
+    """The digest a ``rootfs-busybox-DIGEST.source`` record in ``cache`` gives for a busybox
     of this ``identity``, if any."""
     try:
         names = os.listdir(cache)
@@ -111,28 +112,20 @@ def _remembered_digest(cache: str, identity: str) -> str | None:
     for name in names:
         if name.startswith("rootfs-busybox-") and name.endswith(".source"):
             try:
-                with open(os.path.join(cache, name)) as f:
-                    if f.read() == identity:
-                        return name[len("rootfs-busybox-"):-len(".source")]
-            except OSError:
+                if state.read_json(os.path.join(cache, name)) == identity:
+                    return name[len("rootfs-busybox-"):-len(".source")]
+            except (OSError, ValueError):
                 continue
     return None
 
 
-def _remember_digest(cache: str, digest: str, identity: str) -> None:
-    """Write ``rootfs-busybox-DIGEST.source`` (atomically; not at all where the cache is
-    not there or not ours to write)."""
-    path = os.path.join(cache, f"rootfs-busybox-{digest}.source")
-    tmp = f"{path}.tmp.{os.getpid()}"
+def _remember_digest(cache: str, digest: str, identity: dict[str, Any]) -> None:
+    """Write the record ``rootfs-busybox-DIGEST.source``; not at all where the cache is not
+    ours to write."""
     try:
-        with open(tmp, "w") as f:
-            f.write(identity)
-        os.rename(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        state.atomic_write_json(os.path.join(cache, f"rootfs-busybox-{digest}.source"), identity)
+    except SyscallError:
+        pass
 
 
 def default_path(busybox: str | None = None) -> str:
