@@ -253,24 +253,6 @@ def _kept_record(scope: str) -> list:
     return [k for k in kept if k.kind == "machine-lab" and k.name == scope]
 
 
-def _signal_builders(sig: str) -> str:
-    """A sh line that sends ``sig`` to the process groups of the machine's builders: each
-    with the commands it runs (one caught between its spawn and its exec still shows the
-    builder's command line; one past it, as `ip`, would be missed by a match of the command
-    line and stay stopped). ``[p]ython`` so pgrep does not match this sh."""
-    return (f"for g in $(pgrep -f '[p]ython -m recipes.ops.agent build' | xargs -r ps -o pgid= "
-            f"-p | sort -u); do kill -{sig} -$g; done")
-
-
-def _stop_builder_once_recorded(c, name: str, scope: str) -> subprocess.Popen:
-    """Inside machine ``name``, from before the build: once its builder has begun (its
-    record is written first), SIGSTOP it with its commands. Plain nsenter: an env-exec would
-    hold the state lock the controller's record needs."""
-    return subprocess.Popen(["nsenter", "-t", str(c.envs[name].pid), "--mount", "--pid", "--",
-                             "sh", "-c", f"until [ -e /run/nsrecipes/net/topo-{scope}.json ]; do "
-                             f"sleep 0.01; done; {_signal_builders('STOP')}"])
-
-
 def _controller(c, path: str, scope: str, **kw) -> subprocess.Popen:
     """``invoke net-topo --file PATH`` (shell backend) in the controller's namespace; its pid
     is invoke's (ip netns exec execs it)."""
@@ -315,12 +297,14 @@ def test_sigkill_of_the_controller_then_cleanup(tmp_path):
                     for i in range(80))      # 20 on m1, 60 on m2
     links = "".join(f'[[links]]\na = "x{i}"\nb = "x{i + 1}"\n' for i in range(79))
     with cluster(2, tmp_path) as c:
-        path = _lab(tmp_path, c, hosts + links)
-        # m2 stopped half-way never says "built", so nothing is ever committed
-        freeze = _stop_builder_once_recorded(c, "m2", "mk1")
+        # m2 held at its gate never says "built", so nothing is ever committed
+        gate = tmp_path / "gate"
+        gate.touch()
+        path = _lab(tmp_path, c, hosts + links, venv={"m2": _gated_venv(tmp_path, gate)})
         proc = _controller(c, path, "mk1", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            freeze.wait(600)
+            _until(lambda: "/run/nsrecipes/net/topo-mk1.json" in c.state("m2")
+                   or proc.poll() is not None)
             _until(lambda: c.netns("m1") or proc.poll() is not None)
             assert proc.poll() is None, "the build ended before it could be killed"
             # a crash of everything: the controller stopped first, or it would undo its
@@ -331,10 +315,11 @@ def test_sigkill_of_the_controller_then_cleanup(tmp_path):
                 _kill_builders(c, name)
             os.kill(proc.pid, signal.SIGKILL)
         finally:
-            for p in (proc, freeze):
-                if p.poll() is None:
-                    p.kill()
-                p.wait(60)
+            if gate.exists():
+                gate.unlink()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(60)
         assert c.netns("m1"), "a part to clean up"
         assert "/run/nsrecipes/net/topo-mk1.json" in c.state("m2"), "m2 stopped half-way"
         record = c.exec("m1", ["cat", "/run/nsrecipes/net/topo-mk1.json"]).stdout
@@ -440,7 +425,9 @@ def test_a_machine_cut_off_mid_build_is_given_up_then_undoes_its_part(tmp_path, 
     port = _underlay_port("m2")
     errors: list[NsrError] = []
     with cluster(2, tmp_path) as c:
-        path = _lab(tmp_path, c)
+        gate = tmp_path / "gate"
+        gate.touch()
+        path = _lab(tmp_path, c, venv={"m2": _gated_venv(tmp_path, gate)})
 
         def build() -> None:
             with c.controller():
@@ -449,20 +436,19 @@ def test_a_machine_cut_off_mid_build_is_given_up_then_undoes_its_part(tmp_path, 
                         pass
                 except NsrError as exc:
                     errors.append(exc)
-        freeze = _stop_builder_once_recorded(c, "m2", "mp1")
         controller = threading.Thread(target=build)
         controller.start()
         try:
-            _until(lambda: freeze.poll() is not None or not controller.is_alive())
+            _until(lambda: "/run/nsrecipes/net/topo-mp1.json" in c.state("m2")
+                   or not controller.is_alive())
             assert controller.is_alive(), f"the build ended before m2 recorded it: {errors}"
             subprocess.run(["ip", "-n", c.ul, "link", "set", port, "down"], check=True)
-            c.exec("m2", ["sh", "-c", _signal_builders("CONT")])
+            gate.unlink()
             controller.join(600)
         finally:
             subprocess.run(["ip", "-n", c.ul, "link", "set", port, "up"], check=True)
-            if freeze.poll() is None:
-                freeze.kill()
-            freeze.wait(60)
+            if gate.exists():
+                gate.unlink()
         assert not controller.is_alive()
         (err,) = errors
         assert str(err).startswith("machine m2 (root@10.250.0.12): no word from it for 15 s: "
