@@ -25,7 +25,7 @@ import shlex
 import sys
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from .errors import InvalidInput, NsrError, ToolMissing
@@ -253,9 +253,14 @@ class Runner:
         but their commands up to ``width`` at once (default: one per CPU) where every step
         is a plain command on the shell backend (``argv`` and ``input``, no ``shell``
         callable) and no ``--step`` lesson pauses; otherwise one after the other. Under
-        ``--explain`` each is printed as :meth:`run` prints it. Their values, in order."""
+        ``--explain`` each is printed as :meth:`run` prints it, the first saying which run
+        side by side. Their values, in order."""
         plain = all(s.shell is None and s.argv is not None and self.form_for(s) == "shell"
                     for s in steps)
+        if plain and len(steps) > 1:
+            steps = [replace(steps[0], title=f"{steps[0].title} -- it and the next "
+                             f"{len(steps) - 1} run side by side, up to one per CPU (as xargs "
+                             "-P $(nproc))"), *steps[1:]]
         if self.explain or not plain or len(steps) < 2 or (self.lesson and self.lesson.step):
             return [self.run(s) for s in steps]
         self.say_owner()

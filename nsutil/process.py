@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import re
 import signal
 import threading
@@ -61,11 +60,24 @@ def _child_report(fd: int, fn: Callable[[], Any]) -> int:
     except Exception as exc:  # report any failure to the parent, never return into its stack
         payload, status = ("err", NsrError(f"{type(exc).__name__}: {exc}")), 1
     try:
-        data = pickle.dumps(payload)
+        data = to_bytes(payload)
     except Exception as exc:  # an unpicklable result
-        data, status = pickle.dumps(("err", NsrError(f"result not picklable: {exc}"))), 1
+        data, status = to_bytes(("err", NsrError(f"result not picklable: {exc}"))), 1
     write_all(fd, data)
     return status
+
+
+def to_bytes(obj: Any) -> bytes:
+    """``obj`` pickled, for the process at the other end of a pipe (a result, an error).
+    pickle is loaded on first use: loading it cost about 1 ms of every command line."""
+    import pickle
+    return pickle.dumps(obj)
+
+
+def from_bytes(data: bytes) -> Any:
+    """What :func:`to_bytes` made of an object, the object again."""
+    import pickle
+    return pickle.loads(data)
 
 
 def wait_child(pid: int) -> int:
@@ -94,7 +106,7 @@ def _unwrap(data: bytes, what: str) -> Any:
     if not data:
         raise NsrError(f"{what}: the child died before reporting",
                        hint="see the kernel log (dmesg) or run with --backend shell")
-    kind, value = pickle.loads(data)
+    kind, value = from_bytes(data)
     if kind == "err":
         raise value
     return value
@@ -468,7 +480,7 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
         set_comm(name)  # what ps shows for it, instead of the caller's name
         if setup is not None:
             setup()
-        write_all(ready_w, b"R" + pickle.dumps(host_pid))
+        write_all(ready_w, b"R" + to_bytes(host_pid))
         os.close(ready_w)
         reap_forever()
         return 0
@@ -504,7 +516,7 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
                 return wait_child(child)
             return hold()
         except NsrError as exc:
-            write_all(ready_w, b"E" + pickle.dumps(exc))
+            write_all(ready_w, b"E" + to_bytes(exc))
             return 1
 
     pid = fork()
@@ -529,10 +541,10 @@ def spawn_holder(flags: int, *, setup: Callable[[], None] | None = None,
         os.close(go_w)
     if tag == b"R":
         owned = userns_first or userns_of is not None
-        return Holder(pickle.loads(rest), pid, flags | (sc.CLONE_NEWUSER if owned else 0))
+        return Holder(from_bytes(rest), pid, flags | (sc.CLONE_NEWUSER if owned else 0))
     kill_and_reap(pid, pid)
     if tag == b"E":
-        raise pickle.loads(rest)
+        raise from_bytes(rest)
     raise NsrError(f"holder for {sc.flag_names(flags)} died while starting",
                    hint="see `invoke doctor`")
 

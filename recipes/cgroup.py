@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import signal
 import sys
 import time
@@ -288,7 +287,7 @@ def run_in_cgroup(run: Runner, cg: Cgroup, work: Callable[[Callable[[int], None]
             if os.read(go_r, 1) != b"g":
                 os._exit(1)
             result = work(lambda n: os.write(prog_w, n.to_bytes(8, "little")))
-            os.write(res_w, pickle.dumps(result))
+            os.write(res_w, process.to_bytes(result))
             status = 0
         except BaseException:
             status = 1
@@ -321,7 +320,7 @@ def run_in_cgroup(run: Runner, cg: Cgroup, work: Callable[[Callable[[int], None]
     code = os.waitstatus_to_exitcode(status)
     code = 128 - code if code < 0 else code
     progress = int.from_bytes(progress_raw[-8:], "little") if len(progress_raw) >= 8 else 0
-    return Outcome(code, pickle.loads(data) if data else None, progress, seconds)
+    return Outcome(code, process.from_bytes(data) if data else None, progress, seconds)
 
 
 # --- workloads (run inside the cgroup) ---------------------------------------------------------

@@ -20,7 +20,6 @@ Here, each of those as a step:
 from __future__ import annotations
 
 import os
-import pickle
 import socket
 import struct
 
@@ -281,7 +280,7 @@ def _native_nested(outer: process.Holder) -> process.Holder:
             payload: tuple = ("ok", held.parent)
         except NsrError as exc:
             payload, held = ("err", exc), None
-        data = pickle.dumps(payload)
+        data = process.to_bytes(payload)
         process.write_all(w, struct.pack("!I", len(data)) + data)
         os.close(w)
         return process.wait_child(held.parent) if held is not None else 1
@@ -295,7 +294,7 @@ def _native_nested(outer: process.Holder) -> process.Holder:
         data = _read_exact(r, struct.unpack("!I", header)[0]) if len(header) == 4 else b""
         if not data:
             raise NsrError("the nested holder died while starting", hint="see `invoke doctor`")
-        kind, value = pickle.loads(data)
+        kind, value = process.from_bytes(data)
         if kind == "err":
             raise value
         hold = process.wait_for(lambda: (procfs.children_of(value) or [None])[0], 5,

@@ -86,3 +86,41 @@ def test_the_parser_builds_the_options_of_the_named_tasks_only():
     parsed = Parser(initial=Program().initial_context,
                     contexts=list(some.values())).parse_argv(tasks.named)
     assert parsed[1].args["hostname"].value == "box" and parsed[1].args["explain"].value
+
+
+#: runs invoke's own command in the checkout and says how often the command line was parsed
+#: and for how many tasks the parser had options (each parse deep-copies them all)
+COUNT_PARSES = """
+import sys
+import invoke.parser
+real = invoke.parser.Parser.parse_argv
+count = [0, 0]
+def counted(self, argv):
+    count[0] += 1
+    count[1] = max(count[1], len([c for c in self.contexts.values() if c.flags]))
+    return real(self, argv)
+invoke.parser.Parser.parse_argv = counted
+sys.argv = ["invoke", *sys.argv[1:]]
+from invoke.main import program
+try:
+    program.run()
+finally:
+    print("parses", count[0], "tasks with options", count[1], file=sys.stderr)
+"""
+
+
+@pytest.mark.userspace
+@pytest.mark.parametrize("args, status", [(["uts-demo", "--explain"], 0),
+                                          (["container-run", "true"], 2)])
+def test_invoke_in_the_checkout_parses_the_command_line_once(args, status):
+    """invoke parses its core options, then the tasks; tasks.py's one-line mistakes come
+    from that parse of the tasks, not from a third and fourth parse of its own, and that
+    parse builds the options of the named task only (cli.collection.Tasks)."""
+    done = subprocess.run([sys.executable, "-c", COUNT_PARSES, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == status, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[-1] == "parses 2 tasks with options 1"
+    if status:
+        assert lines[:-1] == ["nsrecipes: container-run: 'true' is none of its options (hint: the "
+                              "command goes after --: invoke container-run -- true)"]

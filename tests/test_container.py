@@ -306,8 +306,8 @@ def test_explain_prints_the_sequence_and_changes_nothing():
                      "unshare --mount"])
     # PID 1 opens the cgroup's file before pivot_root and moves itself in after it, last
     order = cgroup_steps + [
-        "mount --make-rslave /", "mount -t overlay", "mount -t proc",
-        "mount -t tmpfs", "mknod", "hostname", "ip link set lo up", "exec 3> ",
+        "mount --make-rslave /", "mount -t overlay", "run side by side", "mount -t proc",
+        "hostname", "ip link set lo up", "mount -t tmpfs", "mknod", "exec 3> ",
         "/cgroup.procs" if V2 else "/tasks", "pivot_root . .", "umount -l .",
         "PID 1 moves itself", "echo 0 >&3", "unshare --cgroup", "rmdir"] + \
         ([f"rmdir {v2}\n"] if V2 else []) + ["rm -rf"]

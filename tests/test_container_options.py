@@ -66,9 +66,9 @@ def test_unexpected_setup_failure_is_one_line_not_a_silent_125(backend, monkeypa
     (the sh package's RuntimeError). Any such failure now comes back as one line."""
     from recipes.container import inside as containermounts
 
-    def broken(run, name):
+    def broken(run):
         raise RuntimeError("can't start new thread")
-    monkeypatch.setattr(containermounts, "set_hostname", broken)
+    monkeypatch.setattr(containermounts, "make_rslave", broken)
     before = _ours()
     with pytest.raises(NsrError) as err:
         run_ct(backend, ["true"])
@@ -265,10 +265,11 @@ def test_explain_shows_the_new_options_in_order(tmp_path):
                        "--env", "A=1", "--workdir", "/srv", "--user", "1000:1001",
                        "--timeout", "5", "--", "sh", timeout=300)
     assert done.returncode == 0, done.stderr
-    order = ["mkdir -p /run", f"mount --rbind {tmp_path} ", "mount --make-rprivate ",
+    order = ["domainname nsr.dom", "mkdir -p /run", f"mount --rbind {tmp_path} ",
+             "mount --make-rprivate ",
              "mount_setattr(AT_FDCWD, ", "AT_RECURSIVE, {attr_set=MOUNT_ATTR_RDONLY}",
              "mount -t tmpfs -o nosuid,nodev,mode=1777,size=8m tmpfs ", "/merged/srv\n",
-             "mount -o remount,bind,ro ", "domainname nsr.dom", "pivot_root . .",
+             "mount -o remount,bind,ro ", "pivot_root . .",
              "cd /srv && env A=1 setpriv --reuid=1000 --regid=1001 --clear-groups -- sh",
              "sleep 5 && kill -KILL $PID"]
     positions = [done.stdout.find(word) for word in order]

@@ -61,7 +61,8 @@ def test_runner_run_together(tmp_path):
     out = io.StringIO()
     with Runner(backend="shell", explain=True, out=out) as run:
         run.run_together(steps)
-    assert "[1] step 0\n      $ timeout 3 cat" in out.getvalue() and "[2] step 1" in out.getvalue()
+    assert ("[1] step 0 -- it and the next 1 run side by side, up to one per CPU (as xargs -P "
+            "$(nproc))\n      $ timeout 3 cat") in out.getvalue() and "[2] step 1" in out.getvalue()
     with Runner(backend="native", keep=True, out=io.StringIO()) as run:
         assert run.run_together(steps, width=2) == ["native", "native"]
 

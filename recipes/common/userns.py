@@ -18,7 +18,6 @@ namespace first (the demo's mounts then live and die with that process).
 from __future__ import annotations
 
 import os
-import pickle
 import pwd
 import shutil
 import sys
@@ -238,7 +237,7 @@ def call_mapped(plan: IdPlan, fn: Callable[[], Any], what: str) -> Any:
             outcome = ("err", exc)
         except Exception as exc:   # noqa: BLE001 -- reported to the parent as one line
             outcome = ("err", NsrError(f"{what}: {type(exc).__name__}: {exc}"))
-        process.write_all(w, pickle.dumps(outcome))
+        process.write_all(w, process.to_bytes(outcome))
         return 0
 
     sys.stdout.flush()
@@ -261,7 +260,7 @@ def call_mapped(plan: IdPlan, fn: Callable[[], Any], what: str) -> Any:
     if not result.get("data"):
         raise NsrError(f"{what}: the process in the user namespace died before reporting",
                        hint="see the error above it")
-    kind, value = pickle.loads(result["data"])
+    kind, value = process.from_bytes(result["data"])
     if kind == "err":
         raise value
     return value

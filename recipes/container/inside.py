@@ -5,7 +5,9 @@ In the container's own mount namespace, on the host's tree made rslave first:
 1. the overlay (rootfs as lowerdir) on ``merged``; a mountpoint the rootfs lacks (/proc,
    /dev, a volume's, the working directory) is made in the overlay, its path resolved
    inside the rootfs (an image's absolute symlink never reaches the host's directories);
-2. /proc of the new PID namespace, a tmpfs /dev with the usual nodes;
+2. /proc of the new PID namespace, the hostname (and domainname), ``lo`` up (``--net``):
+   independent of each other, so their commands run side by side; a tmpfs /dev with the
+   usual nodes;
 3. ``--volume``: recursive binds (``mount --rbind``); ``:ro`` makes every mount of the tree
    read-only with one ``mount_setattr(AT_RECURSIVE)`` -- ``mount -o remount,bind,ro`` would
    leave the submounts writable, and util-linux 2.38 has no command for it, so this one
@@ -13,7 +15,7 @@ In the container's own mount namespace, on the host's tree made rslave first:
 4. ``--read-only``: the overlay remounted read-only (its submounts keep their own flags);
 5. hostname, domainname, ``lo`` up (``--net``);
 6. ``pivot_root . .`` into ``merged``; the old root made rslave and detached;
-7. last, with every helper of the setup (the shell backend's commands and the threads of
+6. last, with every helper of the setup (the shell backend's commands and the threads of
    the ``sh`` package that runs them) gone: PID 1 moves itself into the container's cgroup
    through a file it opened before ``pivot_root``, and unshares a cgroup namespace. So
    ``--pids N`` counts the container's own processes only: PID 1 and what the command starts.
@@ -71,20 +73,25 @@ def ensure_mountpoint(run: Runner, merged: str, rootfs: str, path: str, what: st
     return target
 
 
-def mount_proc(run: Runner, target: str) -> None:
+def proc_step(target: str) -> Step:
     """Step: mount a /proc that shows only the new PID namespace."""
     flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
-    run.run(Step("mount /proc of the new PID namespace",
-                 argv=["mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", target],
-                 native=lambda: sc.mount("proc", target, "proc", flags)))
+    return Step("mount /proc of the new PID namespace",
+                argv=["mount", "-t", "proc", "-o", "nosuid,nodev,noexec", "proc", target],
+                native=lambda: sc.mount("proc", target, "proc", flags))
 
 
-def mount_dev(run: Runner, dev: str) -> None:
-    """Steps: a tmpfs /dev with null, zero, full, random, urandom, tty and the fd links."""
-    run.run(Step("mount a small tmpfs on /dev",
-                 argv=["mount", "-t", "tmpfs", "-o", "nosuid,mode=755,size=65536k", "tmpfs", dev],
-                 native=lambda: sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID, "mode=755,size=65536k")))
+def dev_tmpfs_step(dev: str) -> Step:
+    """Step: a small tmpfs on /dev (mode 755: a sticky, world-writable /dev would refuse
+    O_CREAT on nodes of another owner)."""
+    return Step("mount a small tmpfs on /dev",
+                argv=["mount", "-t", "tmpfs", "-o", "nosuid,mode=755,size=65536k", "tmpfs", dev],
+                native=lambda: sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID,
+                                        "mode=755,size=65536k"))
 
+
+def make_device_nodes(run: Runner, dev: str) -> None:
+    """Step: in the tmpfs /dev, null, zero, full, random, urandom, tty and the fd links."""
     def nodes() -> None:
         for name, major, minor in DEVICES:
             path = os.path.join(dev, name)
@@ -148,23 +155,23 @@ def make_root_readonly(run: Runner, merged: str) -> None:
                  native=lambda: sc.mount(None, merged, None, READ_ONLY_REMOUNT)))
 
 
-def set_hostname(run: Runner, name: str) -> None:
+def hostname_step(name: str) -> Step:
     """Step: the container's hostname (its own UTS namespace)."""
-    run.run(Step(f"set the hostname to {name!r}", argv=["hostname", name],
-                 native=lambda: sc.sethostname(name)))
+    return Step(f"set the hostname to {name!r}", argv=["hostname", name],
+                native=lambda: sc.sethostname(name))
 
 
-def set_domainname(run: Runner, name: str) -> None:
+def domainname_step(name: str) -> Step:
     """Step: the container's NIS domain name (its own UTS namespace, as ``docker run
     --domainname``)."""
-    run.run(Step(f"set the domainname to {name!r}", argv=["domainname", name],
-                 native=lambda: sc.setdomainname(name)))
+    return Step(f"set the domainname to {name!r}", argv=["domainname", name],
+                native=lambda: sc.setdomainname(name))
 
 
-def loopback_up(run: Runner) -> None:
+def loopback_step() -> Step:
     """Step: bring ``lo`` up in the new network namespace."""
-    run.run(Step("bring lo up in the new network namespace", argv=["ip", "link", "set", "lo", "up"],
-                 native=_lo_up))
+    return Step("bring lo up in the new network namespace", argv=["ip", "link", "set", "lo", "up"],
+                native=_lo_up)
 
 
 def _lo_up() -> None:
@@ -275,27 +282,38 @@ def unshare_cgroupns(run: Runner) -> None:
                  native=lambda: sc.unshare(sc.CLONE_NEWCGROUP)))
 
 
+def proc_and_names(run: Runner, spec: Spec, proc: str) -> None:
+    """Steps that do not depend on each other -- /proc, the hostname (and domainname),
+    ``lo`` up (``--net``): a mount point and namespaces of their own, so on the shell backend
+    their commands run side by side, as a script runs them with ``&`` and ``wait``. (One
+    mount at a time: two side by side would be listed in /proc/self/mountinfo in whichever
+    order they happened to finish.)"""
+    steps = [proc_step(proc), hostname_step(spec.hostname or spec.name)]
+    if spec.domainname:
+        steps.append(domainname_step(spec.domainname))
+    if spec.net:
+        steps.append(loopback_step())
+    run.run_together(steps)
+
+
 def inside_steps(run: Runner, spec: Spec, ct: Container) -> None:
     """Everything PID 1 does before the command (see the module docstring)."""
     make_rslave(run)
     mount_overlay(run, spec.lowers or [ct.rootfs], ct.upper, ct.work, ct.merged, undo=False,
                   cwd=spec.lowers_cwd, via=spec.lowers_via)
-    mount_proc(run, ensure_mountpoint(run, ct.merged, ct.rootfs, "/proc", "the mountpoint"))
+    proc = ensure_mountpoint(run, ct.merged, ct.rootfs, "/proc", "the mountpoint")
     dev = ensure_mountpoint(run, ct.merged, ct.rootfs, "/dev", "the mountpoint")
+    proc_and_names(run, spec, proc)
+    run.run(dev_tmpfs_step(dev))
     if spec.ids is not None:    # without root: no mknod, the host's nodes bound instead
         rootless_recipe.mount_dev_binds(run, dev)
     else:
-        mount_dev(run, dev)
+        make_device_nodes(run, dev)
     mount_all(run, spec, ct.merged, ct.rootfs)
     if spec.workdir:
         ensure_mountpoint(run, ct.merged, ct.rootfs, spec.workdir, "the working directory")
     if spec.read_only:
         make_root_readonly(run, ct.merged)
-    set_hostname(run, spec.hostname or spec.name)
-    if spec.domainname:
-        set_domainname(run, spec.domainname)
-    if spec.net:
-        loopback_up(run)
     if ct.cgroup is None:       # without root and no delegated cgroup: none of its own
         pivot_into(run, ct.merged)
         unshare_cgroupns(run)
@@ -303,4 +321,3 @@ def inside_steps(run: Runner, spec: Spec, ct: Container) -> None:
     fds = open_cgroup(run, ct.cgroup)
     pivot_into(run, ct.merged)
     join_cgroup(run, ct.cgroup, fds)
-

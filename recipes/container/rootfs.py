@@ -13,7 +13,6 @@ the same with os.makedirs/shutil.copy2/os.symlink.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import struct
@@ -87,6 +86,7 @@ def applets(busybox: str) -> list[str]:
 
 
 def _digest(path: str) -> str:
+    import hashlib     # here: 2 ms of loading OpenSSL, paid only when the digest is not known
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -98,13 +98,9 @@ def explain_maps(run: Runner, spec: Spec) -> None:
 
 
 def mount_dev_binds(run: Runner, dev: str) -> None:
-    """Steps: a tmpfs /dev (mode 755: a sticky, world-writable /dev would refuse O_CREAT on
-    nodes of another owner) with the host's device nodes bound on empty files, as bubblewrap's
-    ``--dev`` does (mknod needs CAP_MKNOD in the host's user namespace), and the fd links."""
-    run.run(Step("mount a small tmpfs on /dev",
-                 argv=["mount", "-t", "tmpfs", "-o", "nosuid,mode=755,size=65536k", "tmpfs", dev],
-                 native=lambda: sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID,
-                                         "mode=755,size=65536k")))
+    """Steps: in the tmpfs /dev, the host's device nodes bound on empty files, as
+    bubblewrap's ``--dev`` does (mknod needs CAP_MKNOD in the host's user namespace), and the
+    fd links."""
     targets = [os.path.join(dev, name) for name in DEVICES]
 
     def files() -> None:
@@ -120,10 +116,13 @@ def mount_dev_binds(run: Runner, dev: str) -> None:
                  display=f"touch {' '.join(targets)}; ln -s /proc/self/fd {dev}/fd; ...",
                  native=files))
     for name, path in zip(DEVICES, targets):
-        host = f"/dev/{name}"
-        run.run(Step(f"bind the host's {host} on it (a user namespace cannot mknod)",
-                     argv=["mount", "--bind", host, path],
-                     native=lambda host=host, path=path: sc.mount(host, path, None, sc.MS_BIND)))
+        run.run(_bind_step(f"/dev/{name}", path))
+
+
+def _bind_step(host: str, path: str) -> Step:
+    return Step(f"bind the host's {host} on it (a user namespace cannot mknod)",
+                argv=["mount", "--bind", host, path],
+                native=lambda: sc.mount(host, path, None, sc.MS_BIND))
 
 
 def _remove_own(path: str) -> bool:

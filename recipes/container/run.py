@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import select
 import shlex
 import signal
@@ -79,7 +78,7 @@ def exec_display(spec: Spec) -> str:
 
 def _send(fd: int, kind: bytes, exc: NsrError) -> None:
     try:
-        os.write(fd, kind + pickle.dumps(exc))
+        os.write(fd, kind + process.to_bytes(exc))
     except OSError:
         pass
 
@@ -574,7 +573,7 @@ def wait(run: Runner, ct: Container, timeout: float | None = None) -> int:
             signal.signal(sig, old)
     data = _read_report(ct)
     if data:
-        raise pickle.loads(data[1:])
+        raise process.from_bytes(data[1:])
     if timed_out:
         raise ContainerTimeout(f"container {ct.name} ran past --timeout {timeout:g} s and was "
                                "killed (SIGKILL)", hint="give it longer with --timeout SECONDS, "

@@ -22,11 +22,11 @@ their defaults), takes the name ``nsr-supervisor`` (``ps``, ``pgrep``), and then
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import sys
 from typing import IO, Any
 
+from nsutil import process
 from nsutil import syscalls as sc
 from nsutil.backend import Runner
 from nsutil.errors import NsrError
@@ -68,7 +68,7 @@ def spawn(argv: list[str], rootfs: str | None, backend: str | None, rm: bool,
     if answer.startswith(b"ok "):
         return answer[3:].decode()
     if answer.startswith(b"E"):
-        raise pickle.loads(answer[1:])
+        raise process.from_bytes(answer[1:])
     raise NsrError("the container's supervisor died before it started the container",
                    hint="run it in the foreground (without --detach) to see why")
 
@@ -178,7 +178,7 @@ def supervise(request: dict, report_fd: int) -> int:
             if not isinstance(exc, NsrError):
                 exc = NsrError(f"the supervisor failed: {type(exc).__name__}: {exc}")
             _remove_dir(spec)
-            _report(report_fd, b"E" + pickle.dumps(exc))
+            _report(report_fd, b"E" + process.to_bytes(exc))
             return START_FAILED
     _to_log(ct.extra["log"])
     _report(report_fd, b"ok " + ct.id.encode())

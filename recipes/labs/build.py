@@ -166,9 +166,6 @@ def _build_shell(run: Runner, plan: Plan) -> None:
         steps = [Step(title, argv=batches.enter_argv(ns), input="\n".join(cmds) + "\n",
                       display=batches.display(cmds, ns), native=lambda: None)
                  for ns, cmds, title in together]
-        if len(steps) > 1:
-            steps[0].title += (f" -- it and the next {len(steps) - 1} run side by side, "
-                               "up to one per CPU (as xargs -P $(nproc))")
         run.run_together(steps)
     sysctls = batches.sysctl_lines(plan)
     if sysctls:
