@@ -26,12 +26,14 @@ import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TextIO
 
 from .errors import InvalidInput, NsrError, ToolMissing
 from .process import package_for
 from . import rootless, shell, timeline
-from .lesson import Inside, Lesson, banner, open_native, open_shell
+
+if TYPE_CHECKING:   # the lessons (--step, --shell) load only when a run has one
+    from .lesson import Inside, Lesson
 
 BACKENDS = ("auto", "shell", "native")
 #: the Ctrl-C (KeyboardInterrupt) received during one undo that cuts it short
@@ -321,10 +323,12 @@ class Runner:
         if not self.wants_shell or where is None:
             return
         if not self.explain:
+            from .lesson import banner
             banner(where, hint, self.lesson.interactive, self.out)
         self.run(self._shell_step(where))
 
     def _shell_step(self, where: Inside) -> Step:
+        from .lesson import open_native, open_shell
         fd = self.lesson.fd if self.lesson else 0
         bash = self.lesson.shell_argv() if self.lesson and not self.explain else ["bash", "-i"]
         return Step(f"open a shell in {where.describe()}", argv=where.argv(bash),
@@ -340,6 +344,7 @@ class Runner:
             if not alive:
                 print("   (no namespaces made yet: nothing to enter)", file=self.out, flush=True)
                 continue
+            from .lesson import banner
             banner(alive[-1], "", self.lesson.interactive, self.out)
             self._execute(self._shell_step(alive[-1]))
 

@@ -18,7 +18,6 @@ the :class:`~nsutil.backend.Runner` does that; this module holds the mechanics:
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -137,7 +136,7 @@ class Lesson:
             raise InvalidInput(f"{option} needs a terminal to type on, and stdin is {kind}",
                                hint="run it in a terminal, or pipe the commands in: "
                                     "echo hostname | invoke uts-demo --shell")
-        if self.shell and shutil.which("bash") is None:
+        if self.shell and process.which("bash") is None:
             raise ToolMissing("bash", "bash")
 
     @property
@@ -263,7 +262,7 @@ def _finish(wait: Callable[[], int]) -> int:
 
 def open_shell(argv: list[str], inside: Inside, fd: int = 0) -> int:
     """The shell form: run ``nsenter ... -- bash`` on this terminal; its exit status."""
-    if shutil.which(argv[0]) is None:
+    if process.which(argv[0]) is None:
         raise ToolMissing(argv[0], process.package_for(argv[0]))
     with terminal_handed_over(fd):
         proc = subprocess.Popen(argv, env=shell_env(inside), stdin=fd,
@@ -274,7 +273,7 @@ def open_shell(argv: list[str], inside: Inside, fd: int = 0) -> int:
 def open_native(inside: Inside, shell: list[str], fd: int = 0) -> int:
     """The native form: setns() into ``inside`` and exec bash there (through one more fork
     when a PID namespace is joined or made: only children land in it)."""
-    path = shutil.which(shell[0]) or shell[0]
+    path = process.which(shell[0]) or shell[0]
     env = shell_env(inside)
 
     def mount_proc() -> None:

@@ -16,25 +16,24 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import signal
 from dataclasses import dataclass
 from typing import Sequence
 
 from .errors import CommandError, ToolMissing
-from .process import Completed, deferred_sigint, package_for
+from .process import Completed, deferred_sigint, package_for, which
 
 
 def have(tool: str) -> bool:
     """True if ``tool`` is on PATH."""
-    return shutil.which(tool) is not None
+    return which(tool) is not None
 
 
 def found(argv: Sequence[str]) -> tuple[str, list[str]]:
     """``argv`` as strings, and the path of its program on PATH; :class:`ToolMissing`
     (naming the Debian package) when there is none."""
     argv = [str(a) for a in argv]
-    path = shutil.which(argv[0])
+    path = which(argv[0])
     if path is None:
         raise ToolMissing(argv[0], package_for(argv[0]))
     return path, argv

@@ -117,6 +117,30 @@ def test_leftovers_unmount_and_remove(backend):
         cow.remove_tree(base)
 
 
+def test_remove_tree_removes_links_as_links(tmp_path):
+    """What a container leaves in its upper (files, directories, links to the host's files
+    and directories) goes; what a link points at stays; a path that is a link loses the link
+    only."""
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "dir" / "keep").write_text("host\n")
+    (outside / "file").write_text("host\n")
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "f").write_text("x")
+    (tree / "a" / "to-dir").symlink_to(outside / "dir")
+    (tree / "to-file").symlink_to(outside / "file")
+    (tree / "dangling").symlink_to(tmp_path / "nowhere")
+    link = tmp_path / "link-to-dir"
+    link.symlink_to(outside / "dir")
+    cow.remove_tree(str(tree))
+    cow.remove_tree(str(link))
+    cow.remove_tree(str(tmp_path / "never-was"))
+    assert not os.path.lexists(tree) and not os.path.lexists(link)
+    assert (outside / "dir" / "keep").read_text() == "host\n"
+    assert (outside / "file").read_text() == "host\n"
+
+
 # --- /tmp on overlayfs (a container-like host, made in a mount namespace of the test's own) ---
 
 def test_the_kernel_refuses_an_upper_on_overlayfs_as_upperfs_says(tmp_path):

@@ -557,3 +557,26 @@ def test_eperm_hint_names_apparmor_restriction(monkeypatch, tmp_path):
     monkeypatch.setattr(errors.os, "geteuid", lambda: 0)   # root with every capability
     text = str(errors.SyscallError("unshare(CLONE_NEWUSER)", _errno.EPERM))
     assert "run as root" not in text and "(hint: root is refused too: " in text
+
+
+def test_which_finds_programs_as_the_shell_does(tmp_path, monkeypatch):
+    """nsutil.process.which (not shutil's: loading shutil cost every command line 1.6 ms):
+    the first executable file on $PATH; not a directory, not a file without x; a name with
+    a '/' as it is."""
+    from nsutil.process import which
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d in (first, second):
+        d.mkdir()
+    (first / "tool").write_text("#!/bin/sh\n")                  # not executable
+    (first / "dir-tool").mkdir()
+    for d in (first, second):
+        (d / "both").write_text("#!/bin/sh\n")
+        (d / "both").chmod(0o755)
+    (second / "tool").write_text("#!/bin/sh\n")
+    (second / "tool").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{first}:{second}")
+    assert which("tool") == str(second / "tool")
+    assert which("both") == str(first / "both")
+    assert which("dir-tool") is None and which("nsr-none") is None
+    assert which(str(second / "tool")) == str(second / "tool")
+    assert which(str(first / "tool")) is None

@@ -99,14 +99,13 @@ def spawn_background(argv: Sequence[str], *, detach: bool = False) -> tuple[int,
     the user's terminal -- e.g. ``unshare --fork``'s "sigprocmask unblock failed" when its
     child is SIGKILLed -- while :func:`read_back` can still quote it when starting fails.
     """
-    import shutil
     import tempfile
     argv = [str(a) for a in argv]
     with tempfile.TemporaryFile() as tmp:  # unnamed (O_TMPFILE): nothing to clean up
         errfile = os.dup(tmp.fileno())
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
-        pid = os.posix_spawn(shutil.which(argv[0]) or argv[0], argv, os.environ,
+        pid = os.posix_spawn(process.which(argv[0]) or argv[0], argv, os.environ,
                              file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
                                            (os.POSIX_SPAWN_DUP2, errfile, 2)],
                              setsid=detach)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import time
 from nsutil import netlink as nl
 from nsutil.errors import SyscallError
 from nsutil.names import ip_of
+from nsutil.process import which
 
 CHECK_PORT = 5555          #: the port the shell form's listener listens on
 
@@ -96,7 +96,7 @@ def udp_check(ns_a: str | None, addr_a: str, ns_b: str | None, addr_b: str,
 
 def _busybox_nc() -> list[str]:
     """``busybox nc`` (or a plain ``nc``), as argv."""
-    nc = shutil.which("busybox") or shutil.which("nc")
+    nc = which("busybox") or which("nc")
     if nc is None:
         from nsutil.errors import ToolMissing
         raise ToolMissing("busybox", "busybox-static")
@@ -108,7 +108,7 @@ def nc_listen(ns: str, port: int = CHECK_PORT) -> subprocess.Popen:
     it ends: once its stdin is at its end (as /dev/null is at once, under pytest or cron)
     busybox nc shuts down its sending half, the client nc sees the end and quits, perhaps
     before it has sent what it was to send."""
-    return subprocess.Popen([shutil.which("ip") or "ip", "netns", "exec", ns] + _busybox_nc()
+    return subprocess.Popen([which("ip") or "ip", "netns", "exec", ns] + _busybox_nc()
                             + ["-l", "-p", str(port)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
@@ -133,7 +133,7 @@ def tcp_check_shell(ns_a: str, ns_b: str, addr_b: str, port: int = CHECK_PORT,
                     timeout: float = 10.0) -> bool:
     """The shell form of the check: ``ip netns exec B busybox nc -l -p PORT`` receives a
     token that ``ip netns exec A busybox nc ADDR PORT`` sends over TCP."""
-    client_argv = ([shutil.which("ip") or "ip", "netns", "exec", ns_a] + _busybox_nc()
+    client_argv = ([which("ip") or "ip", "netns", "exec", ns_a] + _busybox_nc()
                    + ["-w", "1", ip_of(addr_b) if "/" in addr_b else addr_b, str(port)])
     token = secrets.token_hex(8)
     server = nc_listen(ns_b, port)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -97,7 +96,7 @@ def missing_for_range() -> list[str]:
     missing = [f"no {path} entry for {who}" for path, owner in ((SUBUID, uid), (SUBGID, gid))
                if _short(subordinate_range(path, owner if path == SUBUID else uid))]
     missing += [f"{tool} (package uidmap) is not installed" for tool in HELPERS
-                if shutil.which(tool) is None]
+                if process.which(tool) is None]
     return missing
 
 

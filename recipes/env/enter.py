@@ -3,7 +3,6 @@ the user namespace first, then the others, with the holder's root and working di
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -109,7 +108,7 @@ def _shell_exec(argv: list[str], *, capture: bool, input: bytes | None) -> proce
     if capture:
         return nshell.run_full(argv, input=input)
     import subprocess
-    if shutil.which(argv[0]) is None:
+    if process.which(argv[0]) is None:
         from nsutil.errors import ToolMissing
         raise ToolMissing(argv[0], process.package_for(argv[0]))
     with process.deferred_sigint():  # the command gets Ctrl-C itself; we raise after it

@@ -10,8 +10,8 @@ run the helpers.
 from __future__ import annotations
 
 import os
-import shutil
 
+from nsutil import process
 from nsutil import idmap
 from nsutil.errors import NsrError
 
@@ -78,7 +78,7 @@ def refusal(which: str, maps: list[idmap.IdMap], own: int, uid: int) -> NsrError
         return NsrError(f"--{which}-map {spec}: {which_ones} lies outside your own "
                         f"{which} {own} and your {FILES[which]} ranges ({have})",
                         hint="map only ids of those ranges, or run as root")
-    if shutil.which(HELPERS[which]) is None:
+    if process.which(HELPERS[which]) is None:
         return NsrError(f"--{which}-map {spec}: ids beyond your own {which} need "
                         f"{HELPERS[which]}, which is not installed",
                         hint="sudo apt-get install uidmap")

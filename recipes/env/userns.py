@@ -71,10 +71,9 @@ def shared_userns() -> int | None:
 def _spawn_shell_holder() -> dict:
     """``unshare --user --map-root-user -- sleep infinity`` in a session of its own (stdio on
     /dev/null); waits until it sleeps in its new user namespace."""
-    import shutil
     null = os.open(os.devnull, os.O_RDWR)
     try:
-        pid = os.posix_spawn(shutil.which("unshare") or "unshare", USER_HOLDER_ARGV,
+        pid = os.posix_spawn(process.which("unshare") or "unshare", USER_HOLDER_ARGV,
                              dict(os.environ), setsid=True,
                              file_actions=[(os.POSIX_SPAWN_DUP2, null, fd) for fd in (0, 1, 2)])
     finally:

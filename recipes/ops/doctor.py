@@ -16,13 +16,12 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 
 from nsutil import layers, mountinfo, probes, rootless, syscalls
 from nsutil.nstypes import NS_TYPES
-from nsutil.process import package_for
+from nsutil.process import package_for, which
 
 from recipes.ops import layercheck as lc
 from nsutil.rootless import read_setting
@@ -245,7 +244,7 @@ def module_state(name: str, symbol: str) -> tuple[bool, str]:
     moddir = f"/lib/modules/{platform.release()}"
     if not os.path.isdir(moddir):
         return False, f"not loaded, and {moddir} is missing (a container?)"
-    modprobe = shutil.which("modprobe")
+    modprobe = which("modprobe")
     if modprobe is None:
         found = re.search(rf"/{name}\.ko", _read(f"{moddir}/modules.dep") or "")
         return bool(found), "loadable (in modules.dep)" if found else "not in modules.dep"
@@ -281,7 +280,7 @@ TOOLS = [("unshare", True), ("nsenter", True), ("mount", True), ("ip", True), ("
 
 def tool_version(tool: str) -> str:
     """First line of ``tool --version`` (``ip -V`` for iproute2)."""
-    path = shutil.which(tool)
+    path = which(tool)
     if path is None:
         return ""
     argv = [path, "-V"] if tool == "ip" else [path] if tool == "busybox" else [path, "--version"]
