@@ -74,17 +74,23 @@ def remove_tree(path: str) -> None:
     if not stat.S_ISDIR(top.st_mode):
         _removed(os.unlink, path)
         return
-    for root, dirs, _files in os.walk(path):
-        for d in dirs:
-            if os.lstat(os.path.join(root, d)).st_dev != top.st_dev:
-                raise NsrError(f"{os.path.join(root, d)} is on another filesystem",
-                               hint="unmount it first; nothing was deleted")
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            _removed(os.unlink, os.path.join(root, name))
+    # one walk: each entry is listed before what is below it, so the list read backwards
+    # removes children before their directory
+    entries: list[tuple[Callable[[str], None], str]] = []
+    for root, dirs, files in os.walk(path):
+        entries += [(os.unlink, os.path.join(root, name)) for name in files]
         for name in dirs:      # a link to a directory is listed here too: removed as a link
             below = os.path.join(root, name)
-            _removed(os.unlink if os.path.islink(below) else os.rmdir, below)
+            st = os.lstat(below)
+            if stat.S_ISLNK(st.st_mode):
+                entries.append((os.unlink, below))
+            elif st.st_dev != top.st_dev:
+                raise NsrError(f"{below} is on another filesystem",
+                               hint="unmount it first; nothing was deleted")
+            else:
+                entries.append((os.rmdir, below))
+    for remove, entry in reversed(entries):
+        _removed(remove, entry)
     _removed(os.rmdir, path)
 
 
