@@ -10,15 +10,20 @@
 * runc run           -- Debian's runc with `runc spec`'s default config (pid, net, ipc, uts,
                         mount namespaces, cgroups), the rootfs read-only;
 * bwrap              -- bubblewrap: --unshare-pid/uts/ipc/net, --ro-bind the rootfs as /,
-                        --proc /proc --dev /dev (as the user: --unshare-user too).
+                        --proc /proc --dev /dev (as the user: --unshare-user too);
+* floor (C)          -- bench/container_floor.c, compiled here with ``cc``: the system calls
+                        of the API's start as root, in the same order, from a small C
+                        program (its own exec included, as bwrap's is): what the kernel's
+                        share of the API's time is, and so what the interpreter adds.
 
 nsrecipes does more per start than bwrap here (a cgroup, an overlay with its own upper dir,
 a tmpfs /dev with device nodes, pivot_root, a record of the container) and about what runc
 does. The variants run interleaved, one of each per round; prints the median and quartiles
 of each, the ratios to runc and to bwrap, the load average, and then where the API's time
 goes: the median of each step over traced runs (:mod:`nsutil.timeline`: marks from the tool,
-the process outside, PID 1 and the command, on one clock). Goal: the warm API <= 1.5x bwrap,
-with and without --net, as root and as the user. Needs root.
+the process outside, PID 1 and the command, on one clock), with the floor's marks at the same
+points beside them. Goal: the warm API <= 1.5x bwrap, with and without --net, as root and as
+the user. Needs root (and ``cc`` for the floor; without it the floor is left out).
 
     .venv/bin/python bench/container_start.py --runs 20
 """
@@ -39,13 +44,15 @@ from typing import Callable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from nsutil import timeline  # noqa: E402
+from nsutil import cgroupfs, timeline  # noqa: E402
 from nsutil.backend import Runner  # noqa: E402
 from recipes import container  # noqa: E402
+from nsutil import state  # noqa: E402
 from recipes.container import rootfs  # noqa: E402
 
 USER_UID = 65534
 GOAL = 1.5
+FLOOR_SOURCE = os.path.join(ROOT, "bench", "container_floor.c")
 #: (what, first mark, last mark, which start: "root" where the tool forks PID 1 itself,
 #: "user" where a process outside makes the user namespace first): the stretches between
 #: the marks of recipes/container/run.py; every Runner step ("> TITLE" .. "< TITLE") is a
@@ -139,8 +146,9 @@ def phases(marks: list[timeline.Mark]) -> dict[str, float]:
     return out
 
 
-def traced(fn: Callable[[], None], runs: int) -> dict[str, float]:
-    """Median ms of each phase over ``runs`` traced calls of ``fn``."""
+def traced(fn: Callable[[str], None], runs: int) -> dict[str, float]:
+    """Median ms of each phase over ``runs`` traced calls of ``fn`` (given the timeline file,
+    for a program it starts to append its marks to)."""
     rows: dict[str, list[float]] = {}
     fd, path = tempfile.mkstemp(prefix="nsr-bench-timeline-")
     os.close(fd)
@@ -149,7 +157,7 @@ def traced(fn: Callable[[], None], runs: int) -> dict[str, float]:
             os.truncate(path, 0)
             timeline.enable(path)
             timeline.mark("start")
-            fn()
+            fn(path)
             timeline.mark("end")
             timeline.disable()
             for k, v in phases(timeline.read(path)).items():
@@ -158,6 +166,46 @@ def traced(fn: Callable[[], None], runs: int) -> dict[str, float]:
         timeline.disable()
         os.unlink(path)
     return {k: statistics.median(v) for k, v in rows.items()}
+
+
+class Floor:
+    """The C floor (:data:`FLOOR_SOURCE`), compiled into ``work``, with a state directory of
+    its own on the filesystem of nsrecipes' (the same ext4 or tmpfs costs) and its cgroup
+    where nsrecipes makes a container's (v1: beside it; v2: beside nsrecipes' parent)."""
+
+    def __init__(self, rf: str, work: str, state_parent: str) -> None:
+        self.binary = os.path.join(work, "container_floor")
+        check(["cc", "-O2", "-Wall", "-Wno-format-truncation", "-o", self.binary, FLOOR_SOURCE])
+        os.makedirs(state_parent, exist_ok=True)
+        self.base = tempfile.mkdtemp(prefix="nsr-bench-floor-", dir=state_parent)
+        v1 = cgroupfs.host_layout().mode != "unified"
+        cg = cgroupfs.plan("nsr-bench-floor", ("pids",) if v1 else ())
+        self.cgroup = (cg.unique_dirs()[0] if v1 else
+                       os.path.join(os.path.dirname(cg.parent or ""), "nsr-bench-floor"))
+        self.cgroup_file = os.path.join(self.cgroup, "tasks" if v1 else "cgroup.procs")
+        self.rootfs = rf
+
+    def argv(self, net: bool = False) -> list[str]:
+        """The floor's command line for `true`."""
+        return [self.binary, self.rootfs, self.base, self.cgroup, self.cgroup_file,
+                *(["--net"] if net else []), "--", "true"]
+
+    def run(self, net: bool = False, marks: str | None = None) -> None:
+        """One start; with ``marks`` its timeline goes there."""
+        env = dict(os.environ, NSR_TIMELINE=marks) if marks else None
+        check(self.argv(net), env=env)
+
+    def remove(self) -> None:
+        """Its state directory (empty after every run; the cgroup goes with each run)."""
+        os.rmdir(self.base)
+
+
+def make_floor(rf: str, work: str) -> Floor | None:
+    """The floor, or None (said why) where there is no C compiler."""
+    if shutil.which("cc") is None:
+        print("floor (C): left out, no C compiler (cc) here")
+        return None
+    return Floor(rf, work, os.path.dirname(state.state_dir(create=False)))
 
 
 def load() -> str:
@@ -170,7 +218,8 @@ def worker(rf: str, runs: int) -> None:
     null = os.open(os.devnull, os.O_RDWR)
     times = interleaved({"API": api(rf, null), "API --net": api(rf, null, True),
                          "bwrap": lambda: check(bwrap_argv(rf, True))}, runs)
-    steps = {"API": traced(api(rf, null), runs), "API --net": traced(api(rf, null, True), runs)}
+    steps = {"API": traced(lambda _marks: api(rf, null)(), runs),
+             "API --net": traced(lambda _marks: api(rf, null, True)(), runs)}
     json.dump({"times": times, "steps": steps}, sys.stdout)
 
 
@@ -229,6 +278,24 @@ def print_steps(columns: dict[str, dict[str, float]]) -> None:
         print(f"{key[:58]:58}{cells}")
 
 
+def print_floor(results: dict[str, list[float]], steps: dict[str, dict[str, float]]) -> None:
+    """What the kernel's share of a start is (the floor), against bwrap and the API; and the
+    stretches where the API spends more than the floor, largest first."""
+    bw = statistics.median(results["bwrap"])
+    for api_name, floor_name in (("nsrecipes API (warm)", "floor (C, same calls)"),
+                                 ("nsrecipes API (warm) --net", "floor (C) --net")):
+        a, f = statistics.median(results[api_name]), statistics.median(results[floor_name])
+        print(f"floor: {floor_name} {f * 1000:.1f} ms = {f / bw:.2f}x bwrap; {api_name} "
+              f"{a * 1000:.1f} ms = {a / f:.2f}x the floor: {(a - f) * 1000:.1f} ms above it")
+    api_steps, floor_steps = steps["root"], steps["floor (C)"]
+    # (the tool's side of the fork overlaps "until it runs", which starts at the same mark)
+    more = sorted(((api_steps[k] - floor_steps[k], k) for k in floor_steps
+                   if k in api_steps and not k.startswith("total") and "tool's side" not in k),
+                  reverse=True)
+    print("floor: where the API spends more than the floor (traced, ms): " +
+          "; ".join(f"{k} +{d:.2f}" for d, k in more if d > 0.05))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20, help="timed runs of each (>= 5; default 20)")
@@ -262,23 +329,30 @@ def main() -> None:
         cfg["root"] = {"path": rf, "readonly": True}
         with open(os.path.join(bundle, "config.json"), "w") as f:
             json.dump(cfg, f)
-        state = os.path.join(work, "runc-state")
+        runc_state = os.path.join(work, "runc-state")
         counter = iter(range(10**6))
         invoke = os.path.join(os.path.dirname(sys.executable), "invoke")   # this environment's
+        floor = make_floor(rf, work)
+        floors = {"floor (C, same calls)": floor.run,
+                  "floor (C) --net": lambda: floor.run(net=True)} if floor else {}
         results = interleaved({
             "nsrecipes API (warm)": api(rf, null),
             "nsrecipes API (warm) --net": api(rf, null, True),
             "nsrecipes CLI": lambda: check([invoke, "container-run", "--rootfs", rf, "--backend",
                                             "native", "--", "true"], cwd=ROOT),
-            "runc run": lambda: check(["runc", "--root", state, "run", "--bundle", bundle,
+            "runc run": lambda: check(["runc", "--root", runc_state, "run", "--bundle", bundle,
                                        f"nsr-bench-{next(counter)}"]),
-            "bwrap": lambda: check(bwrap_argv(rf, False))}, args.runs)
+            "bwrap": lambda: check(bwrap_argv(rf, False)), **floors}, args.runs)
         root_load = load()
-        steps = {"root": traced(api(rf, null), args.runs),
-                 "root --net": traced(api(rf, null, True), args.runs)}
+        steps = {"root": traced(lambda _marks: api(rf, null)(), args.runs),
+                 "root --net": traced(lambda _marks: api(rf, null, True)(), args.runs)}
+        if floor:
+            steps["floor (C)"] = traced(lambda marks: floor.run(marks=marks), args.runs)
         user = as_user(rf, args.runs)
         user_load = load()
     finally:
+        if floor:
+            floor.remove()
         shutil.rmtree(work, ignore_errors=True)
         os.close(null)
 
@@ -299,6 +373,8 @@ def main() -> None:
         ratio = statistics.median(times) / bw
         print(f"goal: warm API {what} <= {GOAL}x bwrap: {ratio:.2f}x: "
               f"{'met' if ratio <= GOAL else 'NOT met'}")
+    if floor:
+        print_floor(results, steps)
     print(f"load average {load()} at the end")
 
 
