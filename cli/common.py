@@ -119,7 +119,7 @@ def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
             except NsrError as exc:
                 if interrupted:  # Ctrl-C also killed a child we were waiting for
                     raise Exit(INTERRUPTED, code=130) from None
-                raise Exit(as_typed(f"nsrecipes: {exc}"), code=exc.exit_code) from None
+                raise Exit(f"nsrecipes: {exc}", code=exc.exit_code) from None
             except BrokenPipeError:  # `invoke tour | head`: stop quietly, like coreutils
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 raise Exit(code=141) from None
@@ -146,15 +146,45 @@ def program_name() -> str:
     return "nsr" if os.path.basename(sys.argv[0]) == "nsr" else "invoke"
 
 
-#: a task's command line in a message: ``invoke`` then a task name or ``--help``
-_TASK_LINE = re.compile(r"\binvoke (?=--help\b|[a-z][a-z0-9-]*\b)")
+#: a task's command line in a message: ``invoke`` then a word (a task's name, ``--help``)
+_TASK_LINE = re.compile(r"\binvoke (--help\b|[a-z][a-z0-9-]*\b)")
 
 
 def as_typed(text: str) -> str:
     """``text`` (an error's line, a hint) with each ``invoke TASK`` as the user would type
     it: ``nsr TASK`` when they typed ``nsr``. The recipes name the checkout's command, since
-    they cannot know which one ran them."""
-    return _TASK_LINE.sub("nsr ", text) if program_name() == "nsr" else text
+    they cannot know which one ran them. Only a task's name or ``--help`` may follow: the
+    package in ``pip download invoke pyroute2`` stays invoke."""
+    if program_name() != "nsr" or "invoke " not in text:
+        return text
+    from cli.collection import ns
+    names = set(ns.task_names)
+    return _TASK_LINE.sub(lambda m: f"nsr {m.group(1)}" if m.group(1) == "--help"
+                          or m.group(1) in names else m.group(0), text)
+
+
+class AsTyped:
+    """A text stream that writes what it is given through :func:`as_typed`: what nsrecipes
+    prints (a recipe's "remove with: invoke net-veth ...", a record's "`invoke container-rm
+    NAME` removes it", a task's help) names the command the user typed. Everything else
+    (``fileno``, ``isatty``, ``buffer``, ``encoding``) is the stream's own."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        """Write ``text`` as typed."""
+        return self.stream.write(as_typed(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def print_as_typed() -> None:
+    """Under ``nsr``: stdout and stderr name tasks as ``nsr TASK``, whatever printed them."""
+    if program_name() == "nsr":
+        sys.stdout = AsTyped(sys.stdout)     # type: ignore[assignment]
+        sys.stderr = AsTyped(sys.stderr)     # type: ignore[assignment]
 
 
 def command_argv(task_name: str, usage: str, required: bool = True) -> list[str]:

@@ -5,7 +5,7 @@ import sys
 
 from invoke import Exit
 
-from cli.common import as_typed, command_argv, make_runner, nsr_task
+from cli.common import command_argv, make_runner, nsr_task
 
 #: container-run's exit status when nsrecipes could not start the container (Docker, podman)
 START_FAILED = 125
@@ -193,5 +193,5 @@ def rootfs_busybox(c, directory, backend=None, explain=False):
         require_namespaces("rootfs-busybox")
     with make_runner(backend, explain, keep=True) as run:
         path = rootfs.build(run, directory)
-        run.say(as_typed(f"built {path}: try `invoke container-run --rootfs {path} -- sh`"))
+        run.say(f"built {path}: try `invoke container-run --rootfs {path} -- sh`")
 

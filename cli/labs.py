@@ -5,7 +5,7 @@ from typing import Any
 
 from invoke import Exit
 
-from cli.common import as_typed, command_argv, make_runner, nsr_task
+from cli.common import command_argv, make_runner, nsr_task
 
 
 @nsr_task(help={"shape": "star (hosts on a bridge in a hub namespace), line or ring (inner "
@@ -82,8 +82,8 @@ def net_topo(c, shape="star", hosts="3", depth="2", fanout="2", file=None, check
         run.say(f"built {len(plan.all_netns())} namespaces and {len(plan.links)} veth pairs "
                 f"in {seconds:.2f} s (scope {plan.scope}); first hosts: "
                 + ", ".join(f"{h}={plan.hosts[h]}" for h in list(plan.hosts)[:3]))
-        run.say(as_typed(f"try: invoke net-exec {next(iter(plan.hosts))} -- ip addr; "
-                         f"tear down: invoke net-topo --down --scope {plan.scope}"))
+        run.say(f"try: invoke net-exec {next(iter(plan.hosts))} -- ip addr; "
+                f"tear down: invoke net-topo --down --scope {plan.scope}")
         if plan.holder is not None and not explain:
             from recipes.labs import userlab
             run.say(f"without root the lab is held by pid {plan.holder['pid']}; enter it: "
@@ -121,7 +121,7 @@ def _net_topo_machines(plan: Any, check: bool, backend: str | None, explain: boo
         run.say(f"built {len(plan.hosts)} hosts on {len(plan.machines)} machines in {seconds:.2f} s "
                 f"(scope {plan.scope}; per machine: "
                 + ", ".join(f"{m} {s:.2f} s" for m, s in parts.items()) + ")")
-        run.say(as_typed(f"tear down: invoke net-topo --down --scope {plan.scope}"))
+        run.say(f"tear down: invoke net-topo --down --scope {plan.scope}")
         if check and not explain:
             result = machines.check(run, plan)
             if result["failed"]:
@@ -177,7 +177,7 @@ def _holder_note(plan: Any) -> str:
     from recipes.labs import userlab
     if userlab.alive(plan.holder):
         return f"  (holder pid {plan.holder['pid']})"
-    return as_typed("  (dead: its holder is gone; `invoke cleanup` removes it)")
+    return "  (dead: its holder is gone; `invoke cleanup` removes it)"
 
 
 @nsr_task(help={"host": "a host of a topology (h1, or its namespace nsr-SCOPE-h1) or an "

@@ -14,7 +14,8 @@ from invoke import Collection, Exit, ParseError, Program
 from invoke.parser import Parser
 
 from cli.collection import ns, parser_contexts
-from cli.common import end_without_teardown, forget_exit_status, record_exit_status
+from cli.common import (end_without_teardown, forget_exit_status, print_as_typed,
+                        record_exit_status)
 
 #: the tasks that run a command given after ``--``
 COMMAND_TASKS = frozenset({"env-exec", "net-exec", "container-run"})
@@ -169,6 +170,7 @@ def main() -> None:
     """The ``nsr`` console script."""
     end_without_teardown()
     quiet_broken_pipe()
+    print_as_typed()
     program.run()
     record_exit_status(0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -37,12 +38,28 @@ def test_nsr_version_and_completion_script():
 @pytest.mark.parametrize("args", [["uts-demo", "--help"], ["env-rm", "--help"],
                                   ["--help", "container-run"], ["env-exec", "x", "-h"]])
 def test_nsr_task_help_is_invokes(args):
-    """What invoke prints for a task's help, nsr prints too (but for its own name); also
-    where invoke alone would take --help as the value of a positional argument."""
+    """What invoke prints for a task's help, nsr prints too (but for its own name, and with
+    each ``invoke TASK`` as ``nsr TASK``); also where invoke alone would take --help as the
+    value of a positional argument."""
     ours, theirs = nsr(*args), cli(*args)
     assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
-    assert ours.stdout.replace("Usage: nsr ", "Usage: inv[oke] ") == theirs.stdout
+    tasks = {ln.split()[0] for ln in cli("--list").stdout.splitlines() if ln.startswith("  ")}
+    as_typed = re.sub(r"\binvoke (--help\b|[a-z][a-z0-9-]*)",
+                      lambda m: f"nsr {m[1]}" if m[1] in tasks | {"--help"} else m[0],
+                      theirs.stdout.replace("Usage: inv[oke] ", "Usage: nsr "))
+    assert ours.stdout == as_typed
     assert "Docstring:" in ours.stdout and "--backend" in ours.stdout
+
+
+@pytest.mark.userspace
+def test_what_nsr_prints_names_nsr():
+    """What is printed on stdout (here a task's help; a recipe's "remove with: invoke ..."
+    goes the same way): through ``nsr`` it says ``nsr TASK``, and a package called invoke
+    stays invoke."""
+    shown = nsr("--help", "container-run").stdout
+    assert "Run a command in a container: nsr container-run [OPTIONS] -- CMD ARGS..." in shown
+    assert "invoke container-run" not in shown
+    assert "pip download -d DIR invoke pyroute2" in nsr("--help", "machines-install").stdout
 
 
 def test_nsr_runs_a_demo_from_root_dir():
