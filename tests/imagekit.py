@@ -22,7 +22,8 @@ import os
 import shutil
 import subprocess
 import tarfile
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 from recipes.container.rootfs import find_busybox
 
@@ -246,3 +247,24 @@ def busybox_layer() -> bytes:
         info.type, info.linkname = tarfile.SYMTYPE, "busybox"
         tar.addfile(info)
     return buf.getvalue()
+
+
+@contextmanager
+def own_store(tmp_path, monkeypatch) -> Iterator:
+    """An image store of the test's own ($NSR_STORE_DIR): under ``tmp_path``, or on /dev/shm
+    where ``tmp_path`` is on overlayfs (a container's /tmp), which cannot hold layers;
+    removed afterwards."""
+    import tempfile
+    from recipes.common.upperfs import fs_of
+    from recipes.images import store as storemod
+    path = str(tmp_path / "store")
+    shm = None
+    if fs_of(str(tmp_path)).fstype == "overlay":
+        shm = tempfile.mkdtemp(prefix="nsrtest-store-", dir="/dev/shm")
+        path = os.path.join(shm, "store")
+    monkeypatch.setenv("NSR_STORE_DIR", path)
+    try:
+        yield storemod.Store(path)
+    finally:
+        if shm:
+            storemod.remove_tree(shm)

@@ -270,19 +270,10 @@ def tls_registry(pushed, certs):
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    """A store of the test's own (on /dev/shm where tmp_path is on overlayfs)."""
-    from recipes.common.upperfs import fs_of
-    path = str(tmp_path / "store")
-    shm = None
-    if fs_of(str(tmp_path)).fstype == "overlay":
-        import tempfile
-        shm = tempfile.mkdtemp(prefix="nsrtest-store-", dir="/dev/shm")
-        path = os.path.join(shm, "store")
-    monkeypatch.setenv("NSR_STORE_DIR", path)
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))   # not the host's logins
-    yield storemod.Store(path)
-    if shm:
-        storemod.remove_tree(shm)
+    """A store of the test's own (:func:`imagekit.own_store`), and no logins of the host's."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    with imagekit.own_store(tmp_path, monkeypatch) as own:
+        yield own
 
 
 def assert_nothing_kept(store: storemod.Store) -> None:

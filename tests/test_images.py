@@ -53,19 +53,9 @@ def made(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    """A store of the test's own: under tmp_path, or on /dev/shm where tmp_path is on
-    overlayfs (a container's /tmp), which cannot hold layers."""
-    from recipes.common.upperfs import fs_of
-    path = str(tmp_path / "store")
-    shm = None
-    if fs_of(str(tmp_path)).fstype == "overlay":
-        import tempfile
-        shm = tempfile.mkdtemp(prefix="nsrtest-store-", dir="/dev/shm")
-        path = os.path.join(shm, "store")
-    monkeypatch.setenv("NSR_STORE_DIR", path)
-    yield storemod.Store(path)
-    if shm:
-        storemod.remove_tree(shm)
+    """A store of the test's own (:func:`imagekit.own_store`)."""
+    with imagekit.own_store(tmp_path, monkeypatch) as own:
+        yield own
 
 
 def store_entries(store: storemod.Store) -> dict[str, list[str]]:
