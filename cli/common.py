@@ -7,7 +7,6 @@ import atexit
 import functools
 import inspect
 import os
-import re
 import signal
 import sys
 from typing import Any, Callable
@@ -144,47 +143,6 @@ def nsr_task(help: dict[str, str] | None = None, lesson: str | None = None,
 def program_name() -> str:
     """The command a user typed: ``nsr`` (installed) or ``invoke`` (in the checkout)."""
     return "nsr" if os.path.basename(sys.argv[0]) == "nsr" else "invoke"
-
-
-#: a task's command line in a message: ``invoke`` then a word (a task's name, ``--help``)
-_TASK_LINE = re.compile(r"\binvoke (--help\b|[a-z][a-z0-9-]*\b)")
-
-
-def as_typed(text: str) -> str:
-    """``text`` (an error's line, a hint) with each ``invoke TASK`` as the user would type
-    it: ``nsr TASK`` when they typed ``nsr``. The recipes name the checkout's command, since
-    they cannot know which one ran them. Only a task's name or ``--help`` may follow: the
-    package in ``pip download invoke pyroute2`` stays invoke."""
-    if program_name() != "nsr" or "invoke " not in text:
-        return text
-    from cli.collection import ns
-    names = set(ns.task_names)
-    return _TASK_LINE.sub(lambda m: f"nsr {m.group(1)}" if m.group(1) == "--help"
-                          or m.group(1) in names else m.group(0), text)
-
-
-class AsTyped:
-    """A text stream that writes what it is given through :func:`as_typed`: what nsrecipes
-    prints (a recipe's "remove with: invoke net-veth ...", a record's "`invoke container-rm
-    NAME` removes it", a task's help) names the command the user typed. Everything else
-    (``fileno``, ``isatty``, ``buffer``, ``encoding``) is the stream's own."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        """Write ``text`` as typed."""
-        return self.stream.write(as_typed(text))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
-
-
-def print_as_typed() -> None:
-    """Under ``nsr``: stdout and stderr name tasks as ``nsr TASK``, whatever printed them."""
-    if program_name() == "nsr":
-        sys.stdout = AsTyped(sys.stdout)     # type: ignore[assignment]
-        sys.stderr = AsTyped(sys.stderr)     # type: ignore[assignment]
 
 
 def command_argv(task_name: str, usage: str, required: bool = True) -> list[str]:

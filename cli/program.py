@@ -8,17 +8,57 @@ import atexit
 import os
 import re
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from invoke import Collection, Exit, ParseError, Program
 from invoke.parser import Parser
 
 from cli.collection import ns, parser_contexts
-from cli.common import (end_without_teardown, forget_exit_status, print_as_typed,
+from cli.common import (end_without_teardown, forget_exit_status, program_name,
                         record_exit_status)
 
 #: the tasks that run a command given after ``--``
 COMMAND_TASKS = frozenset({"env-exec", "net-exec", "container-run"})
+
+
+#: a task's command line in a message: ``invoke`` then a word (a task's name, ``--help``)
+_TASK_LINE = re.compile(r"\binvoke (--help\b|[a-z][a-z0-9-]*\b)")
+
+
+def as_typed(text: str) -> str:
+    """``text`` (an error's line, a hint) with each ``invoke TASK`` as the user would type
+    it: ``nsr TASK`` when they typed ``nsr``. The recipes name the checkout's command, since
+    they cannot know which one ran them. Only a task's name or ``--help`` may follow: the
+    package in ``pip download invoke pyroute2`` stays invoke."""
+    if program_name() != "nsr" or "invoke " not in text:
+        return text
+    names = set(ns.task_names)
+    return _TASK_LINE.sub(lambda m: f"nsr {m.group(1)}" if m.group(1) == "--help"
+                          or m.group(1) in names else m.group(0), text)
+
+
+class AsTyped:
+    """A text stream that writes what it is given through :func:`as_typed`: what nsrecipes
+    prints (a recipe's "remove with: invoke net-veth ...", a record's "`invoke container-rm
+    NAME` removes it", a task's help) names the command the user typed. Everything else
+    (``fileno``, ``isatty``, ``buffer``, ``encoding``) is the stream's own."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        """Write ``text`` as typed."""
+        return self.stream.write(as_typed(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def print_as_typed() -> None:
+    """Under ``nsr``: stdout and stderr name tasks as ``nsr TASK``, whatever printed them."""
+    if program_name() == "nsr":
+        sys.stdout = AsTyped(sys.stdout)     # type: ignore[assignment]
+        sys.stderr = AsTyped(sys.stderr)     # type: ignore[assignment]
 
 
 def help_argv(argv: list[str], names: set[str]) -> list[str] | None:
