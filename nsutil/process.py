@@ -113,7 +113,7 @@ def _unwrap(data: bytes, what: str) -> Any:
 
 
 @contextmanager
-def deferred_sigint() -> Iterator[None]:
+def deferred_sigint() -> Iterator[list[int]]:
     """Hold Ctrl-C (SIGINT) back while the body runs, then deliver it.
 
     A KeyboardInterrupt raised at an arbitrary bytecode can land inside the interpreter's
@@ -121,10 +121,11 @@ def deferred_sigint() -> Iterator[None]:
     held forever. So forks and foreground commands run with SIGINT only recorded; the
     commands, being in our process group, get the terminal's SIGINT themselves and end, and
     the interrupt is raised as soon as the body is done -- as a shell waits for its
-    foreground job.
+    foreground job. The body gets the list of what was recorded so far: a Ctrl-C that came
+    before its command existed has to be passed on (:func:`run_foreground`).
     """
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield []
         return
     caught: list[int] = []
     owner = os.getpid()
@@ -138,13 +139,32 @@ def deferred_sigint() -> Iterator[None]:
 
     previous = signal.signal(signal.SIGINT, record)
     try:
-        yield
+        yield caught
     finally:
         signal.signal(signal.SIGINT, previous)
         if caught and callable(previous):
             previous(signal.SIGINT, None)
         elif caught and previous == signal.SIG_DFL:
             raise KeyboardInterrupt
+
+
+def run_foreground(argv: Sequence[str], *, input: bytes | None = None, capture: bool = True,
+                   preexec_fn: Callable[[], None] | None = None) -> Any:
+    """Run ``argv`` in the foreground, as a shell runs a command: a Ctrl-C is the command's
+    (in our process group, it gets the terminal's), and raised here once it has ended
+    (:func:`deferred_sigint`). A Ctrl-C that came while it was being started, before it
+    could get one, is passed on to it: else the command would run to its end, however long.
+    Its stdin is ours unless ``input``; its output is captured unless not ``capture``.
+    Returns the ``subprocess.CompletedProcess``."""
+    import subprocess
+    pipe = subprocess.PIPE if capture else None
+    with deferred_sigint() as pending:
+        with subprocess.Popen(list(argv), stdin=subprocess.PIPE if input is not None else None,
+                              stdout=pipe, stderr=pipe, preexec_fn=preexec_fn) as proc:
+            if pending:
+                proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(input)
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
 
 
 def default_sigint() -> None:
@@ -361,10 +381,7 @@ def exec_in(pid: int | str | None, types: Iterable[NsType | str], argv: Sequence
         return fork_call(lambda: _exec_pidns(pid, types, argv, input, uid, gid, capture),
                          f"nsenter -t {pid}")
     try:
-        with deferred_sigint():
-            proc = subprocess.run(argv, input=input, preexec_fn=preexec,
-                                  stdout=subprocess.PIPE if capture else None,
-                                  stderr=subprocess.PIPE if capture else None)
+        proc = run_foreground(argv, input=input, capture=capture, preexec_fn=preexec)
     except subprocess.SubprocessError as exc:
         raise NsrError(f"cannot enter the namespaces of {pid} to run {argv[0]}: {exc}",
                        hint="is the process still alive? (see `invoke env-ls`)") from None

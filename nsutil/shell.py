@@ -101,8 +101,11 @@ def start(argv: Sequence[str], *, input: str | bytes | None = None) -> Started:
 
 def run_full(argv: Sequence[str], *, input: str | bytes | None = None) -> Completed:
     """Run ``argv`` and return its exit status and output, whatever the status."""
-    with deferred_sigint():
-        return start(argv, input=input).wait()
+    with deferred_sigint() as pending:
+        started = start(argv, input=input)
+        if pending:      # Ctrl-C came before the command could get it: pass it on
+            os.kill(started.pid, signal.SIGINT)
+        return started.wait()
 
 
 def run(argv: Sequence[str], *, input: str | bytes | None = None, ok: Sequence[int] = (0,)) -> str:
@@ -117,20 +120,22 @@ def run_many(commands: Sequence[tuple[Sequence[str], str | bytes | None]],
              width: int | None = None) -> list[str]:
     """Run ``(argv, input)`` commands, up to ``width`` at once (default: one per CPU this
     process may run on, as ``nproc`` counts), as ``xargs -P $(nproc)`` would; their
-    stdouts, in order. After a failure no new command starts; those running are waited for,
-    then the first failure is raised."""
+    stdouts, in order. After a failure (or a Ctrl-C) no new command starts; those running
+    are waited for, then the first failure is raised."""
     width = max(1, width or len(os.sched_getaffinity(0)))
     results: list[str] = [""] * len(commands)
     running: dict[int, tuple[int, Started]] = {}     # pidfd -> (index, command)
     failure: CommandError | None = None
     waiting = list(enumerate(commands))[::-1]        # the next one last
-    with deferred_sigint():
+    with deferred_sigint() as pending:
         try:
             while True:
-                while failure is None and waiting and len(running) < width:
+                while failure is None and not pending and waiting and len(running) < width:
                     i, (argv, input) = waiting.pop()
                     started = start(argv, input=input)
                     running[started.pidfd] = (i, started)
+                    if pending:      # Ctrl-C came while it started: pass it on, start no more
+                        os.kill(started.pid, signal.SIGINT)
                 if not running:
                     break
                 ended = select.poll()

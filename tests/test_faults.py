@@ -157,3 +157,33 @@ def test_ctrl_c_undoes(backend):
     while any(procfs.pid_alive(p) for p in held) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(procfs.pid_alive(p) for p in held)
+
+
+@pytest.mark.userspace
+@pytest.mark.parametrize("how", ["run_foreground", "shell.run_full", "shell.run_many"])
+def test_a_ctrl_c_before_the_command_started_reaches_it(how, monkeypatch):
+    """A Ctrl-C that comes while a foreground command is being started, before it exists to
+    get the terminal's, is passed on to it: the command ends at once and the interrupt is
+    raised after it, and run_many starts no more. (A Ctrl-C test of a demo once landed in
+    that window: its `sleep 30` ran the whole 30 s.) The Ctrl-C is sent to this process
+    just before each start: the window, made certain."""
+    from nsutil import shell
+
+    def late(start):
+        def started(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            return start(*args, **kwargs)
+        return started
+
+    t = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        if how == "run_foreground":
+            monkeypatch.setattr(subprocess, "Popen", late(subprocess.Popen))
+            process.run_foreground(["sleep", "30"])
+        elif how == "shell.run_full":
+            monkeypatch.setattr(shell, "start", late(shell.start))
+            shell.run_full(["sleep", "30"])
+        else:
+            monkeypatch.setattr(shell, "start", late(shell.start))
+            shell.run_many([(["sleep", "30"], None), (["sleep", "31"], None)], width=1)
+    assert time.monotonic() - t < 10

@@ -107,12 +107,11 @@ def _default_signals() -> None:
 def _shell_exec(argv: list[str], *, capture: bool, input: bytes | None) -> process.Completed:
     if capture:
         return nshell.run_full(argv, input=input)
-    import subprocess
     if process.which(argv[0]) is None:
         from nsutil.errors import ToolMissing
         raise ToolMissing(argv[0], process.package_for(argv[0]))
-    with process.deferred_sigint():  # the command gets Ctrl-C itself; we raise after it
-        proc = subprocess.run(argv, input=input, preexec_fn=_default_signals)
+    # the command gets Ctrl-C itself; we raise after it
+    proc = process.run_foreground(argv, input=input, capture=False, preexec_fn=_default_signals)
     rc = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     return process.Completed(argv, rc, "")
 

@@ -413,10 +413,7 @@ def exec_in(run: Runner, ns: str, argv: Sequence[str], *, capture: bool = True) 
 
     def go(full: list[str], preexec=None) -> Completed:
         try:
-            with process.deferred_sigint():
-                proc = subprocess.run(full, preexec_fn=preexec,
-                                      stdout=subprocess.PIPE if capture else None,
-                                      stderr=subprocess.PIPE if capture else None)
+            proc = process.run_foreground(full, capture=capture, preexec_fn=preexec)
         except FileNotFoundError:
             from nsutil.errors import ToolMissing
             from nsutil.process import package_for
