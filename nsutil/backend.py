@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TextIO
 
 from .errors import InvalidInput, NsrError, ToolMissing
-from .process import package_for
+from .programs import package_for
 from . import rootless, shell, timeline
 
 if TYPE_CHECKING:   # the lessons (--step, --shell) load only when a run has one

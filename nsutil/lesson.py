@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TextIO
 
-from . import process, procfs
+from . import process, procfs, programs
 from . import syscalls as sc
 from .errors import InvalidInput, NsrError, ToolMissing
 from .nstypes import parse_types
@@ -136,7 +136,7 @@ class Lesson:
             raise InvalidInput(f"{option} needs a terminal to type on, and stdin is {kind}",
                                hint="run it in a terminal, or pipe the commands in: "
                                     "echo hostname | invoke uts-demo --shell")
-        if self.shell and process.which("bash") is None:
+        if self.shell and programs.which("bash") is None:
             raise ToolMissing("bash", "bash")
 
     @property
@@ -262,8 +262,8 @@ def _finish(wait: Callable[[], int]) -> int:
 
 def open_shell(argv: list[str], inside: Inside, fd: int = 0) -> int:
     """The shell form: run ``nsenter ... -- bash`` on this terminal; its exit status."""
-    if process.which(argv[0]) is None:
-        raise ToolMissing(argv[0], process.package_for(argv[0]))
+    if programs.which(argv[0]) is None:
+        raise ToolMissing(argv[0], programs.package_for(argv[0]))
     with terminal_handed_over(fd):
         proc = subprocess.Popen(argv, env=shell_env(inside), stdin=fd,
                                 preexec_fn=_default_signals)
@@ -273,7 +273,7 @@ def open_shell(argv: list[str], inside: Inside, fd: int = 0) -> int:
 def open_native(inside: Inside, shell: list[str], fd: int = 0) -> int:
     """The native form: setns() into ``inside`` and exec bash there (through one more fork
     when a PID namespace is joined or made: only children land in it)."""
-    path = process.which(shell[0]) or shell[0]
+    path = programs.which(shell[0]) or shell[0]
     env = shell_env(inside)
 
     def mount_proc() -> None:

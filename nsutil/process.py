@@ -27,6 +27,7 @@ from . import procfs, rootless
 from . import syscalls as sc
 from .errors import CommandError, CommandNotFound, NsrError, SyscallError
 from .nstypes import NS_TYPES, NsType, enter, ns_type
+from .programs import PACKAGES, which
 
 
 def read_all(fd: int) -> bytes:
@@ -394,38 +395,6 @@ def exec_in(pid: int | str | None, types: Iterable[NsType | str], argv: Sequence
 def _exec_pidns(pid, types, argv, input, uid, gid, capture) -> Completed:
     enter_all(pid, types)
     return exec_in(None, [], argv, input=input, uid=uid, gid=gid, capture=capture)
-
-
-PACKAGES = {
-    "unshare": "util-linux", "nsenter": "util-linux", "lsns": "util-linux",
-    "setpriv": "util-linux", "findmnt": "util-linux", "ipcmk": "util-linux",
-    "ipcs": "util-linux", "ipcrm": "util-linux", "mount": "mount", "umount": "mount",
-    "ip": "iproute2", "bridge": "iproute2", "hostname": "hostname", "ps": "procps",
-    "busybox": "busybox-static", "runc": "runc", "bwrap": "bubblewrap", "sleep": "coreutils",
-    "capsh": "libcap2-bin", "ping": "iputils-ping",
-}
-
-
-def which(tool: str) -> str | None:
-    """The path of program ``tool`` as the shell finds it: ``tool`` itself if it has a '/',
-    else the first executable file of that name in a $PATH directory (``shutil.which`` does
-    the same, but loading shutil and the compressors it checks for took 1.6 ms of every
-    command line)."""
-    def runnable(path: str) -> bool:
-        return os.access(path, os.X_OK) and not os.path.isdir(path)
-
-    if os.sep in tool:
-        return tool if runnable(tool) else None
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(directory or ".", tool)
-        if runnable(path):
-            return path
-    return None
-
-
-def package_for(tool: str) -> str:
-    """The Debian package that ships ``tool`` (for the 'not installed' hint)."""
-    return PACKAGES.get(os.path.basename(tool), os.path.basename(tool))
 
 
 # --- holders --------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .errors import CommandError, ToolMissing
-from .process import Completed, deferred_sigint, package_for, which
+from .process import Completed, deferred_sigint
+from .programs import package_for, which
 
 
 def have(tool: str) -> bool:

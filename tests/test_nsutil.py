@@ -560,10 +560,10 @@ def test_eperm_hint_names_apparmor_restriction(monkeypatch, tmp_path):
 
 
 def test_which_finds_programs_as_the_shell_does(tmp_path, monkeypatch):
-    """nsutil.process.which (not shutil's: loading shutil cost every command line 1.6 ms):
+    """nsutil.programs.which (not shutil's: loading shutil cost every command line 1.6 ms):
     the first executable file on $PATH; not a directory, not a file without x; a name with
     a '/' as it is."""
-    from nsutil.process import which
+    from nsutil.programs import which
     first, second = tmp_path / "first", tmp_path / "second"
     for d in (first, second):
         d.mkdir()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterable, Sequence
 
-from nsutil import process
+from nsutil import process, programs
 from nsutil import procfs
 from nsutil import rootless
 from nsutil.backend import Placeholder, Runner, Step
@@ -105,7 +105,7 @@ def spawn_background(argv: Sequence[str], *, detach: bool = False) -> tuple[int,
         errfile = os.dup(tmp.fileno())
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
-        pid = os.posix_spawn(process.which(argv[0]) or argv[0], argv, os.environ,
+        pid = os.posix_spawn(programs.which(argv[0]) or argv[0], argv, os.environ,
                              file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
                                            (os.POSIX_SPAWN_DUP2, errfile, 2)],
                              setsid=detach)

@@ -18,7 +18,7 @@ import time
 from nsutil import netlink as nl
 from nsutil.errors import SyscallError
 from nsutil.names import ip_of
-from nsutil.process import which
+from nsutil.programs import which
 
 CHECK_PORT = 5555          #: the port the shell form's listener listens on
 

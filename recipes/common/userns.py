@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from nsutil import idmap
 from nsutil import process
+from nsutil import programs
 from nsutil import rootless
 from nsutil import shell as nshell
 from nsutil import syscalls as sc
@@ -96,7 +97,7 @@ def missing_for_range() -> list[str]:
     missing = [f"no {path} entry for {who}" for path, owner in ((SUBUID, uid), (SUBGID, gid))
                if _short(subordinate_range(path, owner if path == SUBUID else uid))]
     missing += [f"{tool} (package uidmap) is not installed" for tool in HELPERS
-                if process.which(tool) is None]
+                if programs.which(tool) is None]
     return missing
 
 

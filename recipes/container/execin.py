@@ -27,7 +27,7 @@ import sys
 from typing import Sequence
 
 from nsutil import idmap
-from nsutil import process
+from nsutil import programs
 from nsutil import rootless
 from nsutil import syscalls as sc
 from nsutil.backend import Runner, Step
@@ -284,7 +284,7 @@ def _start(files: list[str], joined: list[tuple[str, str, int]], pid1: int, argv
             _stdio(fds, slave)
             _join_cgroup(files)
             if nsenter:   # the host's nsenter, with the container's environment
-                os.execve(process.which(nsenter[0]) or nsenter[0], nsenter, environ)
+                os.execve(programs.which(nsenter[0]) or nsenter[0], nsenter, environ)
             code = _exec_native(ns_fds, argv, environ, wd, who)
         except NsrError as exc:
             print(f"nsrecipes: {exc}", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ from typing import Any
 from nsutil import rootless, state
 from nsutil.backend import Runner, Step
 from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, SyscallError, ToolMissing
-from nsutil.process import which
+from nsutil.programs import which
 
 DEFAULT_CACHE_DIR = "/var/cache/nsrecipes"
 

@@ -7,7 +7,7 @@ import signal
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
-from nsutil import idmap, process
+from nsutil import idmap, process, programs
 from nsutil import shell as nshell
 from nsutil.backend import Runner, Step
 from nsutil.errors import NotFound, NsrError, SyscallError
@@ -107,9 +107,9 @@ def _default_signals() -> None:
 def _shell_exec(argv: list[str], *, capture: bool, input: bytes | None) -> process.Completed:
     if capture:
         return nshell.run_full(argv, input=input)
-    if process.which(argv[0]) is None:
+    if programs.which(argv[0]) is None:
         from nsutil.errors import ToolMissing
-        raise ToolMissing(argv[0], process.package_for(argv[0]))
+        raise ToolMissing(argv[0], programs.package_for(argv[0]))
     # the command gets Ctrl-C itself; we raise after it
     proc = process.run_foreground(argv, input=input, capture=False, preexec_fn=_default_signals)
     rc = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode

@@ -34,7 +34,7 @@ import shlex
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
-from nsutil import mountinfo, process, state
+from nsutil import mountinfo, process, programs, state
 from nsutil import procfs
 from nsutil import shell as nshell
 from nsutil import syscalls as sc
@@ -303,7 +303,7 @@ def _spawn_unshare(argv: list[str], types: Sequence[NsType], name: str,
     null = os.open(os.devnull, os.O_RDWR)
     err = os.memfd_create("nsr-unshare-stderr", os.MFD_CLOEXEC)
     try:
-        parent = os.posix_spawn(process.which(argv[0]) or argv[0], argv, dict(os.environ),
+        parent = os.posix_spawn(programs.which(argv[0]) or argv[0], argv, dict(os.environ),
                                 file_actions=[(os.POSIX_SPAWN_DUP2, null, 0),
                                               (os.POSIX_SPAWN_DUP2, null, 1),
                                               (os.POSIX_SPAWN_DUP2, err, 2)],

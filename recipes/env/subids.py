@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 
-from nsutil import process
 from nsutil import idmap
+from nsutil import programs
 from nsutil.errors import NsrError
 
 #: which file holds the user's ranges, and which helper writes the map
@@ -78,7 +78,7 @@ def refusal(which: str, maps: list[idmap.IdMap], own: int, uid: int) -> NsrError
         return NsrError(f"--{which}-map {spec}: {which_ones} lies outside your own "
                         f"{which} {own} and your {FILES[which]} ranges ({have})",
                         hint="map only ids of those ranges, or run as root")
-    if process.which(HELPERS[which]) is None:
+    if programs.which(HELPERS[which]) is None:
         return NsrError(f"--{which}-map {spec}: ids beyond your own {which} need "
                         f"{HELPERS[which]}, which is not installed",
                         hint="sudo apt-get install uidmap")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from nsutil import process, procfs, state
+from nsutil import process, procfs, programs, state
 from nsutil import syscalls as sc
 from nsutil.backend import Placeholder, Runner, Step
 from nsutil.errors import NsrError
@@ -73,7 +73,7 @@ def _spawn_shell_holder() -> dict:
     /dev/null); waits until it sleeps in its new user namespace."""
     null = os.open(os.devnull, os.O_RDWR)
     try:
-        pid = os.posix_spawn(process.which("unshare") or "unshare", USER_HOLDER_ARGV,
+        pid = os.posix_spawn(programs.which("unshare") or "unshare", USER_HOLDER_ARGV,
                              dict(os.environ), setsid=True,
                              file_actions=[(os.POSIX_SPAWN_DUP2, null, fd) for fd in (0, 1, 2)])
     finally:

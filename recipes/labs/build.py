@@ -416,7 +416,7 @@ def exec_in(run: Runner, ns: str, argv: Sequence[str], *, capture: bool = True) 
             proc = process.run_foreground(full, capture=capture, preexec_fn=preexec)
         except FileNotFoundError:
             from nsutil.errors import ToolMissing
-            from nsutil.process import package_for
+            from nsutil.programs import package_for
             raise ToolMissing(full[0], package_for(full[0])) from None
         except subprocess.SubprocessError as exc:
             raise NsrError(f"cannot enter netns {ns} to run {argv[0]}: {exc}",

@@ -21,7 +21,7 @@ import sys
 
 from nsutil import layers, mountinfo, probes, rootless, syscalls
 from nsutil.nstypes import NS_TYPES
-from nsutil.process import package_for, which
+from nsutil.programs import package_for, which
 
 from recipes.ops import layercheck as lc
 from nsutil.rootless import read_setting
