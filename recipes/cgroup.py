@@ -103,6 +103,17 @@ def _shell_prune(parent: str) -> Callable[[list[str]], None]:
     return run
 
 
+def _shell_make_parent(parent: str) -> Callable[[list[str]], None]:
+    """``mkdir -p PARENT``, where "File exists" means it lost a race with a run removing the
+    parent: coreutils' mkdir got EEXIST, then found nothing at its stat. Not an error: the
+    cgroup's own mkdir (:func:`shell_mkdir`) makes the parent again when it finds it gone."""
+    def run(argv: list[str]) -> None:
+        done = nshell.run_full(argv)
+        if done.returncode and "exists" not in done.stderr.lower():
+            raise CommandError(argv, done.returncode, done.stderr)
+    return run
+
+
 def parent_step(parent: str) -> Step:
     """Step (v2): make nsrecipes' own parent cgroup, outside the caller's; undo: remove it if
     no other run uses it."""
@@ -111,6 +122,7 @@ def parent_step(parent: str) -> Step:
                  native=lambda: cgroupfs.prune_parent(parent))
     return Step("make nsrecipes' own parent cgroup (v2: never below the caller's cgroup, "
                 "which may hold processes)", argv=["mkdir", "-p", parent],
+                shell=_shell_make_parent(parent),
                 native=lambda: cgroupfs.make_parent(parent), undo=prune)
 
 
