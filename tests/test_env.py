@@ -20,6 +20,7 @@ import pytest
 
 from helpers import INVOKE, ROOT, as_nobody, cli, one_line_error
 from nsutil import idmap, mountattr, process, state
+from nsutil import syscalls as sc
 from nsutil import procfs
 from nsutil.backend import Runner
 from nsutil.errors import Conflict, InvalidInput, NotFound, NsrError, SyscallError
@@ -378,6 +379,68 @@ def test_tool_sigkill_mid_create(backend, names):
     print(f"{backend}: phase at each SIGKILL: {phases}")
     # at least one kill landed half-way through
     assert any(not p.startswith("ready") for p in phases), phases
+
+
+def test_a_sigkilled_tools_late_mount_lands_on_nothing_of_ours(tmp_path, names):
+    """The shell backend's commands outlive a SIGKILLed tool. Here `mount` of the state
+    directory is slow (0.5 s, a loaded machine's), the tool is killed while it runs, cleanup
+    runs, and environments are made and removed while the orphan finishes: none fails, and
+    nothing is left. (Once the bind itself was such a `mount`: it landed on top of the next
+    run's bind, unrecorded, hid that run's namespace files and stayed, as CI saw.)"""
+    slow = tmp_path / "bin"
+    slow.mkdir()
+    (slow / "mount").write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *"{BASE} {BASE}"|*"--make-private {BASE}") sleep 0.5;; esac\n'
+        f'exec {shutil.which("mount")} "$@"\n')
+    (slow / "mount").chmod(0o755)
+    name = names("o")
+    proc = subprocess.Popen([PY, "-c", _CREATE.format(root=ROOT, backend="shell", name=name)],
+                            env={**os.environ, "PATH": f"{slow}:{os.environ['PATH']}"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    orphans: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not orphans and time.monotonic() < deadline and proc.poll() is None:
+            orphans = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", f"mount .*{BASE}$"],
+                                     capture_output=True, text=True).stdout.split()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert orphans, "the tool ran no slow `mount` of the state directory"
+    before = _mounts_on(BASE)
+    again = names("o")
+    try:
+        for item in env.leftovers():
+            if name in item.name:
+                item.remove()
+        _nothing_left(name)
+        while any(procfs.pid_alive(int(p)) for p in orphans):
+            env.create(_quiet("shell"), again, "uts,mnt")
+            env.remove(_quiet("shell"), again)
+            _nothing_left(again)
+        env.create(_quiet("shell"), again, "uts,mnt")
+        env.remove(_quiet("shell"), again)
+        _nothing_left(again)
+        _private_bind_undone()
+    finally:     # what a failure leaves: the orphan's bind, unrecorded, so no cleanup's
+        while any(procfs.pid_alive(int(p)) for p in orphans):
+            time.sleep(0.05)
+        for item in env.leftovers():
+            if again in item.name or name in item.name:
+                item.remove()
+        while _mounts_on(BASE)[-1:] and _mounts_on(BASE)[-1] not in before \
+                and not holder.ours_on_top(BASE):
+            sc.umount(BASE, sc.MNT_DETACH)
+        for item in env.leftovers():
+            if item.name.endswith("(private bind)"):
+                item.remove()
+
+
+def _mounts_on(path: str) -> list[str]:
+    """The mount IDs on ``path``, bottom to top."""
+    with open("/proc/self/mountinfo") as f:
+        return [ln.split()[0] for ln in f if ln.split()[4] == path]
 
 
 def test_state_is_written_atomically(tmp_path):

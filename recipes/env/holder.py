@@ -473,14 +473,19 @@ def private_base(run: Runner) -> Iterator[None]:
     base = base_dir()
     argvs = [["mount", "--bind", base, base], ["mount", "--make-private", base]]
 
-    def native() -> None:
+    def bind() -> None:
         if not ours_on_top(base):
             _bind_on_top(base, lambda: sc.mount(base, base, None, sc.MS_BIND))
+
+    def native() -> None:
+        bind()
         sc.make_propagation(base, "private")
 
     def shell(_argv: list[str]) -> None:
-        if not ours_on_top(base):
-            _bind_on_top(base, lambda: nshell.run(argvs[0]))
+        # The bind is made by this process on both backends: a `mount --bind` child outlives
+        # a SIGKILLed tool, and on a loaded machine it landed its bind after the cleanup, on
+        # top of the next run's, where no record names it (hiding that run's namespace files).
+        bind()
         nshell.run(argvs[1])
 
     step = Step(f"bind {base} on itself as a private mount of our own (a mount-namespace file "
