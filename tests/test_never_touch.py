@@ -227,20 +227,20 @@ def _own_mount_namespace(base: str) -> None:
 
 @contextlib.contextmanager
 def _after_the_bind(then: Callable[[], None]) -> Iterator[None]:
-    """The shell form's ``mount --bind`` runs for real, then ``then()`` (a Ctrl-C, a kill)."""
-    from nsutil import shell as nshell
-    real_run = nshell.run
+    """The state directory's bind on itself is made for real (``mount(2)`` in the tool, on
+    both backends), then ``then()`` runs (a Ctrl-C, a kill), before anything else."""
+    real_mount = sc.mount
 
-    def bind_then(argv: list[str], *a, **kw):
-        result = real_run(argv, *a, **kw)
-        if argv[:2] == ["mount", "--bind"]:
+    def bind_then(source, target, *a, **kw):
+        result = real_mount(source, target, *a, **kw)
+        if source == target:
             then()
         return result
-    nshell.run = bind_then
+    sc.mount = bind_then
     try:
         yield
     finally:
-        nshell.run = real_run
+        sc.mount = real_mount
 
 
 def _shell_runner():
@@ -286,10 +286,10 @@ def test_a_bind_of_ours_keeps_its_record_while_it_is_mounted(tmp_path) -> None:
 
 
 def test_a_ctrl_c_while_mount_binds_leaves_no_bind(tmp_path) -> None:
-    """A Ctrl-C that lands while ``mount --bind`` runs (the shell form: Python is waiting for
-    the child, which finishes the bind) must not leave the bind either. Mocked: only the
-    moment -- the bind is made for real, then the KeyboardInterrupt the SIGINT handler would
-    raise in the wait is raised."""
+    """A Ctrl-C that lands as the state directory's bind is made (the shell backend; the
+    tool makes that bind itself) must not leave the bind either. Mocked: only the moment --
+    the bind is made for real, then the KeyboardInterrupt the SIGINT handler would raise
+    right after it is raised."""
     base = str(tmp_path / "state")
 
     def in_a_mount_namespace() -> list:
@@ -308,8 +308,7 @@ def test_a_ctrl_c_while_mount_binds_leaves_no_bind(tmp_path) -> None:
 
 
 def test_a_bind_whose_maker_was_killed_before_its_record_is_still_ours(tmp_path) -> None:
-    """SIGKILL right after ``mount --bind`` made the state directory's bind, before its full
-    record: the pending record written first lets the next run know the bind as its own --
+    """SIGKILL right after the state directory's bind was made, before its full record: the pending record written first lets the next run know the bind as its own --
     the last removal unmounts it, and nothing is left. Mocked: only the moment of the kill
     (the maker kills itself right after the real ``mount``)."""
     base = str(tmp_path / "state")
