@@ -308,8 +308,9 @@ def test_a_ctrl_c_while_mount_binds_leaves_no_bind(tmp_path) -> None:
 
 
 def test_a_bind_whose_maker_was_killed_before_its_record_is_still_ours(tmp_path) -> None:
-    """SIGKILL right after the state directory's bind was made, before its full record: the pending record written first lets the next run know the bind as its own --
-    the last removal unmounts it, and nothing is left. Mocked: only the moment of the kill
+    """SIGKILL right after the state directory's bind was made, before its full record: the
+    pending record written first lets the next run know the bind as its own -- the last
+    removal unmounts it, and nothing is left. Mocked: only the moment of the kill
     (the maker kills itself right after the real ``mount``)."""
     base = str(tmp_path / "state")
 
