@@ -19,7 +19,7 @@ import time
 import pytest
 
 from helpers import INVOKE, ROOT, as_nobody, cli, one_line_error
-from nsutil import idmap, mountattr, process, state
+from nsutil import idmap, mountattr, mountinfo, process, state
 from nsutil import syscalls as sc
 from nsutil import procfs
 from nsutil.backend import Runner
@@ -437,10 +437,9 @@ def test_a_sigkilled_tools_late_mount_lands_on_nothing_of_ours(tmp_path, names):
                 item.remove()
 
 
-def _mounts_on(path: str) -> list[str]:
+def _mounts_on(path: str) -> list[int]:
     """The mount IDs on ``path``, bottom to top."""
-    with open("/proc/self/mountinfo") as f:
-        return [ln.split()[0] for ln in f if ln.split()[4] == path]
+    return [m.mount_id for m in mountinfo.read() if m.mount_point == path]
 
 
 def test_state_is_written_atomically(tmp_path):
